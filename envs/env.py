@@ -1,0 +1,57 @@
+"""The environment interface every ground-truth world implements (design §5)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worldsim.controller import CameraState
+
+
+@dataclass
+class Observation:
+    """One frame of ground truth.
+
+    ``frame (H, W, 3)`` uint8; ``depth (H, W)`` float32 metres along camera +z (sky = far);
+    ``c2w (4, 4)`` float32, OpenCV axes; ``intrinsics (3, 3)`` float32 pixels; ``time_s``.
+    """
+
+    frame: np.ndarray
+    depth: np.ndarray
+    c2w: np.ndarray
+    intrinsics: np.ndarray
+    time_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Env(ABC):
+    """A seeded world driven by raw inputs. Same seed + same inputs -> identical frames.
+
+    ``reset()`` returns frame 0; ``step(keys, mouse)`` applies one tick of raw input (``keys``
+    ``(K,)`` uint8 multi-hot over ``key_names``, ``mouse`` ``(2,)`` dx, dy pixels) and returns
+    the next frame. ``state`` is the camera state the controller integrates.
+    """
+
+    key_names: list[str]
+    fps: float
+    frame_size: tuple[int, int]
+    intrinsics: np.ndarray
+    state: CameraState
+
+    @abstractmethod
+    def reset(self, state: CameraState | None = None, night: bool = False) -> Observation: ...
+
+    @abstractmethod
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation: ...
+
+    def close(self) -> None:
+        """Release GL or game resources."""
+
+    def __enter__(self) -> Env:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

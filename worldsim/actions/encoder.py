@@ -1,0 +1,56 @@
+"""The ActionEncoder contract: raw inputs -> the model's per-frame action vector."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from worldsim.errors import WorldsimError
+
+
+class ActionEncoder(ABC):
+    """Turns raw inputs into a fixed-size float32 vector per frame. Not learned.
+
+    Raw inputs are what datasets store: ``keys`` a uint8 multi-hot over ``key_names`` and
+    ``mouse`` the ``(dx, dy)`` pixels moved during that frame. Subclasses set ``name`` (the
+    registry key, stable forever), ``version`` (bump when the output for the same input
+    changes: checkpoints refuse a different version) and compute ``dim``.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    def __init__(self, key_names: list[str]):
+        self.key_names = list(key_names)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of the encoded vector."""
+
+    @abstractmethod
+    def encode_batch(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        """``keys (T, K)`` uint8, ``mouse (T, 2)`` float32 -> ``(T, dim)`` float32."""
+
+    def encode(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        """One frame: ``keys (K,)``, ``mouse (2,)`` -> ``(dim,)`` float32."""
+        return self.encode_batch(np.asarray(keys)[None], np.asarray(mouse)[None])[0]
+
+    def null_action(self) -> np.ndarray:
+        """The encoding of "nothing pressed, mouse still" ``(dim,)``; used for padding/dropout."""
+        return self.encode(np.zeros(len(self.key_names), np.uint8), np.zeros(2, np.float32))
+
+    def check_inputs(self, keys: np.ndarray, mouse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate shapes and cast (uint8 arithmetic wraps, so everything becomes float32)."""
+        keys, mouse = np.asarray(keys), np.asarray(mouse)
+        if keys.ndim != 2 or keys.shape[1] != len(self.key_names):
+            raise WorldsimError(f"{self.name}: keys must be (T, {len(self.key_names)}), got {keys.shape}")
+        if mouse.shape != (keys.shape[0], 2):
+            raise WorldsimError(f"{self.name}: mouse must be ({keys.shape[0]}, 2), got {mouse.shape}")
+        return keys.astype(np.float32), mouse.astype(np.float32)
+
+    def spec(self) -> dict[str, object]:
+        """What a checkpoint records to refuse a mismatched encoder later."""
+        return {"name": self.name, "version": self.version, "dim": self.dim, "key_names": self.key_names}
