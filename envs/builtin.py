@@ -23,7 +23,7 @@ KEY_NAMES = ["w", "a", "s", "d", "space", "left shift", "l"]
 LIGHT_KEY = "l"
 
 
-@dataclass(frozen=True)
+@dataclass
 class BuiltinWorldConfig:
     fov_y_deg: float = 75.0
     eye_height_m: float = 2.0

@@ -47,7 +47,7 @@ class Env(ABC):
     @abstractmethod
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: worlds without resources need nothing)
         """Release GL or game resources."""
 
     def __enter__(self) -> Env:

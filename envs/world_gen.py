@@ -16,7 +16,7 @@ import numpy as np
 VERTEX_FLOATS = 10  # position (3), normal (3), colour (3), emissive (1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorldGenConfig:
     terrain_size_m: float = 640.0
     terrain_cells: int = 128

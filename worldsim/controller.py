@@ -18,7 +18,7 @@ from worldsim.errors import WorldsimError
 MOVE_KEYS = ("w", "a", "s", "d", "space", "left shift")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CameraControllerConfig:
     """Speeds of the fly-through camera; one tick is one frame at ``fps``."""
 

@@ -85,5 +85,3 @@ def _ensure_loaded() -> None:
     import worldsim.actions.builtin  # noqa: F401  (registers the built-ins)
 
     load_plugins()
-
-

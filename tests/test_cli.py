@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(module, *args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["env=doom"], "unknown env 'doom'; valid: builtin"),
+        (["policy=wander"], "unknown policy 'wander'; valid: explore"),
+        (["frame_size=[64,-1]"], "frame_size must be a positive integer"),
+        (["frame_size=0"], "frame_size must be a positive integer"),
+        (["policy=replay", "replay_from=/nonexistent/ds"], "dataset folder /nonexistent/ds does not exist"),
+    ],
+)
+def test_record_bad_input_is_one_clear_line(tmp_path, args, message):
+    r = _run("envs.record", f"out={tmp_path / 'o'}", *args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {lines[0][7:]}"] and message in lines[0], r.stderr
+
+
+def test_record_names_a_corrupt_replay_source(tmp_path, small_dataset):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(small_dataset.root, src)
+    ep = src / "episodes" / "000000.safetensors"
+    ep.write_bytes(ep.read_bytes()[:100])
+    r = _run(
+        "envs.record", f"out={tmp_path / 'o'}", "policy=replay", f"replay_from={src}", "num_episodes=1", "episode_len=8"
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "000000.safetensors is corrupt or truncated" in r.stderr
+
+
+def test_record_cli_writes_a_dataset_and_previews(tmp_path):
+    out = tmp_path / "ds"
+    r = _run("envs.record", f"out={out}", "num_episodes=2", "episode_len=10", "frame_size=32", "policy=look_around")
+    assert r.returncode == 0, r.stderr
+    assert "recorded 2 episodes, 20 frames" in r.stdout
+    assert (out / "preview.mp4").exists() and (out / "contact_sheet.png").exists()
+    r2 = _run("envs.record", f"out={out}", "num_episodes=2", "episode_len=10", "frame_size=32", "policy=look_around")
+    assert "2 of 2 episodes already finished" in r2.stdout
+
+
+def test_bench_env_prints_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _run("envs.bench", "env", "--frames", "40", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "render_frames_per_s" in r.stdout and "write_MB_per_s" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["env"]["render_frames_per_s"] > 0 and result["machine"]["cores"] >= 1

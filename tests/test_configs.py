@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import envs.record  # noqa: F401  (registers the record schema)
+from envs.builtin import BuiltinWorldConfig
+from worldsim.config import CONFIG_DIR
+from worldsim.controller import CameraControllerConfig
+
+# Group folder -> the dataclass its YAML files mirror.
+SCHEMAS = {"world": BuiltinWorldConfig, "controller": CameraControllerConfig}
+PRIMARY = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_every_primary_config_composes_into_its_dataclass(name):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=name)
+    obj = OmegaConf.to_object(cfg)
+    assert obj is not None
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_group_config_composes_and_matches_its_dataclass(path: Path):
+    group = path.parent.name
+    schema = SCHEMAS[group]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=f"{group}/{path.stem}")
+    node = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])  # raises on unknown keys
+    assert isinstance(OmegaConf.to_object(node), schema)
+
+
+def test_a_typo_in_a_config_key_is_rejected():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        with pytest.raises(Exception, match="num_episode"):
+            compose(config_name="record", overrides=["num_episode=3"])
+        cfg = compose(config_name="record", overrides=["world.controller.fps=30", "frame_size=96"])
+    assert cfg.world.controller.fps == 30

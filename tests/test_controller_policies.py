@@ -1,0 +1,80 @@
+import math
+
+import numpy as np
+import pytest
+
+from worldsim.controller import CameraController, CameraControllerConfig, CameraState
+from worldsim.errors import WorldsimError
+from worldsim.policies import POLICIES, make_policy
+
+KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
+
+
+def _keys(*held):
+    k = np.zeros(len(KEYS), np.uint8)
+    for h in held:
+        k[KEYS.index(h)] = 1
+    return k
+
+
+def test_forward_moves_along_heading_and_mouse_right_turns_right():
+    cfg = CameraControllerConfig(fps=10.0, move_speed_mps=5.0)
+    ctrl = CameraController(cfg, KEYS)
+    s = ctrl.step(CameraState(), _keys("w"), np.zeros(2))
+    np.testing.assert_allclose(s.position, [0, 0.5, 0], atol=1e-9)  # yaw 0 faces +y
+    s = ctrl.step(CameraState(), _keys(), np.array([4.0, 0.0]))
+    assert s.yaw_rad == pytest.approx(math.radians(4 * cfg.mouse_deg_per_px))
+    s = ctrl.step(CameraState(), _keys(), np.array([0.0, 1000.0]))  # dy > 0 looks down, clamped
+    assert s.pitch_rad == pytest.approx(-math.radians(cfg.max_pitch_deg))
+
+
+def test_uint8_keys_never_wrap_when_subtracted():
+    ctrl = CameraController(CameraControllerConfig(), KEYS)
+    s = ctrl.step(CameraState(), _keys("s"), np.zeros(2))  # w - s on uint8 would be 255
+    assert s.position[1] < 0 and abs(s.position[1]) < 1.0
+    s = ctrl.step(CameraState(), _keys("w", "s"), np.zeros(2))
+    np.testing.assert_allclose(s.position, 0.0)
+
+
+def test_controller_refuses_key_lists_without_movement_keys():
+    with pytest.raises(WorldsimError, match="needs keys"):
+        CameraController(CameraControllerConfig(), ["w", "x"])
+
+
+def _integrate(policy_name, n=80, episode=0):
+    cfg = CameraControllerConfig()
+    acts = make_policy(policy_name, KEYS, cfg).actions(n, np.random.default_rng(1), episode)
+    ctrl = CameraController(cfg, KEYS)
+    states = [CameraState()]
+    for k, m in zip(acts.keys[:-1], acts.mouse[:-1], strict=True):
+        states.append(ctrl.step(states[-1], k, m))
+    return acts, states
+
+
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "replay"])
+def test_policies_give_valid_action_arrays(name):
+    acts, _ = _integrate(name)
+    assert acts.keys.shape == (80, 7) and acts.keys.dtype == np.uint8
+    assert acts.mouse.shape == (80, 2) and acts.mouse.dtype == np.float32
+    assert not acts.keys[-1].any() and not acts.mouse[-1].any()  # last row unused
+
+
+def test_go_and_return_comes_back_to_the_start():
+    acts, states = _integrate("go_and_return", 97)
+    far = max(np.linalg.norm(s.position) for s in states)
+    assert far > 10.0
+    assert np.linalg.norm(states[-1].position) < 0.05 * far
+    assert abs(math.remainder(states[-1].yaw_rad, 2 * math.pi)) < math.radians(2)
+
+
+def test_full_turn_turns_360_degrees_in_place():
+    acts, states = _integrate("full_turn", 61)
+    assert acts.mouse[:-1, 0].sum() * CameraControllerConfig().mouse_deg_per_px == pytest.approx(360.0)
+    np.testing.assert_allclose(states[-1].position, 0.0)
+
+
+def test_unknown_policy_lists_the_valid_ones():
+    with pytest.raises(WorldsimError, match="unknown policy 'wander'; valid: explore, full_turn"):
+        make_policy("wander", KEYS, CameraControllerConfig())
+    with pytest.raises(WorldsimError, match="replay_from"):
+        make_policy("replay", KEYS, CameraControllerConfig())

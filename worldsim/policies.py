@@ -1,0 +1,182 @@
+"""Scripted policies: whole episodes of raw inputs for recording data and headless rollouts.
+
+A policy is open-loop: given an episode length, a key list, the controller settings and an RNG,
+it returns ``keys (T, K)`` uint8 and ``mouse (T, 2)`` float32. Row ``t`` takes frame t to t+1;
+the last row is unused and left at zero. Because the camera has no collisions, an open-loop
+action list fixes the whole trajectory, so the same list replays exactly anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldsim.controller import CameraControllerConfig
+from worldsim.errors import WorldsimError, unknown_name
+
+
+@dataclass
+class Actions:
+    keys: np.ndarray  # (T, K) uint8
+    mouse: np.ndarray  # (T, 2) float32
+
+
+class Policy(ABC):
+    name: str
+
+    def __init__(self, key_names: list[str], controller: CameraControllerConfig):
+        self.key_names = list(key_names)
+        self.ctrl = controller
+
+    @abstractmethod
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions: ...
+
+    def _empty(self, num_frames: int) -> Actions:
+        return Actions(np.zeros((num_frames, len(self.key_names)), np.uint8), np.zeros((num_frames, 2), np.float32))
+
+    def _hold(self, a: Actions, key: str, rows: slice | np.ndarray) -> None:
+        if key in self.key_names:
+            a.keys[rows, self.key_names.index(key)] = 1
+
+    def _px_for_deg(self, deg: float) -> float:
+        return deg / self.ctrl.mouse_deg_per_px
+
+
+class ExplorePolicy(Policy):
+    """Walks with momentum: yaw rate and pitch follow smooth random processes, forward mostly
+    held, occasional strafes, backsteps, vertical moves and light toggles."""
+
+    name = "explore"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        a = self._empty(num_frames)
+        yaw_rate = 0.0  # pixels per frame
+        pitch_deg = 0.0
+        mode_left = 0
+        mode = "forward"
+        for t in range(num_frames - 1):
+            if mode_left <= 0:
+                mode = rng.choice(["forward", "forward", "forward", "strafe", "still", "back", "vertical"])
+                mode_left = int(rng.integers(6, 30))
+            mode_left -= 1
+            yaw_rate = 0.9 * yaw_rate + rng.normal(0.0, 1.2)
+            target_pitch = float(np.clip(pitch_deg + rng.normal(0, 1.0), -15, 15)) * 0.9
+            dy = -self._px_for_deg(target_pitch - pitch_deg)  # dy > 0 looks down
+            pitch_deg = target_pitch
+            a.mouse[t] = (yaw_rate, dy)
+            if mode == "forward":
+                self._hold(a, "w", np.array([t]))
+            elif mode == "back":
+                self._hold(a, "s", np.array([t]))
+            elif mode == "strafe":
+                self._hold(a, "a" if (t // 10 + episode) % 2 else "d", np.array([t]))
+            elif mode == "vertical":
+                self._hold(a, "space" if (t // 10 + episode) % 2 else "left shift", np.array([t]))
+            if rng.random() < 0.015:  # a discrete world action (lights) now and then
+                self._hold(a, "l", np.array([t]))
+        return a
+
+
+class LookAroundPolicy(Policy):
+    """Stands still and pans: smooth yaw sweeps left and right, gentle pitch."""
+
+    name = "look_around"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        a = self._empty(num_frames)
+        t = np.arange(num_frames - 1)
+        period = rng.uniform(40, 90)
+        amp_px = self._px_for_deg(rng.uniform(1.5, 4.0))
+        a.mouse[:-1, 0] = amp_px * np.sin(2 * math.pi * t / period + rng.uniform(0, 2 * math.pi))
+        a.mouse[:-1, 1] = 0.3 * amp_px * np.sin(2 * math.pi * t / (1.7 * period)) * np.cos(2 * math.pi * t / period)
+        return a
+
+
+class GoAndReturnPolicy(Policy):
+    """Walks forward (with a gentle turn), turns 180 degrees, walks back the same way, turns
+    back: the end pose equals the start pose, so the last frames revisit the first view."""
+
+    name = "go_and_return"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        a = self._empty(num_frames)
+        n = num_frames - 1
+        turn_frames = max(2, n // 8)
+        walk = (n - 2 * turn_frames) // 2
+        curve_px = self._px_for_deg(rng.uniform(-1.0, 1.0))
+        t = 0
+        a.keys[t : t + walk, self.key_names.index("w")] = 1
+        a.mouse[t : t + walk, 0] = curve_px
+        t += walk
+        a.mouse[t : t + turn_frames, 0] = self._px_for_deg(180.0 / turn_frames)
+        t += turn_frames
+        # Retracing a curved path backwards: mirror the yaw rate while walking forward.
+        a.keys[t : t + walk, self.key_names.index("w")] = 1
+        a.mouse[t : t + walk, 0] = -curve_px
+        t += walk
+        a.mouse[t : t + turn_frames, 0] = self._px_for_deg(180.0 / turn_frames)
+        return a
+
+
+class FullTurnPolicy(Policy):
+    """Turns 360 degrees on the spot at a constant rate (direction alternates by episode)."""
+
+    name = "full_turn"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        a = self._empty(num_frames)
+        sign = 1.0 if episode % 2 == 0 else -1.0
+        a.mouse[:-1, 0] = sign * self._px_for_deg(360.0 / (num_frames - 1))
+        return a
+
+
+class ReplayPolicy(Policy):
+    """The raw actions of an existing dataset's episodes (episode ``i`` of the source for
+    episode ``i``), e.g. to re-render a human recording as ground truth."""
+
+    name = "replay"
+
+    def __init__(self, key_names: list[str], controller: CameraControllerConfig, source: str | Path | None = None):
+        super().__init__(key_names, controller)
+        if not source:
+            raise WorldsimError("policy 'replay' needs replay_from=<dataset folder>")
+        from worldsim.data.reader import RolloutDataset
+
+        self.source = RolloutDataset(source)
+        self.source.require_nonempty()
+        if self.source.meta.key_names != self.key_names:
+            raise WorldsimError(
+                f"replay source keys {self.source.meta.key_names} differ from the env's {self.key_names}"
+            )
+
+    def source_seed(self, episode: int) -> int | None:
+        return self.source.episodes[episode % len(self.source)].seed
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        i = episode % len(self.source)
+        arrays = self.source.load(i, ("keys", "mouse"))
+        keys, mouse = arrays["keys"][:num_frames], arrays["mouse"][:num_frames]
+        if len(keys) < num_frames:
+            raise WorldsimError(
+                f"replay source episode {self.source.path(i)} has {len(keys)} frames, fewer than {num_frames}"
+            )
+        return Actions(keys.astype(np.uint8), mouse.astype(np.float32))
+
+
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (ExplorePolicy, LookAroundPolicy, GoAndReturnPolicy, FullTurnPolicy, ReplayPolicy)
+}
+
+
+def make_policy(
+    name: str, key_names: list[str], controller: CameraControllerConfig, replay_from: str | None = None
+) -> Policy:
+    if name not in POLICIES:
+        raise unknown_name("policy", name, POLICIES)
+    if name == ReplayPolicy.name:
+        return ReplayPolicy(key_names, controller, replay_from)
+    return POLICIES[name](key_names, controller)
