@@ -37,13 +37,13 @@ class ClipDataset(Dataset[dict[str, torch.Tensor]]):
         self.clip_len = clip_len
         chosen = range(len(self.data)) if episodes is None else episodes
         self.index: list[tuple[int, int]] = [
-            (ep, start)
-            for ep in chosen
-            for start in range(0, self.data.episodes[ep].num_frames - clip_len + 1, stride)
+            (ep, start) for ep in chosen for start in range(0, self.data.episodes[ep].num_frames - clip_len + 1, stride)
         ]
         if not self.index:
             longest = max(e.num_frames for e in self.data.episodes)
-            raise WorldsimError(f"no episode in {self.data.root} is long enough for clips of {clip_len} frames (longest: {longest})")
+            raise WorldsimError(
+                f"no episode in {self.data.root} is long enough for clips of {clip_len} frames (longest: {longest})"
+            )
 
     def __len__(self) -> int:
         return len(self.index)

@@ -93,7 +93,9 @@ def parse_frame_size(value: Any) -> tuple[int, int]:
         items = items * 2
     ok = len(items) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in items)
     if not ok:
-        raise WorldsimError(f"frame_size must be a positive integer or [height, width] of positive integers, got {value!r}")
+        raise WorldsimError(
+            f"frame_size must be a positive integer or [height, width] of positive integers, got {value!r}"
+        )
     return int(items[0]), int(items[1])
 
 

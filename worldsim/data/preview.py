@@ -37,4 +37,3 @@ def write_mp4(path: str | Path, frames_u8: np.ndarray, fps: float, min_side_px: 
 
 def write_png(path: str | Path, image_u8: np.ndarray) -> None:
     iio.imwrite(path, image_u8)
-

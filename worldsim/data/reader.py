@@ -73,5 +73,6 @@ class RolloutDataset:
         """Open every episode fully; raises WorldsimError naming the first damaged file."""
         for i in range(len(self)):
             arrays = self.load(i)
-            if arrays["frames"].shape[0] != self.episodes[i].num_frames:
-                raise WorldsimError(f"episode file {self.path(i)} has {arrays['frames'].shape[0]} frames, index says {self.episodes[i].num_frames}")
+            have, want = arrays["frames"].shape[0], self.episodes[i].num_frames
+            if have != want:
+                raise WorldsimError(f"episode file {self.path(i)} has {have} frames, episodes.jsonl says {want}")
