@@ -9,6 +9,7 @@ the inputs through :class:`worldsim.controller.CameraController`. The ``l`` key 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,13 @@ class BuiltinWorld(Env):
 
     key_names = KEY_NAMES
 
-    def __init__(self, seed: int = 0, frame_size: tuple[int, int] = (64, 64), cfg: BuiltinWorldConfig | None = None):
+    def __init__(
+        self,
+        seed: int = 0,
+        frame_size: tuple[int, int] = (64, 64),
+        cfg: BuiltinWorldConfig | None = None,
+        gl_context: Any = None,
+    ):
         self.cfg = cfg = cfg or BuiltinWorldConfig()
         self.seed = int(seed)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
@@ -50,7 +57,7 @@ class BuiltinWorld(Env):
         self.geom = generate_world(self.seed, cfg.gen)
         self.controller = CameraController(cfg.controller, KEY_NAMES)
         settings = RenderSettings(h, w, self.intrinsics, cfg.near_m, cfg.far_m, cfg.fog_density, cfg.supersample)
-        self.renderer = WorldRenderer(self.geom, settings)
+        self.renderer = WorldRenderer(self.geom, settings, gl_context)
         self._light_idx = KEY_NAMES.index(LIGHT_KEY)
         self.state = self.spawn_state()
         self.night = False

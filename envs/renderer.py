@@ -8,6 +8,7 @@ readback is box-filtered down to the frame size (anti-aliasing, calibration less
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,10 +106,12 @@ def create_gl_context():  # -> moderngl.Context
 class WorldRenderer:
     """Renders one world's geometry from any c2w pose; holds its own GL context."""
 
-    def __init__(self, geom: WorldGeometry, settings: RenderSettings):
+    def __init__(self, geom: WorldGeometry, settings: RenderSettings, ctx: Any = None):
+        """``ctx``: an existing moderngl context to draw in (a play window's), else a new EGL one."""
         self.geom = geom
         self.s = settings
-        ctx = self.ctx = create_gl_context()
+        self.owns_ctx = ctx is None
+        ctx = self.ctx = ctx if ctx is not None else create_gl_context()
         ss = settings.supersample
         size = (settings.width * ss, settings.height * ss)
         self.fbo = ctx.framebuffer(
@@ -137,6 +140,10 @@ class WorldRenderer:
 
     def render(self, c2w: np.ndarray, night: bool) -> tuple[np.ndarray, np.ndarray]:
         """-> frame ``(H, W, 3)`` uint8 and depth ``(H, W)`` float32 metres (sky = far)."""
+        with self.ctx:  # several worlds (or a play window) may each have a current context
+            return self._render(c2w, night)
+
+    def _render(self, c2w: np.ndarray, night: bool) -> tuple[np.ndarray, np.ndarray]:
         g, s = self.geom, self.s
         view = gl_view_matrix(c2w)
         zenith = NIGHT_ZENITH if night else g.sky_zenith
@@ -172,4 +179,5 @@ class WorldRenderer:
         return np.ascontiguousarray(rgb), np.ascontiguousarray(dep)
 
     def release(self) -> None:
-        self.ctx.release()
+        if self.owns_ctx:
+            self.ctx.release()

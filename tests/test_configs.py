@@ -5,6 +5,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import envs.record  # noqa: F401  (registers the record schema)
+import play  # noqa: F401  (registers the play schema)
 from envs.builtin import BuiltinWorldConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.controller import CameraControllerConfig

@@ -1,0 +1,117 @@
+"""play.py end to end under Xvfb, driven by real X events from xdotool."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.display
+
+
+def test_play_without_display_says_how_to_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    r = subprocess.run([sys.executable, "play.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no display found" in r.stderr and "xvfb-run" in r.stderr
+
+
+def test_play_rejects_unknown_binding_key_names(tmp_path):
+    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+    r = subprocess.run(
+        [sys.executable, "play.py", "loop.window.bindings.w=notakey", "loop.max_steps=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "'notakey' is not a key name" in r.stderr
+
+
+@pytest.fixture
+def xvfb():
+    if not shutil.which("Xvfb") or not shutil.which("xdotool"):
+        pytest.skip("Xvfb and xdotool are installed by .ci/setup")
+    display = ":87"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
+    time.sleep(1.0)
+    yield display
+    proc.terminate()
+    proc.wait(10)
+
+
+def _xdo(display, *args):
+    return subprocess.run(
+        ["xdotool", *args], env=dict(os.environ, DISPLAY=display), capture_output=True, text=True, timeout=30
+    )
+
+
+def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path):
+    rec, shots = tmp_path / "rec", tmp_path / "shots"
+    env = dict(os.environ, DISPLAY=xvfb)
+    env.pop("SDL_VIDEODRIVER", None)
+    proc = subprocess.Popen(
+        [sys.executable, "play.py", f"loop.record={rec}", f"loop.screenshot_dir={shots}", "loop.window.scale=4"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        win = _xdo(xvfb, "search", "--sync", "--pid", str(proc.pid)).stdout.split()[0]
+        _xdo(xvfb, "windowactivate", "--sync", win)
+        _xdo(xvfb, "windowfocus", "--sync", win)
+        time.sleep(0.8)
+        _xdo(xvfb, "keydown", "w")
+        time.sleep(1.0)
+        _xdo(xvfb, "keyup", "w")
+        for _ in range(10):
+            _xdo(xvfb, "mousemove_relative", "--", "12", "0")
+            time.sleep(0.07)
+        time.sleep(0.5)
+        _xdo(xvfb, "key", "F12")
+        time.sleep(0.5)
+        _xdo(xvfb, "key", "Escape")  # release the mouse
+        time.sleep(0.3)
+        _xdo(xvfb, "key", "Escape")  # quit
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+
+    from worldsim.data.reader import RolloutDataset
+
+    data = RolloutDataset(rec)
+    assert len(data) == 1 and data.meta.source == "human"
+    ep = data.load(0)
+    c2w = ep["c2w"]
+    w_idx = data.meta.key_names.index("w")
+    assert ep["keys"][:, w_idx].sum() >= 5  # forward was held for several frames
+    start_fwd = c2w[0, :3, 2]
+    moved = c2w[-1, :3, 3] - c2w[0, :3, 3]
+    assert np.dot(moved, start_fwd) > 2.0  # moved forward along the initial heading
+    yaw = [math.atan2(m[0, 2], m[1, 2]) for m in c2w]
+    turned = math.remainder(yaw[-1] - yaw[0], 2 * math.pi)
+    assert turned > math.radians(5)  # mouse right -> yaw right (positive)
+    assert ep["mouse"][:, 0].sum() > 0
+    assert not np.array_equal(ep["frames"][0], ep["frames"][-1])
+
+    import imageio.v3 as iio
+
+    shot = iio.imread(next(shots.glob("*.png")))
+    assert shot.shape == (64 * 4, 64 * 4, 3)
+    # The screenshot is a frame shown in the window, upscaled 4x with nearest filtering.
+    small = shot[::4, ::4]
+    assert np.array_equal(shot, small.repeat(4, 0).repeat(4, 1))
+    diffs = [np.abs(small.astype(int) - f.astype(int)).mean() for f in ep["frames"]]
+    assert min(diffs) < 1.0

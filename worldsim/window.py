@@ -1,0 +1,192 @@
+"""The play window: pygame for the OpenGL context and input, moderngl to draw frames upscaled.
+
+This is the only module that imports pygame. It knows nothing about where frames come from: it
+polls input every display tick, hands the held keys and the mouse motion to a ``step`` callable,
+and draws the frame that callable returns. Esc releases the mouse (a second Esc quits), focus loss
+releases it too; F12 saves a screenshot; F9 starts/stops recording; F1 shows the key bindings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worldsim.errors import WorldsimError
+
+_VS = """
+#version 330
+in vec2 in_pos; out vec2 v_uv;
+void main() { v_uv = in_pos * 0.5 + 0.5; v_uv.y = 1.0 - v_uv.y; gl_Position = vec4(in_pos, 0.0, 1.0); }
+"""
+_FS = """
+#version 330
+uniform sampler2D u_frame; in vec2 v_uv; out vec4 f_color;
+void main() { f_color = texture(u_frame, v_uv); }
+"""
+
+
+@dataclass
+class WindowConfig:
+    scale: int = 8  # window pixels per frame pixel
+    target_fps: float = 15.0
+    filter: str = "nearest"  # nearest | smooth
+    # Game key name (as in the world's key list) -> keyboard key name as pygame spells it.
+    bindings: dict[str, str] = field(
+        default_factory=lambda: {
+            "w": "w",
+            "a": "a",
+            "s": "s",
+            "d": "d",
+            "space": "space",
+            "left shift": "left shift",
+            "l": "l",
+        }
+    )
+    mouse_sensitivity: float = 1.0  # scales raw mouse pixels before the camera controller
+
+
+def require_display() -> None:
+    """Fail with instructions instead of a traceback when there is no screen to open."""
+    if os.environ.get("SDL_VIDEODRIVER") in ("offscreen", "dummy"):
+        return
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        raise WorldsimError(
+            "no display found (DISPLAY is not set). Run under a virtual screen: "
+            "`xvfb-run -s '-screen 0 1024x768x24' python play.py`, or without a window: "
+            "`worldsim-record` records the world headless"
+        )
+
+
+def resolve_bindings(bindings: dict[str, str], key_names: list[str]) -> list[int]:
+    """Keyboard codes in ``key_names`` order; unknown names fail with what is valid."""
+    import pygame
+
+    missing = [k for k in key_names if k not in bindings]
+    extra = [k for k in bindings if k not in key_names]
+    if missing or extra:
+        raise WorldsimError(f"bindings must map exactly the keys {key_names}; missing {missing}, unknown {extra}")
+    codes = []
+    for game_key in key_names:
+        try:
+            codes.append(pygame.key.key_code(bindings[game_key]))
+        except ValueError as e:
+            raise WorldsimError(f"binding {game_key!r}: {bindings[game_key]!r} is not a key name pygame knows") from e
+    return codes
+
+
+class Window:
+    """An OpenGL window that shows ``(H, W, 3)`` uint8 frames scaled up."""
+
+    def __init__(self, cfg: WindowConfig, frame_size: tuple[int, int], title: str):
+        require_display()
+        if cfg.filter not in ("nearest", "smooth"):
+            raise WorldsimError(f"window filter must be 'nearest' or 'smooth', got {cfg.filter!r}")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        import moderngl
+        import pygame
+
+        self.pg = pygame
+        pygame.init()
+        self.cfg = cfg
+        self.codes: list[int] = []
+        h, w = frame_size
+        self.size = (w * cfg.scale, h * cfg.scale)
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MAJOR_VERSION, 3)
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MINOR_VERSION, 3)
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_PROFILE_MASK, pygame.GL_CONTEXT_PROFILE_CORE)
+        try:
+            pygame.display.set_mode(self.size, pygame.OPENGL | pygame.DOUBLEBUF)
+        except pygame.error as e:
+            raise WorldsimError(f"cannot open an OpenGL window ({e}); try running under xvfb-run") from e
+        self.title = title
+        self.ctx = moderngl.create_context()
+        self.tex = self.ctx.texture((w, h), 3)
+        f = moderngl.NEAREST if cfg.filter == "nearest" else moderngl.LINEAR
+        self.tex.filter = (f, f)
+        prog = self.ctx.program(vertex_shader=_VS, fragment_shader=_FS)
+        quad = np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4")
+        self.vao = self.ctx.vertex_array(prog, [(self.ctx.buffer(quad.tobytes()), "2f", "in_pos")])
+        self.triangle_strip, self.depth_test = moderngl.TRIANGLE_STRIP, moderngl.DEPTH_TEST
+        self.captured = False
+        self.set_capture(True)
+        self.clock = pygame.time.Clock()
+        self.last_draw_s = time.perf_counter()
+        self.fps = 0.0
+
+    def bind_keys(self, key_names: list[str]) -> None:
+        """Which keyboard keys feed which game keys (from ``cfg.bindings``)."""
+        self.codes = resolve_bindings(self.cfg.bindings, key_names)
+
+    def set_capture(self, on: bool) -> None:
+        self.captured = on
+        self.pg.event.set_grab(on)
+        self.pg.mouse.set_visible(not on)
+        self.pg.mouse.get_rel()  # drop motion accumulated while released
+
+    def poll(self) -> tuple[np.ndarray, np.ndarray, set[str]]:
+        """One tick of input: keys held ``(K,)`` uint8, mouse ``(dx, dy)`` and commands pressed."""
+        pg = self.pg
+        commands: set[str] = set()
+        for ev in pg.event.get():
+            if ev.type == pg.QUIT:
+                commands.add("quit")
+            elif ev.type == pg.KEYDOWN:
+                if ev.key == pg.K_ESCAPE:
+                    commands.add("quit" if not self.captured else "release")
+                    self.set_capture(False)
+                elif ev.key == pg.K_F12:
+                    commands.add("screenshot")
+                elif ev.key == pg.K_F9:
+                    commands.add("record")
+                elif ev.key == pg.K_F1:
+                    commands.add("help")
+            elif ev.type == pg.MOUSEBUTTONDOWN and not self.captured:
+                self.set_capture(True)
+            elif ev.type == pg.WINDOWFOCUSLOST:
+                self.set_capture(False)
+        pressed = pg.key.get_pressed()
+        keys = np.array([pressed[c] for c in self.codes], np.uint8)
+        dx, dy = pg.mouse.get_rel()
+        mouse = (
+            np.array([dx, dy], np.float32) * self.cfg.mouse_sensitivity if self.captured else np.zeros(2, np.float32)
+        )
+        return keys, mouse, commands
+
+    def _draw(self) -> None:
+        # A world drawing in this context may have left depth testing on; the quad needs none.
+        self.ctx.disable(self.depth_test)
+        self.ctx.screen.use()
+        self.tex.use(0)
+        self.vao.render(self.triangle_strip)
+
+    def show(self, frame_u8: np.ndarray, status: str) -> None:
+        with self.ctx:
+            self.tex.write(np.ascontiguousarray(frame_u8).tobytes())
+            self._draw()
+            self.pg.display.flip()
+        now = time.perf_counter()
+        self.fps = 0.9 * self.fps + 0.1 / max(now - self.last_draw_s, 1e-6)
+        self.last_draw_s = now
+        self.pg.display.set_caption(f"{self.title} | {self.fps:4.1f} fps | {status}")
+
+    def screenshot(self) -> np.ndarray:
+        """The window's current pixels ``(H*scale, W*scale, 3)`` uint8, top row first."""
+        w, h = self.size
+        with self.ctx:
+            # After a flip the back buffer is undefined: draw the shown texture again, read that.
+            self._draw()
+            raw = self.ctx.screen.read(viewport=(0, 0, w, h), components=3)
+        return np.frombuffer(raw, np.uint8).reshape(h, w, 3)[::-1].copy()
+
+    def tick(self) -> None:
+        self.clock.tick(self.cfg.target_fps)
+
+    def help_text(self) -> str:
+        binds = ", ".join(f"{k}={v}" for k, v in self.cfg.bindings.items())
+        return f"keys: {binds}; mouse looks; Esc release/quit, F9 record, F12 screenshot"
+
+    def close(self) -> None:
+        self.pg.quit()
