@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from worldsim.model.attention import chunk_mask, teacher_forcing_mask
+from worldsim.model.dit import WorldModel, WorldModelConfig
+
+CFG = WorldModelConfig(
+    latent_channels=4, latent_size=(4, 4), patch=2, width=48, depth=2, heads=2, action_dim=5, chunk_frames=2
+)
+
+
+def _randomised(cfg=CFG, seed=0):
+    """A model with every weight random (zero-init paths included), so no path is trivially off."""
+    torch.manual_seed(seed)
+    m = WorldModel(cfg).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    return m
+
+
+def _inputs(t, seed=1, cfg=CFG):
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.latent_size
+    return (
+        torch.randn(1, t, cfg.latent_channels, h, w, generator=g, dtype=torch.float64),
+        torch.rand(1, t, generator=g, dtype=torch.float64),
+        torch.randn(1, t, cfg.action_dim, generator=g, dtype=torch.float64),
+        torch.randn(1, t, 6, h, w, generator=g, dtype=torch.float64),
+    )
+
+
+def _chunk_ids(t, cfg=CFG):
+    return torch.arange(t).div(cfg.chunk_frames, rounding_mode="floor").repeat_interleave(cfg.tokens_per_frame)
+
+
+def test_changing_a_later_chunk_never_changes_earlier_outputs():
+    m = _randomised()
+    t = 3 * CFG.chunk_frames
+    x, s, a, pl = _inputs(t)
+    mask = chunk_mask(_chunk_ids(t), _chunk_ids(t))
+    out = m(x, s, a, pl, torch.arange(t), mask)
+    x2, a2, pl2 = x.clone(), a.clone(), pl.clone()
+    x2[:, 4:] += 1.0
+    a2[:, 4:] -= 2.0
+    pl2[:, 4:] *= 3.0
+    out2 = m(x2, s, a2, pl2, torch.arange(t), mask)
+    torch.testing.assert_close(out2[:, :4], out[:, :4])  # chunks 0 and 1 unchanged
+    assert (out2[:, 4:] - out[:, 4:]).abs().max() > 1e-3  # chunk 2 did change
+
+
+@pytest.mark.parametrize("window_chunks", [8, 2])  # 2: the window evicts from chunk 3 on
+def test_kv_cache_generation_equals_full_block_causal_forward(window_chunks):
+    m = _randomised()
+    n_chunks, k = 6, CFG.chunk_frames
+    t = n_chunks * k
+    x, s, a, pl = _inputs(t)
+    pos = torch.arange(t)
+    ids = _chunk_ids(t)
+    full = m(x, s, a, pl, pos, chunk_mask(ids, ids, window_chunks=window_chunks, sink=True))
+    cache = m.new_cache(window_chunks=window_chunks, use_sink=True)
+    outs = []
+    for b in range(n_chunks):
+        sl = slice(b * k, (b + 1) * k)
+        outs.append(m.forward_chunk(x[:, sl], s[:, sl], a[:, sl], pl[:, sl], pos[sl], cache, write=True))
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-9)
+    expected_ctx = (1 + min(window_chunks, n_chunks - 1)) * k * CFG.tokens_per_frame
+    assert cache.num_tokens() == expected_ctx  # sink + window: bounded however long it runs
+
+
+def test_a_read_only_chunk_pass_leaves_the_cache_alone():
+    m = _randomised()
+    x, s, a, pl = _inputs(4)
+    cache = m.new_cache(window_chunks=3)
+    m.forward_chunk(x[:, :2], s[:, :2], a[:, :2], pl[:, :2], torch.arange(2), cache, write=True)
+    before = cache.num_tokens()
+    o1 = m.forward_chunk(x[:, 2:], s[:, 2:], a[:, 2:], pl[:, 2:], torch.arange(2, 4), cache)
+    o2 = m.forward_chunk(x[:, 2:], s[:, 2:], a[:, 2:], pl[:, 2:], torch.arange(2, 4), cache)
+    assert cache.num_tokens() == before and cache.chunks_written == 1
+    torch.testing.assert_close(o1, o2)
+
+
+def test_teacher_forcing_mask_layout():
+    ids = torch.tensor([0, 0, 1, 1])
+    m = teacher_forcing_mask(ids)
+    assert m.shape == (8, 8)
+    assert m[0, 1] and not m[0, 2] and m[2, 0]  # clean: block-causal
+    assert not m[:4, 4:].any()  # clean never sees noisy
+    assert m[6, 0] and not m[6, 2] and m[6, 7] and not m[6, 5]  # noisy chunk 1: clean chunk 0 + itself
+
+
+def test_zero_initialised_action_and_camera_paths_are_ignored_until_trained():
+    torch.manual_seed(0)
+    m = WorldModel(CFG).double()
+    with torch.no_grad():  # make the trunk non-trivial but leave the zero-init paths at zero
+        for blk in m.blocks:
+            blk.ada[1].weight.normal_(0, 0.1)
+        m.ada_out[1].weight.normal_(0, 0.1)
+        m.out.weight.normal_(0, 0.1)
+    x, s, a, pl = _inputs(2)
+    base = m(x, s, a, pl, torch.arange(2))
+    torch.testing.assert_close(m(x, s, a * 5 + 1, pl, torch.arange(2)), base)
+    torch.testing.assert_close(m(x, s, a, pl * 5 + 1, torch.arange(2)), base)
+    # One optimisation step on a loss that needs actions and rays wakes both paths up.
+    target = base.detach() + a.mean(-1)[..., None, None, None] + pl.mean(2, keepdim=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(2):  # the first step trains the zero last layers' inputs; the second moves outputs
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x, s, a, pl, torch.arange(2)), target).backward()
+        opt.step()
+    with torch.no_grad():
+        new = m(x, s, a, pl, torch.arange(2))
+        assert (m(x, s, a * 5 + 1, pl, torch.arange(2)) - new).abs().max() > 1e-6
+        assert (m(x, s, a, pl * 5 + 1, torch.arange(2)) - new).abs().max() > 1e-6

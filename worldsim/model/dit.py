@@ -1,0 +1,184 @@
+"""Chunk-autoregressive latent DiT with per-frame AdaLN-Zero actions and Plücker camera tokens.
+
+Read top to bottom: embeddings -> blocks -> final layer. Shapes: ``B`` batch, ``T`` frames,
+``C`` latent channels, ``h, w`` latent grid, ``N = (h/p)*(w/p)`` tokens per frame, ``D`` width.
+
+* Conditioning per frame ``c = t_emb(sigma) + action_emb(a)``; ``action_emb``'s last layer is
+  zero-initialised, and so are every block's modulation and the final projection (AdaLN-Zero).
+  Modulation is computed per frame and broadcast over its tokens (calibration lesson 3).
+* Camera: Plücker rays at latent resolution, patchified like the latents and added to the tokens
+  through a zero-initialised linear (added to tokens rather than per-block FiLM: one projection,
+  cheap, and the tokens carry it through every block's attention).
+* Attention: bidirectional inside a chunk, causal across chunks (a mask in training, the KV cache
+  at inference). Positions: 3-D RoPE (time, row, col); temporal positions are explicit inputs, so
+  memory frames can be placed anywhere without changing the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from worldsim.model.attention import attention
+from worldsim.model.kv_cache import KVCache
+from worldsim.model.rope import apply_rope, rope_angles, token_positions
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    latent_channels: int = 8
+    latent_size: tuple[int, int] = (16, 16)  # (h, w)
+    patch: int = 2
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    action_dim: int = 9
+    chunk_frames: int = 4
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size[0] // self.patch) * (self.latent_size[1] // self.patch)
+
+
+def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of ``t = 1000 * sigma``: ``(...)`` -> ``(..., dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = (1000.0 * sigma.float())[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A linear layer starting at exactly zero: its path contributes nothing until trained."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Block(nn.Module):
+    """AdaLN-Zero transformer block; modulation ``(B, T, 6D)`` is per frame."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        d = cfg.width
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        ada = _zero_linear(d, 6 * d)
+        self.ada = nn.Sequential(nn.SiLU(), ada)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, N, D)
+        c: torch.Tensor,  # (B, T, D)
+        angles: torch.Tensor,  # (T*N, head_dim/2)
+        mask: torch.Tensor | None,
+        ctx_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the new ``x`` and this input's keys (after RoPE) and values ``(B, H, T*N, hd)``."""
+        b, t, n, d = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # (B, T, 1, D)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        q, k, v = rearrange(self.qkv(h), "b t n (three h e) -> three b h (t n) e", three=3, h=self.heads)
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if ctx_kv is not None:  # inference: attend to the cached context and to this chunk
+            k_all, v_all = torch.cat([ctx_kv[0], k], dim=2), torch.cat([ctx_kv[1], v], dim=2)
+        else:
+            k_all, v_all = k, v
+        a = attention(q, k_all, v_all, mask)
+        a = rearrange(a, "b h (t n) e -> b t n (h e)", t=t)
+        x = x + gate1 * self.proj(a)
+        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        return x, k, v
+
+
+class WorldModel(nn.Module):
+    """Predicts the flow velocity ``v = eps - x0`` for every frame of the input."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p, ch = cfg.width, cfg.patch, cfg.latent_channels
+        if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
+            raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
+        if cfg.latent_size[0] % p or cfg.latent_size[1] % p:
+            raise ValueError(f"latent size {cfg.latent_size} is not divisible by patch {p}")
+        self.patch_embed = nn.Linear(ch * p * p, d)
+        self.camera_embed = _zero_linear(6 * p * p, d)
+        self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_embed = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.SiLU(), _zero_linear(d, d))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), _zero_linear(d, 2 * d))
+        self.out = _zero_linear(d, ch * p * p)
+
+    def _embed(
+        self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, plucker: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.cfg.patch
+        tokens = rearrange(x, "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
+        rays = rearrange(plucker.to(x.dtype), "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
+        tok = self.patch_embed(tokens) + self.camera_embed(rays)  # (B, T, N, D)
+        c = self.t_embed(timestep_embedding(sigma, self.cfg.width).to(x.dtype)) + self.action_embed(actions.to(x.dtype))
+        return tok, c  # c: (B, T, D)
+
+    def _unembed(self, tok: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada_out(c)[:, :, None].chunk(2, dim=-1)
+        out = self.out(self.norm_out(tok) * (1 + scale) + shift)
+        h = self.cfg.latent_size[0] // self.cfg.patch
+        p = self.cfg.patch
+        return rearrange(out, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p)
+
+    def _angles(self, frame_pos: torch.Tensor) -> torch.Tensor:
+        hp, wp = self.cfg.latent_size[0] // self.cfg.patch, self.cfg.latent_size[1] // self.cfg.patch
+        return rope_angles(token_positions(frame_pos, hp, wp), self.cfg.width // self.cfg.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C, h, w) noisy latents
+        sigma: torch.Tensor,  # (B, T) noise level per frame, 0 = clean
+        actions: torch.Tensor,  # (B, T, A) encoded actions
+        plucker: torch.Tensor,  # (B, T, 6, h, w) camera rays at latent resolution
+        frame_pos: torch.Tensor,  # (T,) temporal positions
+        mask: torch.Tensor | None = None,  # (T*N, T*N) bool, e.g. chunk_mask / teacher_forcing_mask
+    ) -> torch.Tensor:
+        """Full-sequence forward (training, reference for the cache) -> ``v (B, T, C, h, w)``."""
+        tok, c = self._embed(x, sigma, actions, plucker)
+        angles = self._angles(frame_pos)
+        for block in self.blocks:
+            tok, _, _ = block(tok, c, angles, mask)
+        return self._unembed(tok, c)
+
+    def forward_chunk(
+        self,
+        x: torch.Tensor,  # (B, k, C, h, w) one chunk
+        sigma: torch.Tensor,  # (B, k)
+        actions: torch.Tensor,  # (B, k, A)
+        plucker: torch.Tensor,  # (B, k, 6, h, w)
+        frame_pos: torch.Tensor,  # (k,)
+        cache: KVCache,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """One chunk attending to ``cache`` and itself; ``write=True`` stores its K/V (clean pass)."""
+        tok, c = self._embed(x, sigma, actions, plucker)
+        angles = self._angles(frame_pos)
+        for i, block in enumerate(self.blocks):
+            tok, k, v = block(tok, c, angles, None, cache.layers[i].context())
+            if write:
+                cache.write(i, k, v)
+        if write:
+            cache.commit()
+        return self._unembed(tok, c)
+
+    def new_cache(self, window_chunks: int, use_sink: bool = True) -> KVCache:
+        return KVCache(num_layers=self.cfg.depth, window_chunks=window_chunks, use_sink=use_sink)
