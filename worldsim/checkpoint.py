@@ -1,0 +1,130 @@
+"""Checkpoints: a folder with safetensors weights and a JSON config that loading validates.
+
+<dir>/config.json        format_version, model, codec, sampler, action_encoder
+                         {name, version, dim, key_names}, frame_size, chunk_frames, provenance
+<dir>/model.safetensors  world model weights
+<dir>/codec.safetensors  codec weights
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from worldsim.errors import WorldsimError
+from worldsim.model.codec import Codec, CodecConfig
+from worldsim.model.dit import WorldModel, WorldModelConfig
+from worldsim.model.sampler import SamplerConfig
+
+CHECKPOINT_VERSION = 1
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    model: WorldModelConfig
+    codec: CodecConfig
+    sampler: SamplerConfig
+    action_encoder: dict[str, Any]  # ActionEncoder.spec()
+    frame_size: tuple[int, int]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = CHECKPOINT_VERSION
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.model.chunk_frames
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["chunk_frames"] = self.chunk_frames
+        return json.dumps(d, indent=2, sort_keys=True)
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise WorldsimError(f"{where}: unknown keys {unknown} for {cls.__name__}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**d)
+
+
+def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, codec: Codec) -> None:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
+    (out / CONFIG_FILE).write_text(cfg.to_json())
+
+
+def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
+    root = Path(path)
+    cfg_path = root / CONFIG_FILE
+    if not root.is_dir():
+        raise WorldsimError(f"checkpoint folder {root} does not exist")
+    if not cfg_path.is_file():
+        raise WorldsimError(f"{root} is not a worldsim checkpoint: no {CONFIG_FILE}")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WorldsimError(f"{cfg_path}: not valid JSON ({e})") from e
+    if d.get("format_version") != CHECKPOINT_VERSION:
+        raise WorldsimError(
+            f"{cfg_path}: checkpoint format {d.get('format_version')}, this worldsim reads {CHECKPOINT_VERSION}"
+        )
+    try:
+        return CheckpointConfig(
+            model=_build(WorldModelConfig, d["model"], str(cfg_path)),
+            codec=_build(CodecConfig, d["codec"], str(cfg_path)),
+            sampler=_build(SamplerConfig, d["sampler"], str(cfg_path)),
+            action_encoder=dict(d["action_encoder"]),
+            frame_size=(int(d["frame_size"][0]), int(d["frame_size"][1])),
+            provenance=dict(d.get("provenance", {})),
+        )
+    except KeyError as e:
+        raise WorldsimError(f"{cfg_path}: missing key {e}") from e
+
+
+def load_checkpoint(
+    path: str | Path,
+    expect_encoder: dict[str, Any] | None = None,
+    expect_frame_size: tuple[int, int] | None = None,
+    device: str = "cpu",
+) -> tuple[CheckpointConfig, WorldModel, Codec]:
+    """Load and validate; ``expect_*`` are what the caller will feed (encoder spec, frame size)."""
+    cfg = read_checkpoint_config(path)
+    if expect_encoder is not None:
+        diffs = [
+            f"{k}: checkpoint {cfg.action_encoder.get(k)!r} vs given {expect_encoder.get(k)!r}"
+            for k in ("name", "version", "dim", "key_names")
+            if cfg.action_encoder.get(k) != expect_encoder.get(k)
+        ]
+        if diffs:
+            raise WorldsimError(f"checkpoint {path} was trained with another action encoder ({'; '.join(diffs)})")
+    if expect_frame_size is not None and tuple(expect_frame_size) != cfg.frame_size:
+        raise WorldsimError(f"checkpoint {path} is for frames {cfg.frame_size}, given {tuple(expect_frame_size)}")
+    model, codec = WorldModel(cfg.model), Codec(cfg.codec)
+    for name, module in (("model", model), ("codec", codec)):
+        file = Path(path) / f"{name}.safetensors"
+        if not file.is_file():
+            raise WorldsimError(f"checkpoint {path} has no {file.name}")
+        try:
+            state = load_file(str(file), device=device)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WorldsimError(f"{file} is corrupt or truncated ({e})") from e
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise WorldsimError(f"{file} does not match its config.json ({first})") from e
+    return cfg, model.to(device).eval(), codec.to(device).eval()
+
+
+def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

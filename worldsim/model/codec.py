@@ -1,0 +1,76 @@
+"""Per-frame convolutional autoencoder: uint8 frames <-> latent grids (no temporal compression).
+
+Decoding runs for every displayed frame, so the decoder is deliberately shallow: one residual
+block per scale and nearest-neighbour upsampling followed by a 3x3 convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    latent_channels: int = 8
+    downsample: int = 4  # frame pixels per latent cell, a power of two
+    base_channels: int = 64
+
+    @property
+    def stages(self) -> int:
+        return int(math.log2(self.downsample))
+
+
+def frames_to_tensor(frames_u8: torch.Tensor) -> torch.Tensor:
+    """``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float in [-1, 1]."""
+    return frames_u8.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def tensor_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` float in [-1, 1] -> ``(..., H, W, 3)`` uint8 (clamped, rounded)."""
+    return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+
+
+class _Res(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.norm = nn.GroupNorm(8, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
+
+
+class Codec(nn.Module):
+    """``encode (B, 3, H, W) -> (B, C, H/f, W/f)``; ``decode`` the reverse. Any H, W divisible by f."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        if cfg.downsample < 1 or 2**cfg.stages != cfg.downsample:
+            raise ValueError(f"codec downsample must be a power of two, got {cfg.downsample}")
+        self.cfg = cfg
+        ch = cfg.base_channels
+        enc: list[nn.Module] = [nn.Conv2d(3, ch, 3, padding=1)]
+        for _ in range(cfg.stages):
+            enc += [_Res(ch), nn.Conv2d(ch, ch, 4, stride=2, padding=1)]
+        enc += [_Res(ch), nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), _Res(ch)]
+        for _ in range(cfg.stages):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1), _Res(ch)]
+        dec += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
