@@ -1,0 +1,51 @@
+"""Training objectives for the chunk-autoregressive teacher."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from worldsim.model.attention import teacher_forcing_mask
+from worldsim.model.dit import WorldModel
+
+
+def chunk_ids_of_tokens(
+    num_frames: int, chunk_frames: int, tokens_per_frame: int, device: torch.device
+) -> torch.Tensor:
+    """``(T * N,)`` chunk index of every token of a ``T``-frame sequence."""
+    frame_chunk = torch.arange(num_frames, device=device).div(chunk_frames, rounding_mode="floor")
+    return frame_chunk.repeat_interleave(tokens_per_frame)
+
+
+def teacher_forcing_loss(
+    model: WorldModel,
+    x0: torch.Tensor,  # (B, T, C, h, w) clean latents, T a multiple of chunk_frames
+    actions: torch.Tensor,  # (B, T, A)
+    plucker: torch.Tensor,  # (B, T, 6, h, w)
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Flow matching with teacher forcing (reference.md §2): the sequence is ``[clean | noisy]``
+    with the same positions for both halves, one noise level per chunk, loss on the noisy half."""
+    b, t = x0.shape[:2]
+    k = model.cfg.chunk_frames
+    if t % k:
+        raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
+    # Step 1: one sigma per chunk (diffusion-forcing style independence across chunks).
+    sigma_chunk = torch.rand(b, t // k, generator=generator, device=x0.device, dtype=x0.dtype)
+    sigma = sigma_chunk.repeat_interleave(k, dim=1)  # (B, T)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    s = sigma[:, :, None, None, None]
+    x_noisy = (1 - s) * x0 + s * eps
+    # Step 2: [clean | noisy] through the block-causal teacher-forcing mask.
+    ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, x0.device)
+    pos = torch.arange(t, device=x0.device)
+    v = model(
+        torch.cat([x0, x_noisy], 1),
+        torch.cat([torch.zeros_like(sigma), sigma], 1),
+        torch.cat([actions, actions], 1),
+        torch.cat([plucker, plucker], 1),
+        torch.cat([pos, pos]),
+        teacher_forcing_mask(ids),
+    )
+    # Step 3: velocity target eps - x0, on the noisy half only.
+    return F.mse_loss(v[:, t:], eps - x0)
