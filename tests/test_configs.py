@@ -9,9 +9,18 @@ import play  # noqa: F401  (registers the play schema)
 from envs.builtin import BuiltinWorldConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.controller import CameraControllerConfig
+from worldsim.model.codec import CodecConfig
+from worldsim.model.dit import WorldModel, WorldModelConfig
+from worldsim.model.sampler import SamplerConfig
 
 # Group folder -> the dataclass its YAML files mirror.
-SCHEMAS = {"world": BuiltinWorldConfig, "controller": CameraControllerConfig}
+SCHEMAS = {
+    "world": BuiltinWorldConfig,
+    "controller": CameraControllerConfig,
+    "model": WorldModelConfig,
+    "codec": CodecConfig,
+    "sampler": SamplerConfig,
+}
 PRIMARY = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml"))
 
@@ -40,3 +49,12 @@ def test_a_typo_in_a_config_key_is_rejected():
             compose(config_name="record", overrides=["num_episode=3"])
         cfg = compose(config_name="record", overrides=["world.controller.fps=30", "frame_size=96"])
     assert cfg.world.controller.fps == 30
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu"])
+def test_model_presets_build(preset):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=f"model/{preset}")
+    mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), cfg["model"]))
+    model = WorldModel(mcfg)
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
+@dataclass
 class CodecConfig:
     latent_channels: int = 8
     downsample: int = 4  # frame pixels per latent cell, a power of two

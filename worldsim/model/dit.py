@@ -28,7 +28,7 @@ from worldsim.model.kv_cache import KVCache
 from worldsim.model.rope import apply_rope, rope_angles, token_positions
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorldModelConfig:
     latent_channels: int = 8
     latent_size: tuple[int, int] = (16, 16)  # (h, w)

@@ -19,7 +19,7 @@ from worldsim.model.kv_cache import KVCache
 MODES = ("euler", "few_step")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SamplerConfig:
     num_steps: int = 4
     shift: float = 5.0
