@@ -88,6 +88,19 @@ def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
     }
 
 
+def _model_preset(name: str):  # -> WorldModelConfig
+    from omegaconf import OmegaConf
+
+    from worldsim.config import CONFIG_DIR
+    from worldsim.errors import unknown_name
+    from worldsim.model.dit import WorldModelConfig
+
+    presets = {p.stem: p for p in (CONFIG_DIR / "model").glob("*.yaml")}
+    if name not in presets:
+        raise unknown_name("model preset", name, presets)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name])))
+
+
 def _print_table(title: str, rows: dict[str, object]) -> None:
     print(f"== {title}")
     for k, v in rows.items():
@@ -105,12 +118,25 @@ def main(argv: list[str] | None = None) -> None:
     p_env.add_argument("--frames", type=int, default=600)
     p_env.add_argument("--seed", type=int, default=0)
     p_env.add_argument("--out", default="bench.json", help="where to write the JSON result")
+    p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench_model)")
+    p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
+    p_model.add_argument("--context-chunks", type=int, default=2)
+    p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
-    if args.size < 1 or args.frames < 1:
-        parser.error("--size and --frames must be positive")
-    result = {"machine": machine_info(), "env": bench_env(args.size, args.frames, args.seed)}
-    _print_table("machine", result["machine"])
-    _print_table("env", result["env"])
+    result: dict[str, object] = {"machine": machine_info()}
+    if args.what == "env":
+        if args.size < 1 or args.frames < 1:
+            parser.error("--size and --frames must be positive")
+        result["env"] = bench_env(args.size, args.frames, args.seed)
+    else:
+        from worldsim.bench_model import bench_model
+
+        result["model"] = {
+            "preset": args.preset,
+            **bench_model(_model_preset(args.preset), context_chunks=args.context_chunks),
+        }
+    for title, rows in result.items():
+        _print_table(title, rows)  # type: ignore[arg-type]
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 

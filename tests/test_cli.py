@@ -63,3 +63,26 @@ def test_bench_env_prints_and_writes_json(tmp_path):
     assert "render_frames_per_s" in r.stdout and "write_MB_per_s" in r.stdout
     result = json.loads(out.read_text())
     assert result["env"]["render_frames_per_s"] > 0 and result["machine"]["cores"] >= 1
+
+
+def test_bench_model_prints_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _run("envs.bench", "model", "--preset", "tiny", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    model = json.loads(out.read_text())["model"]
+    for key in (
+        "fp32_1step_ms_per_chunk",
+        "fp32_2step_frames_per_s",
+        "fp32_8step_ms_per_chunk",
+        "bf16_speedup_2step",
+        "kv_cache_speedup_2step",
+        "model_GFLOP_per_s",
+        "matmul_GFLOP_per_s",
+        "fraction_of_matmul",
+        "context_1x_2step_ms_per_chunk",
+        "context_16x_2step_ms_per_chunk",
+    ):
+        assert key in model and model[key] > 0, key
+        assert key in r.stdout
+    bad = _run("envs.bench", "model", "--preset", "huge")
+    assert bad.returncode == 2 and "unknown model preset 'huge'; valid: cpu, gpu_base, tiny" in bad.stderr
