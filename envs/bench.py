@@ -104,7 +104,7 @@ def _model_preset(name: str):  # -> WorldModelConfig
 def _print_table(title: str, rows: dict[str, object]) -> None:
     print(f"== {title}")
     for k, v in rows.items():
-        print(f"  {k:<24} {v:.1f}" if isinstance(v, float) else f"  {k:<24} {v}")
+        print(f"  {k:<32} {v:.4g}" if isinstance(v, float) else f"  {k:<32} {v}")
 
 
 @clean_errors

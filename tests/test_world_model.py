@@ -112,3 +112,20 @@ def test_zero_initialised_action_and_camera_paths_are_ignored_until_trained():
         new = m(x, s, a, pl, torch.arange(2))
         assert (m(x, s, a * 5 + 1, pl, torch.arange(2)) - new).abs().max() > 1e-6
         assert (m(x, s, a, pl * 5 + 1, torch.arange(2)) - new).abs().max() > 1e-6
+
+
+def test_memory_slots_act_as_context_and_are_replaced_per_chunk():
+    """A chunk written to memory is attended exactly like the same chunk in the window."""
+    m = _randomised()
+    x, s, a, pl = _inputs(6)
+    k = CFG.chunk_frames
+    mem = m.new_cache(window_chunks=2, use_sink=False)
+    win = m.new_cache(window_chunks=2, use_sink=False)
+    # The retrieved chunk's K/V: computed with no other context, its positions chosen by the caller.
+    m.forward_chunk(x[:, :k], s[:, :k], a[:, :k], pl[:, :k], torch.arange(k), mem, write_memory=True)
+    m.forward_chunk(x[:, :k], s[:, :k], a[:, :k], pl[:, :k], torch.arange(k), win, write=True)
+    args = (x[:, k : 2 * k], s[:, k : 2 * k], a[:, k : 2 * k], pl[:, k : 2 * k], torch.arange(k, 2 * k))
+    torch.testing.assert_close(m.forward_chunk(*args, mem), m.forward_chunk(*args, win))
+    assert mem.chunks_written == 0 and mem.num_tokens() == k * CFG.tokens_per_frame
+    mem.clear_memory()
+    assert mem.num_tokens() == 0

@@ -115,6 +115,22 @@ def chunk_pass_flops(model: WorldModel, context_chunks: int) -> int:
     return int(counter.get_total_flops())
 
 
+def time_split(model: WorldModel, steps: int, context_chunks: int, top: int = 6) -> dict[str, float]:
+    """Share of self CPU time per operator for one chunk (profiler), the largest ``top`` + rest."""
+    chunk = _Chunk(model.cfg)
+    cache = _filled_cache(model, chunk, context_chunks)
+    sampler = Sampler(SamplerConfig(num_steps=steps, mode="few_step"))
+    k = model.cfg.chunk_frames
+    pos = torch.arange(context_chunks * k, (context_chunks + 1) * k)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        sampler.sample_chunk(model, cache, chunk.actions, chunk.plucker, pos, chunk.shape, write_cache=False)
+    rows = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages()), key=lambda r: -r[1])
+    total = sum(t for _, t in rows) or 1.0
+    split = {f"time_share_{name}": t / total for name, t in rows[:top]}
+    split["time_share_other"] = sum(t for _, t in rows[top:]) / total
+    return split
+
+
 def bench_model(
     cfg: WorldModelConfig, step_counts: tuple[int, ...] = (1, 2, 4, 8), context_chunks: int = 2
 ) -> dict[str, Any]:
@@ -147,4 +163,5 @@ def bench_model(
         res[f"context_{mult}x_2step_ms_per_chunk"] = 1000 * seconds_per_chunk(
             model, 2, context_chunks * mult, repeats=3
         )
+    res.update(time_split(model, 2, context_chunks))
     return res

@@ -168,14 +168,24 @@ class WorldModel(nn.Module):
         frame_pos: torch.Tensor,  # (k,)
         cache: KVCache,
         write: bool = False,
+        write_memory: bool = False,
     ) -> torch.Tensor:
-        """One chunk attending to ``cache`` and itself; ``write=True`` stores its K/V (clean pass)."""
+        """One chunk attending to ``cache`` and itself.
+
+        ``write=True`` stores its K/V in the rolling window (the clean pass of a finished chunk);
+        ``write_memory=True`` stores them in the memory slots instead (a retrieved past chunk,
+        passed with its own poses and the compact temporal positions chosen by the caller).
+        """
+        if write and write_memory:
+            raise ValueError("a chunk goes to the window or to memory, not both")
         tok, c = self._embed(x, sigma, actions, plucker)
         angles = self._angles(frame_pos)
         for i, block in enumerate(self.blocks):
             tok, k, v = block(tok, c, angles, None, cache.layers[i].context())
             if write:
                 cache.write(i, k, v)
+            elif write_memory:
+                cache.write_memory(i, k, v)
         if write:
             cache.commit()
         return self._unembed(tok, c)

@@ -49,6 +49,15 @@ class KVCache:
         if not self.layers:
             self.layers = [LayerCache() for _ in range(self.num_layers)]
 
+    def clear_memory(self) -> None:
+        """Drop the retrieved memory chunks (before writing the next chunk's selection)."""
+        for lc in self.layers:
+            lc.memory.clear()
+
+    def write_memory(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add a retrieved past chunk's K/V to the memory slots of one layer (not the window)."""
+        self.layers[layer].memory.append(ChunkKV(k.detach(), v.detach()))
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store a finished chunk's K/V for one layer (call for every layer, then :meth:`commit`)."""
         lc = self.layers[layer]
