@@ -66,8 +66,9 @@ def record(cfg: RecordConfig) -> RolloutDataset:
         print(f"resuming {cfg.out}: {cfg.num_episodes - len(todo)} of {cfg.num_episodes} episodes already finished")
     for ep in tqdm(todo, desc="episodes", unit="ep", disable=not todo):
         world_seed = cfg.seed + ep
-        if isinstance(policy, ReplayPolicy):
-            world_seed = policy.source_seed(ep) if policy.source_seed(ep) is not None else world_seed
+        if isinstance(policy, ReplayPolicy):  # re-render in the world the source was recorded in
+            source_seed = policy.source_seed(ep)
+            world_seed = world_seed if source_seed is None else source_seed
         acts = policy.actions(cfg.episode_len, np.random.default_rng([cfg.seed, ep]), episode=ep)
         arrays = rollout(cfg.env, int(world_seed), frame_size, cfg.world, acts.keys, acts.mouse, cfg.save_depth)
         writer.write_episode(ep, arrays, seed=int(world_seed), policy=cfg.policy)

@@ -115,9 +115,9 @@ def play(source: FrameSource, cfg: PlayLoopConfig, window: Window) -> None:
                 path = Path(cfg.screenshot_dir) / f"shot_{time.strftime('%Y%m%d_%H%M%S')}_{steps:06d}.png"
                 write_png(path, window.screenshot())
                 print(f"screenshot: {path}")
-            if "record" in commands and cfg.record and recorder is None:
-                recorder = Recorder(cfg.record, source)
-            if "record" in commands and recorder:
+            if "record" in commands and recorder is None:
+                print("recording is off: start play with loop.record=<dataset folder> to enable F9")
+            elif "record" in commands and recorder is not None:
                 if recorder.active:
                     print(f"recorded episode {recorder.flush()} -> {cfg.record}")
                 else:
