@@ -1,0 +1,38 @@
+import pytest
+
+from envs.recipe import RecipeConfig, RecipePart, check_disjoint_seeds, load_recipe, run_recipe
+from worldsim.config import CONFIG_DIR
+from worldsim.data.reader import RolloutDataset
+from worldsim.errors import WorldsimError
+
+
+def test_shipped_recipes_load_with_disjoint_train_and_val_worlds():
+    for path in (CONFIG_DIR / "recipe").glob("*.yaml"):
+        recipe = load_recipe(path)
+        train = {s for p in recipe.parts if p.split == "train" for s in range(p.seed, p.seed + p.num_episodes)}
+        val = {s for p in recipe.parts if p.split == "val" for s in range(p.seed, p.seed + p.num_episodes)}
+        assert train and val and not train & val
+
+
+def test_overlapping_seeds_and_bad_keys_are_refused(tmp_path):
+    parts = [RecipePart("a", "train", "explore", 0, 10), RecipePart("b", "val", "explore", 5, 10)]
+    with pytest.raises(WorldsimError, match="share world seeds 5..9"):
+        check_disjoint_seeds(RecipeConfig(parts=parts))
+    bad = tmp_path / "r.yaml"
+    bad.write_text("episode_len: 8\nepisodes: 3\n")
+    with pytest.raises(WorldsimError, match="episodes"):
+        load_recipe(bad)
+    with pytest.raises(WorldsimError, match="does not exist"):
+        load_recipe(tmp_path / "none.yaml")
+
+
+def test_a_small_recipe_records_every_part(tmp_path):
+    recipe = RecipeConfig(
+        frame_size=[16, 16],
+        episode_len=6,
+        parts=[RecipePart("explore", "train", "explore", 10, 2), RecipePart("turn", "val", "full_turn", 500, 1)],
+    )
+    counts = run_recipe(recipe, tmp_path / "d")
+    assert counts == {"train/explore": 2, "val/turn": 1}
+    val = RolloutDataset(tmp_path / "d" / "val" / "turn")
+    assert val.episodes[0].seed == 500 and val.meta.frame_size == (16, 16)
