@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 import envs.record  # noqa: F401  (registers the record schema)
 import play  # noqa: F401  (registers the play schema)
 from envs.builtin import BuiltinWorldConfig
+from envs.recipe import RecipeConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.controller import CameraControllerConfig
 from worldsim.model.codec import CodecConfig
@@ -20,6 +21,7 @@ SCHEMAS = {
     "model": WorldModelConfig,
     "codec": CodecConfig,
     "sampler": SamplerConfig,
+    "recipe": RecipeConfig,
 }
 PRIMARY = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml"))
