@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 import envs.record  # noqa: F401  (registers the record schema)
 import play  # noqa: F401  (registers the play schema)
+import worldsim.train.app  # noqa: F401  (registers the train schema)
 from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
 from worldsim.config import CONFIG_DIR

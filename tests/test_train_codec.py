@@ -1,0 +1,88 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worldsim.errors import WorldsimError
+from worldsim.model.codec import CodecConfig
+from worldsim.train.codec_stage import CodecTrainConfig, OptimConfig, train_codec
+
+
+def _cfg(data, out, steps, resume=False):
+    return CodecTrainConfig(
+        data=str(data),
+        val_data=str(data),
+        out=str(out),
+        steps=steps,
+        batch_size=4,
+        bf16=False,
+        log_every=1,
+        val_every=3,
+        val_batches=1,
+        ckpt_every=100,
+        resume=resume,
+        codec=CodecConfig(latent_channels=4, downsample=4, base_channels=16),
+        optim=OptimConfig(warmup_steps=2),
+    )
+
+
+def test_codec_resume_is_bit_exact(small_dataset, tmp_path):
+    train_codec(_cfg(small_dataset.root, tmp_path / "a", 6))
+    train_codec(_cfg(small_dataset.root, tmp_path / "b", 3))
+    train_codec(_cfg(small_dataset.root, tmp_path / "b", 6, resume=True))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 1 + 6
+
+
+def test_codec_training_reduces_loss_and_reports_psnr(small_dataset, tmp_path):
+    summary = train_codec(_cfg(small_dataset.root, tmp_path / "c", 30))
+    rows = [r.split(",") for r in (tmp_path / "c" / "log.csv").read_text().splitlines()[1:]]
+    assert float(rows[-1][1]) < 0.7 * float(rows[0][1])
+    assert summary["val_psnr_db"] > 5.0
+
+
+def test_codec_training_refuses_bad_input(small_dataset, tmp_path):
+    with pytest.raises(WorldsimError, match="does not exist"):
+        train_codec(_cfg(tmp_path / "missing", tmp_path / "o", 1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorldsimError, match="holds no rollout dataset"):
+        train_codec(_cfg(tmp_path / "empty", tmp_path / "o", 1))
+    train_codec(_cfg(small_dataset.root, tmp_path / "r", 1))
+    with pytest.raises(WorldsimError, match="already holds a run"):
+        train_codec(_cfg(small_dataset.root, tmp_path / "r", 2))
+    other = _cfg(small_dataset.root, tmp_path / "r", 2, resume=True)
+    other.optim.lr = 5e-4
+    with pytest.raises(WorldsimError, match=r"config differs in \['optim'\]"):
+        train_codec(other)
+
+
+def test_train_cli_runs_a_stage_and_names_bad_input(small_dataset, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "worldsim.train.app", *args], cwd=root, capture_output=True, text=True, timeout=300
+        )
+
+    ok = run(
+        f"data={small_dataset.root}",
+        "val_data=null",
+        f"out={tmp_path / 'o'}",
+        "steps=2",
+        "batch_size=2",
+        "codec.base_channels=16",
+        "codec.latent_channels=4",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "codec: " in ok.stdout and (tmp_path / "o" / "last" / "weights.safetensors").exists()
+    bad = run("stage=teacherr", f"out={tmp_path / 'x'}")
+    assert bad.returncode == 2 and "unknown training stage 'teacherr'; valid: codec" in bad.stderr
+    missing = run(f"data={tmp_path / 'nope'}", f"out={tmp_path / 'y'}")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,85 @@
+"""Training state on disk, all safetensors: weights, EMA, optimizer moments, RNG, data position.
+
+    <dir>/weights.safetensors    the trained module's state dict
+    <dir>/ema.safetensors        its exponential moving average
+    <dir>/optim.safetensors      optimizer tensors, flattened as ``<param index>.<name>``
+    <dir>/rng.safetensors        torch CPU RNG state
+    <dir>/state.json             step, optimizer param groups and scalar state, the run's config
+Written to ``<dir>.tmp`` then renamed, so an interruption never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from worldsim.errors import WorldsimError
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{idx}.{name}"] = val.contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_train_state(
+    path: str | Path,
+    module: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    config: dict[str, Any],
+) -> None:
+    final = Path(path)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+    tensors, meta = _flatten_optimizer(opt)
+    save_file(tensors, str(tmp / "optim.safetensors"))
+    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "config": config}, indent=2))
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_train_state(
+    path: str | Path, module: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]
+) -> int:
+    """Restore everything in place; refuses a run whose config differs. Returns the step."""
+    root = Path(path)
+    if not (root / "state.json").is_file():
+        raise WorldsimError(f"cannot resume: no training state in {root}")
+    meta = json.loads((root / "state.json").read_text())
+    if meta["config"] != config:
+        diffs = sorted(k for k in set(meta["config"]) | set(config) if meta["config"].get(k) != config.get(k))
+        raise WorldsimError(f"cannot resume {root}: config differs in {diffs}")
+    module.load_state_dict(load_file(str(root / "weights.safetensors")))
+    ema.load_state_dict(load_file(str(root / "ema.safetensors")))
+    opt.load_state_dict(_unflatten_optimizer(load_file(str(root / "optim.safetensors")), meta["optimizer"]))
+    torch.set_rng_state(load_file(str(root / "rng.safetensors"))["cpu"])
+    return int(meta["step"])
