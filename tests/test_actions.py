@@ -75,3 +75,14 @@ def test_mouse_encoding_is_odd_and_monotonic():
     out = enc.encode_batch(np.zeros((7, 7), np.uint8), np.stack([dx, dx], 1))[:, 0]
     assert np.all(np.diff(out) > 0)
     np.testing.assert_allclose(out, -out[::-1])
+
+
+def test_a_taken_name_cannot_be_registered_by_another_class():
+    from worldsim.actions import register_action_encoder
+    from worldsim.actions.builtin import KeyboardEncoder
+
+    class Impostor(KeyboardEncoder):
+        name = "keyboard"
+
+    with pytest.raises(ValueError, match="'keyboard' is taken by worldsim.actions.builtin.KeyboardEncoder"):
+        register_action_encoder(Impostor)

@@ -31,7 +31,9 @@ def register_action_encoder(cls: type[ActionEncoder]) -> type[ActionEncoder]:
     if not isinstance(getattr(cls, "version", None), int):
         raise TypeError(f"{cls.__qualname__} needs an integer class attribute 'version'")
     existing = _REGISTRY.get(name)
-    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+    # The same class seen again (a module imported twice, or reloaded) may re-register.
+    same = existing is not None and (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
+    if existing is not None and not same:
         raise ValueError(f"action encoder name {name!r} is taken by {existing.__module__}.{existing.__qualname__}")
     _REGISTRY[name] = cls
     return cls
