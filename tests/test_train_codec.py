@@ -86,3 +86,17 @@ def test_train_cli_runs_a_stage_and_names_bad_input(small_dataset, tmp_path):
     assert bad.returncode == 2 and "unknown training stage 'teacherr'; valid: codec" in bad.stderr
     missing = run(f"data={tmp_path / 'nope'}", f"out={tmp_path / 'y'}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_training_writes_a_loadable_ema_codec(small_dataset, tmp_path):
+    from worldsim.checkpoint import load_codec
+
+    train_codec(_cfg(small_dataset.root, tmp_path / "e", 3))
+    codec = load_codec(tmp_path / "e" / "codec")
+    ema = load_file(str(tmp_path / "e" / "last" / "ema.safetensors"))
+    assert all(torch.equal(v, ema[k]) for k, v in codec.state_dict().items())
+    (tmp_path / "e" / "codec" / "codec.safetensors").write_bytes(b"broken")
+    with pytest.raises(WorldsimError, match="corrupt or truncated"):
+        load_codec(tmp_path / "e" / "codec")
+    with pytest.raises(WorldsimError, match="not a codec folder"):
+        load_codec(tmp_path)

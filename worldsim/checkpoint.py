@@ -128,3 +128,31 @@ def load_checkpoint(
 
 def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def save_codec(path: str | Path, codec: Codec, provenance: dict[str, Any]) -> None:
+    """A stand-alone codec folder: ``codec.safetensors`` + ``codec.json`` (config, provenance)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
+    meta = {"format_version": CHECKPOINT_VERSION, "codec": asdict(codec.cfg), "provenance": provenance}
+    (out / "codec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def load_codec(path: str | Path, device: str = "cpu") -> Codec:
+    """Load a folder written by :func:`save_codec`, with clear errors for missing or damaged files."""
+    root = Path(path)
+    meta_path, weights = root / "codec.json", root / "codec.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise WorldsimError(f"{root} is not a codec folder (needs codec.json and codec.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        codec = Codec(_build(CodecConfig, meta["codec"], str(meta_path)))
+        codec.load_state_dict(load_file(str(weights), device=device))
+    except (json.JSONDecodeError, KeyError) as e:
+        raise WorldsimError(f"{meta_path}: damaged ({e})") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WorldsimError(f"{weights} is corrupt or truncated ({e})") from e
+    except RuntimeError as e:
+        raise WorldsimError(f"{weights} does not match {meta_path} ({str(e).splitlines()[0]})") from e
+    return codec.to(device).eval()

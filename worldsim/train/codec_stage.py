@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from worldsim.checkpoint import save_codec
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, CodecConfig, frames_to_tensor
 from worldsim.train.frames import FrameSampler
@@ -142,6 +143,8 @@ def train_codec(cfg: CodecTrainConfig) -> dict[str, float]:
             bar.set_postfix(loss=f"{last_loss:.4f}", **({"val_dB": val_db} if val_db else {}))
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_train_state(out / "last", model, ema, opt, step, cfg.identity())
+                # The usable product: the EMA codec as a stand-alone folder.
+                save_codec(out / "codec", ema, {"stage": "codec", "step": step, **cfg.identity(), **summary})
     except KeyboardInterrupt:
         save_train_state(out / "last", model, ema, opt, step, cfg.identity())
         print(f"\ninterrupted at step {step}: saved {out / 'last'}; resume with resume=true")
