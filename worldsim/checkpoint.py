@@ -55,11 +55,29 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     return cls(**d)
 
 
+def _save_weights(module: torch.nn.Module, file: Path) -> None:
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(file))
+
+
+def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device: str) -> None:
+    """Strict load with one clear message each for a missing, damaged or mismatched file."""
+    if not file.is_file():
+        raise WorldsimError(f"{file.parent} has no {file.name}")
+    try:
+        state = load_file(str(file), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WorldsimError(f"{file} is corrupt or truncated ({e})") from e
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WorldsimError(f"{file} does not match its {config_file.name} ({str(e).splitlines()[0]})") from e
+
+
 def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, codec: Codec) -> None:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    save_file({k: v.detach().contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
+    _save_weights(model, out / "model.safetensors")
+    _save_weights(codec, out / "codec.safetensors")
     (out / CONFIG_FILE).write_text(cfg.to_json())
 
 
@@ -111,18 +129,7 @@ def load_checkpoint(
         raise WorldsimError(f"checkpoint {path} is for frames {cfg.frame_size}, given {tuple(expect_frame_size)}")
     model, codec = WorldModel(cfg.model), Codec(cfg.codec)
     for name, module in (("model", model), ("codec", codec)):
-        file = Path(path) / f"{name}.safetensors"
-        if not file.is_file():
-            raise WorldsimError(f"checkpoint {path} has no {file.name}")
-        try:
-            state = load_file(str(file), device=device)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise WorldsimError(f"{file} is corrupt or truncated ({e})") from e
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[0]
-            raise WorldsimError(f"{file} does not match its config.json ({first})") from e
+        _load_weights(module, Path(path) / f"{name}.safetensors", Path(path) / CONFIG_FILE, device)
     return cfg, model.to(device).eval(), codec.to(device).eval()
 
 
@@ -134,7 +141,7 @@ def save_codec(path: str | Path, codec: Codec, provenance: dict[str, Any]) -> No
     """A stand-alone codec folder: ``codec.safetensors`` + ``codec.json`` (config, provenance)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
+    _save_weights(codec, out / "codec.safetensors")
     meta = {"format_version": CHECKPOINT_VERSION, "codec": asdict(codec.cfg), "provenance": provenance}
     (out / "codec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -148,11 +155,7 @@ def load_codec(path: str | Path, device: str = "cpu") -> Codec:
     try:
         meta = json.loads(meta_path.read_text())
         codec = Codec(_build(CodecConfig, meta["codec"], str(meta_path)))
-        codec.load_state_dict(load_file(str(weights), device=device))
     except (json.JSONDecodeError, KeyError) as e:
         raise WorldsimError(f"{meta_path}: damaged ({e})") from e
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WorldsimError(f"{weights} is corrupt or truncated ({e})") from e
-    except RuntimeError as e:
-        raise WorldsimError(f"{weights} does not match {meta_path} ({str(e).splitlines()[0]})") from e
+    _load_weights(codec, weights, meta_path, device)
     return codec.to(device).eval()
