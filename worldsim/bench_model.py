@@ -9,6 +9,7 @@ are ``chunk_frames / seconds_per_chunk``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -65,24 +66,35 @@ def _filled_cache(model: WorldModel, chunk: _Chunk, context_chunks: int) -> Any:
     return cache
 
 
-def seconds_per_chunk(
-    model: WorldModel, steps: int, context_chunks: int, bf16: bool = False, repeats: int = 5
-) -> float:
+def chunk_job(model: WorldModel, steps: int, context_chunks: int) -> Callable[[], None]:
+    """One chunk as play would make it: ``steps`` denoising steps plus the clean pass, against a
+    cache of ``context_chunks`` chunks. The clean pass runs without writing so repeated calls
+    see the same cache length."""
     chunk = _Chunk(model.cfg)
     cache = _filled_cache(model, chunk, context_chunks)
     sampler = Sampler(SamplerConfig(num_steps=steps, mode="few_step"))
     k = model.cfg.chunk_frames
     pos = torch.arange(context_chunks * k, (context_chunks + 1) * k)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def run() -> None:
-        with amp:
-            # write_cache=False keeps the cache at the same length; the clean pass is timed apart.
-            x0 = sampler.sample_chunk(model, cache, chunk.actions, chunk.plucker, pos, chunk.shape, write_cache=False)
-            with torch.inference_mode():
-                model.forward_chunk(x0, torch.zeros(1, k), chunk.actions, chunk.plucker, pos, cache, write=False)
+        x0 = sampler.sample_chunk(model, cache, chunk.actions, chunk.plucker, pos, chunk.shape, write_cache=False)
+        with torch.inference_mode():
+            model.forward_chunk(x0, torch.zeros(1, k), chunk.actions, chunk.plucker, pos, cache, write=False)
 
-    return _timeit(run, repeats)
+    return run
+
+
+def seconds_per_chunk(
+    model: WorldModel, steps: int, context_chunks: int, bf16: bool = False, repeats: int = 5
+) -> float:
+    run = chunk_job(model, steps, context_chunks)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def timed() -> None:
+        with amp:
+            run()
+
+    return _timeit(timed, repeats)
 
 
 def seconds_per_chunk_recompute(model: WorldModel, steps: int, context_chunks: int, repeats: int = 3) -> float:
@@ -117,13 +129,9 @@ def chunk_pass_flops(model: WorldModel, context_chunks: int) -> int:
 
 def time_split(model: WorldModel, steps: int, context_chunks: int, top: int = 6) -> dict[str, float]:
     """Share of self CPU time per operator for one chunk (profiler), the largest ``top`` + rest."""
-    chunk = _Chunk(model.cfg)
-    cache = _filled_cache(model, chunk, context_chunks)
-    sampler = Sampler(SamplerConfig(num_steps=steps, mode="few_step"))
-    k = model.cfg.chunk_frames
-    pos = torch.arange(context_chunks * k, (context_chunks + 1) * k)
+    run = chunk_job(model, steps, context_chunks)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        sampler.sample_chunk(model, cache, chunk.actions, chunk.plucker, pos, chunk.shape, write_cache=False)
+        run()
     rows = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages()), key=lambda r: -r[1])
     total = sum(t for _, t in rows) or 1.0
     split = {f"time_share_{name}": t / total for name, t in rows[:top]}
