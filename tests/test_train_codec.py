@@ -4,11 +4,12 @@ from safetensors.torch import load_file
 
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import CodecConfig
-from worldsim.train.codec_stage import CodecTrainConfig, OptimConfig, train_codec
+from worldsim.train.codec_stage import train_codec
+from worldsim.train.config import OptimConfig, TrainConfig
 
 
 def _cfg(data, out, steps, resume=False):
-    return CodecTrainConfig(
+    return TrainConfig(
         data=str(data),
         val_data=str(data),
         out=str(out),

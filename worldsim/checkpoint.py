@@ -1,7 +1,8 @@
 """Checkpoints: a folder with safetensors weights and a JSON config that loading validates.
 
 <dir>/config.json        format_version, model, codec, sampler, action_encoder
-                         {name, version, dim, key_names}, frame_size, chunk_frames, provenance
+                         {name, version, dim, key_names}, frame_size, chunk_frames,
+                         conditioning (context chunks, camera scale, latent statistics), provenance
 <dir>/model.safetensors  world model weights
 <dir>/codec.safetensors  codec weights
 """
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
+from worldsim.model.generate import ConditioningConfig
 from worldsim.model.sampler import SamplerConfig
 
 CHECKPOINT_VERSION = 1
@@ -33,6 +35,7 @@ class CheckpointConfig:
     sampler: SamplerConfig
     action_encoder: dict[str, Any]  # ActionEncoder.spec()
     frame_size: tuple[int, int]
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = CHECKPOINT_VERSION
 
@@ -103,6 +106,7 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
             sampler=_build(SamplerConfig, d["sampler"], str(cfg_path)),
             action_encoder=dict(d["action_encoder"]),
             frame_size=(int(d["frame_size"][0]), int(d["frame_size"][1])),
+            conditioning=_build(ConditioningConfig, d.get("conditioning", {}), str(cfg_path)),
             provenance=dict(d.get("provenance", {})),
         )
     except KeyError as e:

@@ -55,3 +55,18 @@ def scale_intrinsics(intrinsics: torch.Tensor, factor: float) -> torch.Tensor:
     k = intrinsics.clone()
     k[..., :2, :] *= factor
     return k
+
+
+def clip_rays(
+    c2w: torch.Tensor,  # (B, T, 4, 4)
+    ref: torch.Tensor,  # (B, 4, 4)
+    intrinsics: torch.Tensor,  # (B, 3, 3) pixels of the decoded frame
+    frame_size: tuple[int, int],
+    latent_size: tuple[int, int],
+    translation_scale_m: float,
+) -> torch.Tensor:
+    """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref``, translations
+    normalised over the sequence, at latent resolution -> ``(B, T, 6, h, w)`` float32."""
+    rel = normalise_translation(relative_poses(c2w.double(), ref.double()), translation_scale_m)
+    k = scale_intrinsics(intrinsics.double(), latent_size[0] / frame_size[0])
+    return plucker_rays(rel, k, latent_size[0], latent_size[1]).float()

@@ -1,11 +1,14 @@
-"""``worldsim-train``: the training stages behind one hydra app (``stage=codec``; more stages later).
+"""``worldsim-train``: the training stages behind one hydra app (``stage=codec`` | ``stage=teacher``).
 
 worldsim-train stage=codec data=data/builtin_v1/train val_data=data/builtin_v1/val out=runs/codec
-worldsim-train stage=codec out=runs/codec resume=true      # continue exactly where it stopped
+worldsim-train stage=teacher out=runs/teacher            # the AR teacher on the shipped codec's latents
+worldsim-train stage=teacher out=runs/teacher resume=true  # continue exactly where it stopped
+torchrun --nproc_per_node=2 -m worldsim.train.app stage=teacher ...   # DDP (gloo on CPU)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,24 +19,30 @@ from omegaconf import OmegaConf
 
 from worldsim.config import CONFIG_DIR
 from worldsim.errors import clean_errors, unknown_name
-from worldsim.train.codec_stage import CodecTrainConfig, train_codec
+from worldsim.train.codec_stage import train_codec
+from worldsim.train.config import TrainConfig
+from worldsim.train.distributed import shutdown
+from worldsim.train.teacher_stage import train_teacher
 
-ConfigStore.instance().store(name="train_schema", node=CodecTrainConfig)
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
-STAGES: dict[str, Callable[[Any], dict[str, float]]] = {"codec": train_codec}
+STAGES: dict[str, Callable[[TrainConfig], dict[str, float]]] = {"codec": train_codec, "teacher": train_teacher}
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")
 @clean_errors
 def _main(cfg: Any) -> None:
-    tc: CodecTrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    tc: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     if tc.stage not in STAGES:
         raise unknown_name("training stage", tc.stage, STAGES)
     try:
         summary = STAGES[tc.stage](tc)
     except KeyboardInterrupt:
         sys.exit(130)
-    print(f"{tc.stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()) + f" -> {tc.out}/last")
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{tc.stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()) + f" -> {tc.out}")
 
 
 def main() -> None:

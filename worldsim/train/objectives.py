@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldsim.model.attention import teacher_forcing_mask
+from worldsim.model.attention import chunk_mask, teacher_forcing_mask
 from worldsim.model.dit import WorldModel
 
 
@@ -23,9 +23,11 @@ def teacher_forcing_loss(
     actions: torch.Tensor,  # (B, T, A)
     plucker: torch.Tensor,  # (B, T, 6, h, w)
     generator: torch.Generator | None = None,
+    net: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Flow matching with teacher forcing (reference.md §2): the sequence is ``[clean | noisy]``
-    with the same positions for both halves, one noise level per chunk, loss on the noisy half."""
+    with the same positions for both halves, one noise level per chunk, loss on the noisy half.
+    ``net`` is what gets called (e.g. the DDP wrapper of ``model``); ``model`` by default."""
     b, t = x0.shape[:2]
     k = model.cfg.chunk_frames
     if t % k:
@@ -39,7 +41,7 @@ def teacher_forcing_loss(
     # Step 2: [clean | noisy] through the block-causal teacher-forcing mask.
     ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, x0.device)
     pos = torch.arange(t, device=x0.device)
-    v = model(
+    v = (net if net is not None else model)(
         torch.cat([x0, x_noisy], 1),
         torch.cat([torch.zeros_like(sigma), sigma], 1),
         torch.cat([actions, actions], 1),
@@ -49,3 +51,42 @@ def teacher_forcing_loss(
     )
     # Step 3: velocity target eps - x0, on the noisy half only.
     return F.mse_loss(v[:, t:], eps - x0)
+
+
+def diffusion_forcing_loss(
+    model: WorldModel,
+    x0: torch.Tensor,  # (B, T, C, h, w) clean latents, T a multiple of chunk_frames
+    actions: torch.Tensor,  # (B, T, A)
+    plucker: torch.Tensor,  # (B, T, 6, h, w)
+    generator: torch.Generator | None = None,
+    net: torch.nn.Module | None = None,
+    clean_context_prob: float = 0.7,
+) -> torch.Tensor:
+    """Flow matching with diffusion forcing: one sequence (no clean copy), an independent noise
+    level per chunk, block-causal attention, loss on every noisy frame. With probability
+    ``clean_context_prob`` a sample's earlier chunks are clean (sigma 0, no loss), the case
+    inference meets. Half the tokens of teacher forcing and 3x cheaper per step here (the
+    attention is over T, not 2T, frames)."""
+    b, t = x0.shape[:2]
+    k = model.cfg.chunk_frames
+    if t % k:
+        raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
+    n = t // k
+    # Step 1: one sigma per chunk; clean context on part of the samples.
+    sigma_chunk = torch.rand(b, n, generator=generator, device=x0.device, dtype=x0.dtype)
+    clean = torch.rand(b, 1, generator=generator, device=x0.device) < clean_context_prob
+    is_context = (torch.arange(n, device=x0.device) < n - 1)[None]
+    sigma = torch.where(clean & is_context, 0.0, sigma_chunk).repeat_interleave(k, dim=1)  # (B, T)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    s = sigma[:, :, None, None, None]
+    # Step 2: one block-causal forward over the noisy sequence.
+    ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, x0.device)
+    pos = torch.arange(t, device=x0.device)
+    v = (net if net is not None else model)((1 - s) * x0 + s * eps, sigma, actions, plucker, pos, chunk_mask(ids, ids))
+    # Step 3: velocity error on the frames that carried noise.
+    per_frame = (v.float() - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+    w = (sigma > 0).float()
+    return (per_frame * w).sum() / w.sum().clamp_min(1.0)
+
+
+OBJECTIVES = {"teacher_forcing": teacher_forcing_loss, "diffusion_forcing": diffusion_forcing_loss}

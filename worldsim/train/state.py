@@ -75,6 +75,7 @@ def load_train_state(
     if not (root / "state.json").is_file():
         raise WorldsimError(f"cannot resume: no training state in {root}")
     meta = json.loads((root / "state.json").read_text())
+    config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
     if meta["config"] != config:
         diffs = sorted(k for k in set(meta["config"]) | set(config) if meta["config"].get(k) != config.get(k))
         raise WorldsimError(f"cannot resume {root}: config differs in {diffs}")

@@ -1,0 +1,54 @@
+"""Camera-overlap scoring and the memory-context clips of the teacher's data."""
+
+import numpy as np
+import torch
+
+from worldsim.actions import make_action_encoder
+from worldsim.camera import intrinsics_from_fov, make_c2w
+from worldsim.model.codec import Codec, CodecConfig
+from worldsim.model.generate import ConditioningConfig
+from worldsim.model.overlap import fov_overlap
+from worldsim.train.config import TeacherConfig
+from worldsim.train.teacher_data import ClipSampler, EncodedSplit, frame_actions
+
+K = torch.from_numpy(intrinsics_from_fov(60.0, 64, 64)).float()
+
+
+def _pose(x, yaw_deg):
+    return torch.from_numpy(make_c2w(np.array([x, 0.0, 2.0]), np.deg2rad(yaw_deg), 0.0)).float()
+
+
+def test_overlap_is_one_for_the_same_view_and_falls_with_turning_and_distance():
+    q = _pose(0, 0)[None]
+    cands = torch.stack([_pose(0, 0), _pose(0, 30), _pose(0, 90), _pose(0, 180), _pose(60, 0)])
+    s = fov_overlap(q, cands, K, (64, 64), generator=torch.Generator().manual_seed(0))[0]
+    assert s[0] == 1.0
+    assert 1.0 > s[1] > s[2] >= 0.0
+    assert s[3] == 0.0 and s[4] == 0.0  # behind, and farther than the radius
+
+
+def test_frame_actions_condition_each_frame_on_the_input_that_produced_it():
+    enc = make_action_encoder("keyboard_mouse", ["w", "a", "s", "d", "space", "left shift", "l"])
+    keys = np.zeros((3, 7), np.uint8)
+    keys[0, 0] = 1  # w held on the step from frame 0 to frame 1
+    a = frame_actions(enc, keys, np.zeros((3, 2), np.float32), None)
+    np.testing.assert_array_equal(a[0], enc.null_action())
+    np.testing.assert_array_equal(a[1], enc.encode(keys[0], np.zeros(2, np.float32)))
+
+
+def test_memory_clips_replace_the_oldest_chunk_with_an_earlier_overlapping_view(small_dataset):
+    enc = make_action_encoder("keyboard_mouse", small_dataset.meta.key_names)
+    split = EncodedSplit.encode(str(small_dataset.root), Codec(CodecConfig(4, 4, 16)), enc, "encode")
+    tc = TeacherConfig(context_chunks=2, memory_prob=1.0, memory_top=1)
+    clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), torch.from_numpy(enc.null_action()))
+    b = clips.batch(0, 0, 32)
+    assert b.x0.shape == (32, 6, 4, 16, 16) and b.plucker.shape == (32, 6, 6, 16, 16)
+    assert b.memory.any()
+    for i in torch.nonzero(b.memory).flatten().tolist():
+        # The memory chunk's poses come from the same episode, before the recent chunk, not adjacent to it.
+        (e,) = [e for e, c in enumerate(split.c2w) if any(torch.equal(b.c2w[i, 2], c[t]) for t in range(len(c)))]
+        times = [next(t for t in range(len(split.c2w[e])) if torch.equal(b.c2w[i, j], split.c2w[e][t])) for j in range(6)]
+        assert times[1] == times[0] + 1 and times[3] == times[2] + 1
+        assert times[1] < times[2] - 2
+    plain = clips.batch(0, 0, 32, train=False)
+    assert not plain.memory.any()

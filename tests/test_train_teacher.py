@@ -1,0 +1,139 @@
+"""The teacher stage on a tiny config: exact resume, a loadable export, bad input, and DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worldsim.checkpoint import load_checkpoint, save_codec
+from worldsim.errors import WorldsimError
+from worldsim.model.codec import Codec, CodecConfig
+from worldsim.model.dit import WorldModelConfig
+from worldsim.train.config import OptimConfig, TeacherConfig, TrainConfig
+from worldsim.train.teacher_stage import train_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = WorldModelConfig(
+    latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, action_dim=9, chunk_frames=2
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("codec") / "codec"
+    save_codec(path, Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16)), {"test": True})
+    return path
+
+
+def _cfg(data, codec, out, steps, resume=False, **teacher):
+    return TrainConfig(
+        stage="teacher",
+        data=str(data),
+        val_data=str(data),
+        out=str(out),
+        steps=steps,
+        batch_size=4,
+        bf16=False,
+        log_every=1,
+        val_every=2,
+        val_batches=1,
+        ckpt_every=100,
+        resume=resume,
+        model=TINY,
+        teacher=TeacherConfig(codec_path=str(codec), preview_every=4, preview_steps=2, **teacher),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+    )
+
+
+def _overrides(data, codec, out, steps, resume=False):
+    m = [f"model.{k}={v}" for k, v in vars(TINY).items() if k != "latent_size"] + ["model.latent_size=[16,16]"]
+    return [
+        "stage=teacher",
+        f"data={data}",
+        f"val_data={data}",
+        f"out={out}",
+        f"steps={steps}",
+        "batch_size=4",
+        "bf16=false",
+        "log_every=1",
+        "val_every=2",
+        "val_batches=1",
+        f"resume={str(resume).lower()}",
+        f"teacher.codec_path={codec}",
+        "teacher.preview_every=1000",
+        *m,
+    ]
+
+
+def test_teacher_resume_is_bit_exact_and_exports_a_loadable_checkpoint(small_dataset, tiny_codec, tmp_path):
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 4))
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "b", 2))
+    summary = train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "b", 4, resume=True))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert set(summary) >= {"val_loss", "rollout_psnr_db", "copy_last_psnr_db"}
+    assert (tmp_path / "b" / "previews" / "step_000004.png").is_file()
+    cfg, model, codec = load_checkpoint(tmp_path / "b" / "model")
+    assert cfg.model == TINY and cfg.provenance["step"] == 4 and len(cfg.conditioning.latent_mean) == 4
+    ema = load_file(str(tmp_path / "b" / "last" / "ema.safetensors"))
+    assert all(torch.equal(ema[k], v) for k, v in model.state_dict().items())
+
+
+def test_teacher_learns_on_a_tiny_config(small_dataset, tiny_codec, tmp_path):
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "l", 60, memory_prob=1.0)
+    cfg.val_every = 60
+    cfg.optim.lr = 3e-3
+    cfg.teacher.preview_every = 1000
+    train_teacher(cfg)
+    rows = [r.split(",") for r in (tmp_path / "l" / "log.csv").read_text().splitlines()[1:]]
+    first, last = sum(float(r[1]) for r in rows[:5]) / 5, sum(float(r[1]) for r in rows[-5:]) / 5
+    assert last < 0.85 * first
+
+
+def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, tmp_path):
+    from envs.record import RecordConfig, record
+
+    with pytest.raises(WorldsimError, match="does not exist"):
+        train_teacher(_cfg(tmp_path / "missing", tiny_codec, tmp_path / "o", 1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorldsimError, match="holds no rollout dataset"):
+        train_teacher(_cfg(tmp_path / "empty", tiny_codec, tmp_path / "o", 1))
+    with pytest.raises(WorldsimError, match="not a codec folder"):
+        train_teacher(_cfg(small_dataset.root, tmp_path / "nocodec", tmp_path / "o", 1))
+    small = record(RecordConfig(num_episodes=1, episode_len=8, frame_size=[32, 32], out=str(tmp_path / "s32")))
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1)
+    cfg.val_data = str(small.root)
+    with pytest.raises(WorldsimError, match=r"validation frames are \(32, 32\)"):
+        train_teacher(cfg)
+    with pytest.raises(WorldsimError, match=r"model.latent_size is \(16, 16\), but \(32, 32\) frames encode to \(8, 8\)"):
+        train_teacher(_cfg(small.root, tiny_codec, tmp_path / "o", 1))
+    with pytest.raises(WorldsimError, match="unknown teacher objective 'flow'"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, objective="flow"))
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "r", 1))
+    with pytest.raises(WorldsimError, match="already holds a run"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "r", 2))
+    with pytest.raises(WorldsimError, match=r"config differs in \['teacher'\]"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "r", 2, resume=True, camera_drop=0.5))
+
+
+def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tiny_codec, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "worldsim.train.app"]
+    out = tmp_path / "ddp"
+    for steps, resume in ((2, False), (4, True)):
+        args = _overrides(small_dataset.root, tiny_codec, out, steps, resume)
+        p = subprocess.run(run + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "ranks_in_sync 1" in p.stdout, p.stdout
+        assert p.stdout.count("teacher:") == 1  # only rank 0 reports
+    rows = (out / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert '"step": 4' in (out / "last" / "state.json").read_text()

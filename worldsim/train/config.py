@@ -1,0 +1,74 @@
+"""The one typed schema behind ``worldsim-train`` (all stages), and what each stage must match to resume.
+
+Stage presets live in ``configs/stage/<name>.yaml`` (steps, batch size, learning rate, out);
+``worldsim-train stage=teacher`` selects one. Fields a stage does not use are ignored by it and
+left out of its resume identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from worldsim.model.codec import CodecConfig
+from worldsim.model.dit import WorldModelConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TeacherConfig:
+    """What the AR teacher stage needs beyond the model: its codec, encoder and data mixing."""
+
+    codec_path: str = "assets/codec_builtin_v1"  # a folder written by stage=codec (codec.json)
+    encoder: str = "keyboard_mouse"  # action encoder registry name
+    objective: str = "diffusion_forcing"  # diffusion_forcing | teacher_forcing (worldsim/train/objectives.py)
+    clean_context_prob: float = 0.7  # diffusion forcing: share of samples with clean context chunks
+    context_chunks: int = 2  # clean chunks before the generated one (the rolling window)
+    memory_prob: float = 0.5  # share of samples whose oldest context chunk is a retrieved earlier view
+    memory_top: int = 3  # the retrieved chunk is drawn from the best-overlapping few
+    action_drop: float = 0.1  # share of samples trained with null actions (classifier-free guidance)
+    camera_drop: float = 0.25  # share of samples trained without camera rays (actions must carry motion)
+    translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
+    preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
+    preview_steps: int = 8  # Euler steps of the preview sampler
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "codec"
+    data: str = "data/builtin_v1/train"
+    val_data: str | None = "data/builtin_v1/val"
+    out: str = "runs/codec"
+    steps: int = 3000
+    batch_size: int = 16
+    seed: int = 0
+    bf16: bool = True
+    log_every: int = 10
+    val_every: int = 250
+    val_batches: int = 4
+    ckpt_every: int = 250
+    resume: bool = False
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match to resume: everything that shapes this stage's trajectory."""
+        d = asdict(self)
+        for k in ("steps", "resume", "out", "log_every", "val_every", "val_batches", "ckpt_every", "val_data"):
+            d.pop(k)
+        d["teacher"].pop("preview_every")
+        d["teacher"].pop("preview_steps")
+        unused = {"codec": ("model", "teacher"), "teacher": ("codec",)}.get(self.stage, ())
+        for k in unused:
+            d.pop(k)
+        return d

@@ -1,0 +1,124 @@
+"""The training loop every stage shares: learning-rate schedule, clipping, EMA, CSV log,
+progress bar, periodic evaluation, checkpoints with exact resume, and a clean stop on Ctrl-C.
+
+A stage supplies ``loss_at(step)`` (a pure function of the step for its data and noise, so a
+resumed run replays the same batches), ``periodic(step)`` (metrics to log, usually empty) and
+``export(step, metrics)`` (its usable product, e.g. the EMA codec folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from worldsim.errors import WorldsimError
+from worldsim.train.config import OptimConfig, TrainConfig
+from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
+from worldsim.train.state import load_train_state, save_train_state
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to 0 at ``total``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+class TrainLoop(Generic[M]):
+    """Owns the optimizer, the EMA copy and the run folder of one stage."""
+
+    def __init__(self, cfg: TrainConfig, module: M, metric_names: list[str], d: Dist):
+        self.cfg, self.module, self.dist = cfg, module, d
+        self.metric_names = metric_names
+        self.ema: M = copy.deepcopy(module).requires_grad_(False)
+        self.net = wrap(module, d)  # what the loss calls: DDP averages gradients across ranks
+        self.opt = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.out = Path(cfg.out)
+        self.step = 0
+        if cfg.resume:
+            self.step = load_train_state(self.out / "last", module, self.ema, self.opt, cfg.identity())
+        elif (self.out / "last").exists():
+            raise WorldsimError(
+                f"{self.out} already holds a run; pass resume=true to continue it or choose another out="
+            )
+        barrier(d)  # nobody writes before every rank has read
+
+    def _save(self) -> None:
+        if self.dist.is_main:
+            save_train_state(self.out / "last", self.module, self.ema, self.opt, self.step, self.cfg.identity())
+
+    def run(
+        self,
+        loss_at: Callable[[int], tuple[torch.Tensor, int]],
+        periodic: Callable[[int], dict[str, float]],
+        export: Callable[[int, dict[str, float]], None],
+    ) -> dict[str, float]:
+        cfg, main = self.cfg, self.dist.is_main
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / "log.csv"
+        new_log = not (cfg.resume and log_path.exists())
+        log = open(log_path, "w" if new_log else "a", newline="") if main else None
+        writer = csv.writer(log) if log else None
+        if writer and new_log:
+            writer.writerow(["step", "loss", "lr", "items_per_s", *self.metric_names])
+        summary: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.stage, unit="step", disable=not main)
+        t_last, seen, last_loss = time.perf_counter(), 0, float("nan")
+        try:
+            while self.step < cfg.steps:
+                for group in self.opt.param_groups:
+                    group["lr"] = lr_at(self.step, cfg.steps, cfg.optim)
+                loss, items = loss_at(self.step)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+                self.opt.step()
+                with torch.no_grad():
+                    for pe, pm in zip(self.ema.parameters(), self.module.parameters(), strict=True):
+                        pe.lerp_(pm, 1 - cfg.optim.ema_decay)
+                self.step += 1
+                seen += items * self.dist.world
+                last_loss = loss.item()
+                metrics = periodic(self.step)
+                summary.update(metrics)
+                if writer and log and (self.step % cfg.log_every == 0 or metrics):
+                    now = time.perf_counter()
+                    cells = [f"{metrics[m]:.4f}" if m in metrics else "" for m in self.metric_names]
+                    lr = self.opt.param_groups[0]["lr"]
+                    writer.writerow(
+                        [self.step, f"{last_loss:.5f}", f"{lr:.3g}", f"{seen / (now - t_last):.1f}", *cells]
+                    )
+                    log.flush()
+                    t_last, seen = now, 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", **{k: f"{v:.3g}" for k, v in metrics.items()})
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self._save()
+                    if main:
+                        export(self.step, summary)
+        except KeyboardInterrupt:
+            self._save()
+            if main:
+                print(f"\ninterrupted at step {self.step}: saved {self.out / 'last'}; resume with resume=true")
+            raise
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        summary["step"] = self.step
+        summary["final_loss"] = last_loss
+        if self.dist.world > 1:
+            summary["ranks_in_sync"] = float(weights_in_sync(self.module, self.dist))
+        return summary

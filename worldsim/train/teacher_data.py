@@ -1,0 +1,192 @@
+"""Training data of the AR teacher: every episode encoded once to latents, then seeded clips.
+
+A clip is ``context_chunks + 1`` chunks of one episode. With probability ``memory_prob`` its
+oldest chunk is replaced by an earlier, non-adjacent chunk of the same episode chosen by field
+of view overlap with the clip's last chunk (reference.md §5), placed at the compact positions
+just before the recent context, so the network learns to use retrieved views. Batch ``i`` of
+run seed ``s`` is a pure function of ``(s, i)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from worldsim.actions.encoder import ActionEncoder
+from worldsim.data.format import INDEX_FILE
+from worldsim.data.reader import RolloutDataset
+from worldsim.errors import WorldsimError
+from worldsim.model.codec import Codec, frames_to_tensor
+from worldsim.model.generate import ConditioningConfig
+from worldsim.model.overlap import fov_overlap
+from worldsim.model.plucker import clip_rays
+from worldsim.train.config import TeacherConfig
+from worldsim.train.frames import open_datasets
+
+
+def frame_actions(encoder: ActionEncoder, keys: np.ndarray, mouse: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+    """Per-frame conditioning: row ``t`` is the encoded input that produced frame ``t``
+    (``action[t-1]`` in rollout order); frame 0 gets ``before`` or the null action."""
+    enc = encoder.encode_batch(keys, mouse)
+    first = encoder.null_action() if before is None else before
+    return np.concatenate([first[None], enc[:-1]], 0).astype(np.float32)
+
+
+@dataclass
+class EncodedSplit:
+    """All episodes of a split in memory: raw latents float16, per-frame actions, poses."""
+
+    latents: list[torch.Tensor]  # (T, C, h, w)
+    actions: list[torch.Tensor]  # (T, A)
+    c2w: list[torch.Tensor]  # (T, 4, 4)
+    intrinsics: torch.Tensor  # (3, 3)
+    frame_size: tuple[int, int]
+    key_names: list[str]
+    sources: list[tuple[RolloutDataset, int]]  # where each episode's frames are on disk
+
+    def frames(self, e: int, start: int, stop: int) -> np.ndarray:
+        ds, i = self.sources[e]
+        return ds.load_slice(i, start, stop, ("frames",))["frames"]
+
+    @classmethod
+    @torch.no_grad()
+    def encode(
+        cls, path: str, codec: Codec, encoder: ActionEncoder, desc: str, cache_dir: Path | None = None, batch: int = 128
+    ) -> EncodedSplit:
+        """Encode every episode under ``path``; reuses ``cache_dir/<desc>-<key>.safetensors`` when
+        the codec weights, the episode index and the encoder are the same as when it was written."""
+        sets = open_datasets(path)
+        meta = sets[0].meta
+        for ds in sets:
+            if list(ds.meta.key_names) != list(encoder.key_names):
+                raise WorldsimError(
+                    f"{ds.root} records keys {ds.meta.key_names}, the encoder expects {encoder.key_names}"
+                )
+        size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
+        out = cls([], [], [], torch.zeros(3, 3), size, list(encoder.key_names), [])
+        out.sources = [(ds, i) for ds in sets for i in range(len(ds))]
+        key = hashlib.sha1(json.dumps(encoder.spec(), sort_keys=True).encode())
+        for name, t in codec.state_dict().items():
+            key.update(name.encode() + t.float().numpy().tobytes())
+        for ds in sets:
+            key.update((ds.root / INDEX_FILE).read_bytes())
+        cache = cache_dir / f"{desc.replace(' ', '_')}-{key.hexdigest()[:16]}.safetensors" if cache_dir else None
+        if cache is not None and cache.is_file():
+            arrays = load_file(str(cache))
+            n = len(out.sources)
+            out.latents = [arrays[f"latents.{e}"] for e in range(n)]
+            out.actions = [arrays[f"actions.{e}"] for e in range(n)]
+            out.c2w = [arrays[f"c2w.{e}"] for e in range(n)]
+            out.intrinsics = arrays["intrinsics"]
+            return out
+        for ds, i in tqdm(out.sources, desc=desc, unit="episode"):
+            a = ds.load(i, ("frames", "c2w", "intrinsics", "keys", "mouse"))
+            frames = torch.from_numpy(a["frames"])
+            z = torch.cat([codec.encode(frames_to_tensor(frames[s : s + batch])) for s in range(0, len(frames), batch)])
+            out.latents.append(z.half().contiguous())
+            out.actions.append(torch.from_numpy(frame_actions(encoder, a["keys"], a["mouse"], None)))
+            out.c2w.append(torch.from_numpy(a["c2w"]).float())
+            out.intrinsics = torch.from_numpy(a["intrinsics"]).float()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            arrays = {"intrinsics": out.intrinsics}
+            for e in range(len(out.sources)):
+                arrays.update({f"latents.{e}": out.latents[e], f"actions.{e}": out.actions[e], f"c2w.{e}": out.c2w[e]})
+            tmp = cache.with_suffix(".tmp")
+            save_file(arrays, str(tmp))
+            tmp.replace(cache)
+        return out
+
+    def latent_stats(self) -> tuple[list[float], list[float]]:
+        z = torch.cat(self.latents).float()
+        return z.mean(dim=(0, 2, 3)).tolist(), z.std(dim=(0, 2, 3)).tolist()
+
+
+@dataclass
+class Batch:
+    x0: torch.Tensor  # (B, T, C, h, w) normalised latents
+    actions: torch.Tensor  # (B, T, A)
+    plucker: torch.Tensor  # (B, T, 6, h, w)
+    c2w: torch.Tensor  # (B, T, 4, 4)
+    memory: torch.Tensor  # (B,) bool: the oldest chunk is a retrieved view
+
+
+class ClipSampler:
+    def __init__(
+        self,
+        split: EncodedSplit,
+        chunk_frames: int,
+        tcfg: TeacherConfig,
+        cond: ConditioningConfig,
+        latent_size: tuple[int, int],
+        null_action: torch.Tensor,  # (A,) what action dropout substitutes
+    ):
+        self.split, self.k, self.tcfg, self.cond = split, chunk_frames, tcfg, cond
+        self.null = null_action.float()
+        self.latent_size = latent_size
+        self.clip_len = (tcfg.context_chunks + 1) * chunk_frames
+        self.index = [(e, s) for e, z in enumerate(split.latents) for s in range(len(z) - self.clip_len + 1)]
+        if not self.index:
+            longest = max(len(z) for z in split.latents)
+            raise WorldsimError(f"no episode is long enough for {self.clip_len}-frame clips (longest: {longest})")
+        c = split.latents[0].shape[1]
+        self.mean, self.std = cond.stats(c)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _memory_start(self, e: int, s: int, g: torch.Generator) -> int | None:
+        """Start of an earlier chunk that overlaps the clip's last chunk most (one of the top few)."""
+        k = self.k
+        if s < k:
+            return None
+        starts = torch.arange(0, s - k + 1, max(1, k // 2))  # ends at least one chunk before the clip
+        c2w = self.split.c2w[e]
+        query = c2w[s + self.clip_len - k : s + self.clip_len]
+        score = fov_overlap(
+            query, c2w[starts + k // 2], self.split.intrinsics, self.split.frame_size, num_points=512, generator=g
+        ).mean(0)
+        top = torch.topk(score, min(self.tcfg.memory_top, len(starts))).indices
+        return int(starts[top[torch.randint(len(top), (1,), generator=g)]].item())
+
+    def batch(self, seed: int, step: int, batch_size: int, train: bool = True) -> Batch:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        picks = torch.randint(len(self.index), (batch_size,), generator=g).tolist()
+        k, t = self.k, self.clip_len
+        lat, act, cam, mem = [], [], [], []
+        for p in picks:
+            e, s = self.index[p]
+            frames = torch.arange(s, s + t)
+            use_mem = train and torch.rand(1, generator=g).item() < self.tcfg.memory_prob
+            m = self._memory_start(e, s, g) if use_mem else None
+            if m is not None:
+                frames = torch.cat([torch.arange(m, m + k), frames[k:]])
+            lat.append(self.split.latents[e][frames])
+            act.append(self.split.actions[e][frames])
+            cam.append(self.split.c2w[e][frames])
+            mem.append(m is not None)
+        x0 = (torch.stack(lat).float() - self.mean) / self.std
+        actions, c2w = torch.stack(act), torch.stack(cam)
+        b = len(picks)
+        ref = c2w[:, t - k - 1]  # the latest context frame: the camera the last chunk starts from
+        rays = clip_rays(
+            c2w,
+            ref,
+            self.split.intrinsics.expand(b, 3, 3),
+            self.split.frame_size,
+            self.latent_size,
+            self.cond.translation_scale_m,
+        )
+        if train:
+            drop_a = torch.rand(b, generator=g) < self.tcfg.action_drop
+            drop_c = torch.rand(b, generator=g) < self.tcfg.camera_drop
+            actions = torch.where(drop_a[:, None, None], self.null[None, None], actions)
+            rays = rays * (~drop_c).float()[:, None, None, None, None]
+        return Batch(x0, actions, rays, c2w, torch.tensor(mem))
