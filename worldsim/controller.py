@@ -43,6 +43,13 @@ class CameraState:
     def copy(self) -> CameraState:
         return CameraState(self.position.copy(), self.yaw_rad, self.pitch_rad)
 
+    @classmethod
+    def from_c2w(cls, c2w: np.ndarray) -> CameraState:
+        """The state whose :meth:`c2w` is ``c2w`` (a pose made by this convention: no roll)."""
+        c2w = np.asarray(c2w, np.float64)
+        fx, fy, fz = c2w[:3, 2]  # the forward axis in world coordinates
+        return cls(c2w[:3, 3].copy(), math.atan2(fx, fy), math.asin(max(-1.0, min(1.0, fz))))
+
 
 class CameraController:
     """Maps ``(keys, mouse)`` of one tick to the next :class:`CameraState`.

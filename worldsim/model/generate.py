@@ -30,11 +30,15 @@ class ConditioningConfig:
     translation_scale_m: float = 8.0
     latent_mean: tuple[float, ...] = ()  # per latent channel; empty = 0
     latent_std: tuple[float, ...] = ()  # per latent channel; empty = 1
+    intrinsics: tuple[float, ...] = ()  # 3x3 row-major, pixels of the training frames; empty = unknown
 
     def stats(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.latent_mean or [0.0] * channels).view(channels, 1, 1)
         std = torch.tensor(self.latent_std or [1.0] * channels).view(channels, 1, 1)
         return mean, std
+
+    def intrinsics_matrix(self) -> torch.Tensor | None:
+        return torch.tensor(self.intrinsics, dtype=torch.float32).view(3, 3) if self.intrinsics else None
 
 
 @dataclass

@@ -84,7 +84,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     train = EncodedSplit.encode(cfg.data, codec, encoder, "encode train", cache)
     val = EncodedSplit.encode(cfg.val_data, codec, encoder, "encode val", cache) if cfg.val_data else None
     mean, std = train.latent_stats()
-    cond = ConditioningConfig(tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std))
+    intr = tuple(train.intrinsics.flatten().tolist())
+    cond = ConditioningConfig(tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std), intr)
     null = torch.from_numpy(encoder.null_action())
     k, latent_size = cfg.model.chunk_frames, (int(cfg.model.latent_size[0]), int(cfg.model.latent_size[1]))
     clips = ClipSampler(train, k, tc, cond, latent_size, null)
