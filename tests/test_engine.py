@@ -21,7 +21,9 @@ KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 def make_tiny_checkpoint(path, seed=0):
     torch.manual_seed(seed)
     enc = make_action_encoder("keyboard_mouse", KEYS)
-    mcfg = WorldModelConfig(latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2)
+    mcfg = WorldModelConfig(
+        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2
+    )
     k = intrinsics_from_fov(60.0, 64, 64)
     model = WorldModel(mcfg)
     for p in model.parameters():  # random, not zero-init, so every path matters

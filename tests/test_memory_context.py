@@ -47,7 +47,9 @@ def test_memory_clips_replace_the_oldest_chunk_with_an_earlier_overlapping_view(
     for i in torch.nonzero(b.memory).flatten().tolist():
         # The memory chunk's poses come from the same episode, before the recent chunk, not adjacent to it.
         (e,) = [e for e, c in enumerate(split.c2w) if any(torch.equal(b.c2w[i, 2], c[t]) for t in range(len(c)))]
-        times = [next(t for t in range(len(split.c2w[e])) if torch.equal(b.c2w[i, j], split.c2w[e][t])) for j in range(6)]
+        times = [
+            next(t for t in range(len(split.c2w[e])) if torch.equal(b.c2w[i, j], split.c2w[e][t])) for j in range(6)
+        ]
         assert times[1] == times[0] + 1 and times[3] == times[2] + 1
         assert times[1] < times[2] - 2
     plain = clips.batch(0, 0, 32, train=False)

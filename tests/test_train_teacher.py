@@ -113,7 +113,9 @@ def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, t
     cfg.val_data = str(small.root)
     with pytest.raises(WorldsimError, match=r"validation frames are \(32, 32\)"):
         train_teacher(cfg)
-    with pytest.raises(WorldsimError, match=r"model.latent_size is \(16, 16\), but \(32, 32\) frames encode to \(8, 8\)"):
+    with pytest.raises(
+        WorldsimError, match=r"model.latent_size is \(16, 16\), but \(32, 32\) frames encode to \(8, 8\)"
+    ):
         train_teacher(_cfg(small.root, tiny_codec, tmp_path / "o", 1))
     with pytest.raises(WorldsimError, match="unknown teacher objective 'flow'"):
         train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, objective="flow"))

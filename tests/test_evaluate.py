@@ -1,0 +1,108 @@
+"""worldsim-eval on a tiny checkpoint: every metric and plot; metrics checked against references."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
+
+from worldsim.errors import WorldsimError
+from worldsim.evaluate import EvalConfig, evaluate, rollout_against
+from worldsim.idm import Pairs, idm_accuracy, train_idm
+from worldsim.metrics import psnr, ssim
+
+
+def test_psnr_and_ssim_match_scikit_image():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    b[2] = a[2] // 2 + 60  # a structural change, not just noise
+    for i in range(3):
+        ref = structural_similarity(
+            a[i], b[i], channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+        )
+        assert ssim(a, b)[i] == pytest.approx(ref, abs=1e-9)
+        assert psnr(a, b)[i] == pytest.approx(peak_signal_noise_ratio(a[i], b[i], data_range=255), abs=1e-9)
+    assert ssim(a[:1], a[:1])[0] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def gt_data(tmp_path_factory):
+    from envs.record import RecordConfig, record
+
+    root = tmp_path_factory.mktemp("gt")
+    for policy, n in (("explore", 3), ("go_and_return", 1)):
+        record(RecordConfig(num_episodes=n, episode_len=24, policy=policy, seed=80000, out=str(root / policy)))
+    return root
+
+
+def test_the_inverse_dynamics_model_reads_actions_from_ground_truth_well_above_chance(gt_data):
+    keys = ["w", "a", "s", "d", "space", "left shift", "l"]
+    idm = train_idm(gt_data, keys, steps=150, batch=32)
+    from worldsim.train.frames import open_datasets
+
+    ds = open_datasets(gt_data)[0]
+    arr = ds.load(0, ("frames", "keys", "mouse"))
+    acc = idm_accuracy(idm, Pairs.from_rollout(arr["frames"], arr["keys"], arr["mouse"]), keys)
+    assert acc["mouse x"]["accuracy"] > acc["mouse x"]["chance"] + 0.15
+
+
+def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_frames(tiny, gt_data, tmp_path):
+    cfg = EvalConfig(
+        checkpoint=str(tiny),
+        data=str(gt_data),
+        out=str(tmp_path / "e"),
+        horizon=4,
+        max_episodes=4,
+        idm_data=str(gt_data),
+        idm_steps=10,
+        turn_starts=2,
+        drift_frames=8,
+    )
+    m = evaluate(cfg)
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["psnr_gain_db"] == pytest.approx(m["psnr_db_mean"] - m["copy_last_psnr_db_mean"])
+    for key in ("psnr_db", "copy_last_psnr_db", "ssim", "copy_last_ssim", "idm_accuracy_generated"):
+        assert len(saved["by_frame"][key]) == 4
+    assert set(saved["idm"]["generated"]) == {f"key {k}" for k in ["w", "a", "s", "d", "space", "left shift", "l"]} | {
+        "mouse x",
+        "mouse y",
+    }
+    assert saved["revisit"]["go_and_return"]["episodes"] == 1
+    assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
+    assert saved["drift"]["frames"] == 8 and len(saved["drift"]["gen_mean"]) == 8
+    for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet"):
+        assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
+    # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).
+    from worldsim.engine import load_engine
+    from worldsim.train.frames import open_datasets
+
+    eng = load_engine(tiny)
+    n = eng.context_frames
+    ours, base = [], []
+    for ds in open_datasets(gt_data):
+        for i in range(len(ds)):
+            arr = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+            gen, gt = rollout_against(eng, arr, 4)
+            np.testing.assert_array_equal(gt, arr["frames"][n : n + 4])
+            ours.append(psnr(gen, gt))
+            base.append(psnr(np.repeat(arr["frames"][n - 1 : n], 4, 0), gt))
+    np.testing.assert_allclose(np.mean(ours, 0), saved["by_frame"]["psnr_db"], rtol=1e-12)
+    np.testing.assert_allclose(np.mean(base, 0), saved["by_frame"]["copy_last_psnr_db"], rtol=1e-12)
+
+
+def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
+    from envs.record import RecordConfig, record
+
+    record(RecordConfig(num_episodes=1, episode_len=8, frame_size=[32, 32], out=str(tmp_path / "s32")))
+    with pytest.raises(WorldsimError, match=r"has \(32, 32\) frames, the checkpoint \(64, 64\)"):
+        evaluate(EvalConfig(checkpoint=str(tiny), data=str(tmp_path / "s32"), out=str(tmp_path / "o")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorldsimError, match="holds no rollout dataset"):
+        evaluate(EvalConfig(checkpoint=str(tiny), data=str(tmp_path / "empty"), out=str(tmp_path / "o")))

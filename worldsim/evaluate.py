@@ -1,0 +1,322 @@
+"""Evaluation against ground truth (``worldsim-eval``; Python API: :func:`evaluate`).
+
+Every number compares frames the engine generated with frames the environment rendered for the
+same inputs, on held-out data:
+
+* **rollouts**: from each episode's first ``context`` frames, generate ``horizon`` frames under the
+  episode's recorded inputs; PSNR / SSIM per frame vs horizon, the same for the "repeat the last
+  context frame" baseline on exactly the same frames, and a sharpness ratio (calibration lesson 5).
+* **action following**: an inverse-dynamics model trained on ground-truth pairs (idm.py) predicts
+  the raw action of each generated pair; accuracy per action on ground truth and on generated
+  frames, beside chance.
+* **revisits**: episodes of the go_and_return / full_turn policies generated to their end, where the
+  camera is back where it started: PSNR of the last chunk vs ground truth and vs the baseline.
+* **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
+  rollout is closer (MSE) to its own ground truth than to the other's.
+* **drift**: one long rollout under the explore policy; per-chunk mean and contrast (std) of
+  generated frames vs the range seen in ground truth for the same inputs.
+
+Outputs in ``out``: ``metrics.json`` (keys documented in docs/evaluation.md), PNG plots of each
+metric vs horizon, and a contact sheet (ground truth above generated).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from worldsim.config import CONFIG_DIR
+from worldsim.engine import Engine, load_engine
+from worldsim.errors import WorldsimError, clean_errors
+from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
+from worldsim.metrics import high_frequency_ratio, psnr, ssim
+from worldsim.model.sampler import SamplerConfig
+from worldsim.train.frames import open_datasets
+
+REVISIT_POLICIES = ("go_and_return", "full_turn")
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = "assets/teacher_builtin_v1"
+    data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
+    out: str = "runs/eval"
+    horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
+    max_episodes: int = 32
+    sampler_steps: int = 0  # 0 = the checkpoint's own sampler
+    seed: int = 0
+    bf16: bool = False
+    idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
+    idm_data: str = "data/builtin_v1/train"
+    idm_steps: int = 1500
+    turn_starts: int = 32  # 0 = skip
+    turn_seed0: int = 95000  # world seeds turn_seed0 .. turn_seed0 + turn_starts - 1
+    turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
+    drift_frames: int = 1000  # 0 = skip
+    drift_seed: int = 96000
+
+
+def rollout_against(engine: Engine, arrays: dict[str, np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reset on the first ``context`` frames, then generate under the recorded inputs.
+    Returns (generated, ground truth) ``(horizon, H, W, 3)`` each; rollout order as in datasets."""
+    n, k = engine.context_frames, engine.chunk_frames
+    frames, keys, mouse = arrays["frames"], arrays["keys"], arrays["mouse"]
+    if len(frames) < n + horizon:
+        raise WorldsimError(f"an episode of {len(frames)} frames is too short for {n} context + {horizon} frames")
+    engine.reset(frames[:n], arrays["c2w"][:n], keys[:n], mouse[:n])
+    out = [engine.step(keys[n - 1 + s : n - 1 + s + k], mouse[n - 1 + s : n - 1 + s + k]) for s in range(0, horizon, k)]
+    return np.concatenate(out), frames[n : n + horizon]
+
+
+def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
+    sets = open_datasets(data)
+    for ds in sets:
+        if list(ds.meta.key_names) != engine.key_names:
+            raise WorldsimError(f"{ds.root} records keys {ds.meta.key_names}, the checkpoint {engine.key_names}")
+        if tuple(ds.meta.frame_size) != engine.frame_size:
+            raise WorldsimError(f"{ds.root} has {tuple(ds.meta.frame_size)} frames, the checkpoint {engine.frame_size}")
+    every = [(ds, i) for ds in sets for i in range(len(ds))]
+    picks = np.linspace(0, len(every) - 1, min(limit, len(every))).round().astype(int)
+    return [every[p] for p in sorted(set(picks.tolist()))]
+
+
+def _world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
+    from envs.builtin import BuiltinWorldConfig
+    from envs.record import rollout
+
+    return rollout("builtin", seed, engine.frame_size, BuiltinWorldConfig(), keys, mouse, save_depth=False)
+
+
+def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float) -> dict[str, Any]:
+    """Left vs right from the same (held-still) start in each world seed."""
+    n, kk = engine.context_frames, len(engine.key_names)
+    wins, per_start = 0, []
+    for seed in tqdm(seeds, desc="turning", unit="start"):
+        gens, gts = {}, {}
+        for side, sign in (("left", -1.0), ("right", 1.0)):
+            keys = np.zeros((n + horizon, kk), np.uint8)
+            mouse = np.zeros((n + horizon, 2), np.float32)
+            mouse[n - 1 :, 0] = sign * dx
+            arrays = _world_rollout(engine, seed, keys, mouse)
+            gens[side], gts[side] = rollout_against(engine, arrays, horizon)
+        mse = {(g, t): float(((gens[g].astype(float) - gts[t]) ** 2).mean()) for g in gens for t in gts}
+        ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
+        wins += ok
+        per_start.append({"seed": seed, "own_mse": [mse["left", "left"], mse["right", "right"]], "correct": ok})
+    return {"starts": len(seeds), "discrimination": wins / max(1, len(seeds)), "per_start": per_start}
+
+
+def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
+    """A long rollout under the explore policy: per-chunk mean / std of frames, generated and true."""
+    from worldsim.controller import CameraControllerConfig
+    from worldsim.policies import make_policy
+
+    n, k = engine.context_frames, engine.chunk_frames
+    horizon = -(-frames // k) * k
+    acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+        n + horizon, np.random.default_rng(seed)
+    )
+    arrays = _world_rollout(engine, seed, acts.keys, acts.mouse)
+    gen, gt = [], arrays["frames"][n : n + horizon]
+    engine.reset(arrays["frames"][:n], arrays["c2w"][:n], acts.keys[:n], acts.mouse[:n])
+    for s in tqdm(range(0, horizon, k), desc="drift", unit="chunk"):
+        sl = slice(n - 1 + s, n - 1 + s + k)
+        gen.append(engine.step(acts.keys[sl], acts.mouse[sl]))
+    g = np.concatenate(gen).astype(np.float64)
+    gm, gs = g.mean(axis=(1, 2, 3)), g.std(axis=(1, 2, 3))
+    tm, ts = gt.astype(np.float64).mean(axis=(1, 2, 3)), gt.astype(np.float64).std(axis=(1, 2, 3))
+    inside = (gm >= tm.min()) & (gm <= tm.max()) & (gs >= ts.min()) & (gs <= ts.max())
+    return {
+        "frames": horizon,
+        "gen_mean": gm.tolist(),
+        "gen_std": gs.tolist(),
+        "gt_mean": tm.tolist(),
+        "gt_std": ts.tolist(),
+        "within_gt_range": float(inside.mean()),
+    }
+
+
+def _plot(
+    out: Path, name: str, ylabel: str, series: dict[str, list[float]], xlabel: str = "frame after context"
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for label, ys in series.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / name)
+    plt.close(fig)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
+    from worldsim.data.preview import contact_sheet, write_png
+
+    sampler = None
+    if cfg.sampler_steps:
+        from worldsim.checkpoint import read_checkpoint_config
+
+        base = read_checkpoint_config(cfg.checkpoint).sampler
+        sampler = SamplerConfig(cfg.sampler_steps, base.shift, base.mode, base.guidance, base.context_sigma)
+    engine = load_engine(cfg.checkpoint, sampler=sampler, seed=cfg.seed, bf16=cfg.bf16)
+    episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    k = engine.chunk_frames
+    horizon = -(-cfg.horizon // k) * k
+    # Step 1: the inverse-dynamics model (trained on ground truth only).
+    if cfg.idm:
+        idm: InverseDynamics = load_idm(cfg.idm, engine.key_names)
+    else:
+        idm = train_idm(cfg.idm_data, engine.key_names, steps=cfg.idm_steps, seed=cfg.seed)
+        save_idm(out / "idm", idm, engine.key_names, {"data": cfg.idm_data, "steps": cfg.idm_steps})
+    # Step 2: rollouts under recorded inputs, and revisits where the episode returns.
+    scores: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": [], "base_psnr": [], "base_ssim": []}
+    gen_pairs: list[Pairs] = []
+    gt_pairs: list[Pairs] = []
+    sheet: list[np.ndarray] = []
+    sharp: list[float] = []
+    revisit: dict[str, dict[str, list[float]]] = {}
+    for ds, i in tqdm(episodes, desc="rollouts", unit="episode"):
+        arrays = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+        n = engine.context_frames
+        gen, gt = rollout_against(engine, arrays, horizon)
+        last = np.repeat(arrays["frames"][n - 1 : n], horizon, 0)
+        scores["psnr"].append(psnr(gen, gt))
+        scores["ssim"].append(ssim(gen, gt))
+        scores["base_psnr"].append(psnr(last, gt))
+        scores["base_ssim"].append(ssim(last, gt))
+        sharp.append(high_frequency_ratio(gen, gt))
+        keys, mouse = arrays["keys"][n - 1 : n - 1 + horizon], arrays["mouse"][n - 1 : n - 1 + horizon]
+        gen_pairs.append(Pairs(np.concatenate([arrays["frames"][n - 1 : n], gen[:-1]]), gen, keys, mouse))
+        gt_pairs.append(Pairs(arrays["frames"][n - 1 : n - 1 + horizon], gt, keys, mouse))
+        if len(sheet) < 8:
+            sheet += [gt, gen]
+        policy = ds.episodes[i].policy
+        full = (len(arrays["frames"]) - n) // k * k
+        if policy in REVISIT_POLICIES and full > horizon:
+            g_all, t_all = rollout_against(engine, arrays, full)
+            r = revisit.setdefault(policy, {"psnr_db": [], "copy_last_psnr_db": []})
+            r["psnr_db"].append(float(psnr(g_all[-k:], t_all[-k:]).mean()))
+            r["copy_last_psnr_db"].append(float(psnr(np.repeat(arrays["frames"][n - 1 : n], k, 0), t_all[-k:]).mean()))
+    per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
+    gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
+    idm_gen_by_frame = []
+    for t in range(horizon):
+        sel = np.arange(t, len(gen_p.a), horizon)
+        acc = idm_accuracy(idm, Pairs(gen_p.a[sel], gen_p.b[sel], gen_p.keys[sel], gen_p.mouse[sel]), engine.key_names)
+        idm_gen_by_frame.append(float(np.mean([v["accuracy"] for v in acc.values()])))
+    metrics: dict[str, Any] = {
+        "checkpoint": cfg.checkpoint,
+        "config": asdict(cfg),
+        "sampler": asdict(engine.sampler_cfg),
+        "episodes": len(episodes),
+        "horizon": horizon,
+        "psnr_db_mean": float(np.mean(per["psnr"])),
+        "copy_last_psnr_db_mean": float(np.mean(per["base_psnr"])),
+        "psnr_gain_db": float(np.mean(per["psnr"]) - np.mean(per["base_psnr"])),
+        "ssim_mean": float(np.mean(per["ssim"])),
+        "copy_last_ssim_mean": float(np.mean(per["base_ssim"])),
+        "sharpness_ratio": float(np.nanmean(sharp)),
+        "by_frame": {
+            "psnr_db": per["psnr"].mean(0).tolist(),
+            "copy_last_psnr_db": per["base_psnr"].mean(0).tolist(),
+            "ssim": per["ssim"].mean(0).tolist(),
+            "copy_last_ssim": per["base_ssim"].mean(0).tolist(),
+            "idm_accuracy_generated": idm_gen_by_frame,
+        },
+        "idm": {
+            "ground_truth": idm_accuracy(idm, gt_p, engine.key_names),
+            "generated": idm_accuracy(idm, gen_p, engine.key_names),
+        },
+        "revisit": {
+            p: {m: float(np.mean(v)) for m, v in r.items()} | {"episodes": len(r["psnr_db"])}
+            for p, r in revisit.items()
+        },
+    }
+    # Step 3: turning and drift, from fresh starts in held-out world seeds.
+    if cfg.turn_starts:
+        seeds = list(range(cfg.turn_seed0, cfg.turn_seed0 + cfg.turn_starts))
+        metrics["turning"] = turn_discrimination(engine, seeds, horizon, cfg.turn_dx)
+    if cfg.drift_frames:
+        metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames)
+    # Step 4: files.
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    bf = metrics["by_frame"]
+    _plot(
+        out, "psnr_vs_horizon.png", "PSNR (dB)", {"model": bf["psnr_db"], "repeat last frame": bf["copy_last_psnr_db"]}
+    )
+    _plot(out, "ssim_vs_horizon.png", "SSIM", {"model": bf["ssim"], "repeat last frame": bf["copy_last_ssim"]})
+    _plot(out, "idm_vs_horizon.png", "IDM accuracy (mean over actions)", {"generated": bf["idm_accuracy_generated"]})
+    if "drift" in metrics:
+        d = metrics["drift"]
+        series = {
+            "generated mean": d["gen_mean"],
+            "generated std": d["gen_std"],
+            "truth mean": d["gt_mean"],
+            "truth std": d["gt_std"],
+        }
+        _plot(out, "drift.png", "pixel value (0-255)", series, xlabel="frame")
+    write_png(out / "contact_sheet.png", contact_sheet(sheet))
+    return metrics
+
+
+def summary_lines(m: dict[str, Any]) -> list[str]:
+    lines = [
+        f"rollouts: {m['episodes']} episodes x {m['horizon']} frames",
+        f"  PSNR {m['psnr_db_mean']:.2f} dB vs repeat-last {m['copy_last_psnr_db_mean']:.2f} dB "
+        f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
+        f"sharpness {m['sharpness_ratio']:.2f}",
+    ]
+    for name, acc in m["idm"]["generated"].items():
+        gt = m["idm"]["ground_truth"][name]
+        lines.append(
+            f"  IDM {name:<16} truth {gt['accuracy']:.3f} (chance {gt['chance']:.3f})  generated {acc['accuracy']:.3f}"
+        )
+    for p, r in m["revisit"].items():
+        lines.append(f"  revisit {p}: last chunk {r['psnr_db']:.2f} dB vs repeat-last {r['copy_last_psnr_db']:.2f} dB")
+    if "turning" in m:
+        t = m["turning"]
+        lines.append(f"turning: left/right told apart in {t['discrimination'] * 100:.1f}% of {t['starts']} starts")
+    if "drift" in m:
+        d = m["drift"]
+        lines.append(
+            f"drift: {d['frames']} frames, {d['within_gt_range'] * 100:.1f}% within ground truth's mean/contrast range"
+        )
+    return lines
+
+
+ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="eval")
+@clean_errors
+def _main(cfg: Any) -> None:
+    ec: EvalConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:
+        m = evaluate(ec)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print("\n".join(summary_lines(m)))
+    print(f"-> {ec.out}/metrics.json")
+
+
+def main() -> None:
+    _main()
