@@ -1,13 +1,16 @@
-"""Play worldsim in a window: ``python play.py [key=value ...]`` (hydra overrides).
+"""Play worldsim: ``python play.py [key=value ...]`` (hydra overrides).
 
-Today the frames come from the ground-truth built-in world (no model is shipped yet);
-``record=DIR`` writes what you play as a rollout dataset. No display: run under
-``xvfb-run`` or record headless with ``worldsim-record``.
+By default the shipped model generates the world (``checkpoint=assets/teacher_builtin_v1``), started
+from a ground-truth view of world ``seed``; ``checkpoint=''`` plays the ground-truth world itself.
+``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
+``headless=true steps=N policy=<name> out=DIR`` runs the same engine with no window and writes
+the rollout plus an mp4. No display: run under ``xvfb-run``, or headless.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,25 +23,39 @@ from envs import make_env
 from envs.builtin import BuiltinWorldConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.data.format import parse_frame_size
-from worldsim.errors import clean_errors
+from worldsim.engine import Engine, load_engine
+from worldsim.errors import WorldsimError, clean_errors
+from worldsim.model.sampler import SamplerConfig
 from worldsim.play_loop import PlayLoopConfig, play
-from worldsim.window import Window
+from worldsim.window import Window, WindowConfig, require_display
 
 
 @dataclass
 class PlayConfig:
+    checkpoint: str = "assets/teacher_builtin_v1"  # model checkpoint folder; "" plays the ground-truth world
     env: str = "builtin"
-    seed: int = 0
-    frame_size: Any = field(default_factory=lambda: [64, 64])
+    seed: int = 0  # world seed of the start
+    frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
+    sampler_steps: int = 0  # 0 = the checkpoint's own sampler
+    bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
+    record: str | None = None  # dataset folder: record from the start (F9 toggles)
+    headless: bool = False
+    steps: int = 256  # headless: frames to generate
+    policy: str = "explore"  # headless: scripted policy, or replay (with replay_from)
+    replay_from: str = ""
+    out: str = "runs/play"  # headless: output folder (rollout dataset + rollout.mp4)
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
     loop: PlayLoopConfig = field(default_factory=PlayLoopConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
 
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
 
 class EnvSource:
-    """A ground-truth world as a frame source for the play loop."""
+    """The ground-truth world as a chunk source (one frame per chunk)."""
+
+    chunk_frames = 1
 
     def __init__(self, cfg: PlayConfig, window: Window):
         # The world draws in the window's GL context: one context, no switching between two.
@@ -46,31 +63,104 @@ class EnvSource:
         self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world, gl_context=window.ctx)
         self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps
         self.frame_size, self.intrinsics = self.env.frame_size, self.env.intrinsics
-        self.c2w = np.eye(4, dtype=np.float32)
+        self.chunk_c2w = np.eye(4, dtype=np.float32)[None]
+        self.timings: dict[str, float] = {}
 
     def reset(self) -> np.ndarray:
         obs = self.env.reset()
-        self.c2w = obs.c2w
-        return obs.frame
+        self.chunk_c2w = obs.c2w[None]
+        return obs.frame[None]
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        obs = self.env.step(keys, mouse)
-        self.c2w = obs.c2w
-        return obs.frame
+        t0 = time.perf_counter()
+        obs = self.env.step(keys[0], mouse[0])
+        self.chunk_c2w = obs.c2w[None]
+        self.timings = {"render": time.perf_counter() - t0}
+        return obs.frame[None]
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class EngineSource:
+    """The neural engine as a chunk source, started from ground truth of world ``seed``."""
+
+    def __init__(self, engine: Engine, seed: int, window: Window):
+        self.engine, self.seed, self.window = engine, seed, window
+        self.name = "model"
+        self.key_names, self.fps = engine.key_names, engine.fps
+        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
+        self.chunk_frames = engine.chunk_frames
+        self.chunk_c2w = np.eye(4, dtype=np.float32)[None]
+        self.timings: dict[str, float] = {}
+
+    def reset(self) -> np.ndarray:
+        frames = self.engine.reset_from_world(self.seed, gl_context=self.window.ctx)
+        self.chunk_c2w = self.engine.chunk_c2w
+        return frames
+
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        frames = self.engine.step(keys, mouse)
+        self.chunk_c2w = self.engine.chunk_c2w
+        t = self.engine.timings
+        self.timings = {"model": t.model_s, "decode": t.decode_s}
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
+def _engine(pc: PlayConfig) -> Engine:
+    sampler = None
+    if pc.sampler_steps:
+        from worldsim.checkpoint import read_checkpoint_config
+
+        b = read_checkpoint_config(pc.checkpoint).sampler
+        sampler = SamplerConfig(pc.sampler_steps, b.shift, b.mode, b.guidance, b.context_sigma)
+    return load_engine(pc.checkpoint, sampler=sampler, seed=pc.seed, bf16=pc.bf16)
+
+
+def _headless(pc: PlayConfig) -> None:
+    from worldsim.rollout import RolloutConfig, run_rollout
+
+    if not pc.checkpoint:
+        raise WorldsimError("headless play runs the model; for the ground-truth world use worldsim-record")
+    rc = RolloutConfig(
+        checkpoint=pc.checkpoint,
+        seed=pc.seed,
+        policy=pc.policy,
+        replay_from=pc.replay_from,
+        frames=pc.steps,
+        out=pc.out,
+    )
+    r = run_rollout(rc, _engine(pc))
+    print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="play")
 @clean_errors
 def main(cfg: Any) -> None:
     pc: PlayConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    window = Window(pc.loop.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
-    source = EnvSource(pc, window)
+    if pc.headless:
+        _headless(pc)
+        return
+    require_display()  # no screen: say how to run instead of loading anything
+    engine = _engine(pc) if pc.checkpoint else None  # a bad checkpoint fails before a window opens
+    size = engine.frame_size if engine else parse_frame_size(pc.frame_size)
+    window = Window(pc.window, size, title=f"worldsim: {pc.checkpoint or pc.env}")
+    source: EnvSource | EngineSource = EngineSource(engine, pc.seed, window) if engine else EnvSource(pc, window)
     try:
-        play(source, pc.loop, window)
+        stats = play(source, pc.loop, window, record=pc.record)
+        s = stats.summary()
+        print(
+            f"played {s['displayed_frames']} frames; input polled at {s['poll_hz']:.1f} Hz; "
+            f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms; "
+            f"chunk {s['chunk_ms_mean']:.0f} ms; first frame {s['first_frame_s']:.2f} s"
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
-        source.env.close()
+        source.close()
 
 
 if __name__ == "__main__":

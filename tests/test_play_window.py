@@ -25,7 +25,7 @@ def test_play_without_display_says_how_to_run(tmp_path):
 def test_play_rejects_unknown_binding_key_names(tmp_path):
     env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
     r = subprocess.run(
-        [sys.executable, "play.py", "loop.window.bindings.w=notakey", "loop.max_steps=1"],
+        [sys.executable, "play.py", "checkpoint=", "window.bindings.w=notakey", "loop.max_steps=1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -54,12 +54,24 @@ def _xdo(display, *args):
     )
 
 
-def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path):
+@pytest.mark.parametrize("source", ["model", "world"])
+def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, source):
+    from test_engine import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "tiny") if source == "model" else ""
     rec, shots = tmp_path / "rec", tmp_path / "shots"
     env = dict(os.environ, DISPLAY=xvfb)
     env.pop("SDL_VIDEODRIVER", None)
     proc = subprocess.Popen(
-        [sys.executable, "play.py", f"loop.record={rec}", f"loop.screenshot_dir={shots}", "loop.window.scale=4"],
+        [
+            sys.executable,
+            "play.py",
+            f"checkpoint={model}",
+            "bf16=false",
+            f"record={rec}",
+            f"loop.screenshot_dir={shots}",
+            "window.scale=4",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

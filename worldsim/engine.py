@@ -89,6 +89,7 @@ class Engine:
         self.state: CameraState | None = None
         self.steps = 0  # frames generated since reset
         self.timings = ChunkTimings()
+        self.chunk_c2w = np.zeros((0, 4, 4), np.float32)  # poses of the frames the last step returned
         self.fingerprint = fingerprint
 
     # -- state -----------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Engine:
         actions = torch.from_numpy(frame_actions(self.encoder, keys, mouse, None))
         self.gen.reset(self._encode(frames)[None], actions[None], torch.from_numpy(c2w)[None])
         self.state = CameraState.from_c2w(c2w[-1])
+        self.chunk_c2w = c2w[-1:].copy()
         self.rng = torch.Generator().manual_seed(self.seed if seed is None else seed)
         self.steps = 0
 
@@ -162,6 +164,7 @@ class Engine:
         t1 = time.perf_counter()
         frames = self._decode(z[0])
         self.timings = ChunkTimings(model_s=t1 - t0, decode_s=time.perf_counter() - t1)
+        self.chunk_c2w = np.stack(poses)
         self.state = state
         self.steps += self.chunk_frames
         return frames

@@ -1,14 +1,30 @@
-"""The play loop: poll input, advance a frame source, show the frame, record what was shown.
+"""The play loop: poll input every display tick, generate chunks asynchronously, show frames at
+a steady rate, record what was shown.
 
-A frame source is anything with ``key_names``, ``frame_size``, ``fps``, ``reset() -> frame``,
-``step(keys, mouse) -> frame`` and the current ``c2w`` / ``intrinsics``: today the ground-truth
-world, later the neural engine. Recordings are rollout datasets (``source = "human"``) so they
-can be replayed through the world (``worldsim-record policy=replay``) or a model.
+A chunk source has ``key_names``, ``frame_size``, ``fps``, ``chunk_frames``, ``intrinsics``,
+``name``, ``reset() -> context frames``, ``step(keys (k, K), mouse (k, 2)) -> frames (k, H, W, 3)``,
+``chunk_c2w`` (the poses of the frames the last step returned) and ``timings`` (seconds per
+stage of the last step). The ground-truth world (k = 1) and the neural engine are both sources.
+
+Per display tick (``target_fps``): the window is polled and the input row (keys held, mouse
+motion, poll time) is queued; when the worker is idle and fewer than a chunk of frames is
+waiting (``lead``: the frames that cover the recent chunk time at the source's fps, so a chunk
+lands just as the queue empties), the rows polled since the last submission become the next chunk's inputs (the newest
+``k``; the mouse motion of older rows is added to the first kept row; missing rows repeat the
+held keys with no motion) and the worker thread generates it while earlier frames are shown;
+a finished chunk's frames join the display queue; one frame is shown. When the queue is empty
+the last frame stays up and the HUD says generation is behind. Polling never waits for the
+worker. Latency of an input row = display time of the first frame generated with it minus its
+poll time.
 """
 
 from __future__ import annotations
 
+import math
+import queue
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,34 +34,62 @@ import numpy as np
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
-from worldsim.window import Window, WindowConfig
 
 
-class FrameSource(Protocol):
+class ChunkSource(Protocol):
     key_names: list[str]
     frame_size: tuple[int, int]
     fps: float
-    c2w: np.ndarray
+    chunk_frames: int
     intrinsics: np.ndarray
     name: str
+    chunk_c2w: np.ndarray  # (k, 4, 4) poses of the frames the last step returned
+    timings: dict[str, float]
 
     def reset(self) -> np.ndarray: ...
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray: ...
 
 
+class Display(Protocol):
+    """What the loop needs from a window (worldsim.window.Window, or a stand-in in tests)."""
+
+    def bind_keys(self, key_names: list[str]) -> None: ...
+
+    def poll(self) -> tuple[np.ndarray, np.ndarray, set[str]]: ...
+
+    def show(self, frame_u8: np.ndarray | None, hud_lines: list[str]) -> None: ...
+
+    def screenshot(self) -> np.ndarray: ...
+
+    def tick(self) -> None: ...
+
+    def help_text(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class PlayLoopConfig:
-    record: str | None = None  # dataset folder; recording starts at once when set (F9 toggles)
     screenshot_dir: str = "screenshots"
-    max_steps: int = 0  # stop after this many frames (0 = until quit); for scripted checks
-    window: WindowConfig = field(default_factory=WindowConfig)
+    max_steps: int = 0  # stop after this many displayed frames (0 = until quit); for scripted checks
+
+
+@dataclass
+class ShownFrame:
+    frame: np.ndarray
+    c2w: np.ndarray
+    keys: np.ndarray  # the input row that produced it
+    mouse: np.ndarray
+    first_of_chunk: bool
+    poll_times: list[float] = field(default_factory=list)  # of the chunk's rows (first frame only)
 
 
 class Recorder:
-    """Rows of one episode being played; ``flush`` writes it atomically as the next episode."""
+    """Frames as displayed, with the inputs and poses that produced them; ``flush`` writes the
+    episode atomically (rollout format, ``source = "human"``)."""
 
-    def __init__(self, root: str, source: FrameSource):
+    def __init__(self, root: str, source: ChunkSource):
         meta = RolloutMeta(
             env=source.name,
             fps=source.fps,
@@ -61,16 +105,16 @@ class Recorder:
     def active(self) -> bool:
         return bool(self.rows)
 
-    def start(self, frame: np.ndarray) -> None:
-        self.rows = {"frames": [frame], "c2w": [self.source.c2w.copy()], "keys": [], "mouse": [], "t": [0.0]}
+    def start(self, frame: np.ndarray, c2w: np.ndarray) -> None:
+        self.rows = {"frames": [frame], "c2w": [c2w.copy()], "keys": [], "mouse": [], "t": [0.0]}
         self.t0 = time.perf_counter()
 
-    def add(self, keys: np.ndarray, mouse: np.ndarray, frame: np.ndarray) -> None:
+    def add(self, shown: ShownFrame) -> None:
         r = self.rows
-        r["keys"].append(keys.copy())
-        r["mouse"].append(mouse.copy())
-        r["frames"].append(frame)
-        r["c2w"].append(self.source.c2w.copy())
+        r["keys"].append(shown.keys.copy())
+        r["mouse"].append(shown.mouse.copy())
+        r["frames"].append(shown.frame)
+        r["c2w"].append(shown.c2w.copy())
         r["t"].append(np.float64(time.perf_counter() - self.t0))
 
     def flush(self) -> int | None:
@@ -92,47 +136,195 @@ class Recorder:
         return index
 
 
-def play(source: FrameSource, cfg: PlayLoopConfig, window: Window) -> None:
-    """Run until quit (or ``max_steps``); a recording in progress is always written out.
+def chunk_inputs(
+    rows: list[tuple[np.ndarray, np.ndarray, float]], k: int, num_keys: int
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The next chunk's ``k`` input rows from the rows polled since the last submission."""
+    if len(rows) > k:
+        extra = np.sum([m for _, m, _ in rows[: len(rows) - k]], axis=0)
+        rows = rows[len(rows) - k :]
+        rows = [(rows[0][0], rows[0][1] + extra, rows[0][2])] + rows[1:]
+    if not rows:
+        rows = [(np.zeros(num_keys, np.uint8), np.zeros(2, np.float32), time.perf_counter())]
+    held_keys, _, t_last = rows[-1]
+    rows = rows + [(held_keys, np.zeros(2, np.float32), t_last)] * (k - len(rows))
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]).astype(np.float32), [r[2] for r in rows]
 
-    The window is opened by the caller before the source is built, so a ground-truth world can
-    draw in the window's GL context (on X11 a second, EGL context breaks the GLX window).
-    """
-    recorder = Recorder(cfg.record, source) if cfg.record else None
+
+class ChunkWorker:
+    """One background thread that runs ``source.step``; at most one chunk in flight."""
+
+    def __init__(self, source: ChunkSource):
+        self.source = source
+        self.jobs: queue.Queue[tuple[np.ndarray, np.ndarray, list[float]] | None] = queue.Queue(maxsize=1)
+        self.done: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.busy = False
+        self.thread = threading.Thread(target=self._run, name="worldsim-generate", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            keys, mouse, times = job
+            try:
+                frames = self.source.step(keys, mouse)
+                self.done.put(
+                    ("ok", frames, self.source.chunk_c2w.copy(), keys, mouse, times, dict(self.source.timings))
+                )
+            except BaseException as e:  # surfaced in the main thread
+                self.done.put(("error", e))
+
+    def submit(self, keys: np.ndarray, mouse: np.ndarray, times: list[float]) -> None:
+        self.busy = True
+        self.jobs.put((keys, mouse, times))
+
+    def collect(self) -> tuple[Any, ...] | None:
+        try:
+            item = self.done.get_nowait()
+        except queue.Empty:
+            return None
+        self.busy = False
+        if item[0] == "error":
+            raise item[1]
+        return item
+
+    def wait_idle(self) -> None:
+        """Block until the chunk in flight (if any) is finished and drop it (for reset)."""
+        while self.busy:
+            if self.collect() is None:
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class PlayStats:
+    displayed: int = 0
+    held_ticks: int = 0  # ticks with no new frame to show (generation behind)
+    ticks: int = 0
+    polls: list[float] = field(default_factory=list)  # poll times
+    latencies_s: list[float] = field(default_factory=list)
+    chunk_s: list[float] = field(default_factory=list)
+    first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
+
+    def summary(self) -> dict[str, float]:
+        lat = np.array(self.latencies_s) if self.latencies_s else np.array([np.nan])
+        span = (self.polls[-1] - self.polls[0]) if len(self.polls) > 1 else float("nan")
+        return {
+            "ticks": self.ticks,
+            "displayed_frames": self.displayed,
+            "held_ticks": self.held_ticks,
+            "poll_hz": (len(self.polls) - 1) / span if span == span and span > 0 else float("nan"),
+            "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
+            "latency_p95_ms": float(np.percentile(lat, 95) * 1000),
+            "chunk_ms_mean": float(np.mean(self.chunk_s) * 1000) if self.chunk_s else float("nan"),
+            "first_frame_s": self.first_frame_s,
+        }
+
+
+def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str | None = None) -> PlayStats:
+    """Run until quit (or ``max_steps`` displayed frames); a recording in progress is always written."""
+    recorder = Recorder(record, source) if record else None
     window.bind_keys(list(source.key_names))
     print(window.help_text())
-    frame = source.reset()
+    k, nk = source.chunk_frames, len(source.key_names)
+    t_start = time.perf_counter()
+    context = source.reset()
+    last_frame, last_c2w = context[-1], source.chunk_c2w[-1].copy()
     if recorder:
-        recorder.start(frame)
-    steps = 0
+        recorder.start(last_frame, last_c2w)
+    worker = ChunkWorker(source)
+    stats = PlayStats()
+    pending: list[tuple[np.ndarray, np.ndarray, float]] = []
+    shown: deque[ShownFrame] = deque()
+    paused, behind = False, False
+    window.show(last_frame, ["starting..."])
     try:
         while True:
+            # Step 1: input, every tick, whatever the worker is doing.
             keys, mouse, commands = window.poll()
+            now = time.perf_counter()
+            stats.polls.append(now)
+            stats.ticks += 1
             if "quit" in commands:
                 break
+            if "pause" in commands:
+                paused = not paused
+            if "reset" in commands:
+                worker.wait_idle()
+                shown.clear()
+                pending.clear()
+                last_frame, last_c2w = source.reset()[-1], source.chunk_c2w[-1].copy()
             if "screenshot" in commands:
                 Path(cfg.screenshot_dir).mkdir(parents=True, exist_ok=True)
-                path = Path(cfg.screenshot_dir) / f"shot_{time.strftime('%Y%m%d_%H%M%S')}_{steps:06d}.png"
+                path = Path(cfg.screenshot_dir) / f"shot_{time.strftime('%Y%m%d_%H%M%S')}_{stats.displayed:06d}.png"
                 write_png(path, window.screenshot())
                 print(f"screenshot: {path}")
             if "record" in commands and recorder is None:
-                print("recording is off: start play with loop.record=<dataset folder> to enable F9")
+                print("recording is off: start play with record=<dataset folder> to enable F9")
             elif "record" in commands and recorder is not None:
                 if recorder.active:
-                    print(f"recorded episode {recorder.flush()} -> {cfg.record}")
+                    print(f"recorded episode {recorder.flush()} -> {record}")
                 else:
-                    recorder.start(frame)
-            if "help" in commands:
-                print(window.help_text())
-            frame = source.step(keys, mouse)
-            if recorder and recorder.active:
-                recorder.add(keys, mouse, frame)
-            steps += 1
-            window.show(frame, f"step {steps}" + (" | REC" if recorder and recorder.active else ""))
-            if cfg.max_steps and steps >= cfg.max_steps:
+                    recorder.start(last_frame, last_c2w)
+            if not paused:
+                pending.append((keys, mouse, now))
+            # Step 2: hand the worker the next chunk when it is free and the queue runs low.
+            lead = math.ceil(np.mean(stats.chunk_s[-4:]) * source.fps) if stats.chunk_s else 0
+            if not paused and not worker.busy and len(shown) <= lead and pending:
+                worker.submit(*chunk_inputs(pending, k, nk))
+                pending = []
+            done = worker.collect()
+            if done is not None:
+                _, frames, c2w, ck, cm, times, timings = done
+                stats.chunk_s.append(sum(timings.values()))
+                for i in range(len(frames)):
+                    shown.append(ShownFrame(frames[i], c2w[i], ck[i], cm[i], i == 0, times if i == 0 else []))
+            # Step 3: show one frame per tick, or hold the last one.
+            frame = None
+            if shown and not paused:
+                s = shown.popleft()
+                frame, last_frame, last_c2w = s.frame, s.frame, s.c2w
+                t_show = time.perf_counter()
+                if s.first_of_chunk:
+                    stats.latencies_s += [t_show - t for t in s.poll_times]
+                    if stats.displayed == 0:
+                        stats.first_frame_s = t_show - t_start
+                stats.displayed += 1
+                behind = False
+                if recorder and recorder.active:
+                    recorder.add(s)
+            elif not paused:
+                stats.held_ticks += 1
+                behind = True
+            window.show(frame, _hud(window, stats, source, paused, behind, recorder))
+            if cfg.max_steps and stats.displayed >= cfg.max_steps:
                 break
             window.tick()
     finally:
+        worker.stop()
         if recorder and recorder.active:
-            print(f"recorded episode {recorder.flush()} -> {cfg.record}")
+            print(f"recorded episode {recorder.flush()} -> {record}")
         window.close()
+    return stats
+
+
+def _hud(
+    window: Any, stats: PlayStats, source: ChunkSource, paused: bool, behind: bool, rec: Recorder | None
+) -> list[str]:
+    fps = getattr(window, "fps", float("nan"))
+    lat = stats.latencies_s[-32:]
+    chunk = stats.chunk_s[-1] * 1000 if stats.chunk_s else float("nan")
+    state = "PAUSED" if paused else ("generation behind: holding frame" if behind else "live")
+    lines = [
+        f"{fps:4.1f} fps | chunk {chunk:5.0f} ms | frames {stats.displayed} | {state}",
+        f"latency p50 {np.median(lat) * 1000 if lat else float('nan'):4.0f} ms | "
+        + " ".join(f"{k} {v * 1000:.0f} ms" for k, v in source.timings.items()),
+    ]
+    if rec is not None and rec.active:
+        lines.append(f"REC {len(rec.rows['frames'])} frames")
+    return lines

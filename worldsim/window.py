@@ -1,9 +1,10 @@
 """The play window: pygame for the OpenGL context and input, moderngl to draw frames upscaled.
 
 This is the only module that imports pygame. It knows nothing about where frames come from: it
-polls input every display tick, hands the held keys and the mouse motion to a ``step`` callable,
-and draws the frame that callable returns. Esc releases the mouse (a second Esc quits), focus loss
-releases it too; F12 saves a screenshot; F9 starts/stops recording; F1 shows the key bindings.
+polls input (keys held, mouse motion, commands) and draws the frames it is given, upscaled, with a
+HUD overlay. Esc releases the mouse (a second Esc quits), focus loss releases it too; F12 saves a
+screenshot (the game view, without the HUD); F9 starts/stops recording; P pauses; F5 resets;
+F1 shows the help overlay with the key bindings; F3 hides the HUD.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class WindowConfig:
         }
     )
     mouse_sensitivity: float = 1.0  # scales raw mouse pixels before the camera controller
+    hud: bool = True  # overlay FPS, chunk time, latency, recording state (F3 toggles)
 
 
 def require_display() -> None:
@@ -56,7 +58,7 @@ def require_display() -> None:
         raise WorldsimError(
             "no display found (DISPLAY is not set). Run under a virtual screen: "
             "`xvfb-run -s '-screen 0 1024x768x24' python play.py`, or without a window: "
-            "`worldsim-record` records the world headless"
+            "`python play.py headless=true steps=256 out=runs/play` (the model) or `worldsim-record` (the world)"
         )
 
 
@@ -110,6 +112,11 @@ class Window:
         quad = np.array([-1, -1, 1, -1, -1, 1, 1, 1], "f4")
         self.vao = self.ctx.vertex_array(prog, [(self.ctx.buffer(quad.tobytes()), "2f", "in_pos")])
         self.triangle_strip, self.depth_test = moderngl.TRIANGLE_STRIP, moderngl.DEPTH_TEST
+        # HUD: text rendered by pygame into an RGBA texture, blended over the frame.
+        self.hud_tex = self.ctx.texture(self.size, 4)
+        self.hud_on, self.help_on, self.hud_text = cfg.hud, False, ""
+        self.font = pygame.font.Font(None, 18)
+        self.blend = moderngl.BLEND
         self.captured = False
         self.set_capture(True)
         self.clock = pygame.time.Clock()
@@ -143,6 +150,13 @@ class Window:
                     commands.add("record")
                 elif ev.key == pg.K_F1:
                     commands.add("help")
+                    self.help_on = not self.help_on
+                elif ev.key == pg.K_F3:
+                    self.hud_on = not self.hud_on
+                elif ev.key == pg.K_p:
+                    commands.add("pause")
+                elif ev.key == pg.K_F5:
+                    commands.add("reset")
             elif ev.type == pg.MOUSEBUTTONDOWN and not self.captured:
                 self.set_capture(True)
             elif ev.type == pg.WINDOWFOCUSLOST:
@@ -155,25 +169,52 @@ class Window:
         )
         return keys, mouse, commands
 
-    def _draw(self) -> None:
+    def _draw(self, hud: bool = False) -> None:
         # A world drawing in this context may have left depth testing on; the quad needs none.
         self.ctx.disable(self.depth_test)
         self.ctx.screen.use()
         self.tex.use(0)
         self.vao.render(self.triangle_strip)
+        if hud:
+            self.ctx.enable(self.blend)
+            self.hud_tex.use(0)
+            self.vao.render(self.triangle_strip)
+            self.ctx.disable(self.blend)
 
-    def show(self, frame_u8: np.ndarray, status: str) -> None:
+    def _render_hud(self, lines: list[str]) -> None:
+        pg = self.pg
+        surf = pg.Surface(self.size, pg.SRCALPHA)
+        y = 4
+        for line in lines:
+            text = self.font.render(line, True, (255, 255, 255))
+            box = pg.Surface((text.get_width() + 6, text.get_height() + 2), pg.SRCALPHA)
+            box.fill((0, 0, 0, 150))
+            surf.blit(box, (4, y))
+            surf.blit(text, (7, y + 1))
+            y += text.get_height() + 3
+        self.hud_tex.write(pg.image.tostring(surf, "RGBA"))
+
+    def show(self, frame_u8: np.ndarray | None, hud_lines: list[str]) -> None:
+        """Draw ``frame_u8`` (None: keep the last one) with the HUD lines (and help) on top."""
+        lines = (hud_lines if self.hud_on else []) + (self.help_text().split("; ") if self.help_on else [])
+        text = "\n".join(lines)
         with self.ctx:
-            self.tex.write(np.ascontiguousarray(frame_u8).tobytes())
-            self._draw()
+            if frame_u8 is not None:
+                self.tex.write(np.ascontiguousarray(frame_u8).tobytes())
+            if text != self.hud_text:
+                self._render_hud(lines)
+                self.hud_text = text
+            self._draw(hud=bool(lines))
             self.pg.display.flip()
-        now = time.perf_counter()
-        self.fps = 0.9 * self.fps + 0.1 / max(now - self.last_draw_s, 1e-6)
-        self.last_draw_s = now
-        self.pg.display.set_caption(f"{self.title} | {self.fps:4.1f} fps | {status}")
+        if frame_u8 is not None:
+            now = time.perf_counter()
+            self.fps = 0.9 * self.fps + 0.1 / max(now - self.last_draw_s, 1e-6)
+            self.last_draw_s = now
+        self.pg.display.set_caption(f"{self.title} | {hud_lines[0] if hud_lines else ''}")
 
     def screenshot(self) -> np.ndarray:
-        """The window's current pixels ``(H*scale, W*scale, 3)`` uint8, top row first."""
+        """The game view ``(H*scale, W*scale, 3)`` uint8, top row first: the shown frame upscaled
+        as the window draws it, without the HUD."""
         w, h = self.size
         with self.ctx:
             # After a flip the back buffer is undefined: draw the shown texture again, read that.
@@ -186,7 +227,10 @@ class Window:
 
     def help_text(self) -> str:
         binds = ", ".join(f"{k}={v}" for k, v in self.cfg.bindings.items())
-        return f"keys: {binds}; mouse looks; Esc release/quit, F9 record, F12 screenshot"
+        return (
+            f"keys: {binds}; mouse looks (click to capture, Esc releases); "
+            "Esc quit, P pause, F5 reset, F9 record, F12 screenshot, F3 HUD, F1 help"
+        )
 
     def close(self) -> None:
         self.pg.quit()

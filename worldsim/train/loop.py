@@ -85,9 +85,12 @@ class TrainLoop(Generic[M]):
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
                 self.opt.step()
+                # EMA with warm-up: early on the average follows the weights closely instead of
+                # keeping most of the initialisation (0.999 ** 500 = 0.6 of it at step 500).
+                decay = min(cfg.optim.ema_decay, (1 + self.step) / (10 + self.step))
                 with torch.no_grad():
                     for pe, pm in zip(self.ema.parameters(), self.module.parameters(), strict=True):
-                        pe.lerp_(pm, 1 - cfg.optim.ema_decay)
+                        pe.lerp_(pm, 1 - decay)
                 self.step += 1
                 seen += items * self.dist.world
                 last_loss = loss.item()

@@ -1,0 +1,181 @@
+"""Headless rollouts through the engine (``worldsim-rollout``; ``play.py headless=true`` uses the
+same code). Python API: :func:`run_rollout`.
+
+checkpoint + start (a world seed, or frames of a recorded episode) + actions (a scripted policy,
+``policy=replay replay_from=DATASET`` for a dataset's raw actions, or ``actions_file=X.npz`` with
+``keys`` and ``mouse``) -> a rollout dataset of one episode (the context frames, then the
+generated ones; ``source = "model"``) and an mp4. With ``compare=true`` the environment renders
+the same inputs from the same start into ``<out>/truth`` and the mp4 shows both side by side
+(generated left, ground truth right) with PSNR per frame printed at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from worldsim.config import CONFIG_DIR
+from worldsim.controller import CameraControllerConfig
+from worldsim.data.format import RolloutMeta
+from worldsim.data.preview import write_mp4
+from worldsim.data.writer import RolloutWriter
+from worldsim.engine import Engine, load_engine
+from worldsim.errors import WorldsimError, clean_errors
+from worldsim.metrics import psnr
+from worldsim.model.sampler import SamplerConfig
+from worldsim.policies import make_policy
+
+
+@dataclass
+class RolloutConfig:
+    checkpoint: str = "assets/teacher_builtin_v1"
+    seed: int = 0  # world seed of the start (and of the ground truth) when start_data is empty
+    start_data: str = ""  # or start from a recorded episode of this dataset
+    start_episode: int = 0
+    policy: str = "explore"  # scripted policy, or "replay" (raw actions of replay_from)
+    replay_from: str = ""
+    actions_file: str = ""  # .npz with keys (T, K) uint8 and mouse (T, 2) float32; overrides policy
+    policy_seed: int = 0
+    frames: int = 64  # generated frames (rounded up to whole chunks)
+    compare: bool = False
+    out: str = "runs/rollout"
+    sampler_steps: int = 0  # 0 = the checkpoint's sampler
+    bf16: bool = False
+
+
+def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.actions_file:
+        path = Path(cfg.actions_file)
+        if not path.is_file():
+            raise WorldsimError(f"actions file {path} does not exist")
+        with np.load(path) as f:
+            if "keys" not in f or "mouse" not in f:
+                raise WorldsimError(f"{path} must hold arrays 'keys' (T, K) and 'mouse' (T, 2)")
+            keys, mouse = f["keys"].astype(np.uint8), f["mouse"].astype(np.float32)
+        if keys.ndim != 2 or keys.shape[1] != len(engine.key_names) or mouse.shape != (len(keys), 2):
+            raise WorldsimError(f"{path}: keys must be (T, {len(engine.key_names)}) and mouse (T, 2)")
+    else:
+        policy = make_policy(cfg.policy, engine.key_names, CameraControllerConfig(), cfg.replay_from or None)
+        a = policy.actions(count, np.random.default_rng(cfg.policy_seed))
+        keys, mouse = a.keys, a.mouse
+    if len(keys) < count:  # a short file or replay: hold still for the rest
+        pad = count - len(keys)
+        keys = np.concatenate([keys, np.zeros((pad, keys.shape[1]), np.uint8)])
+        mouse = np.concatenate([mouse, np.zeros((pad, 2), np.float32)])
+    return keys[:count], mouse[:count]
+
+
+def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
+    """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
+    if engine is None:
+        sampler = None
+        if cfg.sampler_steps:
+            from worldsim.checkpoint import read_checkpoint_config
+
+            b = read_checkpoint_config(cfg.checkpoint).sampler
+            sampler = SamplerConfig(cfg.sampler_steps, b.shift, b.mode, b.guidance, b.context_sigma)
+        engine = load_engine(cfg.checkpoint, sampler=sampler, bf16=cfg.bf16)
+    k = engine.chunk_frames
+    horizon = -(-cfg.frames // k) * k
+    keys, mouse = _actions(cfg, engine, horizon)
+    # Step 1: the start, and the raw inputs of the context in rollout order.
+    world_seed: int | None = cfg.seed
+    if cfg.start_data:
+        context = engine.reset_from_episode(cfg.start_data, cfg.start_episode)
+        from worldsim.data.reader import RolloutDataset
+
+        ds = RolloutDataset(cfg.start_data)
+        world_seed = ds.episodes[cfg.start_episode].seed
+        pre = ds.load_slice(cfg.start_episode, 0, len(context), ("keys", "mouse"))
+        ctx_keys, ctx_mouse = pre["keys"], pre["mouse"]
+    else:
+        context = engine.reset_from_world(cfg.seed)
+        ctx_keys = np.zeros((len(context), len(engine.key_names)), np.uint8)
+        ctx_mouse = np.zeros((len(context), 2), np.float32)
+    n = engine.context_frames
+    context, ctx_keys, ctx_mouse = context[-n:], ctx_keys[-n:], ctx_mouse[-n:]
+    assert engine.gen.history is not None
+    poses = list(engine.gen.history.c2w[0].numpy())
+    # Step 2: generate chunk by chunk.
+    frames = []
+    for s in tqdm(range(0, horizon, k), desc="rollout", unit="chunk"):
+        frames.append(engine.step(keys[s : s + k], mouse[s : s + k]))
+        poses += list(engine.chunk_c2w)
+    gen = np.concatenate(frames)
+    # Rollout order: row t takes frame t to t+1; the context's last row is the first generated input.
+    all_keys = np.concatenate([ctx_keys[:-1], keys, np.zeros((1, keys.shape[1]), np.uint8)])
+    all_mouse = np.concatenate([ctx_mouse[:-1], mouse, np.zeros((1, 2), np.float32)])
+    arrays = {
+        "frames": np.concatenate([context, gen]),
+        "c2w": np.stack(poses).astype(np.float32),
+        "intrinsics": engine.intrinsics.astype(np.float32),
+        "keys": all_keys,
+        "mouse": all_mouse,
+        "timestamp_s": np.arange(n + horizon, dtype=np.float64) / engine.fps,
+    }
+    out = Path(cfg.out)
+    meta = RolloutMeta(
+        env="model",
+        fps=engine.fps,
+        frame_size=engine.frame_size,
+        key_names=engine.key_names,
+        source="model",
+        extra={"checkpoint": cfg.checkpoint, "context_frames": n, "sampler": engine.sampler_cfg.__dict__},
+    )
+    RolloutWriter(out, meta).write_episode(0, arrays, seed=world_seed, policy=cfg.policy)
+    result: dict[str, Any] = {"arrays": arrays}
+    video = gen
+    # Step 3: the same inputs through the environment, from the same start.
+    if cfg.compare:
+        if world_seed is None:
+            raise WorldsimError("compare=true needs a start whose world seed is known")
+        from envs.builtin import BuiltinWorldConfig
+        from envs.record import rollout as env_rollout
+
+        if cfg.start_data:
+            from worldsim.data.reader import RolloutDataset
+
+            full = RolloutDataset(cfg.start_data).load(cfg.start_episode, ("keys", "mouse"))
+            pre_k, pre_m = full["keys"][: n - 1], full["mouse"][: n - 1]  # took frame 0 to the last context frame
+        else:
+            pre_k, pre_m = ctx_keys[:-1], ctx_mouse[:-1]
+        tk = np.concatenate([pre_k, keys, np.zeros((1, keys.shape[1]), np.uint8)])
+        tm = np.concatenate([pre_m, mouse, np.zeros((1, 2), np.float32)])
+        truth = env_rollout("builtin", world_seed, engine.frame_size, BuiltinWorldConfig(), tk, tm, save_depth=False)
+        tmeta = RolloutMeta(env="builtin", fps=engine.fps, frame_size=engine.frame_size, key_names=engine.key_names)
+        RolloutWriter(out / "truth", tmeta).write_episode(0, truth, seed=world_seed, policy=cfg.policy)
+        gt = truth["frames"][n : n + horizon]
+        video = np.concatenate([gen, gt], axis=2)
+        result["truth"] = truth
+        result["psnr_db"] = psnr(gen, gt)
+    write_mp4(out / "rollout.mp4", video, fps=engine.fps)
+    return result
+
+
+ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="rollout")
+@clean_errors
+def _main(cfg: Any) -> None:
+    rc: RolloutConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:
+        r = run_rollout(rc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    msg = f"rollout: {len(r['arrays']['frames'])} frames -> {rc.out} (rollout.mp4)"
+    if "psnr_db" in r:
+        msg += f"; PSNR vs ground truth {np.mean(r['psnr_db']):.2f} dB (truth in {rc.out}/truth)"
+    print(msg)
+
+
+def main() -> None:
+    _main()
