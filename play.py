@@ -26,7 +26,7 @@ from worldsim.data.format import parse_frame_size
 from worldsim.engine import Engine, load_engine
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.model.sampler import SamplerConfig
-from worldsim.play_loop import PlayLoopConfig, play
+from worldsim.play_loop import EngineSource, PlayLoopConfig, play
 from worldsim.window import Window, WindowConfig, require_display
 
 
@@ -82,34 +82,6 @@ class EnvSource:
         self.env.close()
 
 
-class EngineSource:
-    """The neural engine as a chunk source, started from ground truth of world ``seed``."""
-
-    def __init__(self, engine: Engine, seed: int, window: Window):
-        self.engine, self.seed, self.window = engine, seed, window
-        self.name = "model"
-        self.key_names, self.fps = engine.key_names, engine.fps
-        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
-        self.chunk_frames = engine.chunk_frames
-        self.chunk_c2w = np.eye(4, dtype=np.float32)[None]
-        self.timings: dict[str, float] = {}
-
-    def reset(self) -> np.ndarray:
-        frames = self.engine.reset_from_world(self.seed, gl_context=self.window.ctx)
-        self.chunk_c2w = self.engine.chunk_c2w
-        return frames
-
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        frames = self.engine.step(keys, mouse)
-        self.chunk_c2w = self.engine.chunk_c2w
-        t = self.engine.timings
-        self.timings = {"model": t.model_s, "decode": t.decode_s}
-        return frames
-
-    def close(self) -> None:
-        pass
-
-
 def _engine(pc: PlayConfig) -> Engine:
     sampler = None
     if pc.sampler_steps:
@@ -148,7 +120,7 @@ def main(cfg: Any) -> None:
     engine = _engine(pc) if pc.checkpoint else None  # a bad checkpoint fails before a window opens
     size = engine.frame_size if engine else parse_frame_size(pc.frame_size)
     window = Window(pc.window, size, title=f"worldsim: {pc.checkpoint or pc.env}")
-    source: EnvSource | EngineSource = EngineSource(engine, pc.seed, window) if engine else EnvSource(pc, window)
+    source: EnvSource | EngineSource = EngineSource(engine, pc.seed, window.ctx) if engine else EnvSource(pc, window)
     try:
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()

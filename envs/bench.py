@@ -1,10 +1,15 @@
 """``worldsim-bench``: measured speeds, printed as a table and written to ``bench.json``.
 
     worldsim-bench env [--size 64] [--frames 600] [--seed 0] [--out bench.json]
+    worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
+    worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--out bench.json]
 
 ``env`` times headless rendering of the built-in world (reset excluded; each step includes the
 controller, GL draw, readback and the supersampling filter) and writing those frames as a
-rollout dataset (safetensors episodes, atomic rename, index), both in the same run.
+rollout dataset (safetensors episodes, atomic rename, index), both in the same run. ``model``
+times a size preset with random weights (worldsim/bench_model.py says what each row includes);
+``engine`` times a checkpoint end to end through the engine and the play loop
+(worldsim/bench_engine.py says what each row includes). Every run also records the machine.
 """
 
 from __future__ import annotations
@@ -122,12 +127,26 @@ def main(argv: list[str] | None = None) -> None:
     p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
+    p_engine = sub.add_parser("engine", help="a checkpoint end to end: engine, step counts, bf16, growth, play loop")
+    p_engine.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
+    p_engine.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed per setting")
+    p_engine.add_argument("--session-frames", type=int, default=1000, help="frames of the growth run (0 = skip)")
+    p_engine.add_argument("--play-seconds", type=float, default=20.0, help="length of the play-loop run (0 = skip)")
+    p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
     result: dict[str, object] = {"machine": machine_info()}
     if args.what == "env":
         if args.size < 1 or args.frames < 1:
             parser.error("--size and --frames must be positive")
         result["env"] = bench_env(args.size, args.frames, args.seed)
+    elif args.what == "engine":
+        from worldsim.bench_engine import bench_engine
+
+        if args.chunks < 1:
+            parser.error("--chunks must be positive")
+        result["engine"] = bench_engine(
+            args.checkpoint, args.chunks, session_frames=args.session_frames, play_seconds=args.play_seconds
+        )
     else:
         from worldsim.bench_model import bench_model
 

@@ -6,6 +6,8 @@ from omegaconf import OmegaConf
 
 import envs.record  # noqa: F401  (registers the record schema)
 import play  # noqa: F401  (registers the play schema)
+import worldsim.evaluate  # noqa: F401  (registers the eval schema)
+import worldsim.rollout  # noqa: F401  (registers the rollout schema)
 import worldsim.train.app  # noqa: F401  (registers the train schema)
 from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
@@ -25,7 +27,8 @@ SCHEMAS = {
     "recipe": RecipeConfig,
 }
 PRIMARY = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml"))
+GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name != "stage")
+STAGE_FILES = sorted(p.stem for p in CONFIG_DIR.glob("stage/*.yaml"))
 
 
 @pytest.mark.parametrize("name", PRIMARY)
@@ -44,6 +47,18 @@ def test_every_group_config_composes_and_matches_its_dataclass(path: Path):
         cfg = compose(config_name=f"{group}/{path.stem}")
     node = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])  # raises on unknown keys
     assert isinstance(OmegaConf.to_object(node), schema)
+
+
+@pytest.mark.parametrize("stage", STAGE_FILES)
+def test_every_training_stage_preset_composes_and_names_a_known_stage(stage):
+    from worldsim.train.app import STAGES
+    from worldsim.train.config import TrainConfig
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=[f"stage={stage}", "steps=7"])
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, TrainConfig) and obj.stage == stage and obj.stage in STAGES
+    assert obj.steps == 7  # the command line wins over the preset
 
 
 def test_a_typo_in_a_config_key_is_rejected():

@@ -8,7 +8,7 @@ from test_engine import KEYS, make_tiny_checkpoint
 
 from worldsim import load_engine
 from worldsim.data.reader import RolloutDataset
-from worldsim.play_loop import PlayLoopConfig, chunk_inputs, play
+from worldsim.play_loop import EngineSource, PlayLoopConfig, chunk_inputs, play
 
 
 class FakeWindow:
@@ -85,28 +85,6 @@ def test_chunk_inputs_keep_the_newest_rows_and_all_mouse_motion():
     assert keys[:, 0].tolist() == [0, 0, 0, 0] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-class EngineNoWindow:
-    """The engine as a chunk source started from a world seed (play.py's EngineSource, no GL window)."""
-
-    name = "model"
-
-    def __init__(self, engine, seed):
-        self.engine, self.seed = engine, seed
-        self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
-        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
-        self.chunk_c2w, self.timings = None, {}
-
-    def reset(self):
-        frames = self.engine.reset_from_world(self.seed)
-        self.chunk_c2w = self.engine.chunk_c2w
-        return frames
-
-    def step(self, keys, mouse):
-        f = self.engine.step(keys, mouse)
-        self.chunk_c2w = self.engine.chunk_c2w
-        return f
-
-
 def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path):
     ck = make_tiny_checkpoint(tmp_path / "tiny")
 
@@ -116,7 +94,7 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path):
         return keys, np.array([3.0 * (n % 5), 0.0], np.float32)
 
     play(
-        EngineNoWindow(load_engine(ck, seed=3), seed=11),
+        EngineSource(load_engine(ck, seed=3), seed=11),
         PlayLoopConfig(),
         FakeWindow(90, fps=30.0, script=script),
         record=str(tmp_path / "rec"),

@@ -69,6 +69,34 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
+class EngineSource:
+    """The neural engine as a chunk source, started from ground truth of world ``seed`` (drawn in
+    ``gl_context`` when given: under X11 the world must share the window's context)."""
+
+    name = "model"
+
+    def __init__(self, engine: Any, seed: int, gl_context: Any = None):
+        self.engine, self.seed, self.gl_context = engine, seed, gl_context
+        self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
+        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
+        self.chunk_c2w: np.ndarray = np.eye(4, dtype=np.float32)[None]
+        self.timings: dict[str, float] = {}
+
+    def reset(self) -> np.ndarray:
+        frames: np.ndarray = self.engine.reset_from_world(self.seed, gl_context=self.gl_context)
+        self.chunk_c2w = self.engine.chunk_c2w
+        return frames
+
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        frames: np.ndarray = self.engine.step(keys, mouse)
+        self.chunk_c2w = self.engine.chunk_c2w
+        self.timings = {"model": self.engine.timings.model_s, "decode": self.engine.timings.decode_s}
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class PlayLoopConfig:
     screenshot_dir: str = "screenshots"

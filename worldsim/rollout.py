@@ -179,3 +179,7 @@ def _main(cfg: Any) -> None:
 
 def main() -> None:
     _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""worldsim-rollout (with compare), headless play, and worldsim-bench engine on a tiny checkpoint."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_engine import make_tiny_checkpoint
+
+from worldsim import load_engine
+from worldsim.bench_engine import bench_engine
+from worldsim.data.reader import RolloutDataset
+from worldsim.errors import WorldsimError
+from worldsim.rollout import RolloutConfig, run_rollout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
+
+
+def test_rollout_with_compare_writes_model_and_truth_datasets_and_a_video(tiny, tmp_path):
+    r = run_rollout(
+        RolloutConfig(
+            checkpoint=str(tiny), seed=4, frames=6, compare=True, policy="look_around", out=str(tmp_path / "r")
+        )
+    )
+    ds, truth = RolloutDataset(tmp_path / "r"), RolloutDataset(tmp_path / "r" / "truth")
+    assert ds.meta.source == "model" and ds.meta.extra["context_frames"] == 4
+    ep, gt = ds.load(0), truth.load(0)
+    assert len(ep["frames"]) == 4 + 6 and len(gt["frames"]) == 4 + 6
+    # Same inputs, same poses: the controller drives both.
+    np.testing.assert_allclose(ep["c2w"], gt["c2w"], atol=1e-4)
+    np.testing.assert_array_equal(ep["keys"], gt["keys"])
+    np.testing.assert_array_equal(ep["frames"][:4], gt["frames"][:4])  # the context is ground truth
+    assert len(r["psnr_db"]) == 6 and (tmp_path / "r" / "rollout.mp4").stat().st_size > 0
+
+
+def test_rollout_from_a_dataset_episode_with_an_actions_file(tiny, small_dataset, tmp_path):
+    keys = np.zeros((4, 7), np.uint8)
+    keys[:, 0] = 1
+    np.savez(tmp_path / "a.npz", keys=keys, mouse=np.zeros((4, 2), np.float32))
+    cfg = RolloutConfig(
+        checkpoint=str(tiny),
+        start_data=str(small_dataset.root),
+        actions_file=str(tmp_path / "a.npz"),
+        frames=4,
+        compare=True,
+        out=str(tmp_path / "r"),
+    )
+    run_rollout(cfg)
+    ep = RolloutDataset(tmp_path / "r").load(0)
+    gt = RolloutDataset(tmp_path / "r" / "truth").load(0)
+    np.testing.assert_array_equal(ep["frames"][:4], small_dataset.load(0)["frames"][:4])
+    np.testing.assert_allclose(ep["c2w"], gt["c2w"], atol=1e-4)
+    with pytest.raises(WorldsimError, match="unknown policy 'spin'"):
+        run_rollout(RolloutConfig(checkpoint=str(tiny), policy="spin", out=str(tmp_path / "x")))
+    with pytest.raises(WorldsimError, match="does not exist"):
+        run_rollout(
+            RolloutConfig(checkpoint=str(tiny), actions_file=str(tmp_path / "none.npz"), out=str(tmp_path / "x"))
+        )
+
+
+def test_headless_play_and_rollout_cli(tiny, tmp_path):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "play.py",
+            f"checkpoint={tiny}",
+            "headless=true",
+            "steps=4",
+            "bf16=false",
+            f"out={tmp_path / 'h'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(RolloutDataset(tmp_path / "h").load(0)["frames"]) == 8 and (tmp_path / "h" / "rollout.mp4").is_file()
+    p = subprocess.run(
+        [sys.executable, "-m", "worldsim.rollout", f"checkpoint={tmp_path / 'missing'}", f"out={tmp_path / 'x'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "does not exist" in p.stderr
+
+
+def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
+    res = bench_engine(str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0)
+    for key in (
+        "load_s",
+        "first_chunk_s",
+        "default_model_ms",
+        "default_decode_ms",
+        "default_frames_per_s",
+        "steps_1_frames_per_s",
+        "steps_2_frames_per_s",
+        "bf16_frames_per_s",
+        "growth_ratio_last_over_first",
+        "peak_rss_MB",
+        "params_MB",
+        "context_MB",
+        "play_bf16_displayed_frames_per_s",
+        "play_bf16_latency_p95_ms",
+        "play_bf16_first_frame_s",
+    ):
+        assert np.isfinite(res[key]), key
+    eng = load_engine(tiny)
+    eng.reset_from_world(0)
+    k = eng.chunk_frames
+    z = (np.zeros((k, 7), np.uint8), np.zeros((k, 2), np.float32))
+    eng.step(*z)
+    times = []
+    for _ in range(8):
+        t0 = time.perf_counter()
+        eng.step(*z)
+        times.append(time.perf_counter() - t0)
+    by_hand = k / float(np.median(times))
+    assert 0.33 < res["default_frames_per_s"] / by_hand < 3.0  # same quantity, noisy shared CPU
+
+
+def test_bench_cli_writes_json(tiny, tmp_path):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "envs.bench",
+            "engine",
+            f"--checkpoint={tiny}",
+            "--chunks=2",
+            "--session-frames=0",
+            "--play-seconds=0",
+            f"--out={tmp_path / 'b.json'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads((tmp_path / "b.json").read_text())
+    assert set(out) == {"machine", "engine"} and out["machine"]["cores"] >= 1 and "default_frames_per_s" in p.stdout

@@ -1,0 +1,157 @@
+"""End-to-end speed of a checkpoint through the engine (``worldsim-bench engine``).
+
+What each number includes:
+
+* ``load_s``: reading and validating the checkpoint. ``first_chunk_s``: from a fresh engine to the
+  first generated chunk, starting from a world seed (ground-truth context render, encode, one
+  chunk of model + decode).
+* per chunk, steady state (after ``warmup`` chunks, batch 1, ``torch.inference_mode``), medians
+  over ``chunks`` chunks: ``model_ms`` = context rebuild + denoising steps; ``decode_ms`` = codec
+  decode of the chunk; ``frames_per_s`` = chunk_frames / median(model + decode). Display is
+  excluded here and included in the ``play_*`` rows.
+* ``steps_<n>``: the same with the sampler's step count overridden; ``bf16``: with bf16 autocast.
+* ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
+  their ratio (the context is bounded, so it should stay near 1).
+* ``memory``: peak resident memory of the process, parameter and context bytes.
+* ``play_*``: the real play loop (worker thread, frame queue, display at the source fps) with a
+  display that only counts frames (no GL) and scripted input: displayed frames/s, input-to-photon
+  latency p50/p95 (poll -> first frame generated with that input handed to the display) and the
+  time to the first generated frame.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.controller import CameraControllerConfig
+from worldsim.engine import Engine, load_engine
+from worldsim.model.sampler import SamplerConfig
+from worldsim.play_loop import EngineSource, PlayLoopConfig, play
+from worldsim.policies import make_policy
+
+
+def _with_steps(base: SamplerConfig, steps: int) -> SamplerConfig:
+    return SamplerConfig(steps, base.shift, base.mode, base.guidance, base.context_sigma)
+
+
+def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Model and decode seconds of ``chunks`` steady-state chunks under the explore policy."""
+    k = engine.chunk_frames
+    engine.reset_from_world(seed)
+    acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+        (chunks + warmup) * k, np.random.default_rng(seed)
+    )
+    model, decode = [], []
+    for c in range(chunks + warmup):
+        engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
+        if c >= warmup:
+            model.append(engine.timings.model_s)
+            decode.append(engine.timings.decode_s)
+    return np.array(model), np.array(decode)
+
+
+def _rows(engine: Engine, chunks: int) -> dict[str, float]:
+    m, d = _chunk_times(engine, chunks)
+    return {
+        "model_ms": 1000 * float(np.median(m)),
+        "decode_ms": 1000 * float(np.median(d)),
+        "frames_per_s": engine.chunk_frames / float(np.median(m + d)),
+    }
+
+
+class _CountingDisplay:
+    """A display for the play loop that draws nothing: scripted input, ticks at ``fps``."""
+
+    def __init__(self, engine: Engine, seconds: float):
+        self.fps = engine.fps
+        self.ticks = int(seconds * engine.fps)
+        self.acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+            self.ticks + 1, np.random.default_rng(0)
+        )
+        self.n = 0
+        self.next = time.perf_counter()
+
+    def bind_keys(self, key_names: list[str]) -> None:
+        pass
+
+    def poll(self) -> tuple[np.ndarray, np.ndarray, set[str]]:
+        i = self.n
+        self.n += 1
+        return self.acts.keys[i], self.acts.mouse[i], {"quit"} if self.n >= self.ticks else set()
+
+    def show(self, frame_u8: np.ndarray | None, hud_lines: list[str]) -> None:
+        pass
+
+    def screenshot(self) -> np.ndarray:
+        return np.zeros((1, 1, 3), np.uint8)
+
+    def tick(self) -> None:
+        self.next += 1.0 / self.fps
+        time.sleep(max(0.0, self.next - time.perf_counter()))
+
+    def help_text(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def bench_engine(
+    checkpoint: str,
+    chunks: int = 20,
+    step_counts: tuple[int, ...] = (1, 2, 4, 8),
+    session_frames: int = 1000,
+    play_seconds: float = 20.0,
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    engine = load_engine(checkpoint)
+    res: dict[str, Any] = {"checkpoint": checkpoint, "load_s": time.perf_counter() - t0}
+    res["chunk_frames"] = engine.chunk_frames
+    res["sampler"] = f"{engine.sampler_cfg.mode}, {engine.sampler_cfg.num_steps} steps"
+    res["context_frames"] = engine.context_frames
+    res["params_M"] = sum(p.numel() for p in engine.model.parameters()) / 1e6
+    t0 = time.perf_counter()
+    fresh = load_engine(checkpoint)
+    fresh.reset_from_world(1)
+    k = fresh.chunk_frames
+    fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
+    res["first_chunk_s"] = time.perf_counter() - t0
+    for key, val in _rows(engine, chunks).items():
+        res[f"default_{key}"] = val
+    base = engine.sampler_cfg
+    for n in step_counts:
+        e = load_engine(checkpoint, sampler=_with_steps(base, n))
+        res[f"steps_{n}_frames_per_s"] = _rows(e, chunks)["frames_per_s"]
+    e = load_engine(checkpoint, bf16=True)
+    bf = _rows(e, chunks)
+    res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]
+    res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
+    if session_frames:
+        m, d = _chunk_times(load_engine(checkpoint), max(10, session_frames // k), warmup=0)
+        tot = m + d
+        tenth = max(1, len(tot) // 10)
+        res["growth_first10pct_ms"] = 1000 * float(tot[:tenth].mean())
+        res["growth_last10pct_ms"] = 1000 * float(tot[-tenth:].mean())
+        res["growth_ratio_last_over_first"] = float(tot[-tenth:].mean() / tot[:tenth].mean())
+    res["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["params_MB"] = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
+    h = engine.gen.history
+    res["context_MB"] = (
+        0.0 if h is None else sum(t.numel() * t.element_size() for t in (h.latents, h.actions, h.c2w)) / 2**20
+    )
+    if play_seconds:
+        pe = load_engine(checkpoint, bf16=True)
+        stats = play(EngineSource(pe, 0), PlayLoopConfig(), _CountingDisplay(pe, play_seconds)).summary()  # type: ignore[arg-type]
+        span = play_seconds
+        res["play_bf16_displayed_frames_per_s"] = stats["displayed_frames"] / span
+        res["play_bf16_latency_p50_ms"] = stats["latency_p50_ms"]
+        res["play_bf16_latency_p95_ms"] = stats["latency_p95_ms"]
+        res["play_bf16_first_frame_s"] = stats["first_frame_s"]
+        res["play_bf16_held_ticks"] = stats["held_ticks"]
+    return res
