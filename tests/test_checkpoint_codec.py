@@ -28,7 +28,7 @@ def test_codec_maps_any_divisible_size_to_a_latent_grid_and_back(size):
 def _ckpt(tmp_path):
     enc = make_action_encoder("keyboard_mouse", KEYS)
     mcfg = WorldModelConfig(latent_channels=4, latent_size=(4, 4), width=32, depth=1, heads=2, action_dim=enc.dim)
-    cfg = CheckpointConfig(mcfg, CodecConfig(4, 4, 16), SamplerConfig(), enc.spec(), (16, 16), {"steps": 0})
+    cfg = CheckpointConfig(mcfg, CodecConfig(4, 4, 16), SamplerConfig(), enc.spec(), (16, 16), provenance={"steps": 0})
     torch.manual_seed(0)
     model, codec = WorldModel(mcfg), Codec(cfg.codec)
     save_checkpoint(tmp_path / "ck", cfg, model, codec)
