@@ -18,9 +18,9 @@ from worldsim.model.sampler import SamplerConfig
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
-def make_tiny_checkpoint(path, seed=0):
+def make_tiny_checkpoint(path, seed=0, keys=KEYS):
     torch.manual_seed(seed)
-    enc = make_action_encoder("keyboard_mouse", KEYS)
+    enc = make_action_encoder("keyboard_mouse", keys)
     mcfg = WorldModelConfig(
         latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2
     )
@@ -106,3 +106,6 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
         other.load_session(tmp_path / "s")
     with pytest.raises(WorldsimError, match="not a saved session"):
         other.load_session(tmp_path / "nope")
+    alien = load_engine(make_tiny_checkpoint(tmp_path / "alien", keys=["w", "a", "s", "d", "space", "left shift", "e"]))
+    with pytest.raises(WorldsimError, match="world 'builtin' has keys"):
+        alien.reset_from_world(seed=0)

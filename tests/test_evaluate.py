@@ -106,3 +106,9 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WorldsimError, match="holds no rollout dataset"):
         evaluate(EvalConfig(checkpoint=str(tiny), data=str(tmp_path / "empty"), out=str(tmp_path / "o")))
+    other = record(RecordConfig(num_episodes=1, episode_len=8, out=str(tmp_path / "keys")))
+    meta = json.loads((other.root / "meta.json").read_text())
+    meta["key_names"] = ["w", "a", "s", "d", "space", "left ctrl", "l"]
+    (other.root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(WorldsimError, match="records keys .*'left ctrl'.* the checkpoint"):
+        evaluate(EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o")))

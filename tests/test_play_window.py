@@ -36,6 +36,30 @@ def test_play_rejects_unknown_binding_key_names(tmp_path):
     assert "'notakey' is not a key name" in r.stderr
 
 
+def test_play_refuses_a_missing_checkpoint_and_an_unwritable_record_path(tmp_path):
+    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+    r = subprocess.run(
+        [sys.executable, "play.py", f"checkpoint={tmp_path / 'none'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
+    (tmp_path / "file").write_text("not a folder")
+    r = subprocess.run(
+        [sys.executable, "play.py", "checkpoint=", f"record={tmp_path / 'file' / 'rec'}", "loop.max_steps=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error:" in r.stderr
+
+
 @pytest.fixture
 def xvfb():
     if not shutil.which("Xvfb") or not shutil.which("xdotool"):
