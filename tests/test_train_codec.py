@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -103,3 +105,35 @@ def test_training_writes_a_loadable_ema_codec(small_dataset, tmp_path):
         load_codec(tmp_path / "e" / "codec")
     with pytest.raises(WorldsimError, match="not a codec folder"):
         load_codec(tmp_path)
+
+
+def test_sigterm_saves_the_run_like_ctrl_c(small_dataset, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "t"
+    args = [f"data={small_dataset.root}", "val_data=null", f"out={out}", "steps=100000", "ckpt_every=100000"]
+    args += ["log_every=1", "batch_size=2", "codec.base_channels=16", "codec.latent_channels=4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim.train.app", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline
+        and len((out / "log.csv").read_text().splitlines() if (out / "log.csv").exists() else []) < 4
+    ):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in out_text
+    step = json.loads((out / "last" / "state.json").read_text())["step"]
+    assert step >= 3

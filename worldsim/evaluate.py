@@ -57,7 +57,7 @@ class EvalConfig:
     bf16: bool = False
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
     idm_data: str = "data/builtin_v1/train"
-    idm_steps: int = 1500
+    idm_steps: int = 400
     turn_starts: int = 32  # 0 = skip
     turn_seed0: int = 95000  # world seeds turn_seed0 .. turn_seed0 + turn_starts - 1
     turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
@@ -89,7 +89,7 @@ def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
     return [every[p] for p in sorted(set(picks.tolist()))]
 
 
-def _world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
+def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
     from envs.builtin import BuiltinWorldConfig
     from envs.record import rollout
 
@@ -106,7 +106,7 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
             keys = np.zeros((n + horizon, kk), np.uint8)
             mouse = np.zeros((n + horizon, 2), np.float32)
             mouse[n - 1 :, 0] = sign * dx
-            arrays = _world_rollout(engine, seed, keys, mouse)
+            arrays = world_rollout(engine, seed, keys, mouse)
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
         mse = {(g, t): float(((gens[g].astype(float) - gts[t]) ** 2).mean()) for g in gens for t in gts}
         ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
@@ -125,7 +125,7 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
         n + horizon, np.random.default_rng(seed)
     )
-    arrays = _world_rollout(engine, seed, acts.keys, acts.mouse)
+    arrays = world_rollout(engine, seed, acts.keys, acts.mouse)
     gen, gt = [], arrays["frames"][n : n + horizon]
     engine.reset(arrays["frames"][:n], arrays["c2w"][:n], acts.keys[:n], acts.mouse[:n])
     for s in tqdm(range(0, horizon, k), desc="drift", unit="chunk"):

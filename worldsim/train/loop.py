@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,10 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 M = TypeVar("M", bound=torch.nn.Module)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class TrainLoop(Generic[M]):
@@ -76,6 +82,10 @@ class TrainLoop(Generic[M]):
         summary: dict[str, float] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.stage, unit="step", disable=not main)
         t_last, seen, last_loss = time.perf_counter(), 0, float("nan")
+        # SIGTERM (kill, a scheduler's stop) saves like Ctrl-C does.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             while self.step < cfg.steps:
                 for group in self.opt.param_groups:
@@ -117,6 +127,8 @@ class TrainLoop(Generic[M]):
                 print(f"\ninterrupted at step {self.step}: saved {self.out / 'last'}; resume with resume=true")
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             bar.close()
             if log:
                 log.close()
