@@ -287,6 +287,9 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                 shown.clear()
                 pending.clear()
                 last_frame, last_c2w = source.reset()[-1], source.chunk_c2w[-1].copy()
+                if recorder and recorder.active:  # a reset starts a new episode: poses jump
+                    print(f"recorded episode {recorder.flush()} -> {record}")
+                    recorder.start(last_frame, last_c2w)
             if "screenshot" in commands:
                 Path(cfg.screenshot_dir).mkdir(parents=True, exist_ok=True)
                 path = Path(cfg.screenshot_dir) / f"shot_{time.strftime('%Y%m%d_%H%M%S')}_{stats.displayed:06d}.png"
@@ -301,17 +304,17 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                     recorder.start(last_frame, last_c2w)
             if not paused:
                 pending.append((keys, mouse, now))
-            # Step 2: hand the worker the next chunk when it is free and the queue runs low.
-            lead = math.ceil(np.mean(stats.chunk_s[-4:]) * source.fps) if stats.chunk_s else 0
-            if not paused and not worker.busy and len(shown) <= lead and pending:
-                worker.submit(*chunk_inputs(pending, k, nk))
-                pending = []
+            # Step 2: take a finished chunk, then hand the worker the next one when the queue runs low.
             done = worker.collect()
             if done is not None:
                 _, frames, c2w, ck, cm, times, timings = done
                 stats.chunk_s.append(sum(timings.values()))
                 for i in range(len(frames)):
                     shown.append(ShownFrame(frames[i], c2w[i], ck[i], cm[i], i == 0, times if i == 0 else []))
+            lead = math.ceil(np.mean(stats.chunk_s[-4:]) * source.fps) if stats.chunk_s else 0
+            if not paused and not worker.busy and len(shown) <= lead and pending:
+                worker.submit(*chunk_inputs(pending, k, nk))
+                pending = []
             # Step 3: show one frame per tick, or hold the last one.
             frame = None
             if shown and not paused:
