@@ -25,7 +25,6 @@ from worldsim.config import CONFIG_DIR
 from worldsim.data.format import parse_frame_size
 from worldsim.engine import Engine, load_engine
 from worldsim.errors import WorldsimError, clean_errors
-from worldsim.model.sampler import SamplerConfig
 from worldsim.play_loop import EngineSource, PlayLoopConfig, play
 from worldsim.window import Window, WindowConfig, require_display
 
@@ -83,13 +82,7 @@ class EnvSource:
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    sampler = None
-    if pc.sampler_steps:
-        from worldsim.checkpoint import read_checkpoint_config
-
-        b = read_checkpoint_config(pc.checkpoint).sampler
-        sampler = SamplerConfig(pc.sampler_steps, b.shift, b.mode, b.guidance, b.context_sigma)
-    return load_engine(pc.checkpoint, sampler=sampler, seed=pc.seed, bf16=pc.bf16)
+    return load_engine(pc.checkpoint, sampler_steps=pc.sampler_steps, seed=pc.seed, bf16=pc.bf16)
 
 
 def _headless(pc: PlayConfig) -> None:

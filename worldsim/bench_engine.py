@@ -30,13 +30,8 @@ import torch
 
 from worldsim.controller import CameraControllerConfig
 from worldsim.engine import Engine, load_engine
-from worldsim.model.sampler import SamplerConfig
 from worldsim.play_loop import EngineSource, PlayLoopConfig, play
 from worldsim.policies import make_policy
-
-
-def _with_steps(base: SamplerConfig, steps: int) -> SamplerConfig:
-    return SamplerConfig(steps, base.shift, base.mode, base.guidance, base.context_sigma)
 
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +119,8 @@ def bench_engine(
     res["first_chunk_s"] = time.perf_counter() - t0
     for key, val in _rows(engine, chunks).items():
         res[f"default_{key}"] = val
-    base = engine.sampler_cfg
     for n in step_counts:
-        e = load_engine(checkpoint, sampler=_with_steps(base, n))
+        e = load_engine(checkpoint, sampler_steps=n)
         res[f"steps_{n}_frames_per_s"] = _rows(e, chunks)["frames_per_s"]
     e = load_engine(checkpoint, bf16=True)
     bf = _rows(e, chunks)

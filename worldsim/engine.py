@@ -14,6 +14,7 @@ saved and restored; a restored session continues bit-for-bit on the same machine
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -255,12 +256,14 @@ def _fingerprint(path: Path) -> str:
 def load_engine(
     path: str | Path,
     device: str = "cpu",
-    sampler: SamplerConfig | None = None,
+    sampler_steps: int = 0,
     seed: int = 0,
     bf16: bool = False,
 ) -> Engine:
-    """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``)."""
+    """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
+    ``sampler_steps`` > 0 replaces the step count of the checkpoint's sampler (0 keeps it)."""
     if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
         raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
     ck, model, codec = load_checkpoint(path, device=device)
+    sampler = dataclasses.replace(ck.sampler, num_steps=sampler_steps) if sampler_steps else None
     return Engine(ck, model, codec, sampler=sampler, seed=seed, bf16=bf16, fingerprint=_fingerprint(Path(path)))

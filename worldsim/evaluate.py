@@ -39,7 +39,6 @@ from worldsim.engine import Engine, load_engine
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
 from worldsim.metrics import high_frequency_ratio, psnr, ssim
-from worldsim.model.sampler import SamplerConfig
 from worldsim.train.frames import open_datasets
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
@@ -169,13 +168,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
 
-    sampler = None
-    if cfg.sampler_steps:
-        from worldsim.checkpoint import read_checkpoint_config
-
-        base = read_checkpoint_config(cfg.checkpoint).sampler
-        sampler = SamplerConfig(cfg.sampler_steps, base.shift, base.mode, base.guidance, base.context_sigma)
-    engine = load_engine(cfg.checkpoint, sampler=sampler, seed=cfg.seed, bf16=cfg.bf16)
+    engine = load_engine(cfg.checkpoint, sampler_steps=cfg.sampler_steps, seed=cfg.seed, bf16=cfg.bf16)
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ from worldsim.data.writer import RolloutWriter
 from worldsim.engine import Engine, load_engine
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.metrics import psnr
-from worldsim.model.sampler import SamplerConfig
 from worldsim.policies import make_policy
 
 
@@ -76,13 +75,7 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
     if engine is None:
-        sampler = None
-        if cfg.sampler_steps:
-            from worldsim.checkpoint import read_checkpoint_config
-
-            b = read_checkpoint_config(cfg.checkpoint).sampler
-            sampler = SamplerConfig(cfg.sampler_steps, b.shift, b.mode, b.guidance, b.context_sigma)
-        engine = load_engine(cfg.checkpoint, sampler=sampler, bf16=cfg.bf16)
+        engine = load_engine(cfg.checkpoint, sampler_steps=cfg.sampler_steps, bf16=cfg.bf16)
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)
