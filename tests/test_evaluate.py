@@ -107,6 +107,10 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
     with pytest.raises(WorldsimError, match="holds no rollout dataset"):
         evaluate(EvalConfig(checkpoint=str(tiny), data=str(tmp_path / "empty"), out=str(tmp_path / "o")))
     other = record(RecordConfig(num_episodes=1, episode_len=8, out=str(tmp_path / "keys")))
+    with pytest.raises(WorldsimError, match="an episode of 8 frames is too short for 4 context \\+ 32 frames"):
+        evaluate(
+            EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o"), idm=str(tmp_path / "none"))
+        )
     meta = json.loads((other.root / "meta.json").read_text())
     meta["key_names"] = ["w", "a", "s", "d", "space", "left ctrl", "l"]
     (other.root / "meta.json").write_text(json.dumps(meta))

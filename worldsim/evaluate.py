@@ -174,6 +174,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     k = engine.chunk_frames
     horizon = -(-cfg.horizon // k) * k
+    short = min(ds.episodes[i].num_frames for ds, i in episodes)
+    if short < engine.context_frames + horizon:  # refuse before the slow inverse-dynamics training
+        raise WorldsimError(
+            f"an episode of {short} frames is too short for {engine.context_frames} context + {horizon} frames"
+        )
     # Step 1: the inverse-dynamics model (trained on ground truth only).
     if cfg.idm:
         idm: InverseDynamics = load_idm(cfg.idm, engine.key_names)
