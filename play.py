@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import hydra
@@ -25,7 +26,7 @@ from worldsim.config import CONFIG_DIR
 from worldsim.data.format import parse_frame_size
 from worldsim.engine import Engine, load_engine
 from worldsim.errors import WorldsimError, clean_errors
-from worldsim.play_loop import EngineSource, PlayLoopConfig, play
+from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 from worldsim.window import Window, WindowConfig, require_display
 
 
@@ -37,6 +38,7 @@ class PlayConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     sampler_steps: int = 0  # 0 = the checkpoint's own sampler
     bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
+    generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
     steps: int = 256  # headless: frames to generate
@@ -110,10 +112,20 @@ def main(cfg: Any) -> None:
         _headless(pc)
         return
     require_display()  # no screen: say how to run instead of loading anything
-    engine = _engine(pc) if pc.checkpoint else None  # a bad checkpoint fails before a window opens
-    size = engine.frame_size if engine else parse_frame_size(pc.frame_size)
-    window = Window(pc.window, size, title=f"worldsim: {pc.checkpoint or pc.env}")
-    source: EnvSource | EngineSource = EngineSource(engine, pc.seed, window.ctx) if engine else EnvSource(pc, window)
+    if pc.generate_in not in ("process", "thread"):
+        raise WorldsimError(f"generate_in must be process or thread, got {pc.generate_in!r}")
+    source: EnvSource | EngineSource | ProcessSource
+    if not pc.checkpoint:
+        window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
+        source = EnvSource(pc, window)
+    elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
+        kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16}
+        source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
+        window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
+    else:
+        engine = _engine(pc)  # a bad checkpoint fails before a window opens
+        window = Window(pc.window, engine.frame_size, title=f"worldsim: {pc.checkpoint}")
+        source = EngineSource(engine, pc.seed, window.ctx)
     try:
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()

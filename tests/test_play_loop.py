@@ -1,14 +1,19 @@
 """The asynchronous play loop without a screen: input keeps its rate while generation is slow,
 and a recorded session replays through the engine to the same frames."""
 
+import os
+import signal
 import time
+from functools import partial
 
 import numpy as np
+import pytest
 from test_engine import KEYS, make_tiny_checkpoint
 
 from worldsim import load_engine
 from worldsim.data.reader import RolloutDataset
-from worldsim.play_loop import EngineSource, PlayLoopConfig, chunk_inputs, play
+from worldsim.errors import WorldsimError
+from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, chunk_inputs, open_engine_source, play
 
 
 class FakeWindow:
@@ -85,7 +90,10 @@ def test_chunk_inputs_keep_the_newest_rows_and_all_mouse_motion():
     assert keys[:, 0].tolist() == [0, 0, 0, 0] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path):
+@pytest.mark.parametrize("generate_in", ["thread", "process"])
+def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, generate_in):
+    """Recorded through either play set-up (generation in a thread, or in a child process as
+    play.py does), the session replays in this process to identical frames."""
     ck = make_tiny_checkpoint(tmp_path / "tiny")
 
     def script(n):
@@ -93,15 +101,17 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path):
         keys[KEYS.index("w")] = n % 3 != 0
         return keys, np.array([3.0 * (n % 5), 0.0], np.float32)
 
-    play(
-        EngineSource(load_engine(ck, seed=3), seed=11),
-        PlayLoopConfig(),
-        FakeWindow(90, fps=30.0, script=script),
-        record=str(tmp_path / "rec"),
-    )
+    if generate_in == "process":
+        source = ProcessSource(partial(open_engine_source, str(ck), 11, bf16=False))
+    else:
+        source = EngineSource(load_engine(ck, seed=11), seed=11)
+    try:
+        play(source, PlayLoopConfig(), FakeWindow(90, fps=30.0, script=script), record=str(tmp_path / "rec"))
+    finally:
+        source.close()
     ep = RolloutDataset(tmp_path / "rec").load(0)
     assert len(ep["frames"]) > 8 and ep["keys"][:, KEYS.index("w")].sum() > 0
-    eng = load_engine(ck, seed=3)
+    eng = load_engine(ck, seed=11)
     eng.reset_from_world(11)
     k = eng.chunk_frames
     replay = [
@@ -109,3 +119,20 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path):
     ]
     got = np.concatenate(replay)
     np.testing.assert_array_equal(got, ep["frames"][1 : 1 + len(got)])
+
+
+def test_the_generation_process_reports_a_bad_checkpoint_and_its_own_death(tmp_path):
+    with pytest.raises(WorldsimError, match="does not exist"):
+        ProcessSource(partial(open_engine_source, str(tmp_path / "missing"), 0))
+    source = ProcessSource(partial(open_engine_source, str(make_tiny_checkpoint(tmp_path / "tiny")), 0))
+    try:
+        frames = source.reset()
+        assert frames.shape[1:] == (*source.frame_size, 3) and source.chunk_c2w.shape[1:] == (4, 4)
+        k = source.chunk_frames
+        with pytest.raises(WorldsimError, match="keys must be"):  # the engine's own message, from the child
+            source.step(np.zeros((k, 99), np.uint8), np.zeros((k, 2), np.float32))
+        os.kill(source._proc.pid, signal.SIGKILL)
+        with pytest.raises(WorldsimError, match="generation process"):
+            source.step(np.zeros((k, len(source.key_names)), np.uint8), np.zeros((k, 2), np.float32))
+    finally:
+        source.close()

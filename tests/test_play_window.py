@@ -108,7 +108,7 @@ def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, sourc
         _xdo(xvfb, "windowfocus", "--sync", win)
         time.sleep(0.8)
         _xdo(xvfb, "keydown", "w")
-        time.sleep(1.0)
+        time.sleep(1.5)  # several chunks' worth, even on a loaded machine
         _xdo(xvfb, "keyup", "w")
         for _ in range(10):
             _xdo(xvfb, "mousemove_relative", "--", "12", "0")

@@ -13,16 +13,19 @@ What each number includes:
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
-* ``play_*``: the real play loop (worker thread, frame queue, display at the source fps) with a
-  display that only counts frames (no GL) and scripted input: displayed frames/s, input-to-photon
-  latency p50/p95 (poll -> first frame generated with that input handed to the display) and the
-  time to the first generated frame.
+* ``play_*``: the real play loop (generation in a child process as in ``play.py``, frame queue,
+  display at the source fps) with a display that only counts frames (no GL) and scripted input:
+  displayed frames/s, input-to-photon latency p50/p95 (poll -> first frame generated with that
+  input handed to the display), the time to the first generated frame (from the loop's start) and
+  ``source_start_s`` (starting the generation process and loading the checkpoint in it).
+  ``play_thread_*``: the same with generation in a worker thread of this process, side by side.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +33,7 @@ import torch
 
 from worldsim.controller import CameraControllerConfig
 from worldsim.engine import Engine, load_engine
-from worldsim.play_loop import EngineSource, PlayLoopConfig, play
+from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 from worldsim.policies import make_policy
 
 
@@ -62,10 +65,10 @@ def _rows(engine: Engine, chunks: int) -> dict[str, float]:
 class _CountingDisplay:
     """A display for the play loop that draws nothing: scripted input, ticks at ``fps``."""
 
-    def __init__(self, engine: Engine, seconds: float):
-        self.fps = engine.fps
-        self.ticks = int(seconds * engine.fps)
-        self.acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+    def __init__(self, source: Any, seconds: float):
+        self.fps = source.fps
+        self.ticks = int(seconds * source.fps)
+        self.acts = make_policy("explore", source.key_names, CameraControllerConfig()).actions(
             self.ticks + 1, np.random.default_rng(0)
         )
         self.n = 0
@@ -94,6 +97,30 @@ class _CountingDisplay:
 
     def close(self) -> None:
         pass
+
+
+def bench_play(checkpoint: str, seconds: float) -> dict[str, float]:
+    """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
+    side, in a worker thread of this process."""
+    res: dict[str, float] = {}
+    for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
+        t0 = time.perf_counter()
+        if mode == "process":
+            source: Any = ProcessSource(partial(open_engine_source, checkpoint, 0, bf16=True))
+        else:
+            source = EngineSource(load_engine(checkpoint, bf16=True), 0)
+        res[prefix + "source_start_s"] = time.perf_counter() - t0
+        try:
+            stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
+        finally:
+            source.close()
+        res[prefix + "displayed_frames_per_s"] = stats["displayed_frames"] / seconds
+        res[prefix + "latency_p50_ms"] = stats["latency_p50_ms"]
+        res[prefix + "latency_p95_ms"] = stats["latency_p95_ms"]
+        res[prefix + "first_frame_s"] = stats["first_frame_s"]
+        res[prefix + "held_ticks"] = stats["held_ticks"]
+        res[prefix + "chunk_ms_mean"] = stats["chunk_ms_mean"]
+    return res
 
 
 def bench_engine(
@@ -140,12 +167,5 @@ def bench_engine(
         0.0 if h is None else sum(t.numel() * t.element_size() for t in (h.latents, h.actions, h.c2w)) / 2**20
     )
     if play_seconds:
-        pe = load_engine(checkpoint, bf16=True)
-        stats = play(EngineSource(pe, 0), PlayLoopConfig(), _CountingDisplay(pe, play_seconds)).summary()  # type: ignore[arg-type]
-        span = play_seconds
-        res["play_bf16_displayed_frames_per_s"] = stats["displayed_frames"] / span
-        res["play_bf16_latency_p50_ms"] = stats["latency_p50_ms"]
-        res["play_bf16_latency_p95_ms"] = stats["latency_p95_ms"]
-        res["play_bf16_first_frame_s"] = stats["first_frame_s"]
-        res["play_bf16_held_ticks"] = stats["held_ticks"]
+        res.update(bench_play(checkpoint, play_seconds))
     return res

@@ -21,10 +21,13 @@ poll time.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +37,7 @@ import numpy as np
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
+from worldsim.errors import WorldsimError
 
 
 class ChunkSource(Protocol):
@@ -95,6 +99,118 @@ class EngineSource:
 
     def close(self) -> None:
         pass
+
+
+def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
+    """Load a checkpoint as a chunk source started from world ``seed`` (the generation process's factory)."""
+    from worldsim.engine import load_engine
+
+    return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
+
+
+_SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics", "chunk_c2w")
+
+
+def _send_error(conn: Any, e: BaseException) -> None:
+    try:
+        conn.send(("error", e))
+    except Exception:  # an exception that does not pickle still reaches the player as text
+        conn.send(("error", WorldsimError(f"{type(e).__name__}: {e}")))
+
+
+def _serve_source(conn: Any, factory: Callable[[], ChunkSource]) -> None:
+    """The generation process: build the source, then answer ``(method, args)`` calls until ``None``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    try:
+        source = factory()
+    except BaseException as e:
+        _send_error(conn, e)
+        return
+    conn.send(("ok", {name: getattr(source, name) for name in _SOURCE_META}))
+    try:
+        while (call := conn.recv()) is not None:
+            method, args = call
+            try:
+                out = getattr(source, method)(*args)
+                conn.send(("ok", (out, source.chunk_c2w, source.timings)))
+            except BaseException as e:
+                _send_error(conn, e)
+    except EOFError:  # the parent is gone
+        pass
+    finally:
+        close = getattr(source, "close", None)
+        if close:
+            close()
+
+
+class ProcessSource:
+    """A chunk source that lives in a child process (``spawn``) and is called over a pipe.
+
+    Why: on these CPUs torch's OpenMP kernels (bf16 casts, oneDNN matmuls) ran 1.4-2x slower when
+    called from a Python worker thread than from a process's main thread (measured with
+    ``worldsim-bench engine``: ``play_thread_*`` vs ``play_*``). In the child, generation runs on
+    the main thread; the play loop's worker thread only waits on the pipe (the GIL is released).
+    ``factory`` must pickle (a module-level function or a ``functools.partial`` of one); errors it
+    raises, such as a bad checkpoint, are raised here by the constructor."""
+
+    def __init__(self, factory: Callable[[], ChunkSource], start_timeout_s: float = 300.0):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_source, args=(child, factory), name="worldsim-generate", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise WorldsimError(f"the generation process did not start within {start_timeout_s:.0f} s")
+        try:
+            meta = self._reply()
+        except BaseException:
+            self.close()
+            raise
+        self.name: str = meta["name"]
+        self.key_names: list[str] = list(meta["key_names"])
+        self.frame_size: tuple[int, int] = tuple(meta["frame_size"])
+        self.fps: float = meta["fps"]
+        self.chunk_frames: int = meta["chunk_frames"]
+        self.intrinsics: np.ndarray = meta["intrinsics"]
+        self.chunk_c2w: np.ndarray = meta["chunk_c2w"]
+        self.timings: dict[str, float] = {}
+
+    def _reply(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(timeout=5)
+            raise WorldsimError(f"the generation process exited (exit code {self._proc.exitcode})") from None
+        if status == "error":
+            raise payload
+        return payload
+
+    def _call(self, method: str, *args: Any) -> np.ndarray:
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError):
+            raise WorldsimError(f"the generation process is gone (exit code {self._proc.exitcode})") from None
+        out, self.chunk_c2w, self.timings = self._reply()
+        return np.asarray(out)
+
+    def reset(self) -> np.ndarray:
+        return self._call("reset")
+
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        return self._call("step", keys, mouse)
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+        self._conn.close()
 
 
 @dataclass
