@@ -139,3 +139,28 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
+
+
+def test_init_from_starts_a_new_run_from_earlier_weights(small_dataset, tiny_codec, tmp_path):
+    from worldsim.model.dit import WorldModel
+    from worldsim.train.distributed import Dist
+    from worldsim.train.loop import TrainLoop
+
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 3))
+    state = {n: load_file(str(tmp_path / "a" / "last" / f"{n}.safetensors")) for n in ("weights", "ema")}
+    exported = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    for source, weights, ema in (("last", state["weights"], state["ema"]), ("model", exported, exported)):
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / source, 2)
+        cfg.init_from = str(tmp_path / "a" / source)
+        loop = TrainLoop(cfg, WorldModel(TINY), [], Dist())
+        assert loop.step == 0
+        assert all(torch.equal(weights[k], v) for k, v in loop.module.state_dict().items()), source
+        assert all(torch.equal(ema[k], v) for k, v in loop.ema.state_dict().items()), source
+        assert cfg.identity()["init_from"] == cfg.init_from  # resuming it needs the same init_from
+    assert "init_from" not in _cfg(small_dataset.root, tiny_codec, tmp_path / "x", 2).identity()
+    wider = _cfg(small_dataset.root, tiny_codec, tmp_path / "w", 2)
+    wider.model = WorldModelConfig(**{**vars(TINY), "width": 64})
+    for bad, message in ((tmp_path / "a" / "model", "do not fit"), (tmp_path / "nothing", "is not a folder")):
+        wider.init_from = str(bad)
+        with pytest.raises(WorldsimError, match=message):
+            TrainLoop(wider, WorldModel(wider.model), [], Dist())

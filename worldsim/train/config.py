@@ -56,6 +56,9 @@ class TrainConfig:
     val_batches: int = 4
     ckpt_every: int = 250
     resume: bool = False
+    # Start a new run from earlier weights: a run's training state (<out>/last: weights and EMA) or
+    # an exported folder (the stage's network file seeds both); optimizer, step and schedule start fresh.
+    init_from: str = ""
     codec: CodecConfig = field(default_factory=CodecConfig)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -66,6 +69,8 @@ class TrainConfig:
         d = asdict(self)
         for k in ("steps", "resume", "out", "log_every", "val_every", "val_batches", "ckpt_every", "val_data"):
             d.pop(k)
+        if not self.init_from:  # runs started from scratch keep the identity they had before the option
+            d.pop("init_from")
         d["teacher"].pop("preview_every")
         d["teacher"].pop("preview_steps")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec",)}.get(self.stage, ())

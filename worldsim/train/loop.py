@@ -24,7 +24,7 @@ from tqdm import tqdm
 from worldsim.errors import WorldsimError
 from worldsim.train.config import OptimConfig, TrainConfig
 from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
-from worldsim.train.state import load_train_state, save_train_state
+from worldsim.train.state import init_weights, load_train_state, save_train_state
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -59,6 +59,10 @@ class TrainLoop(Generic[M]):
             raise WorldsimError(
                 f"{self.out} already holds a run; pass resume=true to continue it or choose another out="
             )
+        elif cfg.init_from:
+            loaded = init_weights(cfg.init_from, module, self.ema)
+            if d.is_main:
+                print(f"{cfg.stage}: weights from {loaded}")
         barrier(d)  # nobody writes before every rank has read
 
     def _save(self) -> None:

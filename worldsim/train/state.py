@@ -84,3 +84,35 @@ def load_train_state(
     opt.load_state_dict(_unflatten_optimizer(load_file(str(root / "optim.safetensors")), meta["optimizer"]))
     torch.set_rng_state(load_file(str(root / "rng.safetensors"))["cpu"])
     return int(meta["step"])
+
+
+def init_weights(path: str | Path, module: torch.nn.Module, ema: torch.nn.Module) -> str:
+    """Load earlier weights into a fresh run (``init_from``). A training state folder (``last/``)
+    gives the weights and the EMA; an exported folder gives its file whose tensors fit ``module``
+    (``model.safetensors`` of a checkpoint, ``codec.safetensors`` of a codec) to both. Returns
+    what was loaded, for the log."""
+    root = Path(path)
+    if not root.is_dir():
+        raise WorldsimError(f"init_from: {root} is not a folder")
+    want = module.state_dict()
+    if (root / "weights.safetensors").is_file() and (root / "ema.safetensors").is_file():
+        pairs = [(module, root / "weights.safetensors"), (ema, root / "ema.safetensors")]
+    else:
+        files = [root / n for n in ("model.safetensors", "codec.safetensors") if (root / n).is_file()]
+        if not files:
+            raise WorldsimError(f"init_from: {root} holds no training state (last/) and no exported weights")
+        fits = [f for f in files if _fits(load_file(str(f)), want)]
+        if not fits:
+            names = ", ".join(f.name for f in files)
+            raise WorldsimError(f"init_from: {names} in {root} do not fit this stage's network (other shapes)")
+        pairs = [(module, fits[0]), (ema, fits[0])]
+    for target, file in pairs:
+        tensors = load_file(str(file))
+        if not _fits(tensors, want):
+            raise WorldsimError(f"init_from: {file} does not fit this stage's network (other names or shapes)")
+        target.load_state_dict(tensors)
+    return ", ".join(sorted({str(f) for _, f in pairs}))
+
+
+def _fits(tensors: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> bool:
+    return tensors.keys() == want.keys() and all(tensors[k].shape == want[k].shape for k in want)
