@@ -116,3 +116,40 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
     (other.root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(WorldsimError, match="records keys .*'left ctrl'.* the checkpoint"):
         evaluate(EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o")))
+
+
+class _StandIn:
+    """An engine stand-in for the turning metric: ``oracle`` returns the true next frames of the
+    rollout it was reset on, otherwise it repeats the last context frame (ignores the inputs)."""
+
+    context_frames, chunk_frames, frame_size = 4, 4, (64, 64)
+    key_names = ["w", "a", "s", "d", "space", "left shift", "l"]
+
+    def __init__(self, oracle):
+        self.oracle, self.truth = oracle, None
+
+    def reset(self, frames, c2w, keys, mouse):
+        self.last, self.t = frames[-1], len(frames)
+
+    def step(self, keys, mouse):
+        k = self.chunk_frames
+        out = self.truth[self.t : self.t + k] if self.oracle else np.repeat(self.last[None], k, 0)
+        self.t += k
+        return out
+
+
+def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
+    import worldsim.evaluate as ev
+
+    for oracle, expected in ((True, 1.0), (False, 0.0)):
+        stand_in = _StandIn(oracle)
+        real = ev.world_rollout
+
+        def recorded(engine, seed, keys, mouse, real=real, stand_in=stand_in):
+            arrays = real(engine, seed, keys, mouse)
+            stand_in.truth = arrays["frames"]
+            return arrays
+
+        monkeypatch.setattr(ev, "world_rollout", recorded)
+        res = ev.turn_discrimination(stand_in, [95000, 95001], horizon=8, dx=12.0)
+        assert res["discrimination"] == expected and res["by_horizon"] == {"4": expected, "8": expected}

@@ -96,9 +96,14 @@ def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray
 
 
 def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float) -> dict[str, Any]:
-    """Left vs right from the same (held-still) start in each world seed."""
+    """Left vs right from the same (held-still) start in each world seed. A start counts when
+    each rollout's MSE to its own ground truth is below its MSE to the other's, over the whole
+    horizon (``discrimination``) and over its first 4, 8, 16... frames (``by_horizon``: where
+    tracking is lost)."""
     n, kk = engine.context_frames, len(engine.key_names)
-    wins, per_start = 0, []
+    prefixes = sorted({h for h in (4, 8, 16) if h < horizon} | {horizon})
+    wins = dict.fromkeys(prefixes, 0)
+    per_start = []
     for seed in tqdm(seeds, desc="turning", unit="start"):
         gens, gts = {}, {}
         for side, sign in (("left", -1.0), ("right", 1.0)):
@@ -107,11 +112,21 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
             mouse[n - 1 :, 0] = sign * dx
             arrays = world_rollout(engine, seed, keys, mouse)
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
-        mse = {(g, t): float(((gens[g].astype(float) - gts[t]) ** 2).mean()) for g in gens for t in gts}
-        ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
-        wins += ok
-        per_start.append({"seed": seed, "own_mse": [mse["left", "left"], mse["right", "right"]], "correct": ok})
-    return {"starts": len(seeds), "discrimination": wins / max(1, len(seeds)), "per_start": per_start}
+        # per-frame squared error of each generated side against each true side
+        se = {(g, t): ((gens[g].astype(float) - gts[t]) ** 2).mean(axis=(1, 2, 3)) for g in gens for t in gts}
+        for h in prefixes:
+            mse = {pair: float(v[:h].mean()) for pair, v in se.items()}
+            wins[h] += mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
+        full = {pair: float(v.mean()) for pair, v in se.items()}
+        ok = full["left", "left"] < full["left", "right"] and full["right", "right"] < full["right", "left"]
+        per_start.append({"seed": seed, "own_mse": [full["left", "left"], full["right", "right"]], "correct": ok})
+    starts = max(1, len(seeds))
+    return {
+        "starts": len(seeds),
+        "discrimination": wins[horizon] / starts,
+        "by_horizon": {str(h): w / starts for h, w in wins.items()},
+        "per_start": per_start,
+    }
 
 
 def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
@@ -293,6 +308,9 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     if "turning" in m:
         t = m["turning"]
         lines.append(f"turning: left/right told apart in {t['discrimination'] * 100:.1f}% of {t['starts']} starts")
+        if "by_horizon" in t:
+            by = ", ".join(f"{h} frames {v * 100:.0f}%" for h, v in t["by_horizon"].items())
+            lines.append(f"turning over the first: {by}")
     if "drift" in m:
         d = m["drift"]
         lines.append(
