@@ -9,12 +9,14 @@ stage of the last step). The ground-truth world (k = 1) and the neural engine ar
 Per display tick (``target_fps``): the window is polled and the input row (keys held, mouse
 motion, poll time) is queued; when the worker is idle and fewer than a chunk of frames is
 waiting (``lead``: the frames that cover the recent chunk time at the source's fps, so a chunk
-lands just as the queue empties), the rows polled since the last submission become the next chunk's inputs (the newest
-``k``; the mouse motion of older rows is added to the first kept row; missing rows repeat the
-held keys with no motion) and the worker thread generates it while earlier frames are shown;
-a finished chunk's frames join the display queue; one frame is shown. When the queue is empty
-the last frame stays up and the HUD says generation is behind. Polling never waits for the
-worker. Latency of an input row = display time of the first frame generated with it minus its
+lands just as the queue empties), the rows polled since the last submission become the next
+chunk's inputs (the newest ``k``; the mouse motion of older rows is added to the first kept row;
+missing rows repeat the held keys with no motion) and the worker generates it while earlier
+frames are shown; a finished chunk's frames join the display queue; one frame is shown. While
+the worker is busy, the rest of the tick is spent waiting for it, so a chunk that finishes
+mid-tick is queued and the next one submitted at once. When the queue is empty the last frame
+stays up and the HUD says generation is behind. Polling happens every tick whatever the worker
+is doing. Latency of an input row = display time of the first frame generated with it minus its
 poll time.
 """
 
@@ -324,9 +326,10 @@ class ChunkWorker:
         self.busy = True
         self.jobs.put((keys, mouse, times))
 
-    def collect(self) -> tuple[Any, ...] | None:
+    def collect(self, timeout: float = 0.0) -> tuple[Any, ...] | None:
+        """A finished chunk, waiting up to ``timeout`` seconds for one; None if there is none."""
         try:
-            item = self.done.get_nowait()
+            item = self.done.get(timeout=timeout) if timeout > 0 else self.done.get_nowait()
         except queue.Empty:
             return None
         self.busy = False
@@ -421,16 +424,7 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             if not paused:
                 pending.append((keys, mouse, now))
             # Step 2: take a finished chunk, then hand the worker the next one when the queue runs low.
-            done = worker.collect()
-            if done is not None:
-                _, frames, c2w, ck, cm, times, timings = done
-                stats.chunk_s.append(sum(timings.values()))
-                for i in range(len(frames)):
-                    shown.append(ShownFrame(frames[i], c2w[i], ck[i], cm[i], i == 0, times if i == 0 else []))
-            lead = math.ceil(np.mean(stats.chunk_s[-4:]) * source.fps) if stats.chunk_s else 0
-            if not paused and not worker.busy and len(shown) <= lead and pending:
-                worker.submit(*chunk_inputs(pending, k, nk))
-                pending = []
+            pending = _take_and_submit(worker, worker.collect(), shown, pending, stats, source.fps, k, nk, paused)
             # Step 3: show one frame per tick, or hold the last one.
             frame = None
             if shown and not paused:
@@ -451,6 +445,12 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             window.show(frame, _hud(window, stats, source, paused, behind, recorder))
             if cfg.max_steps and stats.displayed >= cfg.max_steps:
                 break
+            # Step 4: spend the rest of the tick waiting for the worker, so that a chunk finishing
+            # now is queued and the next one submitted at once instead of at the next tick.
+            if worker.busy and not paused and len(stats.polls) > 2:
+                period = float(np.median(np.diff(stats.polls[-9:])))
+                done = worker.collect(timeout=now + 0.9 * period - time.perf_counter())
+                pending = _take_and_submit(worker, done, shown, pending, stats, source.fps, k, nk, paused)
             window.tick()
     finally:
         worker.stop()
@@ -458,6 +458,31 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             print(f"recorded episode {recorder.flush()} -> {record}")
         window.close()
     return stats
+
+
+def _take_and_submit(
+    worker: ChunkWorker,
+    done: tuple[Any, ...] | None,
+    shown: deque[ShownFrame],
+    pending: list[tuple[np.ndarray, np.ndarray, float]],
+    stats: PlayStats,
+    fps: float,
+    k: int,
+    num_keys: int,
+    paused: bool,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Queue a finished chunk's frames; submit the next chunk when the frames still queued cover
+    about one chunk time (``lead``). Returns the input rows not yet submitted."""
+    if done is not None:
+        _, frames, c2w, ck, cm, times, timings = done
+        stats.chunk_s.append(sum(timings.values()))
+        for i in range(len(frames)):
+            shown.append(ShownFrame(frames[i], c2w[i], ck[i], cm[i], i == 0, times if i == 0 else []))
+    lead = math.ceil(np.mean(stats.chunk_s[-4:]) * fps) if stats.chunk_s else 0
+    if not paused and not worker.busy and len(shown) <= lead and pending:
+        worker.submit(*chunk_inputs(pending, k, num_keys))
+        return []
+    return pending
 
 
 def _hud(
