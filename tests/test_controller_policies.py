@@ -73,6 +73,21 @@ def test_full_turn_turns_360_degrees_in_place():
     np.testing.assert_allclose(states[-1].position, 0.0)
 
 
+def test_turns_hold_steady_rates_both_ways_from_rest():
+    deg = CameraControllerConfig().mouse_deg_per_px
+    rates = []
+    for episode in range(6):
+        acts = make_policy("turns", KEYS, CameraControllerConfig()).actions(64, np.random.default_rng(episode))
+        yaw = acts.mouse[:-1, 0] * deg
+        assert yaw[0] == 0.0 and acts.mouse[:, 1].sum() == 0.0  # starts at rest; no pitch
+        moving = yaw != 0
+        starts = np.flatnonzero(moving & ~np.roll(moving, 1))
+        assert len(starts) >= 2  # several turns, each after a pause
+        rates += [yaw[i] for i in starts]
+        assert all(1.0 <= abs(r) <= 6.0 for r in yaw[moving])
+    assert min(rates) < 0 < max(rates)
+
+
 def test_unknown_policy_lists_the_valid_ones():
     with pytest.raises(WorldsimError, match="unknown policy 'wander'; valid: explore, full_turn"):
         make_policy("wander", KEYS, CameraControllerConfig())

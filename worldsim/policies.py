@@ -134,6 +134,26 @@ class FullTurnPolicy(Policy):
         return a
 
 
+class TurnsPolicy(Policy):
+    """Steady turns: still pauses, then segments of constant yaw rate (1-6 degrees per frame,
+    either way), some walking forward, some standing; the mouse turns a player makes, started
+    from rest and in motion (explore's yaw rarely exceeds 2 degrees per frame)."""
+
+    name = "turns"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+        a = self._empty(num_frames)
+        t, end = 0, num_frames - 1
+        while t < end:
+            t += int(rng.integers(2, 10))  # held still
+            turn = slice(t, min(t + int(rng.integers(8, 24)), end))
+            a.mouse[turn, 0] = self._px_for_deg(rng.uniform(1.0, 6.0) * rng.choice([-1.0, 1.0]))
+            if rng.random() < 0.4:
+                self._hold(a, "w", turn)
+            t = turn.stop
+        return a
+
+
 class ReplayPolicy(Policy):
     """The raw actions of an existing dataset's episodes (episode ``i`` of the source for
     episode ``i``), e.g. to re-render a human recording as ground truth."""
@@ -168,7 +188,7 @@ class ReplayPolicy(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (ExplorePolicy, LookAroundPolicy, GoAndReturnPolicy, FullTurnPolicy, ReplayPolicy)
+    p.name: p for p in (ExplorePolicy, LookAroundPolicy, GoAndReturnPolicy, FullTurnPolicy, TurnsPolicy, ReplayPolicy)
 }
 
 
