@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed per setting")
     p_engine.add_argument("--session-frames", type=int, default=1000, help="frames of the growth run (0 = skip)")
     p_engine.add_argument("--play-seconds", type=float, default=20.0, help="length of the play-loop run (0 = skip)")
+    p_engine.add_argument(
+        "--play-steps", type=int, default=0, help="sampler steps of the play-loop run (0 = the checkpoint's own)"
+    )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
     result: dict[str, object] = {"machine": machine_info()}
@@ -142,10 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "engine":
         from worldsim.bench_engine import bench_engine
 
-        if args.chunks < 1:
-            parser.error("--chunks must be positive")
+        if args.chunks < 1 or args.play_steps < 0:
+            parser.error("--chunks must be positive and --play-steps not negative")
         result["engine"] = bench_engine(
-            args.checkpoint, args.chunks, session_frames=args.session_frames, play_seconds=args.play_seconds
+            args.checkpoint,
+            args.chunks,
+            session_frames=args.session_frames,
+            play_seconds=args.play_seconds,
+            play_steps=args.play_steps,
         )
     else:
         from worldsim.bench_model import bench_model

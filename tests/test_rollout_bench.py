@@ -95,7 +95,8 @@ def test_headless_play_and_rollout_cli(tiny, tmp_path):
 
 
 def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
-    res = bench_engine(str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0)
+    res = bench_engine(str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0, play_steps=1)
+    assert res["play_sampler_steps"] == 1
     for key in (
         "load_s",
         "first_chunk_s",
@@ -112,6 +113,9 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "play_bf16_displayed_frames_per_s",
         "play_bf16_latency_p95_ms",
         "play_bf16_first_frame_s",
+        "play_bf16_source_start_s",
+        "play_thread_bf16_displayed_frames_per_s",
+        "play_thread_bf16_latency_p95_ms",
     ):
         assert np.isfinite(res[key]), key
     eng = load_engine(tiny)

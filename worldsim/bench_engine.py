@@ -19,6 +19,7 @@ What each number includes:
   input handed to the display), the time to the first generated frame (from the loop's start) and
   ``source_start_s`` (starting the generation process and loading the checkpoint in it).
   ``play_thread_*``: the same with generation in a worker thread of this process, side by side.
+  ``play_sampler_steps``: the step count of both (``--play-steps``; default the checkpoint's).
 """
 
 from __future__ import annotations
@@ -99,16 +100,17 @@ class _CountingDisplay:
         pass
 
 
-def bench_play(checkpoint: str, seconds: float) -> dict[str, float]:
+def bench_play(checkpoint: str, seconds: float, sampler_steps: int = 0) -> dict[str, float]:
     """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
-    side, in a worker thread of this process."""
-    res: dict[str, float] = {}
+    side, in a worker thread of this process; ``sampler_steps`` 0 = the checkpoint's own."""
+    res: dict[str, float] = {"play_sampler_steps": sampler_steps or load_engine(checkpoint).sampler_cfg.num_steps}
+    kw: dict[str, Any] = {"bf16": True, "sampler_steps": sampler_steps}
     for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
         t0 = time.perf_counter()
         if mode == "process":
-            source: Any = ProcessSource(partial(open_engine_source, checkpoint, 0, bf16=True))
+            source: Any = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
         else:
-            source = EngineSource(load_engine(checkpoint, bf16=True), 0)
+            source = EngineSource(load_engine(checkpoint, seed=0, **kw), 0)
         res[prefix + "source_start_s"] = time.perf_counter() - t0
         try:
             stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
@@ -129,6 +131,7 @@ def bench_engine(
     step_counts: tuple[int, ...] = (1, 2, 4, 8),
     session_frames: int = 1000,
     play_seconds: float = 20.0,
+    play_steps: int = 0,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -167,5 +170,5 @@ def bench_engine(
         0.0 if h is None else sum(t.numel() * t.element_size() for t in (h.latents, h.actions, h.c2w)) / 2**20
     )
     if play_seconds:
-        res.update(bench_play(checkpoint, play_seconds))
+        res.update(bench_play(checkpoint, play_seconds, play_steps))
     return res
