@@ -114,19 +114,19 @@ def main(cfg: Any) -> None:
     require_display()  # no screen: say how to run instead of loading anything
     if pc.generate_in not in ("process", "thread"):
         raise WorldsimError(f"generate_in must be process or thread, got {pc.generate_in!r}")
-    source: EnvSource | EngineSource | ProcessSource
-    if not pc.checkpoint:
-        window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
-        source = EnvSource(pc, window)
-    elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
-        kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16}
-        source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
-        window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
-    else:
-        engine = _engine(pc)  # a bad checkpoint fails before a window opens
-        window = Window(pc.window, engine.frame_size, title=f"worldsim: {pc.checkpoint}")
-        source = EngineSource(engine, pc.seed, window.ctx)
+    source: EnvSource | EngineSource | ProcessSource | None = None
     try:
+        if not pc.checkpoint:
+            window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
+            source = EnvSource(pc, window)
+        elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
+            kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16}
+            source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
+            window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
+        else:
+            engine = _engine(pc)  # a bad checkpoint fails before a window opens
+            window = Window(pc.window, engine.frame_size, title=f"worldsim: {pc.checkpoint}")
+            source = EngineSource(engine, pc.seed, window.ctx)
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()
         print(
@@ -137,7 +137,8 @@ def main(cfg: Any) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
-        source.close()
+        if source is not None:
+            source.close()
 
 
 if __name__ == "__main__":
