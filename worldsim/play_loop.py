@@ -148,9 +148,9 @@ def _serve_source(conn: Any, factory: Callable[[], ChunkSource]) -> None:
 class ProcessSource:
     """A chunk source that lives in a child process (``spawn``) and is called over a pipe.
 
-    Why: on these CPUs torch's OpenMP kernels (bf16 casts, oneDNN matmuls) ran 1.4-2x slower when
-    called from a Python worker thread than from a process's main thread (measured with
-    ``worldsim-bench engine``: ``play_thread_*`` vs ``play_*``). In the child, generation runs on
+    Why: on these CPUs torch's OpenMP kernels (bf16 casts, oneDNN matmuls) ran markedly slower
+    when called from a Python worker thread than from a process's main thread (``worldsim-bench
+    engine`` measures both: the ``play_thread_*`` rows against the ``play_*`` rows). In the child, generation runs on
     the main thread; the play loop's worker thread only waits on the pipe (the GIL is released).
     ``factory`` must pickle (a module-level function or a ``functools.partial`` of one); errors it
     raises, such as a bad checkpoint, are raised here by the constructor."""
