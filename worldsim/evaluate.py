@@ -114,12 +114,11 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
         # per-frame squared error of each generated side against each true side
         se = {(g, t): ((gens[g].astype(float) - gts[t]) ** 2).mean(axis=(1, 2, 3)) for g in gens for t in gts}
-        for h in prefixes:
+        for h in prefixes:  # the last prefix is the whole horizon: its mse and ok are the start's record
             mse = {pair: float(v[:h].mean()) for pair, v in se.items()}
-            wins[h] += mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
-        full = {pair: float(v.mean()) for pair, v in se.items()}
-        ok = full["left", "left"] < full["left", "right"] and full["right", "right"] < full["right", "left"]
-        per_start.append({"seed": seed, "own_mse": [full["left", "left"], full["right", "right"]], "correct": ok})
+            ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
+            wins[h] += ok
+        per_start.append({"seed": seed, "own_mse": [mse["left", "left"], mse["right", "right"]], "correct": ok})
     starts = max(1, len(seeds))
     return {
         "starts": len(seeds),
