@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.checkpoint import read_checkpoint_config
 from worldsim.controller import CameraControllerConfig
 from worldsim.engine import Engine, load_engine
 from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
@@ -103,7 +104,8 @@ class _CountingDisplay:
 def bench_play(checkpoint: str, seconds: float, sampler_steps: int = 0) -> dict[str, float]:
     """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
     side, in a worker thread of this process; ``sampler_steps`` 0 = the checkpoint's own."""
-    res: dict[str, float] = {"play_sampler_steps": sampler_steps or load_engine(checkpoint).sampler_cfg.num_steps}
+    steps = sampler_steps or read_checkpoint_config(checkpoint).sampler.num_steps
+    res: dict[str, float] = {"play_sampler_steps": steps}
     kw: dict[str, Any] = {"bf16": True, "sampler_steps": sampler_steps}
     for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
         t0 = time.perf_counter()

@@ -96,22 +96,24 @@ def init_weights(path: str | Path, module: torch.nn.Module, ema: torch.nn.Module
         raise WorldsimError(f"init_from: {root} is not a folder")
     want = module.state_dict()
     if (root / "weights.safetensors").is_file() and (root / "ema.safetensors").is_file():
-        pairs = [(module, root / "weights.safetensors"), (ema, root / "ema.safetensors")]
+        files = {module: root / "weights.safetensors", ema: root / "ema.safetensors"}
+        tensors = {target: load_file(str(f)) for target, f in files.items()}
+        for target, f in files.items():
+            if not _fits(tensors[target], want):
+                raise WorldsimError(f"init_from: {f} does not fit this stage's network (other names or shapes)")
     else:
-        files = [root / n for n in ("model.safetensors", "codec.safetensors") if (root / n).is_file()]
-        if not files:
+        exported = [root / n for n in ("model.safetensors", "codec.safetensors") if (root / n).is_file()]
+        if not exported:
             raise WorldsimError(f"init_from: {root} holds no training state (last/) and no exported weights")
-        fits = [f for f in files if _fits(load_file(str(f)), want)]
-        if not fits:
-            names = ", ".join(f.name for f in files)
+        fitting = [(f, t) for f in exported if _fits(t := load_file(str(f)), want)]
+        if not fitting:
+            names = ", ".join(f.name for f in exported)
             raise WorldsimError(f"init_from: {names} in {root} do not fit this stage's network (other shapes)")
-        pairs = [(module, fits[0]), (ema, fits[0])]
-    for target, file in pairs:
-        tensors = load_file(str(file))
-        if not _fits(tensors, want):
-            raise WorldsimError(f"init_from: {file} does not fit this stage's network (other names or shapes)")
-        target.load_state_dict(tensors)
-    return ", ".join(sorted({str(f) for _, f in pairs}))
+        f, t = fitting[0]
+        files, tensors = {module: f, ema: f}, {module: t, ema: t}
+    for target, t in tensors.items():
+        target.load_state_dict(t)
+    return ", ".join(sorted({str(f) for f in files.values()}))
 
 
 def _fits(tensors: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> bool:
