@@ -4,6 +4,11 @@ Raw inputs follow the design (§5): ``keys`` multi-hot over :data:`KEY_NAMES`, `
 pixels. The camera flies through everything (no collisions), so the pose is a pure function of
 the inputs through :class:`worldsim.controller.CameraController`. The ``l`` key toggles lights
 (day <-> night) on its press: an action whose effect is not in the camera pose.
+
+A camera inside a tree or landmark, or under the ground, sees a screen filled with the object's
+inside: a world model trained on such frames learns that walking forward can turn the screen
+dark. :func:`path_collision` finds those frames from the inputs alone, so scripted recordings can
+avoid them (``worldsim-record avoid_obstacles=true``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 
 from envs.env import Env, Observation
 from envs.renderer import RenderSettings, WorldRenderer
-from envs.world_gen import WorldGenConfig, generate_world
+from envs.world_gen import WorldGenConfig, WorldGeometry, generate_world
 from worldsim.camera import intrinsics_from_fov
 from worldsim.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.errors import WorldsimError
@@ -65,9 +70,7 @@ class BuiltinWorld(Env):
         self._prev_keys = np.zeros(len(KEY_NAMES), np.uint8)
 
     def spawn_state(self) -> CameraState:
-        """Start pose: over the centre clearing, eye height above ground, seeded heading."""
-        z = self.geom.heights.at(0.0, 0.0) + self.cfg.eye_height_m
-        return CameraState(np.array([0.0, 0.0, z]), self.geom.spawn_yaw_rad, 0.0)
+        return spawn_state(self.geom, self.cfg)
 
     def reset(self, state: CameraState | None = None, night: bool = False) -> Observation:
         self.state = (state or self.spawn_state()).copy()
@@ -95,3 +98,36 @@ class BuiltinWorld(Env):
 
     def close(self) -> None:
         self.renderer.release()
+
+
+def spawn_state(geom: WorldGeometry, cfg: BuiltinWorldConfig) -> CameraState:
+    """Start pose: over the centre clearing, eye height above ground, seeded heading."""
+    z = geom.heights.at(0.0, 0.0) + cfg.eye_height_m
+    return CameraState(np.array([0.0, 0.0, z]), geom.spawn_yaw_rad, 0.0)
+
+
+def path_collision(
+    seed: int,
+    cfg: BuiltinWorldConfig,
+    keys: np.ndarray,
+    mouse: np.ndarray,
+    margin_m: float = 0.5,
+    ground_clearance_m: float = 0.5,
+) -> int | None:
+    """First frame whose camera, driven by ``keys``/``mouse`` from world ``seed``'s spawn, is
+    within ``margin_m`` of an obstacle's cylinder or less than ``ground_clearance_m`` above the
+    ground; ``None`` if the path stays clear. Rows follow :func:`envs.record.rollout` (row t
+    takes frame t to t + 1). No rendering: the pose is a function of the inputs."""
+    geom = generate_world(seed, cfg.gen)
+    ctrl = CameraController(cfg.controller, KEY_NAMES)
+    state = spawn_state(geom, cfg)
+    positions = [state.position]
+    for t in range(len(keys) - 1):
+        state = ctrl.step(state, keys[t], mouse[t])
+        positions.append(state.position)
+    p = np.stack(positions)
+    ob = geom.obstacles.astype(np.float64)
+    dist = np.hypot(p[:, None, 0] - ob[None, :, 0], p[:, None, 1] - ob[None, :, 1])
+    inside = (dist < ob[None, :, 2] + margin_m) & (p[:, None, 2] < ob[None, :, 3] + margin_m)
+    hit = inside.any(axis=1) | (p[:, 2] < geom.heights(p[:, 0], p[:, 1]) + ground_clearance_m)
+    return int(np.argmax(hit)) if hit.any() else None

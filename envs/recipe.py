@@ -33,6 +33,7 @@ class RecipePart:
 class RecipeConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])
     episode_len: int = 64
+    avoid_obstacles: bool = False  # passed to every part's worldsim-record run
     parts: list[RecipePart] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ def run_recipe(recipe: RecipeConfig, out: str | Path, scale: float = 1.0) -> dic
             frame_size=recipe.frame_size,
             seed=p.seed,
             out=str(folder),
+            avoid_obstacles=recipe.avoid_obstacles,
         )
         counts[f"{p.split}/{p.name}"] = len(record(cfg))
     return counts

@@ -5,6 +5,11 @@
 
 Episode ``i`` is world ``seed + i`` driven by the policy with RNG seed ``(seed, i)``; rerunning
 the same command resumes an interrupted dataset by skipping finished episodes.
+
+``avoid_obstacles=true`` (built-in world, scripted policies) redraws an episode's actions, with
+RNG seed ``(seed, i, attempt)``, while its camera path would enter a tree, a landmark or the
+ground (:func:`envs.builtin.path_collision`); episodes that stay clear on the first draw are the
+same as without it.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from envs import available_envs, make_env
-from envs.builtin import BuiltinWorldConfig
+from envs.builtin import BuiltinWorldConfig, path_collision
 from worldsim.config import CONFIG_DIR
 from worldsim.data.format import RolloutMeta, parse_frame_size
 from worldsim.data.preview import contact_sheet, write_mp4, write_png
 from worldsim.data.reader import RolloutDataset
 from worldsim.data.writer import RolloutWriter
 from worldsim.errors import WorldsimError, clean_errors, unknown_name
-from worldsim.policies import ReplayPolicy, make_policy
+from worldsim.policies import Actions, Policy, ReplayPolicy, make_policy
 
 
 @dataclass
@@ -42,6 +47,8 @@ class RecordConfig:
     out: str = "runs/dataset"
     preview: bool = True  # write preview.mp4 and contact_sheet.png when done
     save_depth: bool = True
+    avoid_obstacles: bool = False  # redraw actions whose camera path enters an object or the ground
+    max_attempts: int = 50  # draws per episode before avoid_obstacles gives up with an error
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
 
 
@@ -59,6 +66,10 @@ def record(cfg: RecordConfig) -> RolloutDataset:
     key_names, fps = list(probe.key_names), probe.fps
     probe.close()
     policy = make_policy(cfg.policy, key_names, cfg.world.controller, cfg.replay_from)
+    if cfg.avoid_obstacles and (cfg.env != "builtin" or isinstance(policy, ReplayPolicy)):
+        raise WorldsimError(
+            "avoid_obstacles needs env=builtin and a scripted policy (replayed actions cannot be redrawn)"
+        )
     meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env")
     writer = RolloutWriter(cfg.out, meta)
     todo = [i for i in range(cfg.num_episodes) if i not in writer.finished]
@@ -70,12 +81,30 @@ def record(cfg: RecordConfig) -> RolloutDataset:
             source_seed = policy.source_seed(ep)
             world_seed = world_seed if source_seed is None else source_seed
         acts = policy.actions(cfg.episode_len, np.random.default_rng([cfg.seed, ep]), episode=ep)
+        if cfg.avoid_obstacles:
+            acts = _clear_actions(cfg, policy, ep, int(world_seed), acts)
         arrays = rollout(cfg.env, int(world_seed), frame_size, cfg.world, acts.keys, acts.mouse, cfg.save_depth)
         writer.write_episode(ep, arrays, seed=int(world_seed), policy=cfg.policy)
     data = RolloutDataset(cfg.out)
     if cfg.preview:
         write_previews(data)
     return data
+
+
+def _clear_actions(cfg: RecordConfig, policy: Policy, ep: int, world_seed: int, acts: Actions) -> Actions:
+    """``acts``, or the first redraw whose camera path stays out of objects and the ground."""
+    attempt = 0
+    while path_collision(world_seed, cfg.world, acts.keys, acts.mouse) is not None:
+        attempt += 1
+        if attempt == cfg.max_attempts:
+            raise WorldsimError(
+                f"episode {ep} (world {world_seed}): policy {cfg.policy!r} walked into an object or the ground "
+                f"in all {cfg.max_attempts} draws; raise max_attempts or shorten episode_len"
+            )
+        acts = policy.actions(
+            cfg.episode_len, np.random.default_rng([cfg.seed, ep, attempt]), episode=ep, attempt=attempt
+        )
+    return acts
 
 
 def rollout(

@@ -45,6 +45,9 @@ class WorldGeometry:
     sky_horizon: np.ndarray
     spawn_yaw_rad: float
     heights: _HeightField
+    # (N, 4) float32 rows (x, y, radius, top z): a vertical cylinder around each landmark and
+    # tree; a camera inside one sees the object's inside (there are no collisions).
+    obstacles: np.ndarray
 
 
 class _HeightField:
@@ -166,6 +169,12 @@ def generate_world(seed: int, cfg: WorldGenConfig | None = None) -> WorldGeometr
         offset += len(rows)
 
     landmarks = []
+    obstacles = []
+
+    def bound(tris: np.ndarray, x: float, y: float) -> None:
+        radius = float(np.hypot(tris[..., 0] - x, tris[..., 1] - y).max())
+        obstacles.append((x, y, radius, float(tris[..., 2].max())))
+
     kinds = list(_SHAPES)
     # Spread landmarks evenly in angle (jittered) so every direction shows something distinct.
     for k in range(cfg.num_landmarks):
@@ -180,6 +189,7 @@ def generate_world(seed: int, cfg: WorldGenConfig | None = None) -> WorldGeometr
         c, s = math.cos(rot), math.sin(rot)
         tris = _SHAPES[kind](size) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + base
         add(_faces_to_mesh(tris, colour, emissive=1.0))
+        bound(tris, x, y)
         landmarks.append(Landmark(kind, base.astype(np.float32), float(size), colour))
 
     for _ in range(cfg.num_trees):
@@ -191,6 +201,7 @@ def generate_world(seed: int, cfg: WorldGenConfig | None = None) -> WorldGeometr
         crown = _prism(6, 0.32 * h, 0.0, 0.75 * h) + base + [0, 0, 0.3 * h]
         add(_faces_to_mesh(trunk, _hsv(0.07, 0.6, 0.35), emissive=0.0))
         add(_faces_to_mesh(crown, _hsv(rng.uniform(0.25, 0.42), 0.7, rng.uniform(0.25, 0.45)), emissive=0.0))
+        bound(crown, x, y)
 
     sun_az = rng.uniform(0, 2 * math.pi)
     sun_el = math.radians(rng.uniform(25, 50))
@@ -205,4 +216,5 @@ def generate_world(seed: int, cfg: WorldGenConfig | None = None) -> WorldGeometr
         sky_horizon=_hsv(sky_hue - 0.02, 0.25, 0.97),
         spawn_yaw_rad=float(rng.uniform(-math.pi, math.pi)),
         heights=hf,
+        obstacles=np.array(obstacles, np.float32).reshape(-1, 4),
     )

@@ -93,3 +93,19 @@ def test_unknown_policy_lists_the_valid_ones():
         make_policy("wander", KEYS, CameraControllerConfig())
     with pytest.raises(WorldsimError, match="replay_from"):
         make_policy("replay", KEYS, CameraControllerConfig())
+
+
+def test_go_and_return_redraw_faces_elsewhere_and_still_comes_back():
+    cfg = CameraControllerConfig()
+    policy = make_policy("go_and_return", KEYS, cfg)
+    first = policy.actions(97, np.random.default_rng(1))
+    redraw = policy.actions(97, np.random.default_rng(1), attempt=1)
+    assert not np.array_equal(first.mouse, redraw.mouse)
+    ctrl = CameraController(cfg, KEYS)
+    states = [CameraState()]
+    for k, m in zip(redraw.keys[:-1], redraw.mouse[:-1], strict=True):
+        states.append(ctrl.step(states[-1], k, m))
+    turned = next(i for i, k in enumerate(redraw.keys) if k.any())  # the walk starts here
+    assert turned > 0 and np.allclose(states[turned].position, 0.0)
+    assert np.linalg.norm(states[-1].position) < 0.5
+    assert abs(math.remainder(states[-1].yaw_rad - states[turned].yaw_rad, 2 * math.pi)) < math.radians(2)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from envs import record as record_mod
+from envs.builtin import path_collision
 from envs.record import RecordConfig, record
 from worldsim.data.clips import ClipDataset
 from worldsim.data.format import RolloutMeta
@@ -152,3 +153,30 @@ def test_replay_policy_rerenders_a_dataset_exactly(small_dataset, tmp_path):
         np.testing.assert_array_equal(replayed.load(i)["frames"], small_dataset.load(i)["frames"])
     assert (out / "preview.mp4").stat().st_size > 1000
     assert (out / "contact_sheet.png").exists()
+
+
+def test_avoid_obstacles_redraws_only_the_episodes_that_walk_into_something(tmp_path):
+    # Seed 0, 32 frames: explore's first draws of episodes 0 and 2 enter a tree or the ground.
+    base = dict(num_episodes=3, episode_len=32, preview=False, frame_size=[16, 16], save_depth=False)
+    plain = record(RecordConfig(**base, out=str(tmp_path / "plain")))
+    clear = record(RecordConfig(**base, out=str(tmp_path / "clear"), avoid_obstacles=True))
+    world = RecordConfig().world
+    hits = []
+    for i in range(3):
+        p, c = plain.load(i, ("keys", "mouse", "frames")), clear.load(i, ("keys", "mouse", "frames"))
+        hits.append(path_collision(plain.episodes[i].seed, world, p["keys"], p["mouse"]))
+        assert path_collision(clear.episodes[i].seed, world, c["keys"], c["mouse"]) is None
+        same = np.array_equal(p["mouse"], c["mouse"]) and np.array_equal(p["keys"], c["keys"])
+        assert same == (hits[-1] is None)
+        if same:
+            np.testing.assert_array_equal(p["frames"], c["frames"])
+    assert hits[0] is not None and hits[1] is None and hits[2] is not None
+
+
+def test_avoid_obstacles_gives_up_clearly_and_refuses_replay(tmp_path, small_dataset):
+    base = dict(num_episodes=1, episode_len=32, preview=False, frame_size=[16, 16])
+    with pytest.raises(WorldsimError, match="walked into an object or the ground in all 1 draws"):
+        record(RecordConfig(**base, out=str(tmp_path / "a"), avoid_obstacles=True, max_attempts=1))
+    replay = dict(policy="replay", replay_from=str(small_dataset.root))
+    with pytest.raises(WorldsimError, match="scripted policy"):
+        record(RecordConfig(**base, **replay, out=str(tmp_path / "b"), avoid_obstacles=True))

@@ -33,7 +33,11 @@ class Policy(ABC):
         self.ctrl = controller
 
     @abstractmethod
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions: ...
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Raw inputs for ``num_frames`` frames (row t takes frame t to t + 1). ``attempt`` > 0
+        is a redraw (``worldsim-record avoid_obstacles``) after the camera path hit something;
+        a policy whose randomness alone cannot steer away uses it, the others draw anew from
+        ``rng``."""
 
     def _empty(self, num_frames: int) -> Actions:
         return Actions(np.zeros((num_frames, len(self.key_names)), np.uint8), np.zeros((num_frames, 2), np.float32))
@@ -52,7 +56,7 @@ class ExplorePolicy(Policy):
 
     name = "explore"
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
         yaw_rate = 0.0  # pixels per frame
         pitch_deg = 0.0
@@ -86,7 +90,7 @@ class LookAroundPolicy(Policy):
 
     name = "look_around"
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
         t = np.arange(num_frames - 1)
         period = rng.uniform(40, 90)
@@ -98,17 +102,21 @@ class LookAroundPolicy(Policy):
 
 class GoAndReturnPolicy(Policy):
     """Walks forward (with a gentle turn), turns 180 degrees, walks back the same way, turns
-    back: the end pose equals the start pose, so the last frames revisit the first view."""
+    back: the end pose equals the start pose, so the last frames revisit the first view.
+    A redraw (``attempt`` > 0) first turns to a random heading and starts from there."""
 
     name = "go_and_return"
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
         n = num_frames - 1
         turn_frames = max(2, n // 8)
-        walk = (n - 2 * turn_frames) // 2
         curve_px = self._px_for_deg(rng.uniform(-1.0, 1.0))
         t = 0
+        if attempt > 0:  # the spawn heading walks into something: face elsewhere first
+            a.mouse[t : t + turn_frames, 0] = self._px_for_deg(rng.uniform(-180.0, 180.0) / turn_frames)
+            t += turn_frames
+        walk = (n - t - 2 * turn_frames) // 2
         a.keys[t : t + walk, self.key_names.index("w")] = 1
         a.mouse[t : t + walk, 0] = curve_px
         t += walk
@@ -127,7 +135,7 @@ class FullTurnPolicy(Policy):
 
     name = "full_turn"
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
         sign = 1.0 if episode % 2 == 0 else -1.0
         a.mouse[:-1, 0] = sign * self._px_for_deg(360.0 / (num_frames - 1))
@@ -141,7 +149,7 @@ class TurnsPolicy(Policy):
 
     name = "turns"
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
         t, end = 0, num_frames - 1
         while t < end:
@@ -176,7 +184,7 @@ class ReplayPolicy(Policy):
     def source_seed(self, episode: int) -> int | None:
         return self.source.episodes[episode % len(self.source)].seed
 
-    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> Actions:
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         i = episode % len(self.source)
         arrays = self.source.load(i, ("keys", "mouse"))
         keys, mouse = arrays["keys"][:num_frames], arrays["mouse"][:num_frames]
