@@ -9,7 +9,7 @@ from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.generate import ConditioningConfig
 from worldsim.model.overlap import fov_overlap
 from worldsim.train.config import TeacherConfig
-from worldsim.train.teacher_data import ClipSampler, EncodedSplit, frame_actions
+from worldsim.train.teacher_data import ClipSampler, EncodedSplit
 
 K = torch.from_numpy(intrinsics_from_fov(60.0, 64, 64)).float()
 
@@ -31,7 +31,7 @@ def test_frame_actions_condition_each_frame_on_the_input_that_produced_it():
     enc = make_action_encoder("keyboard_mouse", ["w", "a", "s", "d", "space", "left shift", "l"])
     keys = np.zeros((3, 7), np.uint8)
     keys[0, 0] = 1  # w held on the step from frame 0 to frame 1
-    a = frame_actions(enc, keys, np.zeros((3, 2), np.float32), None)
+    a = enc.frame_actions(keys, np.zeros((3, 2), np.float32))
     np.testing.assert_array_equal(a[0], enc.null_action())
     np.testing.assert_array_equal(a[1], enc.encode(keys[0], np.zeros(2, np.float32)))
 

@@ -35,7 +35,6 @@ from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 from worldsim.model.generate import ChunkGenerator, History
 from worldsim.model.sampler import SamplerConfig
-from worldsim.train.teacher_data import frame_actions
 
 SESSION_VERSION = 1
 
@@ -139,7 +138,7 @@ class Engine:
         c2w = np.asarray(c2w, np.float32)
         if c2w.shape != (t0, 4, 4):
             raise WorldsimError(f"c2w must be ({t0}, 4, 4), got {c2w.shape}")
-        actions = torch.from_numpy(frame_actions(self.encoder, keys, mouse, None))
+        actions = torch.from_numpy(self.encoder.frame_actions(keys, mouse))
         self.gen.reset(self._encode(frames)[None], actions[None], torch.from_numpy(c2w)[None])
         self.state = CameraState.from_c2w(c2w[-1])
         self.chunk_c2w = c2w[-1:].copy()

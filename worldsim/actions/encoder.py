@@ -38,6 +38,14 @@ class ActionEncoder(ABC):
         """One frame: ``keys (K,)``, ``mouse (2,)`` -> ``(dim,)`` float32."""
         return self.encode_batch(np.asarray(keys)[None], np.asarray(mouse)[None])[0]
 
+    def frame_actions(self, keys: np.ndarray, mouse: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+        """Per-frame conditioning ``(T, dim)``: row ``t`` is the encoded input that produced
+        frame ``t`` (``action[t-1]`` in rollout order); frame 0 gets ``before`` or the null
+        action. Training and the engine both condition through this."""
+        enc = self.encode_batch(keys, mouse)
+        first = self.null_action() if before is None else before
+        return np.concatenate([first[None], enc[:-1]], 0).astype(np.float32)
+
     def null_action(self) -> np.ndarray:
         """The encoding of "nothing pressed, mouse still" ``(dim,)``; used for padding/dropout."""
         return self.encode(np.zeros(len(self.key_names), np.uint8), np.zeros(2, np.float32))

@@ -31,14 +31,6 @@ from worldsim.train.config import TeacherConfig
 from worldsim.train.frames import open_datasets
 
 
-def frame_actions(encoder: ActionEncoder, keys: np.ndarray, mouse: np.ndarray, before: np.ndarray | None) -> np.ndarray:
-    """Per-frame conditioning: row ``t`` is the encoded input that produced frame ``t``
-    (``action[t-1]`` in rollout order); frame 0 gets ``before`` or the null action."""
-    enc = encoder.encode_batch(keys, mouse)
-    first = encoder.null_action() if before is None else before
-    return np.concatenate([first[None], enc[:-1]], 0).astype(np.float32)
-
-
 @dataclass
 class EncodedSplit:
     """All episodes of a split in memory: raw latents float16, per-frame actions, poses."""
@@ -91,7 +83,7 @@ class EncodedSplit:
             frames = torch.from_numpy(a["frames"])
             z = torch.cat([codec.encode(frames_to_tensor(frames[s : s + batch])) for s in range(0, len(frames), batch)])
             out.latents.append(z.half().contiguous())
-            out.actions.append(torch.from_numpy(frame_actions(encoder, a["keys"], a["mouse"], None)))
+            out.actions.append(torch.from_numpy(encoder.frame_actions(a["keys"], a["mouse"])))
             out.c2w.append(torch.from_numpy(a["c2w"]).float())
             out.intrinsics = torch.from_numpy(a["intrinsics"]).float()
         if cache is not None:
