@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
 from worldsim.errors import WorldsimError
-from worldsim.evaluate import EvalConfig, evaluate, rollout_against
+from worldsim.evaluate import EvalConfig, evaluate, rollout_against, went_dark
 from worldsim.idm import Pairs, idm_accuracy, train_idm
 from worldsim.metrics import psnr, ssim
 
@@ -74,7 +74,8 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         "mouse x",
         "mouse y",
     }
-    assert saved["revisit"]["go_and_return"]["episodes"] == 1
+    rv = saved["revisit"]["go_and_return"]
+    assert rv["episodes"] == 1 and rv["went_dark"] in (0, 1) and len(rv["per_episode_psnr_db"]) == 1
     assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
     assert saved["drift"]["frames"] == 8 and len(saved["drift"]["gen_mean"]) == 8
     for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet"):
@@ -95,6 +96,15 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
             base.append(psnr(np.repeat(arr["frames"][n - 1 : n], 4, 0), gt))
     np.testing.assert_allclose(np.mean(ours, 0), saved["by_frame"]["psnr_db"], rtol=1e-12)
     np.testing.assert_allclose(np.mean(base, 0), saved["by_frame"]["copy_last_psnr_db"], rtol=1e-12)
+
+
+def test_went_dark_counts_dark_frames_only_where_the_truth_has_none():
+    day = np.full((6, 8, 8, 3), 130, np.uint8)
+    night = day.copy()
+    night[3:] = 12  # the last three frames dark
+    assert went_dark(night, day)  # the model went dark, the world did not
+    assert not went_dark(night, night)  # the world went dark too (a light toggle): followed, not spontaneous
+    assert not went_dark(day, day) and not went_dark(day, night)
 
 
 def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):

@@ -10,7 +10,8 @@ same inputs, on held-out data:
   the raw action of each generated pair; accuracy per action on ground truth and on generated
   frames, beside chance.
 * **revisits**: episodes of the go_and_return / full_turn policies generated to their end, where the
-  camera is back where it started: PSNR of the last chunk vs ground truth and vs the baseline.
+  camera is back where it started: PSNR of the last chunk vs ground truth and vs the baseline,
+  and how many went dark (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
 * **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
   rollout is closer (MSE) to its own ground truth than to the other's.
 * **drift**: one long rollout under the explore policy; per-chunk mean and contrast (std) of
@@ -42,6 +43,7 @@ from worldsim.metrics import high_frequency_ratio, psnr, ssim
 from worldsim.train.frames import open_datasets
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
+DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark (night or inside an object)
 
 
 @dataclass
@@ -158,6 +160,16 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     }
 
 
+def went_dark(generated: np.ndarray, truth: np.ndarray) -> bool:
+    """Whether a generated frame is dark (mean below ``DARK_MEAN``) while no true frame is:
+    spontaneous night, or the inside of an object the camera never entered."""
+
+    def darkest(frames: np.ndarray) -> float:
+        return float(frames.reshape(len(frames), -1).mean(axis=1).min())
+
+    return darkest(generated) < DARK_MEAN <= darkest(truth)
+
+
 def _plot(
     out: Path, name: str, ylabel: str, series: dict[str, list[float]], xlabel: str = "frame after context"
 ) -> None:
@@ -225,9 +237,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         full = (len(arrays["frames"]) - n) // k * k
         if policy in REVISIT_POLICIES and full > horizon:
             g_all, t_all = rollout_against(engine, arrays, full)
-            r = revisit.setdefault(policy, {"psnr_db": [], "copy_last_psnr_db": []})
+            r = revisit.setdefault(policy, {"psnr_db": [], "copy_last_psnr_db": [], "went_dark": []})
             r["psnr_db"].append(float(psnr(g_all[-k:], t_all[-k:]).mean()))
             r["copy_last_psnr_db"].append(float(psnr(np.repeat(arrays["frames"][n - 1 : n], k, 0), t_all[-k:]).mean()))
+            r["went_dark"].append(went_dark(g_all, t_all))
     per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
     gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
     idm_gen_by_frame = []
@@ -259,7 +272,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "generated": idm_accuracy(idm, gen_p, engine.key_names),
         },
         "revisit": {
-            p: {m: float(np.mean(v)) for m, v in r.items()} | {"episodes": len(r["psnr_db"])}
+            p: {
+                "psnr_db": float(np.mean(r["psnr_db"])),
+                "copy_last_psnr_db": float(np.mean(r["copy_last_psnr_db"])),
+                "episodes": len(r["psnr_db"]),
+                "went_dark": int(sum(r["went_dark"])),
+                "per_episode_psnr_db": r["psnr_db"],
+            }
             for p, r in revisit.items()
         },
     }
@@ -303,7 +322,10 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             f"  IDM {name:<16} truth {gt['accuracy']:.3f} (chance {gt['chance']:.3f})  generated {acc['accuracy']:.3f}"
         )
     for p, r in m["revisit"].items():
-        lines.append(f"  revisit {p}: last chunk {r['psnr_db']:.2f} dB vs repeat-last {r['copy_last_psnr_db']:.2f} dB")
+        dark = f"; went dark in {r['went_dark']} of {r['episodes']}" if "went_dark" in r else ""
+        lines.append(
+            f"  revisit {p}: last chunk {r['psnr_db']:.2f} dB vs repeat-last {r['copy_last_psnr_db']:.2f} dB{dark}"
+        )
     if "turning" in m:
         t = m["turning"]
         lines.append(f"turning: left/right told apart in {t['discrimination'] * 100:.1f}% of {t['starts']} starts")
