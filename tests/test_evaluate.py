@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
 from worldsim.errors import WorldsimError
-from worldsim.evaluate import EvalConfig, evaluate, rollout_against, went_dark
+from worldsim.evaluate import EvalConfig, evaluate, rollout_against, summary_lines, went_dark
 from worldsim.idm import Pairs, idm_accuracy, train_idm
 from worldsim.metrics import psnr, ssim
 
@@ -78,6 +78,11 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     assert rv["episodes"] == 1 and rv["went_dark"] in (0, 1) and len(rv["per_episode_psnr_db"]) == 1
     assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
     assert saved["drift"]["frames"] == 8 and len(saved["drift"]["gen_mean"]) == 8
+    d = saved["drift"]
+    agree = (np.array(d["gen_mean"]) < 60) == (np.array(d["gt_mean"]) < 60)
+    assert d["light_agreement"] == pytest.approx(agree.mean())
+    printed = "\n".join(summary_lines(saved))
+    assert "revisit go_and_return" in printed and "went dark in" in printed and "dark where the ground truth" in printed
     for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet"):
         assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
     # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).

@@ -15,7 +15,8 @@ same inputs, on held-out data:
 * **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
   rollout is closer (MSE) to its own ground truth than to the other's.
 * **drift**: one long rollout under the explore policy; per-chunk mean and contrast (std) of
-  generated frames vs the range seen in ground truth for the same inputs.
+  generated frames vs the range seen in ground truth for the same inputs, and how often the
+  generated frame is dark exactly when the true one is (the light action followed).
 
 Outputs in ``out``: ``metrics.json`` (keys documented in docs/evaluation.md), PNG plots of each
 metric vs horizon, and a contact sheet (ground truth above generated).
@@ -151,6 +152,7 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     tm, ts = gt.astype(np.float64).mean(axis=(1, 2, 3)), gt.astype(np.float64).std(axis=(1, 2, 3))
     inside = (gm >= tm.min()) & (gm <= tm.max()) & (gs >= ts.min()) & (gs <= ts.max())
     return {
+        "light_agreement": float(((gm < DARK_MEAN) == (tm < DARK_MEAN)).mean()),
         "frames": horizon,
         "gen_mean": gm.tolist(),
         "gen_std": gs.tolist(),
@@ -337,6 +339,10 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         lines.append(
             f"drift: {d['frames']} frames, {d['within_gt_range'] * 100:.1f}% within ground truth's mean/contrast range"
         )
+        if "light_agreement" in d:
+            lines.append(
+                f"  dark where the ground truth is dark and light where it is light: {d['light_agreement'] * 100:.1f}%"
+            )
     return lines
 
 
