@@ -83,7 +83,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     assert d["light_agreement"] == pytest.approx(agree.mean())
     printed = "\n".join(summary_lines(saved))
     assert "revisit go_and_return" in printed and "went dark in" in printed and "dark where the ground truth" in printed
-    for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet"):
+    for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet", "revisit_sheet"):
         assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
     # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).
     from worldsim.engine import load_engine

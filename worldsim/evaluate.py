@@ -19,7 +19,8 @@ same inputs, on held-out data:
   generated frame is dark exactly when the true one is (the light action followed).
 
 Outputs in ``out``: ``metrics.json`` (keys documented in docs/evaluation.md), PNG plots of each
-metric vs horizon, and a contact sheet (ground truth above generated).
+metric vs horizon, a contact sheet (ground truth above generated) and one of every revisit
+episode generated to its end (``revisit_sheet.png``).
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     sheet: list[np.ndarray] = []
     sharp: list[float] = []
     revisit: dict[str, dict[str, list[float]]] = {}
+    revisit_sheet: list[np.ndarray] = []
     for ds, i in tqdm(episodes, desc="rollouts", unit="episode"):
         arrays = ds.load(i, ("frames", "c2w", "keys", "mouse"))
         n = engine.context_frames
@@ -243,6 +245,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             r["psnr_db"].append(float(psnr(g_all[-k:], t_all[-k:]).mean()))
             r["copy_last_psnr_db"].append(float(psnr(np.repeat(arrays["frames"][n - 1 : n], k, 0), t_all[-k:]).mean()))
             r["went_dark"].append(went_dark(g_all, t_all))
+            revisit_sheet += [t_all, g_all]
     per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
     gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
     idm_gen_by_frame = []
@@ -308,6 +311,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         }
         _plot(out, "drift.png", "pixel value (0-255)", series, xlabel="frame")
     write_png(out / "contact_sheet.png", contact_sheet(sheet))
+    if revisit_sheet:
+        write_png(out / "revisit_sheet.png", contact_sheet(revisit_sheet))
     return metrics
 
 
