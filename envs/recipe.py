@@ -1,15 +1,20 @@
 """``worldsim-recipe``: record a whole training/validation data set from a recipe config.
 
-    worldsim-recipe configs/recipe/builtin_v1.yaml data/builtin_v1 [--scale 0.1]
+    worldsim-recipe configs/recipe/builtin_v1.yaml data/builtin_v1 [--scale 0.1] [--jobs 4] [--no-preview]
 
 Each part of the recipe is one ``worldsim-record`` run into ``<out>/<split>/<part>``; rerunning
 resumes every part. Seed ranges of parts must not overlap (checked), so validation worlds are
-never seen in training. ``--scale`` multiplies every part's episode count (for quick trials).
+never seen in training. ``--scale`` multiplies every part's episode count (for quick trials);
+``--jobs`` records that many parts at once, each in its own process with its own GL context
+(an episode depends only on its seed, so the data are the same); ``--no-preview`` skips each
+part's preview.mp4 and contact sheet.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,24 +65,36 @@ def check_disjoint_seeds(recipe: RecipeConfig) -> None:
             raise WorldsimError(f"recipe part {p.name}: split must be 'train' or 'val', got {p.split!r}")
 
 
-def run_recipe(recipe: RecipeConfig, out: str | Path, scale: float = 1.0) -> dict[str, int]:
-    """Record every part; returns episodes per part folder."""
-    counts = {}
+def _record_count(cfg: RecordConfig) -> int:
+    return len(record(cfg))
+
+
+def run_recipe(
+    recipe: RecipeConfig, out: str | Path, scale: float = 1.0, jobs: int = 1, preview: bool = True
+) -> dict[str, int]:
+    """Record every part (``jobs`` at a time); returns episodes per part folder."""
+    if jobs < 1:
+        raise WorldsimError(f"jobs must be at least 1, got {jobs}")
+    configs = {}
     for p in recipe.parts:
-        folder = Path(out) / p.split / p.name
         n = max(1, round(p.num_episodes * scale))
         print(f"== {p.split}/{p.name}: {n} episodes of {p.policy}, world seeds {p.seed}..{p.seed + n - 1}")
-        cfg = RecordConfig(
+        configs[f"{p.split}/{p.name}"] = RecordConfig(
             policy=p.policy,
             num_episodes=n,
             episode_len=recipe.episode_len,
             frame_size=recipe.frame_size,
             seed=p.seed,
-            out=str(folder),
+            out=str(Path(out) / p.split / p.name),
+            preview=preview,
             avoid_obstacles=recipe.avoid_obstacles,
         )
-        counts[f"{p.split}/{p.name}"] = len(record(cfg))
-    return counts
+    if jobs == 1:
+        return {name: _record_count(cfg) for name, cfg in configs.items()}
+    # spawn, not fork: every part opens its own GL context in a fresh process.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_record_count, cfg) for name, cfg in configs.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 @clean_errors
@@ -88,10 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("recipe", help="a recipe YAML, e.g. configs/recipe/builtin_v1.yaml")
     parser.add_argument("out", help="folder to record into (resumed if it exists)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every part's episode count")
+    parser.add_argument("--jobs", type=int, default=1, help="parts recorded at once, one process each")
+    parser.add_argument("--no-preview", action="store_true", help="skip each part's preview.mp4 and contact sheet")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
-    counts = run_recipe(load_recipe(args.recipe), args.out, args.scale)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    counts = run_recipe(load_recipe(args.recipe), args.out, args.scale, args.jobs, not args.no_preview)
     print("recorded: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -89,7 +89,7 @@ def test_turns_hold_steady_rates_both_ways_from_rest():
 
 
 def test_unknown_policy_lists_the_valid_ones():
-    with pytest.raises(WorldsimError, match="unknown policy 'wander'; valid: explore, full_turn"):
+    with pytest.raises(WorldsimError, match="unknown policy 'wander'; valid: explore, explore_lights, full_turn"):
         make_policy("wander", KEYS, CameraControllerConfig())
     with pytest.raises(WorldsimError, match="replay_from"):
         make_policy("replay", KEYS, CameraControllerConfig())
@@ -109,3 +109,15 @@ def test_go_and_return_redraw_faces_elsewhere_and_still_comes_back():
     assert turned > 0 and np.allclose(states[turned].position, 0.0)
     assert np.linalg.norm(states[-1].position) < 0.5
     assert abs(math.remainder(states[-1].yaw_rad - states[turned].yaw_rad, 2 * math.pi)) < math.radians(2)
+
+
+def test_explore_lights_toggles_the_light_about_four_times_as_often_as_explore():
+    light = KEYS.index("l")
+    presses = {}
+    for name in ("explore", "explore_lights"):
+        policy = make_policy(name, KEYS, CameraControllerConfig())
+        rng = np.random.default_rng(3)
+        presses[name] = sum(int(policy.actions(64, rng, e).keys[:, light].sum()) for e in range(200))
+    # 200 episodes of 63 action rows: about 189 presses at 1.5% per frame, 756 at 6%.
+    assert 120 < presses["explore"] < 260
+    assert 600 < presses["explore_lights"] < 920

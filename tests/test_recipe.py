@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from envs.recipe import RecipeConfig, RecipePart, check_disjoint_seeds, load_recipe, run_recipe
@@ -36,3 +37,23 @@ def test_a_small_recipe_records_every_part(tmp_path):
     assert counts == {"train/explore": 2, "val/turn": 1}
     val = RolloutDataset(tmp_path / "d" / "val" / "turn")
     assert val.episodes[0].seed == 500 and val.meta.frame_size == (16, 16)
+
+
+def test_parallel_parts_record_the_same_episodes(tmp_path):
+    recipe = RecipeConfig(
+        frame_size=[16, 16],
+        episode_len=6,
+        parts=[RecipePart("explore", "train", "explore_lights", 10, 2), RecipePart("turn", "val", "turns", 500, 2)],
+    )
+    serial = run_recipe(recipe, tmp_path / "a", preview=False)
+    parallel = run_recipe(recipe, tmp_path / "b", jobs=2, preview=False)
+    assert serial == parallel == {"train/explore": 2, "val/turn": 2}
+    for part in ("train/explore", "val/turn"):
+        a, b = RolloutDataset(tmp_path / "a" / part), RolloutDataset(tmp_path / "b" / part)
+        assert not (tmp_path / "b" / part / "preview.mp4").exists()
+        for i in range(2):
+            ea, eb = a.load(i, ("frames", "keys", "mouse")), b.load(i, ("frames", "keys", "mouse"))
+            for k in ea:
+                np.testing.assert_array_equal(ea[k], eb[k])
+    with pytest.raises(WorldsimError, match="jobs"):
+        run_recipe(recipe, tmp_path / "c", jobs=0)

@@ -87,6 +87,30 @@ def test_teacher_resume_is_bit_exact_and_exports_a_loadable_checkpoint(small_dat
     assert all(torch.equal(ema[k], v) for k, v in model.state_dict().items())
 
 
+def test_batch_workers_change_nothing_that_is_trained(small_dataset, tiny_codec, tmp_path):
+    """Batches built ahead by worker processes, across a stop and resume, give the same weights."""
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 4))
+    for steps, resume in ((2, False), (4, True)):
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "b", steps, resume=resume)
+        cfg.num_workers = 2
+        train_teacher(cfg)
+    for name in ("weights", "ema"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "num_workers" not in _cfg(small_dataset.root, tiny_codec, tmp_path / "x", 1).identity()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_slow_work(small_dataset, tiny_codec, tmp_path):
+    for device, message in (("cuda", "sees no CUDA GPU"), ("tpu", "not a device name"), ("meta", "cpu or cuda")):
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1)
+        cfg.device = device
+        with pytest.raises(WorldsimError, match=message):
+            train_teacher(cfg)
+    assert not (tmp_path / "o").exists()
+
+
 def test_teacher_learns_on_a_tiny_config(small_dataset, tiny_codec, tmp_path):
     cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "l", 60, memory_prob=1.0)
     cfg.val_every = 60

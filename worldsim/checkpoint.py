@@ -59,7 +59,7 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
 
 
 def _save_weights(module: torch.nn.Module, file: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(file))
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(file))
 
 
 def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device: str) -> None:

@@ -55,6 +55,7 @@ class ExplorePolicy(Policy):
     held, occasional strafes, backsteps, vertical moves and light toggles."""
 
     name = "explore"
+    light_prob = 0.015  # chance per frame of pressing the light key: about once per 64-frame episode
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         a = self._empty(num_frames)
@@ -80,9 +81,17 @@ class ExplorePolicy(Policy):
                 self._hold(a, "a" if (t // 10 + episode) % 2 else "d", np.array([t]))
             elif mode == "vertical":
                 self._hold(a, "space" if (t // 10 + episode) % 2 else "left shift", np.array([t]))
-            if rng.random() < 0.015:  # a discrete world action (lights) now and then
+            if rng.random() < self.light_prob:  # a discrete world action (lights) now and then
                 self._hold(a, "l", np.array([t]))
         return a
+
+
+class ExploreLightsPolicy(ExplorePolicy):
+    """Explore with the light key pressed four times as often (about 4 toggles per 64 frames):
+    as many night-to-day changes to learn from as day-to-night ones, and nights that end."""
+
+    name = "explore_lights"
+    light_prob = 0.06
 
 
 class LookAroundPolicy(Policy):
@@ -196,7 +205,16 @@ class ReplayPolicy(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (ExplorePolicy, LookAroundPolicy, GoAndReturnPolicy, FullTurnPolicy, TurnsPolicy, ReplayPolicy)
+    p.name: p
+    for p in (
+        ExplorePolicy,
+        ExploreLightsPolicy,
+        LookAroundPolicy,
+        GoAndReturnPolicy,
+        FullTurnPolicy,
+        TurnsPolicy,
+        ReplayPolicy,
+    )
 }
 
 

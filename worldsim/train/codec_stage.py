@@ -9,6 +9,7 @@ stand-alone folder (``load_codec``) at every checkpoint.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import init_distributed
 from worldsim.train.frames import FrameSampler
 from worldsim.train.loop import TrainLoop
+from worldsim.train.prefetch import Prefetcher
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,7 +31,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_codec(cfg: TrainConfig) -> dict[str, float]:
-    d = init_distributed()
+    d = init_distributed(cfg.device)
     data = FrameSampler(cfg.data)
     val = FrameSampler(cfg.val_data) if cfg.val_data else None
     if val is not None and val.frame_size != data.frame_size:
@@ -39,10 +41,11 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
         raise WorldsimError(f"frame size {data.frame_size} is not divisible by codec downsample {cfg.codec.downsample}")
     torch.manual_seed(cfg.seed)
     loop = TrainLoop(cfg, Codec(cfg.codec), ["val_psnr_db"], d)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    amp = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        x = frames_to_tensor(d.shard(data.batch(cfg.seed, step, cfg.batch_size)))
+        x = frames_to_tensor(d.shard(batches(step)).to(d.device, non_blocking=True))
         with amp:
             recon = loop.net(x)
         return F.l1_loss(recon.float(), x) + F.mse_loss(recon.float(), x), len(x)
@@ -62,7 +65,8 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
 def evaluate(codec: Codec, val: FrameSampler, cfg: TrainConfig, batches: int) -> float:
     """Mean PSNR (dB) of reconstructions on fixed held-out batches."""
     scores = []
+    dev = next(codec.parameters()).device
     for i in range(batches):
-        x = frames_to_tensor(val.batch(cfg.seed + 7919, i, cfg.batch_size))
+        x = frames_to_tensor(val.batch(cfg.seed + 7919, i, cfg.batch_size).to(dev))
         scores.append(psnr(codec(x), x))
     return sum(scores) / len(scores)

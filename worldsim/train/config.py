@@ -51,6 +51,12 @@ class TrainConfig:
     batch_size: int = 16
     seed: int = 0
     bf16: bool = True
+    # Where the network trains: "cpu", "cuda" or "cuda:<index>" (under torchrun each rank takes
+    # cuda:<LOCAL_RANK>). Batches are built on the CPU either way, so a run may resume on another device.
+    device: str = "cpu"
+    # Processes that build batches ahead of the training step (0: in the training process).
+    # Batch i is a pure function of (seed, i), so the count never changes what is trained.
+    num_workers: int = 0
     log_every: int = 10
     val_every: int = 250
     val_batches: int = 4
@@ -67,7 +73,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """What must match to resume: everything that shapes this stage's trajectory."""
         d = asdict(self)
-        for k in ("steps", "resume", "out", "log_every", "val_every", "val_batches", "ckpt_every", "val_data"):
+        per_run = ("steps", "resume", "out", "log_every", "val_every", "val_batches", "ckpt_every", "val_data")
+        for k in (*per_run, "device", "num_workers"):
             d.pop(k)
         if not self.init_from:  # runs started from scratch keep the identity they had before the option
             d.pop("init_from")

@@ -2,7 +2,8 @@
 
 The same command runs single-process when ``WORLD_SIZE`` is unset or 1. Every rank builds the
 same seeded batch and keeps its own shard (``batch[rank::world]``), so data sharding needs no
-sampler state and resume stays exact; rank 0 alone writes files.
+sampler state and resume stays exact; rank 0 alone writes files. With ``device=cuda`` each
+rank trains on ``cuda:<LOCAL_RANK>``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from worldsim.errors import WorldsimError
+
 
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -28,26 +32,50 @@ class Dist:
         return batch[self.rank :: self.world]
 
 
-def init_distributed() -> Dist:
-    """Join the process group torchrun set up (if any)."""
+def train_device(name: str) -> torch.device:
+    """The device this process trains on, refused with a clear message when this machine has none such.
+    A bare ``cuda`` means ``cuda:<LOCAL_RANK>`` (0 outside torchrun)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise WorldsimError(f"device={name!r} is not a device name; use cpu, cuda or cuda:<index>") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise WorldsimError(f"device={name!r}: training runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise WorldsimError(f"device={name!r} asked, but torch {torch.__version__} sees no CUDA GPU; use device=cpu")
+    if dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.index >= torch.cuda.device_count():
+        raise WorldsimError(f"device={dev} asked, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str = "cpu") -> Dist:
+    """The training device, and the process group torchrun set up (if any): NCCL for CUDA, gloo for CPU."""
+    dev = train_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
+        return Dist(device=dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
 
 
 def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     """DDP when there is more than one process; the bare module otherwise."""
-    return DistributedDataParallel(model) if d.world > 1 else model
+    if d.world <= 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
 
 def weights_in_sync(model: torch.nn.Module, d: Dist) -> bool:
     """True when every rank holds bit-identical weights (compares a float64 checksum across ranks)."""
     if d.world == 1:
         return True
-    total = torch.zeros(1, dtype=torch.float64)
+    total = torch.zeros(1, dtype=torch.float64, device=d.device)
     for i, p in enumerate(model.state_dict().values()):
         total += p.detach().double().flatten().mul(1.0 + (i % 7) * 1e-3).sum()
     lo, hi = total.clone(), total.clone()

@@ -1,5 +1,7 @@
 """The training loop every stage shares: learning-rate schedule, clipping, EMA, CSV log,
 progress bar, periodic evaluation, checkpoints with exact resume, and a clean stop on Ctrl-C.
+The module, its EMA and the optimizer live on the run's device (``cfg.device``); files are written
+from CPU copies, so a run saved on a GPU resumes on the CPU and the other way round.
 
 A stage supplies ``loss_at(step)`` (a pure function of the step for its data and noise, so a
 resumed run replays the same batches), ``periodic(step)`` (metrics to log, usually empty) and
@@ -46,7 +48,7 @@ class TrainLoop(Generic[M]):
     """Owns the optimizer, the EMA copy and the run folder of one stage."""
 
     def __init__(self, cfg: TrainConfig, module: M, metric_names: list[str], d: Dist):
-        self.cfg, self.module, self.dist = cfg, module, d
+        self.cfg, self.module, self.dist = cfg, module.to(d.device), d
         self.metric_names = metric_names
         self.ema: M = copy.deepcopy(module).requires_grad_(False)
         self.net = wrap(module, d)  # what the loss calls: DDP averages gradients across ranks

@@ -1,4 +1,9 @@
-"""Training objectives for the chunk-autoregressive teacher."""
+"""Training objectives for the chunk-autoregressive teacher.
+
+Noise levels and noise are drawn from the caller's generator on the CPU and then moved to the
+latents' device: a seeded step draws the same numbers on any device (CPU generators cannot fill
+CUDA tensors).
+"""
 
 from __future__ import annotations
 
@@ -33,9 +38,9 @@ def teacher_forcing_loss(
     if t % k:
         raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
     # Step 1: one sigma per chunk (diffusion-forcing style independence across chunks).
-    sigma_chunk = torch.rand(b, t // k, generator=generator, device=x0.device, dtype=x0.dtype)
+    sigma_chunk = torch.rand(b, t // k, generator=generator, dtype=x0.dtype).to(x0.device)
     sigma = sigma_chunk.repeat_interleave(k, dim=1)  # (B, T)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     s = sigma[:, :, None, None, None]
     x_noisy = (1 - s) * x0 + s * eps
     # Step 2: [clean | noisy] through the block-causal teacher-forcing mask.
@@ -73,11 +78,11 @@ def diffusion_forcing_loss(
         raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
     n = t // k
     # Step 1: one sigma per chunk; clean context on part of the samples.
-    sigma_chunk = torch.rand(b, n, generator=generator, device=x0.device, dtype=x0.dtype)
-    clean = torch.rand(b, 1, generator=generator, device=x0.device) < clean_context_prob
+    sigma_chunk = torch.rand(b, n, generator=generator, dtype=x0.dtype).to(x0.device)
+    clean = (torch.rand(b, 1, generator=generator) < clean_context_prob).to(x0.device)
     is_context = (torch.arange(n, device=x0.device) < n - 1)[None]
     sigma = torch.where(clean & is_context, 0.0, sigma_chunk).repeat_interleave(k, dim=1)  # (B, T)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     s = sigma[:, :, None, None, None]
     # Step 2: one block-causal forward over the noisy sequence.
     ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, x0.device)

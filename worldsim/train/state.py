@@ -3,7 +3,7 @@
     <dir>/weights.safetensors    the trained module's state dict
     <dir>/ema.safetensors        its exponential moving average
     <dir>/optim.safetensors      optimizer tensors, flattened as ``<param index>.<name>``
-    <dir>/rng.safetensors        torch CPU RNG state
+    <dir>/rng.safetensors        torch CPU RNG state (batches and noise come from seeded CPU generators)
     <dir>/state.json             step, optimizer param groups and scalar state, the run's config
 Written to ``<dir>.tmp`` then renamed, so an interruption never leaves a half checkpoint.
 """
@@ -28,7 +28,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     for idx, st in sd["state"].items():
         for name, val in st.items():
             if torch.is_tensor(val):
-                tensors[f"{idx}.{name}"] = val.contiguous()
+                tensors[f"{idx}.{name}"] = val.cpu().contiguous()
             else:
                 scalars[f"{idx}.{name}"] = val
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -54,8 +54,9 @@ def save_train_state(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "weights.safetensors"))
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+    for name, m in (("weights", module), ("ema", ema)):
+        tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+        save_file(tensors, str(tmp / f"{name}.safetensors"))
     tensors, meta = _flatten_optimizer(opt)
     save_file(tensors, str(tmp / "optim.safetensors"))
     save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))

@@ -52,8 +52,9 @@ class EncodedSplit:
     def encode(
         cls, path: str, codec: Codec, encoder: ActionEncoder, desc: str, cache_dir: Path | None = None, batch: int = 128
     ) -> EncodedSplit:
-        """Encode every episode under ``path``; reuses ``cache_dir/<desc>-<key>.safetensors`` when
-        the codec weights, the episode index and the encoder are the same as when it was written."""
+        """Encode every episode under ``path`` (on the codec's device); reuses
+        ``cache_dir/<desc>-<key>.safetensors`` when the codec weights, the episode index and the
+        encoder are the same as when it was written."""
         sets = open_datasets(path)
         meta = sets[0].meta
         for ds in sets:
@@ -64,9 +65,10 @@ class EncodedSplit:
         size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
         out = cls([], [], [], torch.zeros(3, 3), size, list(encoder.key_names), [])
         out.sources = [(ds, i) for ds in sets for i in range(len(ds))]
+        dev = next(codec.parameters()).device
         key = hashlib.sha1(json.dumps(encoder.spec(), sort_keys=True).encode())
         for name, t in codec.state_dict().items():
-            key.update(name.encode() + t.float().numpy().tobytes())
+            key.update(name.encode() + t.float().cpu().numpy().tobytes())
         for ds in sets:
             key.update((ds.root / INDEX_FILE).read_bytes())
         cache = cache_dir / f"{desc.replace(' ', '_')}-{key.hexdigest()[:16]}.safetensors" if cache_dir else None
@@ -80,8 +82,9 @@ class EncodedSplit:
             return out
         for ds, i in tqdm(out.sources, desc=desc, unit="episode"):
             a = ds.load(i, ("frames", "c2w", "intrinsics", "keys", "mouse"))
-            frames = torch.from_numpy(a["frames"])
+            frames = torch.from_numpy(a["frames"]).to(dev)
             z = torch.cat([codec.encode(frames_to_tensor(frames[s : s + batch])) for s in range(0, len(frames), batch)])
+            z = z.cpu()
             out.latents.append(z.half().contiguous())
             out.actions.append(torch.from_numpy(encoder.frame_actions(a["keys"], a["mouse"])))
             out.c2w.append(torch.from_numpy(a["c2w"]).float())
