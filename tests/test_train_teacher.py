@@ -111,6 +111,35 @@ def test_a_device_this_machine_lacks_is_refused_before_slow_work(small_dataset, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_a_cuda_run_matches_the_cpu_and_resumes_on_the_cpu(small_dataset, tiny_codec, tmp_path):
+    """device=cuda trains the function the CPU trains (fp32, TF32 off), saves CPU-readable state,
+    and a run stopped on the GPU resumes on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "cpu", 4))
+    for steps, resume, device in ((2, False, "cuda"), (4, True, "cpu")):
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "gpu", steps, resume=resume)
+        cfg.device, cfg.num_workers = device, 2
+        train_teacher(cfg)
+    losses = {
+        r: [float(x.split(",")[1]) for x in (tmp_path / r / "log.csv").read_text().splitlines()[1:]]
+        for r in ("cpu", "gpu")
+    }
+    assert len(losses["gpu"]) == 4 and torch.allclose(
+        torch.tensor(losses["gpu"]), torch.tensor(losses["cpu"]), rtol=1e-3
+    )
+    from worldsim.model.dit import WorldModel
+
+    torch.manual_seed(0)  # the run's initial weights (train_teacher seeds, then builds the model)
+    init = WorldModel(TINY).state_dict()
+    a = load_file(str(tmp_path / "cpu" / "last" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "gpu" / "last" / "weights.safetensors"))
+    apart = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+    moved = sum(float((a[k] - init[k]).pow(2).sum()) for k in a) ** 0.5
+    assert moved > 0 and apart < 0.02 * moved, (apart, moved)
+    load_checkpoint(tmp_path / "gpu" / "model")
+
+
 def test_teacher_learns_on_a_tiny_config(small_dataset, tiny_codec, tmp_path):
     cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "l", 60, memory_prob=1.0)
     cfg.val_every = 60
