@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
 from worldsim.errors import WorldsimError
-from worldsim.evaluate import EvalConfig, evaluate, rollout_against, summary_lines, went_dark
+from worldsim.evaluate import EvalConfig, evaluate, light_flips_followed, rollout_against, summary_lines, went_dark
 from worldsim.idm import Pairs, idm_accuracy, train_idm
 from worldsim.metrics import psnr, ssim
 
@@ -74,6 +74,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         "mouse x",
         "mouse y",
     }
+    assert saved["went_dark"] in range(saved["episodes"] + 1)
     rv = saved["revisit"]["go_and_return"]
     assert rv["episodes"] == 1 and rv["went_dark"] in (0, 1) and len(rv["per_episode_psnr_db"]) == 1
     assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
@@ -81,8 +82,10 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     d = saved["drift"]
     agree = (np.array(d["gen_mean"]) < 60) == (np.array(d["gt_mean"]) < 60)
     assert d["light_agreement"] == pytest.approx(agree.mean())
+    assert (d["light_flips"], d["light_flips_followed"]) == light_flips_followed(d["gen_mean"], d["gt_mean"])
     printed = "\n".join(summary_lines(saved))
     assert "revisit go_and_return" in printed and "went dark in" in printed and "dark where the ground truth" in printed
+    assert "where the ground truth stays light" in printed and "turns to dark or light followed" in printed
     for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet", "revisit_sheet"):
         assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
     # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).
@@ -110,6 +113,20 @@ def test_went_dark_counts_dark_frames_only_where_the_truth_has_none():
     assert went_dark(night, day)  # the model went dark, the world did not
     assert not went_dark(night, night)  # the world went dark too (a light toggle): followed, not spontaneous
     assert not went_dark(day, day) and not went_dark(day, night)
+
+
+def test_light_flips_count_each_missed_turn_once():
+    truth = np.array([130.0] * 10 + [12.0] * 10 + [130.0] * 10 + [12.0] * 10)  # turns at 9, 19, 29
+    late = np.roll(truth, 2)  # every turn two frames late: followed
+    late[:2] = 130.0
+    assert light_flips_followed(late, truth) == (3, 3)
+    assert light_flips_followed(np.roll(truth, 3), truth) == (3, 0)  # three frames late: missed
+    missed_one = truth.copy()
+    missed_one[10:20] = 130.0  # misses the turn to dark at 9 and the turn back at 19; follows 29
+    assert light_flips_followed(missed_one, truth) == (3, 1)
+    inverted = np.where(truth < 60, 130.0, 12.0)  # every frame wrong, every turn followed
+    assert light_flips_followed(inverted, truth) == (3, 3)
+    assert light_flips_followed(truth[:10], truth[:10]) == (0, 0)
 
 
 def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):

@@ -152,8 +152,11 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     gm, gs = frame_means(g), g.std(axis=(1, 2, 3))
     tm, ts = frame_means(gt), gt.astype(np.float64).std(axis=(1, 2, 3))
     inside = (gm >= tm.min()) & (gm <= tm.max()) & (gs >= ts.min()) & (gs <= ts.max())
+    truth_flips, followed = light_flips_followed(gm, tm)
     return {
         "light_agreement": float(((gm < DARK_MEAN) == (tm < DARK_MEAN)).mean()),
+        "light_flips": truth_flips,
+        "light_flips_followed": followed,
         "frames": horizon,
         "gen_mean": gm.tolist(),
         "gen_std": gs.tolist(),
@@ -166,6 +169,15 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
 def frame_means(frames: np.ndarray) -> np.ndarray:
     """Mean pixel value (0-255) of each frame of ``(T, H, W, 3)`` frames, as float64."""
     return frames.reshape(len(frames), -1).mean(axis=1, dtype=np.float64)
+
+
+def light_flips_followed(gen_means: np.ndarray, truth_means: np.ndarray, within: int = 2) -> tuple[int, int]:
+    """How often the true frames turn dark or light (their mean crosses ``DARK_MEAN``), and how
+    many of those turns the generated frames make too, within ``within`` frames. Unlike the
+    per-frame agreement, one missed turn counts once, not for every frame until the next."""
+    g = np.flatnonzero(np.diff(np.asarray(gen_means) < DARK_MEAN))
+    t = np.flatnonzero(np.diff(np.asarray(truth_means) < DARK_MEAN))
+    return len(t), int(sum(bool(np.any(np.abs(g - i) <= within)) for i in t))
 
 
 def went_dark(generated: np.ndarray, truth: np.ndarray) -> bool:
@@ -221,6 +233,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     gt_pairs: list[Pairs] = []
     sheet: list[np.ndarray] = []
     sharp: list[float] = []
+    dark: list[bool] = []
     revisit: dict[str, dict[str, list[float]]] = {}
     revisit_sheet: list[np.ndarray] = []
     for ds, i in tqdm(episodes, desc="rollouts", unit="episode"):
@@ -233,6 +246,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         scores["base_psnr"].append(psnr(last, gt))
         scores["base_ssim"].append(ssim(last, gt))
         sharp.append(high_frequency_ratio(gen, gt))
+        dark.append(went_dark(gen, gt))
         keys, mouse = arrays["keys"][n - 1 : n - 1 + horizon], arrays["mouse"][n - 1 : n - 1 + horizon]
         gen_pairs.append(Pairs(np.concatenate([arrays["frames"][n - 1 : n], gen[:-1]]), gen, keys, mouse))
         gt_pairs.append(Pairs(arrays["frames"][n - 1 : n - 1 + horizon], gt, keys, mouse))
@@ -266,6 +280,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "ssim_mean": float(np.mean(per["ssim"])),
         "copy_last_ssim_mean": float(np.mean(per["base_ssim"])),
         "sharpness_ratio": float(np.nanmean(sharp)),
+        "went_dark": int(sum(dark)),
         "by_frame": {
             "psnr_db": per["psnr"].mean(0).tolist(),
             "copy_last_psnr_db": per["base_psnr"].mean(0).tolist(),
@@ -324,6 +339,8 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
         f"sharpness {m['sharpness_ratio']:.2f}",
     ]
+    if "went_dark" in m:  # metrics.json files written before this count lack it
+        lines.append(f"  went dark in {m['went_dark']} of {m['episodes']} where the ground truth stays light")
     for name, acc in m["idm"]["generated"].items():
         gt = m["idm"]["ground_truth"][name]
         lines.append(
@@ -348,6 +365,8 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         lines.append(
             f"  dark where the ground truth is dark and light where it is light: {d['light_agreement'] * 100:.1f}%"
         )
+        if "light_flips" in d:  # metrics.json files written before this count lack it
+            lines.append(f"  turns to dark or light followed: {d['light_flips_followed']} of {d['light_flips']}")
     return lines
 
 
