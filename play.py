@@ -37,6 +37,7 @@ class PlayConfig:
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     sampler_steps: int = 0  # 0 = the checkpoint's own sampler
+    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
     bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
     generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
@@ -84,7 +85,9 @@ class EnvSource:
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, sampler_steps=pc.sampler_steps, seed=pc.seed, bf16=pc.bf16)
+    return load_engine(
+        pc.checkpoint, sampler_steps=pc.sampler_steps, seed=pc.seed, bf16=pc.bf16, guidance=pc.sampler_guidance
+    )
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -120,7 +123,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
-            kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16}
+            kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16, "guidance": pc.sampler_guidance}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         else:

@@ -109,3 +109,19 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
     alien = load_engine(make_tiny_checkpoint(tmp_path / "alien", keys=["w", "a", "s", "d", "space", "left shift", "e"]))
     with pytest.raises(WorldsimError, match="world 'builtin' has keys"):
         alien.reset_from_world(seed=0)
+
+
+def test_sampler_overrides_change_steps_and_guidance_only_when_asked(tiny_ckpt):
+    own = load_engine(tiny_ckpt).sampler_cfg
+    eng = load_engine(tiny_ckpt, sampler_steps=3, guidance=2.0)
+    assert (eng.sampler_cfg.num_steps, eng.sampler_cfg.guidance) == (3, 2.0)
+    assert eng.sampler_cfg.shift == own.shift and load_engine(tiny_ckpt, guidance=0).sampler_cfg == own
+    plain = load_engine(tiny_ckpt, sampler_steps=3)
+    for e in (eng, plain):
+        e.reset_from_world(seed=0)
+    keys, mouse = _inputs(2, key="w")  # walking forward: the action the guidance amplifies
+    guided, unguided = eng.step(keys, mouse), plain.step(keys, mouse)
+    assert guided.shape == unguided.shape == (2, *eng.frame_size, 3)
+    assert not np.array_equal(guided, unguided)  # same seed and inputs: only the guidance differs
+    with pytest.raises(WorldsimError, match="guidance must be > 0"):
+        load_engine(tiny_ckpt, guidance=-1.0)

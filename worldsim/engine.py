@@ -258,11 +258,20 @@ def load_engine(
     sampler_steps: int = 0,
     seed: int = 0,
     bf16: bool = False,
+    guidance: float = 0.0,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
-    ``sampler_steps`` > 0 replaces the step count of the checkpoint's sampler (0 keeps it)."""
+    ``sampler_steps`` > 0 replaces the step count of the checkpoint's sampler (0 keeps it);
+    ``guidance`` > 0 replaces its classifier-free guidance scale on actions (1 = off; any other
+    value runs the network twice per denoising step)."""
     if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
         raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
     ck, model, codec = load_checkpoint(path, device=device)
-    sampler = dataclasses.replace(ck.sampler, num_steps=sampler_steps) if sampler_steps else None
+    if guidance < 0:
+        raise WorldsimError(f"guidance must be > 0 (1 = off), or 0 for the checkpoint's own; got {guidance}")
+    sampler = ck.sampler
+    if sampler_steps:
+        sampler = dataclasses.replace(sampler, num_steps=sampler_steps)
+    if guidance:
+        sampler = dataclasses.replace(sampler, guidance=guidance)
     return Engine(ck, model, codec, sampler=sampler, seed=seed, bf16=bf16, fingerprint=_fingerprint(Path(path)))

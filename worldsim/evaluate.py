@@ -56,6 +56,7 @@ class EvalConfig:
     horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
     max_episodes: int = 32
     sampler_steps: int = 0  # 0 = the checkpoint's own sampler
+    sampler_guidance: float = 0.0  # classifier-free guidance on actions; 0 = the checkpoint's own (1 = off)
     seed: int = 0
     bf16: bool = False
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
@@ -210,7 +211,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
 
-    engine = load_engine(cfg.checkpoint, sampler_steps=cfg.sampler_steps, seed=cfg.seed, bf16=cfg.bf16)
+    engine = load_engine(
+        cfg.checkpoint, sampler_steps=cfg.sampler_steps, seed=cfg.seed, bf16=cfg.bf16, guidance=cfg.sampler_guidance
+    )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

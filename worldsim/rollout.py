@@ -47,6 +47,7 @@ class RolloutConfig:
     compare: bool = False
     out: str = "runs/rollout"
     sampler_steps: int = 0  # 0 = the checkpoint's sampler
+    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off)
     bf16: bool = False
 
 
@@ -75,7 +76,9 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
     if engine is None:
-        engine = load_engine(cfg.checkpoint, sampler_steps=cfg.sampler_steps, bf16=cfg.bf16)
+        engine = load_engine(
+            cfg.checkpoint, sampler_steps=cfg.sampler_steps, bf16=cfg.bf16, guidance=cfg.sampler_guidance
+        )
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)
