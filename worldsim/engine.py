@@ -266,9 +266,9 @@ def load_engine(
     value runs the network twice per denoising step)."""
     if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
         raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
-    ck, model, codec = load_checkpoint(path, device=device)
     if guidance < 0:
         raise WorldsimError(f"guidance must be > 0 (1 = off), or 0 for the checkpoint's own; got {guidance}")
+    ck, model, codec = load_checkpoint(path, device=device)
     sampler = ck.sampler
     if sampler_steps:
         sampler = dataclasses.replace(sampler, num_steps=sampler_steps)
