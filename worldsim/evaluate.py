@@ -342,8 +342,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
         f"sharpness {m['sharpness_ratio']:.2f}",
     ]
-    if "went_dark" in m:  # metrics.json files written before this count lack it
-        lines.append(f"  went dark in {m['went_dark']} of {m['episodes']} where the ground truth stays light")
+    lines.append(f"  went dark in {m['went_dark']} of {m['episodes']} where the ground truth stays light")
     for name, acc in m["idm"]["generated"].items():
         gt = m["idm"]["ground_truth"][name]
         lines.append(
@@ -368,8 +367,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         lines.append(
             f"  dark where the ground truth is dark and light where it is light: {d['light_agreement'] * 100:.1f}%"
         )
-        if "light_flips" in d:  # metrics.json files written before this count lack it
-            lines.append(f"  turns to dark or light followed: {d['light_flips_followed']} of {d['light_flips']}")
+        lines.append(f"  turns to dark or light followed: {d['light_flips_followed']} of {d['light_flips']}")
     return lines
 
 

@@ -51,7 +51,7 @@ class Prefetcher(Generic[T]):
         if self._it is None or step != self._next:
             methods = multiprocessing.get_all_start_methods()
             loader = DataLoader(
-                _Steps(self.make, step, max(step + 1, self.stop)),
+                _Steps(self.make, step, self.stop),
                 batch_size=None,
                 num_workers=self.num_workers,
                 worker_init_fn=_one_thread,
