@@ -24,7 +24,7 @@ from envs import make_env
 from envs.builtin import BuiltinWorldConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.data.format import parse_frame_size
-from worldsim.engine import Engine, load_engine
+from worldsim.engine import Engine, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 from worldsim.window import Window, WindowConfig, require_display
@@ -38,6 +38,8 @@ class PlayConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     sampler_steps: int = 0  # 0 = the checkpoint's own sampler
     sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
+    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
+    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
     bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
     generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
@@ -85,9 +87,7 @@ class EnvSource:
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(
-        pc.checkpoint, sampler_steps=pc.sampler_steps, seed=pc.seed, bf16=pc.bf16, guidance=pc.sampler_guidance
-    )
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, **sampler_options(pc))
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -123,7 +123,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
-            kw = {"sampler_steps": pc.sampler_steps, "bf16": pc.bf16, "guidance": pc.sampler_guidance}
+            kw = {"bf16": pc.bf16, **sampler_options(pc)}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         else:

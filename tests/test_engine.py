@@ -125,3 +125,26 @@ def test_sampler_overrides_change_steps_and_guidance_only_when_asked(tiny_ckpt):
     assert not np.array_equal(guided, unguided)  # same seed and inputs: only the guidance differs
     with pytest.raises(WorldsimError, match="guidance must be > 0"):
         load_engine(tiny_ckpt, guidance=-1.0)
+
+
+def test_sampler_mode_and_context_noise_overrides(tiny_ckpt):
+    own = load_engine(tiny_ckpt).sampler_cfg
+    assert own.mode == "euler" and own.context_sigma == 0.0
+    assert load_engine(tiny_ckpt, sampler_mode="", context_sigma=None).sampler_cfg == own
+    keys, mouse = _inputs(2, key="w")
+    outs = {}
+    for name, kw in {"own": {}, "few_step": {"sampler_mode": "few_step"}, "noisy": {"context_sigma": 0.2}}.items():
+        runs = []
+        for _ in range(2):  # the same seed twice: the re-noising is drawn from the engine's generator
+            e = load_engine(tiny_ckpt, **kw)
+            e.reset_from_world(seed=0)
+            runs.append(e.step(keys, mouse))
+        np.testing.assert_array_equal(*runs)
+        outs[name] = runs[0]
+    assert load_engine(tiny_ckpt, context_sigma=0.2).sampler_cfg.context_sigma == 0.2
+    assert not np.array_equal(outs["own"], outs["few_step"])
+    assert not np.array_equal(outs["own"], outs["noisy"])
+    with pytest.raises(WorldsimError, match="unknown sampler mode 'ddpm'"):
+        load_engine(tiny_ckpt, sampler_mode="ddpm")
+    with pytest.raises(WorldsimError, match=r"context_sigma must be in \[0, 1\)"):
+        load_engine(tiny_ckpt, context_sigma=1.5)

@@ -18,11 +18,12 @@ class Oracle:
     """Knows the answer x0: returns the exact flow velocity (x - x0) / sigma; records calls."""
 
     def __init__(self, x0):
-        self.x0, self.calls = x0, []
+        self.x0, self.calls, self.written = x0, [], None
 
     def forward_chunk(self, x, sigma, actions, plucker, frame_pos, cache, write=False):
         self.calls.append((float(sigma.flatten()[0]), write))
         if write:
+            self.written = x
             cache.commit()
             return x
         s = sigma[..., None, None, None]
@@ -47,6 +48,27 @@ def test_sampler_recovers_x0_from_an_exact_velocity_and_writes_the_clean_chunk(m
     torch.testing.assert_close(out, x0)
     assert [w for _, w in oracle.calls] == [False] * 4 + [True]  # 4 steps, then one clean write
     assert oracle.calls[-1][0] == 0.0 and cache.chunks_written == 1
+
+
+def test_context_sigma_renoises_the_chunk_before_it_is_written():
+    x0 = torch.randn(1, 4, 8, 16, 16, dtype=torch.float64)
+    oracle = Oracle(x0)
+    sampler = Sampler(SamplerConfig(num_steps=3, mode="euler", context_sigma=0.3))
+    out = sampler.sample_chunk(
+        oracle,
+        KVCache(num_layers=1, window_chunks=2),
+        torch.zeros(1, 4, 5),
+        torch.zeros(1, 4, 6, 16, 16, dtype=torch.float64),
+        torch.arange(4),
+        x0.shape,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(out, x0)  # the returned chunk stays clean
+    assert oracle.calls[-1] == (0.3, True)  # written at the level it is labelled with
+    eps = (oracle.written - 0.7 * x0) / 0.3  # what was mixed in is unit Gaussian noise
+    assert abs(float(eps.std()) - 1.0) < 0.05 and abs(float(eps.mean())) < 0.05
+    with pytest.raises(WorldsimError, match=r"context_sigma must be in \[0, 1\), got 1.0"):
+        SamplerConfig(context_sigma=1.0)
 
 
 def test_guidance_needs_null_actions_and_bad_settings_are_refused():

@@ -151,6 +151,36 @@ def test_teacher_learns_on_a_tiny_config(small_dataset, tiny_codec, tmp_path):
     assert last < 0.85 * first
 
 
+def test_context_sigma_max_bounds_the_noise_of_context_chunks_only(small_dataset, tiny_codec, tmp_path):
+    from worldsim.model.dit import WorldModel
+    from worldsim.train.objectives import diffusion_forcing_loss
+
+    model = WorldModel(TINY)
+    seen = []
+
+    def spy(x, sigma, *rest):
+        seen.append(sigma)
+        return torch.zeros_like(x)
+
+    x0 = torch.randn(64, 6, 4, 16, 16)
+    actions, rays = torch.zeros(64, 6, 9), torch.zeros(64, 6, 6, 16, 16)
+    for cap in (1.0, 0.3):
+        g = torch.Generator().manual_seed(0)
+        diffusion_forcing_loss(model, x0, actions, rays, g, net=spy, clean_context_prob=0.0, context_sigma_max=cap)
+    full, capped = seen
+    k = TINY.chunk_frames
+    assert torch.equal(capped[:, -k:], full[:, -k:])  # the generated chunk keeps U(0, 1)
+    assert torch.allclose(capped[:, :-k], 0.3 * full[:, :-k])  # the context is scaled into [0, 0.3)
+    assert full[:, :-k].max() > 0.5
+    # 1.0 (the default) stays out of the resume identity; anything else is in it, and out of range is refused
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1)
+    assert "context_sigma_max" not in cfg.identity()["teacher"]
+    capped_cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, context_sigma_max=0.3)
+    assert capped_cfg.identity()["teacher"]["context_sigma_max"] == 0.3
+    with pytest.raises(WorldsimError, match=r"context_sigma_max must be in \(0, 1\], got 0.0"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, context_sigma_max=0.0))
+
+
 def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, tmp_path):
     from envs.record import RecordConfig, record
 

@@ -252,6 +252,16 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def sampler_options(cfg: Any) -> dict[str, Any]:
+    """:func:`load_engine`'s sampler keywords from a command's config (its ``sampler_*`` fields)."""
+    return {
+        "sampler_steps": cfg.sampler_steps,
+        "guidance": cfg.sampler_guidance,
+        "sampler_mode": cfg.sampler_mode,
+        "context_sigma": cfg.sampler_context_sigma,
+    }
+
+
 def load_engine(
     path: str | Path,
     device: str = "cpu",
@@ -259,11 +269,15 @@ def load_engine(
     seed: int = 0,
     bf16: bool = False,
     guidance: float = 0.0,
+    sampler_mode: str = "",
+    context_sigma: float | None = None,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
-    ``sampler_steps`` > 0 replaces the step count of the checkpoint's sampler (0 keeps it);
-    ``guidance`` > 0 replaces its classifier-free guidance scale on actions (1 = off; any other
-    value runs the network twice per denoising step)."""
+    Each sampler option left at its default keeps the checkpoint's own: ``sampler_steps`` > 0
+    replaces the step count; ``guidance`` > 0 the classifier-free guidance scale on actions (1 =
+    off; any other value runs the network twice per denoising step); ``sampler_mode`` the update
+    rule (``euler`` or ``few_step``: predict the clean chunk, re-noise with fresh noise);
+    ``context_sigma`` the noise level the context is re-noised to before the model reads it."""
     if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
         raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
     if guidance < 0:
@@ -274,4 +288,8 @@ def load_engine(
         sampler = dataclasses.replace(sampler, num_steps=sampler_steps)
     if guidance:
         sampler = dataclasses.replace(sampler, guidance=guidance)
+    if sampler_mode:
+        sampler = dataclasses.replace(sampler, mode=sampler_mode)
+    if context_sigma is not None:
+        sampler = dataclasses.replace(sampler, context_sigma=context_sigma)
     return Engine(ck, model, codec, sampler=sampler, seed=seed, bf16=bf16, fingerprint=_fingerprint(Path(path)))

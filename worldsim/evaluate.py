@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.config import CONFIG_DIR
-from worldsim.engine import Engine, load_engine
+from worldsim.engine import Engine, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
 from worldsim.metrics import high_frequency_ratio, psnr, ssim
@@ -57,6 +57,8 @@ class EvalConfig:
     max_episodes: int = 32
     sampler_steps: int = 0  # 0 = the checkpoint's own sampler
     sampler_guidance: float = 0.0  # classifier-free guidance on actions; 0 = the checkpoint's own (1 = off)
+    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
+    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
     seed: int = 0
     bf16: bool = False
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
@@ -211,9 +213,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
 
-    engine = load_engine(
-        cfg.checkpoint, sampler_steps=cfg.sampler_steps, seed=cfg.seed, bf16=cfg.bf16, guidance=cfg.sampler_guidance
-    )
+    engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, **sampler_options(cfg))
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from worldsim.controller import CameraControllerConfig
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_mp4
 from worldsim.data.writer import RolloutWriter
-from worldsim.engine import Engine, load_engine
+from worldsim.engine import Engine, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.metrics import psnr
 from worldsim.policies import make_policy
@@ -48,6 +48,8 @@ class RolloutConfig:
     out: str = "runs/rollout"
     sampler_steps: int = 0  # 0 = the checkpoint's sampler
     sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off)
+    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's
+    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's
     bf16: bool = False
 
 
@@ -76,9 +78,7 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
     if engine is None:
-        engine = load_engine(
-            cfg.checkpoint, sampler_steps=cfg.sampler_steps, bf16=cfg.bf16, guidance=cfg.sampler_guidance
-        )
+        engine = load_engine(cfg.checkpoint, bf16=cfg.bf16, **sampler_options(cfg))
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)

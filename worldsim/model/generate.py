@@ -112,12 +112,19 @@ class ChunkGenerator:
         rays = self.rays(torch.cat([ctx.c2w, c2w], 1), ctx.c2w[:, -1]).to(dtype)
         actions = actions.to(dtype)
         # Step 2: rebuild the context's keys/values in a fresh cache, one clean chunk at a time.
+        #   With ``context_sigma`` > 0 the context is first re-noised to that level (and labelled so),
+        #   as diffusion forcing trained it: the model leans less on its own earlier mistakes.
         cache = model.new_cache(window_chunks=n // self.k + 1, use_sink=False)
-        zeros = torch.zeros(b, self.k, dtype=dtype)
+        c = self.sampler.cfg.context_sigma
+        labels = torch.full((b, self.k), c, dtype=dtype)
+        context = ctx.latents
+        if c > 0:
+            eps = torch.randn(context.shape, generator=generator, dtype=dtype, device=context.device)
+            context = (1 - c) * context + c * eps
         for s in range(0, n, self.k):
             sl = slice(s, s + self.k)
             pos = torch.arange(s, s + self.k)
-            model.forward_chunk(ctx.latents[:, sl], zeros, ctx.actions[:, sl], rays[:, sl], pos, cache, write=True)
+            model.forward_chunk(context[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos, cache, write=True)
         # Step 3: denoise the new chunk against that context.
         null = None
         if self.null_action is not None:

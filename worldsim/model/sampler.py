@@ -25,13 +25,15 @@ class SamplerConfig:
     shift: float = 5.0
     mode: str = "euler"  # euler (teacher) | few_step (student)
     guidance: float = 1.0  # classifier-free guidance on actions; 1.0 = off
-    context_sigma: float = 0.0  # noise label of the clean pass that writes the cache
+    context_sigma: float = 0.0  # context is re-noised to this level before the model reads it (0 = clean)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise WorldsimError(f"unknown sampler mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.num_steps < 1:
             raise WorldsimError(f"sampler num_steps must be >= 1, got {self.num_steps}")
+        if not 0.0 <= self.context_sigma < 1.0:
+            raise WorldsimError(f"sampler context_sigma must be in [0, 1), got {self.context_sigma}")
 
 
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
@@ -117,8 +119,13 @@ class Sampler:
                     eps = torch.randn(shape, generator=generator, dtype=dtype, device=plucker.device)
                     x = (1 - sig[i + 1]) * x0 + sig[i + 1] * eps
         if write_cache:
-            # Step 3: one clean pass writes the finished chunk's keys/values for later chunks.
+            # Step 3: one pass writes the finished chunk's keys/values for later chunks (re-noised
+            # to ``context_sigma`` first when that is > 0).
             b, k = shape[:2]
-            s = torch.full((b, k), self.cfg.context_sigma, dtype=dtype, device=plucker.device)
-            model.forward_chunk(x0, s, actions, plucker, frame_pos, cache, write=True)
+            c = self.cfg.context_sigma
+            s = torch.full((b, k), c, dtype=dtype, device=plucker.device)
+            ctx = x0
+            if c > 0:
+                ctx = (1 - c) * x0 + c * torch.randn(shape, generator=generator, dtype=dtype, device=plucker.device)
+            model.forward_chunk(ctx, s, actions, plucker, frame_pos, cache, write=True)
         return x0

@@ -31,6 +31,9 @@ class TeacherConfig:
     encoder: str = "keyboard_mouse"  # action encoder registry name
     objective: str = "diffusion_forcing"  # diffusion_forcing | teacher_forcing (worldsim/train/objectives.py)
     clean_context_prob: float = 0.7  # diffusion forcing: share of samples with clean context chunks
+    # Diffusion forcing: the other samples' context chunks are noised to U(0, this). Below 1 the
+    # teacher learns on lightly noised context, what the sampler's context_sigma feeds it.
+    context_sigma_max: float = 1.0
     context_chunks: int = 2  # clean chunks before the generated one (the rolling window)
     memory_prob: float = 0.5  # share of samples whose oldest context chunk is a retrieved earlier view
     memory_top: int = 3  # the retrieved chunk is drawn from the best-overlapping few
@@ -79,6 +82,8 @@ class TrainConfig:
         if not self.init_from:  # runs started from scratch keep the identity they had before the option
             d.pop("init_from")
         d["teacher"].pop("preview_every")
+        if self.teacher.context_sigma_max == 1.0:  # runs from before the option keep their identity
+            d["teacher"].pop("context_sigma_max")
         d["teacher"].pop("preview_steps")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec",)}.get(self.stage, ())
         for k in unused:

@@ -66,12 +66,14 @@ def diffusion_forcing_loss(
     generator: torch.Generator | None = None,
     net: torch.nn.Module | None = None,
     clean_context_prob: float = 0.7,
+    context_sigma_max: float = 1.0,
 ) -> torch.Tensor:
     """Flow matching with diffusion forcing: one sequence (no clean copy), an independent noise
     level per chunk, block-causal attention, loss on every noisy frame. With probability
     ``clean_context_prob`` a sample's earlier chunks are clean (sigma 0, no loss), the case
     inference meets. Half the tokens of teacher forcing and 3x cheaper per step here (the
-    attention is over T, not 2T, frames)."""
+    attention is over T, not 2T, frames). Noisy context chunks draw their level from
+    ``U(0, context_sigma_max)``; the newest chunk always from ``U(0, 1)``."""
     b, t = x0.shape[:2]
     k = model.cfg.chunk_frames
     if t % k:
@@ -81,6 +83,7 @@ def diffusion_forcing_loss(
     sigma_chunk = torch.rand(b, n, generator=generator, dtype=x0.dtype).to(x0.device)
     clean = (torch.rand(b, 1, generator=generator) < clean_context_prob).to(x0.device)
     is_context = (torch.arange(n, device=x0.device) < n - 1)[None]
+    sigma_chunk = torch.where(is_context, sigma_chunk * context_sigma_max, sigma_chunk)
     sigma = torch.where(clean & is_context, 0.0, sigma_chunk).repeat_interleave(k, dim=1)  # (B, T)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     s = sigma[:, :, None, None, None]

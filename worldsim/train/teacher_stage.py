@@ -72,8 +72,14 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     if tc.objective not in OBJECTIVES:
         raise unknown_name("teacher objective", tc.objective, OBJECTIVES)
     objective = OBJECTIVES[tc.objective]
+    if not 0.0 < tc.context_sigma_max <= 1.0:
+        raise WorldsimError(f"teacher.context_sigma_max must be in (0, 1], got {tc.context_sigma_max}")
     if tc.objective == "diffusion_forcing":
-        objective = partial(diffusion_forcing_loss, clean_context_prob=tc.clean_context_prob)
+        objective = partial(
+            diffusion_forcing_loss,
+            clean_context_prob=tc.clean_context_prob,
+            context_sigma_max=tc.context_sigma_max,
+        )
     codec = load_codec(tc.codec_path)
     meta = open_datasets(cfg.data)[0].meta
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
