@@ -111,7 +111,7 @@ class ChunkGenerator:
         # Step 1: rays of the whole sequence relative to the latest context frame.
         rays = self.rays(torch.cat([ctx.c2w, c2w], 1), ctx.c2w[:, -1]).to(dtype)
         actions = actions.to(dtype)
-        # Step 2: rebuild the context's keys/values in a fresh cache, one clean chunk at a time.
+        # Step 2: rebuild the context's keys/values in a fresh cache, one chunk at a time.
         #   With ``context_sigma`` > 0 the context is first re-noised to that level (and labelled so),
         #   as diffusion forcing trained it: the model leans less on its own earlier mistakes.
         cache = model.new_cache(window_chunks=n // self.k + 1, use_sink=False)
