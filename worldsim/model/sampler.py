@@ -23,7 +23,7 @@ MODES = ("euler", "few_step")
 class SamplerConfig:
     num_steps: int = 4
     shift: float = 5.0
-    mode: str = "euler"  # euler (teacher) | few_step (student)
+    mode: str = "euler"  # euler (ODE steps) | few_step (predict x0, re-noise; the student's, and the shipped teacher's)
     guidance: float = 1.0  # classifier-free guidance on actions; 1.0 = off
     context_sigma: float = 0.0  # context is re-noised to this level before the model reads it (0 = clean)
 
