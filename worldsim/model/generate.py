@@ -19,7 +19,7 @@ import torch
 from worldsim.errors import WorldsimError
 from worldsim.model.dit import WorldModel
 from worldsim.model.plucker import clip_rays
-from worldsim.model.sampler import Sampler, SamplerConfig
+from worldsim.model.sampler import Sampler, SamplerConfig, noised
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,7 @@ class ChunkGenerator:
         cache = model.new_cache(window_chunks=n // self.k + 1, use_sink=False)
         c = self.sampler.cfg.context_sigma
         labels = torch.full((b, self.k), c, dtype=dtype)
-        context = ctx.latents
-        if c > 0:
-            eps = torch.randn(context.shape, generator=generator, dtype=dtype, device=context.device)
-            context = (1 - c) * context + c * eps
+        context = noised(ctx.latents, c, generator) if c > 0 else ctx.latents
         for s in range(0, n, self.k):
             sl = slice(s, s + self.k)
             pos = torch.arange(s, s + self.k)

@@ -36,6 +36,12 @@ class SamplerConfig:
             raise WorldsimError(f"sampler context_sigma must be in [0, 1), got {self.context_sigma}")
 
 
+def noised(x0: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x0`` taken to noise level ``sigma`` with fresh noise (the module's convention)."""
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return (1 - sigma) * x0 + sigma * eps
+
+
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     """``s * sigma / (1 + (s - 1) * sigma)``: spends more steps at high noise for s > 1."""
     return shift * sigma / (1 + (shift - 1) * sigma)
@@ -116,16 +122,13 @@ class Sampler:
                 # Step 2b (student): jump to the clean estimate, then re-noise to the next level.
                 x0 = x - sig[i] * v
                 if i + 1 < self.cfg.num_steps:
-                    eps = torch.randn(shape, generator=generator, dtype=dtype, device=plucker.device)
-                    x = (1 - sig[i + 1]) * x0 + sig[i + 1] * eps
+                    x = noised(x0, sig[i + 1], generator)
         if write_cache:
             # Step 3: one pass writes the finished chunk's keys/values for later chunks (re-noised
             # to ``context_sigma`` first when that is > 0).
             b, k = shape[:2]
             c = self.cfg.context_sigma
             s = torch.full((b, k), c, dtype=dtype, device=plucker.device)
-            ctx = x0
-            if c > 0:
-                ctx = (1 - c) * x0 + c * torch.randn(shape, generator=generator, dtype=dtype, device=plucker.device)
+            ctx = noised(x0, c, generator) if c > 0 else x0
             model.forward_chunk(ctx, s, actions, plucker, frame_pos, cache, write=True)
         return x0

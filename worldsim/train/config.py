@@ -82,9 +82,9 @@ class TrainConfig:
         if not self.init_from:  # runs started from scratch keep the identity they had before the option
             d.pop("init_from")
         d["teacher"].pop("preview_every")
+        d["teacher"].pop("preview_steps")
         if self.teacher.context_sigma_max == 1.0:  # runs from before the option keep their identity
             d["teacher"].pop("context_sigma_max")
-        d["teacher"].pop("preview_steps")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec",)}.get(self.stage, ())
         for k in unused:
             d.pop(k)
