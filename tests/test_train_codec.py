@@ -137,3 +137,57 @@ def test_sigterm_saves_the_run_like_ctrl_c(small_dataset, tmp_path):
     assert "interrupted at step" in out_text
     step = json.loads((out / "last" / "state.json").read_text())["step"]
     assert step >= 3
+
+
+def test_reconstruction_loss_weights_dark_frames_and_moments():
+    import torch.nn.functional as F
+
+    from worldsim.train.codec_stage import reconstruction_loss
+    from worldsim.train.config import CodecTrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=g) * 0.2 - 0.1  # mean about 127: light
+    x[1] -= 0.85  # mean about 19: dark
+    recon = x + 0.05 * torch.randn(2, 3, 8, 8, generator=g)
+    plain = reconstruction_loss(recon, x, CodecTrainConfig())
+    assert torch.allclose(plain, F.l1_loss(recon, x) + F.mse_loss(recon, x))
+    per = [(F.l1_loss(recon[i], x[i]) + F.mse_loss(recon[i], x[i])).item() for i in range(2)]
+    weighted = reconstruction_loss(recon, x, CodecTrainConfig(dark_weight=3.0))
+    assert weighted.item() == pytest.approx((per[0] + 3 * per[1]) / 4)
+    # A frame brightened by 0.1 everywhere: its moment error is 0.1 (mean) + 0 (contrast).
+    moments = reconstruction_loss(x + 0.1, x, CodecTrainConfig(moment_weight=2.0))
+    assert moments.item() == pytest.approx(0.1 + 0.01 + 2 * 0.1, rel=1e-4)
+
+
+def test_decoder_only_finetune_keeps_the_encoder_bit_for_bit(small_dataset, tmp_path):
+    from worldsim.train.config import CodecTrainConfig
+
+    train_codec(_cfg(small_dataset.root, tmp_path / "base", 3))
+    base = load_file(str(tmp_path / "base" / "codec" / "codec.safetensors"))
+    cfg = _cfg(small_dataset.root, tmp_path / "dec", 4)
+    cfg.init_from = str(tmp_path / "base" / "codec")
+    cfg.codec_train = CodecTrainConfig(freeze_encoder=True, dark_weight=4.0, moment_weight=1.0)
+    train_codec(cfg)
+    for f in ("codec/codec.safetensors", "last/weights.safetensors", "last/ema.safetensors"):
+        tuned = load_file(str(tmp_path / "dec" / f))
+        assert all(torch.equal(tuned[k], v) for k, v in base.items() if k.startswith("encoder.")), f
+        assert any(not torch.equal(tuned[k], v) for k, v in base.items() if k.startswith("decoder.")), f
+    # The options are part of the run's identity: resuming with other weights is refused.
+    other = _cfg(small_dataset.root, tmp_path / "dec", 6, resume=True)
+    other.init_from = cfg.init_from
+    other.codec_train = CodecTrainConfig(freeze_encoder=True, dark_weight=2.0, moment_weight=1.0)
+    with pytest.raises(WorldsimError, match=r"config differs in \['codec_train'\]"):
+        train_codec(other)
+
+
+def test_codec_train_options_refuse_bad_values(small_dataset, tmp_path):
+    from worldsim.train.config import CodecTrainConfig
+
+    cfg = _cfg(small_dataset.root, tmp_path / "f", 1)
+    cfg.codec_train = CodecTrainConfig(freeze_encoder=True)
+    with pytest.raises(WorldsimError, match="freeze_encoder needs init_from"):
+        train_codec(cfg)
+    for bad in (CodecTrainConfig(dark_weight=0.0), CodecTrainConfig(moment_weight=-1.0)):
+        cfg.codec_train = bad
+        with pytest.raises(WorldsimError, match="dark_weight must be > 0"):
+            train_codec(cfg)

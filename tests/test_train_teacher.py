@@ -1,5 +1,6 @@
 """The teacher stage on a tiny config: exact resume, a loadable export, bad input, and DDP."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from worldsim.checkpoint import load_checkpoint, save_codec
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModelConfig
+from worldsim.model.sampler import SamplerConfig
 from worldsim.train.config import OptimConfig, TeacherConfig, TrainConfig
 from worldsim.train.teacher_stage import train_teacher
 
@@ -21,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = WorldModelConfig(
     latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, action_dim=9, chunk_frames=2
 )
+PREVIEW = SamplerConfig(num_steps=2, mode="few_step")  # previews and the export's sampler
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def _cfg(data, codec, out, steps, resume=False, **teacher):
         ckpt_every=100,
         resume=resume,
         model=TINY,
-        teacher=TeacherConfig(codec_path=str(codec), preview_every=4, preview_steps=2, **teacher),
+        teacher=TeacherConfig(codec_path=str(codec), preview_every=4, sampler=PREVIEW, **teacher),
         optim=OptimConfig(lr=1e-3, warmup_steps=2),
     )
 
@@ -83,6 +87,7 @@ def test_teacher_resume_is_bit_exact_and_exports_a_loadable_checkpoint(small_dat
     assert (tmp_path / "b" / "previews" / "step_000004.png").is_file()
     cfg, model, codec = load_checkpoint(tmp_path / "b" / "model")
     assert cfg.model == TINY and cfg.provenance["step"] == 4 and len(cfg.conditioning.latent_mean) == 4
+    assert cfg.sampler == PREVIEW  # the run's teacher.sampler, which the engine then plays with
     ema = load_file(str(tmp_path / "b" / "last" / "ema.safetensors"))
     assert all(torch.equal(ema[k], v) for k, v in model.state_dict().items())
 
@@ -222,6 +227,9 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
+    # The export plays with the run's sampler, composed from the preset configs/sampler/teacher.yaml.
+    preset = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "sampler" / "teacher.yaml"))
+    assert json.loads((out / "model" / "config.json").read_text())["sampler"] == preset
 
 
 def test_init_from_starts_a_new_run_from_earlier_weights(small_dataset, tiny_codec, tmp_path):

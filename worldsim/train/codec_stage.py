@@ -1,6 +1,9 @@
 """``worldsim-train stage=codec``: train the frame autoencoder, resumably.
 
-Per step: a seeded batch of frames -> L1 + MSE reconstruction (bf16 autocast optional); the
+Per step: a seeded batch of frames -> L1 + MSE reconstruction (bf16 autocast optional), per
+frame, with dark frames weighted ``codec_train.dark_weight`` and an optional loss on each frame's
+mean and contrast (``codec_train.moment_weight``); ``codec_train.freeze_encoder`` trains the
+decoder alone, keeping the latent space a teacher was trained on. The
 shared loop (loop.py) does the optimizer, EMA, log, checkpoints and Ctrl-C. Validation PSNR on
 held-out data every ``val_every`` steps; the EMA codec is written to ``<out>/codec`` as a
 stand-alone folder (``load_codec``) at every checkpoint.
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from worldsim.checkpoint import save_codec
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, frames_to_tensor
-from worldsim.train.config import TrainConfig
+from worldsim.train.config import CodecTrainConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
 from worldsim.train.frames import FrameSampler
 from worldsim.train.loop import TrainLoop
@@ -39,8 +42,17 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
     h, w = data.frame_size
     if h % cfg.codec.downsample or w % cfg.codec.downsample:
         raise WorldsimError(f"frame size {data.frame_size} is not divisible by codec downsample {cfg.codec.downsample}")
+    ct = cfg.codec_train
+    if ct.dark_weight <= 0 or ct.moment_weight < 0:
+        raise WorldsimError(
+            f"codec_train.dark_weight must be > 0 and moment_weight >= 0, got {ct.dark_weight} and {ct.moment_weight}"
+        )
+    if ct.freeze_encoder and not (cfg.init_from or cfg.resume):
+        raise WorldsimError("codec_train.freeze_encoder needs init_from= (the codec whose encoder stays)")
     torch.manual_seed(cfg.seed)
-    loop = TrainLoop(cfg, Codec(cfg.codec), ["val_psnr_db"], d)
+    codec = Codec(cfg.codec)
+    codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
+    loop = TrainLoop(cfg, codec, ["val_psnr_db"], d)
     amp = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
@@ -48,7 +60,7 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
         x = frames_to_tensor(d.shard(batches(step)).to(d.device, non_blocking=True))
         with amp:
             recon = loop.net(x)
-        return F.l1_loss(recon.float(), x) + F.mse_loss(recon.float(), x), len(x)
+        return reconstruction_loss(recon.float(), x, ct), len(x)
 
     def periodic(step: int) -> dict[str, float]:
         if val is None or not (step % cfg.val_every == 0 or step == cfg.steps):
@@ -59,6 +71,20 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
         save_codec(loop.out / "codec", loop.ema, {"stage": "codec", "step": step, **cfg.identity(), **metrics})
 
     return loop.run(loss_at, periodic, export)
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, ct: CodecTrainConfig) -> torch.Tensor:
+    """Per frame L1 + MSE (+ ``moment_weight`` times the L1 error of each channel's mean and
+    std), averaged with weight ``dark_weight`` on frames darker than ``dark_mean``, 1 elsewhere.
+    ``recon`` and ``x`` are ``(B, 3, H, W)`` in [-1, 1]."""
+    err = recon - x
+    per_frame = err.abs().mean((1, 2, 3)) + err.square().mean((1, 2, 3))
+    if ct.moment_weight:
+        moments = (recon.mean((2, 3)) - x.mean((2, 3))).abs() + (recon.std((2, 3)) - x.std((2, 3))).abs()
+        per_frame = per_frame + ct.moment_weight * moments.mean(1)
+    dark = x.mean((1, 2, 3)) < ct.dark_mean / 127.5 - 1.0
+    weight = torch.where(dark, ct.dark_weight, 1.0)
+    return (per_frame * weight).sum() / weight.sum()
 
 
 @torch.inference_mode()

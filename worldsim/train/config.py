@@ -12,6 +12,7 @@ from typing import Any
 
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModelConfig
+from worldsim.model.sampler import SamplerConfig
 
 
 @dataclass
@@ -41,7 +42,23 @@ class TeacherConfig:
     camera_drop: float = 0.25  # share of samples trained without camera rays (actions must carry motion)
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
-    preview_steps: int = 8  # Euler steps of the preview sampler
+    # The sampler of the previews and the one written into the exported checkpoint, which the
+    # engine then plays with (preset: configs/sampler/teacher.yaml; the shipped teacher's).
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(num_steps=8, mode="few_step"))
+
+
+@dataclass
+class CodecTrainConfig:
+    """How the codec stage trains beyond its network: which part learns and how frames weigh."""
+
+    # Train the decoder alone (needs init_from): the latent space stays exactly as it was, so
+    # every teacher trained on this codec's latents keeps working with the new decoder.
+    freeze_encoder: bool = False
+    dark_mean: float = 60.0  # a frame whose mean pixel value (0-255) is below this is dark
+    dark_weight: float = 1.0  # a dark frame's weight in the loss (light frames weigh 1)
+    # Weight of a per-frame, per-channel loss on the error of the mean and of the contrast (std):
+    # L1 + MSE averages over pixels, so a small bias in a dark frame's brightness costs little.
+    moment_weight: float = 0.0
 
 
 @dataclass
@@ -71,6 +88,7 @@ class TrainConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def identity(self) -> dict[str, Any]:
@@ -82,10 +100,12 @@ class TrainConfig:
         if not self.init_from:  # runs started from scratch keep the identity they had before the option
             d.pop("init_from")
         d["teacher"].pop("preview_every")
-        d["teacher"].pop("preview_steps")
+        d["teacher"].pop("sampler")
         if self.teacher.context_sigma_max == 1.0:  # runs from before the option keep their identity
             d["teacher"].pop("context_sigma_max")
-        unused = {"codec": ("model", "teacher"), "teacher": ("codec",)}.get(self.stage, ())
+        if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
+            d.pop("codec_train")
+        unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())
         for k in unused:
-            d.pop(k)
+            d.pop(k, None)
         return d

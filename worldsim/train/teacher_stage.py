@@ -32,7 +32,6 @@ from worldsim.errors import WorldsimError, unknown_name
 from worldsim.model.codec import Codec, tensor_to_frames
 from worldsim.model.dit import WorldModel
 from worldsim.model.generate import ChunkGenerator, ConditioningConfig
-from worldsim.model.sampler import SamplerConfig
 from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import init_distributed
 from worldsim.train.frames import open_datasets
@@ -129,7 +128,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         ck = CheckpointConfig(
             model=cfg.model,
             codec=codec.cfg,
-            sampler=SamplerConfig(num_steps=tc.preview_steps, mode="euler"),
+            sampler=tc.sampler,
             action_encoder=encoder.spec(),
             frame_size=train.frame_size,
             conditioning=cond,
@@ -172,9 +171,7 @@ def _preview(
     lat = torch.stack([(val.latents[e][: n_ctx + n_gen].float() - mean) / std for e in eps])
     act = torch.stack([val.actions[e][: n_ctx + n_gen] for e in eps])
     c2w = torch.stack([val.c2w[e][: n_ctx + n_gen] for e in eps])
-    gen = ChunkGenerator(
-        model, SamplerConfig(num_steps=cfg.teacher.preview_steps, mode="euler"), cond, val.intrinsics, val.frame_size
-    )
+    gen = ChunkGenerator(model, cfg.teacher.sampler, cond, val.intrinsics, val.frame_size)
     gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx])
     z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator().manual_seed(cfg.seed))
     frames = (
