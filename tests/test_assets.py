@@ -30,6 +30,19 @@ def test_shipped_codec_reconstructs_unseen_worlds_as_claimed(tmp_path):
     assert codec.cfg.downsample == 4
 
 
+def test_shipped_codec_keeps_night_frames_brightness_and_contrast(tmp_path):
+    """The decoder was fine-tuned so dark frames come back as bright and as contrasted as they
+    were (the first decoder lost 1.2 of their mean pixel value): checked on unseen worlds."""
+    record(
+        RecordConfig(
+            policy="explore_lights", num_episodes=2, episode_len=48, seed=95100, out=str(tmp_path / "d"), preview=False
+        )
+    )
+    r = codec_psnr(str(ASSETS / "codec_builtin_v1"), str(tmp_path / "d"))
+    assert r["dark_frames"] >= 10, r  # the light key was pressed: night frames to measure
+    assert abs(r["dark_brightness_error"]) < 0.5 and abs(r["dark_contrast_error"]) < 0.5, r
+
+
 def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     import numpy as np
 
