@@ -117,6 +117,7 @@ def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, sourc
         for _ in range(10):
             _xdo(xvfb, "mousemove_relative", "--", "12", "0")
             time.sleep(0.07)
+        _xdo(xvfb, "key", "l")  # a quick tap, pressed and released between two input polls
         time.sleep(0.5)
         _xdo(xvfb, "key", "F12")
         time.sleep(0.5)
@@ -137,6 +138,7 @@ def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, sourc
     c2w = ep["c2w"]
     w_idx = data.meta.key_names.index("w")
     assert ep["keys"][:, w_idx].sum() >= 5  # forward was held for several frames
+    assert ep["keys"][:, data.meta.key_names.index("l")].sum() >= 1  # the tap was not lost
     start_fwd = c2w[0, :3, 2]
     moved = c2w[-1, :3, 3] - c2w[0, :3, 3]
     assert np.dot(moved, start_fwd) > 2.0  # moved forward along the initial heading

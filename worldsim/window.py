@@ -137,10 +137,12 @@ class Window:
         """One tick of input: keys held ``(K,)`` uint8, mouse ``(dx, dy)`` and commands pressed."""
         pg = self.pg
         commands: set[str] = set()
+        went_down: set[int] = set()  # a tap pressed and released between two polls still counts
         for ev in pg.event.get():
             if ev.type == pg.QUIT:
                 commands.add("quit")
             elif ev.type == pg.KEYDOWN:
+                went_down.add(ev.key)
                 if ev.key == pg.K_ESCAPE:
                     commands.add("quit" if not self.captured else "release")
                     self.set_capture(False)
@@ -162,7 +164,7 @@ class Window:
             elif ev.type == pg.WINDOWFOCUSLOST:
                 self.set_capture(False)
         pressed = pg.key.get_pressed()
-        keys = np.array([pressed[c] for c in self.codes], np.uint8)
+        keys = np.array([pressed[c] or c in went_down for c in self.codes], np.uint8)
         dx, dy = pg.mouse.get_rel()
         mouse = (
             np.array([dx, dy], np.float32) * self.cfg.mouse_sensitivity if self.captured else np.zeros(2, np.float32)
