@@ -19,7 +19,7 @@ import torch
 from worldsim.errors import WorldsimError
 from worldsim.model.dit import WorldModel
 from worldsim.model.plucker import clip_rays
-from worldsim.model.sampler import Sampler, SamplerConfig, noised
+from worldsim.model.sampler import Sampler, SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,8 @@ class ChunkGenerator:
         #   With ``context_sigma`` > 0 the context is first re-noised to that level (and labelled so),
         #   as diffusion forcing trained it: the model leans less on its own earlier mistakes.
         cache = model.new_cache(window_chunks=n // self.k + 1, use_sink=False)
-        c = self.sampler.cfg.context_sigma
-        labels = torch.full((b, self.k), c, dtype=dtype)
-        context = noised(ctx.latents, c, generator) if c > 0 else ctx.latents
+        labels = torch.full((b, self.k), self.sampler.cfg.context_sigma, dtype=dtype)
+        context = self.sampler.context_input(ctx.latents, generator)
         for s in range(0, n, self.k):
             sl = slice(s, s + self.k)
             pos = torch.arange(s, s + self.k)

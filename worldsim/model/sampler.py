@@ -72,6 +72,12 @@ class Sampler:
         self.cfg = cfg
         self.sigmas = sigma_schedule(cfg.num_steps, cfg.shift)
 
+    def context_input(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What the model reads as context for the clean latents ``x0``: ``x0`` re-noised to
+        ``context_sigma`` when that is > 0 (labelled with that level by the caller), else ``x0``."""
+        c = self.cfg.context_sigma
+        return noised(x0, c, generator) if c > 0 else x0
+
     def _velocity(
         self,
         model: ChunkModel,
@@ -127,8 +133,6 @@ class Sampler:
             # Step 3: one pass writes the finished chunk's keys/values for later chunks (re-noised
             # to ``context_sigma`` first when that is > 0).
             b, k = shape[:2]
-            c = self.cfg.context_sigma
-            s = torch.full((b, k), c, dtype=dtype, device=plucker.device)
-            ctx = noised(x0, c, generator) if c > 0 else x0
-            model.forward_chunk(ctx, s, actions, plucker, frame_pos, cache, write=True)
+            s = torch.full((b, k), self.cfg.context_sigma, dtype=dtype, device=plucker.device)
+            model.forward_chunk(self.context_input(x0, generator), s, actions, plucker, frame_pos, cache, write=True)
         return x0
