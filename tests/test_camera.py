@@ -10,6 +10,7 @@ from worldsim.camera import (
     make_c2w,
     pixel_centres,
     project,
+    rotation_reprojection,
     unproject,
 )
 from worldsim.controller import CameraState
@@ -80,3 +81,30 @@ def test_landmark_at_known_position_appears_at_predicted_pixel(env64):
         rgb = obs.frame[int(v), int(u)].astype(float) / 255
         # Lit (emissive-free day) shading keeps the hue: the dominant channel of the colour matches.
         assert np.argmax(rgb) == np.argmax(lm.colour) or np.ptp(lm.colour) < 0.15
+
+
+def test_rotation_reprojection_finds_the_start_view_in_a_turning_camera(env64):
+    """A camera turning in place at 3 degrees per frame: where the reprojection says a pixel was in
+    the first frame, the rendered frame shows what the first frame showed there; a mirrored
+    reprojection (the wrong way round) does not; after a turn wider than the view nothing is left."""
+    start = env64.reset()
+    frames, c2w = [], []
+    for _ in range(30):
+        obs = env64.step(np.zeros(7, np.uint8), np.array([12.0, 0.0], np.float32))
+        frames.append(obs.frame.astype(float))
+        c2w.append(obs.c2w)
+    uv, inside = rotation_reprojection(np.stack(c2w), start.c2w, start.intrinsics, 64, 64)
+    first = start.frame.astype(float)
+    near = np.clip(np.floor(uv).astype(int), 0, 63)
+    err, mirrored = [], []
+    for j in (2, 5, 10):
+        m = inside[j]
+        assert 0.3 < m.mean() < 1.0
+        warped = first[near[j, ..., 1], near[j, ..., 0]]
+        err.append(np.abs(warped - frames[j])[m].mean())
+        mirrored.append(np.abs(warped[:, ::-1] - frames[j])[m[:, ::-1]].mean())
+    assert max(err) < 8.0 and min(mirrored) > 2 * max(err), (err, mirrored)
+    # 75 degrees of field of view: after 72 degrees a sliver of the start view is left, after 75 none
+    assert inside[23].any() and not inside[24:].any()
+    full, everywhere = rotation_reprojection(np.stack([start.c2w]), start.c2w, start.intrinsics, 64, 64)
+    assert everywhere.all() and np.allclose(full[0], pixel_centres(64, 64).reshape(64, 64, 2))

@@ -7,6 +7,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
+from worldsim.camera import intrinsics_from_fov
 from worldsim.errors import WorldsimError
 from worldsim.evaluate import EvalConfig, evaluate, light_flips_followed, rollout_against, summary_lines, went_dark
 from worldsim.idm import Pairs, idm_accuracy, train_idm
@@ -78,6 +79,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     rv = saved["revisit"]["go_and_return"]
     assert rv["episodes"] == 1 and rv["went_dark"] in (0, 1) and len(rv["per_episode_psnr_db"]) == 1
     assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
+    assert 0.0 <= saved["turning"]["start_view_bound"] <= 1.0
     assert saved["drift"]["frames"] == 8 and len(saved["drift"]["gen_mean"]) == 8
     d = saved["drift"]
     agree = (np.array(d["gen_mean"]) < 60) == (np.array(d["gt_mean"]) < 60)
@@ -86,6 +88,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     printed = "\n".join(summary_lines(saved))
     assert "revisit go_and_return" in printed and "went dark in" in printed and "dark where the ground truth" in printed
     assert "where the ground truth stays light" in printed and "turns to dark or light followed" in printed
+    assert "what tracking alone can reach" in printed
     for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet", "revisit_sheet"):
         assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
     # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).
@@ -156,6 +159,7 @@ class _StandIn:
 
     context_frames, chunk_frames, frame_size = 4, 4, (64, 64)
     key_names = ["w", "a", "s", "d", "space", "left shift", "l"]
+    intrinsics = intrinsics_from_fov(75.0, 64, 64)  # the built-in world's camera
 
     def __init__(self, oracle):
         self.oracle, self.truth = oracle, None
@@ -185,3 +189,6 @@ def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse
         monkeypatch.setattr(ev, "world_rollout", recorded)
         res = ev.turn_discrimination(stand_in, [95000, 95001], horizon=8, dx=12.0)
         assert res["discrimination"] == expected and res["by_horizon"] == {"4": expected, "8": expected}
+        # After 24 degrees most of the view is still the start view's: with the truth pasted there,
+        # even the model that ignores the mouse tells the sides apart.
+        assert res["start_view_bound"] == 1.0

@@ -1,10 +1,12 @@
 """Camera-overlap scoring and the memory-context clips of the teacher's data."""
 
 import numpy as np
+import pytest
 import torch
 
 from worldsim.actions import make_action_encoder
 from worldsim.camera import intrinsics_from_fov, make_c2w
+from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.generate import ConditioningConfig
 from worldsim.model.overlap import fov_overlap
@@ -54,3 +56,45 @@ def test_memory_clips_replace_the_oldest_chunk_with_an_earlier_overlapping_view(
         assert times[1] < times[2] - 2
     plain = clips.batch(0, 0, 32, train=False)
     assert not plain.memory.any()
+
+
+def test_focus_clips_are_those_whose_generated_chunk_follows_a_key_press(small_dataset):
+    enc = make_action_encoder("keyboard_mouse", small_dataset.meta.key_names)
+    split = EncodedSplit.encode(str(small_dataset.root), Codec(CodecConfig(4, 4, 16)), enc, "encode")
+    null = torch.from_numpy(enc.null_action())
+    names = list(small_dataset.meta.key_names)
+    keys = [small_dataset.load(e, ("keys",))["keys"] for e in range(len(small_dataset))]
+    index = ClipSampler(split, 2, TeacherConfig(context_chunks=2), ConditioningConfig(), (16, 16), null).index
+
+    def by_hand(j):
+        """Clips whose generated frames (s + 4, s + 5 of [s, s + 6)) follow a press of key j: row t
+        of the keys takes frame t to t + 1, and keys are up before row 0."""
+        out = []
+        for p, (e, s) in enumerate(index):
+            col = keys[e][:, j]
+            press_rows = [t for t in range(len(col)) if col[t] and (t == 0 or not col[t - 1])]
+            if any(s + 4 <= t + 1 <= s + 5 for t in press_rows):
+                out.append(p)
+        return out
+
+    expected = {n: by_hand(j) for j, n in enumerate(names)}
+    key = next(n for n in names if 0 < len(expected[n]) < len(index))  # the data has both kinds of clip
+    tc = TeacherConfig(context_chunks=2, memory_prob=0.0, action_drop=0.0, focus_keys=[key], focus_prob=1.0)
+    clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null)
+    assert clips.focus == expected[key]
+    # focus_prob 1: every training clip is a focus clip (its actions are that clip's)
+    b = clips.batch(0, 0, 16)
+    focus_actions = [split.actions[e][s : s + 6] for e, s in (index[p] for p in expected[key])]
+    assert all(any(torch.equal(b.actions[i], a) for a in focus_actions) for i in range(16))
+    # focus_prob 0 (the default) draws exactly the batches it drew before the option
+    plain = ClipSampler(split, 2, TeacherConfig(context_chunks=2), ConditioningConfig(), (16, 16), null)
+    off = TeacherConfig(context_chunks=2, focus_keys=[key], focus_prob=0.0)
+    same = ClipSampler(split, 2, off, ConditioningConfig(), (16, 16), null)
+    assert same.focus == [] and torch.equal(plain.batch(3, 5, 8).x0, same.batch(3, 5, 8).x0)
+    with pytest.raises(WorldsimError, match=r"focus_keys must name keys of the data .* got \['W'\]"):
+        ClipSampler(split, 2, TeacherConfig(focus_keys=["W"], focus_prob=0.5), ConditioningConfig(), (16, 16), null)
+    # a key whose presses never reach a generated chunk leaves nothing to focus on
+    unused = next(n for n in names if not expected[n])
+    idle = TeacherConfig(context_chunks=2, focus_keys=[unused], focus_prob=0.5)
+    with pytest.raises(WorldsimError, match=rf"no clip of 6 frames shows a press of \['{unused}'\]"):
+        ClipSampler(split, 2, idle, ConditioningConfig(), (16, 16), null)

@@ -255,3 +255,15 @@ def test_init_from_starts_a_new_run_from_earlier_weights(small_dataset, tiny_cod
         wider.init_from = str(bad)
         with pytest.raises(WorldsimError, match=message):
             TrainLoop(wider, WorldModel(wider.model), [], Dist())
+
+
+def test_focus_options_are_checked_before_slow_work_and_enter_the_identity_when_on(small_dataset, tiny_codec, tmp_path):
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1)
+    assert "focus_prob" not in cfg.identity()["teacher"] and "focus_keys" not in cfg.identity()["teacher"]
+    on = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, focus_keys=["l"], focus_prob=0.5)
+    assert on.identity()["teacher"]["focus_keys"] == ["l"] and on.identity()["teacher"]["focus_prob"] == 0.5
+    with pytest.raises(WorldsimError, match=r"focus_prob must be in \[0, 1\], got 1.5"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, focus_keys=["l"], focus_prob=1.5))
+    with pytest.raises(WorldsimError, match=r"focus_keys must name keys of the data .* got \['L'\]"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, focus_keys=["L"], focus_prob=0.5))
+    assert not (tmp_path / "o").exists()  # refused before the run folder or the latents were written

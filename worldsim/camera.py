@@ -106,3 +106,22 @@ def pixel_centres(height: int, width: int) -> np.ndarray:
     """``(H*W, 2)`` continuous (u, v) coordinates of pixel centres, row-major order."""
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     return np.stack([u.ravel(), v.ravel()], axis=1)
+
+
+def rotation_reprojection(
+    c2w: np.ndarray, src_c2w: np.ndarray, intrinsics: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the pixel centres of cameras ``c2w (T, 4, 4)`` land in camera ``src_c2w``, by their
+    rays alone (translation ignored: exact for a camera that only rotates, as in the turning
+    evaluation). Returns ``uv (T, H, W, 2)`` in the source image and ``inside (T, H, W)``: the ray
+    is in front of the source camera and lands inside its image."""
+    centres = pixel_centres(height, width)
+    uvs, inside = [], []
+    for c in c2w:
+        turned = c.astype(np.float64).copy()
+        turned[:3, 3] = src_c2w[:3, 3]  # the same rays from the source camera's centre
+        uv, z = project(unproject(centres, np.ones(len(centres)), turned, intrinsics), src_c2w, intrinsics)
+        uvs.append(uv.reshape(height, width, 2))
+        ok = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+        inside.append(ok.reshape(height, width))
+    return np.stack(uvs), np.stack(inside)

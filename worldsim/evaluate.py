@@ -13,7 +13,9 @@ same inputs, on held-out data:
   camera is back where it started: PSNR of the last chunk vs ground truth and vs the baseline,
   and how many went dark (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
 * **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
-  rollout is closer (MSE) to its own ground truth than to the other's.
+  rollout is closer (MSE) to its own ground truth than to the other's. Beside it, the same score
+  with the truth pasted wherever the start view still reaches: the part of the view no model
+  could know from the context decides the rest.
 * **drift**: one long rollout under the explore policy; per-chunk mean and contrast (std) of
   generated frames vs the range seen in ground truth for the same inputs, and how often the
   generated frame is dark exactly when the true one is (the light action followed).
@@ -102,35 +104,51 @@ def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray
     return rollout("builtin", seed, engine.frame_size, BuiltinWorldConfig(), keys, mouse, save_depth=False)
 
 
+def _told_apart(gens: dict[str, np.ndarray], gts: dict[str, np.ndarray], h: int) -> tuple[bool, dict[str, float]]:
+    """Whether each side's first ``h`` generated frames are closer (MSE) to its own truth than to
+    the other side's, and each side's MSE to its own truth."""
+    mse = {(g, t): float(((gens[g][:h].astype(float) - gts[t][:h]) ** 2).mean()) for g in gens for t in gts}
+    ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
+    return ok, {side: mse[side, side] for side in gens}
+
+
 def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float) -> dict[str, Any]:
     """Left vs right from the same (held-still) start in each world seed. A start counts when
     each rollout's MSE to its own ground truth is below its MSE to the other's, over the whole
     horizon (``discrimination``) and over its first 4, 8, 16... frames (``by_horizon``: where
-    tracking is lost)."""
+    tracking is lost). ``start_view_bound`` scores the generated frames with the truth pasted
+    wherever the start view reaches (the camera only turns, so that part is fixed by the context
+    frames): what tracking alone can reach; the rest of the view is new to the model."""
+    from worldsim.camera import rotation_reprojection
+
     n, kk = engine.context_frames, len(engine.key_names)
     prefixes = sorted({h for h in (4, 8, 16) if h < horizon} | {horizon})
     wins = dict.fromkeys(prefixes, 0)
+    bound_wins = 0
     per_start = []
     for seed in tqdm(seeds, desc="turning", unit="start"):
-        gens, gts = {}, {}
+        gens, gts, pasted = {}, {}, {}
         for side, sign in (("left", -1.0), ("right", 1.0)):
             keys = np.zeros((n + horizon, kk), np.uint8)
             mouse = np.zeros((n + horizon, 2), np.float32)
             mouse[n - 1 :, 0] = sign * dx
             arrays = world_rollout(engine, seed, keys, mouse)
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
-        # per-frame squared error of each generated side against each true side
-        se = {(g, t): ((gens[g].astype(float) - gts[t]) ** 2).mean(axis=(1, 2, 3)) for g in gens for t in gts}
-        for h in prefixes:  # the last prefix is the whole horizon: its mse and ok are the start's record
-            mse = {pair: float(v[:h].mean()) for pair, v in se.items()}
-            ok = mse["left", "left"] < mse["left", "right"] and mse["right", "right"] < mse["right", "left"]
+            c2w = arrays["c2w"]
+            _, seen = rotation_reprojection(c2w[n : n + horizon], c2w[n - 1], engine.intrinsics, *engine.frame_size)
+            pasted[side] = np.where(seen[..., None], gts[side], gens[side])
+        for h in prefixes:  # the last prefix is the whole horizon: its result is the start's record
+            ok, own = _told_apart(gens, gts, h)
             wins[h] += ok
-        per_start.append({"seed": seed, "own_mse": [mse["left", "left"], mse["right", "right"]], "correct": ok})
+        bound_ok, _ = _told_apart(pasted, gts, horizon)
+        bound_wins += bound_ok
+        per_start.append({"seed": seed, "own_mse": [own["left"], own["right"]], "correct": ok})
     starts = max(1, len(seeds))
     return {
         "starts": len(seeds),
         "discrimination": wins[horizon] / starts,
         "by_horizon": {str(h): w / starts for h, w in wins.items()},
+        "start_view_bound": bound_wins / starts,
         "per_start": per_start,
     }
 
@@ -359,6 +377,11 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         if "by_horizon" in t:
             by = ", ".join(f"{h} frames {v * 100:.0f}%" for h, v in t["by_horizon"].items())
             lines.append(f"turning over the first: {by}")
+        if "start_view_bound" in t:
+            lines.append(
+                f"  with the truth pasted wherever the start view reaches: {t['start_view_bound'] * 100:.1f}% "
+                "(what tracking alone can reach)"
+            )
     if "drift" in m:
         d = m["drift"]
         lines.append(

@@ -40,6 +40,11 @@ class TeacherConfig:
     memory_top: int = 3  # the retrieved chunk is drawn from the best-overlapping few
     action_drop: float = 0.1  # share of samples trained with null actions (classifier-free guidance)
     camera_drop: float = 0.25  # share of samples trained without camera rays (actions must carry motion)
+    # Share of training samples drawn from the clips whose generated chunk shows the effect of a
+    # press of one of ``focus_keys`` (key names of the data), for actions that are rare in the
+    # data but change the whole frame, such as the built-in world's light key. 0: uniform clips.
+    focus_keys: list[str] = field(default_factory=list)
+    focus_prob: float = 0.0
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
@@ -103,6 +108,9 @@ class TrainConfig:
         d["teacher"].pop("sampler")
         if self.teacher.context_sigma_max == 1.0:  # runs from before the option keep their identity
             d["teacher"].pop("context_sigma_max")
+        if self.teacher.focus_prob == 0.0:  # uniform clips: runs from before the option keep their identity
+            d["teacher"].pop("focus_keys")
+            d["teacher"].pop("focus_prob")
         if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
             d.pop("codec_train")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())

@@ -3,7 +3,9 @@
 A clip is ``context_chunks + 1`` chunks of one episode. With probability ``memory_prob`` its
 oldest chunk is replaced by an earlier, non-adjacent chunk of the same episode chosen by field
 of view overlap with the clip's last chunk (reference.md §5), placed at the compact positions
-just before the recent context, so the network learns to use retrieved views. Batch ``i`` of
+just before the recent context, so the network learns to use retrieved views. With probability
+``focus_prob`` a training clip is drawn from those whose generated chunk shows the effect of a
+press of one of ``focus_keys`` (a rare action, such as the light key). Batch ``i`` of
 run seed ``s`` is a pure function of ``(s, i)``.
 """
 
@@ -29,6 +31,16 @@ from worldsim.model.overlap import fov_overlap
 from worldsim.model.plucker import clip_rays
 from worldsim.train.config import TeacherConfig
 from worldsim.train.frames import open_datasets
+
+
+def focus_columns(names: list[str], key_names: list[str]) -> list[int]:
+    """Columns of ``teacher.focus_keys`` in the data's keys; a clear error for none or a typo."""
+    unknown = [n for n in names if n not in key_names]
+    if not names or unknown:
+        raise WorldsimError(
+            f"teacher.focus_keys must name keys of the data {key_names} when focus_prob > 0, got {list(names)}"
+        )
+    return [key_names.index(n) for n in names]
 
 
 @dataclass
@@ -133,6 +145,26 @@ class ClipSampler:
             raise WorldsimError(f"no episode is long enough for {self.clip_len}-frame clips (longest: {longest})")
         c = split.latents[0].shape[1]
         self.mean, self.std = cond.stats(c)
+        self.focus = self._focus_clips() if tcfg.focus_prob > 0 else []
+
+    def _focus_clips(self) -> list[int]:
+        """Positions in ``index`` of the clips whose generated chunk has a frame that follows a
+        press (up, then down) of one of ``focus_keys``. Row ``t`` of an episode's keys takes frame
+        ``t`` to ``t + 1``, and keys are up before the first row."""
+        names = self.tcfg.focus_keys
+        cols = focus_columns(names, self.split.key_names)
+        follows: list[np.ndarray] = []  # per episode: frame f follows a press
+        for ds, i in self.split.sources:
+            keys = ds.load(i, ("keys",))["keys"][:, cols].astype(bool)
+            pressed = (keys & ~np.vstack([np.zeros_like(keys[:1]), keys[:-1]])).any(axis=1)
+            follows.append(np.concatenate([[False], pressed[:-1]]))
+        first = self.clip_len - self.k  # the generated chunk's first frame within a clip
+        out = [p for p, (e, s) in enumerate(self.index) if follows[e][s + first : s + self.clip_len].any()]
+        if not out:
+            raise WorldsimError(
+                f"no clip of {self.clip_len} frames shows a press of {list(names)}: nothing to focus on"
+            )
+        return out
 
     def __len__(self) -> int:
         return len(self.index)
@@ -154,6 +186,10 @@ class ClipSampler:
     def batch(self, seed: int, step: int, batch_size: int, train: bool = True) -> Batch:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(self.index), (batch_size,), generator=g).tolist()
+        if train and self.focus:
+            on = (torch.rand(batch_size, generator=g) < self.tcfg.focus_prob).tolist()
+            alt = torch.randint(len(self.focus), (batch_size,), generator=g).tolist()
+            picks = [self.focus[a] if f else p for p, f, a in zip(picks, on, alt, strict=True)]
         k, t = self.k, self.clip_len
         lat, act, cam, mem = [], [], [], []
         for p in picks:

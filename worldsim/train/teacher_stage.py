@@ -38,7 +38,7 @@ from worldsim.train.frames import open_datasets
 from worldsim.train.loop import TrainLoop
 from worldsim.train.objectives import OBJECTIVES, diffusion_forcing_loss
 from worldsim.train.prefetch import Prefetcher
-from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit
+from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit, focus_columns
 
 PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
@@ -73,6 +73,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     objective = OBJECTIVES[tc.objective]
     if not 0.0 < tc.context_sigma_max <= 1.0:
         raise WorldsimError(f"teacher.context_sigma_max must be in (0, 1], got {tc.context_sigma_max}")
+    if not 0.0 <= tc.focus_prob <= 1.0:
+        raise WorldsimError(f"teacher.focus_prob must be in [0, 1], got {tc.focus_prob}")
     if tc.objective == "diffusion_forcing":
         objective = partial(
             diffusion_forcing_loss,
@@ -84,6 +86,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
     _check_shapes(cfg, codec, frame_size, encoder.dim)
+    if tc.focus_prob > 0:
+        focus_columns(list(tc.focus_keys), list(meta.key_names))
     if cfg.val_data:
         val_size = tuple(open_datasets(cfg.val_data)[0].meta.frame_size)
         if val_size != frame_size:
@@ -103,6 +107,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     k, latent_size = cfg.model.chunk_frames, (int(cfg.model.latent_size[0]), int(cfg.model.latent_size[1]))
     clips = ClipSampler(train, k, tc, cond, latent_size, null)
     val_clips = ClipSampler(val, k, tc, cond, latent_size, null) if val else None
+    if clips.focus and d.is_main:
+        print(f"focus: {len(clips.focus)} of {len(clips)} training clips follow a press of {list(tc.focus_keys)}")
     amp = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     batches = Prefetcher(partial(clips.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
