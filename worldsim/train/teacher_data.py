@@ -43,6 +43,15 @@ def focus_columns(names: list[str], key_names: list[str]) -> list[int]:
     return [key_names.index(n) for n in names]
 
 
+def follows_press(keys: np.ndarray) -> np.ndarray:
+    """``(T,)`` bool from an episode's ``keys (T, K)``: frame ``f`` follows a press (up, then
+    down) of any of the K keys on row ``f - 1``. Row ``t`` takes frame ``t`` to ``t + 1``, and keys
+    are up before the first row."""
+    down = keys.astype(bool)
+    pressed = (down & ~np.vstack([np.zeros_like(down[:1]), down[:-1]])).any(axis=1)
+    return np.concatenate([[False], pressed[:-1]])
+
+
 @dataclass
 class EncodedSplit:
     """All episodes of a split in memory: raw latents float16, per-frame actions, poses."""
@@ -149,15 +158,10 @@ class ClipSampler:
 
     def _focus_clips(self) -> list[int]:
         """Positions in ``index`` of the clips whose generated chunk has a frame that follows a
-        press (up, then down) of one of ``focus_keys``. Row ``t`` of an episode's keys takes frame
-        ``t`` to ``t + 1``, and keys are up before the first row."""
+        press of one of ``focus_keys`` (:func:`follows_press`)."""
         names = self.tcfg.focus_keys
         cols = focus_columns(names, self.split.key_names)
-        follows: list[np.ndarray] = []  # per episode: frame f follows a press
-        for ds, i in self.split.sources:
-            keys = ds.load(i, ("keys",))["keys"][:, cols].astype(bool)
-            pressed = (keys & ~np.vstack([np.zeros_like(keys[:1]), keys[:-1]])).any(axis=1)
-            follows.append(np.concatenate([[False], pressed[:-1]]))
+        follows = [follows_press(ds.load(i, ("keys",))["keys"][:, cols]) for ds, i in self.split.sources]
         first = self.clip_len - self.k  # the generated chunk's first frame within a clip
         out = [p for p, (e, s) in enumerate(self.index) if follows[e][s + first : s + self.clip_len].any()]
         if not out:
