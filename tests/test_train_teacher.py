@@ -267,3 +267,24 @@ def test_focus_options_are_checked_before_slow_work_and_enter_the_identity_when_
     with pytest.raises(WorldsimError, match=r"focus_keys must name keys of the data .* got \['L'\]"):
         train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, focus_keys=["L"], focus_prob=0.5))
     assert not (tmp_path / "o").exists()  # refused before the run folder or the latents were written
+
+
+def test_a_focused_run_trains_and_validates_on_uniform_clips(small_dataset, tiny_codec, tmp_path, capsys):
+    from envs.record import RecordConfig, record
+    from worldsim.train.teacher_data import follows_press
+
+    # a key whose presses reach a generated chunk (frames 4-5 of a 6-frame clip) in the training data
+    names = list(small_dataset.meta.key_names)
+    keys = [small_dataset.load(e, ("keys",))["keys"] for e in range(len(small_dataset))]
+    key = next(
+        n
+        for j, n in enumerate(names)
+        if any(f[s + 4 : s + 6].any() for f in (follows_press(k[:, [j]]) for k in keys) for s in range(len(f) - 5))
+    )
+    # validation data that never presses a key: focus must not apply to it
+    still = record(RecordConfig(num_episodes=1, episode_len=12, policy="look_around", out=str(tmp_path / "still")))
+    assert not still.load(0, ("keys",))["keys"].any()
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "f", 2, focus_keys=[key], focus_prob=0.5)
+    cfg.val_data = str(still.root)
+    metrics = train_teacher(cfg)
+    assert "val_loss" in metrics and f"training clips follow a press of ['{key}']" in capsys.readouterr().out
