@@ -288,3 +288,32 @@ def test_a_focused_run_trains_and_validates_on_uniform_clips(small_dataset, tiny
     cfg.val_data = str(still.root)
     metrics = train_teacher(cfg)
     assert "val_loss" in metrics and f"training clips follow a press of ['{key}']" in capsys.readouterr().out
+
+
+def test_stats_from_init_keeps_the_latent_statistics_the_weights_were_trained_with(small_dataset, tiny_codec, tmp_path):
+    from envs.record import RecordConfig, record
+    from worldsim.checkpoint import read_checkpoint_config
+
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 2))
+    first = read_checkpoint_config(tmp_path / "a" / "model").conditioning
+    other = record(RecordConfig(num_episodes=2, episode_len=24, seed=500, out=str(tmp_path / "other")))
+    default = _cfg(other.root, tiny_codec, tmp_path / "default", 2)
+    default.init_from = str(tmp_path / "a" / "model")
+    train_teacher(default)
+    own = read_checkpoint_config(tmp_path / "default" / "model").conditioning
+    assert own.latent_mean != first.latent_mean  # by default the run's own data sets them
+    assert "stats_from_init" not in default.identity()["teacher"]
+    for source in ("model", "last"):  # an exported teacher, or a run's last/ beside its model/
+        cfg = _cfg(other.root, tiny_codec, tmp_path / f"ft_{source}", 2, stats_from_init=True)
+        cfg.init_from = str(tmp_path / "a" / source)
+        assert cfg.identity()["teacher"]["stats_from_init"] is True
+        train_teacher(cfg)
+        kept = read_checkpoint_config(tmp_path / f"ft_{source}" / "model").conditioning
+        assert (kept.latent_mean, kept.latent_std) == (first.latent_mean, first.latent_std), source
+    with pytest.raises(WorldsimError, match="stats_from_init=true needs init_from"):
+        train_teacher(_cfg(other.root, tiny_codec, tmp_path / "x", 2, stats_from_init=True))
+    bad = _cfg(other.root, tiny_codec, tmp_path / "y", 2, stats_from_init=True)
+    bad.init_from = str(tiny_codec)  # a codec folder records no latent statistics
+    with pytest.raises(WorldsimError, match="is an exported teacher with latent statistics"):
+        train_teacher(bad)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before slow work

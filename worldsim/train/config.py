@@ -45,6 +45,10 @@ class TeacherConfig:
     # data but change the whole frame, such as the built-in world's light key. 0: uniform clips.
     focus_keys: list[str] = field(default_factory=list)
     focus_prob: float = 0.0
+    # Normalise latents with the statistics of the init_from checkpoint, which its weights were
+    # trained with, instead of recomputing them from this run's data (which the runs of the
+    # shipped teacher did: each leg's data set its own).
+    stats_from_init: bool = False
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
@@ -111,6 +115,8 @@ class TrainConfig:
         if self.teacher.focus_prob == 0.0:  # uniform clips: runs from before the option keep their identity
             d["teacher"].pop("focus_keys")
             d["teacher"].pop("focus_prob")
+        if not self.teacher.stats_from_init:  # runs from before the option keep their identity
+            d["teacher"].pop("stats_from_init")
         if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
             d.pop("codec_train")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())

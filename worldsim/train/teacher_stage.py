@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from worldsim.actions import make_action_encoder
-from worldsim.checkpoint import CheckpointConfig, load_codec, save_checkpoint
+from worldsim.checkpoint import CONFIG_FILE, CheckpointConfig, load_codec, read_checkpoint_config, save_checkpoint
 from worldsim.data.preview import contact_sheet, write_png
 from worldsim.errors import WorldsimError, unknown_name
 from worldsim.model.codec import Codec, tensor_to_frames
@@ -60,6 +60,21 @@ def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int], a
         raise WorldsimError(f"model.action_dim is {m.action_dim}, encoder {cfg.teacher.encoder!r} gives {action_dim}")
 
 
+def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
+    """The latent statistics of the checkpoint a run starts from: ``init_from`` itself when it is
+    an exported teacher, or the ``model/`` export beside a run's ``last/``."""
+    root = Path(init_from)
+    for folder in (root, root.parent / "model"):
+        if (folder / CONFIG_FILE).is_file():
+            c = read_checkpoint_config(folder).conditioning
+            if c.latent_mean and c.latent_std:
+                return list(c.latent_mean), list(c.latent_std)
+    raise WorldsimError(
+        f"teacher.stats_from_init: neither {root} nor {root.parent / 'model'} "
+        "is an exported teacher with latent statistics"
+    )
+
+
 def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0**2
     return 10 * math.log10(1.0 / max(mse, 1e-12))
@@ -89,6 +104,12 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     _check_shapes(cfg, codec, frame_size, encoder.dim)
     if tc.focus_prob > 0:
         focus_columns(list(tc.focus_keys), list(meta.key_names))
+    if tc.stats_from_init:
+        if not cfg.init_from:
+            raise WorldsimError(
+                "teacher.stats_from_init=true needs init_from (the checkpoint whose statistics to keep)"
+            )
+        _init_latent_stats(cfg.init_from)
     if cfg.val_data:
         val_size = tuple(open_datasets(cfg.val_data)[0].meta.frame_size)
         if val_size != frame_size:
@@ -102,6 +123,10 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     val = EncodedSplit.encode(cfg.val_data, codec, encoder, "encode val", cache) if cfg.val_data else None
     codec.cpu()
     mean, std = train.latent_stats()
+    if tc.stats_from_init:  # the weights were trained on latents normalised this way: keep it
+        mean, std = _init_latent_stats(cfg.init_from)
+        if d.is_main:
+            print(f"latent statistics from {cfg.init_from} (not recomputed from {cfg.data})")
     intr = tuple(train.intrinsics.flatten().tolist())
     cond = ConditioningConfig(tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std), intr)
     null = torch.from_numpy(encoder.null_action())
