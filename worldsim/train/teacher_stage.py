@@ -104,12 +104,13 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     _check_shapes(cfg, codec, frame_size, encoder.dim)
     if tc.focus_prob > 0:
         focus_columns(list(tc.focus_keys), list(meta.key_names))
+    kept_stats = None
     if tc.stats_from_init:
         if not cfg.init_from:
             raise WorldsimError(
                 "teacher.stats_from_init=true needs init_from (the checkpoint whose statistics to keep)"
             )
-        _init_latent_stats(cfg.init_from)
+        kept_stats = _init_latent_stats(cfg.init_from)
     if cfg.val_data:
         val_size = tuple(open_datasets(cfg.val_data)[0].meta.frame_size)
         if val_size != frame_size:
@@ -122,9 +123,10 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     train = EncodedSplit.encode(cfg.data, codec, encoder, "encode train", cache)
     val = EncodedSplit.encode(cfg.val_data, codec, encoder, "encode val", cache) if cfg.val_data else None
     codec.cpu()
-    mean, std = train.latent_stats()
-    if tc.stats_from_init:  # the weights were trained on latents normalised this way: keep it
-        mean, std = _init_latent_stats(cfg.init_from)
+    if kept_stats is None:
+        mean, std = train.latent_stats()
+    else:  # the weights were trained on latents normalised this way: keep it
+        mean, std = kept_stats
         if d.is_main:
             print(f"latent statistics from {cfg.init_from} (not recomputed from {cfg.data})")
     intr = tuple(train.intrinsics.flatten().tolist())
