@@ -24,22 +24,18 @@ from envs import make_env
 from envs.builtin import BuiltinWorldConfig
 from worldsim.config import CONFIG_DIR
 from worldsim.data.format import parse_frame_size
-from worldsim.engine import Engine, load_engine, sampler_options
+from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 from worldsim.window import Window, WindowConfig, require_display
 
 
 @dataclass
-class PlayConfig:
+class PlayConfig(SamplerOverrides):
     checkpoint: str = "assets/teacher_builtin_v1"  # model checkpoint folder; "" plays the ground-truth world
     env: str = "builtin"
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
-    sampler_steps: int = 0  # 0 = the checkpoint's own sampler
-    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
-    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
-    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
     bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
     generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)

@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from worldsim import load_engine
 from worldsim.actions import make_action_encoder
 from worldsim.camera import intrinsics_from_fov, make_c2w
 from worldsim.checkpoint import CheckpointConfig, save_checkpoint
+from worldsim.config import CONFIG_DIR
 from worldsim.controller import CameraState
+from worldsim.engine import sampler_options
 from worldsim.errors import WorldsimError
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
@@ -148,3 +151,18 @@ def test_sampler_mode_and_context_noise_overrides(tiny_ckpt):
         load_engine(tiny_ckpt, sampler_mode="ddpm")
     with pytest.raises(WorldsimError, match=r"context_sigma must be in \[0, 1\)"):
         load_engine(tiny_ckpt, context_sigma=1.5)
+
+
+@pytest.mark.parametrize("command", ["play", "eval", "rollout"])
+def test_each_command_passes_its_sampler_options_to_the_engine(command, tiny_ckpt):
+    import play  # noqa: F401  (registers the play schema)
+    import worldsim.evaluate  # noqa: F401
+    import worldsim.rollout  # noqa: F401
+
+    over = ["sampler_steps=3", "sampler_guidance=2.0", "sampler_mode=few_step", "sampler_context_sigma=0.25"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=command, overrides=over)
+        plain = compose(config_name=command)
+    s = load_engine(tiny_ckpt, **sampler_options(cfg)).sampler_cfg
+    assert (s.num_steps, s.guidance, s.mode, s.context_sigma) == (3, 2.0, "few_step", 0.25)
+    assert load_engine(tiny_ckpt, **sampler_options(plain)).sampler_cfg == load_engine(tiny_ckpt).sampler_cfg

@@ -252,6 +252,18 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass
+class SamplerOverrides:
+    """The sampler options of the commands that load a checkpoint (``play.py``,
+    ``worldsim-rollout``, ``worldsim-eval`` inherit them); each left at its default keeps the
+    checkpoint's own."""
+
+    sampler_steps: int = 0  # 0 = the checkpoint's own step count
+    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
+    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
+    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
+
+
 def sampler_options(cfg: Any) -> dict[str, Any]:
     """:func:`load_engine`'s sampler keywords from a command's config (its ``sampler_*`` fields)."""
     return {

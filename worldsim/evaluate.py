@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.config import CONFIG_DIR
-from worldsim.engine import Engine, load_engine, sampler_options
+from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
 from worldsim.metrics import high_frequency_ratio, psnr, ssim
@@ -51,16 +51,12 @@ DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplerOverrides):
     checkpoint: str = "assets/teacher_builtin_v1"
     data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
     out: str = "runs/eval"
     horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
     max_episodes: int = 32
-    sampler_steps: int = 0  # 0 = the checkpoint's own sampler
-    sampler_guidance: float = 0.0  # classifier-free guidance on actions; 0 = the checkpoint's own (1 = off)
-    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
-    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
     seed: int = 0
     bf16: bool = False
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)

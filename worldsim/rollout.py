@@ -27,14 +27,14 @@ from worldsim.controller import CameraControllerConfig
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_mp4
 from worldsim.data.writer import RolloutWriter
-from worldsim.engine import Engine, load_engine, sampler_options
+from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.metrics import psnr
 from worldsim.policies import make_policy
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(SamplerOverrides):
     checkpoint: str = "assets/teacher_builtin_v1"
     seed: int = 0  # world seed of the start (and of the ground truth) when start_data is empty
     start_data: str = ""  # or start from a recorded episode of this dataset
@@ -46,10 +46,6 @@ class RolloutConfig:
     frames: int = 64  # generated frames (rounded up to whole chunks)
     compare: bool = False
     out: str = "runs/rollout"
-    sampler_steps: int = 0  # 0 = the checkpoint's sampler
-    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off)
-    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's
-    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's
     bf16: bool = False
 
 
