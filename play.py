@@ -27,6 +27,7 @@ from worldsim.data.format import parse_frame_size
 from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
+from worldsim.precision import describe_bf16, resolve_bf16
 from worldsim.window import Window, WindowConfig, require_display
 
 
@@ -36,7 +37,7 @@ class PlayConfig(SamplerOverrides):
     env: str = "builtin"
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
-    bf16: bool = True  # bf16 autocast for the model (faster on CPUs with bf16 support)
+    bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
     generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -83,7 +84,7 @@ class EnvSource:
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, **sampler_options(pc))
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=resolve_bf16(pc.bf16), **sampler_options(pc))
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -107,6 +108,8 @@ def _headless(pc: PlayConfig) -> None:
 @clean_errors
 def main(cfg: Any) -> None:
     pc: PlayConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if pc.checkpoint:
+        print(describe_bf16(pc.bf16))
     if pc.headless:
         _headless(pc)
         return
@@ -119,7 +122,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
-            kw = {"bf16": pc.bf16, **sampler_options(pc)}
+            kw = {"bf16": resolve_bf16(pc.bf16), **sampler_options(pc)}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         else:

@@ -35,12 +35,15 @@ from worldsim.policies import make_policy
 def machine_info() -> dict[str, object]:
     import torch
 
+    from worldsim.precision import native_bf16
+
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "native_bf16": native_bf16(),  # without it bf16 autocast runs slower than fp32
     }
 
 

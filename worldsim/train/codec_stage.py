@@ -53,7 +53,7 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
     codec = Codec(cfg.codec)
     codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
     loop = TrainLoop(cfg, codec, ["val_psnr_db"], d)
-    amp = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    amp = loop.autocast()
     batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:

@@ -79,7 +79,7 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 16
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # bf16 autocast; None = on where the device computes bf16 natively
     # Where the network trains: "cpu", "cuda" or "cuda:<index>" (under torchrun each rank takes
     # cuda:<LOCAL_RANK>). Batches are built on the CPU either way, so a run may resume on another device.
     device: str = "cpu"

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from worldsim.errors import WorldsimError
+from worldsim.precision import describe_bf16, resolve_bf16
 from worldsim.train.config import OptimConfig, TrainConfig
 from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
 from worldsim.train.state import init_weights, load_train_state, save_train_state
@@ -66,6 +67,13 @@ class TrainLoop(Generic[M]):
             if d.is_main:
                 print(f"{cfg.stage}: weights from {loaded}")
         barrier(d)  # nobody writes before every rank has read
+        if d.is_main:
+            print(f"{cfg.stage}: {describe_bf16(cfg.bf16, str(d.device))}")
+
+    def autocast(self) -> torch.autocast:
+        """The stage's bf16 autocast context (``cfg.bf16``; None = where the device has native bf16)."""
+        on = resolve_bf16(self.cfg.bf16, str(self.dist.device))
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _save(self) -> None:
         if self.dist.is_main:

@@ -138,7 +138,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     val_clips = ClipSampler(val, k, uniform, cond, latent_size, null) if val else None
     if clips.focus and d.is_main:
         print(f"focus: {len(clips.focus)} of {len(clips)} training clips follow a press of {list(tc.focus_keys)}")
-    amp = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    amp = loop.autocast()
     batches = Prefetcher(partial(clips.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
