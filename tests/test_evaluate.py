@@ -9,7 +9,17 @@ from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.pa
 
 from worldsim.camera import intrinsics_from_fov
 from worldsim.errors import WorldsimError
-from worldsim.evaluate import EvalConfig, evaluate, light_flips_followed, rollout_against, summary_lines, went_dark
+from worldsim.evaluate import (
+    NIGHT_FRAMES,
+    EvalConfig,
+    evaluate,
+    light_flips_followed,
+    night_from_day,
+    rollout_against,
+    summary_lines,
+    toggle_windows,
+    went_dark,
+)
 from worldsim.idm import Pairs, idm_accuracy, train_idm
 from worldsim.metrics import psnr, ssim
 
@@ -192,3 +202,83 @@ def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse
         # After 24 degrees most of the view is still the start view's: with the truth pasted there,
         # even the model that ignores the mouse tells the sides apart.
         assert res["start_view_bound"] == 1.0
+
+
+class _Episodes:
+    """A dataset stand-in for :func:`toggle_windows`: episode ``i`` is ``arrays[i]``."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def load(self, i, names):
+        return self.arrays[i]
+
+
+def _episode(dark_frames, length=40, seed=0):
+    """Light frames (value 130) except ``dark_frames``, which are dark with some contrast."""
+    rng = np.random.default_rng(seed)
+    frames = np.full((length, 8, 8, 3), 130, np.uint8)
+    for t in dark_frames:
+        frames[t] = rng.integers(0, 40, (8, 8, 3))
+    z = np.zeros((length, 7), np.uint8)
+    return {"frames": frames, "c2w": np.tile(np.eye(4, dtype=np.float32), (length, 1, 1)), "keys": z, "mouse": z[:, :2]}
+
+
+class _NightStandIn:
+    """Reset on a window, then each step returns the next true frames (``oracle``), a flat dark
+    frame (a generic night), or the last context frame (no toggle followed)."""
+
+    context_frames, chunk_frames = 4, 4
+
+    def __init__(self, mode, truths):
+        self.mode, self.truths = mode, list(truths)
+
+    def reset(self, frames, c2w, keys, mouse):
+        self.truth, self.t, self.last = self.truths.pop(0), len(frames), frames[-1]
+
+    def step(self, keys, mouse):
+        k = self.chunk_frames
+        out = {
+            "oracle": self.truth[self.t : self.t + k],
+            "flat": np.full((k, *self.last.shape), 10, np.uint8),
+            "day": np.repeat(self.last[None], k, 0),
+        }[self.mode]
+        self.t += k
+        return out
+
+
+def test_night_from_day_takes_the_first_toggle_after_light_context_and_scores_its_night():
+    eps = [
+        _episode(range(20, 40)),  # turns dark at 20: context 14-17, generated 18-33
+        _episode([]),  # never dark: left out
+        _episode([*range(0, 10), *range(25, 40)], seed=1),  # dark at the start; the turn at 25 counts
+        _episode(range(30, 40)),  # turns dark too late for 16 frames after the context
+        _episode([3, 4, *range(10, 40)]),  # dark at 3 (no room for context), then at 10 after a dark frame
+    ]
+    windows = toggle_windows([(_Episodes(eps), i) for i in range(len(eps))], context=4)
+    assert [(w[0] is eps[i], w[1]) for w, i in zip(windows, (0, 2), strict=True)] == [(True, 14), (True, 19)]
+    truths = [a["frames"][s:] for a, s in windows]
+    res = {mode: night_from_day(_NightStandIn(mode, truths), windows) for mode in ("oracle", "flat", "day")}
+    dark_after = NIGHT_FRAMES - 2  # the first two generated frames are still light
+    assert res["oracle"]["toggles"] == 2 and res["oracle"]["night_frames"] == 2 * dark_after
+    assert res["oracle"]["contrast_ratio_median"] == 1.0 and res["oracle"]["gen_dark_share"] == 1.0
+    assert res["oracle"]["gen_contrast_median"] == res["oracle"]["gt_contrast_median"] > 5
+    assert res["flat"]["contrast_ratio_median"] == 0.0 and res["flat"]["gen_dark_share"] == 1.0
+    assert res["day"]["gen_dark_share"] == 0.0 and res["day"]["gen_mean_median"] == 130.0
+
+
+def test_eval_scores_night_from_day_on_toggle_data_and_refuses_data_without_one(tiny, gt_data, tmp_path):
+    from envs.record import RecordConfig, record
+
+    rc = RecordConfig(num_episodes=4, episode_len=64, policy="explore_lights", seed=98000, out=str(tmp_path / "l"))
+    lights = record(rc)
+    base = {"checkpoint": str(tiny), "data": str(gt_data), "horizon": 4, "max_episodes": 1, "idm_data": str(gt_data)}
+    only = {"idm_steps": 5, "turn_starts": 0, "drift_frames": 0}
+    m = evaluate(EvalConfig(**base, **only, out=str(tmp_path / "e"), night_data=str(lights.root)))
+    n = m["night_from_day"]
+    assert n["toggles"] >= 1 and n["night_frames"] >= n["toggles"]
+    assert len(n["per_toggle_contrast_ratio"]) == n["toggles"]
+    assert "night from day context:" in "\n".join(summary_lines(m))
+    with pytest.raises(WorldsimError, match="no episode of .* turns dark after 4 light frames"):
+        evaluate(EvalConfig(**base, out=str(tmp_path / "x"), idm=str(tmp_path / "none"), night_data=str(gt_data)))
+    assert not (tmp_path / "x").exists()  # refused before anything was written

@@ -98,3 +98,31 @@ def test_focus_clips_are_those_whose_generated_chunk_follows_a_key_press(small_d
     idle = TeacherConfig(context_chunks=2, focus_keys=[unused], focus_prob=0.5)
     with pytest.raises(WorldsimError, match=rf"no clip of 6 frames shows a press of \['{unused}'\]"):
         ClipSampler(split, 2, idle, ConditioningConfig(), (16, 16), null)
+
+
+def test_each_frame_weighs_dark_weight_when_darker_than_dark_mean(small_dataset):
+    enc = make_action_encoder("keyboard_mouse", small_dataset.meta.key_names)
+    split = EncodedSplit.encode(str(small_dataset.root), Codec(CodecConfig(4, 4, 16)), enc, "encode")
+    null = torch.from_numpy(enc.null_action())
+    means = [small_dataset.load(e, ("frames",))["frames"].mean(axis=(1, 2, 3)) for e in range(len(small_dataset))]
+    cut = float(np.median(np.concatenate(means)))  # about half the frames count as dark
+    base = {"context_chunks": 2, "memory_prob": 1.0, "memory_top": 1}
+    dark = TeacherConfig(**base, dark_mean=cut, dark_weight=3.0)
+    clips = ClipSampler(split, 2, dark, ConditioningConfig(), (16, 16), null)
+    assert [d.tolist() for d in clips.dark] == [(m < cut).tolist() for m in means]
+    # every frame of a batch, retrieved chunks included, weighs by its own frame: checked on
+    # darkness drawn at random per frame, so that no two neighbouring frames need agree
+    g = torch.Generator().manual_seed(0)
+    clips.dark = [torch.rand(len(z), generator=g) < 0.5 for z in split.latents]
+    b = clips.batch(0, 0, 32)
+    assert b.memory.any()
+    normed = [((z.float() - clips.mean) / clips.std) for z in split.latents]
+    for i in range(32):
+        for j in range(6):
+            e, t = next((e, t) for e, z in enumerate(normed) for t in range(len(z)) if torch.equal(z[t], b.x0[i, j]))
+            assert b.weight[i, j] == (3.0 if clips.dark[e][t] else 1.0)
+    assert (b.weight == 3.0).any() and (b.weight == 1.0).any()
+    # dark_weight 1 (the default): every frame weighs 1, and the clips are those drawn before the option
+    plain = ClipSampler(split, 2, TeacherConfig(**base), ConditioningConfig(), (16, 16), null)
+    p = plain.batch(0, 0, 32)
+    assert plain.dark is None and torch.equal(p.x0, b.x0) and torch.equal(p.weight, torch.ones(32, 6))

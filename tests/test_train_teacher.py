@@ -186,6 +186,50 @@ def test_context_sigma_max_bounds_the_noise_of_context_chunks_only(small_dataset
         train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, context_sigma_max=0.0))
 
 
+@pytest.mark.parametrize("name", ["diffusion_forcing", "teacher_forcing"])
+def test_frame_weight_makes_the_loss_a_weighted_mean_of_per_frame_errors(name):
+    from worldsim.model.dit import WorldModel
+    from worldsim.train.objectives import OBJECTIVES
+
+    model = WorldModel(TINY)
+    seen = {}
+
+    def spy(x, sigma, *rest):  # predicts zero velocity, so each frame's error is |eps - x0|^2
+        seen["x"], seen["sigma"] = x, sigma
+        return torch.zeros_like(x)
+
+    b, t = 8, 6
+    x0 = torch.randn(b, t, 4, 16, 16)
+    actions, rays = torch.zeros(b, t, 9), torch.zeros(b, t, 6, 16, 16)
+    weight = torch.ones(b, t)
+    weight[:, 4:], weight[0] = 5.0, 0.5
+    kw = {"clean_context_prob": 0.0} if name == "diffusion_forcing" else {}  # every frame noisy
+    losses = [
+        OBJECTIVES[name](model, x0, actions, rays, torch.Generator().manual_seed(0), net=spy, frame_weight=w, **kw)
+        for w in (weight, None)
+    ]
+    s = seen["sigma"][:, -t:, None, None, None]
+    eps = (seen["x"][:, -t:] - (1 - s) * x0) / s
+    per_frame = (eps - x0).pow(2).mean(dim=(2, 3, 4))
+    assert torch.allclose(losses[0], (per_frame * weight).sum() / weight.sum(), rtol=1e-4)
+    assert torch.allclose(losses[1], per_frame.mean(), rtol=1e-4)
+    assert not torch.allclose(losses[0], losses[1], rtol=1e-3)
+
+
+def test_dark_weight_is_checked_before_slow_work_enters_the_identity_when_on_and_trains(
+    small_dataset, tiny_codec, tmp_path, capsys
+):
+    assert "dark_weight" not in _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1).identity()["teacher"]
+    on = _cfg(small_dataset.root, tiny_codec, tmp_path / "d", 2, dark_weight=4.0, dark_mean=120.0)
+    assert (on.identity()["teacher"]["dark_weight"], on.identity()["teacher"]["dark_mean"]) == (4.0, 120.0)
+    for bad in ({"dark_weight": 0.0}, {"dark_weight": 2.0, "dark_mean": 300.0}):
+        with pytest.raises(WorldsimError, match=r"dark_weight must be > 0 and dark_mean in \(0, 255\]"):
+            train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, **bad))
+    assert not (tmp_path / "o").exists()
+    assert "val_loss" in train_teacher(on)
+    assert "dark frames (mean below 120): " in capsys.readouterr().out
+
+
 def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, tmp_path):
     from envs.record import RecordConfig, record
 

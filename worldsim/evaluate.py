@@ -67,6 +67,10 @@ class EvalConfig(SamplerOverrides):
     turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
     drift_frames: int = 1000  # 0 = skip
     drift_seed: int = 96000
+    # Held-out episodes that toggle the light (e.g. recorded with policy=explore_lights): night
+    # drawn from day context, the first day-to-night toggle of each. "" = skip.
+    night_data: str = ""
+    night_episodes: int = 24
 
 
 def rollout_against(engine: Engine, arrays: dict[str, np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +187,54 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     }
 
 
+NIGHT_FRAMES = 16  # generated frames per toggle, from 2 frames before the first dark one
+
+
+def toggle_windows(episodes: list[tuple[Any, int]], context: int) -> list[tuple[dict[str, np.ndarray], int]]:
+    """For each episode, its first turn from light to dark (frame mean below ``DARK_MEAN``) with
+    ``context`` light frames ending 2 frames before it and ``NIGHT_FRAMES`` frames after them:
+    ``(arrays, start of the context)``. Episodes without one are left out."""
+    out = []
+    for ds, i in episodes:
+        a = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+        dark = frame_means(a["frames"]) < DARK_MEAN
+        for f in np.flatnonzero(~dark[:-1] & dark[1:]) + 1:
+            s = int(f) - 2 - context
+            if s >= 0 and s + context + NIGHT_FRAMES <= len(dark) and not dark[s:f].any():
+                out.append((a, s))
+                break
+    return out
+
+
+def night_from_day(engine: Engine, windows: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, Any]:
+    """Through a toggle from day context (:func:`toggle_windows`), under the recorded inputs: the
+    contrast (std) and mean of the generated frames where the truth is dark, against the truth's.
+    A model that draws this scene's night (its lit landmarks) keeps the truth's contrast; a
+    generic night is flatter."""
+    gen_std, gt_std, gen_mean, gt_mean, ratios = [], [], [], [], []
+    for a, s in tqdm(windows, desc="night", unit="toggle"):
+        gen, gt = rollout_against(engine, {k: v[s:] for k, v in a.items()}, NIGHT_FRAMES)
+        night = frame_means(gt) < DARK_MEAN
+        g, t = gen[night].astype(np.float64), gt[night].astype(np.float64)
+        gen_std.append(g.std(axis=(1, 2, 3)))
+        gt_std.append(t.std(axis=(1, 2, 3)))
+        gen_mean.append(frame_means(g))
+        gt_mean.append(frame_means(t))
+        ratios.append(float(np.median(gen_std[-1]) / np.median(gt_std[-1])))
+    gs, ts, gm = np.concatenate(gen_std), np.concatenate(gt_std), np.concatenate(gen_mean)
+    return {
+        "toggles": len(windows),
+        "night_frames": len(gs),
+        "gen_contrast_median": float(np.median(gs)),
+        "gt_contrast_median": float(np.median(ts)),
+        "gen_mean_median": float(np.median(gm)),
+        "gt_mean_median": float(np.median(np.concatenate(gt_mean))),
+        "gen_dark_share": float(np.mean(gm < DARK_MEAN)),
+        "contrast_ratio_median": float(np.median(ratios)),  # per toggle: generated / true median contrast
+        "per_toggle_contrast_ratio": ratios,
+    }
+
+
 def frame_means(frames: np.ndarray) -> np.ndarray:
     """Mean pixel value (0-255) of each frame of ``(T, H, W, 3)`` frames, as float64."""
     return frames.reshape(len(frames), -1).mean(axis=1, dtype=np.float64)
@@ -229,6 +281,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, **sampler_options(cfg))
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
+    windows = []
+    if cfg.night_data:
+        windows = toggle_windows(_episodes(cfg.night_data, engine, cfg.night_episodes), engine.context_frames)
+        if not windows:
+            raise WorldsimError(
+                f"no episode of {cfg.night_data} turns dark after {engine.context_frames} light frames "
+                f"with {NIGHT_FRAMES} frames left (record it with policy=explore_lights)"
+            )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     k = engine.chunk_frames
@@ -326,6 +386,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         metrics["turning"] = turn_discrimination(engine, seeds, horizon, cfg.turn_dx)
     if cfg.drift_frames:
         metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames)
+    if windows:
+        metrics["night_from_day"] = night_from_day(engine, windows)
     # Step 4: files.
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     bf = metrics["by_frame"]
@@ -387,6 +449,14 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             f"  dark where the ground truth is dark and light where it is light: {d['light_agreement'] * 100:.1f}%"
         )
         lines.append(f"  turns to dark or light followed: {d['light_flips_followed']} of {d['light_flips']}")
+    if "night_from_day" in m:
+        n = m["night_from_day"]
+        lines.append(
+            f"night from day context: {n['toggles']} toggles, {n['night_frames']} night frames; contrast generated "
+            f"{n['gen_contrast_median']:.2f} vs truth {n['gt_contrast_median']:.2f} (median ratio per toggle "
+            f"{n['contrast_ratio_median']:.3f}); mean {n['gen_mean_median']:.1f} vs {n['gt_mean_median']:.1f}; "
+            f"drawn dark {n['gen_dark_share'] * 100:.1f}%"
+        )
     return lines
 
 

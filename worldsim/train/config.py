@@ -49,6 +49,12 @@ class TeacherConfig:
     # trained with, instead of recomputing them from this run's data (which the runs of the
     # shipped teacher did: each leg's data set its own).
     stats_from_init: bool = False
+    # Weight in the flow loss of a generated frame whose true mean pixel value (0-255) is below
+    # ``dark_mean`` (night in the built-in world); other frames weigh 1, and the loss stays a
+    # weighted mean. Small bright details of a dark frame (lit landmarks) are a small share of an
+    # unweighted latent loss.
+    dark_mean: float = 60.0
+    dark_weight: float = 1.0
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
@@ -117,6 +123,9 @@ class TrainConfig:
             d["teacher"].pop("focus_prob")
         if not self.teacher.stats_from_init:  # runs from before the option keep their identity
             d["teacher"].pop("stats_from_init")
+        if self.teacher.dark_weight == 1.0:  # every frame weighs 1: runs from before the option keep their identity
+            d["teacher"].pop("dark_mean")
+            d["teacher"].pop("dark_weight")
         if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
             d.pop("codec_train")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())

@@ -7,6 +7,8 @@ CUDA tensors).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -29,10 +31,12 @@ def teacher_forcing_loss(
     plucker: torch.Tensor,  # (B, T, 6, h, w)
     generator: torch.Generator | None = None,
     net: torch.nn.Module | None = None,
+    frame_weight: torch.Tensor | None = None,  # (B, T) each frame's weight; None = all 1
 ) -> torch.Tensor:
     """Flow matching with teacher forcing (reference.md §2): the sequence is ``[clean | noisy]``
-    with the same positions for both halves, one noise level per chunk, loss on the noisy half.
-    ``net`` is what gets called (e.g. the DDP wrapper of ``model``); ``model`` by default."""
+    with the same positions for both halves, one noise level per chunk, loss on the noisy half
+    (a mean over frames weighted by ``frame_weight``). ``net`` is what gets called (e.g. the DDP
+    wrapper of ``model``); ``model`` by default."""
     b, t = x0.shape[:2]
     k = model.cfg.chunk_frames
     if t % k:
@@ -55,7 +59,10 @@ def teacher_forcing_loss(
         teacher_forcing_mask(ids),
     )
     # Step 3: velocity target eps - x0, on the noisy half only.
-    return F.mse_loss(v[:, t:], eps - x0)
+    if frame_weight is None:
+        return F.mse_loss(v[:, t:], eps - x0)
+    per_frame = (v[:, t:].float() - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+    return (per_frame * frame_weight).sum() / frame_weight.sum()
 
 
 def diffusion_forcing_loss(
@@ -67,13 +74,15 @@ def diffusion_forcing_loss(
     net: torch.nn.Module | None = None,
     clean_context_prob: float = 0.7,
     context_sigma_max: float = 1.0,
+    frame_weight: torch.Tensor | None = None,  # (B, T) each frame's weight; None = all 1
 ) -> torch.Tensor:
     """Flow matching with diffusion forcing: one sequence (no clean copy), an independent noise
     level per chunk, block-causal attention, loss on every noisy frame. With probability
     ``clean_context_prob`` a sample's earlier chunks are clean (sigma 0, no loss), the case
     inference meets. Half the tokens of teacher forcing and 3x cheaper per step here (the
     attention is over T, not 2T, frames). Noisy context chunks draw their level from
-    ``U(0, context_sigma_max)``; the newest chunk always from ``U(0, 1)``."""
+    ``U(0, context_sigma_max)``; the newest chunk always from ``U(0, 1)``. The loss is a mean
+    over the noisy frames weighted by ``frame_weight``."""
     b, t = x0.shape[:2]
     k = model.cfg.chunk_frames
     if t % k:
@@ -94,7 +103,12 @@ def diffusion_forcing_loss(
     # Step 3: velocity error on the frames that carried noise.
     per_frame = (v.float() - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     w = (sigma > 0).float()
+    if frame_weight is not None:
+        w = w * frame_weight
     return (per_frame * w).sum() / w.sum().clamp_min(1.0)
 
 
-OBJECTIVES = {"teacher_forcing": teacher_forcing_loss, "diffusion_forcing": diffusion_forcing_loss}
+OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    "teacher_forcing": teacher_forcing_loss,
+    "diffusion_forcing": diffusion_forcing_loss,
+}

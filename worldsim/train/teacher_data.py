@@ -5,8 +5,9 @@ oldest chunk is replaced by an earlier, non-adjacent chunk of the same episode c
 of view overlap with the clip's last chunk (reference.md §5), placed at the compact positions
 just before the recent context, so the network learns to use retrieved views. With probability
 ``focus_prob`` a training clip is drawn from those whose generated chunk shows the effect of a
-press of one of ``focus_keys`` (a rare action, such as the light key). Batch ``i`` of
-run seed ``s`` is a pure function of ``(s, i)``.
+press of one of ``focus_keys`` (a rare action, such as the light key). Each frame carries a
+loss weight (``dark_weight`` for frames darker than ``dark_mean``, else 1). Batch ``i`` of run
+seed ``s`` is a pure function of ``(s, i)``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class Batch:
     plucker: torch.Tensor  # (B, T, 6, h, w)
     c2w: torch.Tensor  # (B, T, 4, 4)
     memory: torch.Tensor  # (B,) bool: the oldest chunk is a retrieved view
+    weight: torch.Tensor  # (B, T) each frame's weight in the loss
 
 
 class ClipSampler:
@@ -155,6 +157,12 @@ class ClipSampler:
         c = split.latents[0].shape[1]
         self.mean, self.std = cond.stats(c)
         self.focus = self._focus_clips() if tcfg.focus_prob > 0 else []
+        self.dark = self._dark_frames() if tcfg.dark_weight != 1.0 else None
+
+    def _dark_frames(self) -> list[torch.Tensor]:
+        """``(T,)`` bool per episode: the frame's mean pixel value is below ``dark_mean``."""
+        means = [ds.load(i, ("frames",))["frames"].mean(axis=(1, 2, 3)) for ds, i in self.split.sources]
+        return [torch.from_numpy(m < self.tcfg.dark_mean) for m in means]
 
     def _focus_clips(self) -> list[int]:
         """Positions in ``index`` of the clips whose generated chunk has a frame that follows a
@@ -195,7 +203,7 @@ class ClipSampler:
             alt = torch.randint(len(self.focus), (batch_size,), generator=g).tolist()
             picks = [self.focus[a] if f else p for p, f, a in zip(picks, on, alt, strict=True)]
         k, t = self.k, self.clip_len
-        lat, act, cam, mem = [], [], [], []
+        lat, act, cam, mem, wts = [], [], [], [], []
         for p in picks:
             e, s = self.index[p]
             frames = torch.arange(s, s + t)
@@ -207,6 +215,8 @@ class ClipSampler:
             act.append(self.split.actions[e][frames])
             cam.append(self.split.c2w[e][frames])
             mem.append(m is not None)
+            if self.dark is not None:
+                wts.append(torch.where(self.dark[e][frames], self.tcfg.dark_weight, 1.0))
         x0 = (torch.stack(lat).float() - self.mean) / self.std
         actions, c2w = torch.stack(act), torch.stack(cam)
         b = len(picks)
@@ -224,4 +234,5 @@ class ClipSampler:
             drop_c = torch.rand(b, generator=g) < self.tcfg.camera_drop
             actions = torch.where(drop_a[:, None, None], self.null[None, None], actions)
             rays = rays * (~drop_c).float()[:, None, None, None, None]
-        return Batch(x0, actions, rays, c2w, torch.tensor(mem))
+        weight = torch.stack(wts) if wts else torch.ones(b, t)
+        return Batch(x0, actions, rays, c2w, torch.tensor(mem), weight)

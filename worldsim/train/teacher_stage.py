@@ -91,6 +91,10 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         raise WorldsimError(f"teacher.context_sigma_max must be in (0, 1], got {tc.context_sigma_max}")
     if not 0.0 <= tc.focus_prob <= 1.0:
         raise WorldsimError(f"teacher.focus_prob must be in [0, 1], got {tc.focus_prob}")
+    if tc.dark_weight <= 0 or not 0.0 < tc.dark_mean <= 255.0:
+        raise WorldsimError(
+            f"teacher.dark_weight must be > 0 and dark_mean in (0, 255], got {tc.dark_weight} and {tc.dark_mean}"
+        )
     if tc.objective == "diffusion_forcing":
         objective = partial(
             diffusion_forcing_loss,
@@ -134,19 +138,24 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     null = torch.from_numpy(encoder.null_action())
     k, latent_size = cfg.model.chunk_frames, (int(cfg.model.latent_size[0]), int(cfg.model.latent_size[1]))
     clips = ClipSampler(train, k, tc, cond, latent_size, null)
-    uniform = dataclasses.replace(tc, focus_prob=0.0)  # validation clips are drawn uniformly
+    uniform = dataclasses.replace(tc, focus_prob=0.0, dark_weight=1.0)  # validation: uniform clips, unweighted
     val_clips = ClipSampler(val, k, uniform, cond, latent_size, null) if val else None
     if clips.focus and d.is_main:
         print(f"focus: {len(clips.focus)} of {len(clips)} training clips follow a press of {list(tc.focus_keys)}")
+    if clips.dark is not None and d.is_main:
+        share = float(torch.cat(clips.dark).float().mean())
+        print(f"dark frames (mean below {tc.dark_mean:g}): {share:.1%} of training frames, weight {tc.dark_weight:g}")
     amp = loop.autocast()
     batches = Prefetcher(partial(clips.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
         b = batches(step)
-        x0, actions, rays = (d.shard(t).to(d.device, non_blocking=True) for t in (b.x0, b.actions, b.plucker))
+        parts = (b.x0, b.actions, b.plucker, b.weight)
+        x0, actions, rays, weight = (d.shard(t).to(d.device, non_blocking=True) for t in parts)
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + d.rank)
+        frame_weight = weight if clips.dark is not None else None  # None: the unweighted mean, as before
         with amp:
-            loss = objective(loop.module, x0, actions, rays, g, net=loop.net)
+            loss = objective(loop.module, x0, actions, rays, g, net=loop.net, frame_weight=frame_weight)
         return loss.float(), len(x0)
 
     def periodic(step: int) -> dict[str, float]:
