@@ -82,12 +82,18 @@ def test_input_is_polled_at_the_display_rate_while_generation_is_slow():
     assert stats["latency_p50_ms"] >= 1000.0  # an input waits for its 1 s chunk
 
 
-def test_chunk_inputs_keep_the_newest_rows_and_all_mouse_motion():
-    rows = [(np.array([i % 2], np.uint8), np.array([1.0, 0.0], np.float32), float(i)) for i in range(6)]
-    keys, mouse, times = chunk_inputs(rows, 4, 1)
-    assert keys[:, 0].tolist() == [0, 1, 0, 1] and mouse[:, 0].sum() == 6.0 and times == [2.0, 3.0, 4.0, 5.0]
-    keys, mouse, times = chunk_inputs(rows[:1], 4, 1)
-    assert keys[:, 0].tolist() == [0, 0, 0, 0] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+def test_chunk_inputs_keep_the_newest_rows_all_mouse_motion_and_every_key_press():
+    rows = [(np.array([i % 2, 0, 0], np.uint8), np.array([1.0, 0.0], np.float32), float(i)) for i in range(6)]
+    rows[0][0][1] = 1  # a tap (down for one poll) in a row older than the newest 4
+    keys, mouse, times = chunk_inputs(rows, 4, 3)
+    assert mouse[:, 0].tolist() == [3.0, 1.0, 1.0, 1.0] and times == [2.0, 3.0, 4.0, 5.0]
+    assert keys[:, 1].tolist() == [1, 0, 0, 0]  # the tap is held in the first kept row, not lost
+    assert keys[:, 0].tolist() == [1, 1, 0, 1]  # down in the older row 1: down in the first kept row too
+    assert keys[:, 2].tolist() == [0, 0, 0, 0]
+    keys, mouse, times = chunk_inputs(rows[1:5], 4, 3)  # exactly k rows: as polled
+    assert keys[:, 0].tolist() == [1, 0, 1, 0] and keys[:, 1].tolist() == [0, 0, 0, 0]
+    keys, mouse, times = chunk_inputs(rows[1:2], 4, 3)  # missing rows repeat the held keys, no motion
+    assert keys[:, 0].tolist() == [1, 1, 1, 1] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("generate_in", ["thread", "process"])

@@ -10,14 +10,14 @@ Per display tick (``target_fps``): the window is polled and the input row (keys 
 motion, poll time) is queued; when the worker is idle and fewer than a chunk of frames is
 waiting (``lead``: the frames that cover the recent chunk time at the source's fps, so a chunk
 lands just as the queue empties), the rows polled since the last submission become the next
-chunk's inputs (the newest ``k``; the mouse motion of older rows is added to the first kept row;
-missing rows repeat the held keys with no motion) and the worker generates it while earlier
-frames are shown; a finished chunk's frames join the display queue; one frame is shown. While
-the worker is busy, the rest of the tick is spent waiting for it, so a chunk that finishes
-mid-tick is queued and the next one submitted at once. When the queue is empty the last frame
-stays up and the HUD says generation is behind. Polling happens every tick whatever the worker
-is doing. Latency of an input row = display time of the first frame generated with it minus its
-poll time.
+chunk's inputs (the newest ``k``; the mouse motion of older rows is added to the first kept row
+and their keys held in it, so no tap is lost; missing rows repeat the held keys with no motion)
+and the worker generates it while earlier frames are shown; a finished chunk's frames join the
+display queue; one frame is shown. While the worker is busy, the rest of the tick is spent
+waiting for it, so a chunk that finishes mid-tick is queued and the next one submitted at once.
+When the queue is empty the last frame stays up and the HUD says generation is behind. Polling
+happens every tick whatever the worker is doing. Latency of an input row = display time of the
+first frame generated with it minus its poll time.
 """
 
 from __future__ import annotations
@@ -285,11 +285,15 @@ class Recorder:
 def chunk_inputs(
     rows: list[tuple[np.ndarray, np.ndarray, float]], k: int, num_keys: int
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """The next chunk's ``k`` input rows from the rows polled since the last submission."""
+    """The next chunk's ``k`` input rows from the rows polled since the last submission. With
+    more than ``k``, the newest ``k`` are kept and the older rows fold into the first kept one:
+    their mouse motion is added to it and any key down in them is down in it, so a tap (the
+    light key) is never lost when generation falls behind."""
     if len(rows) > k:
-        extra = np.sum([m for _, m, _ in rows[: len(rows) - k]], axis=0)
-        rows = rows[len(rows) - k :]
-        rows = [(rows[0][0], rows[0][1] + extra, rows[0][2])] + rows[1:]
+        older, rows = rows[: len(rows) - k], rows[len(rows) - k :]
+        extra = np.sum([m for _, m, _ in older], axis=0)
+        down = np.max([keys for keys, _, _ in older] + [rows[0][0]], axis=0)
+        rows = [(down, rows[0][1] + extra, rows[0][2])] + rows[1:]
     if not rows:
         rows = [(np.zeros(num_keys, np.uint8), np.zeros(2, np.float32), time.perf_counter())]
     held_keys, _, t_last = rows[-1]
