@@ -43,7 +43,7 @@ from worldsim.config import CONFIG_DIR
 from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
 from worldsim.errors import WorldsimError, clean_errors
 from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
-from worldsim.metrics import high_frequency_ratio, psnr, ssim
+from worldsim.metrics import frame_means, high_frequency_ratio, psnr, ssim
 from worldsim.train.frames import open_datasets
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
@@ -233,11 +233,6 @@ def night_from_day(engine: Engine, windows: list[tuple[dict[str, np.ndarray], in
         "contrast_ratio_median": float(np.median(ratios)),  # per toggle: generated / true median contrast
         "per_toggle_contrast_ratio": ratios,
     }
-
-
-def frame_means(frames: np.ndarray) -> np.ndarray:
-    """Mean pixel value (0-255) of each frame of ``(T, H, W, 3)`` frames, as float64."""
-    return frames.reshape(len(frames), -1).mean(axis=1, dtype=np.float64)
 
 
 def light_flips_followed(gen_means: np.ndarray, truth_means: np.ndarray, within: int = 2) -> tuple[int, int]:

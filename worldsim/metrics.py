@@ -15,6 +15,11 @@ import torch
 import torch.nn.functional as F
 
 
+def frame_means(frames: np.ndarray) -> np.ndarray:
+    """Mean pixel value (0-255) of each frame of ``(T, H, W, 3)`` frames, as float64."""
+    return frames.reshape(len(frames), -1).mean(axis=1, dtype=np.float64)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(T, H, W, 3)`` uint8 pairs -> ``(T,)`` PSNR in dB (peak 255); identical frames give inf."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)

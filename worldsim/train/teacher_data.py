@@ -26,6 +26,7 @@ from worldsim.actions.encoder import ActionEncoder
 from worldsim.data.format import INDEX_FILE
 from worldsim.data.reader import RolloutDataset
 from worldsim.errors import WorldsimError
+from worldsim.metrics import frame_means
 from worldsim.model.codec import Codec, frames_to_tensor
 from worldsim.model.generate import ConditioningConfig
 from worldsim.model.overlap import fov_overlap
@@ -161,7 +162,7 @@ class ClipSampler:
 
     def _dark_frames(self) -> list[torch.Tensor]:
         """``(T,)`` bool per episode: the frame's mean pixel value is below ``dark_mean``."""
-        means = [ds.load(i, ("frames",))["frames"].mean(axis=(1, 2, 3)) for ds, i in self.split.sources]
+        means = [frame_means(ds.load(i, ("frames",))["frames"]) for ds, i in self.split.sources]
         return [torch.from_numpy(m < self.tcfg.dark_mean) for m in means]
 
     def _focus_clips(self) -> list[int]:
