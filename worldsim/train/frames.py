@@ -16,7 +16,7 @@ def open_datasets(path: str | Path) -> list[RolloutDataset]:
     """A dataset folder, or a folder of dataset folders (e.g. ``<recipe out>/train``)."""
     root = Path(path)
     if not root.is_dir():
-        raise WorldsimError(f"training data folder {root} does not exist")
+        raise WorldsimError(f"data folder {root} does not exist")
     if (root / META_FILE).is_file():
         folders = [root]
     else:
