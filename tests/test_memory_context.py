@@ -122,6 +122,28 @@ def test_each_frame_weighs_dark_weight_when_darker_than_dark_mean(small_dataset)
             e, t = next((e, t) for e, z in enumerate(normed) for t in range(len(z)) if torch.equal(z[t], b.x0[i, j]))
             assert b.weight[i, j] == (3.0 if clips.dark[e][t] else 1.0)
     assert (b.weight == 3.0).any() and (b.weight == 1.0).any()
+    # by the context: every frame of a chunk weighs by the last frame of the chunk before it in
+    # the clip (a retrieved chunk too), the first chunk 1; the clips themselves are the same
+    by_context = ClipSampler(
+        split,
+        2,
+        TeacherConfig(**base, dark_mean=cut, dark_weight=3.0, dark_weight_by="context"),
+        ConditioningConfig(),
+        (16, 16),
+        null,
+    )
+    by_context.dark = clips.dark
+    c = by_context.batch(0, 0, 32)
+    assert torch.equal(c.x0, b.x0)
+    for i in range(32):
+        src = [
+            next((e, t) for e, z in enumerate(normed) for t in range(len(z)) if torch.equal(z[t], c.x0[i, j]))
+            for j in range(6)
+        ]
+        before = [src[(j // 2) * 2 - 1] for j in range(2, 6)]  # the last frame of the chunk before frame j
+        expected = [1.0, 1.0] + [3.0 if clips.dark[e][t] else 1.0 for e, t in before]
+        assert c.weight[i].tolist() == expected
+    assert (c.weight[:, 2:] == 3.0).any() and (c.weight[:, 2:] == 1.0).any()
     # dark_weight 1 (the default): every frame weighs 1, and the clips are those drawn before the option
     plain = ClipSampler(split, 2, TeacherConfig(**base), ConditioningConfig(), (16, 16), null)
     p = plain.batch(0, 0, 32)

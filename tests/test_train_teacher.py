@@ -222,12 +222,18 @@ def test_dark_weight_is_checked_before_slow_work_enters_the_identity_when_on_and
     assert "dark_weight" not in _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1).identity()["teacher"]
     on = _cfg(small_dataset.root, tiny_codec, tmp_path / "d", 2, dark_weight=4.0, dark_mean=120.0)
     assert (on.identity()["teacher"]["dark_weight"], on.identity()["teacher"]["dark_mean"]) == (4.0, 120.0)
+    assert "dark_weight_by" not in on.identity()["teacher"]  # "target": runs from before the option keep theirs
+    by_context = _cfg(small_dataset.root, tiny_codec, tmp_path / "c", 2, dark_weight=4.0, dark_weight_by="context")
+    assert by_context.identity()["teacher"]["dark_weight_by"] == "context"
     for bad in ({"dark_weight": 0.0}, {"dark_weight": 2.0, "dark_mean": 300.0}):
         with pytest.raises(WorldsimError, match=r"dark_weight must be > 0 and dark_mean in \(0, 255\]"):
             train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, **bad))
+    with pytest.raises(WorldsimError, match=r"unknown teacher.dark_weight_by 'contxt'; valid: context, target"):
+        train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, dark_weight=2.0, dark_weight_by="contxt"))
     assert not (tmp_path / "o").exists()
     assert "val_loss" in train_teacher(on)
-    assert "dark frames (mean below 120): " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dark frames (mean below 120): " in out and "weight 4 by the target's darkness" in out
 
 
 def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, tmp_path):

@@ -55,6 +55,12 @@ class TeacherConfig:
     # unweighted latent loss.
     dark_mean: float = 60.0
     dark_weight: float = 1.0
+    # Which frame's darkness sets a generated frame's weight: "target", the frame itself; or
+    # "context", the last frame of the chunk before it in the clip (a clip's first chunk weighs
+    # 1), so that every frame of a chunk weighs by what the network reads before it. A weight that
+    # depends only on the network's inputs leaves the best prediction for those inputs as it was
+    # (weights by the target's darkness favour night wherever the light is uncertain).
+    dark_weight_by: str = "target"
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
@@ -126,6 +132,8 @@ class TrainConfig:
         if self.teacher.dark_weight == 1.0:  # every frame weighs 1: runs from before the option keep their identity
             d["teacher"].pop("dark_mean")
             d["teacher"].pop("dark_weight")
+        if self.teacher.dark_weight == 1.0 or self.teacher.dark_weight_by == "target":
+            d["teacher"].pop("dark_weight_by")  # runs from before the option keep their identity
         if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
             d.pop("codec_train")
         unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())

@@ -6,7 +6,8 @@ of view overlap with the clip's last chunk (reference.md §5), placed at the com
 just before the recent context, so the network learns to use retrieved views. With probability
 ``focus_prob`` a training clip is drawn from those whose generated chunk shows the effect of a
 press of one of ``focus_keys`` (a rare action, such as the light key). Each frame carries a
-loss weight (``dark_weight`` for frames darker than ``dark_mean``, else 1). Batch ``i`` of run
+loss weight (``dark_weight`` where the frame, or with ``dark_weight_by="context"`` the last
+frame of the chunk before it, is darker than ``dark_mean``; else 1). Batch ``i`` of run
 seed ``s`` is a pure function of ``(s, i)``.
 """
 
@@ -33,6 +34,8 @@ from worldsim.model.overlap import fov_overlap
 from worldsim.model.plucker import clip_rays
 from worldsim.train.config import TeacherConfig
 from worldsim.train.frames import open_datasets
+
+DARK_WEIGHT_BY = ("target", "context")  # teacher.dark_weight_by: whose darkness weighs a frame
 
 
 def focus_columns(names: list[str], key_names: list[str]) -> list[int]:
@@ -217,7 +220,10 @@ class ClipSampler:
             cam.append(self.split.c2w[e][frames])
             mem.append(m is not None)
             if self.dark is not None:
-                wts.append(torch.where(self.dark[e][frames], self.tcfg.dark_weight, 1.0))
+                dark = self.dark[e][frames]
+                if self.tcfg.dark_weight_by == "context":  # the last frame of the chunk before; none before the first
+                    dark = torch.cat([torch.zeros(k, dtype=torch.bool), dark[k - 1 : -1 : k].repeat_interleave(k)])
+                wts.append(torch.where(dark, self.tcfg.dark_weight, 1.0))
         x0 = (torch.stack(lat).float() - self.mean) / self.std
         actions, c2w = torch.stack(act), torch.stack(cam)
         b = len(picks)

@@ -39,7 +39,7 @@ from worldsim.train.frames import open_datasets
 from worldsim.train.loop import TrainLoop
 from worldsim.train.objectives import OBJECTIVES, diffusion_forcing_loss
 from worldsim.train.prefetch import Prefetcher
-from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit, focus_columns
+from worldsim.train.teacher_data import DARK_WEIGHT_BY, Batch, ClipSampler, EncodedSplit, focus_columns
 
 PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
@@ -95,6 +95,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         raise WorldsimError(
             f"teacher.dark_weight must be > 0 and dark_mean in (0, 255], got {tc.dark_weight} and {tc.dark_mean}"
         )
+    if tc.dark_weight_by not in DARK_WEIGHT_BY:
+        raise unknown_name("teacher.dark_weight_by", tc.dark_weight_by, DARK_WEIGHT_BY)
     if tc.objective == "diffusion_forcing":
         objective = partial(
             diffusion_forcing_loss,
@@ -144,7 +146,10 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         print(f"focus: {len(clips.focus)} of {len(clips)} training clips follow a press of {list(tc.focus_keys)}")
     if clips.dark is not None and d.is_main:
         share = float(torch.cat(clips.dark).float().mean())
-        print(f"dark frames (mean below {tc.dark_mean:g}): {share:.1%} of training frames, weight {tc.dark_weight:g}")
+        print(
+            f"dark frames (mean below {tc.dark_mean:g}): {share:.1%} of training frames, "
+            f"weight {tc.dark_weight:g} by the {tc.dark_weight_by}'s darkness"
+        )
     amp = loop.autocast()
     batches = Prefetcher(partial(clips.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
