@@ -22,13 +22,13 @@ from omegaconf import OmegaConf
 
 from envs import make_env
 from envs.builtin import BuiltinWorldConfig
-from worldsim.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.core.precision import describe_bf16, resolve_bf16
 from worldsim.data.format import parse_frame_size
-from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
-from worldsim.errors import WorldsimError, clean_errors
-from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
-from worldsim.precision import describe_bf16, resolve_bf16
-from worldsim.window import Window, WindowConfig, require_display
+from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
+from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
+from worldsim.play.window import Window, WindowConfig, require_display
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _engine(pc: PlayConfig) -> Engine:
 
 
 def _headless(pc: PlayConfig) -> None:
-    from worldsim.rollout import RolloutConfig, run_rollout
+    from worldsim.cli.rollout import RolloutConfig, run_rollout
 
     if not pc.checkpoint:
         raise WorldsimError("headless play runs the model; for the ground-truth world use worldsim-record")

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from envs.env import Env, Observation
+from worldsim.core.errors import unknown_name
 from worldsim.data.format import parse_frame_size
-from worldsim.errors import unknown_name
 
 DEFAULT_ENV = "builtin"
 

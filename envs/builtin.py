@@ -2,7 +2,7 @@
 
 Raw inputs follow the design (§5): ``keys`` multi-hot over :data:`KEY_NAMES`, ``mouse`` (dx, dy)
 pixels. The camera flies through everything (no collisions), so the pose is a pure function of
-the inputs through :class:`worldsim.controller.CameraController`. The ``l`` key toggles lights
+the inputs through :class:`worldsim.core.controller.CameraController`. The ``l`` key toggles lights
 (day <-> night) on its press: an action whose effect is not in the camera pose.
 
 A camera inside a tree or landmark, or under the ground, sees a screen filled with the object's
@@ -21,9 +21,9 @@ import numpy as np
 from envs.env import Env, Observation
 from envs.renderer import RenderSettings, WorldRenderer
 from envs.world_gen import WorldGenConfig, WorldGeometry, generate_world
-from worldsim.camera import intrinsics_from_fov
-from worldsim.controller import CameraController, CameraControllerConfig, CameraState
-from worldsim.errors import WorldsimError
+from worldsim.core.camera import intrinsics_from_fov
+from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
+from worldsim.core.errors import WorldsimError
 
 KEY_NAMES = ["w", "a", "s", "d", "space", "left shift", "l"]
 LIGHT_KEY = "l"

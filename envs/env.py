@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.controller import CameraState
+from worldsim.core.controller import CameraState
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from envs.record import RecordConfig, record
-from worldsim.errors import WorldsimError, clean_errors
+from worldsim.core.errors import WorldsimError, clean_errors
 
 
 @dataclass

@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
-from worldsim.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.data.format import RolloutMeta, parse_frame_size
+from worldsim.data.policies import Actions, Policy, ReplayPolicy, make_policy
 from worldsim.data.preview import contact_sheet, write_mp4, write_png
 from worldsim.data.reader import RolloutDataset
 from worldsim.data.writer import RolloutWriter
-from worldsim.errors import WorldsimError, clean_errors, unknown_name
-from worldsim.policies import Actions, Policy, ReplayPolicy, make_policy
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from envs.world_gen import VERTEX_FLOATS, WorldGeometry
-from worldsim.camera import gl_projection, gl_view_matrix
-from worldsim.errors import WorldsimError
+from worldsim.core.camera import gl_projection, gl_view_matrix
+from worldsim.core.errors import WorldsimError
 
 _SCENE_VS = """
 #version 330

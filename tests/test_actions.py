@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worldsim.actions import available_action_encoders, load_plugins, make_action_encoder
-from worldsim.errors import WorldsimError
+from worldsim.core.actions import available_action_encoders, load_plugins, make_action_encoder
+from worldsim.core.errors import WorldsimError
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 PLUGIN_SITE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "plugin_site"
@@ -78,11 +78,11 @@ def test_mouse_encoding_is_odd_and_monotonic():
 
 
 def test_a_taken_name_cannot_be_registered_by_another_class():
-    from worldsim.actions import register_action_encoder
-    from worldsim.actions.builtin import KeyboardEncoder
+    from worldsim.core.actions import register_action_encoder
+    from worldsim.core.actions.builtin import KeyboardEncoder
 
     class Impostor(KeyboardEncoder):
         name = "keyboard"
 
-    with pytest.raises(ValueError, match="'keyboard' is taken by worldsim.actions.builtin.KeyboardEncoder"):
+    with pytest.raises(ValueError, match="'keyboard' is taken by worldsim.core.actions.builtin.KeyboardEncoder"):
         register_action_encoder(Impostor)

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from envs.record import RecordConfig, record
-from worldsim.checkpoint import load_codec
+from worldsim.inference.checkpoint import load_codec
 from worldsim.train.codec_eval import codec_psnr
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -47,9 +47,9 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     import numpy as np
 
     from worldsim import load_engine
-    from worldsim.evaluate import rollout_against, world_rollout
-    from worldsim.metrics import psnr
-    from worldsim.policies import make_policy
+    from worldsim.data.metrics import psnr
+    from worldsim.data.policies import make_policy
+    from worldsim.eval.evaluate import rollout_against, world_rollout
 
     folder = ASSETS / "teacher_builtin_v1"
     engine = load_engine(folder)

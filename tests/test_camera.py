@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from worldsim.camera import (
+from worldsim.core.camera import (
     c2w_cv_to_gl,
     c2w_gl_to_cv,
     intrinsics_from_fov,
@@ -13,7 +13,7 @@ from worldsim.camera import (
     rotation_reprojection,
     unproject,
 )
-from worldsim.controller import CameraState
+from worldsim.core.controller import CameraState
 
 
 def test_yaw_zero_looks_along_world_y_and_positive_yaw_turns_right():

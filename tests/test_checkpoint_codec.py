@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from worldsim.actions import make_action_encoder
-from worldsim.checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint, state_dict_equal
-from worldsim.errors import WorldsimError
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint, state_dict_equal
 from worldsim.model.codec import Codec, CodecConfig, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.sampler import SamplerConfig
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 

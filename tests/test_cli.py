@@ -58,7 +58,7 @@ def test_record_cli_writes_a_dataset_and_previews(tmp_path):
 
 def test_bench_env_prints_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = _run("envs.bench", "env", "--frames", "40", "--out", str(out))
+    r = _run("worldsim.cli.bench", "env", "--frames", "40", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "render_frames_per_s" in r.stdout and "write_MB_per_s" in r.stdout
     result = json.loads(out.read_text())
@@ -67,7 +67,7 @@ def test_bench_env_prints_and_writes_json(tmp_path):
 
 def test_bench_model_prints_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
-    r = _run("envs.bench", "model", "--preset", "tiny", "--out", str(out))
+    r = _run("worldsim.cli.bench", "model", "--preset", "tiny", "--out", str(out))
     assert r.returncode == 0, r.stderr
     model = json.loads(out.read_text())["model"]
     for key in (
@@ -84,5 +84,5 @@ def test_bench_model_prints_every_measurement(tmp_path):
     ):
         assert key in model and model[key] > 0, key
         assert key in r.stdout
-    bad = _run("envs.bench", "model", "--preset", "huge")
+    bad = _run("worldsim.cli.bench", "model", "--preset", "huge")
     assert bad.returncode == 2 and "unknown model preset 'huge'; valid: cpu, gpu_base, tiny" in bad.stderr

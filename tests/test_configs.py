@@ -6,16 +6,16 @@ from omegaconf import OmegaConf
 
 import envs.record  # noqa: F401  (registers the record schema)
 import play  # noqa: F401  (registers the play schema)
-import worldsim.evaluate  # noqa: F401  (registers the eval schema)
-import worldsim.rollout  # noqa: F401  (registers the rollout schema)
-import worldsim.train.app  # noqa: F401  (registers the train schema)
+import worldsim.cli.rollout  # noqa: F401  (registers the rollout schema)
+import worldsim.cli.train  # noqa: F401  (registers the train schema)
+import worldsim.eval.evaluate  # noqa: F401  (registers the eval schema)
 from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
-from worldsim.config import CONFIG_DIR
-from worldsim.controller import CameraControllerConfig
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.controller import CameraControllerConfig
+from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.sampler import SamplerConfig
 
 # Group folder -> the dataclass its YAML files mirror.
 SCHEMAS = {
@@ -51,7 +51,7 @@ def test_every_group_config_composes_and_matches_its_dataclass(path: Path):
 
 @pytest.mark.parametrize("stage", STAGE_FILES)
 def test_every_training_stage_preset_composes_and_names_a_known_stage(stage):
-    from worldsim.train.app import STAGES
+    from worldsim.cli.train import STAGES
     from worldsim.train.config import TrainConfig
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

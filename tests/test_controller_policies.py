@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from worldsim.controller import CameraController, CameraControllerConfig, CameraState
-from worldsim.errors import WorldsimError
-from worldsim.policies import POLICIES, make_policy
+from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
+from worldsim.core.errors import WorldsimError
+from worldsim.data.policies import POLICIES, make_policy
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 

@@ -5,11 +5,11 @@ import torch
 from envs import record as record_mod
 from envs.builtin import path_collision
 from envs.record import RecordConfig, record
+from worldsim.core.errors import WorldsimError
 from worldsim.data.clips import ClipDataset
 from worldsim.data.format import RolloutMeta
 from worldsim.data.reader import RolloutDataset
 from worldsim.data.writer import RolloutWriter
-from worldsim.errors import WorldsimError
 
 
 def _episode(t=5, h=8, w=8, k=7):
@@ -97,7 +97,7 @@ def test_clip_dataset_serves_fixed_length_clips_lazily(small_dataset):
 
 
 def test_recorded_poses_follow_the_controller(small_dataset):
-    from worldsim.controller import CameraController, CameraControllerConfig, CameraState
+    from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 
     ep = small_dataset.load(0)
     ctrl = CameraController(CameraControllerConfig(), small_dataset.meta.key_names)

@@ -6,17 +6,17 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from worldsim import load_engine
-from worldsim.actions import make_action_encoder
-from worldsim.camera import intrinsics_from_fov, make_c2w
-from worldsim.checkpoint import CheckpointConfig, save_checkpoint
-from worldsim.config import CONFIG_DIR
-from worldsim.controller import CameraState
-from worldsim.engine import sampler_options
-from worldsim.errors import WorldsimError
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.controller import CameraState
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.checkpoint import CheckpointConfig, save_checkpoint
+from worldsim.inference.engine import sampler_options
+from worldsim.inference.rollout import ConditioningConfig
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.generate import ConditioningConfig
-from worldsim.model.sampler import SamplerConfig
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
@@ -156,8 +156,8 @@ def test_sampler_mode_and_context_noise_overrides(tiny_ckpt):
 @pytest.mark.parametrize("command", ["play", "eval", "rollout"])
 def test_each_command_passes_its_sampler_options_to_the_engine(command, tiny_ckpt):
     import play  # noqa: F401  (registers the play schema)
-    import worldsim.evaluate  # noqa: F401
-    import worldsim.rollout  # noqa: F401
+    import worldsim.cli.rollout  # noqa: F401
+    import worldsim.eval.evaluate  # noqa: F401
 
     over = ["sampler_steps=3", "sampler_guidance=2.0", "sampler_mode=few_step", "sampler_context_sigma=0.25"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

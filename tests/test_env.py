@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from envs import available_envs, make_env
-from worldsim.camera import pixel_centres, project, unproject
-from worldsim.errors import WorldsimError
-from worldsim.policies import make_policy
+from worldsim.core.camera import pixel_centres, project, unproject
+from worldsim.core.errors import WorldsimError
+from worldsim.data.policies import make_policy
 
 
 def _run(seed, keys, mouse):

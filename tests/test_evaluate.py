@@ -7,9 +7,10 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
-from worldsim.camera import intrinsics_from_fov
-from worldsim.errors import WorldsimError
-from worldsim.evaluate import (
+from worldsim.core.camera import intrinsics_from_fov
+from worldsim.core.errors import WorldsimError
+from worldsim.data.metrics import psnr, ssim
+from worldsim.eval.evaluate import (
     NIGHT_FRAMES,
     EvalConfig,
     evaluate,
@@ -20,8 +21,7 @@ from worldsim.evaluate import (
     toggle_windows,
     went_dark,
 )
-from worldsim.idm import Pairs, idm_accuracy, train_idm
-from worldsim.metrics import psnr, ssim
+from worldsim.eval.idm import Pairs, idm_accuracy, train_idm
 
 
 def test_psnr_and_ssim_match_scikit_image():
@@ -56,7 +56,7 @@ def gt_data(tmp_path_factory):
 def test_the_inverse_dynamics_model_reads_actions_from_ground_truth_well_above_chance(gt_data):
     keys = ["w", "a", "s", "d", "space", "left shift", "l"]
     idm = train_idm(gt_data, keys, steps=150, batch=32)
-    from worldsim.train.frames import open_datasets
+    from worldsim.data.frames import open_datasets
 
     ds = open_datasets(gt_data)[0]
     arr = ds.load(0, ("frames", "keys", "mouse"))
@@ -102,8 +102,8 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     for png in ("psnr_vs_horizon", "ssim_vs_horizon", "idm_vs_horizon", "drift", "contact_sheet", "revisit_sheet"):
         assert (tmp_path / "e" / f"{png}.png").stat().st_size > 1000
     # Model and baseline are scored on exactly the same ground-truth frames (recomputed here).
-    from worldsim.engine import load_engine
-    from worldsim.train.frames import open_datasets
+    from worldsim.data.frames import open_datasets
+    from worldsim.inference.engine import load_engine
 
     eng = load_engine(tiny)
     n = eng.context_frames
@@ -185,7 +185,7 @@ class _StandIn:
 
 
 def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
-    import worldsim.evaluate as ev
+    import worldsim.eval.evaluate as ev
 
     for oracle, expected in ((True, 1.0), (False, 0.0)):
         stand_in = _StandIn(oracle)

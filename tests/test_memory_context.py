@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.actions import make_action_encoder
-from worldsim.camera import intrinsics_from_fov, make_c2w
-from worldsim.errors import WorldsimError
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
+from worldsim.core.errors import WorldsimError
+from worldsim.inference.rollout import ConditioningConfig
+from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, CodecConfig
-from worldsim.model.generate import ConditioningConfig
-from worldsim.model.overlap import fov_overlap
 from worldsim.train.config import TeacherConfig
 from worldsim.train.teacher_data import ClipSampler, EncodedSplit
 

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldsim.actions import make_action_encoder
+from worldsim.core.actions import make_action_encoder
+from worldsim.diffusion.sampler import Sampler, SamplerConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
 from worldsim.model.plucker import normalise_translation, plucker_rays, relative_poses, scale_intrinsics
-from worldsim.model.sampler import Sampler, SamplerConfig
 from worldsim.train.objectives import teacher_forcing_loss
 
 

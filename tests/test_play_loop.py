@@ -11,9 +11,9 @@ import pytest
 from test_engine import KEYS, make_tiny_checkpoint
 
 from worldsim import load_engine
+from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
-from worldsim.errors import WorldsimError
-from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, chunk_inputs, open_engine_source, play
+from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, chunk_inputs, open_engine_source, play
 
 
 class FakeWindow:

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from worldsim.camera import intrinsics_from_fov, make_c2w
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
 from worldsim.model.plucker import normalise_translation, plucker_rays, relative_poses, scale_intrinsics
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from worldsim.precision import cpu_flags, describe_bf16, native_bf16, resolve_bf16
+from worldsim.core.precision import cpu_flags, describe_bf16, native_bf16, resolve_bf16
 
 X86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni{extra}\nbugs\t\t: spectre_v1\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd sve{extra}\nCPU part\t: 0xd40\n"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from envs.recipe import RecipeConfig, RecipePart, check_disjoint_seeds, load_recipe, run_recipe
-from worldsim.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
-from worldsim.errors import WorldsimError
 
 
 def test_shipped_recipes_load_with_disjoint_train_and_val_worlds():

@@ -11,11 +11,11 @@ import pytest
 from test_engine import make_tiny_checkpoint
 
 from worldsim import load_engine
-from worldsim.bench_engine import _rows, bench_engine
+from worldsim.bench.engine import _rows, bench_engine
+from worldsim.cli.rollout import RolloutConfig, run_rollout
+from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
-from worldsim.engine import ChunkTimings
-from worldsim.errors import WorldsimError
-from worldsim.rollout import RolloutConfig, run_rollout
+from worldsim.inference.engine import ChunkTimings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_headless_play_and_rollout_cli(tiny, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert len(RolloutDataset(tmp_path / "h").load(0)["frames"]) == 8 and (tmp_path / "h" / "rollout.mp4").is_file()
     p = subprocess.run(
-        [sys.executable, "-m", "worldsim.rollout", f"checkpoint={tmp_path / 'missing'}", f"out={tmp_path / 'x'}"],
+        [sys.executable, "-m", "worldsim.cli.rollout", f"checkpoint={tmp_path / 'missing'}", f"out={tmp_path / 'x'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -155,7 +155,7 @@ def test_bench_cli_writes_json(tiny, tmp_path):
         [
             sys.executable,
             "-m",
-            "envs.bench",
+            "worldsim.cli.bench",
             "engine",
             f"--checkpoint={tiny}",
             "--chunks=2",

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from worldsim.errors import WorldsimError
-from worldsim.model.kv_cache import KVCache
-from worldsim.model.sampler import Sampler, SamplerConfig, sigma_schedule
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import Sampler, SamplerConfig, sigma_schedule
+from worldsim.inference.kv_cache import KVCache
 
 
 def test_shifted_schedules_match_the_reference_values():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
 from worldsim.model.codec import CodecConfig
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import OptimConfig, TrainConfig
@@ -71,7 +71,7 @@ def test_train_cli_runs_a_stage_and_names_bad_input(small_dataset, tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "worldsim.train.app", *args], cwd=root, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "worldsim.cli.train", *args], cwd=root, capture_output=True, text=True, timeout=300
         )
 
     ok = run(
@@ -94,7 +94,7 @@ def test_train_cli_runs_a_stage_and_names_bad_input(small_dataset, tmp_path):
 
 
 def test_training_writes_a_loadable_ema_codec(small_dataset, tmp_path):
-    from worldsim.checkpoint import load_codec
+    from worldsim.inference.checkpoint import load_codec
 
     train_codec(_cfg(small_dataset.root, tmp_path / "e", 3))
     codec = load_codec(tmp_path / "e" / "codec")
@@ -119,7 +119,7 @@ def test_sigterm_saves_the_run_like_ctrl_c(small_dataset, tmp_path):
     args = [f"data={small_dataset.root}", "val_data=null", f"out={out}", "steps=100000", "ckpt_every=100000"]
     args += ["log_every=1", "batch_size=2", "codec.base_channels=16", "codec.latent_channels=4"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worldsim.train.app", *args],
+        [sys.executable, "-m", "worldsim.cli.train", *args],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

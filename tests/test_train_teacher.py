@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from worldsim.checkpoint import load_checkpoint, save_codec
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.checkpoint import load_checkpoint, save_codec
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModelConfig
-from worldsim.model.sampler import SamplerConfig
 from worldsim.train.config import OptimConfig, TeacherConfig, TrainConfig
 from worldsim.train.teacher_stage import train_teacher
 
@@ -266,7 +266,7 @@ def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, t
 
 def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tiny_codec, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "worldsim.train.app"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "worldsim.cli.train"]
     out = tmp_path / "ddp"
     for steps, resume in ((2, False), (4, True)):
         args = _overrides(small_dataset.root, tiny_codec, out, steps, resume)
@@ -342,7 +342,7 @@ def test_a_focused_run_trains_and_validates_on_uniform_clips(small_dataset, tiny
 
 def test_stats_from_init_keeps_the_latent_statistics_the_weights_were_trained_with(small_dataset, tiny_codec, tmp_path):
     from envs.record import RecordConfig, record
-    from worldsim.checkpoint import read_checkpoint_config
+    from worldsim.inference.checkpoint import read_checkpoint_config
 
     train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 2))
     first = read_checkpoint_config(tmp_path / "a" / "model").conditioning

@@ -50,11 +50,11 @@ def _imports():  # the layout moved in issue 19; support both sides so the file 
     try:
         from worldsim import load_engine
         from worldsim.core.controller import CameraControllerConfig
-        from envs.policies import make_policy
+        from worldsim.data.policies import make_policy
     except ImportError:
         from worldsim import load_engine
-        from worldsim.controller import CameraControllerConfig
-        from worldsim.policies import make_policy
+        from worldsim.controller import CameraControllerConfig  # type: ignore[no-redef]
+        from worldsim.policies import make_policy  # type: ignore[no-redef]
     from envs import make_env
 
     return load_engine, CameraControllerConfig, make_policy, make_env
@@ -77,7 +77,9 @@ def main() -> None:
         start = np.stack([o.frame for o in obs])
         start_c2w = np.stack([o.c2w for o in obs]).astype(np.float32)
         for policy in POLICIES:
-            a = make_policy(policy, engine.key_names, CameraControllerConfig()).actions(FRAMES, np.random.default_rng(seed))
+            a = make_policy(policy, engine.key_names, CameraControllerConfig()).actions(
+                FRAMES, np.random.default_rng(seed)
+            )
             engine.reset(start, start_c2w, still_k, still_m)
             out = []
             for s in range(0, FRAMES, k):

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
-from worldsim.errors import WorldsimError
 
 CLIP_ARRAYS = ("frames", "c2w", "intrinsics", "keys", "mouse")
 

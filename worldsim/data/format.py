@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
 
 FORMAT_VERSION = 1
 POSE_CONVENTION = "opencv_c2w_zup_world_metres"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from worldsim.core.errors import WorldsimError
 from worldsim.data.format import INDEX_FILE, REQUIRED_ARRAYS, EpisodeInfo, RolloutMeta, read_meta
-from worldsim.errors import WorldsimError
 
 
 class RolloutDataset:

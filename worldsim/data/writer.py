@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from worldsim.core.errors import WorldsimError
 from worldsim.data.format import (
     INDEX_FILE,
     META_FILE,
@@ -18,7 +19,6 @@ from worldsim.data.format import (
     episode_filename,
     read_meta,
 )
-from worldsim.errors import WorldsimError
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

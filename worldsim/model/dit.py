@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from worldsim.inference.kv_cache import KVCache
 from worldsim.model.attention import attention
-from worldsim.model.kv_cache import KVCache
 from worldsim.model.rope import apply_rope, rope_angles, token_positions
 
 

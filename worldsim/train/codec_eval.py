@@ -16,10 +16,10 @@ import math
 import numpy as np
 import torch
 
-from worldsim.checkpoint import load_codec
-from worldsim.errors import clean_errors
+from worldsim.core.errors import clean_errors
+from worldsim.data.frames import open_datasets
+from worldsim.inference.checkpoint import load_codec
 from worldsim.model.codec import frames_to_tensor
-from worldsim.train.frames import open_datasets
 
 
 @torch.inference_mode()

@@ -17,12 +17,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from worldsim.checkpoint import save_codec
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
+from worldsim.data.frames import FrameSampler
+from worldsim.inference.checkpoint import save_codec
 from worldsim.model.codec import Codec, frames_to_tensor
 from worldsim.train.config import CodecTrainConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
-from worldsim.train.frames import FrameSampler
 from worldsim.train.loop import TrainLoop
 from worldsim.train.prefetch import Prefetcher
 

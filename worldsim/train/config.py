@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModelConfig
-from worldsim.model.sampler import SamplerConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
 
 
 @dataclass(frozen=True)

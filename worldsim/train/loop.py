@@ -23,8 +23,8 @@ from typing import Generic, TypeVar
 import torch
 from tqdm import tqdm
 
-from worldsim.errors import WorldsimError
-from worldsim.precision import describe_bf16, resolve_bf16
+from worldsim.core.errors import WorldsimError
+from worldsim.core.precision import describe_bf16, resolve_bf16
 from worldsim.train.config import OptimConfig, TrainConfig
 from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
 from worldsim.train.state import init_weights, load_train_state, save_train_state

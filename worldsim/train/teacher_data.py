@@ -23,17 +23,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from worldsim.actions.encoder import ActionEncoder
+from worldsim.core.actions.encoder import ActionEncoder
+from worldsim.core.errors import WorldsimError
 from worldsim.data.format import INDEX_FILE
+from worldsim.data.frames import open_datasets
+from worldsim.data.metrics import frame_means
 from worldsim.data.reader import RolloutDataset
-from worldsim.errors import WorldsimError
-from worldsim.metrics import frame_means
+from worldsim.inference.rollout import ConditioningConfig
+from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, frames_to_tensor
-from worldsim.model.generate import ConditioningConfig
-from worldsim.model.overlap import fov_overlap
 from worldsim.model.plucker import clip_rays
 from worldsim.train.config import TeacherConfig
-from worldsim.train.frames import open_datasets
 
 DARK_WEIGHT_BY = ("target", "context")  # teacher.dark_weight_by: whose darkness weighs a frame
 

@@ -26,16 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.actions import make_action_encoder
-from worldsim.checkpoint import CONFIG_FILE, CheckpointConfig, load_codec, read_checkpoint_config, save_checkpoint
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.errors import WorldsimError, unknown_name
+from worldsim.data.frames import open_datasets
 from worldsim.data.preview import contact_sheet, write_png
-from worldsim.errors import WorldsimError, unknown_name
+from worldsim.inference.checkpoint import (
+    CONFIG_FILE,
+    CheckpointConfig,
+    load_codec,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from worldsim.inference.rollout import ChunkGenerator, ConditioningConfig
 from worldsim.model.codec import Codec, tensor_to_frames
 from worldsim.model.dit import WorldModel
-from worldsim.model.generate import ChunkGenerator, ConditioningConfig
 from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import init_distributed
-from worldsim.train.frames import open_datasets
 from worldsim.train.loop import TrainLoop
 from worldsim.train.objectives import OBJECTIVES, diffusion_forcing_loss
 from worldsim.train.prefetch import Prefetcher

@@ -8,8 +8,8 @@ worldsim import this module, which registers the class.
 
 import numpy as np
 
-from worldsim.actions import ActionEncoder, register_action_encoder
-from worldsim.actions.builtin import MouseEncoder
+from worldsim.core.actions import ActionEncoder, register_action_encoder
+from worldsim.core.actions.builtin import MouseEncoder
 
 
 @register_action_encoder

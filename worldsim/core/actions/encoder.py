@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
 
 
 class ActionEncoder(ABC):

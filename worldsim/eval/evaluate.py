@@ -39,12 +39,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from worldsim.config import CONFIG_DIR
-from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
-from worldsim.errors import WorldsimError, clean_errors
-from worldsim.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
-from worldsim.metrics import frame_means, high_frequency_ratio, psnr, ssim
-from worldsim.train.frames import open_datasets
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.data.frames import open_datasets
+from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
+from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
+from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
 DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark (night or inside an object)
@@ -119,7 +119,7 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
     tracking is lost). ``start_view_bound`` scores the generated frames with the truth pasted
     wherever the start view reaches (the camera only turns, so that part is fixed by the context
     frames): what tracking alone can reach; the rest of the view is new to the model."""
-    from worldsim.camera import rotation_reprojection
+    from worldsim.core.camera import rotation_reprojection
 
     n, kk = engine.context_frames, len(engine.key_names)
     prefixes = sorted({h for h in (4, 8, 16) if h < horizon} | {horizon})
@@ -155,8 +155,8 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
 
 def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     """A long rollout under the explore policy: per-chunk mean / std of frames, generated and true."""
-    from worldsim.controller import CameraControllerConfig
-    from worldsim.policies import make_policy
+    from worldsim.core.controller import CameraControllerConfig
+    from worldsim.data.policies import make_policy
 
     n, k = engine.context_frames, engine.chunk_frames
     horizon = -(-frames // k) * k

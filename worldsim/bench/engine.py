@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.checkpoint import read_checkpoint_config
-from worldsim.controller import CameraControllerConfig
-from worldsim.engine import Engine, load_engine
-from worldsim.play_loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
-from worldsim.policies import make_policy
+from worldsim.core.controller import CameraControllerConfig
+from worldsim.data.policies import make_policy
+from worldsim.inference.checkpoint import read_checkpoint_config
+from worldsim.inference.engine import Engine, load_engine
+from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

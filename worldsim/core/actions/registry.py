@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 
-from worldsim.actions.encoder import ActionEncoder
-from worldsim.errors import WorldsimError, unknown_name
+from worldsim.core.actions.encoder import ActionEncoder
+from worldsim.core.errors import WorldsimError, unknown_name
 
 ENTRY_POINT_GROUP = "worldsim.action_encoders"
 
@@ -84,6 +84,6 @@ def make_action_encoder(name: str, key_names: list[str]) -> ActionEncoder:
 
 
 def _ensure_loaded() -> None:
-    import worldsim.actions.builtin  # noqa: F401  (registers the built-ins)
+    import worldsim.core.actions.builtin  # noqa: F401  (registers the built-ins)
 
     load_plugins()

@@ -22,15 +22,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from worldsim.config import CONFIG_DIR
-from worldsim.controller import CameraControllerConfig
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.controller import CameraControllerConfig
+from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
+from worldsim.data.metrics import psnr
+from worldsim.data.policies import make_policy
 from worldsim.data.preview import write_mp4
 from worldsim.data.writer import RolloutWriter
-from worldsim.engine import Engine, SamplerOverrides, load_engine, sampler_options
-from worldsim.errors import WorldsimError, clean_errors
-from worldsim.metrics import psnr
-from worldsim.policies import make_policy
+from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldsim.camera import make_c2w
-from worldsim.errors import WorldsimError
+from worldsim.core.camera import make_c2w
+from worldsim.core.errors import WorldsimError
 
 # The keys the controller reads; other keys in a key list are ignored here (world actions).
 MOVE_KEYS = ("w", "a", "s", "d", "space", "left shift")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldsim.controller import CameraControllerConfig
-from worldsim.errors import WorldsimError, unknown_name
+from worldsim.core.controller import CameraControllerConfig
+from worldsim.core.errors import WorldsimError, unknown_name
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from worldsim.diffusion.sampler import Sampler, SamplerConfig
 from worldsim.model.attention import chunk_mask
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.sampler import Sampler, SamplerConfig
 from worldsim.train.objectives import chunk_ids_of_tokens
 
 

@@ -3,7 +3,7 @@
 worldsim-train stage=codec data=data/builtin_v1/train val_data=data/builtin_v1/val out=runs/codec
 worldsim-train stage=teacher out=runs/teacher            # the AR teacher on the shipped codec's latents
 worldsim-train stage=teacher out=runs/teacher resume=true  # continue exactly where it stopped
-torchrun --nproc_per_node=2 -m worldsim.train.app stage=teacher ...   # DDP (gloo on CPU)
+torchrun --nproc_per_node=2 -m worldsim.cli.train stage=teacher ...   # DDP (gloo on CPU)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from worldsim.config import CONFIG_DIR
-from worldsim.errors import clean_errors, unknown_name
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import clean_errors, unknown_name
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import shutdown

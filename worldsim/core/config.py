@@ -5,4 +5,4 @@ from __future__ import annotations
 from pathlib import Path
 
 # configs/ sits beside the package in the repository (editable install, as the README sets up).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"

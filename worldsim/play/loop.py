@@ -36,10 +36,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from worldsim.core.errors import WorldsimError
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
-from worldsim.errors import WorldsimError
 
 
 class ChunkSource(Protocol):
@@ -58,7 +58,7 @@ class ChunkSource(Protocol):
 
 
 class Display(Protocol):
-    """What the loop needs from a window (worldsim.window.Window, or a stand-in in tests)."""
+    """What the loop needs from a window (worldsim.play.window.Window, or a stand-in in tests)."""
 
     def bind_keys(self, key_names: list[str]) -> None: ...
 
@@ -105,7 +105,7 @@ class EngineSource:
 
 def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
     """Load a checkpoint as a chunk source started from world ``seed`` (the generation process's factory)."""
-    from worldsim.engine import load_engine
+    from worldsim.inference.engine import load_engine
 
     return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
 

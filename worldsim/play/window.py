@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
 
 _VS = """
 #version 330

@@ -7,9 +7,9 @@
 ``env`` times headless rendering of the built-in world (reset excluded; each step includes the
 controller, GL draw, readback and the supersampling filter) and writing those frames as a
 rollout dataset (safetensors episodes, atomic rename, index), both in the same run. ``model``
-times a size preset with random weights (worldsim/bench_model.py says what each row includes);
+times a size preset with random weights (worldsim/bench/model.py says what each row includes);
 ``engine`` times a checkpoint end to end through the engine and the play loop
-(worldsim/bench_engine.py says what each row includes). Every run also records the machine.
+(worldsim/bench/engine.py says what each row includes). Every run also records the machine.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
+from worldsim.core.errors import clean_errors
 from worldsim.data.format import RolloutMeta
+from worldsim.data.policies import make_policy
 from worldsim.data.writer import RolloutWriter
-from worldsim.errors import clean_errors
-from worldsim.policies import make_policy
 
 
 def machine_info() -> dict[str, object]:
     import torch
 
-    from worldsim.precision import native_bf16
+    from worldsim.core.precision import native_bf16
 
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -99,8 +99,8 @@ def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
 def _model_preset(name: str):  # -> WorldModelConfig
     from omegaconf import OmegaConf
 
-    from worldsim.config import CONFIG_DIR
-    from worldsim.errors import unknown_name
+    from worldsim.core.config import CONFIG_DIR
+    from worldsim.core.errors import unknown_name
     from worldsim.model.dit import WorldModelConfig
 
     presets = {p.stem: p for p in (CONFIG_DIR / "model").glob("*.yaml")}
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p_env.add_argument("--frames", type=int, default=600)
     p_env.add_argument("--seed", type=int, default=0)
     p_env.add_argument("--out", default="bench.json", help="where to write the JSON result")
-    p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench_model)")
+    p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench.model)")
     p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--size and --frames must be positive")
         result["env"] = bench_env(args.size, args.frames, args.seed)
     elif args.what == "engine":
-        from worldsim.bench_engine import bench_engine
+        from worldsim.bench.engine import bench_engine
 
         if args.chunks < 1 or args.play_steps < 0:
             parser.error("--chunks must be positive and --play-steps not negative")
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             play_steps=args.play_steps,
         )
     else:
-        from worldsim.bench_model import bench_model
+        from worldsim.bench.model import bench_model
 
         result["model"] = {
             "preset": args.preset,

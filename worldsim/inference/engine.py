@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from worldsim.actions import make_action_encoder
-from worldsim.checkpoint import CheckpointConfig, load_checkpoint
-from worldsim.controller import CameraController, CameraControllerConfig, CameraState
-from worldsim.errors import WorldsimError
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.checkpoint import CheckpointConfig, load_checkpoint
+from worldsim.inference.rollout import ChunkGenerator, History
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
-from worldsim.model.generate import ChunkGenerator, History
-from worldsim.model.sampler import SamplerConfig
 
 SESSION_VERSION = 1
 

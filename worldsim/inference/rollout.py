@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import Sampler, SamplerConfig
 from worldsim.model.dit import WorldModel
 from worldsim.model.plucker import clip_rays
-from worldsim.model.sampler import Sampler, SamplerConfig
 
 
 @dataclass(frozen=True)

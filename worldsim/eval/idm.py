@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
+from worldsim.data.frames import open_datasets
 from worldsim.model.codec import frames_to_tensor
 from worldsim.train.config import OptimConfig
-from worldsim.train.frames import open_datasets
 from worldsim.train.loop import lr_at
 
 MOUSE_STILL_PX = 1.0

@@ -18,11 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from worldsim.errors import WorldsimError
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.rollout import ConditioningConfig
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.generate import ConditioningConfig
-from worldsim.model.sampler import SamplerConfig
 
 CHECKPOINT_VERSION = 1
 CONFIG_FILE = "config.json"

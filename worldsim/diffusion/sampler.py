@@ -13,8 +13,8 @@ from typing import Protocol
 
 import torch
 
-from worldsim.errors import WorldsimError
-from worldsim.model.kv_cache import KVCache
+from worldsim.core.errors import WorldsimError
+from worldsim.inference.kv_cache import KVCache
 
 MODES = ("euler", "few_step")
 

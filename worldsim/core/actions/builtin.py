@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from worldsim.actions.encoder import ActionEncoder
-from worldsim.actions.registry import register_action_encoder
+from worldsim.core.actions.encoder import ActionEncoder
+from worldsim.core.actions.registry import register_action_encoder
 
 # Mouse deltas are heavy-tailed (a flick can be 100 px, a slow pan 1 px): a signed log keeps
 # small motions distinguishable while bounding flicks. This many pixels maps to 1.0.

@@ -1,7 +1,7 @@
 """Action encoders: the registry, the contract and the built-ins."""
 
-from worldsim.actions.encoder import ActionEncoder
-from worldsim.actions.registry import (
+from worldsim.core.actions.encoder import ActionEncoder
+from worldsim.core.actions.registry import (
     ENTRY_POINT_GROUP,
     available_action_encoders,
     get_action_encoder_class,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldsim.core.errors import WorldsimError
 from worldsim.data.format import META_FILE
 from worldsim.data.reader import RolloutDataset
-from worldsim.errors import WorldsimError
 
 
 def open_datasets(path: str | Path) -> list[RolloutDataset]:
