@@ -71,18 +71,24 @@ def test_bench_model_prints_every_measurement(tmp_path):
     assert r.returncode == 0, r.stderr
     model = json.loads(out.read_text())["model"]
     for key in (
-        "fp32_1step_ms_per_chunk",
-        "fp32_2step_frames_per_s",
-        "fp32_8step_ms_per_chunk",
-        "bf16_speedup_2step",
-        "kv_cache_speedup_2step",
+        "rebuild_1step_ms_per_chunk",
+        "rebuild_1step_context_ms",
+        "rebuild_2step_denoise_ms",
+        "cached_1step_ms_per_chunk",
+        "cached_2step_frames_per_s",
+        "cached_8step_cache_write_ms",
+        "cached_speedup_1step",
+        "bf16_speedup_cached_2step",
         "model_GFLOP_per_s",
         "matmul_GFLOP_per_s",
         "fraction_of_matmul",
-        "context_1x_2step_ms_per_chunk",
-        "context_16x_2step_ms_per_chunk",
+        "cached_context_1x_2step_ms_per_chunk",
+        "cached_context_16x_2step_ms_per_chunk",
     ):
         assert key in model and model[key] > 0, key
         assert key in r.stdout
+    # Each policy pays for what it does: rebuild recomputes the context, cached writes its chunk.
+    assert model["cached_1step_context_ms"] < model["rebuild_1step_context_ms"]
+    assert model["rebuild_1step_cache_write_ms"] < model["cached_1step_cache_write_ms"]
     bad = _run("worldsim.cli.bench", "model", "--preset", "huge")
     assert bad.returncode == 2 and "unknown model preset 'huge'; valid: cpu, gpu_base, tiny" in bad.stderr

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from envs.starts import world_start
 from worldsim import load_engine
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.camera import intrinsics_from_fov, make_c2w
@@ -13,15 +14,15 @@ from worldsim.core.controller import CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import CheckpointConfig, save_checkpoint
+from worldsim.inference.context import ConditioningConfig
 from worldsim.inference.engine import sampler_options
-from worldsim.inference.rollout import ConditioningConfig
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
-def make_tiny_checkpoint(path, seed=0, keys=KEYS):
+def make_tiny_checkpoint(path, seed=0, keys=KEYS, camera_reference="latest"):
     torch.manual_seed(seed)
     enc = make_action_encoder("keyboard_mouse", keys)
     mcfg = WorldModelConfig(
@@ -37,7 +38,9 @@ def make_tiny_checkpoint(path, seed=0, keys=KEYS):
         sampler=SamplerConfig(num_steps=2, mode="euler"),
         action_encoder=enc.spec(),
         frame_size=(64, 64),
-        conditioning=ConditioningConfig(2, 8.0, (0.0,) * 4, (1.0,) * 4, tuple(k.flatten().tolist())),
+        conditioning=ConditioningConfig(
+            2, 8.0, (0.0,) * 4, (1.0,) * 4, tuple(k.flatten().tolist()), camera_reference=camera_reference
+        ),
     )
     save_checkpoint(path, cfg, model, Codec(cfg.codec))
     return path
@@ -46,6 +49,13 @@ def make_tiny_checkpoint(path, seed=0, keys=KEYS):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
+
+
+def _world_reset(eng, seed):
+    """Reset on the spawn view of world ``seed`` held still (what play.py starts from)."""
+    start = world_start(seed, eng.context_frames, eng.key_names, eng.frame_size)
+    eng.reset(*start.arrays())
+    return start.frames
 
 
 def _inputs(k, key=None, dx=0.0):
@@ -65,31 +75,68 @@ def test_camera_state_round_trips_through_c2w():
 def test_engine_steps_from_a_world_start_and_moves_the_camera_by_the_controller(tiny_ckpt):
     eng = load_engine(tiny_ckpt)
     assert eng.key_names == KEYS and eng.chunk_frames == 2 and eng.frame_size == (64, 64)
-    ctx = eng.reset_from_world(seed=3)
+    ctx = _world_reset(eng, 3)
     assert ctx.shape == (eng.context_frames, 64, 64, 3)
     start = eng.c2w.copy()
-    frames = eng.step(*_inputs(2, "w"))
-    assert frames.shape == (2, 64, 64, 3) and frames.dtype == np.uint8
+    chunk = eng.step(*_inputs(2, "w"))
+    assert chunk.frames.shape == (2, 64, 64, 3) and chunk.frames.dtype == np.uint8
+    np.testing.assert_array_equal(chunk.c2w[-1], eng.c2w)  # the chunk carries its own poses
     moved = eng.c2w[:3, 3] - start[:3, 3]
     assert np.dot(moved, start[:3, 2]) == pytest.approx(2 * 6.0 / 15.0, rel=1e-5)  # forward, 2 frames at 6 m/s
-    eng.step(*_inputs(2, dx=40.0))
+    timings = eng.step(*_inputs(2, dx=40.0)).timings
     assert CameraState.from_c2w(eng.c2w).yaw_rad > CameraState.from_c2w(start).yaw_rad  # mouse right turns right
-    assert eng.timings.model_s > 0 and eng.timings.decode_s > 0 and eng.steps == 4
+    assert timings.denoise_s > 0 and timings.context_s > 0 and timings.decode_s > 0 and eng.steps == 4
+    assert timings.cache_write_s < timings.denoise_s  # rebuild writes nothing after denoising
 
 
-def test_session_restore_continues_bit_for_bit(tiny_ckpt, tmp_path):
-    eng = load_engine(tiny_ckpt, seed=5)
-    eng.reset_from_world(seed=1)
+@pytest.fixture(scope="module")
+def tiny_session_ckpt(tmp_path_factory):
+    """A tiny checkpoint whose camera is relative to the session's first frame: keys stay valid."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny_session", camera_reference="session")
+
+
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt"])
+def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
+    ckpt = request.getfixturevalue(which)
+    eng = load_engine(ckpt, seed=5)
+    assert eng.context_policy == ("cached" if which == "tiny_session_ckpt" else "rebuild")
+    _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
     eng.save_session(tmp_path / "s")
-    a = [eng.step(*_inputs(2, "d", dx=5.0)) for _ in range(3)]
+    a = [eng.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]
     pose_a = eng.c2w
-    other = load_engine(tiny_ckpt, seed=99)
+    other = load_engine(ckpt, seed=99)
     other.load_session(tmp_path / "s")
-    b = [other.step(*_inputs(2, "d", dx=5.0)) for _ in range(3)]
+    b = [other.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     np.testing.assert_array_equal(pose_a, other.c2w)
     assert other.steps == eng.steps
+
+
+def test_engine_device_and_context_policy_are_checked_with_one_line(tiny_ckpt, tiny_session_ckpt):
+    if not torch.cuda.is_available():
+        with pytest.raises(WorldsimError, match="this torch sees no CUDA GPU") as e:
+            load_engine(tiny_ckpt, device="cuda")
+        assert "\n" not in str(e.value)
+    with pytest.raises(WorldsimError, match="unknown device 'gpu'"):
+        load_engine(tiny_ckpt, device="gpu")
+    with pytest.raises(WorldsimError, match="context policy 'cached' needs"):
+        load_engine(tiny_ckpt, context_policy="cached")
+    assert load_engine(tiny_session_ckpt, context_policy="rebuild").context_policy == "rebuild"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt"])
+def test_engine_runs_the_same_rollout_on_cuda(which, request):
+    """Every tensor on the GPU; the frames agree with the CPU's up to kernel rounding."""
+    ckpt = request.getfixturevalue(which)
+    outs = []
+    for device in ("cpu", "cuda"):
+        eng = load_engine(ckpt, device=device)
+        _world_reset(eng, 2)
+        outs.append(np.concatenate([eng.step(*_inputs(2, "w", dx=3.0)).frames for _ in range(3)]))
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).mean() < 2.0
 
 
 def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
@@ -98,7 +145,7 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
     eng = load_engine(tiny_ckpt)
     with pytest.raises(WorldsimError, match="call reset"):
         eng.step(*_inputs(2))
-    eng.reset_from_world(seed=0)
+    _world_reset(eng, 0)
     with pytest.raises(WorldsimError, match=r"keys must be \(2, 7\)"):
         eng.step(*_inputs(3))
     with pytest.raises(WorldsimError, match="context frames must be"):
@@ -111,7 +158,7 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
         other.load_session(tmp_path / "nope")
     alien = load_engine(make_tiny_checkpoint(tmp_path / "alien", keys=["w", "a", "s", "d", "space", "left shift", "e"]))
     with pytest.raises(WorldsimError, match="world 'builtin' has keys"):
-        alien.reset_from_world(seed=0)
+        _world_reset(alien, 0)
 
 
 def test_sampler_overrides_change_steps_and_guidance_only_when_asked(tiny_ckpt):
@@ -121,9 +168,9 @@ def test_sampler_overrides_change_steps_and_guidance_only_when_asked(tiny_ckpt):
     assert eng.sampler_cfg.shift == own.shift and load_engine(tiny_ckpt, guidance=0).sampler_cfg == own
     plain = load_engine(tiny_ckpt, sampler_steps=3)
     for e in (eng, plain):
-        e.reset_from_world(seed=0)
+        _world_reset(e, 0)
     keys, mouse = _inputs(2, key="w")  # walking forward: the action the guidance amplifies
-    guided, unguided = eng.step(keys, mouse), plain.step(keys, mouse)
+    guided, unguided = eng.step(keys, mouse).frames, plain.step(keys, mouse).frames
     assert guided.shape == unguided.shape == (2, *eng.frame_size, 3)
     assert not np.array_equal(guided, unguided)  # same seed and inputs: only the guidance differs
     with pytest.raises(WorldsimError, match="guidance must be > 0"):
@@ -140,8 +187,8 @@ def test_sampler_mode_and_context_noise_overrides(tiny_ckpt):
         runs = []
         for _ in range(2):  # the same seed twice: the re-noising is drawn from the engine's generator
             e = load_engine(tiny_ckpt, **kw)
-            e.reset_from_world(seed=0)
-            runs.append(e.step(keys, mouse))
+            _world_reset(e, 0)
+            runs.append(e.step(keys, mouse).frames)
         np.testing.assert_array_equal(*runs)
         outs[name] = runs[0]
     assert load_engine(tiny_ckpt, context_sigma=0.2).sampler_cfg.context_sigma == 0.2

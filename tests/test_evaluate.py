@@ -22,6 +22,7 @@ from worldsim.eval.evaluate import (
     went_dark,
 )
 from worldsim.eval.idm import Pairs, idm_accuracy, train_idm
+from worldsim.inference.engine import Chunk
 
 
 def test_psnr_and_ssim_match_scikit_image():
@@ -181,7 +182,7 @@ class _StandIn:
         k = self.chunk_frames
         out = self.truth[self.t : self.t + k] if self.oracle else np.repeat(self.last[None], k, 0)
         self.t += k
-        return out
+        return Chunk(out, np.tile(np.eye(4, dtype=np.float32), (k, 1, 1)))
 
 
 def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
@@ -244,7 +245,7 @@ class _NightStandIn:
             "day": np.repeat(self.last[None], k, 0),
         }[self.mode]
         self.t += k
-        return out
+        return Chunk(out, np.tile(np.eye(4, dtype=np.float32), (k, 1, 1)))
 
 
 def test_night_from_day_takes_the_first_toggle_after_light_context_and_scores_its_night():

@@ -7,7 +7,7 @@ import torch
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.camera import intrinsics_from_fov, make_c2w
 from worldsim.core.errors import WorldsimError
-from worldsim.inference.rollout import ConditioningConfig
+from worldsim.inference.context import ConditioningConfig
 from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.train.config import TeacherConfig

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.core.actions import make_action_encoder
-from worldsim.diffusion.sampler import Sampler, SamplerConfig
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.context import ConditioningConfig
+from worldsim.inference.rollout import ChunkRollout
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.model.plucker import normalise_translation, plucker_rays, relative_poses, scale_intrinsics
+from worldsim.model.plucker import plucker_rays, relative_poses, scale_intrinsics
 from worldsim.train.objectives import teacher_forcing_loss
 
 
@@ -28,12 +30,15 @@ def test_tiny_model_overfits_recorded_clips_and_reproduces_them(small_dataset):
             sl = slice(start, start + t_len)
             c2w = torch.from_numpy(arr["c2w"][sl]).double()
             k = scale_intrinsics(torch.from_numpy(arr["intrinsics"]).double(), 1 / 8)
-            rays = plucker_rays(normalise_translation(relative_poses(c2w, c2w[0]), 1.0), k, 8, 8).float()
+            rel = relative_poses(c2w, c2w[0])  # the session reference: the clip's first frame
+            rel[:, :3, 3] /= 8.0
+            rays = plucker_rays(rel, k, 8, 8).float()
             acts = torch.from_numpy(enc.encode_batch(arr["keys"][sl], arr["mouse"][sl]))
-            clips.append((_latents(arr["frames"][sl]), acts, rays))
+            clips.append((_latents(arr["frames"][sl]), acts, rays, c2w))
     x0 = torch.stack([c[0] for c in clips])
     acts = torch.stack([c[1] for c in clips])
     rays = torch.stack([c[2] for c in clips])
+    c2ws = torch.stack([c[3] for c in clips]).float()
     cfg = WorldModelConfig(
         latent_channels=3, latent_size=(8, 8), patch=2, width=64, depth=2, heads=4, action_dim=enc.dim, chunk_frames=4
     )
@@ -52,24 +57,15 @@ def test_tiny_model_overfits_recorded_clips_and_reproduces_them(small_dataset):
 
     # Reproduce chunk 2 of each clip from its ground-truth first chunk through the sampler.
     model.eval()
-    sampler = Sampler(SamplerConfig(num_steps=8, mode="euler"))
+    # The engine's path: the cached rollout with the conditioning the clips were trained with.
+    cond = ConditioningConfig(context_chunks=1, translation_scale_m=8.0, camera_reference="session")
+    k8 = torch.from_numpy(small_dataset.load(0)["intrinsics"])
     errs, chance = [], []
     for i in range(len(clips)):
-        cache = model.new_cache(window_chunks=2)
+        roll = ChunkRollout(model, SamplerConfig(num_steps=8, mode="euler"), cond, k8, (64, 64), "cached")
         with torch.inference_mode():
-            zero = torch.zeros(1, 4)
-            model.forward_chunk(
-                x0[i : i + 1, :4], zero, acts[i : i + 1, :4], rays[i : i + 1, :4], torch.arange(4), cache, write=True
-            )
-        gen = sampler.sample_chunk(
-            model,
-            cache,
-            acts[i : i + 1, 4:],
-            rays[i : i + 1, 4:],
-            torch.arange(4, 8),
-            (1, 4, 3, 8, 8),
-            generator=torch.Generator().manual_seed(i),
-        )
+            roll.reset(x0[i : i + 1, :4], acts[i : i + 1, :4], c2ws[i : i + 1, :4])
+            gen = roll.step(acts[i : i + 1, 4:], c2ws[i : i + 1, 4:], torch.Generator().manual_seed(i))
         errs.append(F.mse_loss(gen, x0[i : i + 1, 4:]).item())
         other = (i + 1) % len(clips)  # another clip's chunk: what a guess unrelated to the context scores
         chance.append(F.mse_loss(x0[other : other + 1, 4:], x0[i : i + 1, 4:]).item())

@@ -1,5 +1,6 @@
 """worldsim-rollout (with compare), headless play, and worldsim-bench engine on a tiny checkpoint."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from test_engine import make_tiny_checkpoint
 
+from envs.starts import world_start
 from worldsim import load_engine
 from worldsim.bench.engine import _rows, bench_engine
 from worldsim.cli.rollout import RolloutConfig, run_rollout
@@ -103,9 +105,12 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "first_chunk_s",
         "default_model_ms",
         "default_decode_ms",
+        "default_context_ms",
+        "default_denoise_ms",
         "default_frames_per_s",
-        "steps_1_frames_per_s",
-        "steps_2_frames_per_s",
+        "rebuild_1step_frames_per_s",
+        "rebuild_2step_context_ms",
+        "rebuild_2step_denoise_ms",
         "bf16_frames_per_s",
         "growth_ratio_last_over_first",
         "peak_rss_MB",
@@ -119,19 +124,30 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "play_thread_bf16_latency_p95_ms",
     ):
         assert np.isfinite(res[key]), key
+    assert res["default_policy"] == "rebuild" and res["cached"].startswith("n/a")
     # The timed span of a chunk (model + decode) is most of the chunk's wall time, measured in
     # the same call so that a loaded machine slows both alike.
     eng = load_engine(tiny)
-    eng.reset_from_world(0)
+    eng.reset(*world_start(0, eng.context_frames, eng.key_names, eng.frame_size).arrays())
     k = eng.chunk_frames
     z = (np.zeros((k, 7), np.uint8), np.zeros((k, 2), np.float32))
     eng.step(*z)
     share = []
     for _ in range(8):
         t0 = time.perf_counter()
-        eng.step(*z)
-        share.append((eng.timings.model_s + eng.timings.decode_s) / (time.perf_counter() - t0))
+        timings = eng.step(*z).timings
+        share.append(timings.total_s / (time.perf_counter() - t0))
     assert max(share) <= 1.0 and np.median(share) > 0.5
+
+
+def test_bench_engine_times_both_policies_for_a_cacheable_checkpoint(tmp_path):
+    ck = make_tiny_checkpoint(tmp_path / "session", camera_reference="session")
+    res = bench_engine(str(ck), chunks=3, step_counts=(1,), session_frames=0, play_seconds=0)
+    assert res["default_policy"] == "cached" and res["kv_cache_MB"] > 0
+    for policy in ("rebuild", "cached"):
+        assert res[f"{policy}_1step_frames_per_s"] > 0
+    assert res["cached_1step_context_ms"] < res["rebuild_1step_context_ms"]
+    assert res["cached_speedup_1step"] == res["cached_1step_frames_per_s"] / res["rebuild_1step_frames_per_s"]
 
 
 def test_bench_rows_are_medians_of_the_steady_chunks(tiny, monkeypatch):
@@ -141,8 +157,7 @@ def test_bench_rows_are_medians_of_the_steady_chunks(tiny, monkeypatch):
 
     def step(keys, mouse):
         out = real_step(keys, mouse)
-        eng.timings = ChunkTimings(model_s=next(model_s), decode_s=0.01)
-        return out
+        return dataclasses.replace(out, timings=ChunkTimings(denoise_s=next(model_s), decode_s=0.01))
 
     monkeypatch.setattr(eng, "step", step)
     rows = _rows(eng, chunks=3)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from worldsim.inference.kv_cache import KVCache
 from worldsim.model.attention import chunk_mask, teacher_forcing_mask
 from worldsim.model.dit import WorldModel, WorldModelConfig
 
@@ -58,25 +59,26 @@ def test_kv_cache_generation_equals_full_block_causal_forward(window_chunks):
     pos = torch.arange(t)
     ids = _chunk_ids(t)
     full = m(x, s, a, pl, pos, chunk_mask(ids, ids, window_chunks=window_chunks, sink=True))
-    cache = m.new_cache(window_chunks=window_chunks, use_sink=True)
+    cache = KVCache(CFG.depth, k * CFG.tokens_per_frame, window_chunks, sink=True)
     outs = []
     for b in range(n_chunks):
         sl = slice(b * k, (b + 1) * k)
-        outs.append(m.forward_chunk(x[:, sl], s[:, sl], a[:, sl], pl[:, sl], pos[sl], cache, write=True))
+        outs.append(m.forward_chunk(x[:, sl], s[:, sl], a[:, sl], pl[:, sl], pos[sl], cache))
+        cache.commit()
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-9)
-    expected_ctx = (1 + min(window_chunks, n_chunks - 1)) * k * CFG.tokens_per_frame
-    assert cache.num_tokens() == expected_ctx  # sink + window: bounded however long it runs
+    assert cache.context_chunks == 1 + min(window_chunks, n_chunks - 1)  # sink + window, however long it runs
+    assert cache.nbytes() == 2 * CFG.depth * (window_chunks + 2) * k * CFG.tokens_per_frame * CFG.width * 8
 
 
-def test_a_read_only_chunk_pass_leaves_the_cache_alone():
+def test_a_pass_without_commit_leaves_the_cache_alone():
     m = _randomised()
     x, s, a, pl = _inputs(4)
-    cache = m.new_cache(window_chunks=3)
-    m.forward_chunk(x[:, :2], s[:, :2], a[:, :2], pl[:, :2], torch.arange(2), cache, write=True)
-    before = cache.num_tokens()
+    cache = KVCache(CFG.depth, CFG.chunk_frames * CFG.tokens_per_frame, window=3)
+    m.forward_chunk(x[:, :2], s[:, :2], a[:, :2], pl[:, :2], torch.arange(2), cache)
+    cache.commit()
     o1 = m.forward_chunk(x[:, 2:], s[:, 2:], a[:, 2:], pl[:, 2:], torch.arange(2, 4), cache)
     o2 = m.forward_chunk(x[:, 2:], s[:, 2:], a[:, 2:], pl[:, 2:], torch.arange(2, 4), cache)
-    assert cache.num_tokens() == before and cache.chunks_written == 1
+    assert cache.context_chunks == 1 and cache.chunks_written == 1
     torch.testing.assert_close(o1, o2)
 
 
@@ -112,20 +114,3 @@ def test_zero_initialised_action_and_camera_paths_are_ignored_until_trained():
         new = m(x, s, a, pl, torch.arange(2))
         assert (m(x, s, a * 5 + 1, pl, torch.arange(2)) - new).abs().max() > 1e-6
         assert (m(x, s, a, pl * 5 + 1, torch.arange(2)) - new).abs().max() > 1e-6
-
-
-def test_memory_slots_act_as_context_and_are_replaced_per_chunk():
-    """A chunk written to memory is attended exactly like the same chunk in the window."""
-    m = _randomised()
-    x, s, a, pl = _inputs(6)
-    k = CFG.chunk_frames
-    mem = m.new_cache(window_chunks=2, use_sink=False)
-    win = m.new_cache(window_chunks=2, use_sink=False)
-    # The retrieved chunk's K/V: computed with no other context, its positions chosen by the caller.
-    m.forward_chunk(x[:, :k], s[:, :k], a[:, :k], pl[:, :k], torch.arange(k), mem, write_memory=True)
-    m.forward_chunk(x[:, :k], s[:, :k], a[:, :k], pl[:, :k], torch.arange(k), win, write=True)
-    args = (x[:, k : 2 * k], s[:, k : 2 * k], a[:, k : 2 * k], pl[:, k : 2 * k], torch.arange(k, 2 * k))
-    torch.testing.assert_close(m.forward_chunk(*args, mem), m.forward_chunk(*args, win))
-    assert mem.chunks_written == 0 and mem.num_tokens() == k * CFG.tokens_per_frame
-    mem.clear_memory()
-    assert mem.num_tokens() == 0

@@ -5,11 +5,16 @@ What each number includes:
 * ``load_s``: reading and validating the checkpoint. ``first_chunk_s``: from a fresh engine to the
   first generated chunk, starting from a world seed (ground-truth context render, encode, one
   chunk of model + decode).
-* per chunk, steady state (after ``warmup`` chunks, batch 1, ``torch.inference_mode``), medians
-  over ``chunks`` chunks: ``model_ms`` = context rebuild + denoising steps; ``decode_ms`` = codec
-  decode of the chunk; ``frames_per_s`` = chunk_frames / median(model + decode). Display is
-  excluded here and included in the ``play_*`` rows.
-* ``steps_<n>``: the same with the sampler's step count overridden; ``bf16``: with bf16 autocast.
+* per chunk, steady state (after ``warmup`` chunks, batch 1, ``torch.inference_mode``, fp32),
+  medians over ``chunks`` chunks, by the rollout's stages: ``context_ms`` (recomputing the
+  context's keys and values: the ``rebuild`` policy), ``denoise_ms`` (the denoising passes),
+  ``cache_write_ms`` (the clean pass that writes the chunk's keys and values: ``cached``),
+  ``decode_ms`` (codec decode of the chunk); ``model_ms`` = the first three;
+  ``frames_per_s`` = chunk_frames / median(model + decode). Display is excluded here and
+  included in the ``play_*`` rows. ``default_*``: the checkpoint's own sampler and policy.
+* ``<policy>_<n>step_*``: the same for each context policy the checkpoint's conditioning allows
+  (``cached`` needs a camera reference that does not move) at ``n`` denoising steps;
+  ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
@@ -32,36 +37,42 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.starts import world_start
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.data.policies import make_policy
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
+from worldsim.inference.rollout import CONTEXT_POLICIES
 from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 
+STAGES = ("context", "denoise", "cache_write", "decode")
 
-def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Model and decode seconds of ``chunks`` steady-state chunks under the explore policy."""
+
+def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seconds per stage of ``chunks`` steady-state chunks under the explore policy."""
     k = engine.chunk_frames
-    engine.reset_from_world(seed)
+    engine.reset(*world_start(seed, engine.context_frames, engine.key_names, engine.frame_size).arrays())
     acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
-    model, decode = [], []
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
     for c in range(chunks + warmup):
-        engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
+        timings = engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k]).timings
         if c >= warmup:
-            model.append(engine.timings.model_s)
-            decode.append(engine.timings.decode_s)
-    return np.array(model), np.array(decode)
+            for s in STAGES:
+                times[s].append(getattr(timings, f"{s}_s"))
+    return {s: np.array(v) for s, v in times.items()}
 
 
 def _rows(engine: Engine, chunks: int) -> dict[str, float]:
-    m, d = _chunk_times(engine, chunks)
-    return {
-        "model_ms": 1000 * float(np.median(m)),
-        "decode_ms": 1000 * float(np.median(d)),
-        "frames_per_s": engine.chunk_frames / float(np.median(m + d)),
-    }
+    """Medians per stage (ms), model = context + denoise + cache write, and frames/s."""
+    t = _chunk_times(engine, chunks)
+    total = np.sum(list(t.values()), axis=0)
+    model = t["context"] + t["denoise"] + t["cache_write"]
+    rows = {f"{s}_ms": 1000 * float(np.median(t[s])) for s in STAGES}
+    rows["model_ms"] = 1000 * float(np.median(model))
+    rows["frames_per_s"] = engine.chunk_frames / float(np.median(total))
+    return rows
 
 
 class _CountingDisplay:
@@ -134,43 +145,59 @@ def bench_engine(
     session_frames: int = 1000,
     play_seconds: float = 20.0,
     play_steps: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    engine = load_engine(checkpoint)
-    res: dict[str, Any] = {"checkpoint": checkpoint, "load_s": time.perf_counter() - t0}
+    engine = load_engine(checkpoint, device=device, bf16=False)
+    res: dict[str, Any] = {"checkpoint": checkpoint, "device": device, "load_s": time.perf_counter() - t0}
     res["chunk_frames"] = engine.chunk_frames
     res["sampler"] = f"{engine.sampler_cfg.mode}, {engine.sampler_cfg.num_steps} steps"
     res["context_frames"] = engine.context_frames
+    res["camera_reference"] = engine.cfg.conditioning.camera_reference
+    res["default_policy"] = engine.context_policy
     res["params_M"] = sum(p.numel() for p in engine.model.parameters()) / 1e6
     t0 = time.perf_counter()
-    fresh = load_engine(checkpoint)
-    fresh.reset_from_world(1)
+    fresh = load_engine(checkpoint, device=device, bf16=False)
+    fresh.reset(*world_start(1, fresh.context_frames, fresh.key_names, fresh.frame_size).arrays())
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
     res["first_chunk_s"] = time.perf_counter() - t0
     for key, val in _rows(engine, chunks).items():
         res[f"default_{key}"] = val
-    for n in step_counts:
-        e = load_engine(checkpoint, sampler_steps=n)
-        res[f"steps_{n}_frames_per_s"] = _rows(e, chunks)["frames_per_s"]
-    e = load_engine(checkpoint, bf16=True)
+    # Each context policy the checkpoint's conditioning allows, at each step count (fp32).
+    policies = [p for p in CONTEXT_POLICIES if p == "rebuild" or engine.cfg.conditioning.cacheable]
+    if not engine.cfg.conditioning.cacheable:
+        res["cached"] = "n/a: the camera is relative to the newest frame, so cached keys would go stale"
+    for policy in policies:
+        for n in step_counts:
+            e = load_engine(checkpoint, device=device, bf16=False, sampler_steps=n, context_policy=policy)
+            for key, val in _rows(e, chunks).items():
+                res[f"{policy}_{n}step_{key}"] = val
+    if len(policies) == 2:
+        for n in step_counts:
+            res[f"cached_speedup_{n}step"] = res[f"cached_{n}step_frames_per_s"] / res[f"rebuild_{n}step_frames_per_s"]
+    e = load_engine(checkpoint, device=device, bf16=True)
     bf = _rows(e, chunks)
     res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]
     res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
     if session_frames:
-        m, d = _chunk_times(load_engine(checkpoint), max(10, session_frames // k), warmup=0)
-        tot = m + d
+        t = _chunk_times(load_engine(checkpoint, device=device, bf16=False), max(10, session_frames // k), warmup=0)
+        tot = np.sum(list(t.values()), axis=0)
         tenth = max(1, len(tot) // 10)
         res["growth_first10pct_ms"] = 1000 * float(tot[:tenth].mean())
         res["growth_last10pct_ms"] = 1000 * float(tot[-tenth:].mean())
         res["growth_ratio_last_over_first"] = float(tot[-tenth:].mean() / tot[:tenth].mean())
     res["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device != "cpu":
+        res["peak_gpu_MB"] = torch.cuda.max_memory_allocated() / 2**20
     res["params_MB"] = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
-    h = engine.gen.history
+    h = engine.rollout.history
     res["context_MB"] = (
-        0.0 if h is None else sum(t.numel() * t.element_size() for t in (h.latents, h.actions, h.c2w)) / 2**20
+        0.0 if h is None else sum(x.numel() * x.element_size() for x in (h.latents, h.actions, h.c2w)) / 2**20
     )
-    if play_seconds:
+    cache = engine.rollout.cache
+    res["kv_cache_MB"] = 0.0 if cache is None else cache.nbytes() / 2**20
+    if play_seconds and device == "cpu":
         res.update(bench_play(checkpoint, play_seconds, play_steps))
     return res

@@ -1,137 +1,125 @@
-"""Model-only speed of the chunk-autoregressive DiT on this machine (``worldsim-bench model``).
+"""Model-only speed of the chunk-autoregressive rollout on this machine (``worldsim-bench model``).
 
-Every number is per generated chunk, batch 1, random weights (speed does not depend on them),
-steady state after warm-up, under ``torch.inference_mode``; it includes the denoising steps and
-the clean pass that writes the cache, and excludes decoding and display. Frames/s equivalents
-are ``chunk_frames / seconds_per_chunk``.
+It times the rollout the engine runs (``worldsim.inference.rollout.ChunkRollout``), per context
+policy, on a size preset with random weights (speed does not depend on them): ``rebuild`` with
+the shipped teacher's conditioning (camera relative to the newest frame: the context's keys and
+values are recomputed every chunk) and ``cached`` with a session-reference conditioning (the
+context's keys and values stay in the KV cache). Every number is per generated chunk, batch 1,
+the median of steady-state chunks after warm-up, under ``torch.inference_mode``, split into the
+rollout's stages (context, denoising passes, cache write); decoding and display are excluded
+(``worldsim-bench engine`` adds them). Frames/s equivalents are ``chunk_frames / seconds``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from worldsim.diffusion.sampler import Sampler, SamplerConfig
-from worldsim.model.attention import chunk_mask
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.context import ConditioningConfig
+from worldsim.inference.rollout import CONTEXT_POLICIES, ChunkRollout
 from worldsim.model.dit import WorldModel, WorldModelConfig
-from worldsim.train.objectives import chunk_ids_of_tokens
 
-
-def _timeit(fn: Any, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]  # median
+CODEC_DOWNSAMPLE = 4  # the shipped codec's; only scales the rays' intrinsics here
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Dense fp32 matmul throughput of this machine, GFLOP/s (the ceiling the model is compared to)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    s = _timeit(lambda: a @ b, repeats)
-    return 2 * n**3 / s / 1e9
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times)) / 1e9
 
 
-class _Chunk:
-    """Inputs of one chunk for a given model config."""
+class RolloutProbe:
+    """A rollout of ``model`` under ``policy`` from a random clean context, fed a walking,
+    turning camera; :meth:`step` generates one chunk and returns its stage timings."""
 
-    def __init__(self, cfg: WorldModelConfig):
-        k, (h, w) = cfg.chunk_frames, cfg.latent_size
-        self.shape = (1, k, cfg.latent_channels, h, w)
-        self.actions = torch.zeros(1, k, cfg.action_dim)
-        self.plucker = torch.randn(1, k, 6, h, w)
-
-
-def _filled_cache(model: WorldModel, chunk: _Chunk, context_chunks: int) -> Any:
-    cache = model.new_cache(window_chunks=context_chunks, use_sink=False)
-    k = model.cfg.chunk_frames
-    with torch.inference_mode():
-        for b in range(context_chunks):
-            model.forward_chunk(
-                torch.randn(chunk.shape),
-                torch.zeros(1, k),
-                chunk.actions,
-                chunk.plucker,
-                torch.arange(b * k, (b + 1) * k),
-                cache,
-                True,
-            )
-    return cache
-
-
-def chunk_job(model: WorldModel, steps: int, context_chunks: int) -> Callable[[], None]:
-    """One chunk as play would make it: ``steps`` denoising steps plus the clean pass, against a
-    cache of ``context_chunks`` chunks. The clean pass runs without writing so repeated calls
-    see the same cache length."""
-    chunk = _Chunk(model.cfg)
-    cache = _filled_cache(model, chunk, context_chunks)
-    sampler = Sampler(SamplerConfig(num_steps=steps, mode="few_step"))
-    k = model.cfg.chunk_frames
-    pos = torch.arange(context_chunks * k, (context_chunks + 1) * k)
-
-    def run() -> None:
-        x0 = sampler.sample_chunk(model, cache, chunk.actions, chunk.plucker, pos, chunk.shape, write_cache=False)
+    def __init__(
+        self, model: WorldModel, policy: str, steps: int, context_chunks: int, device: str = "cpu", seed: int = 0
+    ):
+        cfg = model.cfg
+        frame = (cfg.latent_size[0] * CODEC_DOWNSAMPLE, cfg.latent_size[1] * CODEC_DOWNSAMPLE)
+        intr = torch.from_numpy(intrinsics_from_fov(60.0, *frame))
+        ref = "latest" if policy == "rebuild" else "session"
+        cond = ConditioningConfig(context_chunks=context_chunks, camera_reference=ref)
+        self.k, self.device = cfg.chunk_frames, torch.device(device)
+        self.rollout = ChunkRollout(model, SamplerConfig(num_steps=steps, mode="few_step"), cond, intr, frame, policy)
+        self.g = torch.Generator(device=self.device).manual_seed(seed)
+        self.frame = 0
+        n = context_chunks * self.k
+        lat = torch.randn(1, n, cfg.latent_channels, *cfg.latent_size, generator=self.g, device=self.device)
         with torch.inference_mode():
-            model.forward_chunk(x0, torch.zeros(1, k), chunk.actions, chunk.plucker, pos, cache, write=False)
+            self.rollout.reset(lat, self._actions(n), self._poses(n))
 
-    return run
+    def _actions(self, n: int) -> torch.Tensor:
+        return torch.zeros(1, n, self.rollout.model.cfg.action_dim, device=self.device)
 
+    def _poses(self, n: int) -> torch.Tensor:
+        idx = range(self.frame, self.frame + n)
+        self.frame += n
+        c2w = [make_c2w(np.array([0.4 * i, 0.0, 0.3 * i]), 0.05 * i, 0.0) for i in idx]
+        return torch.from_numpy(np.stack(c2w)).to(self.device)[None]
 
-def seconds_per_chunk(
-    model: WorldModel, steps: int, context_chunks: int, bf16: bool = False, repeats: int = 5
-) -> float:
-    run = chunk_job(model, steps, context_chunks)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
-
-    def timed() -> None:
-        with amp:
-            run()
-
-    return _timeit(timed, repeats)
-
-
-def seconds_per_chunk_recompute(model: WorldModel, steps: int, context_chunks: int, repeats: int = 3) -> float:
-    """No cache: every step runs the whole context plus the chunk under the block-causal mask."""
-    cfg = model.cfg
-    k, n = cfg.chunk_frames, context_chunks + 1
-    t = n * k
-    x = torch.randn(1, t, cfg.latent_channels, *cfg.latent_size)
-    ids = chunk_ids_of_tokens(t, k, cfg.tokens_per_frame, x.device)
-    mask = chunk_mask(ids, ids)
-    acts, rays = torch.zeros(1, t, cfg.action_dim), torch.randn(1, t, 6, *cfg.latent_size)
-
-    def run() -> None:
+    def step(self) -> dict[str, float]:
         with torch.inference_mode():
-            for _ in range(steps):
-                model(x, torch.zeros(1, t), acts, rays, torch.arange(t), mask)
+            self.rollout.step(self._actions(self.k), self._poses(self.k), self.g)
+        t = self.rollout.timings
+        return {"context": t.context_s, "denoise": t.denoise_s, "cache_write": t.cache_write_s, "total": t.model_s}
 
-    return _timeit(run, repeats)
+
+def time_policy(
+    model: WorldModel,
+    policy: str,
+    steps: int,
+    context_chunks: int,
+    bf16: bool = False,
+    chunks: int = 6,
+    warmup: int = 2,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Median seconds per chunk of each stage over ``chunks`` steady chunks."""
+    probe = RolloutProbe(model, policy, steps, context_chunks, device)
+    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    rows: list[dict[str, float]] = []
+    with amp:
+        for i in range(warmup + chunks):
+            r = probe.step()
+            if i >= warmup:
+                rows.append(r)
+    return {key: float(np.median([r[key] for r in rows])) for key in rows[0]}
 
 
 def chunk_pass_flops(model: WorldModel, context_chunks: int) -> int:
-    chunk = _Chunk(model.cfg)
-    cache = _filled_cache(model, chunk, context_chunks)
-    k = model.cfg.chunk_frames
+    """FLOPs of one network pass of a chunk against a full cache (the unit of every stage)."""
+    probe = RolloutProbe(model, "cached", 1, context_chunks)
     counter = FlopCounterMode(display=False)
+    cache = probe.rollout.cache
+    cfg = model.cfg
+    k = cfg.chunk_frames
+    x = torch.randn(1, k, cfg.latent_channels, *cfg.latent_size)
     with counter, torch.inference_mode():
-        model.forward_chunk(
-            torch.randn(chunk.shape), torch.zeros(1, k), chunk.actions, chunk.plucker, torch.arange(k), cache
-        )
+        actions, rays = torch.zeros(1, k, cfg.action_dim), torch.zeros(1, k, 6, *cfg.latent_size)
+        model.forward_chunk(x, torch.ones(1, k), actions, rays, torch.arange(k), cache)
     return int(counter.get_total_flops())
 
 
 def time_split(model: WorldModel, steps: int, context_chunks: int, top: int = 6) -> dict[str, float]:
-    """Share of self CPU time per operator for one chunk (profiler), the largest ``top`` + rest."""
-    run = chunk_job(model, steps, context_chunks)
+    """Share of self CPU time per operator for one cached chunk (profiler), the largest ``top`` + rest."""
+    probe = RolloutProbe(model, "cached", steps, context_chunks)
+    probe.step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run()
+        probe.step()
     rows = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages()), key=lambda r: -r[1])
     total = sum(t for _, t in rows) or 1.0
     split = {f"time_share_{name}": t / total for name, t in rows[:top]}
@@ -140,36 +128,45 @@ def time_split(model: WorldModel, steps: int, context_chunks: int, top: int = 6)
 
 
 def bench_model(
-    cfg: WorldModelConfig, step_counts: tuple[int, ...] = (1, 2, 4, 8), context_chunks: int = 2
+    cfg: WorldModelConfig,
+    step_counts: tuple[int, ...] = (1, 2, 4, 8),
+    context_chunks: int = 2,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = WorldModel(cfg).eval()
+    model = WorldModel(cfg).eval().to(device)
     k = cfg.chunk_frames
     res: dict[str, Any] = {
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "chunk_frames": k,
         "tokens_per_chunk": k * cfg.tokens_per_frame,
         "context_chunks": context_chunks,
+        "device": device,
     }
+    for policy in CONTEXT_POLICIES:
+        for steps in step_counts:
+            t = time_policy(model, policy, steps, context_chunks, device=device)
+            p = f"{policy}_{steps}step"
+            res[f"{p}_ms_per_chunk"] = 1000 * t["total"]
+            res[f"{p}_frames_per_s"] = k / t["total"]
+            for stage in ("context", "denoise", "cache_write"):
+                res[f"{p}_{stage}_ms"] = 1000 * t[stage]
     for steps in step_counts:
-        s = seconds_per_chunk(model, steps, context_chunks)
-        res[f"fp32_{steps}step_ms_per_chunk"] = 1000 * s
-        res[f"fp32_{steps}step_frames_per_s"] = k / s
-    s_bf16 = seconds_per_chunk(model, 2, context_chunks, bf16=True)
-    res["bf16_2step_ms_per_chunk"] = 1000 * s_bf16
-    res["bf16_2step_frames_per_s"] = k / s_bf16
-    res["bf16_speedup_2step"] = res["fp32_2step_ms_per_chunk"] / res["bf16_2step_ms_per_chunk"]
-    s_re = seconds_per_chunk_recompute(model, 2, context_chunks)
-    res["recompute_2step_ms_per_chunk"] = 1000 * s_re
-    res["kv_cache_speedup_2step"] = s_re / (res["fp32_2step_ms_per_chunk"] / 1000)
-    flops = chunk_pass_flops(model, context_chunks)
-    one_pass_s = seconds_per_chunk(model, 1, context_chunks) / 2  # 1 step + 1 clean pass
-    res["GFLOP_per_chunk_pass"] = flops / 1e9
-    res["model_GFLOP_per_s"] = flops / one_pass_s / 1e9
-    res["matmul_GFLOP_per_s"] = matmul_gflops()
-    res["fraction_of_matmul"] = res["model_GFLOP_per_s"] / res["matmul_GFLOP_per_s"]
-    for mult in (1, 4, 16):
-        res[f"context_{mult}x_2step_ms_per_chunk"] = 1000 * seconds_per_chunk(
-            model, 2, context_chunks * mult, repeats=3
+        res[f"cached_speedup_{steps}step"] = (
+            res[f"rebuild_{steps}step_ms_per_chunk"] / res[f"cached_{steps}step_ms_per_chunk"]
         )
-    res.update(time_split(model, 2, context_chunks))
+    t_bf16 = time_policy(model, "cached", 2, context_chunks, bf16=True, device=device)
+    res["bf16_cached_2step_ms_per_chunk"] = 1000 * t_bf16["total"]
+    res["bf16_speedup_cached_2step"] = res["cached_2step_ms_per_chunk"] / res["bf16_cached_2step_ms_per_chunk"]
+    if device == "cpu":
+        flops = chunk_pass_flops(model, context_chunks)
+        one_pass_s = res["cached_1step_ms_per_chunk"] / 1000 / 2  # 1 denoising pass + 1 cache write
+        res["GFLOP_per_chunk_pass"] = flops / 1e9
+        res["model_GFLOP_per_s"] = flops / one_pass_s / 1e9
+        res["matmul_GFLOP_per_s"] = matmul_gflops()
+        res["fraction_of_matmul"] = res["model_GFLOP_per_s"] / res["matmul_GFLOP_per_s"]
+        for mult in (1, 4, 16):
+            t = time_policy(model, "cached", 2, context_chunks * mult, chunks=3)
+            res[f"cached_context_{mult}x_2step_ms_per_chunk"] = 1000 * t["total"]
+        res.update(time_split(model, 2, context_chunks))
     return res

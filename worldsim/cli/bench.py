@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench.model)")
     p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
+    p_model.add_argument("--device", default="cpu", help="cpu or cuda")
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_engine = sub.add_parser("engine", help="a checkpoint end to end: engine, step counts, bf16, growth, play loop")
     p_engine.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument(
         "--play-steps", type=int, default=0, help="sampler steps of the play-loop run (0 = the checkpoint's own)"
     )
+    p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
     result: dict[str, object] = {"machine": machine_info()}
@@ -156,13 +158,14 @@ def main(argv: list[str] | None = None) -> None:
             session_frames=args.session_frames,
             play_seconds=args.play_seconds,
             play_steps=args.play_steps,
+            device=args.device,
         )
     else:
         from worldsim.bench.model import bench_model
 
         result["model"] = {
             "preset": args.preset,
-            **bench_model(_model_preset(args.preset), context_chunks=args.context_chunks),
+            **bench_model(_model_preset(args.preset), context_chunks=args.context_chunks, device=args.device),
         }
     for title, rows in result.items():
         _print_table(title, rows)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from envs.starts import world_start
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors
@@ -29,6 +30,7 @@ from worldsim.data.format import RolloutMeta
 from worldsim.data.metrics import psnr
 from worldsim.data.policies import make_policy
 from worldsim.data.preview import write_mp4
+from worldsim.data.starts import episode_start
 from worldsim.data.writer import RolloutWriter
 from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
 
@@ -78,29 +80,22 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)
-    # Step 1: the start, and the raw inputs of the context in rollout order.
-    world_seed: int | None = cfg.seed
-    if cfg.start_data:
-        context = engine.reset_from_episode(cfg.start_data, cfg.start_episode)
-        from worldsim.data.reader import RolloutDataset
-
-        ds = RolloutDataset(cfg.start_data)
-        world_seed = ds.episodes[cfg.start_episode].seed
-        pre = ds.load_slice(cfg.start_episode, 0, len(context), ("keys", "mouse"))
-        ctx_keys, ctx_mouse = pre["keys"], pre["mouse"]
-    else:
-        context = engine.reset_from_world(cfg.seed)
-        ctx_keys = np.zeros((len(context), len(engine.key_names)), np.uint8)
-        ctx_mouse = np.zeros((len(context), 2), np.float32)
+    # Step 1: the start (ground-truth context in rollout order).
     n = engine.context_frames
-    context, ctx_keys, ctx_mouse = context[-n:], ctx_keys[-n:], ctx_mouse[-n:]
-    assert engine.gen.history is not None
-    poses = list(engine.gen.history.c2w[0].numpy())
+    if cfg.start_data:
+        start = episode_start(cfg.start_data, cfg.start_episode, n, engine.key_names, engine.frame_size)
+    else:
+        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size)
+    world_seed = start.seed
+    engine.reset(*start.arrays())
+    context, ctx_keys, ctx_mouse = start.frames, start.keys, start.mouse
+    poses = list(start.c2w)
     # Step 2: generate chunk by chunk.
     frames = []
     for s in tqdm(range(0, horizon, k), desc="rollout", unit="chunk"):
-        frames.append(engine.step(keys[s : s + k], mouse[s : s + k]))
-        poses += list(engine.chunk_c2w)
+        chunk = engine.step(keys[s : s + k], mouse[s : s + k])
+        frames.append(chunk.frames)
+        poses += list(chunk.c2w)
     gen = np.concatenate(frames)
     # Rollout order: row t takes frame t to t+1; the context's last row is the first generated input.
     all_keys = np.concatenate([ctx_keys[:-1], keys, np.zeros((1, keys.shape[1]), np.uint8)])

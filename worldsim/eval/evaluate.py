@@ -81,7 +81,10 @@ def rollout_against(engine: Engine, arrays: dict[str, np.ndarray], horizon: int)
     if len(frames) < n + horizon:
         raise WorldsimError(f"an episode of {len(frames)} frames is too short for {n} context + {horizon} frames")
     engine.reset(frames[:n], arrays["c2w"][:n], keys[:n], mouse[:n])
-    out = [engine.step(keys[n - 1 + s : n - 1 + s + k], mouse[n - 1 + s : n - 1 + s + k]) for s in range(0, horizon, k)]
+    out = [
+        engine.step(keys[n - 1 + s : n - 1 + s + k], mouse[n - 1 + s : n - 1 + s + k]).frames
+        for s in range(0, horizon, k)
+    ]
     return np.concatenate(out), frames[n : n + horizon]
 
 
@@ -168,7 +171,7 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     engine.reset(arrays["frames"][:n], arrays["c2w"][:n], acts.keys[:n], acts.mouse[:n])
     for s in tqdm(range(0, horizon, k), desc="drift", unit="chunk"):
         sl = slice(n - 1 + s, n - 1 + s + k)
-        gen.append(engine.step(acts.keys[sl], acts.mouse[sl]))
+        gen.append(engine.step(acts.keys[sl], acts.mouse[sl]).frames)
     g = np.concatenate(gen).astype(np.float64)
     gm, gs = frame_means(g), g.std(axis=(1, 2, 3))
     tm, ts = frame_means(gt), gt.astype(np.float64).std(axis=(1, 2, 3))

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
-from worldsim.inference.rollout import ConditioningConfig
+from worldsim.inference.context import ConditioningConfig
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
 

@@ -1,15 +1,17 @@
-"""The engine: raw inputs in, generated frames out. No UI code (design §3-5).
+"""The engine: raw inputs in, generated frames out. No UI code, no worlds (design §3-5).
 
     engine = load_engine("assets/teacher_builtin_v1")
     engine.reset(frames, c2w, keys, mouse)        # ground-truth context, rollout order
-    frames = engine.step(keys, mouse)             # chunk_frames inputs -> chunk_frames frames
+    chunk = engine.step(keys, mouse)              # chunk_frames inputs -> a Chunk
+    chunk.frames, chunk.c2w, chunk.timings        # (k, H, W, 3) uint8, (k, 4, 4), seconds by stage
 
-It owns the codec, the world model, the sampler (through :class:`ChunkGenerator`), the action
+It owns the codec, the world model, the rollout (``worldsim.inference.rollout``), the action
 encoder and the camera controller. The controller turns each frame's input into its pose,
 exactly as when the data was recorded, and the encoder turns it into the action vector; frame
-``i`` of a chunk is conditioned on input ``i`` (the input that produced it). Every chunk leaves
-per-stage timings in :attr:`Engine.timings`. A session (context, pose, RNG, step count) can be
-saved and restored; a restored session continues bit-for-bit on the same machine.
+``i`` of a chunk is conditioned on input ``i`` (the input that produced it). A session (context,
+KV cache, pose, RNG, step count) can be saved and restored; a restored session continues
+bit-for-bit on the same machine. Starting from a world or a dataset episode is the caller's
+business (``envs.starts``): the engine takes frames, poses and inputs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -32,26 +35,62 @@ from worldsim.core.controller import CameraController, CameraControllerConfig, C
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import CheckpointConfig, load_checkpoint
-from worldsim.inference.rollout import ChunkGenerator, History
+from worldsim.inference.context import History
+from worldsim.inference.kv_cache import KVCache
+from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
-SESSION_VERSION = 1
+SESSION_VERSION = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChunkTimings:
-    """Seconds spent on the last chunk: the model (context rebuild + denoising), decoding."""
+    """Seconds spent on one chunk, by stage: the rollout's (context, denoising, cache write) and
+    decoding the latents to pixels."""
 
-    model_s: float = 0.0
+    context_s: float = 0.0
+    denoise_s: float = 0.0
+    cache_write_s: float = 0.0
     decode_s: float = 0.0
+
+    @property
+    def model_s(self) -> float:
+        return self.context_s + self.denoise_s + self.cache_write_s
 
     @property
     def total_s(self) -> float:
         return self.model_s + self.decode_s
 
+    @classmethod
+    def of(cls, r: RolloutTimings, decode_s: float) -> ChunkTimings:
+        return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one step of a chunk source returns: the new frames and their poses.
+
+    ``frames`` ``(k, H, W, 3)`` uint8, ``c2w`` ``(k, 4, 4)`` float32 (OpenCV camera-to-world,
+    metres), ``timings`` seconds by stage. The same record travels from the engine (or a
+    ground-truth world) through the generation process to the display and the recorder.
+    """
+
+    frames: np.ndarray
+    c2w: np.ndarray
+    timings: ChunkTimings = ChunkTimings()
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.dtype != np.uint8 or self.c2w.shape != (len(self.frames), 4, 4):
+            raise WorldsimError(
+                f"a chunk is frames (k, H, W, 3) uint8 and c2w (k, 4, 4); got {self.frames.shape} "
+                f"{self.frames.dtype} and {self.c2w.shape}"
+            )
+
 
 class Engine:
+    """A loaded checkpoint ready to play; see the module docstring. Build with :func:`load_engine`."""
+
     def __init__(
         self,
         ck: CheckpointConfig,
@@ -62,8 +101,10 @@ class Engine:
         bf16: bool = False,
         controller: CameraControllerConfig | None = None,
         fingerprint: str = "",
+        context_policy: str | None = None,
     ):
         self.cfg, self.model, self.codec = ck, model, codec
+        self.device = next(model.parameters()).device
         spec = ck.action_encoder
         self.encoder = make_action_encoder(str(spec["name"]), list(spec["key_names"]))
         if self.encoder.spec() != spec:
@@ -80,29 +121,36 @@ class Engine:
         self.controller = CameraController(controller or CameraControllerConfig(), self.key_names)
         self.fps = self.controller.cfg.fps
         self.sampler_cfg = sampler or ck.sampler
-        null = torch.from_numpy(self.encoder.null_action())
-        self.gen = ChunkGenerator(model, self.sampler_cfg, ck.conditioning, intrinsics, ck.frame_size, null)
-        self.mean, self.std = ck.conditioning.stats(ck.model.latent_channels)
-        self.amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        self.context_policy = context_policy or default_policy(ck.conditioning)
+        null = torch.from_numpy(self.encoder.null_action()).to(self.device)
+        self.rollout = ChunkRollout(
+            model, self.sampler_cfg, ck.conditioning, intrinsics, ck.frame_size, self.context_policy, null
+        )
+        mean, std = ck.conditioning.stats(ck.model.latent_channels)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.bf16 = bf16
+        self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         self.seed = seed
-        self.rng = torch.Generator().manual_seed(seed)
+        self.rng = self._generator(seed)
         self.state: CameraState | None = None
         self.steps = 0  # frames generated since reset
-        self.timings = ChunkTimings()
-        self.chunk_c2w = np.zeros((0, 4, 4), np.float32)  # poses of the frames the last step returned
         self.fingerprint = fingerprint
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     # -- state -----------------------------------------------------------------------------
     @property
     def c2w(self) -> np.ndarray:
-        """``(4, 4)`` pose of the last frame (context or generated)."""
+        """``(4, 4)`` float32 pose of the last frame (context or generated)."""
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
         return self.state.c2w()
 
     @property
     def context_frames(self) -> int:
-        return self.gen.context_frames
+        """Frames of ground-truth context :meth:`reset` keeps (the rolling window)."""
+        return self.rollout.context_frames
 
     def _check_inputs(self, keys: np.ndarray, mouse: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
         keys, mouse = np.asarray(keys), np.asarray(mouse, np.float32)
@@ -114,20 +162,23 @@ class Engine:
             raise WorldsimError(f"mouse must be ({t}, 2), got {mouse.shape}")
         return keys, mouse
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
-        z = self.codec.encode(frames_to_tensor(torch.from_numpy(np.ascontiguousarray(frames))))
-        return (z - self.mean) / self.std
+        x = frames_to_tensor(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))
+        return (self.codec.encode(x) - self.mean) / self.std
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _decode(self, z: torch.Tensor) -> np.ndarray:
-        return tensor_to_frames(self.codec.decode(z.float() * self.std + self.mean)).numpy()
+        return tensor_to_frames(self.codec.decode(z.float() * self.std + self.mean)).cpu().numpy()
 
     # -- the API of design §5 ---------------------------------------------------------------
     def reset(
         self, frames: np.ndarray, c2w: np.ndarray, keys: np.ndarray, mouse: np.ndarray, seed: int | None = None
     ) -> None:
-        """Ground-truth context in rollout order (``keys[t]`` took frame t to t+1; the last row is unused)."""
+        """Start a session from ground-truth context in rollout order: ``frames (T, H, W, 3)``
+        uint8, ``c2w (T, 4, 4)``, ``keys (T, K)``, ``mouse (T, 2)`` (``keys[t]`` took frame t to
+        t+1; the last row is unused). The newest whole chunks are kept. ``seed`` restarts the
+        noise generator (default: the engine's seed). Raises ``WorldsimError`` on bad shapes."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or tuple(frames.shape[1:3]) != self.frame_size or frames.shape[3] != 3:
             raise WorldsimError(
@@ -138,15 +189,17 @@ class Engine:
         c2w = np.asarray(c2w, np.float32)
         if c2w.shape != (t0, 4, 4):
             raise WorldsimError(f"c2w must be ({t0}, 4, 4), got {c2w.shape}")
-        actions = torch.from_numpy(self.encoder.frame_actions(keys, mouse))
-        self.gen.reset(self._encode(frames)[None], actions[None], torch.from_numpy(c2w)[None])
+        actions = torch.from_numpy(self.encoder.frame_actions(keys, mouse)).to(self.device)
+        latents = self._encode(frames)[None]
+        with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
+            self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None])
         self.state = CameraState.from_c2w(c2w[-1])
-        self.chunk_c2w = c2w[-1:].copy()
-        self.rng = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        self.rng = self._generator(self.seed if seed is None else seed)
         self.steps = 0
 
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        """``k = chunk_frames`` raw inputs ``(k, K)``, ``(k, 2)`` -> the frames they produce ``(k, H, W, 3)``."""
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
+        """``k = chunk_frames`` raw inputs ``keys (k, K)`` uint8 multi-hot, ``mouse (k, 2)``
+        pixels, applied one per frame from the latest frame -> the :class:`Chunk` they produce."""
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
         keys, mouse = self._check_inputs(keys, mouse, self.chunk_frames)
@@ -155,42 +208,58 @@ class Engine:
         for i in range(self.chunk_frames):
             state = self.controller.step(state, keys[i], mouse[i])
             poses.append(state.c2w())
-        actions = torch.from_numpy(self.encoder.encode_batch(keys, mouse))[None]
-        c2w = torch.from_numpy(np.stack(poses))[None]
-        # Step 2: generate the chunk's latents, then decode them.
+        c2w_np = np.stack(poses)
+        actions = torch.from_numpy(self.encoder.encode_batch(keys, mouse)).to(self.device)[None]
+        c2w = torch.from_numpy(c2w_np).to(self.device)[None]
+        # Step 2: the rollout generates the chunk's latents; then they are decoded.
+        with torch.inference_mode(), self.amp:
+            z = self.rollout.step(actions, c2w, self.rng)
         t0 = time.perf_counter()
-        with self.amp:
-            z = self.gen.step(actions, c2w, self.rng)
-        t1 = time.perf_counter()
         frames = self._decode(z[0])
-        self.timings = ChunkTimings(model_s=t1 - t0, decode_s=time.perf_counter() - t1)
-        self.chunk_c2w = np.stack(poses)
+        decode_s = time.perf_counter() - t0
         self.state = state
         self.steps += self.chunk_frames
-        return frames
+        return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s))
 
     # -- session save / restore --------------------------------------------------------------
     def save_session(self, path: str | Path) -> None:
-        """Context, pose, RNG and step count, as ``session.safetensors`` + ``session.json``."""
-        if self.state is None or self.gen.history is None:
+        """Context, KV cache (``cached`` policy), pose, RNG and step count, as
+        ``session.safetensors`` + ``session.json`` in folder ``path`` (each written atomically)."""
+        h, ref = self.rollout.history, self.rollout.reference
+        if self.state is None or h is None or ref is None:
             raise WorldsimError("nothing to save: call reset() first")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        h = self.gen.history
-        tensors = {"latents": h.latents, "actions": h.actions, "c2w": h.c2w, "rng": self.rng.get_state()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "session.safetensors"))
+        tensors = {
+            "latents": h.latents,
+            "actions": h.actions,
+            "c2w": h.c2w,
+            "frame_idx": h.frame_idx,
+            "reference": ref.clone(),  # may share memory with the history's poses
+            "rng": self.rng.get_state(),
+        }
+        cache = self.rollout.cache
+        if cache is not None:
+            tensors.update({f"cache.{k}": v for k, v in cache.state_dict().items()})
+        tmp = out / "session.safetensors.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, out / "session.safetensors")
         meta: dict[str, Any] = {
             "version": SESSION_VERSION,
             "checkpoint": self.fingerprint,
             "sampler": asdict(self.sampler_cfg),
+            "context_policy": self.context_policy,
             "steps": self.steps,
             "position": self.state.position.tolist(),
             "yaw_rad": self.state.yaw_rad,
             "pitch_rad": self.state.pitch_rad,
         }
-        (out / "session.json").write_text(json.dumps(meta, indent=2))
+        tmp_json = out / "session.json.tmp"
+        tmp_json.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp_json, out / "session.json")
 
     def load_session(self, path: str | Path) -> None:
+        """Restore a session written by :meth:`save_session` with this checkpoint and policy."""
         root = Path(path)
         if not (root / "session.json").is_file() or not (root / "session.safetensors").is_file():
             raise WorldsimError(f"{root} is not a saved session (needs session.json and session.safetensors)")
@@ -199,51 +268,39 @@ class Engine:
             raise WorldsimError(f"{root}: session format {meta.get('version')}, this worldsim reads {SESSION_VERSION}")
         if meta["checkpoint"] != self.fingerprint:
             raise WorldsimError(f"{root} was saved with another checkpoint; load it with the one it came from")
-        t = load_file(str(root / "session.safetensors"))
-        self.gen.history = History(t["latents"], t["actions"], t["c2w"])
-        self.rng = torch.Generator()
-        self.rng.set_state(t["rng"])
+        if meta["context_policy"] != self.context_policy:
+            raise WorldsimError(
+                f"{root} was saved with context policy {meta['context_policy']!r}, "
+                f"this engine runs {self.context_policy!r}"
+            )
+        t = load_file(str(root / "session.safetensors"), device=str(self.device))
+        hist = History(t["latents"], t["actions"], t["c2w"], t["frame_idx"])
+        cache = None
+        if self.context_policy == "cached":
+            cache = KVCache.from_state_dict(
+                {k[len("cache.") :]: v for k, v in t.items() if k.startswith("cache.")},
+                self.model.cfg.depth,
+            )
+        self.rollout.restore(hist, t["reference"], cache)
+        self.rng = torch.Generator(device=self.device)
+        self.rng.set_state(t["rng"].cpu())
         self.steps = int(meta["steps"])
         self.state = CameraState(
             np.array(meta["position"], np.float64), float(meta["yaw_rad"]), float(meta["pitch_rad"])
         )
 
-    # -- starts ------------------------------------------------------------------------------
-    def reset_from_world(self, seed: int, env: str = "builtin", gl_context: Any = None) -> np.ndarray:
-        """Start from ground truth of a seeded world: the spawn view held still for the context."""
-        from envs import make_env
 
-        world = make_env(env, seed=seed, frame_size=self.frame_size, gl_context=gl_context)
-        try:
-            if list(world.key_names) != self.key_names:
-                raise WorldsimError(f"world {env!r} has keys {world.key_names}, the checkpoint {self.key_names}")
-            n = self.context_frames
-            keys = np.zeros((n, len(self.key_names)), np.uint8)
-            mouse = np.zeros((n, 2), np.float32)
-            obs = [world.reset()] + [world.step(keys[i], mouse[i]) for i in range(n - 1)]
-        finally:
-            world.close()
-        frames = np.stack([o.frame for o in obs])
-        self.reset(frames, np.stack([o.c2w for o in obs]), keys, mouse)
-        return frames
-
-    def reset_from_episode(self, dataset: str | Path, episode: int = 0, start: int = 0) -> np.ndarray:
-        """Start from frames ``[start, start + context)`` of a recorded episode."""
-        from worldsim.data.reader import RolloutDataset
-
-        ds = RolloutDataset(dataset)
-        ds.require_nonempty()
-        if not 0 <= episode < len(ds):
-            raise WorldsimError(f"{dataset} has episodes 0..{len(ds) - 1}, not {episode}")
-        if list(ds.meta.key_names) != self.key_names:
-            raise WorldsimError(f"{dataset} records keys {ds.meta.key_names}, the checkpoint {self.key_names}")
-        if tuple(ds.meta.frame_size) != self.frame_size:
-            raise WorldsimError(f"{dataset} has {tuple(ds.meta.frame_size)} frames, the checkpoint {self.frame_size}")
-        a = ds.load_slice(episode, start, start + self.context_frames, ("frames", "c2w", "keys", "mouse"))
-        if len(a["frames"]) < self.chunk_frames:
-            raise WorldsimError(f"episode {episode} of {dataset} has too few frames after {start} for a context")
-        self.reset(a["frames"], a["c2w"], a["keys"], a["mouse"])
-        return a["frames"]
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, or one line saying why it cannot run here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise WorldsimError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WorldsimError(f"device {device!r} asked, but this torch sees no CUDA GPU (torch {torch.__version__})")
+    if dev.type not in ("cpu", "cuda"):
+        raise WorldsimError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
 
 
 def _fingerprint(path: Path) -> str:
@@ -283,15 +340,17 @@ def load_engine(
     guidance: float = 0.0,
     sampler_mode: str = "",
     context_sigma: float | None = None,
+    context_policy: str | None = None,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
     Each sampler option left at its default keeps the checkpoint's own: ``sampler_steps`` > 0
     replaces the step count; ``guidance`` > 0 the classifier-free guidance scale on actions (1 =
     off; any other value runs the network twice per denoising step); ``sampler_mode`` the update
     rule (``euler`` or ``few_step``: predict the clean chunk, re-noise with fresh noise);
-    ``context_sigma`` the noise level the context is re-noised to before the model reads it."""
-    if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
-        raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
+    ``context_sigma`` the noise level the context is re-noised to before the model reads it.
+    ``device``: ``cpu`` or ``cuda[:n]``; ``context_policy``: ``rebuild`` or ``cached`` (None =
+    ``cached`` where the checkpoint's conditioning allows it, else ``rebuild``)."""
+    check_device(device)
     if guidance < 0:
         raise WorldsimError(f"guidance must be > 0 (1 = off), or 0 for the checkpoint's own; got {guidance}")
     ck, model, codec = load_checkpoint(path, device=device)
@@ -304,4 +363,13 @@ def load_engine(
         sampler = dataclasses.replace(sampler, mode=sampler_mode)
     if context_sigma is not None:
         sampler = dataclasses.replace(sampler, context_sigma=context_sigma)
-    return Engine(ck, model, codec, sampler=sampler, seed=seed, bf16=bf16, fingerprint=_fingerprint(Path(path)))
+    return Engine(
+        ck,
+        model,
+        codec,
+        sampler=sampler,
+        seed=seed,
+        bf16=bf16,
+        fingerprint=_fingerprint(Path(path)),
+        context_policy=context_policy,
+    )

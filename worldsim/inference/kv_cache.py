@@ -1,85 +1,127 @@
-"""Typed KV cache for chunk-autoregressive inference: sink chunk, rolling window, memory slots.
+"""The rollout's KV cache: preallocated per-layer keys and values, filled in place.
 
-Keys are stored *after* RoPE: a chunk's positions are fixed when it is written, so reusing them
-costs nothing per step. (A camera made relative to the latest frame enters through the token
-features, not the keys' positions; rebuilding context K/V per chunk is the other option and is
-decided by measurement in the model benchmark.) The window holds at most ``window_chunks``
-chunks; the oldest non-sink chunk is evicted, so per-chunk cost is flat however long play runs.
+Layout per layer: ``slots`` chunk-sized slots of ``L`` tokens in one buffer
+``(B, H, slots * L, hd)``: an optional *sink* slot (the session's first chunk, kept for good:
+LongLive's attention sink), a ring of ``window`` slots for the most recent finished chunks, and
+one *scratch* slot that the chunk being generated writes on every pass. Committing a chunk turns
+the scratch slot into the newest window slot and, once the window is full, the slot of the oldest
+window chunk into the next scratch slot: nothing is copied or concatenated, and the memory is
+fixed from the start, so per-chunk cost stays flat however long a session runs.
+
+Keys are stored *after* RoPE, at the absolute temporal positions they were computed with. RoPE
+makes attention depend only on position differences, so a stored key stays valid as the session
+moves on (rotating on read would cost a rotation per key per pass for the same scores). Slots are
+used in order until the cache is full, so the part a chunk attends to is always a contiguous
+prefix of the buffer; the order of keys inside it does not matter to attention.
+
+Bytes: ``2 * layers * B * H * slots * L * hd * element size`` (reference.md §2).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 import torch
 
-
-@dataclass
-class ChunkKV:
-    k: torch.Tensor  # (B, H, L, D) after RoPE
-    v: torch.Tensor  # (B, H, L, D)
+from worldsim.core.errors import WorldsimError
 
 
-@dataclass
-class LayerCache:
-    sink: ChunkKV | None = None
-    window: deque[ChunkKV] = field(default_factory=deque)
-    memory: list[ChunkKV] = field(default_factory=list)  # retrieved past chunks, replaced per chunk
-
-    def context(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Keys and values of everything a new chunk attends to besides itself, or None."""
-        parts = ([self.sink] if self.sink is not None else []) + self.memory + list(self.window)
-        if not parts:
-            return None
-        return torch.cat([p.k for p in parts], dim=2), torch.cat([p.v for p in parts], dim=2)
-
-
-@dataclass
 class KVCache:
-    """One :class:`LayerCache` per transformer block, plus the bookkeeping all layers share."""
+    """Implements ``worldsim.model.dit.KVContext`` for the rollout; see the module docstring.
 
-    num_layers: int
-    window_chunks: int
-    use_sink: bool = True
-    layers: list[LayerCache] = field(default_factory=list)
-    chunks_written: int = 0
+    ``num_layers`` blocks, ``chunk_tokens`` tokens per chunk (frames x tokens per frame),
+    ``window`` >= 1 finished chunks kept besides the sink (``sink=True``). Buffers are allocated
+    on the first write with that write's batch, heads, head size, dtype and device.
+    """
 
-    def __post_init__(self) -> None:
-        if not self.layers:
-            self.layers = [LayerCache() for _ in range(self.num_layers)]
+    def __init__(self, num_layers: int, chunk_tokens: int, window: int, sink: bool = False):
+        if window < 1:
+            raise WorldsimError(f"a KV cache needs a window of at least 1 chunk, got {window}")
+        self.num_layers, self.chunk_tokens, self.window, self.sink = num_layers, chunk_tokens, window, sink
+        self.slots = window + 1 + int(sink)  # + the scratch slot (+ the sink)
+        self.k: torch.Tensor | None = None  # (layers, B, H, slots * L, hd)
+        self.v: torch.Tensor | None = None
+        self.chunks_written = 0
+        self._sink_slot: int | None = None
+        self._window_slots: deque[int] = deque()  # oldest first
+        self._scratch = 0  # the slot the chunk being generated writes
 
-    def clear_memory(self) -> None:
-        """Drop the retrieved memory chunks (before writing the next chunk's selection)."""
-        for lc in self.layers:
-            lc.memory.clear()
+    # -- what the model calls -----------------------------------------------------------------
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this chunk's ``k, v (B, H, L, hd)`` into the scratch slot of ``layer`` -> the
+        keys and values it attends to ``(B, H, used * L, hd)`` (the context and itself)."""
+        if k.shape[2] != self.chunk_tokens:
+            raise WorldsimError(f"the KV cache holds chunks of {self.chunk_tokens} tokens, got {k.shape[2]}")
+        if self.k is None or self.v is None:
+            b, h, _, hd = k.shape
+            shape = (self.num_layers, b, h, self.slots * self.chunk_tokens, hd)
+            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+        s = self._scratch * self.chunk_tokens
+        self.k[layer, :, :, s : s + self.chunk_tokens] = k
+        self.v[layer, :, :, s : s + self.chunk_tokens] = v
+        end = self.used_slots * self.chunk_tokens
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def write_memory(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Add a retrieved past chunk's K/V to the memory slots of one layer (not the window)."""
-        self.layers[layer].memory.append(ChunkKV(k.detach(), v.detach()))
-
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store a finished chunk's K/V for one layer (call for every layer, then :meth:`commit`)."""
-        lc = self.layers[layer]
-        item = ChunkKV(k.detach(), v.detach())
-        if self.use_sink and self.chunks_written == 0:
-            lc.sink = item
-            return
-        lc.window.append(item)
-        while len(lc.window) > self.window_chunks:
-            lc.window.popleft()
-
+    # -- what the rollout calls ---------------------------------------------------------------
     def commit(self) -> None:
+        """Keep the chunk last written to the scratch slot (its clean pass) as the newest context
+        chunk: the sink if none is kept yet, else the newest window chunk, evicting the oldest."""
+        if self.k is None:
+            raise WorldsimError("commit() before any chunk was written to the KV cache")
+        if self.sink and self._sink_slot is None:
+            self._sink_slot = self._scratch
+            self._scratch += 1
+        else:
+            self._window_slots.append(self._scratch)
+            if len(self._window_slots) > self.window:
+                self._scratch = self._window_slots.popleft()  # the oldest window chunk is overwritten next
+            else:
+                self._scratch = len(self._window_slots) + int(self._sink_slot is not None)
         self.chunks_written += 1
 
-    def num_tokens(self) -> int:
-        ctx = self.layers[0].context()
-        return 0 if ctx is None else ctx[0].shape[2]
+    @property
+    def used_slots(self) -> int:
+        """Slots a new chunk attends to: the kept chunks and its own scratch slot."""
+        return len(self._window_slots) + int(self._sink_slot is not None) + 1
+
+    @property
+    def context_chunks(self) -> int:
+        """Finished chunks a new chunk attends to (sink included)."""
+        return self.used_slots - 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Buffers and slot bookkeeping as tensors (for a saved session)."""
+        if self.k is None or self.v is None:
+            raise WorldsimError("an empty KV cache has nothing to save")
+        book = [self.chunk_tokens, self.window, int(self.sink), self.chunks_written, self._scratch]
+        book.append(-1 if self._sink_slot is None else self._sink_slot)
+        return {
+            "k": self.k,
+            "v": self.v,
+            "book": torch.tensor(book, dtype=torch.int64),
+            "window_slots": torch.tensor(list(self._window_slots), dtype=torch.int64),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], num_layers: int) -> KVCache:
+        """The cache :meth:`state_dict` described, for a model of ``num_layers`` blocks."""
+        try:
+            chunk_tokens, window, sink, written, scratch, sink_slot = (int(x) for x in state["book"].tolist())
+            cache = cls(num_layers, chunk_tokens, window, bool(sink))
+            k, v = state["k"], state["v"]
+        except (KeyError, ValueError) as e:
+            raise WorldsimError(f"the saved KV cache is incomplete ({e})") from None
+        if k.shape[0] != num_layers or k.shape[3] != cache.slots * chunk_tokens or v.shape != k.shape:
+            raise WorldsimError(f"the saved KV cache {tuple(k.shape)} does not fit this model ({num_layers} blocks)")
+        cache.k, cache.v = k, v
+        cache.chunks_written, cache._scratch = written, scratch
+        cache._sink_slot = None if sink_slot < 0 else sink_slot
+        cache._window_slots = deque(int(s) for s in state["window_slots"].tolist())
+        return cache
 
     def nbytes(self) -> int:
-        total = 0
-        for lc in self.layers:
-            ctx = lc.context()
-            if ctx is not None:
-                total += ctx[0].numel() * ctx[0].element_size() * 2
-        return total
+        """Bytes of the preallocated buffers (0 before the first write)."""
+        if self.k is None or self.v is None:
+            return 0
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()

@@ -1,135 +1,228 @@
-"""Chunk-by-chunk generation with the camera made relative to the latest frame.
+"""The chunk-autoregressive rollout: the one loop that turns a clean context and per-frame inputs
+into new chunks, used by the engine, the evaluation, the training previews and benchmarks.
 
-Each new chunk sees ``[context chunks | new chunk]`` with compact temporal positions
-``0 .. n+k-1`` and Plücker rays relative to the *latest context frame* (the current camera).
-The reference therefore moves every chunk, so the context's keys and values are rebuilt once
-per chunk (one clean pass per context chunk into a fresh cache, shared by all denoising steps)
-instead of being cached across chunks: calibration lesson 4's first remedy, chosen because it
-makes inference exactly the training forward (teacher forcing on the same sequence) and lets
-memory chunks be placed in the context without stale keys. ``worldsim-bench model`` prices the
-alternative.
+Per chunk (``step``):
+
+1. rays and temporal positions of ``[context | chunk]`` (``worldsim.inference.context``);
+2. the context's keys and values: recomputed into a fresh cache (``rebuild``: one clean pass per
+   context chunk, shared by all denoising steps; HY-WorldPlay's choice, needed when the camera
+   reference moves every chunk), or already in the session's cache (``cached``);
+3. the denoising passes of the new chunk against that context (``worldsim.diffusion.sampler``);
+4. ``cached`` only: one clean pass writes the finished chunk's keys and values into the cache
+   (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0);
+5. the clean chunk joins the history, which keeps the sink and the newest ``context_chunks``.
+
+The rollout is gradient-agnostic (the caller picks ``torch.inference_mode`` or gradients),
+batch-first (``B`` sessions at once) and device-agnostic (every tensor it makes is created on
+the device of the context it was reset with; the generator must live there too).
+
+Past the window the two policies differ by construction when the network has more than one
+block: a cached chunk's keys were computed while it attended to chunks that have since left the
+window, a rebuilt one's only to the chunks still in it. Each is pinned to a full block-causal
+forward with the mask that describes it (tests/test_rollout.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import Sampler, SamplerConfig
+from worldsim.core.errors import WorldsimError, unknown_name
+from worldsim.diffusion.sampler import SamplerConfig, context_input, denoise_update, guided
+from worldsim.inference.context import CameraRays, ConditioningConfig, History
+from worldsim.inference.kv_cache import KVCache
 from worldsim.model.dit import WorldModel
-from worldsim.model.plucker import clip_rays
 
-
-@dataclass(frozen=True)
-class ConditioningConfig:
-    """How a trained model expects its inputs; stored in checkpoints."""
-
-    context_chunks: int = 2
-    translation_scale_m: float = 8.0
-    latent_mean: tuple[float, ...] = ()  # per latent channel; empty = 0
-    latent_std: tuple[float, ...] = ()  # per latent channel; empty = 1
-    intrinsics: tuple[float, ...] = ()  # 3x3 row-major, pixels of the training frames; empty = unknown
-
-    def stats(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.latent_mean or [0.0] * channels).view(channels, 1, 1)
-        std = torch.tensor(self.latent_std or [1.0] * channels).view(channels, 1, 1)
-        return mean, std
-
-    def intrinsics_matrix(self) -> torch.Tensor | None:
-        return torch.tensor(self.intrinsics, dtype=torch.float32).view(3, 3) if self.intrinsics else None
+CONTEXT_POLICIES = ("rebuild", "cached")
 
 
 @dataclass
-class History:
-    """Clean past frames of a batch of sessions: normalised latents, encoded actions, poses."""
+class RolloutTimings:
+    """Seconds spent on the last chunk, by stage (wall clock; CUDA work synchronised)."""
 
-    latents: torch.Tensor  # (B, T, C, h, w)
-    actions: torch.Tensor  # (B, T, A)
-    c2w: torch.Tensor  # (B, T, 4, 4)
+    context_s: float = 0.0  # recomputing the context's keys and values (rebuild)
+    denoise_s: float = 0.0  # the denoising passes of the new chunk
+    cache_write_s: float = 0.0  # the clean pass that writes the chunk's keys and values (cached)
 
-    def tail(self, frames: int) -> History:
-        return History(self.latents[:, -frames:], self.actions[:, -frames:], self.c2w[:, -frames:])
-
-    def append(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor, keep: int) -> History:
-        return History(
-            torch.cat([self.latents, latents], 1)[:, -keep:],
-            torch.cat([self.actions, actions], 1)[:, -keep:],
-            torch.cat([self.c2w, c2w], 1)[:, -keep:],
-        )
+    @property
+    def model_s(self) -> float:
+        return self.context_s + self.denoise_s + self.cache_write_s
 
 
-class ChunkGenerator:
-    """Generates chunk after chunk for a batch of sessions from a clean context."""
+def default_policy(cond: ConditioningConfig) -> str:
+    """``cached`` where the conditioning keeps keys valid across chunks, else ``rebuild``."""
+    return "cached" if cond.cacheable else "rebuild"
+
+
+class ChunkRollout:
+    """Generates chunk after chunk for ``B`` sessions; see the module docstring.
+
+    ``intrinsics (3, 3)`` pixels of the decoded ``frame_size``; ``null_action (A,)`` the input
+    classifier-free guidance compares against (required when ``sampler.guidance != 1``).
+    Raises ``WorldsimError`` for an unknown policy, ``cached`` with a conditioning whose keys go
+    stale, or inputs of the wrong length.
+    """
 
     def __init__(
         self,
         model: WorldModel,
         sampler: SamplerConfig,
         cond: ConditioningConfig,
-        intrinsics: torch.Tensor,  # (3, 3) pixels of the decoded frame
+        intrinsics: torch.Tensor,
         frame_size: tuple[int, int],
-        null_action: torch.Tensor | None = None,  # (A,) for classifier-free guidance
+        policy: str = "rebuild",
+        null_action: torch.Tensor | None = None,
     ):
-        self.model, self.cond = model, cond
-        self.sampler = Sampler(sampler)
+        if policy not in CONTEXT_POLICIES:
+            raise unknown_name("context policy", policy, CONTEXT_POLICIES)
+        if policy == "cached" and not cond.cacheable:
+            raise WorldsimError(
+                f"context policy 'cached' needs a conditioning whose keys stay valid across chunks "
+                f"(camera_reference 'session'); this checkpoint's is {cond.camera_reference!r}: use 'rebuild'"
+            )
+        if sampler.guidance != 1.0 and null_action is None:
+            raise WorldsimError("classifier-free guidance needs the action encoder's null action")
+        self.model, self.sampler, self.cond, self.policy = model, sampler, cond, policy
         self.k = model.cfg.chunk_frames
-        self.intrinsics = intrinsics.float()
-        self.frame_size = frame_size
+        self.rays = CameraRays(cond, intrinsics, frame_size, model.cfg.latent_size)
         self.null_action = null_action
         self.history: History | None = None
+        self.reference: torch.Tensor | None = None  # (B, 4, 4) the session's first pose
+        self.cache: KVCache | None = None  # cached policy only
+        self.timings = RolloutTimings()
 
     @property
     def context_frames(self) -> int:
+        """Frames of the rolling window (the sink comes on top when the conditioning keeps one)."""
         return self.cond.context_chunks * self.k
 
+    def _new_cache(self, window: int, sink: bool) -> KVCache:
+        return KVCache(self.model.cfg.depth, self.k * self.model.cfg.tokens_per_frame, window, sink)
+
+    # -- session ----------------------------------------------------------------------------
     def reset(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor) -> None:
-        """Clean context ``(B, T0, ...)``; the newest whole chunks are kept (T0 >= chunk_frames)."""
+        """Clean context ``latents (B, T0, C, h, w)``, ``actions (B, T0, A)``, ``c2w (B, T0, 4, 4)``;
+        the newest whole chunks are kept (at most the window, plus the sink chunk when kept).
+        ``cached`` computes the context's keys and values here, once."""
         t0 = latents.shape[1]
         if t0 < self.k:
             raise WorldsimError(f"context of {t0} frames is shorter than one {self.k}-frame chunk")
-        keep = min(self.context_frames, t0 - t0 % self.k)
-        self.history = History(latents, actions, c2w).tail(keep)
+        keep = min(self.context_frames + self.k * self.cond.sink, t0 - t0 % self.k)
+        idx = torch.arange(keep, device=latents.device)
+        hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], idx)
+        self.restore(hist, hist.c2w[:, 0])
 
-    def rays(self, c2w: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        b = c2w.shape[0]
-        k = self.intrinsics.expand(b, 3, 3)
-        return clip_rays(c2w, ref, k, self.frame_size, self.model.cfg.latent_size, self.cond.translation_scale_m)
+    def restore(self, history: History, reference: torch.Tensor, cache: KVCache | None = None) -> None:
+        """Continue a session from its history and first pose (a saved session); ``cached``
+        takes the saved ``cache`` as is, or recomputes it from the history when none is given."""
+        self.history, self.reference = history, reference
+        self.cache = None
+        if self.policy == "cached":
+            self.cache = cache if cache is not None else self._context_cache(history)
 
-    @torch.inference_mode()
+    def _positions(self, ctx: History) -> tuple[torch.Tensor, torch.Tensor]:
+        """Temporal positions of the context ``(n,)`` and of the new chunk ``(k,)``."""
+        n, dev = ctx.num_frames, ctx.frame_idx.device
+        if self.cond.camera_reference == "latest":  # compact: the context sits just before the chunk
+            return torch.arange(n, device=dev), torch.arange(n, n + self.k, device=dev)
+        nxt = int(ctx.frame_idx[-1]) + 1
+        return ctx.frame_idx, torch.arange(nxt, nxt + self.k, device=dev)
+
+    def _camera(self, ctx: History, c2w: torch.Tensor) -> torch.Tensor:
+        """Rays of ``[context | chunk]`` ``(B, n + k, 6, h, w)`` in the context's dtype."""
+        seq = torch.cat([ctx.c2w, c2w.to(ctx.c2w.dtype)], 1)
+        if self.cond.camera_reference == "latest":
+            return self.rays.relative_to_latest(seq, ctx.c2w[:, -1], ctx.latents.dtype)
+        assert self.reference is not None
+        return self.rays.relative_to_session(seq, self.reference, ctx.latents.dtype)
+
+    def _context_cache(
+        self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> KVCache:
+        """A cache holding the context's keys and values, written one chunk at a time in order
+        (each chunk attends to those before it), from the context input the sampler prescribes.
+        ``rays (B, >= n, 6, h, w)``: the context's rays when the caller has them (``latest``
+        normalises translations over context and chunk together)."""
+        n_chunks = ctx.num_frames // self.k
+        cached = self.policy == "cached"
+        # rebuild: exactly n_chunks + 1 slots, so each pass attends to the whole buffer.
+        cache = self._new_cache(self.cond.context_chunks if cached else n_chunks, self.cond.sink and cached)
+        b, dtype = ctx.latents.shape[0], ctx.latents.dtype
+        if rays is None:
+            rays = self._camera(ctx, ctx.c2w[:, :0])
+        pos, _ = self._positions(ctx)
+        labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=ctx.latents.device)
+        x = context_input(self.sampler, ctx.latents, generator)
+        for s in range(0, ctx.num_frames, self.k):
+            sl = slice(s, s + self.k)
+            self.model.forward_chunk(x[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos[sl], cache)
+            cache.commit()
+        return cache
+
+    # -- one chunk --------------------------------------------------------------------------
     def step(self, actions: torch.Tensor, c2w: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``actions (B, k, A)`` encoded, ``c2w (B, k, 4, 4)`` -> clean normalised latents ``(B, k, C, h, w)``."""
+        """``actions (B, k, A)`` encoded, ``c2w (B, k, 4, 4)`` -> the clean chunk's normalised
+        latents ``(B, k, C, h, w)``; per-stage seconds in :attr:`timings`."""
         if self.history is None:
-            raise WorldsimError("reset the generator with a context before stepping")
-        ctx = self.history
-        b, n = ctx.latents.shape[:2]
+            raise WorldsimError("reset the rollout with a context before stepping")
         if actions.shape[1] != self.k or c2w.shape[1] != self.k:
             raise WorldsimError(f"a step takes exactly {self.k} frames of input, got {actions.shape[1]}")
-        model = self.model
-        dtype = ctx.latents.dtype
-        # Step 1: rays of the whole sequence relative to the latest context frame.
-        rays = self.rays(torch.cat([ctx.c2w, c2w], 1), ctx.c2w[:, -1]).to(dtype)
-        actions = actions.to(dtype)
-        # Step 2: rebuild the context's keys/values in a fresh cache, one chunk at a time.
-        #   With ``context_sigma`` > 0 the context is first re-noised to that level (and labelled so),
-        #   as diffusion forcing trained it: the model leans less on its own earlier mistakes.
-        cache = model.new_cache(window_chunks=n // self.k + 1, use_sink=False)
-        labels = torch.full((b, self.k), self.sampler.cfg.context_sigma, dtype=dtype)
-        context = self.sampler.context_input(ctx.latents, generator)
-        for s in range(0, n, self.k):
-            sl = slice(s, s + self.k)
-            pos = torch.arange(s, s + self.k)
-            model.forward_chunk(context[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos, cache, write=True)
+        ctx = self.history
+        dev, dtype = ctx.latents.device, ctx.latents.dtype
+        actions = actions.to(device=dev, dtype=dtype)
+        c2w = c2w.to(dev)
+        timer = _Timer(dev)
+        # Step 1: rays of [context | chunk] and the chunk's temporal positions.
+        _, pos = self._positions(ctx)
+        # Step 2: the context's keys and values.
+        if self.policy == "rebuild":
+            all_rays = self._camera(ctx, c2w)
+            rays = all_rays[:, ctx.num_frames :]
+            cache = self._context_cache(ctx, all_rays, generator)
+        else:  # the context's rays are in its cached keys; a pose's rays need only the session's first pose
+            assert self.cache is not None and self.reference is not None
+            rays = self.rays.relative_to_session(c2w, self.reference, dtype)
+            cache = self.cache
+        context_s = timer.lap()
         # Step 3: denoise the new chunk against that context.
-        null = None
-        if self.null_action is not None:
-            null = self.null_action.to(dtype).expand_as(actions)
-        shape = (b, self.k, *ctx.latents.shape[2:])
-        x0 = self.sampler.sample_chunk(
-            model, cache, actions, rays[:, n:], torch.arange(n, n + self.k), shape, generator, null, write_cache=False
-        )
-        self.history = ctx.append(x0, actions, c2w.to(ctx.c2w.dtype), keep=self.context_frames)
+        x0 = self._denoise(cache, actions, rays, pos, (ctx.latents.shape[0], self.k, *ctx.latents.shape[2:]), generator)
+        denoise_s = timer.lap()
+        # Step 4 (cached): the clean pass writes the finished chunk's keys and values.
+        if self.policy == "cached":
+            b = x0.shape[0]
+            labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=dev)
+            self.model.forward_chunk(context_input(self.sampler, x0, generator), labels, actions, rays, pos, cache)
+            cache.commit()
+        write_s = timer.lap()
+        # Step 5: the chunk joins the history; the window slides.
+        self.history = ctx.append(x0, actions, c2w).window(self.k, self.cond.context_chunks, self.cond.sink)
+        self.timings = RolloutTimings(context_s, denoise_s, write_s)
+        return x0
+
+    def _denoise(
+        self,
+        cache: KVCache,
+        actions: torch.Tensor,  # (B, k, A)
+        rays: torch.Tensor,  # (B, k, 6, h, w)
+        pos: torch.Tensor,  # (k,)
+        shape: tuple[int, ...],  # (B, k, C, h, w)
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The sampler's loop: ``num_steps`` network passes (twice each with guidance) -> x0."""
+        cfg = self.sampler
+        x = torch.randn(shape, generator=generator, dtype=rays.dtype, device=rays.device)
+        null = None if self.null_action is None else self.null_action.to(actions).expand_as(actions)
+        sig = cfg.sigmas()
+        x0 = x
+        for i in range(cfg.num_steps):
+            s = torch.full(shape[:2], sig[i], dtype=x.dtype, device=x.device)
+            v = self.model.forward_chunk(x, s, actions, rays, pos, cache)
+            if cfg.guidance != 1.0:
+                assert null is not None
+                v = guided(v, self.model.forward_chunk(x, s, null, rays, pos, cache), cfg.guidance)
+            x, x0 = denoise_update(cfg, x, v, sig[i], sig[i + 1], generator)
         return x0
 
     def rollout(
@@ -143,3 +236,21 @@ class ChunkGenerator:
             for s in range(0, actions.shape[1], self.k)
         ]
         return torch.cat(outs, 1)
+
+
+class _Timer:
+    """Wall-clock laps; waits for queued CUDA work so a lap holds the work done in it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        dt, self.t = now - self.t, now
+        return dt

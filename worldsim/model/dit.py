@@ -9,8 +9,9 @@ Read top to bottom: embeddings -> blocks -> final layer. Shapes: ``B`` batch, ``
 * Camera: Plücker rays at latent resolution, patchified like the latents and added to the tokens
   through a zero-initialised linear (added to tokens rather than per-block FiLM: one projection,
   cheap, and the tokens carry it through every block's attention).
-* Attention: bidirectional inside a chunk, causal across chunks (a mask in training, the KV cache
-  at inference). Positions: 3-D RoPE (time, row, col); temporal positions are explicit inputs, so
+* Attention: bidirectional inside a chunk, causal across chunks (a mask in training; at inference
+  a :class:`KVContext` supplied by the rollout hands each block the keys and values to attend
+  to). Positions: 3-D RoPE (time, row, col); temporal positions are explicit inputs, so
   memory frames can be placed anywhere without changing the network.
 """
 
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from worldsim.inference.kv_cache import KVCache
 from worldsim.model.attention import attention
 from worldsim.model.rope import apply_rope, rope_angles, token_positions
 
@@ -43,6 +44,18 @@ class WorldModelConfig:
     @property
     def tokens_per_frame(self) -> int:
         return (self.latent_size[0] // self.patch) * (self.latent_size[1] // self.patch)
+
+
+class KVContext(Protocol):
+    """What a chunk attends to at inference besides itself (implemented by the rollout's KV cache).
+
+    ``keys_values(layer, k, v)`` receives this chunk's keys (after RoPE) and values
+    ``(B, H, L, hd)`` for block ``layer`` and returns the keys and values the chunk attends to,
+    ``(B, H, L_ctx + L, hd)``: the context's and its own. Attention needs no mask then: the
+    context holds only earlier chunks, and the order of keys does not matter (RoPE carries time).
+    """
+
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
@@ -82,24 +95,23 @@ class Block(nn.Module):
         x: torch.Tensor,  # (B, T, N, D)
         c: torch.Tensor,  # (B, T, D)
         angles: torch.Tensor,  # (T*N, head_dim/2)
-        mask: torch.Tensor | None,
-        ctx_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the new ``x`` and this input's keys (after RoPE) and values ``(B, H, T*N, hd)``."""
+        mask: torch.Tensor | None = None,  # (T*N, T*N) bool, training only
+        kv: KVContext | None = None,  # inference: the rollout's cache
+        layer: int = 0,  # this block's index, for ``kv``
+    ) -> torch.Tensor:
+        """-> the new ``x`` ``(B, T, N, D)``."""
         b, t, n, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # (B, T, 1, D)
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = rearrange(self.qkv(h), "b t n (three h e) -> three b h (t n) e", three=3, h=self.heads)
         q, k = apply_rope(q, angles), apply_rope(k, angles)
-        if ctx_kv is not None:  # inference: attend to the cached context and to this chunk
-            k_all, v_all = torch.cat([ctx_kv[0], k], dim=2), torch.cat([ctx_kv[1], v], dim=2)
-        else:
-            k_all, v_all = k, v
-        a = attention(q, k_all, v_all, mask)
+        if kv is not None:  # inference: attend to the cached context and to this chunk
+            k, v = kv.keys_values(layer, k, v)
+        a = attention(q, k, v, mask)
         a = rearrange(a, "b h (t n) e -> b t n (h e)", t=t)
         x = x + gate1 * self.proj(a)
         x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-        return x, k, v
+        return x
 
 
 class WorldModel(nn.Module):
@@ -156,7 +168,7 @@ class WorldModel(nn.Module):
         tok, c = self._embed(x, sigma, actions, plucker)
         angles = self._angles(frame_pos)
         for block in self.blocks:
-            tok, _, _ = block(tok, c, angles, mask)
+            tok = block(tok, c, angles, mask)
         return self._unembed(tok, c)
 
     def forward_chunk(
@@ -166,29 +178,12 @@ class WorldModel(nn.Module):
         actions: torch.Tensor,  # (B, k, A)
         plucker: torch.Tensor,  # (B, k, 6, h, w)
         frame_pos: torch.Tensor,  # (k,)
-        cache: KVCache,
-        write: bool = False,
-        write_memory: bool = False,
+        kv: KVContext | None = None,
     ) -> torch.Tensor:
-        """One chunk attending to ``cache`` and itself.
-
-        ``write=True`` stores its K/V in the rolling window (the clean pass of a finished chunk);
-        ``write_memory=True`` stores them in the memory slots instead (a retrieved past chunk,
-        passed with its own poses and the compact temporal positions chosen by the caller).
-        """
-        if write and write_memory:
-            raise ValueError("a chunk goes to the window or to memory, not both")
+        """One chunk attending to the context ``kv`` provides and to itself -> ``v (B, k, C, h, w)``.
+        Whether its keys and values are kept for later chunks is ``kv``'s business."""
         tok, c = self._embed(x, sigma, actions, plucker)
         angles = self._angles(frame_pos)
         for i, block in enumerate(self.blocks):
-            tok, k, v = block(tok, c, angles, None, cache.layers[i].context())
-            if write:
-                cache.write(i, k, v)
-            elif write_memory:
-                cache.write_memory(i, k, v)
-        if write:
-            cache.commit()
+            tok = block(tok, c, angles, None, kv, i)
         return self._unembed(tok, c)
-
-    def new_cache(self, window_chunks: int, use_sink: bool = True) -> KVCache:
-        return KVCache(num_layers=self.cfg.depth, window_chunks=window_chunks, use_sink=use_sink)

@@ -64,9 +64,11 @@ def clip_rays(
     frame_size: tuple[int, int],
     latent_size: tuple[int, int],
     translation_scale_m: float,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref``, translations
-    normalised over the sequence, at latent resolution -> ``(B, T, 6, h, w)`` float32."""
+    normalised over the sequence, at latent resolution -> ``(B, T, 6, h, w)`` in ``dtype``
+    (computed in float64)."""
     rel = normalise_translation(relative_poses(c2w.double(), ref.double()), translation_scale_m)
     k = scale_intrinsics(intrinsics.double(), latent_size[0] / frame_size[0])
-    return plucker_rays(rel, k, latent_size[0], latent_size[1]).float()
+    return plucker_rays(rel, k, latent_size[0], latent_size[1]).to(dtype)

@@ -89,15 +89,19 @@ class EngineSource:
         self.timings: dict[str, float] = {}
 
     def reset(self) -> np.ndarray:
-        frames: np.ndarray = self.engine.reset_from_world(self.seed, gl_context=self.gl_context)
-        self.chunk_c2w = self.engine.chunk_c2w
-        return frames
+        from envs.starts import world_start
+
+        e = self.engine
+        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, gl_context=self.gl_context)
+        e.reset(*start.arrays())
+        self.chunk_c2w = start.c2w[-1:]
+        return start.frames
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        frames: np.ndarray = self.engine.step(keys, mouse)
-        self.chunk_c2w = self.engine.chunk_c2w
-        self.timings = {"model": self.engine.timings.model_s, "decode": self.engine.timings.decode_s}
-        return frames
+        chunk = self.engine.step(keys, mouse)
+        self.chunk_c2w = chunk.c2w
+        self.timings = {"model": chunk.timings.model_s, "decode": chunk.timings.decode_s}
+        return chunk.frames
 
     def close(self) -> None:
         pass

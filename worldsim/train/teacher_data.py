@@ -29,7 +29,7 @@ from worldsim.data.format import INDEX_FILE
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means
 from worldsim.data.reader import RolloutDataset
-from worldsim.inference.rollout import ConditioningConfig
+from worldsim.inference.context import ConditioningConfig
 from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, frames_to_tensor
 from worldsim.model.plucker import clip_rays

@@ -37,7 +37,8 @@ from worldsim.inference.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from worldsim.inference.rollout import ChunkGenerator, ConditioningConfig
+from worldsim.inference.context import ConditioningConfig
+from worldsim.inference.rollout import ChunkRollout, default_policy
 from worldsim.model.codec import Codec, tensor_to_frames
 from worldsim.model.dit import WorldModel
 from worldsim.train.config import TrainConfig
@@ -226,9 +227,11 @@ def _preview(
     lat = torch.stack([(val.latents[e][: n_ctx + n_gen].float() - mean) / std for e in eps])
     act = torch.stack([val.actions[e][: n_ctx + n_gen] for e in eps])
     c2w = torch.stack([val.c2w[e][: n_ctx + n_gen] for e in eps])
-    gen = ChunkGenerator(model, cfg.teacher.sampler, cond, val.intrinsics, val.frame_size)
+    dev = next(model.parameters()).device
+    lat, act, c2w = lat.to(dev), act.to(dev), c2w.to(dev)
+    gen = ChunkRollout(model, cfg.teacher.sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
     gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx])
-    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator().manual_seed(cfg.seed))
+    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator(device=dev).manual_seed(cfg.seed)).cpu()
     frames = (
         tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1)))
         .reshape(len(eps), n_gen, *val.frame_size, 3)

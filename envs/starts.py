@@ -1,0 +1,35 @@
+"""Starts from a live ground-truth world (``worldsim.data.starts`` has those from recordings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from envs import make_env
+from worldsim.core.errors import WorldsimError
+from worldsim.data.starts import Start
+
+
+def world_start(
+    seed: int,
+    num_frames: int,
+    key_names: list[str],
+    frame_size: tuple[int, int],
+    env: str = "builtin",
+    gl_context: Any = None,
+) -> Start:
+    """The spawn view of world ``seed`` held still for ``num_frames`` frames (zero keys and
+    mouse), drawn in ``gl_context`` when given (under X11 a world must share the window's GL
+    context). Raises ``WorldsimError`` when the world's keys differ from ``key_names``."""
+    world = make_env(env, seed=seed, frame_size=frame_size, gl_context=gl_context)
+    try:
+        if list(world.key_names) != list(key_names):
+            raise WorldsimError(f"world {env!r} has keys {world.key_names}, the checkpoint {key_names}")
+        keys = np.zeros((num_frames, len(key_names)), np.uint8)
+        mouse = np.zeros((num_frames, 2), np.float32)
+        obs = [world.reset()] + [world.step(keys[i], mouse[i]) for i in range(num_frames - 1)]
+    finally:
+        world.close()
+    frames = np.stack([o.frame for o in obs])
+    return Start(frames, np.stack([o.c2w for o in obs]).astype(np.float32), keys, mouse, seed)

@@ -1,0 +1,173 @@
+"""The rollout the engine runs, pinned to independent computations (issue 19, "killing tests").
+
+* ``rebuild`` (the shipped teacher's ``latest`` conditioning) equals one full block-causal
+  forward over ``[context | chunk]`` with rays relative to the newest context frame computed here
+  from the Plücker formula, and compact positions ``0 .. n + k - 1``.
+* ``cached`` (``session`` conditioning) equals one full forward over the whole session with the
+  sliding-window + sink mask, absolute positions and rays relative to the session's first pose.
+* ``cached`` equals ``rebuild`` where caching is exact: before the window evicts, and past the
+  window and the sink for a one-block network (deeper networks remember evicted chunks through
+  the cached keys of later layers; tests above pin each policy to its own mask).
+
+Every model here is float64 with all weights random (the zero-init paths included).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.context import ConditioningConfig
+from worldsim.inference.rollout import ChunkRollout
+from worldsim.model.attention import chunk_mask
+from worldsim.model.dit import WorldModel, WorldModelConfig
+
+FRAME = (32, 32)
+K_PIX = torch.from_numpy(intrinsics_from_fov(70.0, *FRAME)).double()
+
+
+def _model(depth=2, seed=0, chunk_frames=2):
+    cfg = WorldModelConfig(
+        latent_channels=3, latent_size=(4, 4), patch=2, width=24, depth=depth, heads=2, action_dim=5,
+        chunk_frames=chunk_frames,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    m = WorldModel(cfg).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m
+
+
+def _session(t, seed=1, a_dim=5):
+    """Latents, actions and a camera path that walks, turns and climbs: ``t`` frames."""
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(1, t, 3, 4, 4, generator=g, dtype=torch.float64)
+    act = torch.randn(1, t, a_dim, generator=g, dtype=torch.float64)
+    poses = [make_c2w(np.array([0.7 * i, -0.2 * i, 1.1 * i]), 0.15 * i, 0.05 * np.sin(i)) for i in range(t)]
+    return lat, act, torch.from_numpy(np.stack(poses)).double()[None]
+
+
+def _rays_reference(c2w, ref, scale_m, normalise_over_sequence):
+    """Plücker rays ``[o x d, d]`` written out from the formula (reference.md §4), per pixel, at
+    the 4x4 latent grid: poses relative to ``ref``, translations divided as the conditioning says."""
+    rel = torch.linalg.inv(ref) @ c2w[0]  # (T, 4, 4)
+    t = rel[:, :3, 3]
+    div = max(scale_m, float(t.norm(dim=-1).max())) if normalise_over_sequence else scale_m
+    kl = K_PIX.clone()
+    kl[:2] *= 4 / FRAME[0]
+    out = torch.zeros(c2w.shape[1], 6, 4, 4, dtype=torch.float64)
+    for f in range(c2w.shape[1]):
+        o = t[f] / div
+        for r in range(4):
+            for c in range(4):
+                d_cam = torch.tensor([(c + 0.5 - kl[0, 2]) / kl[0, 0], (r + 0.5 - kl[1, 2]) / kl[1, 1], 1.0])
+                d = rel[f, :3, :3] @ (d_cam / d_cam.norm()).double()
+                out[f, :3, r, c], out[f, 3:, r, c] = torch.linalg.cross(o, d), d
+    return out[None]
+
+
+def _ids(t, k, tokens):
+    return torch.arange(t).div(k, rounding_mode="floor").repeat_interleave(tokens)
+
+
+ONE_EULER_STEP = SamplerConfig(num_steps=1, mode="euler")  # x0 = noise - v(noise): the network's output exposed
+
+
+def test_rebuild_step_equals_one_block_causal_forward_with_newest_frame_rays_and_compact_positions():
+    m = _model()
+    k, n = 2, 4
+    lat, act, c2w = _session(n + k)
+    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0)  # latest reference
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "rebuild")
+    roll.reset(lat[:, :n], act[:, :n], c2w[:, :n])
+    x0 = roll.step(act[:, n:], c2w[:, n:], torch.Generator().manual_seed(7))
+    noise = torch.randn(1, k, 3, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    rays = _rays_reference(c2w, c2w[0, n - 1], 3.0, normalise_over_sequence=True)
+    t = n + k
+    ids = _ids(t, k, m.cfg.tokens_per_frame)
+    sigma = torch.cat([torch.zeros(1, n), torch.ones(1, k)], 1).double()
+    v = m(torch.cat([lat[:, :n], noise], 1), sigma, act, rays, torch.arange(t), chunk_mask(ids, ids))
+    torch.testing.assert_close(x0, noise - v[:, n:], rtol=1e-9, atol=1e-9)
+    assert roll.history.num_frames == n  # the window slid by one chunk
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_cached_rollout_equals_full_windowed_forward_over_the_session(sink):
+    m = _model(depth=3)
+    k, window, n0, chunks = 2, 2, 4, 7  # 7 chunks after a 2-chunk context: far past the window
+    lat, act, c2w = _session(n0 + chunks * k)
+    cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference="session", sink=sink)
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached")
+    roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
+    g_roll, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    rays = _rays_reference(c2w, c2w[0, 0], 3.0, normalise_over_sequence=False)
+    clean = lat[:, :n0]
+    for j in range(chunks):
+        s = n0 + j * k
+        x0 = roll.step(act[:, s : s + k], c2w[:, s : s + k], g_roll)
+        noise = torch.randn(1, k, 3, 4, 4, generator=g_ref, dtype=torch.float64)
+        t = s + k
+        ids = _ids(t, k, m.cfg.tokens_per_frame)
+        sigma = torch.cat([torch.zeros(1, s), torch.ones(1, k)], 1).double()
+        mask = chunk_mask(ids, ids, window_chunks=window, sink=sink)
+        v = m(torch.cat([clean, noise], 1), sigma, act[:, :t], rays[:, :t], torch.arange(t), mask)
+        torch.testing.assert_close(x0, noise - v[:, s:], rtol=1e-9, atol=1e-9, msg=f"chunk {j}")
+        clean = torch.cat([clean, x0], 1)
+    assert roll.cache is not None and roll.cache.context_chunks == window + sink
+    assert roll.history.num_frames == (window + sink) * k
+
+
+@pytest.mark.parametrize(("depth", "chunks"), [(1, 8), (3, 1)])  # 1 block: exact at any length; 3: before eviction
+@pytest.mark.parametrize("sink", [False, True])
+def test_cached_equals_rebuild_where_caching_is_exact(depth, chunks, sink):
+    m = _model(depth=depth)
+    k, n0 = 2, 4
+    lat, act, c2w = _session(n0 + chunks * k)
+    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0, camera_reference="session", sink=sink)
+    sampler = SamplerConfig(num_steps=3, mode="few_step")
+    outs = {}
+    for policy in ("rebuild", "cached"):
+        roll = ChunkRollout(m, sampler, cond, K_PIX, FRAME, policy)
+        roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
+        g = torch.Generator().manual_seed(5)
+        outs[policy] = roll.rollout(act[:, n0:], c2w[:, n0:], g)
+    torch.testing.assert_close(outs["cached"], outs["rebuild"], rtol=1e-9, atol=1e-9)
+
+
+def test_cached_policy_is_refused_for_a_conditioning_whose_keys_go_stale():
+    with pytest.raises(WorldsimError, match="context policy 'cached' needs"):
+        ChunkRollout(_model(), ONE_EULER_STEP, ConditioningConfig(), K_PIX, FRAME, "cached")
+    with pytest.raises(WorldsimError, match="unknown context policy 'cache'"):
+        ChunkRollout(_model(), ONE_EULER_STEP, ConditioningConfig(), K_PIX, FRAME, "cache")
+
+
+def test_the_cache_stays_the_same_size_however_long_the_session():
+    m = _model()
+    lat, act, c2w = _session(4 + 20 * 2)
+    cond = ConditioningConfig(context_chunks=2, camera_reference="session", sink=True)
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached")
+    roll.reset(lat[:, :4], act[:, :4], c2w[:, :4])
+    assert roll.cache is not None
+    sizes = []
+    for j in range(20):
+        roll.step(act[:, 4 + 2 * j : 6 + 2 * j], c2w[:, 4 + 2 * j : 6 + 2 * j])
+        sizes.append((roll.cache.nbytes(), roll.cache.context_chunks, roll.history.num_frames))
+    assert len(set(sizes[2:])) == 1 and sizes[-1][1:] == (3, 6)
+
+
+def test_rollout_with_gradients_equals_it_under_inference_mode():
+    """Gradient-agnostic: the same chunks whether or not the caller records gradients."""
+    m = _model()
+    lat, act, c2w = _session(10)
+    cond = ConditioningConfig(context_chunks=2, camera_reference="session")
+    outs = []
+    for grad in (True, False):
+        roll = ChunkRollout(m, SamplerConfig(num_steps=2, mode="few_step"), cond, K_PIX, FRAME, "cached")
+        with torch.set_grad_enabled(grad):
+            roll.reset(lat[:, :4], act[:, :4], c2w[:, :4])
+            outs.append(roll.rollout(act[:, 4:], c2w[:, 4:], torch.Generator().manual_seed(0)))
+    assert outs[0].requires_grad and not outs[1].requires_grad
+    torch.testing.assert_close(outs[0].detach(), outs[1], rtol=0, atol=0)
