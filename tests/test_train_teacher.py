@@ -277,7 +277,7 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
-    # The export plays with the run's sampler, composed from the preset configs/sampler/teacher.yaml.
+    # The export plays with the run's sampler, composed from the preset worldsim/configs/sampler/teacher.yaml.
     preset = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "sampler" / "teacher.yaml"))
     assert json.loads((out / "model" / "config.json").read_text())["sampler"] == preset
 

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p_env.add_argument("--seed", type=int, default=0)
     p_env.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench.model)")
-    p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
+    p_model.add_argument("--preset", default="cpu", help="worldsim/configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_engine = sub.add_parser("engine", help="a checkpoint end to end: engine, step counts, bf16, growth, play loop")
