@@ -110,7 +110,15 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             context_sigma_max=tc.context_sigma_max,
         )
     codec = load_codec(tc.codec_path)
-    meta = open_datasets(cfg.data)[0].meta
+    sets = open_datasets(cfg.data)
+    meta = sets[0].meta
+    # What an input does, written into the export: every training dataset must agree on it.
+    for ds in sets[1:]:
+        if (ds.meta.env, ds.meta.controller()) != (meta.env, meta.controller()):
+            raise WorldsimError(
+                f"{ds.root} was recorded in env {ds.meta.env!r} with {ds.meta.controller()}, "
+                f"{sets[0].root} in {meta.env!r} with {meta.controller()}: one model learns one meaning of an input"
+            )
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
     _check_shapes(cfg, codec, frame_size, encoder.dim)
@@ -187,6 +195,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             action_encoder=encoder.spec(),
             frame_size=train.frame_size,
             conditioning=cond,
+            controller=meta.controller(),
+            env=meta.env,
             provenance={"stage": "teacher", "step": step, "config": cfg.identity(), "metrics": dict(metrics)},
         )
         save_checkpoint(loop.out / "model", ck, loop.ema, codec)
