@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import load_checkpoint, save_codec
@@ -278,7 +279,7 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
     # The export plays with the run's sampler, composed from the preset worldsim/configs/sampler/teacher.yaml.
-    preset = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "sampler" / "teacher.yaml"))
+    preset = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sampler" / "teacher.yaml"))
     assert json.loads((out / "model" / "config.json").read_text())["sampler"] == preset
 
 

@@ -8,7 +8,7 @@ What each number includes:
 * per chunk, steady state (after ``warmup`` chunks, batch 1, ``torch.inference_mode``), medians
   over ``chunks`` chunks: ``model_ms`` = context rebuild + denoising steps; ``decode_ms`` = codec
   decode of the chunk; ``frames_per_s`` = chunk_frames / median(model + decode). Display is
-  excluded here and included in the ``play_*`` rows.
+  excluded here and included in the ``play_*`` rows. These rows run in fp32 (``bf16=False``).
 * ``steps_<n>``: the same with the sampler's step count overridden; ``bf16``: with bf16 autocast.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
@@ -34,6 +34,7 @@ import torch
 
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.data.policies import make_policy
+from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
@@ -43,7 +44,7 @@ def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) ->
     """Model and decode seconds of ``chunks`` steady-state chunks under the explore policy."""
     k = engine.chunk_frames
     engine.reset_from_world(seed)
-    acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+    acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
     model, decode = [], []
@@ -101,12 +102,12 @@ class _CountingDisplay:
         pass
 
 
-def bench_play(checkpoint: str, seconds: float, sampler_steps: int = 0) -> dict[str, float]:
+def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
     """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
-    side, in a worker thread of this process; ``sampler_steps`` 0 = the checkpoint's own."""
-    steps = sampler_steps or read_checkpoint_config(checkpoint).sampler.num_steps
+    side, in a worker thread of this process; ``num_steps`` None = the checkpoint's own."""
+    steps = num_steps or read_checkpoint_config(checkpoint).sampler.num_steps
     res: dict[str, float] = {"play_sampler_steps": steps}
-    kw: dict[str, Any] = {"bf16": True, "sampler_steps": sampler_steps}
+    kw: dict[str, Any] = {"bf16": True, "sampler": SamplerOverrides(num_steps=num_steps)}
     for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
         t0 = time.perf_counter()
         if mode == "process":
@@ -137,14 +138,14 @@ def bench_engine(
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    engine = load_engine(checkpoint)
+    engine = load_engine(checkpoint, bf16=False)
     res: dict[str, Any] = {"checkpoint": checkpoint, "load_s": time.perf_counter() - t0}
     res["chunk_frames"] = engine.chunk_frames
     res["sampler"] = f"{engine.sampler_cfg.mode}, {engine.sampler_cfg.num_steps} steps"
     res["context_frames"] = engine.context_frames
     res["params_M"] = sum(p.numel() for p in engine.model.parameters()) / 1e6
     t0 = time.perf_counter()
-    fresh = load_engine(checkpoint)
+    fresh = load_engine(checkpoint, bf16=False)
     fresh.reset_from_world(1)
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
@@ -152,14 +153,14 @@ def bench_engine(
     for key, val in _rows(engine, chunks).items():
         res[f"default_{key}"] = val
     for n in step_counts:
-        e = load_engine(checkpoint, sampler_steps=n)
+        e = load_engine(checkpoint, bf16=False, sampler=SamplerOverrides(num_steps=n))
         res[f"steps_{n}_frames_per_s"] = _rows(e, chunks)["frames_per_s"]
     e = load_engine(checkpoint, bf16=True)
     bf = _rows(e, chunks)
     res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]
     res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
     if session_frames:
-        m, d = _chunk_times(load_engine(checkpoint), max(10, session_frames // k), warmup=0)
+        m, d = _chunk_times(load_engine(checkpoint, bf16=False), max(10, session_frames // k), warmup=0)
         tot = m + d
         tenth = max(1, len(tot) // 10)
         res["growth_first10pct_ms"] = 1000 * float(tot[:tenth].mean())
@@ -172,5 +173,5 @@ def bench_engine(
         0.0 if h is None else sum(t.numel() * t.element_size() for t in (h.latents, h.actions, h.c2w)) / 2**20
     )
     if play_seconds:
-        res.update(bench_play(checkpoint, play_seconds, play_steps))
+        res.update(bench_play(checkpoint, play_seconds, play_steps or None))
     return res

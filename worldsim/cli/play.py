@@ -1,4 +1,5 @@
-"""Play worldsim: ``python play.py [key=value ...]`` (hydra overrides).
+"""Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
+``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
 
 By default the shipped model generates the world (``checkpoint=assets/teacher_builtin_v1``), started
 from a ground-truth view of world ``seed``; ``checkpoint=''`` plays the ground-truth world itself.
@@ -24,20 +25,24 @@ from envs import make_env
 from envs.builtin import BuiltinWorldConfig
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError, clean_errors
-from worldsim.core.precision import describe_bf16, resolve_bf16
+from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
-from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
+from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.engine import Engine, load_engine
 from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
 from worldsim.play.window import Window, WindowConfig, require_display
 
 
 @dataclass
-class PlayConfig(SamplerOverrides):
-    checkpoint: str = "assets/teacher_builtin_v1"  # model checkpoint folder; "" plays the ground-truth world
+class PlayConfig:
+    # Model checkpoint folder ("" plays the ground-truth world); a relative path is looked up in the
+    # current folder, then in the worldsim checkout.
+    checkpoint: str = "assets/teacher_builtin_v1"
     env: str = "builtin"
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -84,7 +89,7 @@ class EnvSource:
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, seed=pc.seed, bf16=resolve_bf16(pc.bf16), **sampler_options(pc))
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler)
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -99,6 +104,8 @@ def _headless(pc: PlayConfig) -> None:
         replay_from=pc.replay_from,
         frames=pc.steps,
         out=pc.out,
+        bf16=pc.bf16,
+        sampler=pc.sampler,
     )
     r = run_rollout(rc, _engine(pc))
     print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
@@ -122,7 +129,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
-            kw = {"bf16": resolve_bf16(pc.bf16), **sampler_options(pc)}
+            kw = {"bf16": pc.bf16, "sampler": pc.sampler}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         else:

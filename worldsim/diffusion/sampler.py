@@ -8,7 +8,7 @@ Convention (reference.md §1): ``x_sigma = (1 - sigma) x0 + sigma eps``, the mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 import torch
@@ -34,6 +34,29 @@ class SamplerConfig:
             raise WorldsimError(f"sampler num_steps must be >= 1, got {self.num_steps}")
         if not 0.0 <= self.context_sigma < 1.0:
             raise WorldsimError(f"sampler context_sigma must be in [0, 1), got {self.context_sigma}")
+
+
+@dataclass
+class SamplerOverrides:
+    """Changes to a checkpoint's :class:`SamplerConfig`, field by field with the same names; each
+    ``None`` keeps the checkpoint's own. The ``sampler`` group of play, ``worldsim-rollout`` and
+    ``worldsim-eval`` (``sampler.num_steps=6``); ``guidance`` other than 1 runs the network twice
+    per denoising step."""
+
+    num_steps: int | None = None
+    shift: float | None = None
+    mode: str | None = None  # euler | few_step
+    guidance: float | None = None  # classifier-free guidance on actions; 1.0 = off
+    context_sigma: float | None = None
+
+    def apply(self, cfg: SamplerConfig) -> SamplerConfig:
+        """``cfg`` with every field given here replaced; bad values raise one-line errors."""
+        if self.shift is not None and self.shift <= 0:
+            raise WorldsimError(f"sampler shift must be > 0, got {self.shift}")
+        if self.guidance is not None and self.guidance <= 0:
+            raise WorldsimError(f"sampler guidance must be > 0 (1 = off), got {self.guidance}")
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(cfg, **given)  # SamplerConfig.__post_init__ checks mode, num_steps, context_sigma
 
 
 def noised(x0: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:

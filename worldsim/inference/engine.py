@@ -14,7 +14,6 @@ saved and restored; a restored session continues bit-for-bit on the same machine
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -30,8 +29,9 @@ from safetensors.torch import load_file, save_file
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import SamplerConfig
-from worldsim.inference.checkpoint import CheckpointConfig, load_checkpoint
+from worldsim.core.precision import resolve_bf16
+from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
+from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
 from worldsim.inference.rollout import ChunkGenerator, History
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
@@ -252,56 +252,34 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
-class SamplerOverrides:
-    """The sampler options of the commands that load a checkpoint (``play.py``,
-    ``worldsim-rollout``, ``worldsim-eval`` inherit them); each left at its default keeps the
-    checkpoint's own."""
-
-    sampler_steps: int = 0  # 0 = the checkpoint's own step count
-    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
-    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
-    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
-
-
-def sampler_options(cfg: Any) -> dict[str, Any]:
-    """:func:`load_engine`'s sampler keywords from a command's config (its ``sampler_*`` fields)."""
-    return {
-        "sampler_steps": cfg.sampler_steps,
-        "guidance": cfg.sampler_guidance,
-        "sampler_mode": cfg.sampler_mode,
-        "context_sigma": cfg.sampler_context_sigma,
-    }
-
-
 def load_engine(
     path: str | Path,
     device: str = "cpu",
-    sampler_steps: int = 0,
     seed: int = 0,
-    bf16: bool = False,
-    guidance: float = 0.0,
-    sampler_mode: str = "",
-    context_sigma: float | None = None,
+    bf16: bool | None = None,
+    sampler: SamplerOverrides | None = None,
+    **rest: Any,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
-    Each sampler option left at its default keeps the checkpoint's own: ``sampler_steps`` > 0
-    replaces the step count; ``guidance`` > 0 the classifier-free guidance scale on actions (1 =
-    off; any other value runs the network twice per denoising step); ``sampler_mode`` the update
-    rule (``euler`` or ``few_step``: predict the clean chunk, re-noise with fresh noise);
-    ``context_sigma`` the noise level the context is re-noised to before the model reads it."""
+
+    ``sampler`` changes the checkpoint's own sampler settings field by field (None keeps them all);
+    ``bf16``: autocast on or off, None = on where ``device`` computes bf16 natively
+    (:func:`worldsim.core.precision.resolve_bf16`). The camera controller (speeds, fps) is the
+    checkpoint's, so an input moves the camera as it did in the training data; any other keyword
+    goes to :class:`Engine` unchanged."""
     if device != "cpu":  # generation builds its tensors on the CPU; refuse rather than fail mid-chunk
         raise WorldsimError(f"the engine runs on the CPU only for now (device={device!r} asked); use device='cpu'")
-    if guidance < 0:
-        raise WorldsimError(f"guidance must be > 0 (1 = off), or 0 for the checkpoint's own; got {guidance}")
+    path = find_checkpoint(path)
     ck, model, codec = load_checkpoint(path, device=device)
-    sampler = ck.sampler
-    if sampler_steps:
-        sampler = dataclasses.replace(sampler, num_steps=sampler_steps)
-    if guidance:
-        sampler = dataclasses.replace(sampler, guidance=guidance)
-    if sampler_mode:
-        sampler = dataclasses.replace(sampler, mode=sampler_mode)
-    if context_sigma is not None:
-        sampler = dataclasses.replace(sampler, context_sigma=context_sigma)
-    return Engine(ck, model, codec, sampler=sampler, seed=seed, bf16=bf16, fingerprint=_fingerprint(Path(path)))
+    sampler_cfg = (sampler or SamplerOverrides()).apply(ck.sampler)
+    return Engine(
+        ck,
+        model,
+        codec,
+        sampler=sampler_cfg,
+        seed=seed,
+        bf16=resolve_bf16(bf16, device),
+        controller=ck.controller,
+        fingerprint=_fingerprint(path),
+        **rest,
+    )
