@@ -117,6 +117,7 @@ def test_a_device_this_machine_lacks_is_refused_before_slow_work(small_dataset, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 def test_a_cuda_run_matches_the_cpu_and_resumes_on_the_cpu(small_dataset, tiny_codec, tmp_path):
     """device=cuda trains the function the CPU trains (fp32, TF32 off), saves CPU-readable state,
