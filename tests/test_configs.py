@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -103,5 +104,6 @@ def test_model_presets_build(preset):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=f"model/{preset}")
     mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), cfg["model"]))
-    model = WorldModel(mcfg)
+    assert mcfg.action_dim is None  # derived from the action encoder, not configured
+    model = WorldModel(dataclasses.replace(mcfg, action_dim=9))
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -30,7 +30,7 @@ def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None):
     torch.manual_seed(seed)
     enc = make_action_encoder("keyboard_mouse", keys)
     mcfg = WorldModelConfig(
-        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2
+        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2, action_dim=enc.dim
     )
     k = intrinsics_from_fov(60.0, 64, 64)
     model = WorldModel(mcfg)

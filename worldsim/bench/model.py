@@ -44,6 +44,7 @@ class _Chunk:
 
     def __init__(self, cfg: WorldModelConfig):
         k, (h, w) = cfg.chunk_frames, cfg.latent_size
+        assert cfg.action_dim is not None, "a model config with its action_dim (the encoder's dim)"
         self.shape = (1, k, cfg.latent_channels, h, w)
         self.actions = torch.zeros(1, k, cfg.action_dim)
         self.plucker = torch.randn(1, k, 6, h, w)
@@ -100,6 +101,7 @@ def seconds_per_chunk(
 def seconds_per_chunk_recompute(model: WorldModel, steps: int, context_chunks: int, repeats: int = 3) -> float:
     """No cache: every step runs the whole context plus the chunk under the block-causal mask."""
     cfg = model.cfg
+    assert cfg.action_dim is not None  # WorldModel refuses a config without it
     k, n = cfg.chunk_frames, context_chunks + 1
     t = n * k
     x = torch.randn(1, t, cfg.latent_channels, *cfg.latent_size)

@@ -15,6 +15,7 @@ times a size preset with random weights (worldsim/bench/model.py says what each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -106,7 +107,13 @@ def _model_preset(name: str):  # -> WorldModelConfig
     presets = {p.stem: p for p in (CONFIG_DIR / "model").glob("*.yaml")}
     if name not in presets:
         raise unknown_name("model preset", name, presets)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name])))
+    preset = OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name]))
+    cfg: WorldModelConfig = OmegaConf.to_object(preset)  # type: ignore[assignment]
+    # action_dim is derived, as the teacher stage does: the built-in world's keys, keyboard_mouse encoder.
+    from envs.builtin import KEY_NAMES
+    from worldsim.core.actions import make_action_encoder
+
+    return dataclasses.replace(cfg, action_dim=make_action_encoder("keyboard_mouse", KEY_NAMES).dim)
 
 
 def _print_table(title: str, rows: dict[str, object]) -> None:

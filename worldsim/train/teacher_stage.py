@@ -51,7 +51,7 @@ PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
 
 
-def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int], action_dim: int) -> None:
+def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int]) -> None:
     m, f = cfg.model, codec.cfg.downsample
     if frame_size[0] % f or frame_size[1] % f:
         raise WorldsimError(f"frames {frame_size} are not divisible by the codec's downsample {f}")
@@ -62,8 +62,6 @@ def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int], a
         raise WorldsimError(
             f"model.latent_channels is {m.latent_channels}, the codec makes {codec.cfg.latent_channels}"
         )
-    if m.action_dim != action_dim:
-        raise WorldsimError(f"model.action_dim is {m.action_dim}, encoder {cfg.teacher.encoder!r} gives {action_dim}")
 
 
 def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
@@ -121,7 +119,12 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             )
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
-    _check_shapes(cfg, codec, frame_size, encoder.dim)
+    _check_shapes(cfg, codec, frame_size)
+    # Derived, not configured: the model reads what the encoder makes (a resumed run's identity
+    # keeps the value, as runs that configured it had it).
+    if cfg.model.action_dim not in (None, encoder.dim):
+        raise WorldsimError(f"model.action_dim is {cfg.model.action_dim}, encoder {tc.encoder!r} gives {encoder.dim}")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, action_dim=encoder.dim))
     if tc.focus_prob > 0:
         focus_columns(list(tc.focus_keys), list(meta.key_names))
     kept_stats = None
