@@ -1,6 +1,6 @@
 """``worldsim-recipe``: record a whole training/validation data set from a recipe config.
 
-    worldsim-recipe configs/recipe/builtin_v1.yaml data/builtin_v1 [--scale 0.1] [--jobs 4] [--no-preview]
+    worldsim-recipe builtin_v1 data/builtin_v1 [--scale 0.1] [--jobs 4] [--no-preview]
 
 Each part of the recipe is one ``worldsim-record`` run into ``<out>/<split>/<part>``; rerunning
 resumes every part. Seed ranges of parts must not overlap (checked), so validation worlds are
@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from envs.record import RecordConfig, record
+from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError, clean_errors
 
 
@@ -42,10 +43,20 @@ class RecipeConfig:
     parts: list[RecipePart] = field(default_factory=list)
 
 
-def load_recipe(path: str | Path) -> RecipeConfig:
+def recipe_path(path: str | Path) -> Path:
+    """A recipe file: ``path`` itself when it is a file, else a shipped recipe named by its bare
+    name (``builtin_v1``) or by its old checkout path (``configs/recipe/builtin_v1.yaml``)."""
     p = Path(path)
-    if not p.is_file():
-        raise WorldsimError(f"recipe {p} does not exist")
+    if p.is_file():
+        return p
+    shipped = {q.stem: q for q in (CONFIG_DIR / "recipe").glob("*.yaml")}
+    if p.stem in shipped and (p.parent == Path(".") or p.parent.parts[-2:] == ("configs", "recipe")):
+        return shipped[p.stem]
+    raise WorldsimError(f"recipe {p} does not exist (shipped recipes: {', '.join(sorted(shipped))})")
+
+
+def load_recipe(path: str | Path) -> RecipeConfig:
+    p = recipe_path(path)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(p))
     except Exception as e:  # omegaconf reports unknown keys and type errors with their path
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="worldsim-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("recipe", help="a recipe YAML, e.g. configs/recipe/builtin_v1.yaml")
+    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v4)")
     parser.add_argument("out", help="folder to record into (resumed if it exists)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every part's episode count")
     parser.add_argument("--jobs", type=int, default=1, help="parts recorded at once, one process each")

@@ -15,7 +15,7 @@ same as without it.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import hydra
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
 from worldsim.core.config import CONFIG_DIR
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.data.format import RolloutMeta, parse_frame_size
 from worldsim.data.policies import Actions, Policy, ReplayPolicy, make_policy
@@ -70,7 +71,11 @@ def record(cfg: RecordConfig) -> RolloutDataset:
         raise WorldsimError(
             "avoid_obstacles needs env=builtin and a scripted policy (replayed actions cannot be redrawn)"
         )
-    meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env")
+    # Non-default speeds are written down, so a model trained on the data moves as they did (the
+    # default writes nothing: datasets recorded before stay resumable with the same meta).
+    ctrl = cfg.world.controller
+    extra = {} if ctrl == CameraControllerConfig() else {"controller": asdict(ctrl)}
+    meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env", extra=extra)
     writer = RolloutWriter(cfg.out, meta)
     todo = [i for i in range(cfg.num_episodes) if i not in writer.finished]
     if len(todo) < cfg.num_episodes:

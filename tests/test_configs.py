@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import envs.record  # noqa: F401  (registers the record schema)
-import play  # noqa: F401  (registers the play schema)
+import worldsim.cli.play  # noqa: F401  (registers the play schema)
 import worldsim.cli.rollout  # noqa: F401  (registers the rollout schema)
 import worldsim.cli.train  # noqa: F401  (registers the train schema)
 import worldsim.eval.evaluate  # noqa: F401  (registers the eval schema)
@@ -13,7 +14,7 @@ from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.controller import CameraControllerConfig
-from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
 
@@ -23,7 +24,7 @@ SCHEMAS = {
     "controller": CameraControllerConfig,
     "model": WorldModelConfig,
     "codec": CodecConfig,
-    "sampler": SamplerConfig,
+    "sampler": SamplerOverrides,  # teacher.yaml is also a complete SamplerConfig (checked below)
     "recipe": RecipeConfig,
 }
 PRIMARY = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -45,8 +46,37 @@ def test_every_group_config_composes_and_matches_its_dataclass(path: Path):
     schema = SCHEMAS[group]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=f"{group}/{path.stem}")
-    node = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])  # raises on unknown keys
+    node = OmegaConf.merge(OmegaConf.structured(schema), cfg.get(group) or {})  # raises on unknown keys
     assert isinstance(OmegaConf.to_object(node), schema)
+
+
+def test_the_sampler_group_is_shared_and_named_as_the_sampler_config():
+    from dataclasses import fields
+
+    assert [f.name for f in fields(SamplerOverrides)] == [f.name for f in fields(SamplerConfig)]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        own = compose(config_name="sampler/checkpoint")
+        teacher = compose(config_name="sampler/teacher")
+        train = OmegaConf.to_object(compose(config_name="train", overrides=["stage=teacher"]))
+    own_node = OmegaConf.merge(OmegaConf.structured(SamplerOverrides), own.get("sampler") or {})
+    assert OmegaConf.to_object(own_node) == SamplerOverrides()
+    preset = SamplerConfig(**OmegaConf.to_container(teacher["sampler"]))  # complete: every field given
+    assert train.teacher.sampler == preset and (preset.num_steps, preset.mode) == (8, "few_step")
+
+
+@pytest.mark.parametrize("name", ["play", "eval", "rollout", "record", "train"])
+def test_every_command_shares_the_quiet_hydra_defaults(name):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=name, return_hydra_config=True)
+    assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
+    assert cfg.hydra.job_logging.root.level == "ERROR" and cfg.hydra.hydra_logging.root.level == "ERROR"
+    assert "hydra" not in OmegaConf.load(CONFIG_DIR / f"{name}.yaml")  # written once, in base.yaml
+
+
+@pytest.mark.parametrize("name", ["play", "eval", "rollout", "train"])
+def test_bf16_is_null_by_default_in_every_command(name):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        assert compose(config_name=name).bf16 is None  # on where the device computes bf16 natively
 
 
 @pytest.mark.parametrize("stage", STAGE_FILES)
@@ -74,5 +104,6 @@ def test_model_presets_build(preset):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=f"model/{preset}")
     mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), cfg["model"]))
-    model = WorldModel(mcfg)
+    assert mcfg.action_dim is None  # derived from the action encoder, not configured
+    model = WorldModel(dataclasses.replace(mcfg, action_dim=9))
     assert sum(p.numel() for p in model.parameters()) > 0

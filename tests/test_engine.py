@@ -10,23 +10,28 @@ from worldsim import load_engine
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.camera import intrinsics_from_fov, make_c2w
 from worldsim.core.config import CONFIG_DIR
-from worldsim.core.controller import CameraState
+from worldsim.core.controller import CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import SamplerConfig
-from worldsim.inference.checkpoint import CheckpointConfig, save_checkpoint
+from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
+from worldsim.inference import checkpoint as checkpoint_module
+from worldsim.inference.checkpoint import (
+    CheckpointConfig,
+    CheckpointDefaultsWarning,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from worldsim.inference.context import ConditioningConfig
-from worldsim.inference.engine import sampler_options
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
 
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
-def make_tiny_checkpoint(path, seed=0, keys=KEYS, camera_reference="latest"):
+def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None, camera_reference="latest"):
     torch.manual_seed(seed)
     enc = make_action_encoder("keyboard_mouse", keys)
     mcfg = WorldModelConfig(
-        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2
+        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2, action_dim=enc.dim
     )
     k = intrinsics_from_fov(60.0, 64, 64)
     model = WorldModel(mcfg)
@@ -41,6 +46,7 @@ def make_tiny_checkpoint(path, seed=0, keys=KEYS, camera_reference="latest"):
         conditioning=ConditioningConfig(
             2, 8.0, (0.0,) * 4, (1.0,) * 4, tuple(k.flatten().tolist()), camera_reference=camera_reference
         ),
+        controller=controller or CameraControllerConfig(),
     )
     save_checkpoint(path, cfg, model, Codec(cfg.codec))
     return path
@@ -87,6 +93,51 @@ def test_engine_steps_from_a_world_start_and_moves_the_camera_by_the_controller(
     assert CameraState.from_c2w(eng.c2w).yaw_rad > CameraState.from_c2w(start).yaw_rad  # mouse right turns right
     assert timings.denoise_s > 0 and timings.context_s > 0 and timings.decode_s > 0 and eng.steps == 4
     assert timings.cache_write_s < timings.denoise_s  # rebuild writes nothing after denoising
+
+
+FAST = CameraControllerConfig(fps=10.0, move_speed_mps=12.0, vertical_speed_mps=5.0, mouse_deg_per_px=0.5)
+
+
+def test_a_checkpoint_round_trips_what_an_input_does(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "fast", controller=FAST)
+    ck = read_checkpoint_config(path)
+    assert ck.controller == FAST and ck.env == "builtin"
+    save_checkpoint(tmp_path / "again", ck, WorldModel(ck.model), Codec(ck.codec))
+    assert read_checkpoint_config(tmp_path / "again") == ck
+
+
+def test_a_checkpoint_without_controller_and_env_gets_todays_defaults_and_one_notice(tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    monkeypatch.setattr(checkpoint_module, "_warned", set())
+    path = make_tiny_checkpoint(tmp_path / "old", controller=FAST)
+    d = json.loads((path / "config.json").read_text())
+    del d["controller"], d["env"]
+    (path / "config.json").write_text(json.dumps(d))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cks = [read_checkpoint_config(path) for _ in range(2)]
+        eng = load_engine(path)
+        shipped = read_checkpoint_config("assets/teacher_builtin_v1")  # written before the fields existed
+    notices = [str(w.message) for w in seen if issubclass(w.category, CheckpointDefaultsWarning)]
+    assert len(notices) == 2 and "does not record its controller and env" in notices[0]  # one per checkpoint
+    assert all(ck.controller == CameraControllerConfig() and ck.env == "builtin" for ck in (*cks, shipped))
+    assert eng.cfg.controller == CameraControllerConfig() and eng.fps == 15.0
+
+
+def test_the_checkpoints_controller_moves_the_engines_camera(tmp_path):
+    eng = load_engine(make_tiny_checkpoint(tmp_path / "fast", controller=FAST))
+    assert eng.cfg.env == "builtin" and eng.fps == FAST.fps
+    _world_reset(eng, 3)
+    start = eng.c2w.copy()
+    eng.step(*_inputs(2, "w"))
+    moved = eng.c2w[:3, 3] - start[:3, 3]
+    assert np.dot(moved, start[:3, 2]) == pytest.approx(2 * 12.0 / 10.0, rel=1e-5)  # 2 frames at 12 m/s, 10 fps
+    yaw0 = CameraState.from_c2w(eng.c2w).yaw_rad
+    eng.step(*_inputs(2, dx=10.0))
+    turned = np.degrees(CameraState.from_c2w(eng.c2w).yaw_rad - yaw0)
+    assert turned == pytest.approx(2 * 10.0 * 0.5, rel=1e-4)  # 0.5 degrees per pixel, 2 frames
 
 
 @pytest.fixture(scope="module")
@@ -163,53 +214,68 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
 
 def test_sampler_overrides_change_steps_and_guidance_only_when_asked(tiny_ckpt):
     own = load_engine(tiny_ckpt).sampler_cfg
-    eng = load_engine(tiny_ckpt, sampler_steps=3, guidance=2.0)
+    eng = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=3, guidance=2.0))
     assert (eng.sampler_cfg.num_steps, eng.sampler_cfg.guidance) == (3, 2.0)
-    assert eng.sampler_cfg.shift == own.shift and load_engine(tiny_ckpt, guidance=0).sampler_cfg == own
-    plain = load_engine(tiny_ckpt, sampler_steps=3)
+    assert eng.sampler_cfg.shift == own.shift and load_engine(tiny_ckpt, sampler=SamplerOverrides()).sampler_cfg == own
+    plain = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=3))
     for e in (eng, plain):
         _world_reset(e, 0)
     keys, mouse = _inputs(2, key="w")  # walking forward: the action the guidance amplifies
     guided, unguided = eng.step(keys, mouse).frames, plain.step(keys, mouse).frames
     assert guided.shape == unguided.shape == (2, *eng.frame_size, 3)
     assert not np.array_equal(guided, unguided)  # same seed and inputs: only the guidance differs
-    with pytest.raises(WorldsimError, match="guidance must be > 0"):
-        load_engine(tiny_ckpt, guidance=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"guidance": -1.0}, "guidance must be > 0"),
+        ({"guidance": 0.0}, "guidance must be > 0"),
+        ({"shift": 0.0}, "shift must be > 0"),
+        ({"num_steps": 0}, "num_steps must be >= 1"),
+        ({"mode": "ddpm"}, "unknown sampler mode 'ddpm'"),
+        ({"context_sigma": 1.5}, r"context_sigma must be in \[0, 1\)"),
+    ],
+)
+def test_bad_sampler_overrides_are_refused_in_one_line(bad, message):
+    with pytest.raises(WorldsimError, match=message) as e:
+        SamplerOverrides(**bad).apply(SamplerConfig())
+    assert "\n" not in str(e.value)
 
 
 def test_sampler_mode_and_context_noise_overrides(tiny_ckpt):
     own = load_engine(tiny_ckpt).sampler_cfg
     assert own.mode == "euler" and own.context_sigma == 0.0
-    assert load_engine(tiny_ckpt, sampler_mode="", context_sigma=None).sampler_cfg == own
     keys, mouse = _inputs(2, key="w")
     outs = {}
-    for name, kw in {"own": {}, "few_step": {"sampler_mode": "few_step"}, "noisy": {"context_sigma": 0.2}}.items():
+    for name, over in {"own": {}, "few_step": {"mode": "few_step"}, "noisy": {"context_sigma": 0.2}}.items():
         runs = []
         for _ in range(2):  # the same seed twice: the re-noising is drawn from the engine's generator
-            e = load_engine(tiny_ckpt, **kw)
+            e = load_engine(tiny_ckpt, sampler=SamplerOverrides(**over))
             _world_reset(e, 0)
             runs.append(e.step(keys, mouse).frames)
         np.testing.assert_array_equal(*runs)
         outs[name] = runs[0]
-    assert load_engine(tiny_ckpt, context_sigma=0.2).sampler_cfg.context_sigma == 0.2
+    assert load_engine(tiny_ckpt, sampler=SamplerOverrides(context_sigma=0.2)).sampler_cfg.context_sigma == 0.2
     assert not np.array_equal(outs["own"], outs["few_step"])
     assert not np.array_equal(outs["own"], outs["noisy"])
-    with pytest.raises(WorldsimError, match="unknown sampler mode 'ddpm'"):
-        load_engine(tiny_ckpt, sampler_mode="ddpm")
-    with pytest.raises(WorldsimError, match=r"context_sigma must be in \[0, 1\)"):
-        load_engine(tiny_ckpt, context_sigma=1.5)
 
 
 @pytest.mark.parametrize("command", ["play", "eval", "rollout"])
-def test_each_command_passes_its_sampler_options_to_the_engine(command, tiny_ckpt):
-    import play  # noqa: F401  (registers the play schema)
+def test_each_command_passes_its_sampler_group_to_the_engine(command, tiny_ckpt):
+    from omegaconf import OmegaConf
+
+    import worldsim.cli.play  # noqa: F401  (registers the play schema)
     import worldsim.cli.rollout  # noqa: F401
     import worldsim.eval.evaluate  # noqa: F401
 
-    over = ["sampler_steps=3", "sampler_guidance=2.0", "sampler_mode=few_step", "sampler_context_sigma=0.25"]
+    over = ["sampler.num_steps=3", "sampler.guidance=2.0", "sampler.mode=few_step", "sampler.context_sigma=0.25"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=command, overrides=over)
-        plain = compose(config_name=command)
-    s = load_engine(tiny_ckpt, **sampler_options(cfg)).sampler_cfg
+        cfg = OmegaConf.to_object(compose(config_name=command, overrides=over))
+        plain = OmegaConf.to_object(compose(config_name=command))
+        teacher = OmegaConf.to_object(compose(config_name=command, overrides=["sampler=teacher"]))
+    s = load_engine(tiny_ckpt, sampler=cfg.sampler).sampler_cfg
     assert (s.num_steps, s.guidance, s.mode, s.context_sigma) == (3, 2.0, "few_step", 0.25)
-    assert load_engine(tiny_ckpt, **sampler_options(plain)).sampler_cfg == load_engine(tiny_ckpt).sampler_cfg
+    assert plain.sampler == SamplerOverrides() and plain.bf16 is None  # the checkpoint's own; bf16 where native
+    assert load_engine(tiny_ckpt, sampler=plain.sampler).sampler_cfg == load_engine(tiny_ckpt).sampler_cfg
+    assert (teacher.sampler.num_steps, teacher.sampler.mode) == (8, "few_step")

@@ -1,6 +1,7 @@
 """worldsim-eval on a tiny checkpoint: every metric and plot; metrics checked against references."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
 from worldsim.core.camera import intrinsics_from_fov
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.data.metrics import psnr, ssim
 from worldsim.eval.evaluate import (
@@ -171,6 +173,7 @@ class _StandIn:
     context_frames, chunk_frames, frame_size = 4, 4, (64, 64)
     key_names = ["w", "a", "s", "d", "space", "left shift", "l"]
     intrinsics = intrinsics_from_fov(75.0, 64, 64)  # the built-in world's camera
+    cfg = SimpleNamespace(controller=CameraControllerConfig(), env="builtin")  # the checkpoint's, as read
 
     def __init__(self, oracle):
         self.oracle, self.truth = oracle, None

@@ -111,14 +111,14 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, genera
     if generate_in == "process":
         source = ProcessSource(partial(open_engine_source, str(ck), 11, bf16=False))
     else:
-        source = EngineSource(load_engine(ck, seed=11), seed=11)
+        source = EngineSource(load_engine(ck, seed=11, bf16=False), seed=11)
     try:
         play(source, PlayLoopConfig(), FakeWindow(90, fps=30.0, script=script), record=str(tmp_path / "rec"))
     finally:
         source.close()
     ep = RolloutDataset(tmp_path / "rec").load(0)
     assert len(ep["frames"]) > 8 and ep["keys"][:, KEYS.index("w")].sum() > 0
-    eng = load_engine(ck, seed=11)
+    eng = load_engine(ck, seed=11, bf16=False)
     eng.reset(*world_start(11, eng.context_frames, eng.key_names, eng.frame_size).arrays())
     k = eng.chunk_frames
     replay = [

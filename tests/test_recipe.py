@@ -15,6 +15,15 @@ def test_shipped_recipes_load_with_disjoint_train_and_val_worlds():
         assert train and val and not train & val
 
 
+def test_a_shipped_recipe_is_found_by_name_or_by_its_old_checkout_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from any checkout: the recipes ship inside the package
+    want = load_recipe(CONFIG_DIR / "recipe" / "builtin_v1.yaml")
+    assert load_recipe("builtin_v1") == want
+    assert load_recipe("configs/recipe/builtin_v1.yaml") == want
+    with pytest.raises(WorldsimError, match="shipped recipes: builtin_v1, builtin_v2"):
+        load_recipe("builtin_v9")
+
+
 def test_overlapping_seeds_and_bad_keys_are_refused(tmp_path):
     parts = [RecipePart("a", "train", "explore", 0, 10), RecipePart("b", "val", "explore", 5, 10)]
     with pytest.raises(WorldsimError, match="share world seeds 5..9"):

@@ -86,7 +86,7 @@ def test_train_cli_runs_a_stage_and_names_bad_input(small_dataset, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "codec: " in ok.stdout and (tmp_path / "o" / "last" / "weights.safetensors").exists()
     bad = run("stage=teacherr", f"out={tmp_path / 'x'}")
-    # Stages are hydra presets (configs/stage/): hydra names the bad choice and lists the valid ones.
+    # Stages are hydra presets (worldsim/configs/stage/): hydra names the bad choice and lists the valid ones.
     assert bad.returncode != 0 and "Could not find 'stage/teacherr'" in bad.stderr and "Traceback" not in bad.stderr
     assert "\tcodec\n\tteacher" in bad.stderr
     missing = run(f"data={tmp_path / 'nope'}", f"out={tmp_path / 'y'}")

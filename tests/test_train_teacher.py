@@ -1,5 +1,6 @@
 """The teacher stage on a tiny config: exact resume, a loadable export, bad input, and DDP."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import load_checkpoint, save_codec
@@ -22,8 +24,9 @@ from worldsim.train.teacher_stage import train_teacher
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = WorldModelConfig(
-    latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, action_dim=9, chunk_frames=2
-)
+    latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2
+)  # as configured: action_dim is derived
+BUILT = dataclasses.replace(TINY, action_dim=9)  # as the stage builds it: keyboard_mouse over the built-in keys
 PREVIEW = SamplerConfig(num_steps=2, mode="few_step")  # previews and the export's sampler
 
 
@@ -56,7 +59,8 @@ def _cfg(data, codec, out, steps, resume=False, **teacher):
 
 
 def _overrides(data, codec, out, steps, resume=False):
-    m = [f"model.{k}={v}" for k, v in vars(TINY).items() if k != "latent_size"] + ["model.latent_size=[16,16]"]
+    m = [f"model.{k}={v}" for k, v in vars(TINY).items() if k != "latent_size" and v is not None]
+    m += ["model.latent_size=[16,16]"]
     return [
         "stage=teacher",
         f"data={data}",
@@ -86,7 +90,7 @@ def test_teacher_resume_is_bit_exact_and_exports_a_loadable_checkpoint(small_dat
     assert set(summary) >= {"val_loss", "rollout_psnr_db", "copy_last_psnr_db"}
     assert (tmp_path / "b" / "previews" / "step_000004.png").is_file()
     cfg, model, codec = load_checkpoint(tmp_path / "b" / "model")
-    assert cfg.model == TINY and cfg.provenance["step"] == 4 and len(cfg.conditioning.latent_mean) == 4
+    assert cfg.model == BUILT and cfg.provenance["step"] == 4 and len(cfg.conditioning.latent_mean) == 4
     assert cfg.sampler == PREVIEW  # the run's teacher.sampler, which the engine then plays with
     ema = load_file(str(tmp_path / "b" / "last" / "ema.safetensors"))
     assert all(torch.equal(ema[k], v) for k, v in model.state_dict().items())
@@ -116,6 +120,7 @@ def test_a_device_this_machine_lacks_is_refused_before_slow_work(small_dataset, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 def test_a_cuda_run_matches_the_cpu_and_resumes_on_the_cpu(small_dataset, tiny_codec, tmp_path):
     """device=cuda trains the function the CPU trains (fp32, TF32 off), saves CPU-readable state,
@@ -136,7 +141,7 @@ def test_a_cuda_run_matches_the_cpu_and_resumes_on_the_cpu(small_dataset, tiny_c
     from worldsim.model.dit import WorldModel
 
     torch.manual_seed(0)  # the run's initial weights (train_teacher seeds, then builds the model)
-    init = WorldModel(TINY).state_dict()
+    init = WorldModel(BUILT).state_dict()
     a = load_file(str(tmp_path / "cpu" / "last" / "weights.safetensors"))
     b = load_file(str(tmp_path / "gpu" / "last" / "weights.safetensors"))
     apart = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
@@ -160,7 +165,7 @@ def test_context_sigma_max_bounds_the_noise_of_context_chunks_only(small_dataset
     from worldsim.model.dit import WorldModel
     from worldsim.train.objectives import diffusion_forcing_loss
 
-    model = WorldModel(TINY)
+    model = WorldModel(BUILT)
     seen = []
 
     def spy(x, sigma, *rest):
@@ -191,7 +196,7 @@ def test_frame_weight_makes_the_loss_a_weighted_mean_of_per_frame_errors(name):
     from worldsim.model.dit import WorldModel
     from worldsim.train.objectives import OBJECTIVES
 
-    model = WorldModel(TINY)
+    model = WorldModel(BUILT)
     seen = {}
 
     def spy(x, sigma, *rest):  # predicts zero velocity, so each frame's error is |eps - x0|^2
@@ -255,6 +260,10 @@ def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, t
         WorldsimError, match=r"model.latent_size is \(16, 16\), but \(32, 32\) frames encode to \(8, 8\)"
     ):
         train_teacher(_cfg(small.root, tiny_codec, tmp_path / "o", 1))
+    cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1)
+    cfg.model = dataclasses.replace(TINY, action_dim=5)  # derived, so a configured value must agree
+    with pytest.raises(WorldsimError, match="model.action_dim is 5, encoder 'keyboard_mouse' gives 9"):
+        train_teacher(cfg)
     with pytest.raises(WorldsimError, match="unknown teacher objective 'flow'"):
         train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "o", 1, objective="flow"))
     train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "r", 1))
@@ -277,8 +286,8 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
-    # The export plays with the run's sampler, composed from the preset configs/sampler/teacher.yaml.
-    preset = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "sampler" / "teacher.yaml"))
+    # The export plays with the run's sampler, composed from the preset worldsim/configs/sampler/teacher.yaml.
+    preset = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sampler" / "teacher.yaml"))
     assert json.loads((out / "model" / "config.json").read_text())["sampler"] == preset
 
 
@@ -293,14 +302,14 @@ def test_init_from_starts_a_new_run_from_earlier_weights(small_dataset, tiny_cod
     for source, weights, ema in (("last", state["weights"], state["ema"]), ("model", exported, exported)):
         cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / source, 2)
         cfg.init_from = str(tmp_path / "a" / source)
-        loop = TrainLoop(cfg, WorldModel(TINY), [], Dist())
+        loop = TrainLoop(cfg, WorldModel(BUILT), [], Dist())
         assert loop.step == 0
         assert all(torch.equal(weights[k], v) for k, v in loop.module.state_dict().items()), source
         assert all(torch.equal(ema[k], v) for k, v in loop.ema.state_dict().items()), source
         assert cfg.identity()["init_from"] == cfg.init_from  # resuming it needs the same init_from
     assert "init_from" not in _cfg(small_dataset.root, tiny_codec, tmp_path / "x", 2).identity()
     wider = _cfg(small_dataset.root, tiny_codec, tmp_path / "w", 2)
-    wider.model = WorldModelConfig(**{**vars(TINY), "width": 64})
+    wider.model = WorldModelConfig(**{**vars(BUILT), "width": 64})
     for bad, message in ((tmp_path / "a" / "model", "do not fit"), (tmp_path / "nothing", "is not a folder")):
         wider.init_from = str(bad)
         with pytest.raises(WorldsimError, match=message):

@@ -40,6 +40,7 @@ import torch
 from envs.starts import world_start
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.data.policies import make_policy
+from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.inference.rollout import CONTEXT_POLICIES
@@ -51,8 +52,10 @@ STAGES = ("context", "denoise", "cache_write", "decode")
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Seconds per stage of ``chunks`` steady-state chunks under the explore policy."""
     k = engine.chunk_frames
-    engine.reset(*world_start(seed, engine.context_frames, engine.key_names, engine.frame_size).arrays())
-    acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+    engine.reset(
+        *world_start(seed, engine.context_frames, engine.key_names, engine.frame_size, engine.cfg.env).arrays()
+    )
+    acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
     times: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -112,12 +115,12 @@ class _CountingDisplay:
         pass
 
 
-def bench_play(checkpoint: str, seconds: float, sampler_steps: int = 0) -> dict[str, float]:
+def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
     """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
-    side, in a worker thread of this process; ``sampler_steps`` 0 = the checkpoint's own."""
-    steps = sampler_steps or read_checkpoint_config(checkpoint).sampler.num_steps
+    side, in a worker thread of this process; ``num_steps`` None = the checkpoint's own."""
+    steps = num_steps or read_checkpoint_config(checkpoint).sampler.num_steps
     res: dict[str, float] = {"play_sampler_steps": steps}
-    kw: dict[str, Any] = {"bf16": True, "sampler_steps": sampler_steps}
+    kw: dict[str, Any] = {"bf16": True, "sampler": SamplerOverrides(num_steps=num_steps)}
     for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
         t0 = time.perf_counter()
         if mode == "process":
@@ -159,7 +162,7 @@ def bench_engine(
     res["params_M"] = sum(p.numel() for p in engine.model.parameters()) / 1e6
     t0 = time.perf_counter()
     fresh = load_engine(checkpoint, device=device, bf16=False)
-    fresh.reset(*world_start(1, fresh.context_frames, fresh.key_names, fresh.frame_size).arrays())
+    fresh.reset(*world_start(1, fresh.context_frames, fresh.key_names, fresh.frame_size, fresh.cfg.env).arrays())
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
     res["first_chunk_s"] = time.perf_counter() - t0
@@ -171,7 +174,9 @@ def bench_engine(
         res["cached"] = "n/a: the camera is relative to the newest frame, so cached keys would go stale"
     for policy in policies:
         for n in step_counts:
-            e = load_engine(checkpoint, device=device, bf16=False, sampler_steps=n, context_policy=policy)
+            e = load_engine(
+                checkpoint, device=device, bf16=False, sampler=SamplerOverrides(num_steps=n), context_policy=policy
+            )
             for key, val in _rows(e, chunks).items():
                 res[f"{policy}_{n}step_{key}"] = val
     if len(policies) == 2:
@@ -199,5 +204,5 @@ def bench_engine(
     cache = engine.rollout.cache
     res["kv_cache_MB"] = 0.0 if cache is None else cache.nbytes() / 2**20
     if play_seconds and device == "cpu":
-        res.update(bench_play(checkpoint, play_seconds, play_steps))
+        res.update(bench_play(checkpoint, play_seconds, play_steps or None))
     return res

@@ -63,7 +63,9 @@ class RolloutProbe:
             self.rollout.reset(lat, self._actions(n), self._poses(n))
 
     def _actions(self, n: int) -> torch.Tensor:
-        return torch.zeros(1, n, self.rollout.model.cfg.action_dim, device=self.device)
+        a_dim = self.rollout.model.cfg.action_dim
+        assert a_dim is not None, "a model config with its action_dim (the encoder's dim)"
+        return torch.zeros(1, n, a_dim, device=self.device)
 
     def _poses(self, n: int) -> torch.Tensor:
         idx = range(self.frame, self.frame + n)
@@ -109,7 +111,7 @@ def chunk_pass_flops(model: WorldModel, context_chunks: int) -> int:
     k = cfg.chunk_frames
     x = torch.randn(1, k, cfg.latent_channels, *cfg.latent_size)
     with counter, torch.inference_mode():
-        actions, rays = torch.zeros(1, k, cfg.action_dim), torch.zeros(1, k, 6, *cfg.latent_size)
+        actions, rays = probe._actions(k), torch.zeros(1, k, 6, *cfg.latent_size)
         model.forward_chunk(x, torch.ones(1, k), actions, rays, torch.arange(k), cache)
     return int(counter.get_total_flops())
 

@@ -15,6 +15,7 @@ times a size preset with random weights (worldsim/bench/model.py says what each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -106,7 +107,13 @@ def _model_preset(name: str):  # -> WorldModelConfig
     presets = {p.stem: p for p in (CONFIG_DIR / "model").glob("*.yaml")}
     if name not in presets:
         raise unknown_name("model preset", name, presets)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name])))
+    preset = OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name]))
+    cfg: WorldModelConfig = OmegaConf.to_object(preset)  # type: ignore[assignment]
+    # action_dim is derived, as the teacher stage does: the built-in world's keys, keyboard_mouse encoder.
+    from envs.builtin import KEY_NAMES
+    from worldsim.core.actions import make_action_encoder
+
+    return dataclasses.replace(cfg, action_dim=make_action_encoder("keyboard_mouse", KEY_NAMES).dim)
 
 
 def _print_table(title: str, rows: dict[str, object]) -> None:
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p_env.add_argument("--seed", type=int, default=0)
     p_env.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench.model)")
-    p_model.add_argument("--preset", default="cpu", help="configs/model/<preset>.yaml")
+    p_model.add_argument("--preset", default="cpu", help="worldsim/configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
     p_model.add_argument("--device", default="cpu", help="cpu or cuda")
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")

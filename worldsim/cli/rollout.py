@@ -12,7 +12,7 @@ the same inputs from the same start into ``<out>/truth`` and the mp4 shows both 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from envs.starts import world_start
 from worldsim.core.config import CONFIG_DIR
-from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
 from worldsim.data.metrics import psnr
@@ -32,12 +31,13 @@ from worldsim.data.policies import make_policy
 from worldsim.data.preview import write_mp4
 from worldsim.data.starts import episode_start
 from worldsim.data.writer import RolloutWriter
-from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
+from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.engine import Engine, load_engine
 
 
 @dataclass
-class RolloutConfig(SamplerOverrides):
-    checkpoint: str = "assets/teacher_builtin_v1"
+class RolloutConfig:
+    checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
     seed: int = 0  # world seed of the start (and of the ground truth) when start_data is empty
     start_data: str = ""  # or start from a recorded episode of this dataset
     start_episode: int = 0
@@ -48,7 +48,8 @@ class RolloutConfig(SamplerOverrides):
     frames: int = 64  # generated frames (rounded up to whole chunks)
     compare: bool = False
     out: str = "runs/rollout"
-    bf16: bool = False
+    bf16: bool | None = None  # bf16 autocast; None = on where the CPU computes bf16 natively
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
 
 
 def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,7 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
         if keys.ndim != 2 or keys.shape[1] != len(engine.key_names) or mouse.shape != (len(keys), 2):
             raise WorldsimError(f"{path}: keys must be (T, {len(engine.key_names)}) and mouse (T, 2)")
     else:
-        policy = make_policy(cfg.policy, engine.key_names, CameraControllerConfig(), cfg.replay_from or None)
+        policy = make_policy(cfg.policy, engine.key_names, engine.cfg.controller, cfg.replay_from or None)
         a = policy.actions(count, np.random.default_rng(cfg.policy_seed))
         keys, mouse = a.keys, a.mouse
     if len(keys) < count:  # a short file or replay: hold still for the rest
@@ -76,7 +77,7 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
     if engine is None:
-        engine = load_engine(cfg.checkpoint, bf16=cfg.bf16, **sampler_options(cfg))
+        engine = load_engine(cfg.checkpoint, bf16=cfg.bf16, sampler=cfg.sampler)
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)
@@ -85,7 +86,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     if cfg.start_data:
         start = episode_start(cfg.start_data, cfg.start_episode, n, engine.key_names, engine.frame_size)
     else:
-        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size)
+        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size, engine.cfg.env)
     world_seed = start.seed
     engine.reset(*start.arrays())
     context, ctx_keys, ctx_mouse = start.frames, start.keys, start.mouse
@@ -136,8 +137,10 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
             pre_k, pre_m = ctx_keys[:-1], ctx_mouse[:-1]
         tk = np.concatenate([pre_k, keys, np.zeros((1, keys.shape[1]), np.uint8)])
         tm = np.concatenate([pre_m, mouse, np.zeros((1, 2), np.float32)])
-        truth = env_rollout("builtin", world_seed, engine.frame_size, BuiltinWorldConfig(), tk, tm, save_depth=False)
-        tmeta = RolloutMeta(env="builtin", fps=engine.fps, frame_size=engine.frame_size, key_names=engine.key_names)
+        # The checkpoint's controller, so the world moves as the model was taught an input moves it.
+        world = BuiltinWorldConfig(controller=engine.cfg.controller)
+        truth = env_rollout(engine.cfg.env, world_seed, engine.frame_size, world, tk, tm, save_depth=False)
+        tmeta = RolloutMeta(engine.cfg.env, fps=engine.fps, frame_size=engine.frame_size, key_names=engine.key_names)
         RolloutWriter(out / "truth", tmeta).write_episode(0, truth, seed=world_seed, policy=cfg.policy)
         gt = truth["frames"][n : n + horizon]
         video = np.concatenate([gen, gt], axis=2)

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# configs/ sits beside the package in the repository (editable install, as the README sets up).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shipped inside the package (package data), so a non-editable install has them too.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

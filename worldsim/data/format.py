@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 
 FORMAT_VERSION = 1
@@ -62,6 +63,17 @@ class RolloutMeta:
         d = dict(d)
         d["frame_size"] = tuple(int(x) for x in d["frame_size"])
         return cls(**d)
+
+    def controller(self) -> CameraControllerConfig:
+        """The controller that turned the recorded inputs into poses: ``extra["controller"]`` when
+        the recording wrote it (it does when the speeds differ from the defaults), else the default
+        speeds at this dataset's fps."""
+        if "controller" in self.extra:
+            try:
+                return CameraControllerConfig(**self.extra["controller"])
+            except TypeError as e:
+                raise WorldsimError(f"meta.json: bad extra.controller ({e})") from e
+        return CameraControllerConfig(fps=self.fps)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ here: the rollout (``worldsim.inference.rollout``) calls the network and then th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -52,6 +52,29 @@ class SamplerConfig:
 def guided(v: torch.Tensor, v_null: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans): ``v_null + scale (v - v_null)``."""
     return v_null + scale * (v - v_null)
+
+
+@dataclass
+class SamplerOverrides:
+    """Changes to a checkpoint's :class:`SamplerConfig`, field by field with the same names; each
+    ``None`` keeps the checkpoint's own. The ``sampler`` group of play, ``worldsim-rollout`` and
+    ``worldsim-eval`` (``sampler.num_steps=6``); ``guidance`` other than 1 runs the network twice
+    per denoising step."""
+
+    num_steps: int | None = None
+    shift: float | None = None
+    mode: str | None = None  # euler | few_step
+    guidance: float | None = None  # classifier-free guidance on actions; 1.0 = off
+    context_sigma: float | None = None
+
+    def apply(self, cfg: SamplerConfig) -> SamplerConfig:
+        """``cfg`` with every field given here replaced; bad values raise one-line errors."""
+        if self.shift is not None and self.shift <= 0:
+            raise WorldsimError(f"sampler shift must be > 0, got {self.shift}")
+        if self.guidance is not None and self.guidance <= 0:
+            raise WorldsimError(f"sampler guidance must be > 0 (1 = off), got {self.guidance}")
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(cfg, **given)  # SamplerConfig.__post_init__ checks mode, num_steps, context_sigma
 
 
 def denoise_update(

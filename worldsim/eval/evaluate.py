@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +43,24 @@ from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
+from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
-from worldsim.inference.engine import Engine, SamplerOverrides, load_engine, sampler_options
+from worldsim.inference.engine import Engine, load_engine
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
 DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark (night or inside an object)
 
 
 @dataclass
-class EvalConfig(SamplerOverrides):
-    checkpoint: str = "assets/teacher_builtin_v1"
+class EvalConfig:
+    checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
     data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
     out: str = "runs/eval"
     horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
     max_episodes: int = 32
     seed: int = 0
-    bf16: bool = False
+    bf16: bool | None = None  # bf16 autocast; None = on where the CPU computes bf16 natively
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
     idm_data: str = "data/builtin_v1/train"
     idm_steps: int = 400
@@ -104,7 +106,9 @@ def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray
     from envs.builtin import BuiltinWorldConfig
     from envs.record import rollout
 
-    return rollout("builtin", seed, engine.frame_size, BuiltinWorldConfig(), keys, mouse, save_depth=False)
+    # The checkpoint's world and controller: the ground truth moves as the model was taught an input moves it.
+    world = BuiltinWorldConfig(controller=engine.cfg.controller)
+    return rollout(engine.cfg.env, seed, engine.frame_size, world, keys, mouse, save_depth=False)
 
 
 def _told_apart(gens: dict[str, np.ndarray], gts: dict[str, np.ndarray], h: int) -> tuple[bool, dict[str, float]]:
@@ -158,12 +162,11 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
 
 def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     """A long rollout under the explore policy: per-chunk mean / std of frames, generated and true."""
-    from worldsim.core.controller import CameraControllerConfig
     from worldsim.data.policies import make_policy
 
     n, k = engine.context_frames, engine.chunk_frames
     horizon = -(-frames // k) * k
-    acts = make_policy("explore", engine.key_names, CameraControllerConfig()).actions(
+    acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
         n + horizon, np.random.default_rng(seed)
     )
     arrays = world_rollout(engine, seed, acts.keys, acts.mouse)
@@ -277,7 +280,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
 
-    engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, **sampler_options(cfg))
+    engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler)
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     windows = []
     if cfg.night_data:

@@ -2,7 +2,8 @@
 
 <dir>/config.json        format_version, model, codec, sampler, action_encoder
                          {name, version, dim, key_names}, frame_size, chunk_frames,
-                         conditioning (context chunks, camera scale, latent statistics), provenance
+                         conditioning (context chunks, camera scale, latent statistics),
+                         controller (fps, speeds, degrees per mouse pixel), env, provenance
 <dir>/model.safetensors  world model weights
 <dir>/codec.safetensors  codec weights
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.context import ConditioningConfig
@@ -26,6 +29,15 @@ from worldsim.model.dit import WorldModel, WorldModelConfig
 
 CHECKPOINT_VERSION = 1
 CONFIG_FILE = "config.json"
+# What checkpoints written before they recorded it were trained with (the only world and speeds then).
+LEGACY_ENV = "builtin"
+
+
+class CheckpointDefaultsWarning(UserWarning):
+    """A checkpoint that does not say what its inputs do; today's defaults stand in."""
+
+
+_warned: set[Path] = set()  # checkpoints already reported in this process
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,10 @@ class CheckpointConfig:
     action_encoder: dict[str, Any]  # ActionEncoder.spec()
     frame_size: tuple[int, int]
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    # What an input does: the controller that turned the data's inputs into poses (the engine moves
+    # its camera with the same), and the environment id the data was recorded in.
+    controller: CameraControllerConfig = field(default_factory=CameraControllerConfig)
+    env: str = LEGACY_ENV
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = CHECKPOINT_VERSION
 
@@ -84,11 +100,29 @@ def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, 
     (out / CONFIG_FILE).write_text(cfg.to_json())
 
 
+# The repository around an editable install (assets/ holds the shipped checkpoints); an installed
+# package has none beside it.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` when it is a folder; a relative path not found in the current folder is looked up
+    in the worldsim checkout (so ``assets/teacher_builtin_v1`` works from anywhere in an editable
+    install). Otherwise ``path`` unchanged, for the caller's error."""
+    p = Path(path)
+    if p.is_dir() or p.is_absolute() or not (CHECKOUT / p / CONFIG_FILE).is_file():
+        return p
+    return CHECKOUT / p
+
+
 def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
-    root = Path(path)
+    root = find_checkpoint(path)
     cfg_path = root / CONFIG_FILE
     if not root.is_dir():
-        raise WorldsimError(f"checkpoint folder {root} does not exist")
+        raise WorldsimError(
+            f"checkpoint folder {root} does not exist (a relative path is looked up in the current folder, "
+            f"then in the worldsim checkout; pass checkpoint=<folder>)"
+        )
     if not cfg_path.is_file():
         raise WorldsimError(f"{root} is not a worldsim checkpoint: no {CONFIG_FILE}")
     try:
@@ -99,6 +133,15 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
         raise WorldsimError(
             f"{cfg_path}: checkpoint format {d.get('format_version')}, this worldsim reads {CHECKPOINT_VERSION}"
         )
+    missing = [k for k in ("controller", "env") if k not in d]
+    if missing and root.resolve() not in _warned:
+        _warned.add(root.resolve())
+        warnings.warn(
+            f"checkpoint {root} does not record its {' and '.join(missing)}: using today's defaults "
+            f"(env {LEGACY_ENV!r}, {CameraControllerConfig()})",
+            CheckpointDefaultsWarning,
+            stacklevel=2,
+        )
     try:
         return CheckpointConfig(
             model=_build(WorldModelConfig, d["model"], str(cfg_path)),
@@ -107,6 +150,8 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
             action_encoder=dict(d["action_encoder"]),
             frame_size=(int(d["frame_size"][0]), int(d["frame_size"][1])),
             conditioning=_build(ConditioningConfig, d.get("conditioning", {}), str(cfg_path)),
+            controller=_build(CameraControllerConfig, d.get("controller", {}), str(cfg_path)),
+            env=str(d.get("env", LEGACY_ENV)),
             provenance=dict(d.get("provenance", {})),
         )
     except KeyError as e:
@@ -120,6 +165,7 @@ def load_checkpoint(
     device: str = "cpu",
 ) -> tuple[CheckpointConfig, WorldModel, Codec]:
     """Load and validate; ``expect_*`` are what the caller will feed (encoder spec, frame size)."""
+    path = find_checkpoint(path)
     cfg = read_checkpoint_config(path)
     if expect_encoder is not None:
         diffs = [

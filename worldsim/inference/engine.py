@@ -16,7 +16,6 @@ business (``envs.starts``): the engine takes frames, poses and inputs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,8 +32,9 @@ from safetensors.torch import load_file, save_file
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import SamplerConfig
-from worldsim.inference.checkpoint import CheckpointConfig, load_checkpoint
+from worldsim.core.precision import resolve_bf16
+from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
+from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
 from worldsim.inference.context import History
 from worldsim.inference.kv_cache import KVCache
 from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
@@ -309,67 +309,38 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
-class SamplerOverrides:
-    """The sampler options of the commands that load a checkpoint (``play.py``,
-    ``worldsim-rollout``, ``worldsim-eval`` inherit them); each left at its default keeps the
-    checkpoint's own."""
-
-    sampler_steps: int = 0  # 0 = the checkpoint's own step count
-    sampler_guidance: float = 0.0  # guidance on actions; 0 = the checkpoint's (1 = off; else 2 passes per step)
-    sampler_mode: str = ""  # euler | few_step; "" = the checkpoint's own
-    sampler_context_sigma: float | None = None  # context re-noised to this level; None = the checkpoint's own
-
-
-def sampler_options(cfg: Any) -> dict[str, Any]:
-    """:func:`load_engine`'s sampler keywords from a command's config (its ``sampler_*`` fields)."""
-    return {
-        "sampler_steps": cfg.sampler_steps,
-        "guidance": cfg.sampler_guidance,
-        "sampler_mode": cfg.sampler_mode,
-        "context_sigma": cfg.sampler_context_sigma,
-    }
-
-
 def load_engine(
     path: str | Path,
     device: str = "cpu",
-    sampler_steps: int = 0,
     seed: int = 0,
-    bf16: bool = False,
-    guidance: float = 0.0,
-    sampler_mode: str = "",
-    context_sigma: float | None = None,
+    bf16: bool | None = None,
+    sampler: SamplerOverrides | None = None,
     context_policy: str | None = None,
+    **rest: Any,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
-    Each sampler option left at its default keeps the checkpoint's own: ``sampler_steps`` > 0
-    replaces the step count; ``guidance`` > 0 the classifier-free guidance scale on actions (1 =
-    off; any other value runs the network twice per denoising step); ``sampler_mode`` the update
-    rule (``euler`` or ``few_step``: predict the clean chunk, re-noise with fresh noise);
-    ``context_sigma`` the noise level the context is re-noised to before the model reads it.
-    ``device``: ``cpu`` or ``cuda[:n]``; ``context_policy``: ``rebuild`` or ``cached`` (None =
-    ``cached`` where the checkpoint's conditioning allows it, else ``rebuild``)."""
+
+    ``device``: ``cpu`` or ``cuda[:n]`` (every tensor of the session is made there; a machine
+    without CUDA gets one line saying so). ``sampler`` changes the checkpoint's own sampler
+    settings field by field (None keeps them all); ``bf16``: autocast on or off, None = on where
+    ``device`` computes bf16 natively (:func:`worldsim.core.precision.resolve_bf16`);
+    ``context_policy``: ``rebuild`` or ``cached`` (None = ``cached`` where the checkpoint's
+    conditioning keeps keys valid across chunks, else ``rebuild``). The camera controller
+    (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
+    data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
-    if guidance < 0:
-        raise WorldsimError(f"guidance must be > 0 (1 = off), or 0 for the checkpoint's own; got {guidance}")
+    path = find_checkpoint(path)
     ck, model, codec = load_checkpoint(path, device=device)
-    sampler = ck.sampler
-    if sampler_steps:
-        sampler = dataclasses.replace(sampler, num_steps=sampler_steps)
-    if guidance:
-        sampler = dataclasses.replace(sampler, guidance=guidance)
-    if sampler_mode:
-        sampler = dataclasses.replace(sampler, mode=sampler_mode)
-    if context_sigma is not None:
-        sampler = dataclasses.replace(sampler, context_sigma=context_sigma)
+    sampler_cfg = (sampler or SamplerOverrides()).apply(ck.sampler)
     return Engine(
         ck,
         model,
         codec,
-        sampler=sampler,
+        sampler=sampler_cfg,
         seed=seed,
-        bf16=bf16,
-        fingerprint=_fingerprint(Path(path)),
+        bf16=resolve_bf16(bf16, device),
+        controller=ck.controller,
+        fingerprint=_fingerprint(path),
         context_policy=context_policy,
+        **rest,
     )

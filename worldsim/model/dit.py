@@ -38,7 +38,9 @@ class WorldModelConfig:
     depth: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
-    action_dim: int = 9
+    # The action encoder's dim. Not configured: the teacher stage derives it from its encoder
+    # (None until then); a checkpoint's config.json records it.
+    action_dim: int | None = None
     chunk_frames: int = 4
 
     @property
@@ -125,6 +127,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
         if cfg.latent_size[0] % p or cfg.latent_size[1] % p:
             raise ValueError(f"latent size {cfg.latent_size} is not divisible by patch {p}")
+        if cfg.action_dim is None:
+            raise ValueError("model action_dim is unset: it is the action encoder's dim (the teacher stage derives it)")
         self.patch_embed = nn.Linear(ch * p * p, d)
         self.camera_embed = _zero_linear(6 * p * p, d)
         self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))

@@ -92,7 +92,7 @@ class EngineSource:
         from envs.starts import world_start
 
         e = self.engine
-        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, gl_context=self.gl_context)
+        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context)
         e.reset(*start.arrays())
         self.chunk_c2w = start.c2w[-1:]
         return start.frames

@@ -1,6 +1,8 @@
 """The one typed schema behind ``worldsim-train`` (all stages), and what each stage must match to resume.
 
-Stage presets live in ``configs/stage/<name>.yaml`` (steps, batch size, learning rate, out);
+Every default is written here, once; ``worldsim/configs/train.yaml`` only selects config groups.
+
+Stage presets live in ``worldsim/configs/stage/<name>.yaml`` (steps, batch size, learning rate, out);
 ``worldsim-train stage=teacher`` selects one. Fields a stage does not use are ignored by it and
 left out of its resume identity.
 """
@@ -64,8 +66,9 @@ class TeacherConfig:
     translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
-    # engine then plays with (preset: configs/sampler/teacher.yaml; the shipped teacher's).
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(num_steps=8, mode="few_step"))
+    # engine then plays with. worldsim-train selects the preset worldsim/configs/sampler/teacher.yaml
+    # (the shipped teacher's: few_step, 8 steps), where its values are written.
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
 @dataclass

@@ -52,7 +52,7 @@ PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
 
 
-def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int], action_dim: int) -> None:
+def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int]) -> None:
     m, f = cfg.model, codec.cfg.downsample
     if frame_size[0] % f or frame_size[1] % f:
         raise WorldsimError(f"frames {frame_size} are not divisible by the codec's downsample {f}")
@@ -63,8 +63,6 @@ def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int], a
         raise WorldsimError(
             f"model.latent_channels is {m.latent_channels}, the codec makes {codec.cfg.latent_channels}"
         )
-    if m.action_dim != action_dim:
-        raise WorldsimError(f"model.action_dim is {m.action_dim}, encoder {cfg.teacher.encoder!r} gives {action_dim}")
 
 
 def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
@@ -111,10 +109,23 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             context_sigma_max=tc.context_sigma_max,
         )
     codec = load_codec(tc.codec_path)
-    meta = open_datasets(cfg.data)[0].meta
+    sets = open_datasets(cfg.data)
+    meta = sets[0].meta
+    # What an input does, written into the export: every training dataset must agree on it.
+    for ds in sets[1:]:
+        if (ds.meta.env, ds.meta.controller()) != (meta.env, meta.controller()):
+            raise WorldsimError(
+                f"{ds.root} was recorded in env {ds.meta.env!r} with {ds.meta.controller()}, "
+                f"{sets[0].root} in {meta.env!r} with {meta.controller()}: one model learns one meaning of an input"
+            )
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
-    _check_shapes(cfg, codec, frame_size, encoder.dim)
+    _check_shapes(cfg, codec, frame_size)
+    # Derived, not configured: the model reads what the encoder makes (a resumed run's identity
+    # keeps the value, as runs that configured it had it).
+    if cfg.model.action_dim not in (None, encoder.dim):
+        raise WorldsimError(f"model.action_dim is {cfg.model.action_dim}, encoder {tc.encoder!r} gives {encoder.dim}")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, action_dim=encoder.dim))
     if tc.focus_prob > 0:
         focus_columns(list(tc.focus_keys), list(meta.key_names))
     kept_stats = None
@@ -188,6 +199,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             action_encoder=encoder.spec(),
             frame_size=train.frame_size,
             conditioning=cond,
+            controller=meta.controller(),
+            env=meta.env,
             provenance={"stage": "teacher", "step": step, "config": cfg.identity(), "metrics": dict(metrics)},
         )
         save_checkpoint(loop.out / "model", ck, loop.ema, codec)

@@ -1,0 +1,154 @@
+"""Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
+``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
+
+By default the shipped model generates the world (``checkpoint=assets/teacher_builtin_v1``), started
+from a ground-truth view of world ``seed``; ``checkpoint=''`` plays the ground-truth world itself.
+``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
+``headless=true steps=N policy=<name> out=DIR`` runs the same engine with no window and writes
+the rollout plus an mp4. No display: run under ``xvfb-run``, or headless.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from envs import make_env
+from envs.builtin import BuiltinWorldConfig
+from worldsim.core.config import CONFIG_DIR
+from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.core.precision import describe_bf16
+from worldsim.data.format import parse_frame_size
+from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.engine import Engine, load_engine
+from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
+from worldsim.play.window import Window, WindowConfig, require_display
+
+
+@dataclass
+class PlayConfig:
+    # Model checkpoint folder ("" plays the ground-truth world); a relative path is looked up in the
+    # current folder, then in the worldsim checkout.
+    checkpoint: str = "assets/teacher_builtin_v1"
+    env: str = "builtin"
+    seed: int = 0  # world seed of the start
+    frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
+    bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
+    generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
+    record: str | None = None  # dataset folder: record from the start (F9 toggles)
+    headless: bool = False
+    steps: int = 256  # headless: frames to generate
+    policy: str = "explore"  # headless: scripted policy, or replay (with replay_from)
+    replay_from: str = ""
+    out: str = "runs/play"  # headless: output folder (rollout dataset + rollout.mp4)
+    world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
+    loop: PlayLoopConfig = field(default_factory=PlayLoopConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+
+
+ConfigStore.instance().store(name="play_schema", node=PlayConfig)
+
+
+class EnvSource:
+    """The ground-truth world as a chunk source (one frame per chunk)."""
+
+    chunk_frames = 1
+
+    def __init__(self, cfg: PlayConfig, window: Window):
+        # The world draws in the window's GL context: one context, no switching between two.
+        frame_size = parse_frame_size(cfg.frame_size)
+        self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world, gl_context=window.ctx)
+        self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps
+        self.frame_size, self.intrinsics = self.env.frame_size, self.env.intrinsics
+        self.chunk_c2w = np.eye(4, dtype=np.float32)[None]
+        self.timings: dict[str, float] = {}
+
+    def reset(self) -> np.ndarray:
+        obs = self.env.reset()
+        self.chunk_c2w = obs.c2w[None]
+        return obs.frame[None]
+
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        obs = self.env.step(keys[0], mouse[0])
+        self.chunk_c2w = obs.c2w[None]
+        self.timings = {"render": time.perf_counter() - t0}
+        return obs.frame[None]
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _engine(pc: PlayConfig) -> Engine:
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler)
+
+
+def _headless(pc: PlayConfig) -> None:
+    from worldsim.cli.rollout import RolloutConfig, run_rollout
+
+    if not pc.checkpoint:
+        raise WorldsimError("headless play runs the model; for the ground-truth world use worldsim-record")
+    rc = RolloutConfig(
+        checkpoint=pc.checkpoint,
+        seed=pc.seed,
+        policy=pc.policy,
+        replay_from=pc.replay_from,
+        frames=pc.steps,
+        out=pc.out,
+        bf16=pc.bf16,
+        sampler=pc.sampler,
+    )
+    r = run_rollout(rc, _engine(pc))
+    print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="play")
+@clean_errors
+def main(cfg: Any) -> None:
+    pc: PlayConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if pc.checkpoint:
+        print(describe_bf16(pc.bf16))
+    if pc.headless:
+        _headless(pc)
+        return
+    require_display()  # no screen: say how to run instead of loading anything
+    if pc.generate_in not in ("process", "thread"):
+        raise WorldsimError(f"generate_in must be process or thread, got {pc.generate_in!r}")
+    source: EnvSource | EngineSource | ProcessSource | None = None
+    try:
+        if not pc.checkpoint:
+            window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
+            source = EnvSource(pc, window)
+        elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
+            kw = {"bf16": pc.bf16, "sampler": pc.sampler}
+            source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
+            window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
+        else:
+            engine = _engine(pc)  # a bad checkpoint fails before a window opens
+            window = Window(pc.window, engine.frame_size, title=f"worldsim: {pc.checkpoint}")
+            source = EngineSource(engine, pc.seed, window.ctx)
+        stats = play(source, pc.loop, window, record=pc.record)
+        s = stats.summary()
+        print(
+            f"played {s['displayed_frames']} frames; input polled at {s['poll_hz']:.1f} Hz; "
+            f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms; "
+            f"chunk {s['chunk_ms_mean']:.0f} ms; first frame {s['first_frame_s']:.2f} s"
+        )
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if source is not None:
+            source.close()
+
+
+if __name__ == "__main__":
+    main()
