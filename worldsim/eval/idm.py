@@ -21,10 +21,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from worldsim.core.errors import WorldsimError
+from worldsim.core.optim import OptimConfig, lr_at
 from worldsim.data.frames import open_datasets
 from worldsim.model.codec import frames_to_tensor
-from worldsim.train.config import OptimConfig
-from worldsim.train.loop import lr_at
 
 MOUSE_STILL_PX = 1.0
 DIRECTIONS = ("negative", "still", "positive")

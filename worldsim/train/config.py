@@ -12,18 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worldsim.core.optim import OptimConfig
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModelConfig
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import signal
 import threading
 import time
@@ -24,19 +23,11 @@ import torch
 from tqdm import tqdm
 
 from worldsim.core.errors import WorldsimError
+from worldsim.core.optim import lr_at
 from worldsim.core.precision import describe_bf16, resolve_bf16
-from worldsim.train.config import OptimConfig, TrainConfig
+from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
 from worldsim.train.state import init_weights, load_train_state, save_train_state
-
-
-def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to 0 at ``total``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
 
 M = TypeVar("M", bound=torch.nn.Module)
 
