@@ -22,6 +22,7 @@ ENV_REGISTRY: dict[str, Callable[..., Env]] = {"builtin": _builtin}
 
 
 def available_envs() -> list[str]:
+    """Sorted names accepted by :func:`make_env` (today ``builtin``)."""
     return sorted(ENV_REGISTRY)
 
 

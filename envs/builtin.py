@@ -31,6 +31,10 @@ LIGHT_KEY = "l"
 
 @dataclass
 class BuiltinWorldConfig:
+    """Camera optics (vertical fov in degrees, eye height and clip planes in metres), fog, anti-aliasing,
+    the controller's speeds and the world generator's settings.
+    """
+
     fov_y_deg: float = 75.0
     eye_height_m: float = 2.0
     near_m: float = 0.1
@@ -70,9 +74,11 @@ class BuiltinWorld(Env):
         self._prev_keys = np.zeros(len(KEY_NAMES), np.uint8)
 
     def spawn_state(self) -> CameraState:
+        """This world's start pose (see :func:`spawn_state`); the same for every call."""
         return spawn_state(self.geom, self.cfg)
 
     def reset(self, state: CameraState | None = None, night: bool = False) -> Observation:
+        """Frame 0 from ``state`` (copied; default the spawn pose), by day unless ``night``; time restarts at 0."""
         self.state = (state or self.spawn_state()).copy()
         self.night = night
         self.step_count = 0
@@ -80,6 +86,9 @@ class BuiltinWorld(Env):
         return self._observe()
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation:
+        """Apply one tick of input; a rising edge of ``l`` toggles night. ``keys (7,)`` multi-hot over
+        :data:`KEY_NAMES`, ``mouse (dx, dy)`` pixels. Raises ``WorldsimError`` if ``keys`` has another shape.
+        """
         keys = np.asarray(keys)
         if keys.shape != (len(KEY_NAMES),):
             raise WorldsimError(f"keys must have shape ({len(KEY_NAMES)},), got {keys.shape}")
@@ -97,6 +106,7 @@ class BuiltinWorld(Env):
         return Observation(frame, depth, c2w, self.intrinsics.copy(), self.step_count / self.fps, {"night": self.night})
 
     def close(self) -> None:
+        """Release the renderer's GL resources (and its context if it created one)."""
         self.renderer.release()
 
 

@@ -42,10 +42,15 @@ class Env(ABC):
     state: CameraState
 
     @abstractmethod
-    def reset(self, state: CameraState | None = None, night: bool = False) -> Observation: ...
+    def reset(self, state: CameraState | None = None, night: bool = False) -> Observation:
+        """Start an episode and return frame 0: at ``state`` (default: the world's spawn pose), by day
+        unless ``night``; ``time_s`` restarts at 0."""
 
     @abstractmethod
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation: ...
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation:
+        """Apply one tick (``1 / fps`` s) of raw input and return the next frame. ``keys (K,)`` uint8
+        multi-hot over ``key_names``, ``mouse (2,)`` dx, dy pixels; a wrong ``keys`` shape raises
+        ``WorldsimError``."""
 
     def close(self) -> None:  # noqa: B027  (optional hook: worlds without resources need nothing)
         """Release GL or game resources."""

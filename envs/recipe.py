@@ -28,6 +28,10 @@ from worldsim.core.errors import WorldsimError, clean_errors
 
 @dataclass
 class RecipePart:
+    """One recorded folder ``<out>/<split>/<name>``: ``num_episodes`` episodes of ``policy`` in worlds
+    ``seed .. seed + num_episodes - 1``; ``split`` is ``train`` or ``val``.
+    """
+
     name: str
     split: str  # train | val
     policy: str
@@ -37,6 +41,8 @@ class RecipePart:
 
 @dataclass
 class RecipeConfig:
+    """A dataset recipe (``configs/recipe/*.yaml``): shared frame size and episode length, and its parts."""
+
     frame_size: Any = field(default_factory=lambda: [64, 64])
     episode_len: int = 64
     avoid_obstacles: bool = False  # passed to every part's worldsim-record run
@@ -56,6 +62,11 @@ def recipe_path(path: str | Path) -> Path:
 
 
 def load_recipe(path: str | Path) -> RecipeConfig:
+    """Load and validate a recipe file or shipped recipe name (:func:`recipe_path`).
+
+    Raises ``WorldsimError`` for a missing file, unknown keys or wrong types, and for the
+    checks of :func:`check_disjoint_seeds`.
+    """
     p = recipe_path(path)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(p))
@@ -67,6 +78,9 @@ def load_recipe(path: str | Path) -> RecipeConfig:
 
 
 def check_disjoint_seeds(recipe: RecipeConfig) -> None:
+    """Raise ``WorldsimError`` if two parts share a world seed (held-out worlds must stay unseen) or
+    a part's split is not ``train``/``val``.
+    """
     spans = sorted((p.seed, p.seed + p.num_episodes, f"{p.split}/{p.name}") for p in recipe.parts)
     for (_a0, a1, an), (b0, _, bn) in zip(spans, spans[1:], strict=False):
         if b0 < a1:
@@ -110,6 +124,7 @@ def run_recipe(
 
 @clean_errors
 def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``worldsim-recipe <recipe> <out> [--scale] [--jobs] [--no-preview]``."""
     parser = argparse.ArgumentParser(
         prog="worldsim-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

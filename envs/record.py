@@ -38,6 +38,10 @@ from worldsim.data.writer import RolloutWriter
 
 @dataclass
 class RecordConfig:
+    """One ``worldsim-record`` run (mirrors ``configs/record.yaml``); ``frame_size`` is pixels,
+    ``episode_len`` frames per episode, ``seed`` the first episode's world seed.
+    """
+
     env: str = "builtin"
     policy: str = "explore"
     replay_from: str | None = None  # dataset whose raw actions policy=replay re-renders
@@ -170,6 +174,7 @@ def _main(cfg: Any) -> None:
 
 
 def main() -> None:
+    """Console entry point ``worldsim-record`` (hydra; config ``configs/record.yaml``)."""
     _main()
 
 

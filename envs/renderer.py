@@ -81,6 +81,10 @@ NIGHT_HORIZON = np.array([0.07, 0.08, 0.16], np.float32)
 
 @dataclass(frozen=True)
 class RenderSettings:
+    """Output frame size in pixels, pinhole intrinsics, clip planes in metres, fog density in 1/metres
+    (fog fraction ``1 - exp(-(distance * density) ** 1.5)``) and the supersampling factor.
+    """
+
     height: int
     width: int
     intrinsics: np.ndarray  # (3, 3), pixels of the output frame
@@ -179,5 +183,6 @@ class WorldRenderer:
         return np.ascontiguousarray(rgb), np.ascontiguousarray(dep)
 
     def release(self) -> None:
+        """Release the GL context if this renderer created it (a shared context is left to its owner)."""
         if self.owns_ctx:
             self.ctx.release()

@@ -18,6 +18,11 @@ VERTEX_FLOATS = 10  # position (3), normal (3), colour (3), emissive (1)
 
 @dataclass
 class WorldGenConfig:
+    """Sizes of the procedural world in metres: terrain extent and grid, hill amplitude, landmark and
+    tree counts and the (min, max) ranges of their distance from the origin (the first 8 landmarks
+    always land 14-45 m out, so every start sees some).
+    """
+
     terrain_size_m: float = 640.0
     terrain_cells: int = 128
     hill_height_m: float = 7.0
@@ -29,6 +34,8 @@ class WorldGenConfig:
 
 @dataclass
 class Landmark:
+    """One big coloured object: ``kind`` (shape name), base position in metres, size, linear RGB colour."""
+
     kind: str
     position: np.ndarray  # (3,) world, base centre on the ground
     size_m: float
@@ -37,6 +44,10 @@ class Landmark:
 
 @dataclass
 class WorldGeometry:
+    """What :func:`generate_world` returns: one triangle mesh, the landmarks, sun and sky colours,
+    the spawn heading (radians), the height field and obstacle cylinders (metres).
+    """
+
     vertices: np.ndarray  # (V, VERTEX_FLOATS) float32
     indices: np.ndarray  # (I,) uint32, triangles
     landmarks: list[Landmark]

@@ -38,9 +38,11 @@ class CameraState:
     pitch_rad: float = 0.0
 
     def c2w(self) -> np.ndarray:
+        """``(4, 4)`` float32 camera-to-world pose (OpenCV axes, metres) from position, yaw and pitch."""
         return make_c2w(self.position, self.yaw_rad, self.pitch_rad)
 
     def copy(self) -> CameraState:
+        """An independent copy (the position array is copied)."""
         return CameraState(self.position.copy(), self.yaw_rad, self.pitch_rad)
 
     @classmethod
@@ -68,6 +70,12 @@ class CameraController:
         self._idx = {k: self.key_names.index(k) for k in MOVE_KEYS}
 
     def step(self, state: CameraState, keys: np.ndarray, mouse: np.ndarray) -> CameraState:
+        """Integrate one tick (``1 / fps`` seconds) and return the new state; ``state`` is not mutated.
+
+        ``keys`` is ``(K,)`` multi-hot over ``key_names`` (any dtype); ``mouse`` is ``(dx, dy)`` pixels.
+        Yaw wraps to (-pi, pi]; pitch clamps to +-``max_pitch_deg``. Raises ``WorldsimError`` if
+        ``keys`` is not shape ``(K,)``.
+        """
         cfg = self.cfg
         # Cast before arithmetic: uint8 "w - s" would wrap to 255 (calibration lesson 7).
         k = np.asarray(keys).astype(np.float64)

@@ -45,12 +45,18 @@ class RolloutMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
+        """Indented, key-sorted JSON of every field (``frame_size`` as a list), as written to ``meta.json``."""
         d = asdict(self)
         d["frame_size"] = list(self.frame_size)
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "meta.json") -> RolloutMeta:
+        """Parse and validate a ``meta.json`` dict; ``where`` names the file in messages.
+
+        Raises ``WorldsimError`` on unknown or missing keys (env, fps, frame_size, key_names), a
+        ``format_version`` other than 1 or a ``pose_convention`` other than :data:`POSE_CONVENTION`.
+        """
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         missing = sorted(n for n in ("env", "fps", "frame_size", "key_names") if n not in d)
@@ -88,10 +94,12 @@ class EpisodeInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpisodeInfo:
+        """Parse one ``episodes.jsonl`` line; raises ``KeyError``/``ValueError`` on missing or bad fields."""
         return cls(int(d["index"]), str(d["file"]), int(d["num_frames"]), d.get("seed"), d.get("policy"))
 
 
 def episode_filename(index: int) -> str:
+    """Path of episode ``index`` relative to the dataset root: ``episodes/000042.safetensors``."""
     return f"{EPISODE_DIR}/{index:06d}.safetensors"
 
 
@@ -112,6 +120,11 @@ def parse_frame_size(value: Any) -> tuple[int, int]:
 
 
 def read_meta(root: Path) -> RolloutMeta:
+    """Read and validate ``<root>/meta.json``.
+
+    Raises ``WorldsimError`` if ``root`` is not a folder, has no ``meta.json``, the file is not
+    valid JSON, or :meth:`RolloutMeta.from_dict` rejects it.
+    """
     path = Path(root) / META_FILE
     if not Path(root).is_dir():
         raise WorldsimError(f"dataset folder {root} does not exist")

@@ -21,11 +21,19 @@ from worldsim.core.errors import WorldsimError, unknown_name
 
 @dataclass
 class Actions:
+    """One episode of raw inputs: ``keys (T, K)`` uint8 multi-hot, ``mouse (T, 2)`` float32 pixels."""
+
     keys: np.ndarray  # (T, K) uint8
     mouse: np.ndarray  # (T, 2) float32
 
 
 class Policy(ABC):
+    """An open-loop scripted policy, registered in :data:`POLICIES` under ``name``.
+
+    Subclasses implement :meth:`actions`; ``key_names`` orders the key columns and ``controller``
+    converts degrees to mouse pixels (``mouse_deg_per_px``).
+    """
+
     name: str
 
     def __init__(self, key_names: list[str], controller: CameraControllerConfig):
@@ -58,6 +66,7 @@ class ExplorePolicy(Policy):
     light_prob = 0.015  # chance per frame of pressing the light key: about once per 64-frame episode
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Momentum walk; yaw rate in pixels per frame (AR(1), sigma 1.2 px), pitch kept within +-15 degrees."""
         a = self._empty(num_frames)
         yaw_rate = 0.0  # pixels per frame
         pitch_deg = 0.0
@@ -100,6 +109,7 @@ class LookAroundPolicy(Policy):
     name = "look_around"
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Sinusoidal yaw sweep (amplitude 1.5-4 degrees per frame, period 40-90 frames), no keys."""
         a = self._empty(num_frames)
         t = np.arange(num_frames - 1)
         period = rng.uniform(40, 90)
@@ -117,6 +127,10 @@ class GoAndReturnPolicy(Policy):
     name = "go_and_return"
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Forward, 180-degree turn, back, 180-degree turn; ``attempt`` > 0 adds a random initial turn.
+
+        Raises ``ValueError`` if ``w`` is not in ``key_names``.
+        """
         a = self._empty(num_frames)
         n = num_frames - 1
         turn_frames = max(2, n // 8)
@@ -145,6 +159,7 @@ class FullTurnPolicy(Policy):
     name = "full_turn"
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Constant yaw of ``360 / (num_frames - 1)`` degrees per frame; sign alternates with ``episode``."""
         a = self._empty(num_frames)
         sign = 1.0 if episode % 2 == 0 else -1.0
         a.mouse[:-1, 0] = sign * self._px_for_deg(360.0 / (num_frames - 1))
@@ -159,6 +174,7 @@ class TurnsPolicy(Policy):
     name = "turns"
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Pauses of 2-9 frames, then turns of 8-23 frames at 1-6 degrees per frame, ``w`` held 40% of them."""
         a = self._empty(num_frames)
         t, end = 0, num_frames - 1
         while t < end:
@@ -191,9 +207,14 @@ class ReplayPolicy(Policy):
             )
 
     def source_seed(self, episode: int) -> int | None:
+        """The env seed recorded for the source episode replayed as ``episode`` (None if unknown)."""
         return self.source.episodes[episode % len(self.source)].seed
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Rows ``[:num_frames]`` of source episode ``episode % len(source)``; ``rng`` and ``attempt`` unused.
+
+        Raises ``WorldsimError`` if that source episode has fewer than ``num_frames`` frames.
+        """
         i = episode % len(self.source)
         arrays = self.source.load(i, ("keys", "mouse"))
         keys, mouse = arrays["keys"][:num_frames], arrays["mouse"][:num_frames]
@@ -221,6 +242,11 @@ POLICIES: dict[str, type[Policy]] = {
 def make_policy(
     name: str, key_names: list[str], controller: CameraControllerConfig, replay_from: str | None = None
 ) -> Policy:
+    """Build the policy registered as ``name``; ``replay_from`` (a dataset folder) only for ``replay``.
+
+    Raises ``WorldsimError`` "unknown policy 'x'; valid: ..." for an unregistered name, and for
+    ``replay`` without ``replay_from``.
+    """
     if name not in POLICIES:
         raise unknown_name("policy", name, POLICIES)
     if name == ReplayPolicy.name:

@@ -36,4 +36,5 @@ def write_mp4(path: str | Path, frames_u8: np.ndarray, fps: float, min_side_px: 
 
 
 def write_png(path: str | Path, image_u8: np.ndarray) -> None:
+    """Write one ``(H, W, 3)`` uint8 image as PNG at its own size (no upscaling)."""
     iio.imwrite(path, image_u8)

@@ -33,10 +33,12 @@ class RolloutDataset:
         return len(self.episodes)
 
     def require_nonempty(self) -> None:
+        """Raise ``WorldsimError`` "dataset <root> has no finished episodes" if the index is empty."""
         if not self.episodes:
             raise WorldsimError(f"dataset {self.root} has no finished episodes")
 
     def path(self, i: int) -> Path:
+        """Path of episode ``i``'s safetensors file (``i`` is a position in ``episodes``)."""
         return self.root / self.episodes[i].file
 
     def load(self, i: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

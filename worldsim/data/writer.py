@@ -70,6 +70,7 @@ class RolloutWriter:
 
     @property
     def finished(self) -> set[int]:
+        """Indices of episodes already written (resuming skips them)."""
         return {e.index for e in self.episodes}
 
     def write_episode(

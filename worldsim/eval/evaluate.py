@@ -53,6 +53,8 @@ DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark
 
 @dataclass
 class EvalConfig:
+    """What ``worldsim-eval`` measures and on which data; mirrors ``configs/eval.yaml``."""
+
     checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
     data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
     out: str = "runs/eval"
@@ -103,6 +105,11 @@ def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
 
 
 def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
+    """Ground truth for raw inputs: the checkpoint's env and controller driven from world ``seed``.
+
+    Returns the episode arrays of :func:`envs.record.rollout` (frames ``(T, H, W, 3)`` uint8, c2w, ...),
+    without depth.
+    """
     from envs.builtin import BuiltinWorldConfig
     from envs.record import rollout
 
@@ -413,6 +420,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def summary_lines(m: dict[str, Any]) -> list[str]:
+    """The human-readable summary of an :func:`evaluate` metrics dict, one string per printed line."""
     lines = [
         f"rollouts: {m['episodes']} episodes x {m['horizon']} frames",
         f"  PSNR {m['psnr_db_mean']:.2f} dB vs repeat-last {m['copy_last_psnr_db_mean']:.2f} dB "
@@ -477,6 +485,7 @@ def _main(cfg: Any) -> None:
 
 
 def main() -> None:
+    """Console entry point ``worldsim-eval`` (hydra; config ``configs/eval.yaml``)."""
     _main()
 
 

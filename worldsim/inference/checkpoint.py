@@ -42,6 +42,11 @@ _warned: set[Path] = set()  # checkpoints already reported in this process
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """Everything ``config.json`` records to rebuild and run a checkpoint; frozen.
+
+    ``frame_size`` is ``(height, width)`` in pixels; ``action_encoder`` is ``ActionEncoder.spec()``.
+    """
+
     model: WorldModelConfig
     codec: CodecConfig
     sampler: SamplerConfig
@@ -57,9 +62,11 @@ class CheckpointConfig:
 
     @property
     def chunk_frames(self) -> int:
+        """Frames per generated chunk (``model.chunk_frames``)."""
         return self.model.chunk_frames
 
     def to_json(self) -> str:
+        """Indented, key-sorted JSON of every field plus the derived ``chunk_frames``."""
         d = asdict(self)
         d["chunk_frames"] = self.chunk_frames
         return json.dumps(d, indent=2, sort_keys=True)
@@ -93,6 +100,9 @@ def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device
 
 
 def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, codec: Codec) -> None:
+    """Write ``model.safetensors``, ``codec.safetensors`` (weights on CPU) and ``config.json`` into
+    ``path``, creating it; existing files are overwritten.
+    """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     _save_weights(model, out / "model.safetensors")
@@ -116,6 +126,12 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
+    """Read ``config.json`` of a checkpoint folder (located by :func:`find_checkpoint`).
+
+    Raises ``WorldsimError`` for a missing folder or ``config.json``, invalid JSON, a format version
+    other than 1, unknown or missing keys. Warns ``CheckpointDefaultsWarning`` (once per folder) when
+    ``controller`` or ``env`` are not recorded and today's defaults stand in.
+    """
     root = find_checkpoint(path)
     cfg_path = root / CONFIG_FILE
     if not root.is_dir():
@@ -184,6 +200,7 @@ def load_checkpoint(
 
 
 def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """True when both state dicts have the same keys and exactly equal tensors (``torch.equal``)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

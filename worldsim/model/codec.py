@@ -16,12 +16,15 @@ import torch.nn.functional as F
 
 @dataclass
 class CodecConfig:
+    """Sizes of the per-frame autoencoder; latents are ``(latent_channels, H / downsample, W / downsample)``."""
+
     latent_channels: int = 8
     downsample: int = 4  # frame pixels per latent cell, a power of two
     base_channels: int = 64
 
     @property
     def stages(self) -> int:
+        """Number of 2x down/up-sampling stages, ``log2(downsample)``."""
         return int(math.log2(self.downsample))
 
 
@@ -67,10 +70,13 @@ class Codec(nn.Module):
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` float in [-1, 1] -> ``(B, latent_channels, H/f, W/f)`` (unnormalised latents)."""
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, latent_channels, h, w)`` -> ``(B, 3, h*f, w*f)`` float, roughly [-1, 1] (not clamped)."""
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``decode(encode(x))``, same shape as ``x``."""
         return self.decode(self.encode(x))

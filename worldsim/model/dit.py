@@ -31,6 +31,12 @@ from worldsim.model.rope import apply_rope, rope_angles, token_positions
 
 @dataclass
 class WorldModelConfig:
+    """Sizes of the chunk-causal DiT (latent grid, patch, width, depth, heads, frames per chunk).
+
+    ``WorldModel`` raises ``ValueError`` unless ``latent_size`` divides by ``patch``, ``width`` splits
+    into ``heads`` heads of even size (RoPE pairs), and ``action_dim`` is set.
+    """
+
     latent_channels: int = 8
     latent_size: tuple[int, int] = (16, 16)  # (h, w)
     patch: int = 2
@@ -45,6 +51,7 @@ class WorldModelConfig:
 
     @property
     def tokens_per_frame(self) -> int:
+        """Patch tokens per latent frame: ``(h // patch) * (w // patch)``."""
         return (self.latent_size[0] // self.patch) * (self.latent_size[1] // self.patch)
 
 
@@ -57,11 +64,12 @@ class KVContext(Protocol):
     context holds only earlier chunks, and the order of keys does not matter (RoPE carries time).
     """
 
-    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k, v (B, H, L, hd)`` of block ``layer`` -> context plus own ``(B, H, L_ctx + L, hd)``."""
 
 
 def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of ``t = 1000 * sigma``: ``(...)`` -> ``(..., dim)``."""
+    """Sinusoidal embedding of ``t = 1000 * sigma``: ``(...)`` -> ``(..., dim)``, ``[cos | sin]`` as in DiT."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
     args = (1000.0 * sigma.float())[..., None] * freqs
@@ -77,7 +85,7 @@ def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
 
 
 class Block(nn.Module):
-    """AdaLN-Zero transformer block; modulation ``(B, T, 6D)`` is per frame."""
+    """AdaLN-Zero transformer block (DiT, Peebles & Xie 2023); modulation ``(B, T, 6D)`` is per frame."""
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()

@@ -32,6 +32,7 @@ def plucker_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width
     ``c2w (..., T, 4, 4)`` OpenCV axes; ``intrinsics (..., 3, 3)`` in pixels of a
     ``height x width`` grid (scale the frame intrinsics down for a latent grid). Pixel centres
     are at ``+0.5``; ``d`` is unit length in world coordinates, ``o`` the camera centre.
+    Same channel layout as CameraCtrl's ``ray_condition`` (moment first, then direction).
     """
     dtype, device = c2w.dtype, c2w.device
     v, u = torch.meshgrid(

@@ -56,6 +56,7 @@ def _mean(a: np.ndarray) -> float:
 
 @clean_errors
 def main(argv: list[str] | None = None) -> None:
+    """CLI: print a codec's PSNR (dB) on a dataset, overall and split into light and dark frames."""
     parser = argparse.ArgumentParser(prog="python -m worldsim.train.codec_eval", description=__doc__)
     parser.add_argument("codec", help="a codec folder (codec.json + codec.safetensors)")
     parser.add_argument("data", help="a rollout dataset or a folder of them")

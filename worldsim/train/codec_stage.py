@@ -34,6 +34,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_codec(cfg: TrainConfig) -> dict[str, float]:
+    """Run the codec stage and export the EMA codec to ``<out>/codec``; returns the loop's summary.
+
+    Raises ``WorldsimError`` if validation and training frame sizes differ or the frame size does
+    not divide by ``codec.downsample``.
+    """
     d = init_distributed(cfg.device)
     data = FrameSampler(cfg.data)
     val = FrameSampler(cfg.val_data) if cfg.val_data else None

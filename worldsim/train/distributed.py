@@ -20,15 +20,19 @@ from worldsim.core.errors import WorldsimError
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the run: ``rank`` of ``world`` processes, training on ``device``."""
+
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that logs and writes files."""
         return self.rank == 0
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a batch along dim 0: rows ``rank, rank + world, ...``."""
         return batch[self.rank :: self.world]
 
 
@@ -85,10 +89,12 @@ def weights_in_sync(model: torch.nn.Module, d: Dist) -> bool:
 
 
 def barrier(d: Dist) -> None:
+    """Wait for every rank (``dist.barrier``); a no-op in a single process."""
     if d.world > 1:
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Destroy the process group if one was initialised; safe to call always."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -50,6 +50,9 @@ def save_train_state(
     step: int,
     config: dict[str, Any],
 ) -> None:
+    """Write a resumable snapshot to folder ``path``: weights, EMA, optimizer, CPU RNG and
+    ``state.json`` (``step``, ``config``). Atomic: written to ``<path>.tmp``, then swapped in.
+    """
     final = Path(path)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -70,6 +70,7 @@ class EncodedSplit:
     sources: list[tuple[RolloutDataset, int]]  # where each episode's frames are on disk
 
     def frames(self, e: int, start: int, stop: int) -> np.ndarray:
+        """Raw frames ``[start, stop)`` of episode ``e``, read from disk: ``(stop - start, H, W, 3)`` uint8."""
         ds, i = self.sources[e]
         return ds.load_slice(i, start, stop, ("frames",))["frames"]
 
@@ -126,12 +127,15 @@ class EncodedSplit:
         return out
 
     def latent_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of all raw latents (over frames and pixels), ``C`` floats each."""
         z = torch.cat(self.latents).float()
         return z.mean(dim=(0, 2, 3)).tolist(), z.std(dim=(0, 2, 3)).tolist()
 
 
 @dataclass
 class Batch:
+    """One training batch of ``B`` clips of ``T = (context_chunks + 1) * chunk_frames`` frames."""
+
     x0: torch.Tensor  # (B, T, C, h, w) normalised latents
     actions: torch.Tensor  # (B, T, A)
     plucker: torch.Tensor  # (B, T, 6, h, w)
@@ -141,6 +145,11 @@ class Batch:
 
 
 class ClipSampler:
+    """Seeded clips for the teacher: recent context, optionally one retrieved earlier chunk, then the
+    chunk to learn. Raises ``WorldsimError`` if no episode is long enough for one clip, or
+    ``focus_prob`` > 0 and no clip shows a press of ``focus_keys``.
+    """
+
     def __init__(
         self,
         split: EncodedSplit,
@@ -200,6 +209,9 @@ class ClipSampler:
         return int(starts[top[torch.randint(len(top), (1,), generator=g)]].item())
 
     def batch(self, seed: int, step: int, batch_size: int, train: bool = True) -> Batch:
+        """A deterministic :class:`Batch` for ``(seed, step)``; ``train`` adds focus picks, memory
+        retrieval and action/camera dropout. Plücker rays are relative to the latest context frame.
+        """
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(self.index), (batch_size,), generator=g).tolist()
         if train and self.focus:

@@ -86,6 +86,10 @@ def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_teacher(cfg: TrainConfig) -> dict[str, float]:
+    """Run the teacher stage and export the EMA model to ``<out>/model``; returns the loop's summary
+    (last periodic metrics, ``step``, ``final_loss``). Raises ``WorldsimError`` on bad teacher
+    settings or data that disagree with the codec, encoder or model before any training.
+    """
     d = init_distributed(cfg.device)
     tc = cfg.teacher
     # Step 1: everything that can be wrong with the inputs, before any slow work.

@@ -21,9 +21,11 @@ class KeyboardEncoder(ActionEncoder):
 
     @property
     def dim(self) -> int:
+        """One channel per key in ``key_names``."""
         return len(self.key_names)
 
     def encode_batch(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        """``keys (T, K)`` uint8 -> ``(T, K)`` float32 clipped to [0, 1]; ``mouse`` is checked, then ignored."""
         k, _ = self.check_inputs(keys, mouse)
         return np.clip(k, 0.0, 1.0)
 
@@ -37,9 +39,14 @@ class MouseEncoder(ActionEncoder):
 
     @property
     def dim(self) -> int:
+        """Two channels: dx then dy."""
         return 2
 
     def encode_batch(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        """``mouse (T, 2)`` pixels -> ``(T, 2)`` float32; +-64 px maps to +-1, unbounded but log-compressed.
+
+        Raises ``WorldsimError`` (via ``check_inputs``) on a keys/mouse shape mismatch.
+        """
         _, m = self.check_inputs(keys, mouse)
         return (np.sign(m) * np.log1p(np.abs(m)) / np.log1p(MOUSE_UNIT_PX)).astype(np.float32)
 
@@ -55,9 +62,11 @@ class CompositeEncoder(ActionEncoder):
 
     @property
     def dim(self) -> int:
+        """Sum of the parts' dims."""
         return sum(e.dim for e in self.encoders)
 
     def encode_batch(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+        """``(T, sum of part dims)`` float32: each part's ``encode_batch`` concatenated in ``parts`` order."""
         self.check_inputs(keys, mouse)
         return np.concatenate([e.encode_batch(keys, mouse) for e in self.encoders], axis=1)
 

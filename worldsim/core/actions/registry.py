@@ -66,6 +66,10 @@ def available_action_encoders() -> list[str]:
 
 
 def get_action_encoder_class(name: str) -> type[ActionEncoder]:
+    """The class registered as ``name`` (plugins loaded first).
+
+    Raises ``WorldsimError`` "unknown action encoder 'x'; valid: ..." for an unregistered name.
+    """
     _ensure_loaded()
     if name not in _REGISTRY:
         raise unknown_name("action encoder", name, _REGISTRY)
