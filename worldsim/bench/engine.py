@@ -150,6 +150,7 @@ def bench_engine(
     play_steps: int = 0,
     device: str = "cpu",
 ) -> dict[str, Any]:
+    """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
     engine = load_engine(checkpoint, device=device, bf16=False)

@@ -74,6 +74,7 @@ class RolloutProbe:
         return torch.from_numpy(np.stack(c2w)).to(self.device)[None]
 
     def step(self) -> dict[str, float]:
+        """Generate one chunk -> seconds by stage (context, denoise, cache_write, total)."""
         with torch.inference_mode():
             self.rollout.step(self._actions(self.k), self._poses(self.k), self.g)
         t = self.rollout.timings
@@ -135,6 +136,7 @@ def bench_model(
     context_chunks: int = 2,
     device: str = "cpu",
 ) -> dict[str, Any]:
+    """Every row of ``worldsim-bench model`` (module docstring) for a model of ``cfg``."""
     torch.manual_seed(0)
     model = WorldModel(cfg).eval().to(device)
     k = cfg.chunk_frames

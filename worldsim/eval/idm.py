@@ -36,6 +36,9 @@ def mouse_classes(mouse: np.ndarray) -> np.ndarray:
 
 
 class InverseDynamics(nn.Module):
+    """A small conv classifier of frame pairs ``(B, 6, H, W)`` in [-1, 1] -> per-key held logits
+    ``(B, K)`` and per-axis mouse direction logits ``(B, 2, 3)`` (negative, still, positive)."""
+
     def __init__(self, num_keys: int, width: int = 32):
         super().__init__()
         self.num_keys = num_keys
@@ -69,6 +72,7 @@ class Pairs:
 
     @classmethod
     def concat(cls, parts: list[Pairs]) -> Pairs:
+        """The pairs of every part, in order."""
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("a", "b", "keys", "mouse")))
 
 
@@ -138,6 +142,7 @@ def idm_accuracy(
 
 
 def save_idm(path: str | Path, model: InverseDynamics, key_names: list[str], provenance: dict[str, object]) -> None:
+    """``idm.safetensors`` + ``idm.json`` (key names, provenance) in folder ``path``."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "idm.safetensors"))
@@ -145,6 +150,7 @@ def save_idm(path: str | Path, model: InverseDynamics, key_names: list[str], pro
 
 
 def load_idm(path: str | Path, key_names: list[str]) -> InverseDynamics:
+    """An IDM saved by :func:`save_idm`; ``WorldsimError`` when the folder is not one or its keys differ."""
     root = Path(path)
     if not (root / "idm.json").is_file() or not (root / "idm.safetensors").is_file():
         raise WorldsimError(f"{root} is not an inverse-dynamics folder (needs idm.json and idm.safetensors)")

@@ -74,6 +74,7 @@ class History:
 
     @property
     def num_frames(self) -> int:
+        """Frames in the history (T)."""
         return int(self.latents.shape[1])
 
     def select(self, idx: torch.Tensor | slice) -> History:

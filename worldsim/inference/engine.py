@@ -56,14 +56,17 @@ class ChunkTimings:
 
     @property
     def model_s(self) -> float:
+        """The rollout's share: context + denoising + cache write."""
         return self.context_s + self.denoise_s + self.cache_write_s
 
     @property
     def total_s(self) -> float:
+        """Model and decode."""
         return self.model_s + self.decode_s
 
     @classmethod
     def of(cls, r: RolloutTimings, decode_s: float) -> ChunkTimings:
+        """The rollout's stage timings plus the decode time."""
         return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s)
 
 

@@ -48,6 +48,7 @@ class RolloutTimings:
 
     @property
     def model_s(self) -> float:
+        """All three stages."""
         return self.context_s + self.denoise_s + self.cache_write_s
 
 

@@ -79,6 +79,9 @@ class CodecTrainConfig:
 
 @dataclass
 class TrainConfig:
+    """``worldsim-train``'s whole config (``worldsim/configs/train.yaml`` mirrors it); ``stage`` picks
+    the stage and its preset."""
+
     stage: str = "codec"
     data: str = "data/builtin_v1/train"
     val_data: str | None = "data/builtin_v1/val"

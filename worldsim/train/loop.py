@@ -76,6 +76,10 @@ class TrainLoop(Generic[M]):
         periodic: Callable[[int], dict[str, float]],
         export: Callable[[int, dict[str, float]], None],
     ) -> dict[str, float]:
+        """Train from the current step to ``cfg.steps``: ``loss_at(step) -> (loss, samples)`` each
+        step, ``periodic(step) -> metrics`` for validation and previews, ``export(step, metrics)``
+        for the loadable artefact; logs to ``log.csv``, checkpoints ``last/`` (Ctrl-C and SIGTERM
+        save too) -> the last metrics."""
         cfg, main = self.cfg, self.dist.is_main
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "log.csv"
