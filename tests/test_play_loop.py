@@ -1,5 +1,6 @@
 """The asynchronous play loop without a screen: input keeps its rate while generation is slow,
-and a recorded session replays through the engine to the same frames."""
+sources hand back Chunks (in process, or over the generation process's pipe) and a recorded
+session replays through the engine to the same frames."""
 
 import os
 import signal
@@ -14,7 +15,9 @@ from envs.starts import world_start
 from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
-from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, chunk_inputs, open_engine_source, play
+from worldsim.inference.engine import Chunk, ChunkTimings
+from worldsim.play.loop import PlayLoopConfig, chunk_inputs, play
+from worldsim.play.sources import EngineSource, ProcessSource, SyncSource, open_engine_source
 
 
 class FakeWindow:
@@ -53,25 +56,36 @@ class FakeWindow:
 
 
 class SlowSource:
-    """Any chunk source; each chunk takes ``delay_s`` (far slower than the display)."""
+    """Any asynchronous chunk source; each chunk is done ``delay_s`` after its submission (far
+    slower than the display)."""
 
     name, key_names, fps, chunk_frames = "slow", KEYS, 15.0, 4
     frame_size, intrinsics = (8, 8), np.eye(3, dtype=np.float32)
 
     def __init__(self, delay_s):
-        self.delay_s, self.n = delay_s, 0
-        self.chunk_c2w = np.tile(np.eye(4, dtype=np.float32), (1, 1, 1))
-        self.timings = {}
+        self.delay_s, self.n, self.done_at = delay_s, 0, None
 
     def reset(self):
-        return np.zeros((4, 8, 8, 3), np.uint8)
+        return Chunk(np.zeros((4, 8, 8, 3), np.uint8), np.tile(np.eye(4, dtype=np.float32), (4, 1, 1)))
 
-    def step(self, keys, mouse):
-        time.sleep(self.delay_s)
-        self.n += 1
-        self.chunk_c2w = np.tile(np.eye(4, dtype=np.float32), (4, 1, 1))
-        self.timings = {"model": self.delay_s}
-        return np.full((4, 8, 8, 3), self.n % 255, np.uint8)
+    def submit(self, keys, mouse):
+        assert self.done_at is None, "at most one chunk in flight"
+        self.done_at = time.perf_counter() + self.delay_s
+
+    def poll(self, timeout_s=0.0):
+        if self.done_at is None:
+            return None
+        wait = self.done_at - time.perf_counter()
+        if timeout_s is not None and wait > timeout_s:
+            time.sleep(max(0.0, timeout_s))
+            return None
+        time.sleep(max(0.0, wait))
+        self.done_at, self.n = None, self.n + 1
+        c2w = np.tile(np.eye(4, dtype=np.float32), (4, 1, 1))
+        return Chunk(np.full((4, 8, 8, 3), self.n % 255, np.uint8), c2w, ChunkTimings(denoise_s=self.delay_s))
+
+    def close(self):
+        pass
 
 
 def test_input_is_polled_at_the_display_rate_while_generation_is_slow():
@@ -80,6 +94,7 @@ def test_input_is_polled_at_the_display_rate_while_generation_is_slow():
     assert stats["poll_hz"] > 0.85 * 15.0  # 45 polls in ~3 s although each chunk takes 1 s
     assert stats["held_ticks"] > 10 and stats["displayed_frames"] >= 4
     assert any("generation behind" in hud[0] for _, hud in window.shown)
+    assert "denoise 1000 ms" in window.shown[-1][1][1]  # the HUD's stage times: the last chunk's
     assert stats["latency_p50_ms"] >= 1000.0  # an input waits for its 1 s chunk
 
 
@@ -97,9 +112,9 @@ def test_chunk_inputs_keep_the_newest_rows_all_mouse_motion_and_every_key_press(
     assert keys[:, 0].tolist() == [1, 1, 1, 1] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("generate_in", ["thread", "process"])
+@pytest.mark.parametrize("generate_in", ["loop", "process"])
 def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, generate_in):
-    """Recorded through either play set-up (generation in a thread, or in a child process as
+    """Recorded through either source (the engine on the loop's thread, or in a child process as
     play.py does), the session replays in this process to identical frames."""
     ck = make_tiny_checkpoint(tmp_path / "tiny")
 
@@ -129,18 +144,88 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, genera
     np.testing.assert_array_equal(got, ep["frames"][1 : 1 + len(got)])
 
 
+class SteppingSource(SyncSource):
+    """A SyncSource over a counter, each step taking ``delay_s``: ``submit`` computes, ``poll``
+    hands over (module level, so that a generation process can build it too)."""
+
+    name, key_names, fps, chunk_frames = "count", KEYS, 15.0, 1
+    frame_size, intrinsics = (8, 8), np.eye(3, dtype=np.float32)
+
+    def __init__(self, delay_s=0.0):
+        self.n, self.delay_s = 0, delay_s
+
+    def reset(self):
+        return Chunk(np.zeros((1, 8, 8, 3), np.uint8), np.eye(4, dtype=np.float32)[None])
+
+    def step(self, keys, mouse):
+        time.sleep(self.delay_s)
+        self.n += 1
+        return Chunk(np.full((1, 8, 8, 3), self.n, np.uint8), np.eye(4, dtype=np.float32)[None])
+
+
+def test_a_sync_source_computes_on_submit_and_hands_the_chunk_to_one_poll():
+    source = SteppingSource()
+    assert source.poll(0.0) is None  # nothing in flight
+    source.submit(np.zeros((1, len(KEYS)), np.uint8), np.zeros((1, 2), np.float32))
+    assert source.n == 1  # computed in submit, on this thread
+    assert source.poll(0.0).frames[0, 0, 0, 0] == 1 and source.poll(0.0) is None
+
+
+def test_the_generation_process_returns_the_chunk_the_engine_gives_in_process(tmp_path):
+    """Same checkpoint, seed and inputs: the Chunk from the child is the in-process engine's, its
+    poses bit-exact."""
+    ck = str(make_tiny_checkpoint(tmp_path / "tiny"))
+    local = open_engine_source(ck, 5, bf16=False)
+    source = ProcessSource(partial(open_engine_source, ck, 5, bf16=False))
+    try:
+        start, local_start = source.reset(), local.reset()
+        assert isinstance(start, Chunk) and len(start.frames) == local.engine.context_frames
+        np.testing.assert_array_equal(start.c2w, local_start.c2w)
+        k, nk = source.chunk_frames, len(source.key_names)
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            keys = (rng.random((k, nk)) < 0.4).astype(np.uint8)
+            mouse = rng.normal(0, 20, (k, 2)).astype(np.float32)
+            source.submit(keys, mouse)
+            chunk = source.poll(None)
+            want = local.step(keys, mouse)
+            assert isinstance(chunk, Chunk) and chunk.c2w.dtype == np.float32
+            np.testing.assert_array_equal(chunk.c2w, want.c2w)
+            assert chunk.frames.shape == want.frames.shape and chunk.timings.total_s > 0
+    finally:
+        source.close()
+
+
+def test_polling_a_busy_generation_process_with_timeout_zero_returns_none_without_blocking():
+    source = ProcessSource(partial(SteppingSource, 1.0))
+    try:
+        source.reset()
+        source.submit(np.zeros((1, len(KEYS)), np.uint8), np.zeros((1, 2), np.float32))
+        t0 = time.perf_counter()
+        assert source.poll(0.0) is None and source.poll(0.1) is None
+        assert time.perf_counter() - t0 < 0.5  # 0.1 s of waiting, not the 1 s chunk
+        with pytest.raises(WorldsimError, match="already in flight"):
+            source.submit(np.zeros((1, len(KEYS)), np.uint8), np.zeros((1, 2), np.float32))
+        chunk = source.poll(None)
+        assert chunk is not None and chunk.frames[0, 0, 0, 0] == 1 and source.poll(0.0) is None
+    finally:
+        source.close()
+
+
 def test_the_generation_process_reports_a_bad_checkpoint_and_its_own_death(tmp_path):
     with pytest.raises(WorldsimError, match="does not exist"):
         ProcessSource(partial(open_engine_source, str(tmp_path / "missing"), 0))
     source = ProcessSource(partial(open_engine_source, str(make_tiny_checkpoint(tmp_path / "tiny")), 0))
     try:
-        frames = source.reset()
-        assert frames.shape[1:] == (*source.frame_size, 3) and source.chunk_c2w.shape[1:] == (4, 4)
+        start = source.reset()
+        assert start.frames.shape[1:] == (*source.frame_size, 3) and start.c2w.shape == (len(start.frames), 4, 4)
         k = source.chunk_frames
+        source.submit(np.zeros((k, 99), np.uint8), np.zeros((k, 2), np.float32))
         with pytest.raises(WorldsimError, match="keys must be"):  # the engine's own message, from the child
-            source.step(np.zeros((k, 99), np.uint8), np.zeros((k, 2), np.float32))
+            source.poll(None)
         os.kill(source._proc.pid, signal.SIGKILL)
         with pytest.raises(WorldsimError, match="generation process"):
-            source.step(np.zeros((k, len(source.key_names)), np.uint8), np.zeros((k, 2), np.float32))
+            source.submit(np.zeros((k, len(source.key_names)), np.uint8), np.zeros((k, 2), np.float32))
+            source.poll(None)
     finally:
         source.close()

@@ -47,10 +47,6 @@ def test_play_refuses_a_missing_checkpoint_and_an_unwritable_record_path(tmp_pat
         timeout=60,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "play.py", "generate_in=fiber"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode == 2 and "generate_in must be process or thread, got 'fiber'" in r.stderr, r.stderr
     (tmp_path / "file").write_text("not a folder")
     r = subprocess.run(
         [sys.executable, "play.py", "checkpoint=", f"record={tmp_path / 'file' / 'rec'}", "loop.max_steps=1"],

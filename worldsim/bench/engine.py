@@ -23,8 +23,7 @@ What each number includes:
   displayed frames/s, input-to-photon latency p50/p95 (poll -> first frame generated with that
   input handed to the display), the time to the first generated frame (from the loop's start) and
   ``source_start_s`` (starting the generation process and loading the checkpoint in it).
-  ``play_thread_*``: the same with generation in a worker thread of this process, side by side.
-  ``play_sampler_steps``: the step count of both (``--play-steps``; default the checkpoint's).
+  ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's).
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.inference.rollout import CONTEXT_POLICIES
-from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
+from worldsim.play.loop import PlayLoopConfig, play
+from worldsim.play.sources import ProcessSource, open_engine_source
 
 STAGES = ("context", "denoise", "cache_write", "decode")
 
@@ -116,28 +116,21 @@ class _CountingDisplay:
 
 
 def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
-    """The play loop with bf16, generating in a child process (as ``play.py`` does) and, side by
-    side, in a worker thread of this process; ``num_steps`` None = the checkpoint's own."""
+    """The play loop with bf16, generating in a child process as ``play.py`` does;
+    ``num_steps`` None = the checkpoint's own."""
     steps = num_steps or read_checkpoint_config(checkpoint).sampler.num_steps
     res: dict[str, float] = {"play_sampler_steps": steps}
+    t0 = time.perf_counter()
     kw: dict[str, Any] = {"bf16": True, "sampler": SamplerOverrides(num_steps=num_steps)}
-    for mode, prefix in (("process", "play_bf16_"), ("thread", "play_thread_bf16_")):
-        t0 = time.perf_counter()
-        if mode == "process":
-            source: Any = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
-        else:
-            source = EngineSource(load_engine(checkpoint, seed=0, **kw), 0)
-        res[prefix + "source_start_s"] = time.perf_counter() - t0
-        try:
-            stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
-        finally:
-            source.close()
-        res[prefix + "displayed_frames_per_s"] = stats["displayed_frames"] / seconds
-        res[prefix + "latency_p50_ms"] = stats["latency_p50_ms"]
-        res[prefix + "latency_p95_ms"] = stats["latency_p95_ms"]
-        res[prefix + "first_frame_s"] = stats["first_frame_s"]
-        res[prefix + "held_ticks"] = stats["held_ticks"]
-        res[prefix + "chunk_ms_mean"] = stats["chunk_ms_mean"]
+    source = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
+    res["play_bf16_source_start_s"] = time.perf_counter() - t0
+    try:
+        stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
+    finally:
+        source.close()
+    res["play_bf16_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
+    for key in ("latency_p50_ms", "latency_p95_ms", "first_frame_s", "held_ticks", "chunk_ms_mean"):
+        res[f"play_bf16_{key}"] = stats[key]
     return res
 
 

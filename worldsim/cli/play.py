@@ -28,8 +28,9 @@ from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.diffusion.sampler import SamplerOverrides
-from worldsim.inference.engine import Engine, load_engine
-from worldsim.play.loop import EngineSource, PlayLoopConfig, ProcessSource, open_engine_source, play
+from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine
+from worldsim.play.loop import PlayLoopConfig, play
+from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
 from worldsim.play.window import Window, WindowConfig, require_display
 
 
@@ -43,7 +44,6 @@ class PlayConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
-    generate_in: str = "process"  # process: a child process generates (fast); thread: a worker thread (slower)
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
     steps: int = 256  # headless: frames to generate
@@ -58,31 +58,28 @@ class PlayConfig:
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
 
-class EnvSource:
-    """The ground-truth world as a chunk source (one frame per chunk)."""
+class EnvSource(SyncSource):
+    """The ground-truth world as a chunk source (one frame per chunk, its render time as
+    ``render_s``), drawn on the loop's thread in the window's GL context: one context, no
+    switching between two (drawn from another thread it showed black frames)."""
 
     chunk_frames = 1
 
     def __init__(self, cfg: PlayConfig, window: Window):
-        # The world draws in the window's GL context: one context, no switching between two.
         frame_size = parse_frame_size(cfg.frame_size)
         self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world, gl_context=window.ctx)
         self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps
         self.frame_size, self.intrinsics = self.env.frame_size, self.env.intrinsics
-        self.chunk_c2w = np.eye(4, dtype=np.float32)[None]
-        self.timings: dict[str, float] = {}
 
-    def reset(self) -> np.ndarray:
+    def reset(self) -> Chunk:
         obs = self.env.reset()
-        self.chunk_c2w = obs.c2w[None]
-        return obs.frame[None]
+        return Chunk(obs.frame[None], obs.c2w[None].astype(np.float32))
 
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
         t0 = time.perf_counter()
         obs = self.env.step(keys[0], mouse[0])
-        self.chunk_c2w = obs.c2w[None]
-        self.timings = {"render": time.perf_counter() - t0}
-        return obs.frame[None]
+        timings = ChunkTimings(render_s=time.perf_counter() - t0)
+        return Chunk(obs.frame[None], obs.c2w[None].astype(np.float32), timings)
 
     def close(self) -> None:
         self.env.close()
@@ -121,21 +118,15 @@ def main(cfg: Any) -> None:
         _headless(pc)
         return
     require_display()  # no screen: say how to run instead of loading anything
-    if pc.generate_in not in ("process", "thread"):
-        raise WorldsimError(f"generate_in must be process or thread, got {pc.generate_in!r}")
-    source: EnvSource | EngineSource | ProcessSource | None = None
+    source: EnvSource | ProcessSource | None = None
     try:
         if not pc.checkpoint:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
-        elif pc.generate_in == "process":  # a bad checkpoint fails in the child, before a window opens
+        else:  # a bad checkpoint fails in the child, before a window opens
             kw = {"bf16": pc.bf16, "sampler": pc.sampler}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
-        else:
-            engine = _engine(pc)  # a bad checkpoint fails before a window opens
-            window = Window(pc.window, engine.frame_size, title=f"worldsim: {pc.checkpoint}")
-            source = EngineSource(engine, pc.seed, window.ctx)
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()
         print(

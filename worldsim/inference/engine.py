@@ -47,12 +47,14 @@ SESSION_VERSION = 2
 @dataclass(frozen=True)
 class ChunkTimings:
     """Seconds spent on one chunk, by stage: the rollout's (context, denoising, cache write) and
-    decoding the latents to pixels."""
+    decoding the latents to pixels; ``render_s`` is a ground-truth world's drawing of its frames
+    (a world has no model stages, an engine no render)."""
 
     context_s: float = 0.0
     denoise_s: float = 0.0
     cache_write_s: float = 0.0
     decode_s: float = 0.0
+    render_s: float = 0.0
 
     @property
     def model_s(self) -> float:
@@ -61,8 +63,8 @@ class ChunkTimings:
 
     @property
     def total_s(self) -> float:
-        """Model and decode."""
-        return self.model_s + self.decode_s
+        """Model, decode and (a ground-truth world's) render."""
+        return self.model_s + self.decode_s + self.render_s
 
     @classmethod
     def of(cls, r: RolloutTimings, decode_s: float) -> ChunkTimings:

@@ -1,60 +1,44 @@
 """The play loop: poll input every display tick, generate chunks asynchronously, show frames at
 a steady rate, record what was shown.
 
-A chunk source has ``key_names``, ``frame_size``, ``fps``, ``chunk_frames``, ``intrinsics``,
-``name``, ``reset() -> context frames``, ``step(keys (k, K), mouse (k, 2)) -> frames (k, H, W, 3)``,
-``chunk_c2w`` (the poses of the frames the last step returned) and ``timings`` (seconds per
-stage of the last step). The ground-truth world (k = 1) and the neural engine are both sources.
+The loop takes any chunk source (``worldsim.play.sources``: ``reset() -> Chunk``,
+``submit(keys, mouse)``, ``poll(timeout_s) -> Chunk | None``, at most one chunk in flight); the
+ground-truth world (k = 1) and the neural engine in a generation process are both sources. It
+runs on one thread: nothing here waits except the display tick and the pipe of a source.
 
 Per display tick (``target_fps``): the window is polled and the input row (keys held, mouse
-motion, poll time) is queued; when the worker is idle and fewer than a chunk of frames is
-waiting (``lead``: the frames that cover the recent chunk time at the source's fps, so a chunk
-lands just as the queue empties), the rows polled since the last submission become the next
-chunk's inputs (the newest ``k``; the mouse motion of older rows is added to the first kept row
-and their keys held in it, so no tap is lost; missing rows repeat the held keys with no motion)
-and the worker generates it while earlier frames are shown; a finished chunk's frames join the
-display queue; one frame is shown. While the worker is busy, the rest of the tick is spent
-waiting for it, so a chunk that finishes mid-tick is queued and the next one submitted at once.
-When the queue is empty the last frame stays up and the HUD says generation is behind. Polling
-happens every tick whatever the worker is doing. Latency of an input row = display time of the
-first frame generated with it minus its poll time.
+motion, poll time) is queued; a chunk the source has finished is taken, and its frames join the
+display queue as rows ``(frame, c2w, keys, mouse, first_of_chunk, poll_times)``; when no chunk is
+in flight and fewer than a chunk of frames is waiting (``lead``: the frames that cover the recent
+chunk time at the source's fps, so a chunk lands just as the queue empties), the rows polled
+since the last submission become the next chunk's inputs (the newest ``k``; the mouse motion of
+older rows is added to the first kept row and their keys held in it, so no tap is lost; missing
+rows repeat the held keys with no motion) and are submitted, to be generated while earlier
+frames are shown; one frame is shown. While a chunk is in flight, the rest of the tick is spent
+polling the source for it, so a chunk that finishes mid-tick is queued and the next one
+submitted at once. When the queue is empty the last frame stays up and the HUD says generation
+is behind. Input is polled every tick whatever the source is doing. Latency of an input row =
+display time of the first frame generated with it minus its poll time.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import queue
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from worldsim.core.errors import WorldsimError
 from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
+from worldsim.inference.engine import Chunk, ChunkTimings
+from worldsim.play.sources import ChunkSource
 
-
-class ChunkSource(Protocol):
-    key_names: list[str]
-    frame_size: tuple[int, int]
-    fps: float
-    chunk_frames: int
-    intrinsics: np.ndarray
-    name: str
-    chunk_c2w: np.ndarray  # (k, 4, 4) poses of the frames the last step returned
-    timings: dict[str, float]
-
-    def reset(self) -> np.ndarray: ...
-
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray: ...
+InputRow = tuple[np.ndarray, np.ndarray, float]  # keys held (K,) uint8, mouse (2,) pixels, poll time
 
 
 class Display(Protocol):
@@ -75,150 +59,6 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-class EngineSource:
-    """The neural engine as a chunk source, started from ground truth of world ``seed`` (drawn in
-    ``gl_context`` when given: under X11 the world must share the window's context)."""
-
-    name = "model"
-
-    def __init__(self, engine: Any, seed: int, gl_context: Any = None):
-        self.engine, self.seed, self.gl_context = engine, seed, gl_context
-        self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
-        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
-        self.chunk_c2w: np.ndarray = np.eye(4, dtype=np.float32)[None]
-        self.timings: dict[str, float] = {}
-
-    def reset(self) -> np.ndarray:
-        from envs.starts import world_start
-
-        e = self.engine
-        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context)
-        e.reset(*start.arrays())
-        self.chunk_c2w = start.c2w[-1:]
-        return start.frames
-
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        chunk = self.engine.step(keys, mouse)
-        self.chunk_c2w = chunk.c2w
-        self.timings = {"model": chunk.timings.model_s, "decode": chunk.timings.decode_s}
-        return chunk.frames
-
-    def close(self) -> None:
-        pass
-
-
-def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
-    """Load a checkpoint as a chunk source started from world ``seed`` (the generation process's factory)."""
-    from worldsim.inference.engine import load_engine
-
-    return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
-
-
-_SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics", "chunk_c2w")
-
-
-def _send_error(conn: Any, e: BaseException) -> None:
-    try:
-        conn.send(("error", e))
-    except Exception:  # an exception that does not pickle still reaches the player as text
-        conn.send(("error", WorldsimError(f"{type(e).__name__}: {e}")))
-
-
-def _serve_source(conn: Any, factory: Callable[[], ChunkSource]) -> None:
-    """The generation process: build the source, then answer ``(method, args)`` calls until ``None``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    try:
-        source = factory()
-    except BaseException as e:
-        _send_error(conn, e)
-        return
-    conn.send(("ok", {name: getattr(source, name) for name in _SOURCE_META}))
-    try:
-        while (call := conn.recv()) is not None:
-            method, args = call
-            try:
-                out = getattr(source, method)(*args)
-                conn.send(("ok", (out, source.chunk_c2w, source.timings)))
-            except BaseException as e:
-                _send_error(conn, e)
-    except EOFError:  # the parent is gone
-        pass
-    finally:
-        close = getattr(source, "close", None)
-        if close:
-            close()
-
-
-class ProcessSource:
-    """A chunk source that lives in a child process (``spawn``) and is called over a pipe.
-
-    Why: on these CPUs torch's OpenMP kernels (bf16 casts, oneDNN matmuls) ran markedly slower
-    when called from a Python worker thread than from a process's main thread (``worldsim-bench
-    engine`` measures both: the ``play_thread_*`` rows against the ``play_*`` rows). In the child, generation runs on
-    the main thread; the play loop's worker thread only waits on the pipe (the GIL is released).
-    ``factory`` must pickle (a module-level function or a ``functools.partial`` of one); errors it
-    raises, such as a bad checkpoint, are raised here by the constructor."""
-
-    def __init__(self, factory: Callable[[], ChunkSource], start_timeout_s: float = 300.0):
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_source, args=(child, factory), name="worldsim-generate", daemon=True)
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(start_timeout_s):
-            self.close()
-            raise WorldsimError(f"the generation process did not start within {start_timeout_s:.0f} s")
-        try:
-            meta = self._reply()
-        except BaseException:
-            self.close()
-            raise
-        self.name: str = meta["name"]
-        self.key_names: list[str] = list(meta["key_names"])
-        self.frame_size: tuple[int, int] = tuple(meta["frame_size"])
-        self.fps: float = meta["fps"]
-        self.chunk_frames: int = meta["chunk_frames"]
-        self.intrinsics: np.ndarray = meta["intrinsics"]
-        self.chunk_c2w: np.ndarray = meta["chunk_c2w"]
-        self.timings: dict[str, float] = {}
-
-    def _reply(self) -> Any:
-        try:
-            status, payload = self._conn.recv()
-        except (EOFError, OSError):
-            self._proc.join(timeout=5)
-            raise WorldsimError(f"the generation process exited (exit code {self._proc.exitcode})") from None
-        if status == "error":
-            raise payload
-        return payload
-
-    def _call(self, method: str, *args: Any) -> np.ndarray:
-        try:
-            self._conn.send((method, args))
-        except (BrokenPipeError, OSError):
-            raise WorldsimError(f"the generation process is gone (exit code {self._proc.exitcode})") from None
-        out, self.chunk_c2w, self.timings = self._reply()
-        return np.asarray(out)
-
-    def reset(self) -> np.ndarray:
-        return self._call("reset")
-
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> np.ndarray:
-        return self._call("step", keys, mouse)
-
-    def close(self) -> None:
-        if self._proc.is_alive():
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=5)
-        self._conn.close()
-
-
 @dataclass
 class PlayLoopConfig:
     screenshot_dir: str = "screenshots"
@@ -227,6 +67,8 @@ class PlayLoopConfig:
 
 @dataclass
 class ShownFrame:
+    """A row of the display queue: one frame of a Chunk with the input row that produced it."""
+
     frame: np.ndarray
     c2w: np.ndarray
     keys: np.ndarray  # the input row that produced it
@@ -286,9 +128,7 @@ class Recorder:
         return index
 
 
-def chunk_inputs(
-    rows: list[tuple[np.ndarray, np.ndarray, float]], k: int, num_keys: int
-) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def chunk_inputs(rows: list[InputRow], k: int, num_keys: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """The next chunk's ``k`` input rows from the rows polled since the last submission. With
     more than ``k``, the newest ``k`` are kept and the older rows fold into the first kept one:
     their mouse motion is added to it and any key down in them is down in it, so a tap (the
@@ -303,57 +143,6 @@ def chunk_inputs(
     held_keys, _, t_last = rows[-1]
     rows = rows + [(held_keys, np.zeros(2, np.float32), t_last)] * (k - len(rows))
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]).astype(np.float32), [r[2] for r in rows]
-
-
-class ChunkWorker:
-    """One background thread that runs ``source.step``; at most one chunk in flight."""
-
-    def __init__(self, source: ChunkSource):
-        self.source = source
-        self.jobs: queue.Queue[tuple[np.ndarray, np.ndarray, list[float]] | None] = queue.Queue(maxsize=1)
-        self.done: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.busy = False
-        self.thread = threading.Thread(target=self._run, name="worldsim-generate", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            keys, mouse, times = job
-            try:
-                frames = self.source.step(keys, mouse)
-                self.done.put(
-                    ("ok", frames, self.source.chunk_c2w.copy(), keys, mouse, times, dict(self.source.timings))
-                )
-            except BaseException as e:  # surfaced in the main thread
-                self.done.put(("error", e))
-
-    def submit(self, keys: np.ndarray, mouse: np.ndarray, times: list[float]) -> None:
-        self.busy = True
-        self.jobs.put((keys, mouse, times))
-
-    def collect(self, timeout: float = 0.0) -> tuple[Any, ...] | None:
-        """A finished chunk, waiting up to ``timeout`` seconds for one; None if there is none."""
-        try:
-            item = self.done.get(timeout=timeout) if timeout > 0 else self.done.get_nowait()
-        except queue.Empty:
-            return None
-        self.busy = False
-        if item[0] == "error":
-            raise item[1]
-        return item
-
-    def wait_idle(self) -> None:
-        """Block until the chunk in flight (if any) is finished and drop it (for reset)."""
-        while self.busy:
-            if self.collect() is None:
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=30)
 
 
 @dataclass
@@ -381,26 +170,63 @@ class PlayStats:
         }
 
 
+class ChunkScheduler:
+    """Input rows in, frames to show out: submits the rows polled since the last submission to
+    ``source`` when the queue runs low (``lead``), and turns each chunk that comes back into
+    queue rows. At most one chunk in flight; ``in_flight`` holds its inputs."""
+
+    def __init__(self, source: ChunkSource, stats: PlayStats):
+        self.source, self.stats = source, stats
+        self.pending: list[InputRow] = []
+        self.in_flight: tuple[np.ndarray, np.ndarray, list[float]] | None = None
+        self.shown: deque[ShownFrame] = deque()
+        self.timings = ChunkTimings()  # of the last chunk (the HUD's stage times)
+
+    def reset(self) -> Chunk:
+        """Drop the chunk in flight, the queue and the pending rows; the source's start."""
+        if self.in_flight is not None:
+            self.source.poll(None)
+        self.in_flight = None
+        self.shown.clear()
+        self.pending.clear()
+        return self.source.reset()
+
+    def pump(self, paused: bool, timeout_s: float = 0.0) -> None:
+        """Queue the chunk in flight if it is done (waiting up to ``timeout_s``), then submit the
+        next when the frames still queued cover about one chunk time."""
+        if self.in_flight is not None and (chunk := self.source.poll(timeout_s)) is not None:
+            keys, mouse, times = self.in_flight
+            self.in_flight = None
+            self.timings = chunk.timings
+            self.stats.chunk_s.append(chunk.timings.total_s)
+            for i in range(len(chunk.frames)):
+                rows_polled = times if i == 0 else []  # latency is counted at a chunk's first frame
+                self.shown.append(ShownFrame(chunk.frames[i], chunk.c2w[i], keys[i], mouse[i], i == 0, rows_polled))
+        lead = math.ceil(np.mean(self.stats.chunk_s[-4:]) * self.source.fps) if self.stats.chunk_s else 0
+        if not paused and self.in_flight is None and len(self.shown) <= lead and self.pending:
+            src = self.source
+            self.in_flight = chunk_inputs(self.pending, src.chunk_frames, len(src.key_names))
+            self.pending = []
+            src.submit(self.in_flight[0], self.in_flight[1])
+
+
 def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str | None = None) -> PlayStats:
     """Run until quit (or ``max_steps`` displayed frames); a recording in progress is always written."""
     recorder = Recorder(record, source) if record else None
     window.bind_keys(list(source.key_names))
     print(window.help_text())
-    k, nk = source.chunk_frames, len(source.key_names)
     t_start = time.perf_counter()
-    context = source.reset()
-    last_frame, last_c2w = context[-1], source.chunk_c2w[-1].copy()
+    start = source.reset()
+    last_frame, last_c2w = start.frames[-1], start.c2w[-1]
     if recorder:
         recorder.start(last_frame, last_c2w)
-    worker = ChunkWorker(source)
     stats = PlayStats()
-    pending: list[tuple[np.ndarray, np.ndarray, float]] = []
-    shown: deque[ShownFrame] = deque()
+    sched = ChunkScheduler(source, stats)
     paused, behind = False, False
     window.show(last_frame, ["starting..."])
     try:
         while True:
-            # Step 1: input, every tick, whatever the worker is doing.
+            # Step 1: input, every tick, whatever the source is doing.
             keys, mouse, commands = window.poll()
             now = time.perf_counter()
             stats.polls.append(now)
@@ -410,10 +236,8 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             if "pause" in commands:
                 paused = not paused
             if "reset" in commands:
-                worker.wait_idle()
-                shown.clear()
-                pending.clear()
-                last_frame, last_c2w = source.reset()[-1], source.chunk_c2w[-1].copy()
+                start = sched.reset()
+                last_frame, last_c2w = start.frames[-1], start.c2w[-1]
                 if recorder and recorder.active:  # a reset starts a new episode: poses jump
                     print(f"recorded episode {recorder.flush()} -> {record}")
                     recorder.start(last_frame, last_c2w)
@@ -430,13 +254,13 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                 else:
                     recorder.start(last_frame, last_c2w)
             if not paused:
-                pending.append((keys, mouse, now))
-            # Step 2: take a finished chunk, then hand the worker the next one when the queue runs low.
-            pending = _take_and_submit(worker, worker.collect(), shown, pending, stats, source.fps, k, nk, paused)
+                sched.pending.append((keys, mouse, now))
+            # Step 2: take a finished chunk, then submit the next one when the queue runs low.
+            sched.pump(paused)
             # Step 3: show one frame per tick, or hold the last one.
             frame = None
-            if shown and not paused:
-                s = shown.popleft()
+            if sched.shown and not paused:
+                s = sched.shown.popleft()
                 frame, last_frame, last_c2w = s.frame, s.frame, s.c2w
                 t_show = time.perf_counter()
                 if s.first_of_chunk:
@@ -450,60 +274,35 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             elif not paused:
                 stats.held_ticks += 1
                 behind = True
-            window.show(frame, _hud(window, stats, source, paused, behind, recorder))
+            window.show(frame, _hud(window, stats, sched.timings, paused, behind, recorder))
             if cfg.max_steps and stats.displayed >= cfg.max_steps:
                 break
-            # Step 4: spend the rest of the tick waiting for the worker, so that a chunk finishing
+            # Step 4: spend the rest of the tick polling the source, so that a chunk finishing
             # now is queued and the next one submitted at once instead of at the next tick.
-            if worker.busy and not paused and len(stats.polls) > 2:
+            if sched.in_flight is not None and not paused and len(stats.polls) > 2:
                 period = float(np.median(np.diff(stats.polls[-9:])))
-                done = worker.collect(timeout=now + 0.9 * period - time.perf_counter())
-                pending = _take_and_submit(worker, done, shown, pending, stats, source.fps, k, nk, paused)
+                sched.pump(paused, timeout_s=now + 0.9 * period - time.perf_counter())
             window.tick()
     finally:
-        worker.stop()
         if recorder and recorder.active:
             print(f"recorded episode {recorder.flush()} -> {record}")
         window.close()
     return stats
 
 
-def _take_and_submit(
-    worker: ChunkWorker,
-    done: tuple[Any, ...] | None,
-    shown: deque[ShownFrame],
-    pending: list[tuple[np.ndarray, np.ndarray, float]],
-    stats: PlayStats,
-    fps: float,
-    k: int,
-    num_keys: int,
-    paused: bool,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """Queue a finished chunk's frames; submit the next chunk when the frames still queued cover
-    about one chunk time (``lead``). Returns the input rows not yet submitted."""
-    if done is not None:
-        _, frames, c2w, ck, cm, times, timings = done
-        stats.chunk_s.append(sum(timings.values()))
-        for i in range(len(frames)):
-            shown.append(ShownFrame(frames[i], c2w[i], ck[i], cm[i], i == 0, times if i == 0 else []))
-    lead = math.ceil(np.mean(stats.chunk_s[-4:]) * fps) if stats.chunk_s else 0
-    if not paused and not worker.busy and len(shown) <= lead and pending:
-        worker.submit(*chunk_inputs(pending, k, num_keys))
-        return []
-    return pending
-
-
 def _hud(
-    window: Any, stats: PlayStats, source: ChunkSource, paused: bool, behind: bool, rec: Recorder | None
+    window: Any, stats: PlayStats, timings: ChunkTimings, paused: bool, behind: bool, rec: Recorder | None
 ) -> list[str]:
+    """The HUD lines; the stage times are those of the last chunk (its ``timings``)."""
     fps = getattr(window, "fps", float("nan"))
     lat = stats.latencies_s[-32:]
     chunk = stats.chunk_s[-1] * 1000 if stats.chunk_s else float("nan")
     state = "PAUSED" if paused else ("generation behind: holding frame" if behind else "live")
+    stages = [(f.name.removesuffix("_s"), getattr(timings, f.name)) for f in fields(timings)]
     lines = [
         f"{fps:4.1f} fps | chunk {chunk:5.0f} ms | frames {stats.displayed} | {state}",
         f"latency p50 {np.median(lat) * 1000 if lat else float('nan'):4.0f} ms | "
-        + " ".join(f"{k} {v * 1000:.0f} ms" for k, v in source.timings.items()),
+        + " ".join(f"{name} {s * 1000:.0f} ms" for name, s in stages if s > 0),
     ]
     if rec is not None and rec.active:
         lines.append(f"REC {len(rec.rows['frames'])} frames")

@@ -1,0 +1,222 @@
+"""Chunk sources: where the play loop's frames come from.
+
+A source has ``name``, ``key_names``, ``frame_size``, ``fps``, ``chunk_frames`` and ``intrinsics``;
+``reset() -> Chunk`` (the start's frames and their poses, zero timings), ``submit(keys (k, K),
+mouse (k, 2))`` and ``poll(timeout_s) -> Chunk | None`` (at most one chunk in flight: submit,
+then poll until it comes), ``close()``. Every result is a :class:`~worldsim.inference.engine.Chunk`,
+returned, never left behind as an attribute.
+
+In-process sources (:class:`SyncSource`: the ground-truth world drawn in the window's own GL
+context, an engine in this process) compute the chunk in ``submit`` on the calling thread, the
+loop's; ``poll`` hands it over. :class:`ProcessSource` runs a SyncSource in a child process:
+``submit`` writes the inputs to the pipe and returns at once, ``poll`` waits on the pipe for up to
+``timeout_s``. No thread anywhere.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from worldsim.core.errors import WorldsimError
+from worldsim.inference.engine import Chunk, Engine
+
+
+class ChunkSource(Protocol):
+    name: str
+    key_names: list[str]
+    frame_size: tuple[int, int]
+    fps: float
+    chunk_frames: int
+    intrinsics: np.ndarray
+
+    def reset(self) -> Chunk: ...
+
+    def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None: ...
+
+    def poll(self, timeout_s: float | None = 0.0) -> Chunk | None: ...
+
+    def close(self) -> None: ...
+
+
+class SyncSource(ABC):
+    """A source that computes in this thread: ``step`` is the work, ``submit`` runs it at once and
+    ``poll`` returns its chunk (``timeout_s`` is never needed). Fine for sources much faster than
+    a display tick (the ground-truth world); an engine here blocks input while it generates."""
+
+    name: str
+    key_names: list[str]
+    frame_size: tuple[int, int]
+    fps: float
+    chunk_frames: int
+    intrinsics: np.ndarray
+    _done: Chunk | None = None
+
+    @abstractmethod
+    def reset(self) -> Chunk: ...
+
+    @abstractmethod
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk: ...
+
+    def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None:
+        self._done = self.step(keys, mouse)
+
+    def poll(self, timeout_s: float | None = 0.0) -> Chunk | None:
+        done, self._done = self._done, None
+        return done
+
+    def close(self) -> None:  # noqa: B027 (most sources hold nothing to release)
+        pass
+
+
+class EngineSource(SyncSource):
+    """The neural engine, started from ground truth of world ``seed`` (drawn in ``gl_context``
+    when given: under X11 the world must share the window's context)."""
+
+    name = "model"
+
+    def __init__(self, engine: Engine, seed: int, gl_context: Any = None):
+        self.engine, self.seed, self.gl_context = engine, seed, gl_context
+        self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
+        self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
+
+    def reset(self) -> Chunk:
+        from envs.starts import world_start
+
+        e = self.engine
+        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context)
+        e.reset(*start.arrays())
+        return Chunk(start.frames, start.c2w)
+
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
+        return self.engine.step(keys, mouse)
+
+
+def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
+    """Load a checkpoint as a source started from world ``seed`` (the generation process's factory)."""
+    from worldsim.inference.engine import load_engine
+
+    return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
+
+
+_SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics")
+
+
+def _send_error(conn: Any, e: BaseException) -> None:
+    try:
+        conn.send(("error", e))
+    except Exception:  # an exception that does not pickle still reaches the player as text
+        conn.send(("error", WorldsimError(f"{type(e).__name__}: {e}")))
+
+
+def _serve_source(conn: Any, factory: Callable[[], SyncSource]) -> None:
+    """The generation process: build the source, then answer ``("reset", ())`` and ``("step",
+    (keys, mouse))`` with a Chunk until ``None``. Generation runs on this process's main thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    try:
+        source = factory()
+    except BaseException as e:
+        _send_error(conn, e)
+        return
+    conn.send(("ok", {name: getattr(source, name) for name in _SOURCE_META}))
+    calls: dict[str, Callable[..., Chunk]] = {"reset": source.reset, "step": source.step}
+    try:
+        while (call := conn.recv()) is not None:
+            method, args = call
+            try:
+                conn.send(("ok", calls[method](*args)))
+            except BaseException as e:
+                _send_error(conn, e)
+    except EOFError:  # the parent is gone
+        pass
+    finally:
+        source.close()
+
+
+class ProcessSource:
+    """A SyncSource that lives in a child process (``spawn``), driven over a pipe.
+
+    Why: on these CPUs torch's OpenMP kernels (bf16 casts, oneDNN matmuls) ran markedly slower
+    when called from a Python worker thread than from a process's main thread. In the child,
+    generation runs on the main thread; here ``submit`` sends the inputs and ``poll`` waits on the
+    pipe (the loop's own thread, no other). ``factory`` must pickle (a module-level function or a
+    ``functools.partial`` of one); errors it raises, such as a bad checkpoint, are raised here by
+    the constructor, errors of a step by the ``poll`` that receives it, and a child that dies is
+    reported as a ``WorldsimError`` naming its exit code."""
+
+    def __init__(self, factory: Callable[[], SyncSource], start_timeout_s: float = 300.0):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_source, args=(child, factory), name="worldsim-generate", daemon=True)
+        self._proc.start()
+        child.close()
+        self._busy = False
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise WorldsimError(f"the generation process did not start within {start_timeout_s:.0f} s")
+        try:
+            meta = self._reply()
+        except BaseException:
+            self.close()
+            raise
+        self.name: str = meta["name"]
+        self.key_names: list[str] = list(meta["key_names"])
+        self.frame_size: tuple[int, int] = tuple(meta["frame_size"])
+        self.fps: float = meta["fps"]
+        self.chunk_frames: int = meta["chunk_frames"]
+        self.intrinsics: np.ndarray = meta["intrinsics"]
+
+    def _send(self, method: str, *args: Any) -> None:
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError):
+            raise WorldsimError(f"the generation process is gone (exit code {self._proc.exitcode})") from None
+
+    def _reply(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(timeout=5)
+            raise WorldsimError(f"the generation process exited (exit code {self._proc.exitcode})") from None
+        if status == "error":
+            raise payload
+        return payload
+
+    def reset(self) -> Chunk:
+        if self._busy:
+            raise WorldsimError("reset with a chunk in flight: poll it first")
+        self._send("reset")
+        chunk: Chunk = self._reply()
+        return chunk
+
+    def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None:
+        if self._busy:
+            raise WorldsimError("a chunk is already in flight: poll it before submitting the next")
+        self._send("step", keys, mouse)
+        self._busy = True
+
+    def poll(self, timeout_s: float | None = 0.0) -> Chunk | None:
+        """The chunk in flight once the child has sent it, waiting up to ``timeout_s`` seconds
+        (None: until it comes); None when nothing is in flight or it is not done yet."""
+        if not self._busy or not self._conn.poll(None if timeout_s is None else max(0.0, timeout_s)):
+            return None
+        self._busy = False  # the reply (a chunk, an error, or the child's death) ends the flight
+        chunk: Chunk = self._reply()
+        return chunk
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+        self._conn.close()
