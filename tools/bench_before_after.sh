@@ -14,7 +14,7 @@ run() {  # $1 checkout -> prints default_frames_per_s
     local mod=worldsim.cli.bench; [ -f "$1/worldsim/cli/bench.py" ] || mod=envs.bench
     (cd "$1" && "$PY" -m $mod engine --checkpoint "$CK" --chunks "$CHUNKS" --session-frames 0 --play-seconds 0 \
         --out /tmp/bench_ba.json >/dev/null 2>&1)
-    "$PY" -c 'import json; r = json.load(open("/tmp/bench_ba.json"))["engine"]; print(f"{r[\"default_frames_per_s\"]:.2f}")'
+    "$PY" -c 'import json; r = json.load(open("/tmp/bench_ba.json"))["engine"]; print(round(r["default_frames_per_s"], 2))'
 }
 for i in $(seq "$ROUNDS"); do
     o=$(run "$OLD"); n=$(run "$NEW")
