@@ -34,6 +34,7 @@ from worldsim.data.writer import RolloutWriter
 
 
 def machine_info() -> dict[str, object]:
+    """CPU, cores, torch threads, Python and torch versions, native bf16: what a timing depends on."""
     import torch
 
     from worldsim.core.precision import native_bf16
@@ -49,6 +50,7 @@ def machine_info() -> dict[str, object]:
 
 
 def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
+    """Rendered frames/s of the built-in world at ``size`` x ``size`` and dataset-writing speed."""
     env = make_env("builtin", seed=seed, frame_size=(size, size))
     acts = make_policy("explore", env.key_names, env.cfg.controller).actions(frames + 1, np.random.default_rng(seed))  # type: ignore[attr-defined]
     env.reset()
@@ -124,6 +126,7 @@ def _print_table(title: str, rows: dict[str, object]) -> None:
 
 @clean_errors
 def main(argv: list[str] | None = None) -> None:
+    """``worldsim-bench env | model | engine``: print a table and write ``--out`` JSON."""
     parser = argparse.ArgumentParser(
         prog="worldsim-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

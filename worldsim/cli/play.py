@@ -36,6 +36,8 @@ from worldsim.play.window import Window, WindowConfig, require_display
 
 @dataclass
 class PlayConfig:
+    """``play.py``'s config (every default here; ``worldsim/configs/play.yaml`` picks groups)."""
+
     # Model checkpoint folder ("" plays the ground-truth world); a relative path is looked up in the
     # current folder, then in the worldsim checkout.
     checkpoint: str = "assets/teacher_builtin_v1"
@@ -72,16 +74,19 @@ class EnvSource(SyncSource):
         self.frame_size, self.intrinsics = self.env.frame_size, self.env.intrinsics
 
     def reset(self) -> Chunk:
+        """The world's spawn view: a one-frame start."""
         obs = self.env.reset()
         return Chunk(obs.frame[None], obs.c2w[None].astype(np.float32))
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
+        """One rendered frame from the first input row, with its render time."""
         t0 = time.perf_counter()
         obs = self.env.step(keys[0], mouse[0])
         timings = ChunkTimings(render_s=time.perf_counter() - t0)
         return Chunk(obs.frame[None], obs.c2w[None].astype(np.float32), timings)
 
     def close(self) -> None:
+        """Release the world's GL resources."""
         self.env.close()
 
 
@@ -111,6 +116,7 @@ def _headless(pc: PlayConfig) -> None:
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="play")
 @clean_errors
 def main(cfg: Any) -> None:
+    """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
     pc: PlayConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     if pc.checkpoint:
         print(describe_bf16(pc.bf16))

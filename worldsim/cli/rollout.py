@@ -37,6 +37,8 @@ from worldsim.inference.engine import Engine, load_engine
 
 @dataclass
 class RolloutConfig:
+    """``worldsim-rollout``'s config (``worldsim/configs/rollout.yaml`` picks groups)."""
+
     checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
     seed: int = 0  # world seed of the start (and of the ground truth) when start_data is empty
     start_data: str = ""  # or start from a recorded episode of this dataset
@@ -168,6 +170,7 @@ def _main(cfg: Any) -> None:
 
 
 def main() -> None:
+    """``worldsim-rollout`` (hydra overrides on the command line)."""
     _main()
 
 

@@ -46,6 +46,7 @@ def _main(cfg: Any) -> None:
 
 
 def main() -> None:
+    """``worldsim-train stage=<name>`` (hydra overrides on the command line; torchrun for DDP)."""
     _main()
 
 

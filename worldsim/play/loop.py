@@ -44,23 +44,39 @@ InputRow = tuple[np.ndarray, np.ndarray, float]  # keys held (K,) uint8, mouse (
 class Display(Protocol):
     """What the loop needs from a window (worldsim.play.window.Window, or a stand-in in tests)."""
 
-    def bind_keys(self, key_names: list[str]) -> None: ...
+    def bind_keys(self, key_names: list[str]) -> None:
+        """Map the source's key list (pygame key names) to physical keys."""
+        ...
 
-    def poll(self) -> tuple[np.ndarray, np.ndarray, set[str]]: ...
+    def poll(self) -> tuple[np.ndarray, np.ndarray, set[str]]:
+        """-> keys held ``(K,)`` uint8, mouse motion since the last poll ``(2,)`` pixels, commands."""
+        ...
 
-    def show(self, frame_u8: np.ndarray | None, hud_lines: list[str]) -> None: ...
+    def show(self, frame_u8: np.ndarray | None, hud_lines: list[str]) -> None:
+        """Draw ``frame_u8 (H, W, 3)`` (None: keep the last one) and the HUD lines."""
+        ...
 
-    def screenshot(self) -> np.ndarray: ...
+    def screenshot(self) -> np.ndarray:
+        """What the window shows now, ``(H, W, 3)`` uint8."""
+        ...
 
-    def tick(self) -> None: ...
+    def tick(self) -> None:
+        """Wait for the next display tick (``target_fps``)."""
+        ...
 
-    def help_text(self) -> str: ...
+    def help_text(self) -> str:
+        """The key bindings, for the terminal."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the window and release the mouse."""
+        ...
 
 
 @dataclass
 class PlayLoopConfig:
+    """Options of the play loop (``loop.*`` in ``play.yaml``)."""
+
     screenshot_dir: str = "screenshots"
     max_steps: int = 0  # stop after this many displayed frames (0 = until quit); for scripted checks
 
@@ -95,13 +111,16 @@ class Recorder:
 
     @property
     def active(self) -> bool:
+        """Whether an episode is being recorded."""
         return bool(self.rows)
 
     def start(self, frame: np.ndarray, c2w: np.ndarray) -> None:
+        """Begin an episode at the frame on screen ``(H, W, 3)`` and its pose ``(4, 4)``."""
         self.rows = {"frames": [frame], "c2w": [c2w.copy()], "keys": [], "mouse": [], "t": [0.0]}
         self.t0 = time.perf_counter()
 
     def add(self, shown: ShownFrame) -> None:
+        """Append a displayed frame with the input row that produced it (rollout order)."""
         r = self.rows
         r["keys"].append(shown.keys.copy())
         r["mouse"].append(shown.mouse.copy())
@@ -147,6 +166,8 @@ def chunk_inputs(rows: list[InputRow], k: int, num_keys: int) -> tuple[np.ndarra
 
 @dataclass
 class PlayStats:
+    """What the loop counted: frames shown, held ticks, poll times, latencies, chunk times."""
+
     displayed: int = 0
     held_ticks: int = 0  # ticks with no new frame to show (generation behind)
     ticks: int = 0
@@ -156,6 +177,7 @@ class PlayStats:
     first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
 
     def summary(self) -> dict[str, float]:
+        """Displayed frames, poll rate (Hz), latency p50/p95 (ms), mean chunk time (ms), first frame (s)."""
         lat = np.array(self.latencies_s) if self.latencies_s else np.array([np.nan])
         span = (self.polls[-1] - self.polls[0]) if len(self.polls) > 1 else float("nan")
         return {

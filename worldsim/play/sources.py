@@ -28,6 +28,9 @@ from worldsim.inference.engine import Chunk, Engine
 
 
 class ChunkSource(Protocol):
+    """What the play loop plays: a ground-truth world or the engine, in this process or a child.
+    At most one chunk is in flight: ``submit`` starts it, ``poll`` collects it."""
+
     name: str
     key_names: list[str]
     frame_size: tuple[int, int]
@@ -35,13 +38,21 @@ class ChunkSource(Protocol):
     chunk_frames: int
     intrinsics: np.ndarray
 
-    def reset(self) -> Chunk: ...
+    def reset(self) -> Chunk:
+        """Start (again) from the source's start -> its frames and their poses."""
+        ...
 
-    def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None: ...
+    def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None:
+        """Start the next chunk from ``chunk_frames`` input rows ``keys (k, K)`` uint8, ``mouse (k, 2)``."""
+        ...
 
-    def poll(self, timeout_s: float | None = 0.0) -> Chunk | None: ...
+    def poll(self, timeout_s: float | None = 0.0) -> Chunk | None:
+        """The chunk in flight when done, waiting up to ``timeout_s`` seconds (None: until done)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the source holds (a child process, a GL context)."""
+        ...
 
 
 class SyncSource(ABC):
@@ -58,20 +69,24 @@ class SyncSource(ABC):
     _done: Chunk | None = None
 
     @abstractmethod
-    def reset(self) -> Chunk: ...
+    def reset(self) -> Chunk:
+        """Start from the source's start -> its frames and their poses."""
 
     @abstractmethod
-    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk: ...
+    def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
+        """Compute one chunk from ``k`` input rows (the work ``submit`` runs)."""
 
     def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None:
+        """Compute the chunk now, on this thread."""
         self._done = self.step(keys, mouse)
 
     def poll(self, timeout_s: float | None = 0.0) -> Chunk | None:
+        """The chunk the last ``submit`` computed, once; None after that."""
         done, self._done = self._done, None
         return done
 
     def close(self) -> None:  # noqa: B027 (most sources hold nothing to release)
-        pass
+        """Nothing to release by default."""
 
 
 class EngineSource(SyncSource):
@@ -86,6 +101,7 @@ class EngineSource(SyncSource):
         self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
 
     def reset(self) -> Chunk:
+        """The engine restarts from the spawn view of world ``seed`` held still -> that context."""
         from envs.starts import world_start
 
         e = self.engine
@@ -94,6 +110,7 @@ class EngineSource(SyncSource):
         return Chunk(start.frames, start.c2w)
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
+        """One ``Engine.step``."""
         return self.engine.step(keys, mouse)
 
 
@@ -188,6 +205,7 @@ class ProcessSource:
         return payload
 
     def reset(self) -> Chunk:
+        """The child's source restarts -> its start; refused while a chunk is in flight."""
         if self._busy:
             raise WorldsimError("reset with a chunk in flight: poll it first")
         self._send("reset")
@@ -195,6 +213,7 @@ class ProcessSource:
         return chunk
 
     def submit(self, keys: np.ndarray, mouse: np.ndarray) -> None:
+        """Send the input rows to the child; refused while a chunk is in flight."""
         if self._busy:
             raise WorldsimError("a chunk is already in flight: poll it before submitting the next")
         self._send("step", keys, mouse)
@@ -210,6 +229,7 @@ class ProcessSource:
         return chunk
 
     def close(self) -> None:
+        """Ask the child to stop, then terminate it if it does not within 10 s."""
         if self._proc.is_alive():
             try:
                 self._conn.send(None)

@@ -31,6 +31,8 @@ void main() { f_color = texture(u_frame, v_uv); }
 
 @dataclass
 class WindowConfig:
+    """The play window (``window.*`` in ``play.yaml``): size, display rate, key bindings."""
+
     scale: int = 8  # window pixels per frame pixel
     target_fps: float = 15.0
     filter: str = "nearest"  # nearest | smooth
@@ -128,6 +130,7 @@ class Window:
         self.codes = resolve_bindings(self.cfg.bindings, key_names)
 
     def set_capture(self, on: bool) -> None:
+        """Capture the mouse (hidden, grabbed, relative motion) or release it."""
         self.captured = on
         self.pg.event.set_grab(on)
         self.pg.mouse.set_visible(not on)
@@ -225,9 +228,11 @@ class Window:
         return np.frombuffer(raw, np.uint8).reshape(h, w, 3)[::-1].copy()
 
     def tick(self) -> None:
+        """Sleep to the next display tick at ``target_fps``."""
         self.clock.tick(self.cfg.target_fps)
 
     def help_text(self) -> str:
+        """The bindings and controls, one line."""
         binds = ", ".join(f"{k}={v}" for k, v in self.cfg.bindings.items())
         return (
             f"keys: {binds}; mouse looks (click to capture, Esc releases); "
@@ -235,4 +240,5 @@ class Window:
         )
 
     def close(self) -> None:
+        """Close the window (pygame quits)."""
         self.pg.quit()
