@@ -104,6 +104,9 @@ def test_model_presets_build(preset):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=f"model/{preset}")
     mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldModelConfig), cfg["model"]))
-    assert mcfg.action_dim is None  # derived from the action encoder, not configured
-    model = WorldModel(dataclasses.replace(mcfg, action_dim=9))
+    # derived from the action encoder and the codec, not configured
+    assert mcfg.action_dim is None and mcfg.latent_channels is None and mcfg.latent_size is None
+    with pytest.raises(ValueError, match="latent shape is unset"):
+        WorldModel(dataclasses.replace(mcfg, action_dim=9))
+    model = WorldModel(dataclasses.replace(mcfg, action_dim=9, latent_channels=8, latent_size=(16, 16)))
     assert sum(p.numel() for p in model.parameters()) > 0

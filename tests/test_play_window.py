@@ -114,7 +114,7 @@ def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, sourc
             _xdo(xvfb, "mousemove_relative", "--", "12", "0")
             time.sleep(0.07)
         _xdo(xvfb, "key", "l")  # a quick tap, pressed and released between two input polls
-        time.sleep(0.5)
+        time.sleep(1.5)  # the chunk made with the tap must be shown (and so recorded) before quitting
         _xdo(xvfb, "key", "F12")
         time.sleep(0.5)
         _xdo(xvfb, "key", "Escape")  # release the mouse

@@ -376,3 +376,20 @@ def test_stats_from_init_keeps_the_latent_statistics_the_weights_were_trained_wi
     with pytest.raises(WorldsimError, match="is an exported teacher with latent statistics"):
         train_teacher(bad)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before slow work
+
+
+def test_the_models_latent_shape_is_derived_from_the_codec_and_frame_size():
+    from worldsim.train.teacher_stage import _derive_shapes
+
+    codec = Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16))
+    unset = TrainConfig(model=WorldModelConfig(patch=4, width=32, depth=2, heads=2))
+    assert unset.model.latent_size is None and unset.model.latent_channels is None  # nothing configured
+    derived = _derive_shapes(unset, codec, (64, 48)).model
+    assert derived.latent_shape() == (4, 16, 12)
+    agreeing = TrainConfig(model=dataclasses.replace(unset.model, latent_channels=4, latent_size=(16, 12)))
+    assert _derive_shapes(agreeing, codec, (64, 48)).model == derived
+    wrong = TrainConfig(model=dataclasses.replace(unset.model, latent_channels=8))
+    with pytest.raises(WorldsimError, match="model.latent_channels is 8, the codec makes 4"):
+        _derive_shapes(wrong, codec, (64, 48))
+    with pytest.raises(WorldsimError, match="not divisible by the codec's downsample 4"):
+        _derive_shapes(unset, codec, (66, 48))

@@ -49,7 +49,8 @@ class RolloutProbe:
         self, model: WorldModel, policy: str, steps: int, context_chunks: int, device: str = "cpu", seed: int = 0
     ):
         cfg = model.cfg
-        frame = (cfg.latent_size[0] * CODEC_DOWNSAMPLE, cfg.latent_size[1] * CODEC_DOWNSAMPLE)
+        ch, lh, lw = cfg.latent_shape()
+        frame = (lh * CODEC_DOWNSAMPLE, lw * CODEC_DOWNSAMPLE)
         intr = torch.from_numpy(intrinsics_from_fov(60.0, *frame))
         ref = "latest" if policy == "rebuild" else "session"
         cond = ConditioningConfig(context_chunks=context_chunks, camera_reference=ref)
@@ -58,7 +59,7 @@ class RolloutProbe:
         self.g = torch.Generator(device=self.device).manual_seed(seed)
         self.frame = 0
         n = context_chunks * self.k
-        lat = torch.randn(1, n, cfg.latent_channels, *cfg.latent_size, generator=self.g, device=self.device)
+        lat = torch.randn(1, n, ch, lh, lw, generator=self.g, device=self.device)
         with torch.inference_mode():
             self.rollout.reset(lat, self._actions(n), self._poses(n))
 
@@ -110,9 +111,10 @@ def chunk_pass_flops(model: WorldModel, context_chunks: int) -> int:
     cache = probe.rollout.cache
     cfg = model.cfg
     k = cfg.chunk_frames
-    x = torch.randn(1, k, cfg.latent_channels, *cfg.latent_size)
+    ch, lh, lw = cfg.latent_shape()
+    x = torch.randn(1, k, ch, lh, lw)
     with counter, torch.inference_mode():
-        actions, rays = probe._actions(k), torch.zeros(1, k, 6, *cfg.latent_size)
+        actions, rays = probe._actions(k), torch.zeros(1, k, 6, lh, lw)
         model.forward_chunk(x, torch.ones(1, k), actions, rays, torch.arange(k), cache)
     return int(counter.get_total_flops())
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
-from worldsim.core.errors import clean_errors
+from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
 from worldsim.data.policies import make_policy
 from worldsim.data.writer import RolloutWriter
@@ -99,7 +99,7 @@ def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
     }
 
 
-def _model_preset(name: str):  # -> WorldModelConfig
+def _model_preset(name: str, frame_size: int = 64):  # -> WorldModelConfig
     from omegaconf import OmegaConf
 
     from worldsim.core.config import CONFIG_DIR
@@ -111,11 +111,22 @@ def _model_preset(name: str):  # -> WorldModelConfig
         raise unknown_name("model preset", name, presets)
     preset = OmegaConf.merge(OmegaConf.structured(WorldModelConfig), OmegaConf.load(presets[name]))
     cfg: WorldModelConfig = OmegaConf.to_object(preset)  # type: ignore[assignment]
-    # action_dim is derived, as the teacher stage does: the built-in world's keys, keyboard_mouse encoder.
+    # Derived, as the teacher stage does: action_dim from the built-in world's keys and the
+    # keyboard_mouse encoder; the latent shape from the default codec and the frame size.
     from envs.builtin import KEY_NAMES
     from worldsim.core.actions import make_action_encoder
+    from worldsim.model.codec import CodecConfig
 
-    return dataclasses.replace(cfg, action_dim=make_action_encoder("keyboard_mouse", KEY_NAMES).dim)
+    codec = CodecConfig()
+    if frame_size % codec.downsample:
+        raise WorldsimError(f"--frame-size {frame_size} is not divisible by the codec's downsample {codec.downsample}")
+    side = frame_size // codec.downsample
+    return dataclasses.replace(
+        cfg,
+        action_dim=make_action_encoder("keyboard_mouse", KEY_NAMES).dim,
+        latent_channels=codec.latent_channels,
+        latent_size=(side, side),
+    )
 
 
 def _print_table(title: str, rows: dict[str, object]) -> None:
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p_model = sub.add_parser("model", help="model-only per-chunk time of a size preset (see worldsim.bench.model)")
     p_model.add_argument("--preset", default="cpu", help="worldsim/configs/model/<preset>.yaml")
     p_model.add_argument("--context-chunks", type=int, default=2)
+    p_model.add_argument("--frame-size", type=int, default=64, help="square frames; the latent grid is derived")
     p_model.add_argument("--device", default="cpu", help="cpu or cuda")
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_engine = sub.add_parser("engine", help="a checkpoint end to end: engine, step counts, bf16, growth, play loop")
@@ -175,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
 
         result["model"] = {
             "preset": args.preset,
-            **bench_model(_model_preset(args.preset), context_chunks=args.context_chunks, device=args.device),
+            **bench_model(
+                _model_preset(args.preset, args.frame_size), context_chunks=args.context_chunks, device=args.device
+            ),
         }
     for title, rows in result.items():
         _print_table(title, rows)  # type: ignore[arg-type]

@@ -131,7 +131,7 @@ class Engine:
         self.rollout = ChunkRollout(
             model, self.sampler_cfg, ck.conditioning, intrinsics, ck.frame_size, self.context_policy, null
         )
-        mean, std = ck.conditioning.stats(ck.model.latent_channels)
+        mean, std = ck.conditioning.stats(ck.model.latent_shape()[0])
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.bf16 = bf16
         self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

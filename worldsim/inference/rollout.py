@@ -87,7 +87,7 @@ class ChunkRollout:
             raise WorldsimError("classifier-free guidance needs the action encoder's null action")
         self.model, self.sampler, self.cond, self.policy = model, sampler, cond, policy
         self.k = model.cfg.chunk_frames
-        self.rays = CameraRays(cond, intrinsics, frame_size, model.cfg.latent_size)
+        self.rays = CameraRays(cond, intrinsics, frame_size, model.cfg.latent_shape()[1:])
         self.null_action = null_action
         self.history: History | None = None
         self.reference: torch.Tensor | None = None  # (B, 4, 4) the session's first pose

@@ -33,12 +33,15 @@ from worldsim.model.rope import apply_rope, rope_angles, token_positions
 class WorldModelConfig:
     """Sizes of the chunk-causal DiT (latent grid, patch, width, depth, heads, frames per chunk).
 
-    ``WorldModel`` raises ``ValueError`` unless ``latent_size`` divides by ``patch``, ``width`` splits
-    into ``heads`` heads of even size (RoPE pairs), and ``action_dim`` is set.
+    ``WorldModel`` raises ``ValueError`` unless the latent shape and ``action_dim`` are set,
+    ``latent_size`` divides by ``patch`` and ``width`` splits into ``heads`` heads of even size
+    (RoPE pairs).
     """
 
-    latent_channels: int = 8
-    latent_size: tuple[int, int] = (16, 16)  # (h, w)
+    # The codec's latent shape. Not configured: the teacher stage derives it from its codec and
+    # the data's frame size (None until then); a checkpoint's config.json records it.
+    latent_channels: int | None = None
+    latent_size: tuple[int, int] | None = None  # (h, w)
     patch: int = 2
     width: int = 256
     depth: int = 6
@@ -49,10 +52,17 @@ class WorldModelConfig:
     action_dim: int | None = None
     chunk_frames: int = 4
 
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent frame; ``ValueError`` while it is not derived yet."""
+        if self.latent_channels is None or self.latent_size is None:
+            raise ValueError("model latent shape is unset: the codec's (the teacher stage derives it)")
+        return self.latent_channels, int(self.latent_size[0]), int(self.latent_size[1])
+
     @property
     def tokens_per_frame(self) -> int:
         """Patch tokens per latent frame: ``(h // patch) * (w // patch)``."""
-        return (self.latent_size[0] // self.patch) * (self.latent_size[1] // self.patch)
+        _, h, w = self.latent_shape()
+        return (h // self.patch) * (w // self.patch)
 
 
 class KVContext(Protocol):
@@ -130,11 +140,12 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
         self.cfg = cfg
-        d, p, ch = cfg.width, cfg.patch, cfg.latent_channels
+        d, p = cfg.width, cfg.patch
+        ch, lh, lw = cfg.latent_shape()
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(f"width {cfg.width} must split into {cfg.heads} heads of even size")
-        if cfg.latent_size[0] % p or cfg.latent_size[1] % p:
-            raise ValueError(f"latent size {cfg.latent_size} is not divisible by patch {p}")
+        if lh % p or lw % p:
+            raise ValueError(f"latent size {(lh, lw)} is not divisible by patch {p}")
         if cfg.action_dim is None:
             raise ValueError("model action_dim is unset: it is the action encoder's dim (the teacher stage derives it)")
         self.patch_embed = nn.Linear(ch * p * p, d)
@@ -159,12 +170,13 @@ class WorldModel(nn.Module):
     def _unembed(self, tok: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.ada_out(c)[:, :, None].chunk(2, dim=-1)
         out = self.out(self.norm_out(tok) * (1 + scale) + shift)
-        h = self.cfg.latent_size[0] // self.cfg.patch
+        h = self.cfg.latent_shape()[1] // self.cfg.patch
         p = self.cfg.patch
         return rearrange(out, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p)
 
     def _angles(self, frame_pos: torch.Tensor) -> torch.Tensor:
-        hp, wp = self.cfg.latent_size[0] // self.cfg.patch, self.cfg.latent_size[1] // self.cfg.patch
+        _, lh, lw = self.cfg.latent_shape()
+        hp, wp = lh // self.cfg.patch, lw // self.cfg.patch
         return rope_angles(token_positions(frame_pos, hp, wp), self.cfg.width // self.cfg.heads)
 
     def forward(

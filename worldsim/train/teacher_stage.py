@@ -52,17 +52,23 @@ PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
 
 
-def _check_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int]) -> None:
+def _derive_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int]) -> TrainConfig:
+    """``cfg`` with the model's latent shape set to what ``codec`` makes of ``frame_size`` frames
+    (derived, not configured; a resumed run's identity keeps the values, as runs that configured
+    them had them). A value given on the command line must agree, else ``WorldsimError``."""
     m, f = cfg.model, codec.cfg.downsample
     if frame_size[0] % f or frame_size[1] % f:
         raise WorldsimError(f"frames {frame_size} are not divisible by the codec's downsample {f}")
     want = (frame_size[0] // f, frame_size[1] // f)
-    if tuple(m.latent_size) != want:
+    if m.latent_size is not None and tuple(m.latent_size) != want:
         raise WorldsimError(f"model.latent_size is {tuple(m.latent_size)}, but {frame_size} frames encode to {want}")
-    if m.latent_channels != codec.cfg.latent_channels:
+    if m.latent_channels not in (None, codec.cfg.latent_channels):
         raise WorldsimError(
             f"model.latent_channels is {m.latent_channels}, the codec makes {codec.cfg.latent_channels}"
         )
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(m, latent_channels=codec.cfg.latent_channels, latent_size=want)
+    )
 
 
 def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
@@ -124,7 +130,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             )
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
-    _check_shapes(cfg, codec, frame_size)
+    cfg = _derive_shapes(cfg, codec, frame_size)
     # Derived, not configured: the model reads what the encoder makes (a resumed run's identity
     # keeps the value, as runs that configured it had it).
     if cfg.model.action_dim not in (None, encoder.dim):
@@ -160,7 +166,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     intr = tuple(train.intrinsics.flatten().tolist())
     cond = ConditioningConfig(tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std), intr)
     null = torch.from_numpy(encoder.null_action())
-    k, latent_size = cfg.model.chunk_frames, (int(cfg.model.latent_size[0]), int(cfg.model.latent_size[1]))
+    k, latent_size = cfg.model.chunk_frames, cfg.model.latent_shape()[1:]
     clips = ClipSampler(train, k, tc, cond, latent_size, null)
     uniform = dataclasses.replace(tc, focus_prob=0.0, dark_weight=1.0)  # validation: uniform clips, unweighted
     val_clips = ClipSampler(val, k, uniform, cond, latent_size, null) if val else None
@@ -240,7 +246,7 @@ def _preview(
     ]
     if not eps:
         return {}
-    mean, std = cond.stats(model.cfg.latent_channels)
+    mean, std = cond.stats(model.cfg.latent_shape()[0])
     lat = torch.stack([(val.latents[e][: n_ctx + n_gen].float() - mean) / std for e in eps])
     act = torch.stack([val.actions[e][: n_ctx + n_gen] for e in eps])
     c2w = torch.stack([val.c2w[e][: n_ctx + n_gen] for e in eps])
