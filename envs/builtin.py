@@ -23,7 +23,7 @@ from envs.renderer import RenderSettings, WorldRenderer
 from envs.world_gen import WorldGenConfig, WorldGeometry, generate_world
 from worldsim.core.camera import intrinsics_from_fov
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
-from worldsim.core.errors import WorldsimError
+from worldsim.core.validate import check_key_row, check_mouse_row
 
 KEY_NAMES = ["w", "a", "s", "d", "space", "left shift", "l"]
 LIGHT_KEY = "l"
@@ -87,12 +87,11 @@ class BuiltinWorld(Env):
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation:
         """Apply one tick of input; a rising edge of ``l`` toggles night. ``keys (7,)`` multi-hot over
-        :data:`KEY_NAMES`, ``mouse (dx, dy)`` pixels. Raises ``WorldsimError`` if ``keys`` has another shape.
+        :data:`KEY_NAMES`, ``mouse (dx, dy)`` finite pixels. Raises ``WorldsimError`` (and changes nothing)
+        for another shape, a key other than 0/1 or a non-finite mouse.
         """
-        keys = np.asarray(keys)
-        if keys.shape != (len(KEY_NAMES),):
-            raise WorldsimError(f"keys must have shape ({len(KEY_NAMES)},), got {keys.shape}")
-        keys = keys.astype(np.uint8)
+        keys = check_key_row("keys", keys, len(KEY_NAMES))
+        mouse = check_mouse_row("mouse", mouse)
         if keys[self._light_idx] and not self._prev_keys[self._light_idx]:
             self.night = not self.night
         self._prev_keys = keys.copy()

@@ -49,8 +49,9 @@ class Env(ABC):
     @abstractmethod
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Observation:
         """Apply one tick (``1 / fps`` s) of raw input and return the next frame. ``keys (K,)`` uint8
-        multi-hot over ``key_names``, ``mouse (2,)`` dx, dy pixels; a wrong ``keys`` shape raises
-        ``WorldsimError``."""
+        multi-hot over ``key_names``, ``mouse (2,)`` dx, dy pixels. Inputs go through
+        ``worldsim.core.validate`` first: a wrong shape, a key other than 0/1 or a non-finite mouse
+        raises ``WorldsimError`` and leaves the world as it was."""
 
     def close(self) -> None:  # noqa: B027  (optional hook: worlds without resources need nothing)
         """Release GL or game resources."""

@@ -86,3 +86,22 @@ def test_a_taken_name_cannot_be_registered_by_another_class():
 
     with pytest.raises(ValueError, match="'keyboard' is taken by worldsim.core.actions.builtin.KeyboardEncoder"):
         register_action_encoder(Impostor)
+
+
+@pytest.mark.parametrize("name", available_action_encoders())
+@pytest.mark.parametrize(
+    "keys, mouse, message",
+    [
+        (np.full((1, 7), 255, np.uint8), np.zeros((1, 2)), r"keys must be 0/1 integers \(T, 7\); got 255 at \[0, 0\]"),
+        (np.full((1, 7), 0.5), np.zeros((1, 2)), r"keys must be 0/1 integers .*; got 0.5"),
+        (np.full((1, 7), -1), np.zeros((1, 2)), r"keys must be 0/1 integers .*; got -1"),
+        (np.full((1, 7), "1"), np.zeros((1, 2)), r"keys must be 0/1 integers .*; got dtype <U1"),
+        (np.zeros((1, 7), np.uint8), np.array([[np.nan, 0.0]]), r"mouse must be finite pixels \(1, 2\); got nan"),
+        (np.zeros((1, 7), np.uint8), np.array([[0.0, -np.inf]]), r"mouse must be finite pixels \(1, 2\); got -inf"),
+    ],
+)
+def test_every_encoder_refuses_out_of_range_inputs_in_one_line(name, keys, mouse, message):
+    enc = make_action_encoder(name, KEYS)
+    with pytest.raises(WorldsimError, match=message) as e:
+        enc.encode_batch(keys, mouse)
+    assert "\n" not in str(e.value)

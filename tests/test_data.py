@@ -12,11 +12,22 @@ from worldsim.data.reader import RolloutDataset
 from worldsim.data.writer import RolloutWriter
 
 
+def _rigid(rng, t):
+    """``t`` random rigid camera-to-world poses (what the writer accepts)."""
+    c2w = np.tile(np.eye(4, dtype=np.float32), (t, 1, 1))
+    for i in range(t):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        c2w[i, :3, :3] = q * np.sign(np.linalg.det(q))
+        c2w[i, :3, 3] = rng.normal(size=3) * 10
+    return c2w
+
+
 def _episode(t=5, h=8, w=8, k=7):
     rng = np.random.default_rng(t)
     return {
         "frames": rng.integers(0, 256, (t, h, w, 3)).astype(np.uint8),
-        "c2w": rng.normal(size=(t, 4, 4)).astype(np.float32),
+        "c2w": _rigid(rng, t),
         "intrinsics": np.eye(3, dtype=np.float32),
         "keys": rng.integers(0, 2, (t, k)).astype(np.uint8),
         "mouse": rng.normal(size=(t, 2)).astype(np.float32),
@@ -56,6 +67,42 @@ def test_writer_refuses_wrong_shapes_and_mismatched_meta(tmp_path):
         RolloutWriter(
             tmp_path / "d", RolloutMeta(env="builtin", fps=30.0, frame_size=(8, 8), key_names=list("wasdxyz"))
         )
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda e: {k: (v if k == "intrinsics" else v[:0]) for k, v in e.items()}, "at least one frame; got 0 frames"),
+        (
+            lambda e: {**e, "mouse": np.where(np.eye(5, 2, dtype=bool), np.nan, e["mouse"]).astype(np.float32)},
+            r"'mouse' must be finite pixels \(5, 2\); got nan at \[0, 0\]",
+        ),
+        (lambda e: {**e, "keys": np.full_like(e["keys"], 2)}, r"'keys' must be 0/1 integers \(5, 7\); got 2"),
+        (lambda e: {**e, "c2w": e["c2w"] * np.float32(2)}, r"'c2w' must be finite rigid .*row 0 is not rigid"),
+    ],
+)
+def test_writer_refuses_bad_values_and_writes_nothing(tmp_path, spoil, message):
+    w = RolloutWriter(tmp_path / "d", META)
+    with pytest.raises(WorldsimError, match=message) as e:
+        w.write_episode(0, spoil(_episode()))
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "d" / "episodes").iterdir()) and len(RolloutDataset(tmp_path / "d")) == 0
+
+
+def test_reader_refuses_an_episode_with_nan_poses_written_by_another_tool(tmp_path):
+    from safetensors.numpy import save_file
+
+    w = RolloutWriter(tmp_path / "d", META)
+    ep = _episode()
+    w.write_episode(0, ep)
+    ep["c2w"][3, 0, 0] = np.nan
+    save_file(ep, str(tmp_path / "d" / w.episodes[0].file))  # bypasses the writer's checks
+    data = RolloutDataset(tmp_path / "d")
+    with pytest.raises(
+        WorldsimError, match=r"episode file .*: array 'c2w' must be finite rigid .*got nan at \[3, 0, 0\]"
+    ):
+        data.load(0)
+    assert data.load_slice(0, 0, 3, ("frames", "c2w"))["c2w"].shape == (3, 4, 4)  # the good rows still read
 
 
 def test_truncated_or_corrupt_episode_is_named_in_the_error(tmp_path):

@@ -197,7 +197,7 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
     with pytest.raises(WorldsimError, match="call reset"):
         eng.step(*_inputs(2))
     _world_reset(eng, 0)
-    with pytest.raises(WorldsimError, match=r"keys must be \(2, 7\)"):
+    with pytest.raises(WorldsimError, match=r"keys must be 0/1 integers \(2, 7\); got shape \(3, 7\)"):
         eng.step(*_inputs(3))
     with pytest.raises(WorldsimError, match="context frames must be"):
         eng.reset(np.zeros((4, 32, 32, 3), np.uint8), np.tile(np.eye(4), (4, 1, 1)), *_inputs(4))
@@ -279,3 +279,54 @@ def test_each_command_passes_its_sampler_group_to_the_engine(command, tiny_ckpt)
     assert plain.sampler == SamplerOverrides() and plain.bf16 is None  # the checkpoint's own; bf16 where native
     assert load_engine(tiny_ckpt, sampler=plain.sampler).sampler_cfg == load_engine(tiny_ckpt).sampler_cfg
     assert (teacher.sampler.num_steps, teacher.sampler.mode) == (8, "few_step")
+
+
+BAD_STEP_INPUTS = {
+    "nan mouse": ("mouse", lambda k, m: (k, np.where(np.arange(m.size).reshape(m.shape) == 1, np.nan, m))),
+    "inf mouse": ("mouse", lambda k, m: (k, np.full_like(m, np.inf))),
+    "key 255": ("keys", lambda k, m: (np.full_like(k, 255), m)),
+    "key 0.5": ("keys", lambda k, m: (k.astype(np.float32) + 0.5, m)),
+    "key -1": ("keys", lambda k, m: (k.astype(np.int64) - 1, m)),
+    "string keys": ("keys", lambda k, m: (k.astype(str), m)),
+    "3-element mouse": ("mouse", lambda k, m: (k, np.zeros((len(m), 3), np.float32))),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_STEP_INPUTS))
+def test_a_refused_step_leaves_the_session_as_it_was(tiny_ckpt, bad):
+    """One line naming the argument; the next clean step equals a session that never saw it."""
+    arg, spoil = BAD_STEP_INPUTS[bad]
+    clean, refused = load_engine(tiny_ckpt, seed=3), load_engine(tiny_ckpt, seed=3)
+    for eng in (clean, refused):
+        _world_reset(eng, 1)
+        eng.step(*_inputs(2, "w", dx=2.0))
+    with pytest.raises(WorldsimError, match=rf"^{arg} must be ") as e:
+        refused.step(*spoil(*_inputs(2, "d", dx=4.0)))
+    assert "\n" not in str(e.value) and "got" in str(e.value)
+    a, b = clean.step(*_inputs(2, "d", dx=4.0)), refused.step(*_inputs(2, "d", dx=4.0))
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.c2w, b.c2w)
+    assert np.isfinite(b.c2w).all() and refused.steps == clean.steps
+
+
+def test_a_refused_reset_keeps_the_session(tiny_ckpt):
+    """A NaN or non-rigid context pose, or a key 2 in the context, is refused before anything changes."""
+    eng = load_engine(tiny_ckpt)
+    start = world_start(1, eng.context_frames, eng.key_names, eng.frame_size)
+    eng.reset(*start.arrays())
+    pose = eng.c2w.copy()
+    frames, c2w, keys, mouse = start.arrays()
+    nan_pose, scaled = c2w.copy(), c2w.copy()
+    nan_pose[1, 0, 3] = np.nan
+    scaled[2, :3, :3] *= 1.5
+    two = keys.copy()
+    two[0, 0] = 2
+    for args, message in [
+        ((frames, nan_pose, keys, mouse), r"^c2w must be finite rigid .*got nan at \[1, 0, 3\]"),
+        ((frames, scaled, keys, mouse), r"^c2w must be finite rigid .*row 2 is not rigid"),
+        ((frames, c2w, two, mouse), r"^keys must be 0/1 integers .*got 2 at \[0, 0\]"),
+        ((frames[:0], c2w[:0], keys[:0], mouse[:0]), "at least one frame"),
+    ]:
+        with pytest.raises(WorldsimError, match=message):
+            eng.reset(*args)
+        np.testing.assert_array_equal(eng.c2w, pose)

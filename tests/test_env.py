@@ -90,8 +90,27 @@ def test_unknown_env_and_bad_frame_size_fail_clearly():
 
 def test_keys_of_wrong_shape_are_refused(env64):
     env64.reset()
-    with pytest.raises(WorldsimError, match="keys must have shape"):
+    with pytest.raises(WorldsimError, match=r"keys must be 0/1 integers \(7,\); got shape \(3,\)"):
         env64.step(np.zeros(3, np.uint8), np.zeros(2))
+
+
+@pytest.mark.parametrize(
+    "keys, mouse, message",
+    [
+        (np.zeros(7), [np.nan, 0.0], r"^mouse must be finite pixels .*; got nan at \[0\]$"),
+        (np.zeros(7), [0.0, np.inf], r"^mouse must be finite pixels .*; got inf at \[1\]$"),
+        (np.zeros(7), [1.0, 2.0, 3.0], r"^mouse must be finite pixels \(dx, dy\) \(2,\); got shape \(3,\)$"),
+        (np.full(7, 255, np.uint8), [0.0, 0.0], r"^keys must be 0/1 integers \(7,\); got 255 at \[0\]$"),
+        (np.array(list("0000000")), [0.0, 0.0], r"^keys must be 0/1 integers \(7,\); got dtype <U1"),
+    ],
+)
+def test_the_world_refuses_bad_input_and_keeps_its_pose(env64, keys, mouse, message):
+    env64.reset()
+    before = env64.step(np.zeros(7, np.uint8), np.array([3.0, 1.0])).c2w
+    with pytest.raises(WorldsimError, match=message):
+        env64.step(keys, mouse)
+    np.testing.assert_array_equal(env64.state.c2w(), before)
+    assert np.isfinite(env64.step(np.zeros(7, np.uint8), np.zeros(2)).c2w).all()
 
 
 def test_path_collision_finds_the_frame_a_walk_enters_a_tree():

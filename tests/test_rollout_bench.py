@@ -186,3 +186,33 @@ def test_bench_cli_writes_json(tiny, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads((tmp_path / "b.json").read_text())
     assert set(out) == {"machine", "engine"} and out["machine"]["cores"] >= 1 and "default_frames_per_s" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "keys_value, mouse_value, message",
+    [
+        (0, np.nan, r"a.npz: 'mouse' must be finite pixels \(8, 2\); got nan at \[2, 0\]"),
+        (0.5, 0.0, r"a.npz: 'keys' must be 0/1 integers \(T, 7\); got 0.5 at \[2, 0\]"),
+        (-1, 0.0, r"a.npz: 'keys' must be 0/1 integers \(T, 7\); got -1.0 at \[2, 0\]"),
+    ],
+)
+def test_rollout_refuses_a_bad_actions_file_and_writes_nothing(tiny, tmp_path, keys_value, mouse_value, message):
+    keys, mouse = np.zeros((8, 7)), np.zeros((8, 2), np.float32)
+    keys[2, 0], mouse[2, 0] = keys_value, mouse_value
+    np.savez(tmp_path / "a.npz", keys=keys, mouse=mouse)
+    cfg = RolloutConfig(checkpoint=str(tiny), actions_file=str(tmp_path / "a.npz"), frames=8, out=str(tmp_path / "r"))
+    with pytest.raises(WorldsimError, match=message):
+        run_rollout(cfg)
+    assert not (tmp_path / "r").exists()
+
+
+def test_rollout_cli_with_zero_frames_is_one_line(tiny, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "worldsim.cli.rollout", f"checkpoint={tiny}", "frames=0", f"out={tmp_path / 'r'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == "error: frames must be at least 1 (generated frames, rounded up to whole chunks); got 0"

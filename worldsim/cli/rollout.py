@@ -25,6 +25,7 @@ from tqdm import tqdm
 from envs.starts import world_start
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.core.validate import check_keys, check_mouse
 from worldsim.data.format import RolloutMeta
 from worldsim.data.metrics import psnr
 from worldsim.data.policies import make_policy
@@ -62,9 +63,9 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
         with np.load(path) as f:
             if "keys" not in f or "mouse" not in f:
                 raise WorldsimError(f"{path} must hold arrays 'keys' (T, K) and 'mouse' (T, 2)")
-            keys, mouse = f["keys"].astype(np.uint8), f["mouse"].astype(np.float32)
-        if keys.ndim != 2 or keys.shape[1] != len(engine.key_names) or mouse.shape != (len(keys), 2):
-            raise WorldsimError(f"{path}: keys must be (T, {len(engine.key_names)}) and mouse (T, 2)")
+            # Checked before any cast: astype(uint8) would turn -1 into 255 and 0.5 into 0.
+            keys = check_keys(f"{path}: 'keys'", f["keys"], len(engine.key_names))
+            mouse = check_mouse(f"{path}: 'mouse'", f["mouse"], len(keys))
     else:
         policy = make_policy(cfg.policy, engine.key_names, engine.cfg.controller, cfg.replay_from or None)
         a = policy.actions(count, np.random.default_rng(cfg.policy_seed))
@@ -78,6 +79,10 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
+    if cfg.frames < 1:
+        raise WorldsimError(
+            f"frames must be at least 1 (generated frames, rounded up to whole chunks); got {cfg.frames}"
+        )
     if engine is None:
         engine = load_engine(cfg.checkpoint, bf16=cfg.bf16, sampler=cfg.sampler)
     k = engine.chunk_frames

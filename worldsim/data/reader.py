@@ -9,6 +9,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from worldsim.core.errors import WorldsimError
+from worldsim.core.validate import check_c2w, check_keys, check_mouse
 from worldsim.data.format import INDEX_FILE, REQUIRED_ARRAYS, EpisodeInfo, RolloutMeta, read_meta
 
 
@@ -66,6 +67,7 @@ class RolloutDataset:
             raise WorldsimError(f"episode file {path} is corrupt or truncated ({e})") from e
         except (OSError, ValueError) as e:  # torn headers surface as these on some versions
             raise WorldsimError(f"episode file {path} is corrupt or truncated ({e})") from e
+        _check_values(path, out, len(self.meta.key_names))
         n = self.episodes[i].num_frames
         if "frames" in out and len(out["frames"]) != min(stop, n) - start:
             raise WorldsimError(f"episode file {path} holds fewer frames than episodes.jsonl says ({n})")
@@ -78,3 +80,15 @@ class RolloutDataset:
             have, want = arrays["frames"].shape[0], self.episodes[i].num_frames
             if have != want:
                 raise WorldsimError(f"episode file {self.path(i)} has {have} frames, episodes.jsonl says {want}")
+
+
+def _check_values(path: Path, arrays: dict[str, np.ndarray], num_keys: int) -> None:
+    """The loaded rows' keys, mouse and poses hold what the writer accepts (a file written by
+    another tool, or damaged in place, must not feed NaN poses or key 255 to training)."""
+    where = f"episode file {path}: array"
+    if "keys" in arrays:
+        check_keys(f"{where} 'keys'", arrays["keys"], num_keys)
+    if "mouse" in arrays:
+        check_mouse(f"{where} 'mouse'", arrays["mouse"])
+    if "c2w" in arrays:
+        check_c2w(f"{where} 'c2w'", arrays["c2w"])

@@ -10,6 +10,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from worldsim.core.errors import WorldsimError
+from worldsim.core.validate import check_c2w, check_frames, check_keys, check_mouse
 from worldsim.data.format import (
     INDEX_FILE,
     META_FILE,
@@ -76,7 +77,8 @@ class RolloutWriter:
     def write_episode(
         self, index: int, arrays: dict[str, np.ndarray], seed: int | None = None, policy: str | None = None
     ) -> EpisodeInfo:
-        """Validate one episode's arrays against the meta and write it atomically."""
+        """Validate one episode's arrays against the meta (shapes and dtypes; at least one frame,
+        keys 0/1, mouse finite, c2w finite rigid poses) and write it atomically."""
         self._validate(arrays)
         rel = episode_filename(index)
         path = self.root / rel
@@ -111,6 +113,11 @@ class RolloutWriter:
             a = arrays[name]
             if a.shape != shape or a.dtype != dtype:
                 raise WorldsimError(f"episode array {name!r} is {a.dtype}{a.shape}, expected {dtype}{shape}")
+        # Values, not only shapes: a reader, a replay and training would all stop on (or learn) them.
+        check_frames("episode array 'frames'", arrays["frames"], (h, w))
+        check_keys("episode array 'keys'", arrays["keys"], k, t)
+        check_mouse("episode array 'mouse'", arrays["mouse"], t)
+        check_c2w("episode array 'c2w'", arrays["c2w"], t)
 
 
 def _diff(a: RolloutMeta, b: RolloutMeta) -> str:

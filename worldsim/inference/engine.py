@@ -33,6 +33,7 @@ from worldsim.core.actions import make_action_encoder
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.core.precision import resolve_bf16
+from worldsim.core.validate import check_c2w, check_frames, check_keys, check_mouse
 from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
 from worldsim.inference.context import History
@@ -158,14 +159,8 @@ class Engine:
         return self.rollout.context_frames
 
     def _check_inputs(self, keys: np.ndarray, mouse: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-        keys, mouse = np.asarray(keys), np.asarray(mouse, np.float32)
-        t = keys.shape[0] if keys.ndim == 2 else -1
-        if keys.ndim != 2 or keys.shape[1] != len(self.key_names) or (n is not None and t != n):
-            want = f"({n if n is not None else 'T'}, {len(self.key_names)})"
-            raise WorldsimError(f"keys must be {want} over {self.key_names}, got {keys.shape}")
-        if mouse.shape != (t, 2):
-            raise WorldsimError(f"mouse must be ({t}, 2), got {mouse.shape}")
-        return keys, mouse
+        keys = check_keys("keys", keys, len(self.key_names), n)
+        return keys, check_mouse("mouse", mouse, len(keys))
 
     @torch.inference_mode()
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -183,17 +178,13 @@ class Engine:
         """Start a session from ground-truth context in rollout order: ``frames (T, H, W, 3)``
         uint8, ``c2w (T, 4, 4)``, ``keys (T, K)``, ``mouse (T, 2)`` (``keys[t]`` took frame t to
         t+1; the last row is unused). The newest whole chunks are kept. ``seed`` restarts the
-        noise generator (default: the engine's seed). Raises ``WorldsimError`` on bad shapes."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or tuple(frames.shape[1:3]) != self.frame_size or frames.shape[3] != 3:
-            raise WorldsimError(
-                f"context frames must be (T, {self.frame_size[0]}, {self.frame_size[1]}, 3), got {frames.shape}"
-            )
-        t0 = len(frames)
-        keys, mouse = self._check_inputs(keys, mouse, t0)
-        c2w = np.asarray(c2w, np.float32)
-        if c2w.shape != (t0, 4, 4):
-            raise WorldsimError(f"c2w must be ({t0}, 4, 4), got {c2w.shape}")
+        noise generator (default: the engine's seed). Raises ``WorldsimError`` on a bad shape,
+        dtype or value (keys not 0/1, non-finite mouse, a c2w that is not a finite rigid
+        transform); a refused reset leaves the session as it was."""
+        # Everything is checked before anything changes: a refused reset keeps the old session.
+        frames = check_frames("context frames", frames, self.frame_size)
+        keys, mouse = self._check_inputs(keys, mouse, len(frames))
+        c2w = check_c2w("c2w", c2w, len(frames))
         actions = torch.from_numpy(self.encoder.frame_actions(keys, mouse)).to(self.device)
         latents = self._encode(frames)[None]
         with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
@@ -204,7 +195,11 @@ class Engine:
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
         """``k = chunk_frames`` raw inputs ``keys (k, K)`` uint8 multi-hot, ``mouse (k, 2)``
-        pixels, applied one per frame from the latest frame -> the :class:`Chunk` they produce."""
+        pixels, applied one per frame from the latest frame -> the :class:`Chunk` they produce.
+
+        Keys must be 0/1 and the mouse finite (``worldsim.core.validate``); anything else raises
+        ``WorldsimError`` before the session changes, so the next good step is as if the bad
+        one never came."""
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
         keys, mouse = self._check_inputs(keys, mouse, self.chunk_frames)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from worldsim.core.errors import WorldsimError
+from worldsim.core.validate import check_keys, check_mouse
 
 
 class ActionEncoder(ABC):
@@ -51,13 +51,11 @@ class ActionEncoder(ABC):
         return self.encode(np.zeros(len(self.key_names), np.uint8), np.zeros(2, np.float32))
 
     def check_inputs(self, keys: np.ndarray, mouse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Validate shapes and cast (uint8 arithmetic wraps, so everything becomes float32)."""
-        keys, mouse = np.asarray(keys), np.asarray(mouse)
-        if keys.ndim != 2 or keys.shape[1] != len(self.key_names):
-            raise WorldsimError(f"{self.name}: keys must be (T, {len(self.key_names)}), got {keys.shape}")
-        if mouse.shape != (keys.shape[0], 2):
-            raise WorldsimError(f"{self.name}: mouse must be ({keys.shape[0]}, 2), got {mouse.shape}")
-        return keys.astype(np.float32), mouse.astype(np.float32)
+        """Validate (:mod:`worldsim.core.validate`: keys 0/1 ``(T, K)``, mouse finite ``(T, 2)``)
+        and cast both to float32 (uint8 arithmetic wraps). Raises ``WorldsimError`` otherwise."""
+        k = check_keys(f"{self.name} keys", keys, len(self.key_names))
+        m = check_mouse(f"{self.name} mouse", mouse, len(k))
+        return k.astype(np.float32), m
 
     def spec(self) -> dict[str, object]:
         """What a checkpoint records to refuse a mismatched encoder later."""
