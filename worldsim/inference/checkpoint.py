@@ -3,14 +3,33 @@
 <dir>/config.json        format_version, model, codec, sampler, action_encoder
                          {name, version, dim, key_names}, frame_size, chunk_frames,
                          conditioning (context chunks, camera scale, latent statistics),
-                         controller (fps, speeds, degrees per mouse pixel), env, provenance
+                         controller (fps, speeds, degrees per mouse pixel), env, provenance,
+                         integrity {config, model.safetensors, codec.safetensors: sha256}
 <dir>/model.safetensors  world model weights
 <dir>/codec.safetensors  codec weights
+
+Integrity, checked at every load (:func:`load_checkpoint`, :func:`load_codec`):
+
+- ``integrity`` holds the sha256 of each weights file and of the config itself (its canonical
+  JSON without the ``integrity`` block), written at export. A changed weights file, or any edited
+  config field, is refused. The config is hashed whole because some fields change what the
+  network does without changing a weight's shape: the DiT's weights are the same for any
+  ``chunk_frames``, so a checkpoint trained on 4-frame chunks would load as an 8-frame one.
+- Without ``integrity`` (checkpoints exported before it, such as ``assets/teacher_builtin_v1``),
+  ``model`` is compared field by field with the training record (``provenance.config.model``)
+  where the checkpoint has one, which catches ``chunk_frames`` 4 -> 8 there too.
+- Always: no tensor may hold NaN or inf; the sizes the config derives from each other must agree
+  (``frame_size`` / ``codec.downsample`` = ``model.latent_size``, ``model.latent_channels`` =
+  ``codec.latent_channels``, ``model.action_dim`` = ``action_encoder.dim``, the top-level
+  ``chunk_frames`` = ``model.chunk_frames``, ``model.latent_size`` divisible by ``model.patch``);
+  each disagreement is one line naming the field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,7 +37,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
@@ -29,6 +48,7 @@ from worldsim.model.dit import WorldModel, WorldModelConfig
 
 CHECKPOINT_VERSION = 1
 CONFIG_FILE = "config.json"
+INTEGRITY_KEY = "integrity"  # config.json / codec.json: sha256 of the weights files and of the config
 # What checkpoints written before they recorded it were trained with (the only world and speeds then).
 LEGACY_ENV = "builtin"
 
@@ -81,33 +101,64 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     return cls(**d)
 
 
-def _save_weights(module: torch.nn.Module, file: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(file))
+def _weights_bytes(module: torch.nn.Module) -> bytes:
+    return save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
 
 
-def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device: str) -> None:
-    """Strict load with one clear message each for a missing, damaged or mismatched file."""
+def sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_sha256(d: dict[str, Any]) -> str:
+    """The sha256 of a config dict as canonical JSON, without its ``integrity`` block."""
+    body = {k: v for k, v in d.items() if k != INTEGRITY_KEY}
+    return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device: str, want_sha: str | None) -> None:
+    """Strict load with one clear message each for a missing, damaged, changed, non-finite or
+    mismatched file; ``want_sha`` is the sha256 recorded at export (None: not recorded)."""
     if not file.is_file():
         raise WorldsimError(f"{file.parent} has no {file.name}")
+    data = file.read_bytes()
+    if want_sha is not None and sha256(data) != want_sha:
+        raise WorldsimError(
+            f"{file} is not the file exported with {config_file.name} (sha256 {sha256(data)[:12]}..., "
+            f"recorded {want_sha[:12]}...): changed or damaged since export"
+        )
     try:
-        state = load_file(str(file), device=device)
+        state = load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise WorldsimError(f"{file} is corrupt or truncated ({e})") from e
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WorldsimError(f"{file}: tensor {name!r} {tuple(t.shape)} holds {bad} NaN or inf values")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise WorldsimError(f"{file} does not match its {config_file.name} ({str(e).splitlines()[0]})") from e
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        detail = lines[0] if lines else str(e).splitlines()[0]
+        raise WorldsimError(f"{file} does not match its {config_file.name} ({detail})") from e
+    module.to(device)
 
 
 def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, codec: Codec) -> None:
     """Write ``model.safetensors``, ``codec.safetensors`` (weights on CPU) and ``config.json`` into
-    ``path``, creating it; existing files are overwritten.
+    ``path``, creating it; existing files are overwritten. ``config.json`` records the sha256 of
+    both weights files and of itself (``integrity``) for :func:`load_checkpoint` to check.
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    _save_weights(model, out / "model.safetensors")
-    _save_weights(codec, out / "codec.safetensors")
-    (out / CONFIG_FILE).write_text(cfg.to_json())
+    integrity: dict[str, str] = {}
+    for name, module in (("model", model), ("codec", codec)):
+        data = _weights_bytes(module)
+        (out / f"{name}.safetensors").write_bytes(data)
+        integrity[f"{name}.safetensors"] = sha256(data)
+    d = json.loads(cfg.to_json())
+    d[INTEGRITY_KEY] = {"config": config_sha256(d), **integrity}
+    (out / CONFIG_FILE).write_text(json.dumps(d, indent=2, sort_keys=True))
 
 
 # The repository around an editable install (assets/ holds the shipped checkpoints); an installed
@@ -132,6 +183,11 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
     other than 1, unknown or missing keys. Warns ``CheckpointDefaultsWarning`` (once per folder) when
     ``controller`` or ``env`` are not recorded and today's defaults stand in.
     """
+    return _read_config(path)[0]
+
+
+def _read_config(path: str | Path) -> tuple[CheckpointConfig, dict[str, Any]]:
+    """The parsed config and the raw ``config.json`` dict."""
     root = find_checkpoint(path)
     cfg_path = root / CONFIG_FILE
     if not root.is_dir():
@@ -159,7 +215,7 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
             stacklevel=2,
         )
     try:
-        return CheckpointConfig(
+        cfg = CheckpointConfig(
             model=_build(WorldModelConfig, d["model"], str(cfg_path)),
             codec=_build(CodecConfig, d["codec"], str(cfg_path)),
             sampler=_build(SamplerConfig, d["sampler"], str(cfg_path)),
@@ -172,6 +228,62 @@ def read_checkpoint_config(path: str | Path) -> CheckpointConfig:
         )
     except KeyError as e:
         raise WorldsimError(f"{cfg_path}: missing key {e}") from e
+    return cfg, d
+
+
+def check_integrity(cfg: CheckpointConfig, d: dict[str, Any], cfg_path: Path) -> None:
+    """The config checks of the module docstring that need no weights: the recorded config hash
+    (or, without one, the training record) and the sizes the config derives from each other."""
+    where = str(cfg_path)
+    m, c = cfg.model, cfg.codec
+    integrity = d.get(INTEGRITY_KEY)
+    trained = (
+        cfg.provenance.get("config", {}).get("model", {}) if isinstance(cfg.provenance.get("config"), dict) else {}
+    )
+    now = asdict(m)
+    for key, was in trained.items():
+        if key in now and None not in (now[key], was) and _norm(now[key]) != _norm(was):
+            raise WorldsimError(
+                f"{where}: model.{key} is {_norm(now[key])} but the weights were trained with {_norm(was)} "
+                f"(provenance.config.model.{key})"
+            )
+    if "chunk_frames" in d and d["chunk_frames"] != m.chunk_frames:
+        raise WorldsimError(f"{where}: chunk_frames is {d['chunk_frames']} but model.chunk_frames is {m.chunk_frames}")
+    if integrity is not None and config_sha256(d) != integrity.get("config"):
+        raise WorldsimError(
+            f"{where} was edited after export (its sha256 differs from integrity.config): the weights may not "
+            f"match it; export again, or change sampling with sampler overrides instead of the file"
+        )
+    if m.latent_channels is not None and m.latent_channels != c.latent_channels:
+        raise WorldsimError(
+            f"{where}: model.latent_channels is {m.latent_channels} but codec.latent_channels is {c.latent_channels}"
+        )
+    h, w = cfg.frame_size
+    if h % c.downsample or w % c.downsample:
+        raise WorldsimError(f"{where}: frame_size {cfg.frame_size} does not divide by codec.downsample {c.downsample}")
+    derived = (h // c.downsample, w // c.downsample)
+    if m.latent_size is not None and tuple(m.latent_size) != derived:
+        raise WorldsimError(
+            f"{where}: model.latent_size is {tuple(m.latent_size)} but frame_size {cfg.frame_size} with "
+            f"codec.downsample {c.downsample} gives {derived}"
+        )
+    if derived[0] % m.patch or derived[1] % m.patch:
+        raise WorldsimError(f"{where}: model.latent_size {derived} does not divide by model.patch {m.patch}")
+    if m.action_dim is not None and m.action_dim != cfg.action_encoder.get("dim"):
+        raise WorldsimError(
+            f"{where}: model.action_dim is {m.action_dim} but action_encoder.dim is {cfg.action_encoder.get('dim')}"
+        )
+    stats = cfg.conditioning
+    for name in ("latent_mean", "latent_std"):
+        v = getattr(stats, name, None)
+        if v and (len(v) != c.latent_channels or not all(math.isfinite(x) for x in v)):  # empty: 0 / 1
+            raise WorldsimError(
+                f"{where}: conditioning.{name} must be {c.latent_channels} finite numbers (codec.latent_channels)"
+            )
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple | list) else v
 
 
 def load_checkpoint(
@@ -180,9 +292,11 @@ def load_checkpoint(
     expect_frame_size: tuple[int, int] | None = None,
     device: str = "cpu",
 ) -> tuple[CheckpointConfig, WorldModel, Codec]:
-    """Load and validate; ``expect_*`` are what the caller will feed (encoder spec, frame size)."""
+    """Load and validate (the integrity checks of the module docstring); ``expect_*`` are what the
+    caller will feed (encoder spec, frame size)."""
     path = find_checkpoint(path)
-    cfg = read_checkpoint_config(path)
+    cfg, raw = _read_config(path)
+    check_integrity(cfg, raw, Path(path) / CONFIG_FILE)
     if expect_encoder is not None:
         diffs = [
             f"{k}: checkpoint {cfg.action_encoder.get(k)!r} vs given {expect_encoder.get(k)!r}"
@@ -194,8 +308,10 @@ def load_checkpoint(
     if expect_frame_size is not None and tuple(expect_frame_size) != cfg.frame_size:
         raise WorldsimError(f"checkpoint {path} is for frames {cfg.frame_size}, given {tuple(expect_frame_size)}")
     model, codec = WorldModel(cfg.model), Codec(cfg.codec)
+    hashes = raw.get(INTEGRITY_KEY, {})
     for name, module in (("model", model), ("codec", codec)):
-        _load_weights(module, Path(path) / f"{name}.safetensors", Path(path) / CONFIG_FILE, device)
+        file = f"{name}.safetensors"
+        _load_weights(module, Path(path) / file, Path(path) / CONFIG_FILE, device, hashes.get(file))
     return cfg, model.to(device).eval(), codec.to(device).eval()
 
 
@@ -205,16 +321,20 @@ def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 
 def save_codec(path: str | Path, codec: Codec, provenance: dict[str, Any]) -> None:
-    """A stand-alone codec folder: ``codec.safetensors`` + ``codec.json`` (config, provenance)."""
+    """A stand-alone codec folder: ``codec.safetensors`` + ``codec.json`` (config, provenance,
+    ``integrity``: the sha256 of the weights file and of the config)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    _save_weights(codec, out / "codec.safetensors")
-    meta = {"format_version": CHECKPOINT_VERSION, "codec": asdict(codec.cfg), "provenance": provenance}
+    data = _weights_bytes(codec)
+    (out / "codec.safetensors").write_bytes(data)
+    meta: dict[str, Any] = {"format_version": CHECKPOINT_VERSION, "codec": asdict(codec.cfg), "provenance": provenance}
+    meta[INTEGRITY_KEY] = {"config": config_sha256(meta), "codec.safetensors": sha256(data)}
     (out / "codec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_codec(path: str | Path, device: str = "cpu") -> Codec:
-    """Load a folder written by :func:`save_codec`, with clear errors for missing or damaged files."""
+    """Load a folder written by :func:`save_codec`, with clear errors for missing, damaged, changed
+    (sha256 against ``integrity``, when recorded) or non-finite files."""
     root = Path(path)
     meta_path, weights = root / "codec.json", root / "codec.safetensors"
     if not meta_path.is_file() or not weights.is_file():
@@ -224,5 +344,8 @@ def load_codec(path: str | Path, device: str = "cpu") -> Codec:
         codec = Codec(_build(CodecConfig, meta["codec"], str(meta_path)))
     except (json.JSONDecodeError, KeyError) as e:
         raise WorldsimError(f"{meta_path}: damaged ({e})") from e
-    _load_weights(codec, weights, meta_path, device)
+    integrity = meta.get(INTEGRITY_KEY)
+    if integrity is not None and config_sha256(meta) != integrity.get("config"):
+        raise WorldsimError(f"{meta_path} was edited after export (its sha256 differs from integrity.config)")
+    _load_weights(codec, weights, meta_path, device, (integrity or {}).get("codec.safetensors"))
     return codec.to(device).eval()
