@@ -173,7 +173,7 @@ def test_interrupted_recording_keeps_finished_episodes_and_resumes(tmp_path, mon
         record(cfg)
     data = RolloutDataset(out)
     assert [e.index for e in data.episodes] == [0]
-    assert not list((out / "episodes").glob("*.tmp"))
+    assert not list((out / "episodes").glob("*.tmp*"))
     monkeypatch.setattr(record_mod, "rollout", real)
     data = record(cfg)
     assert [e.index for e in data.episodes] == [0, 1, 2]

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
+from worldsim.core.atomic import write_text
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
 from worldsim.data.policies import make_policy
@@ -193,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         }
     for title, rows in result.items():
         _print_table(title, rows)  # type: ignore[arg-type]
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    try:
+        write_text(args.out, json.dumps(result, indent=2))
+    except OSError as e:
+        raise WorldsimError(f"cannot write out={args.out}: {e.strerror}") from e
     print(f"wrote {args.out}")
 
 

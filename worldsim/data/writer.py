@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
+from worldsim.core.atomic import write_bytes
 from worldsim.core.errors import WorldsimError
 from worldsim.core.validate import check_c2w, check_frames, check_keys, check_mouse
 from worldsim.data.format import (
@@ -20,15 +21,6 @@ from worldsim.data.format import (
     episode_filename,
     read_meta,
 )
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class RolloutWriter:
@@ -56,7 +48,7 @@ class RolloutWriter:
                     f"({_diff(old, meta)}); choose another out= or the same settings"
                 )
         else:
-            _atomic_write_bytes(meta_path, meta.to_json().encode())
+            write_bytes(meta_path, meta.to_json().encode())
         self.episodes: list[EpisodeInfo] = []
         index_path = self.root / INDEX_FILE
         if index_path.exists():
@@ -66,8 +58,9 @@ class RolloutWriter:
                     if (self.root / info.file).is_file():
                         self.episodes.append(info)
         # Leftover temp files are episodes that an interruption cut short.
-        for tmp in (self.root / "episodes").glob("*.tmp"):
-            tmp.unlink()
+        for pattern in ("*.tmp", ".*.tmp-*"):
+            for tmp in (self.root / "episodes").glob(pattern):
+                tmp.unlink()
 
     @property
     def finished(self) -> set[int]:
@@ -82,14 +75,12 @@ class RolloutWriter:
         self._validate(arrays)
         rel = episode_filename(index)
         path = self.root / rel
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        os.replace(tmp, path)
+        write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
         info = EpisodeInfo(index=index, file=rel, num_frames=int(arrays["frames"].shape[0]), seed=seed, policy=policy)
         self.episodes = [e for e in self.episodes if e.index != index] + [info]
         self.episodes.sort(key=lambda e: e.index)
         lines = "".join(json.dumps(e.__dict__, sort_keys=True) + "\n" for e in self.episodes)
-        _atomic_write_bytes(self.root / INDEX_FILE, lines.encode())
+        write_bytes(self.root / INDEX_FILE, lines.encode())
         return info
 
     def _validate(self, arrays: dict[str, np.ndarray]) -> None:

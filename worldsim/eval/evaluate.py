@@ -39,6 +39,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from worldsim.core.atomic import write_text
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
@@ -397,7 +398,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if windows:
         metrics["night_from_day"] = night_from_day(engine, windows)
     # Step 4: files.
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     bf = metrics["by_frame"]
     _plot(
         out, "psnr_vs_horizon.png", "PSNR (dB)", {"model": bf["psnr_db"], "repeat last frame": bf["copy_last_psnr_db"]}

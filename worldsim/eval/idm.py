@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
+from worldsim.core.atomic import staged_dir, write_bytes, write_text
 from worldsim.core.errors import WorldsimError
 from worldsim.core.optim import OptimConfig, lr_at
 from worldsim.data.frames import open_datasets
@@ -143,10 +144,9 @@ def idm_accuracy(
 
 def save_idm(path: str | Path, model: InverseDynamics, key_names: list[str], provenance: dict[str, object]) -> None:
     """``idm.safetensors`` + ``idm.json`` (key names, provenance) in folder ``path``."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "idm.safetensors"))
-    (out / "idm.json").write_text(json.dumps({"key_names": key_names, "provenance": provenance}, indent=2))
+    with staged_dir(path, keep=True) as out:  # swapped in as a whole
+        write_bytes(out / "idm.safetensors", save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        write_text(out / "idm.json", json.dumps({"key_names": key_names, "provenance": provenance}, indent=2))
 
 
 def load_idm(path: str | Path, key_names: list[str]) -> InverseDynamics:

@@ -39,6 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from worldsim.core.atomic import staged_dir, write_bytes, write_text
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig
@@ -146,19 +147,20 @@ def _load_weights(module: torch.nn.Module, file: Path, config_file: Path, device
 
 def save_checkpoint(path: str | Path, cfg: CheckpointConfig, model: WorldModel, codec: Codec) -> None:
     """Write ``model.safetensors``, ``codec.safetensors`` (weights on CPU) and ``config.json`` into
-    ``path``, creating it; existing files are overwritten. ``config.json`` records the sha256 of
+    ``path``, creating it; the folder is replaced as a whole (other files in it are kept), so an
+    interrupted export leaves the previous checkpoint. ``config.json`` records the sha256 of
     both weights files and of itself (``integrity``) for :func:`load_checkpoint` to check.
     """
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     integrity: dict[str, str] = {}
-    for name, module in (("model", model), ("codec", codec)):
-        data = _weights_bytes(module)
-        (out / f"{name}.safetensors").write_bytes(data)
-        integrity[f"{name}.safetensors"] = sha256(data)
-    d = json.loads(cfg.to_json())
-    d[INTEGRITY_KEY] = {"config": config_sha256(d), **integrity}
-    (out / CONFIG_FILE).write_text(json.dumps(d, indent=2, sort_keys=True))
+    # The folder is swapped in as a whole: an interrupted export leaves the previous one intact.
+    with staged_dir(path, keep=True) as out:
+        for name, module in (("model", model), ("codec", codec)):
+            data = _weights_bytes(module)
+            write_bytes(out / f"{name}.safetensors", data)
+            integrity[f"{name}.safetensors"] = sha256(data)
+        d = json.loads(cfg.to_json())
+        d[INTEGRITY_KEY] = {"config": config_sha256(d), **integrity}
+        write_text(out / CONFIG_FILE, json.dumps(d, indent=2, sort_keys=True))
 
 
 # The repository around an editable install (assets/ holds the shipped checkpoints); an installed
@@ -323,13 +325,12 @@ def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 def save_codec(path: str | Path, codec: Codec, provenance: dict[str, Any]) -> None:
     """A stand-alone codec folder: ``codec.safetensors`` + ``codec.json`` (config, provenance,
     ``integrity``: the sha256 of the weights file and of the config)."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     data = _weights_bytes(codec)
-    (out / "codec.safetensors").write_bytes(data)
     meta: dict[str, Any] = {"format_version": CHECKPOINT_VERSION, "codec": asdict(codec.cfg), "provenance": provenance}
     meta[INTEGRITY_KEY] = {"config": config_sha256(meta), "codec.safetensors": sha256(data)}
-    (out / "codec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    with staged_dir(path, keep=True) as out:  # swapped in as a whole
+        write_bytes(out / "codec.safetensors", data)
+        write_text(out / "codec.json", json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_codec(path: str | Path, device: str = "cpu") -> Codec:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -27,9 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from worldsim.core.actions import make_action_encoder
+from worldsim.core.atomic import staged_dir, write_bytes, write_text
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.core.precision import resolve_bf16
@@ -224,12 +224,10 @@ class Engine:
     # -- session save / restore --------------------------------------------------------------
     def save_session(self, path: str | Path) -> None:
         """Context, KV cache (``cached`` policy), pose, RNG and step count, as
-        ``session.safetensors`` + ``session.json`` in folder ``path`` (each written atomically)."""
+        ``session.safetensors`` + ``session.json`` in folder ``path`` (the folder swapped in as a whole)."""
         h, ref = self.rollout.history, self.rollout.reference
         if self.state is None or h is None or ref is None:
             raise WorldsimError("nothing to save: call reset() first")
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {
             "latents": h.latents,
             "actions": h.actions,
@@ -241,9 +239,6 @@ class Engine:
         cache = self.rollout.cache
         if cache is not None:
             tensors.update({f"cache.{k}": v for k, v in cache.state_dict().items()})
-        tmp = out / "session.safetensors.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, out / "session.safetensors")
         meta: dict[str, Any] = {
             "version": SESSION_VERSION,
             "checkpoint": self.fingerprint,
@@ -254,9 +249,11 @@ class Engine:
             "yaw_rad": self.state.yaw_rad,
             "pitch_rad": self.state.pitch_rad,
         }
-        tmp_json = out / "session.json.tmp"
-        tmp_json.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp_json, out / "session.json")
+        with staged_dir(path, keep=True) as out:  # the folder is swapped in as a whole
+            write_bytes(
+                out / "session.safetensors", save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+            )
+            write_text(out / "session.json", json.dumps(meta, indent=2))
 
     def load_session(self, path: str | Path) -> None:
         """Restore a session written by :meth:`save_session` with this checkpoint and policy."""

@@ -11,14 +11,13 @@ Written to ``<dir>.tmp`` then renamed, so an interruption never leaves a half ch
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from worldsim.core.atomic import staged_dir, write_bytes, write_text
 from worldsim.core.errors import WorldsimError
 
 
@@ -51,24 +50,17 @@ def save_train_state(
     config: dict[str, Any],
 ) -> None:
     """Write a resumable snapshot to folder ``path``: weights, EMA, optimizer, CPU RNG and
-    ``state.json`` (``step``, ``config``). Atomic: written to ``<path>.tmp``, then swapped in.
+    ``state.json`` (``step``, ``config``). Atomic: written to a temp folder, then swapped in as a whole
+    (:func:`worldsim.core.atomic.staged_dir`; on Linux the old ``path`` never disappears).
     """
-    final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, m in (("weights", module), ("ema", ema)):
-        tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        save_file(tensors, str(tmp / f"{name}.safetensors"))
-    tensors, meta = _flatten_optimizer(opt)
-    save_file(tensors, str(tmp / "optim.safetensors"))
-    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "config": config}, indent=2))
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged_dir(path) as tmp:
+        for name, m in (("weights", module), ("ema", ema)):
+            tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+            write_bytes(tmp / f"{name}.safetensors", save(tensors))
+        tensors, meta = _flatten_optimizer(opt)
+        write_bytes(tmp / "optim.safetensors", save(tensors))
+        write_bytes(tmp / "rng.safetensors", save({"cpu": torch.get_rng_state()}))
+        write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, "config": config}, indent=2))
 
 
 def load_train_state(

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from worldsim.core.actions.encoder import ActionEncoder
+from worldsim.core.atomic import write_bytes
 from worldsim.core.errors import WorldsimError
 from worldsim.data.format import INDEX_FILE
 from worldsim.data.frames import open_datasets
@@ -121,9 +122,7 @@ class EncodedSplit:
             arrays = {"intrinsics": out.intrinsics}
             for e in range(len(out.sources)):
                 arrays.update({f"latents.{e}": out.latents[e], f"actions.{e}": out.actions[e], f"c2w.{e}": out.c2w[e]})
-            tmp = cache.with_suffix(".tmp")
-            save_file(arrays, str(tmp))
-            tmp.replace(cache)
+            write_bytes(cache, save(arrays))
         return out
 
     def latent_stats(self) -> tuple[list[float], list[float]]:
