@@ -21,12 +21,11 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.data.format import RolloutMeta, parse_frame_size
@@ -161,7 +160,7 @@ def write_previews(data: RolloutDataset, max_rows: int = 8) -> None:
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="record")
 @clean_errors
 def _main(cfg: Any) -> None:
-    rc: RecordConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    rc = to_schema(cfg, RecordConfig)
     try:
         data = record(rc)
     except KeyboardInterrupt:

@@ -22,6 +22,8 @@ def _run(module, *args, cwd=None):
         (["frame_size=[64,-1]"], "frame_size must be a positive integer"),
         (["frame_size=0"], "frame_size must be a positive integer"),
         (["policy=replay", "replay_from=/nonexistent/ds"], "dataset folder /nonexistent/ds does not exist"),
+        (["+polcy=look_around"], "unknown config key 'polcy' (did you mean 'policy'?) for RecordConfig"),
+        (["+world.fov=90"], "unknown config key 'world.fov' for RecordConfig"),
     ],
 )
 def test_record_bad_input_is_one_clear_line(tmp_path, args, message):

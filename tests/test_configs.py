@@ -12,8 +12,9 @@ import worldsim.cli.train  # noqa: F401  (registers the train schema)
 import worldsim.eval.evaluate  # noqa: F401  (registers the eval schema)
 from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.controller import CameraControllerConfig
+from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
@@ -37,7 +38,7 @@ def test_every_primary_config_composes_into_its_dataclass(name):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=name)
     obj = OmegaConf.to_object(cfg)
-    assert obj is not None
+    assert obj is not None and to_schema(cfg, type(obj)) == obj  # no key the schema does not know
 
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -86,7 +87,7 @@ def test_every_training_stage_preset_composes_and_names_a_known_stage(stage):
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="train", overrides=[f"stage={stage}", "steps=7"])
-    obj = OmegaConf.to_object(cfg)
+    obj = to_schema(cfg, TrainConfig)
     assert isinstance(obj, TrainConfig) and obj.stage == stage and obj.stage in STAGES
     assert obj.steps == 7  # the command line wins over the preset
 
@@ -97,6 +98,18 @@ def test_a_typo_in_a_config_key_is_rejected():
             compose(config_name="record", overrides=["num_episode=3"])
         cfg = compose(config_name="record", overrides=["world.controller.fps=30", "frame_size=96"])
     assert cfg.world.controller.fps == 30
+
+
+def test_a_key_added_with_plus_is_refused_not_dropped():
+    """hydra's ``+key=`` bypasses the structured schema; ``to_schema`` (every command uses it) does not."""
+    from envs.record import RecordConfig
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="record", overrides=["+polcy=look_around", "+world.controller.speed=3"])
+    with pytest.raises(
+        WorldsimError, match=r"unknown config keys 'polcy' \(did you mean 'policy'\?\), 'world.controller.speed'"
+    ):
+        to_schema(cfg, RecordConfig)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu"])

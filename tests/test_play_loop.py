@@ -229,3 +229,18 @@ def test_the_generation_process_reports_a_bad_checkpoint_and_its_own_death(tmp_p
             source.poll(None)
     finally:
         source.close()
+
+
+def test_a_screenshot_into_an_unwritable_folder_is_a_message_not_the_end(tmp_path, capsys):
+    """F12 with a screenshot folder that cannot be made: the session goes on to its quit."""
+    (tmp_path / "file").write_text("not a folder")
+
+    class ShotWindow(FakeWindow):
+        def poll(self):
+            keys, mouse, commands = super().poll()
+            return keys, mouse, commands | ({"screenshot"} if self.n == 3 else set())
+
+    window = ShotWindow(12, fps=60.0)
+    stats = play(SlowSource(0.01), PlayLoopConfig(screenshot_dir=str(tmp_path / "file" / "shots")), window)
+    assert window.n == 12 and stats.ticks >= 12
+    assert "screenshot not saved: cannot write" in capsys.readouterr().out

@@ -216,3 +216,34 @@ def test_rollout_cli_with_zero_frames_is_one_line(tiny, tmp_path):
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == "error: frames must be at least 1 (generated frames, rounded up to whole chunks); got 0"
+
+
+def test_an_interrupted_rollout_keeps_the_chunks_it_finished(tiny, tmp_path):
+    from worldsim.cli.rollout import RolloutInterrupted
+
+    eng = load_engine(tiny)
+    real, calls = eng.step, []
+
+    def step(keys, mouse):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third of four chunks
+        return real(keys, mouse)
+
+    eng.step = step
+    cfg = RolloutConfig(checkpoint=str(tiny), frames=8, policy="look_around", out=str(tmp_path / "r"))
+    with pytest.raises(RolloutInterrupted, match=r"interrupted: 2 of 4 chunks kept in"):
+        run_rollout(cfg, eng)
+    ds = RolloutDataset(tmp_path / "r")
+    ds.verify()
+    ep = ds.load(0)
+    assert len(ep["frames"]) == 4 + 2 * 2 and len(ep["keys"]) == len(ep["frames"])
+    assert (tmp_path / "r" / "rollout.mp4").stat().st_size > 0
+
+
+def test_headless_play_refuses_record_in_one_line(tiny, tmp_path):
+    cmd = [sys.executable, "play.py", f"checkpoint={tiny}", "headless=true", f"record={tmp_path / 'rec'}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().startswith(f"error: record={tmp_path / 'rec'} records a window's session; headless")
+    assert not (tmp_path / "rec").exists()

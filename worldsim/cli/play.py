@@ -19,11 +19,10 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from envs import make_env
 from envs.builtin import BuiltinWorldConfig
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
@@ -99,6 +98,11 @@ def _headless(pc: PlayConfig) -> None:
 
     if not pc.checkpoint:
         raise WorldsimError("headless play runs the model; for the ground-truth world use worldsim-record")
+    if pc.record:  # refused rather than ignored: it would write nothing there
+        raise WorldsimError(
+            f"record={pc.record} records a window's session; headless play writes its rollout dataset to out= "
+            f"(now {pc.out})"
+        )
     rc = RolloutConfig(
         checkpoint=pc.checkpoint,
         seed=pc.seed,
@@ -117,7 +121,7 @@ def _headless(pc: PlayConfig) -> None:
 @clean_errors
 def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
-    pc: PlayConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    pc = to_schema(cfg, PlayConfig)
     if pc.checkpoint:
         print(describe_bf16(pc.bf16))
     if pc.headless:

@@ -19,11 +19,10 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from envs.starts import world_start
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
 from worldsim.data.format import RolloutMeta
@@ -55,6 +54,14 @@ class RolloutConfig:
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
 
 
+class RolloutInterrupted(KeyboardInterrupt):
+    """Ctrl-C during generation, after ``done`` of ``total`` chunks were written to ``out``."""
+
+    def __init__(self, done: int, total: int, out: str):
+        super().__init__(f"interrupted: {done} of {total} chunks kept in {out}")
+        self.done, self.total, self.out = done, total, out
+
+
 def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray, np.ndarray]:
     if cfg.actions_file:
         path = Path(cfg.actions_file)
@@ -78,7 +85,10 @@ def _actions(cfg: RolloutConfig, engine: Engine, count: int) -> tuple[np.ndarray
 
 
 def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, Any]:
-    """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``)."""
+    """Generate and write the rollout; returns its arrays (and ``truth`` when ``compare``).
+
+    Ctrl-C after the first chunk writes the finished chunks as a shorter rollout (no ``compare``)
+    and raises :class:`RolloutInterrupted`."""
     if cfg.frames < 1:
         raise WorldsimError(
             f"frames must be at least 1 (generated frames, rounded up to whole chunks); got {cfg.frames}"
@@ -98,12 +108,21 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     engine.reset(*start.arrays())
     context, ctx_keys, ctx_mouse = start.frames, start.keys, start.mouse
     poses = list(start.c2w)
-    # Step 2: generate chunk by chunk.
+    # Step 2: generate chunk by chunk. Ctrl-C keeps the chunks already finished: they are
+    # written as a shorter rollout below, then the interrupt goes on to the caller.
     frames = []
-    for s in tqdm(range(0, horizon, k), desc="rollout", unit="chunk"):
-        chunk = engine.step(keys[s : s + k], mouse[s : s + k])
-        frames.append(chunk.frames)
-        poses += list(chunk.c2w)
+    interrupted = False
+    try:
+        for s in tqdm(range(0, horizon, k), desc="rollout", unit="chunk"):
+            chunk = engine.step(keys[s : s + k], mouse[s : s + k])
+            frames.append(chunk.frames)
+            poses += list(chunk.c2w)
+    except KeyboardInterrupt:
+        if not frames:
+            raise
+        interrupted = True
+        horizon = len(frames) * k
+        keys, mouse = keys[:horizon], mouse[:horizon]
     gen = np.concatenate(frames)
     # Rollout order: row t takes frame t to t+1; the context's last row is the first generated input.
     all_keys = np.concatenate([ctx_keys[:-1], keys, np.zeros((1, keys.shape[1]), np.uint8)])
@@ -127,6 +146,9 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     )
     RolloutWriter(out, meta).write_episode(0, arrays, seed=world_seed, policy=cfg.policy)
     result: dict[str, Any] = {"arrays": arrays}
+    if interrupted:
+        write_mp4(out / "rollout.mp4", gen, fps=engine.fps)
+        raise RolloutInterrupted(len(frames), -(-cfg.frames // k), str(out))
     video = gen
     # Step 3: the same inputs through the environment, from the same start.
     if cfg.compare:
@@ -163,10 +185,13 @@ ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="rollout")
 @clean_errors
 def _main(cfg: Any) -> None:
-    rc: RolloutConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    rc = to_schema(cfg, RolloutConfig)
     try:
         r = run_rollout(rc)
-    except KeyboardInterrupt:
+    except RolloutInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before the first chunk: nothing to keep
         sys.exit(130)
     msg = f"rollout: {len(r['arrays']['frames'])} frames -> {rc.out} (rollout.mp4)"
     if "psnr_db" in r:

@@ -15,9 +15,8 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import clean_errors, unknown_name
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import TrainConfig
@@ -32,7 +31,7 @@ STAGES: dict[str, Callable[[TrainConfig], dict[str, float]]] = {"codec": train_c
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")
 @clean_errors
 def _main(cfg: Any) -> None:
-    tc: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    tc = to_schema(cfg, TrainConfig)
     if tc.stage not in STAGES:
         raise unknown_name("training stage", tc.stage, STAGES)
     try:

@@ -36,11 +36,10 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.core.atomic import write_text
-from worldsim.core.config import CONFIG_DIR
+from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
@@ -476,7 +475,7 @@ ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="eval")
 @clean_errors
 def _main(cfg: Any) -> None:
-    ec: EvalConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    ec = to_schema(cfg, EvalConfig)
     try:
         m = evaluate(ec)
     except KeyboardInterrupt:

@@ -264,10 +264,13 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                     print(f"recorded episode {recorder.flush()} -> {record}")
                     recorder.start(last_frame, last_c2w)
             if "screenshot" in commands:
-                Path(cfg.screenshot_dir).mkdir(parents=True, exist_ok=True)
                 path = Path(cfg.screenshot_dir) / f"shot_{time.strftime('%Y%m%d_%H%M%S')}_{stats.displayed:06d}.png"
-                write_png(path, window.screenshot())
-                print(f"screenshot: {path}")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_png(path, window.screenshot())
+                    print(f"screenshot: {path}")
+                except OSError as e:  # a message, not the end of the session
+                    print(f"screenshot not saved: cannot write {path} ({e.strerror or e})")
             if "record" in commands and recorder is None:
                 print("recording is off: start play with record=<dataset folder> to enable F9")
             elif "record" in commands and recorder is not None:
