@@ -146,6 +146,19 @@ def tiny_session_ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny_session", camera_reference="session")
 
 
+def _session_state(eng):
+    """Everything a session carries, as tensors: history, reference, KV cache, RNG, pose, steps."""
+    h = eng.rollout.history
+    out = {"latents": h.latents, "actions": h.actions, "c2w": h.c2w, "frame_idx": h.frame_idx}
+    out["reference"] = eng.rollout.reference
+    out["rng"] = eng.rng.get_state()
+    out["pose"] = torch.from_numpy(eng.c2w)
+    out["steps"] = torch.tensor(eng.steps)
+    if eng.rollout.cache is not None:
+        out.update({f"cache.{k}": v for k, v in eng.rollout.cache.state_dict().items()})
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+
 @pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt"])
 def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     ckpt = request.getfixturevalue(which)
@@ -153,11 +166,18 @@ def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     assert eng.context_policy == ("cached" if which == "tiny_session_ckpt" else "rebuild")
     _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
+    before = _session_state(eng)
     eng.save_session(tmp_path / "s")
     a = [eng.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]
     pose_a = eng.c2w
     other = load_engine(ckpt, seed=99)
     other.load_session(tmp_path / "s")
+    # The restored state itself, tensor by tensor: a uint8 frame can hide a small change (a restore
+    # that zeroed the context's actions moved 1 value in 73,000 of the frames).
+    after = _session_state(other)
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), f"{name} differs after restore"
     b = [other.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     np.testing.assert_array_equal(pose_a, other.c2w)
@@ -207,6 +227,9 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
         other.load_session(tmp_path / "s")
     with pytest.raises(WorldsimError, match="not a saved session"):
         other.load_session(tmp_path / "nope")
+    fewer = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=1))
+    with pytest.raises(WorldsimError, match=r"saved with another sampler .*'num_steps': \(2, 1\)"):
+        fewer.load_session(tmp_path / "s")
     alien = load_engine(make_tiny_checkpoint(tmp_path / "alien", keys=["w", "a", "s", "d", "space", "left shift", "e"]))
     with pytest.raises(WorldsimError, match="world 'builtin' has keys"):
         _world_reset(alien, 0)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from worldsim.core.camera import intrinsics_from_fov, make_c2w
-from worldsim.model.plucker import normalise_translation, plucker_rays, relative_poses, scale_intrinsics
+from worldsim.model.plucker import clip_rays, normalise_translation, plucker_rays, relative_poses, scale_intrinsics
 
 
 def _poses(n=3, seed=0):
@@ -66,3 +66,41 @@ def test_translation_normalisation_bounds_moments_but_keeps_small_motion_small()
     still[1, 0, 3] = 0.01
     assert normalise_translation(still, 1.0)[1, 0, 3] == 0.01  # not blown up to 1
     assert scale_intrinsics(torch.eye(3), 0.25)[0, 0] == 0.25
+
+
+def _reference_clip_rays(c2w, ref, k, frame_size, latent_size, scale_m):
+    """The rays clip_rays must give, one latent pixel at a time: the latent pixel (i, j) sees what
+    the frame pixel at the same place in the image sees (centre ((j + 0.5) W / w, (i + 0.5) H / h))."""
+    (fh, fw), (h, w) = frame_size, latent_size
+    rel = np.linalg.inv(ref)[None] @ c2w
+    norm = max(scale_m, max(np.linalg.norm(p[:3, 3]) for p in rel))
+    out = np.zeros((len(c2w), 6, h, w))
+    for t, p in enumerate(rel):
+        o = p[:3, 3] / norm
+        for i in range(h):
+            for j in range(w):
+                u, v = (j + 0.5) * fw / w, (i + 0.5) * fh / h
+                d = np.array([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], 1.0])
+                d = p[:3, :3] @ (d / np.linalg.norm(d))
+                out[t, :, i, j] = np.concatenate([np.cross(o, d), d])
+    return out
+
+
+def test_clip_rays_equals_a_per_latent_pixel_reference():
+    """Off-centre principal point, fx != fy, a reference pose and a translation beyond the scale:
+    rescaling the intrinsics to the latent grid must scale fx, fy, cx and cy alike."""
+    frame_size, latent_size = (48, 64), (12, 16)
+    k = np.array([[50.0, 0.0, 30.0], [0.0, 44.0, 21.0], [0.0, 0.0, 1.0]])
+    c2w = np.stack([make_c2w(np.array([x, 2.0 * x, 0.5]), 0.3 * x, -0.1 * x) for x in (0.0, 4.0, 11.0)])
+    ref = make_c2w(np.array([1.0, -2.0, 0.0]), 0.7, 0.2).astype(np.float64)
+    got = clip_rays(
+        torch.from_numpy(c2w)[None],
+        torch.from_numpy(ref)[None],
+        torch.from_numpy(k)[None],
+        frame_size,
+        latent_size,
+        8.0,
+    )[0]
+    want = _reference_clip_rays(c2w.astype(np.float64), ref, k, frame_size, latent_size, 8.0)
+    assert got.shape == (3, 6, *latent_size) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-5)

@@ -256,7 +256,8 @@ class Engine:
             write_text(out / "session.json", json.dumps(meta, indent=2))
 
     def load_session(self, path: str | Path) -> None:
-        """Restore a session written by :meth:`save_session` with this checkpoint and policy."""
+        """Restore a session written by :meth:`save_session` with this checkpoint, context policy
+        and sampler (each refused in one line when it differs)."""
         root = Path(path)
         if not (root / "session.json").is_file() or not (root / "session.safetensors").is_file():
             raise WorldsimError(f"{root} is not a saved session (needs session.json and session.safetensors)")
@@ -269,6 +270,17 @@ class Engine:
             raise WorldsimError(
                 f"{root} was saved with context policy {meta['context_policy']!r}, "
                 f"this engine runs {self.context_policy!r}"
+            )
+        sampler = json.loads(json.dumps(asdict(self.sampler_cfg)))  # as the JSON holds it (lists)
+        if meta.get("sampler") != sampler:
+            diff = {
+                k: (meta.get("sampler", {}).get(k), v)
+                for k, v in sampler.items()
+                if meta.get("sampler", {}).get(k) != v
+            }
+            raise WorldsimError(
+                f"{root} was saved with another sampler (saved vs this engine: {diff}); "
+                f"load it with the sampler it was saved with"
             )
         t = load_file(str(root / "session.safetensors"), device=str(self.device))
         hist = History(t["latents"], t["actions"], t["c2w"], t["frame_idx"])
