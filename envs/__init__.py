@@ -18,11 +18,17 @@ def _builtin(seed: int, frame_size: tuple[int, int], **kwargs: Any) -> Env:
     return BuiltinWorld(seed=seed, frame_size=frame_size, **kwargs)
 
 
-ENV_REGISTRY: dict[str, Callable[..., Env]] = {"builtin": _builtin}
+def _doom(seed: int, frame_size: tuple[int, int], **kwargs: Any) -> Env:
+    from envs.doom import DoomWorld  # imports vizdoom (the optional [doom] extra) only when made
+
+    return DoomWorld(seed=seed, frame_size=frame_size, **kwargs)
+
+
+ENV_REGISTRY: dict[str, Callable[..., Env]] = {"builtin": _builtin, "doom": _doom}
 
 
 def available_envs() -> list[str]:
-    """Sorted names accepted by :func:`make_env` (today ``builtin``)."""
+    """Sorted names accepted by :func:`make_env` (``builtin``, ``doom``)."""
     return sorted(ENV_REGISTRY)
 
 

@@ -17,7 +17,7 @@ def _run(module, *args, cwd=None):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["env=doom"], "unknown env 'doom'; valid: builtin"),
+        (["env=quake"], "unknown env 'quake'; valid: builtin, doom"),
         (["policy=wander"], "unknown policy 'wander'; valid: explore"),
         (["frame_size=[64,-1]"], "frame_size must be a positive integer"),
         (["frame_size=0"], "frame_size must be a positive integer"),
