@@ -19,6 +19,11 @@ area-resized; ``depth`` is NaN (ViZDoom's depth buffer is 8-bit, not metric).
 from __future__ import annotations
 
 import math
+import os
+import re
+import shutil
+import struct
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,7 @@ from envs.builtin import KEY_NAMES
 from envs.env import Env, Observation
 from worldsim.core.camera import c2w_from_doom, intrinsics_from_fov
 from worldsim.core.controller import CameraState
-from worldsim.core.errors import WorldsimError
+from worldsim.core.errors import WorldsimError, unknown_name
 
 INSTALL_HINT = "DOOM needs ViZDoom: pip install 'worldsim[doom]' (vizdoom==1.3.2; see docs/environments.md)"
 TICS_PER_S = 35.0
@@ -40,7 +45,7 @@ class DoomConfig:
     """Which level, how time and the mouse map to DOOM, and the map-unit scale."""
 
     wad: str = "freedoom2.wad"  # shipped with vizdoom; or a path to another IWAD
-    map: str | None = None  # None: world seed s plays MAP{s % 32 + 1:02d}
+    map: str | None = None  # None: world seed s plays the wad's map s % (number of maps), in name order
     tics_per_step: int = 2
     mouse_deg_per_px: float = 0.25  # as the built-in world's controller
     look_pitch: bool = False
@@ -72,16 +77,28 @@ class DoomWorld(Env):
         self.seed = int(seed)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.fps = TICS_PER_S / cfg.tics_per_step
-        self.map = cfg.map or f"MAP{self.seed % 32 + 1:02d}"
         self._crop = _crop_box(self.frame_size)
         h, w = self.frame_size
         crop_h = self._crop[3] - self._crop[1]
         focal_render_px = (RENDER_SIZE[1] / 2) / math.tan(math.radians(90.0) / 2)
         self.intrinsics = intrinsics_from_fov(math.degrees(2 * math.atan(crop_h / 2 / focal_render_px)), h, w)
         self.game = game = vzd.DoomGame()
-        wad = cfg.wad if "/" in cfg.wad else f"{vzd.__path__[0]}/{cfg.wad}"
+        shipped = os.path.join(vzd.__path__[0], cfg.wad)
+        wad = shipped if os.path.exists(shipped) else os.path.abspath(cfg.wad)
+        if not os.path.exists(wad):
+            raise WorldsimError(
+                f"no DOOM wad {cfg.wad!r}: give a path or one shipped with vizdoom (freedoom1.wad, freedoom2.wad)"
+            )
+        maps = wad_maps(wad)
+        self.map = cfg.map or maps[self.seed % len(maps)]
+        if self.map not in maps:  # ViZDoom would hang on a map the wad lacks
+            raise unknown_name(f"map of {os.path.basename(wad)}", self.map, maps)
         game.set_doom_game_path(wad)
         game.set_doom_map(self.map)
+        # The game process writes _vizdoom.ini and a _vizdoom/ folder into its working directory:
+        # give it a temporary one (removed by close()).
+        self._tmp = tempfile.mkdtemp(prefix="worldsim-vizdoom-")
+        game.set_doom_config_path(f"{self._tmp}/_vizdoom.ini")
         game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
         game.set_screen_format(vzd.ScreenFormat.RGB24)
         game.set_window_visible(False)
@@ -105,10 +122,15 @@ class DoomWorld(Env):
             [v.CAMERA_POSITION_X, v.CAMERA_POSITION_Y, v.CAMERA_POSITION_Z, v.CAMERA_ANGLE, v.CAMERA_PITCH]
         )
         game.set_seed(self.seed)
+        cwd = os.getcwd()
         try:
+            os.chdir(self._tmp)
             game.init()
         except Exception as e:  # vizdoom raises its own types for a missing wad or map
+            shutil.rmtree(self._tmp, ignore_errors=True)
             raise WorldsimError(f"ViZDoom could not start {wad} {self.map}: {e}") from e
+        finally:
+            os.chdir(cwd)
         self.step_count = 0
         self._frame = np.zeros((h, w, 3), np.uint8)
         self._c2w = np.eye(4, dtype=np.float32)
@@ -161,8 +183,26 @@ class DoomWorld(Env):
         )
 
     def close(self) -> None:
-        """Stop the game."""
+        """Stop the game and remove its settings file."""
         self.game.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def wad_maps(path: str) -> list[str]:
+    """Sorted map names (``MAPxx``, ``ExMy``) in a WAD's lump directory. Raises ``WorldsimError``
+    for a file that is not a WAD or holds no map."""
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] not in (b"IWAD", b"PWAD"):
+            raise WorldsimError(f"{path} is not a DOOM wad")
+        num_lumps, dir_offset = struct.unpack("<ii", header[4:])
+        f.seek(dir_offset)
+        directory = f.read(16 * num_lumps)
+    names = {directory[i + 8 : i + 16].rstrip(b"\0").decode("ascii", "replace") for i in range(0, len(directory), 16)}
+    maps = sorted(n for n in names if re.fullmatch(r"MAP\d\d|E\dM\d", n))
+    if not maps:
+        raise WorldsimError(f"{path} holds no DOOM map")
+    return maps
 
 
 def _crop_box(frame_size: tuple[int, int]) -> tuple[int, int, int, int]:

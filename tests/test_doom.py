@@ -134,3 +134,14 @@ def test_doom_use_key_opens_a_door_without_moving_the_camera():
         idle, used = run(_keys()), run(_keys("l"))
     assert np.array_equal(idle.c2w, used.c2w)  # the effect is not in the pose
     assert np.abs(used.frame.astype(int) - idle.frame).mean() > 20  # ... but in the picture
+
+
+def test_doom_unknown_map_or_wad_fails_in_one_line_before_starting_the_game():
+    cfg = _doom_cfg()
+    from envs.doom import DoomConfig
+
+    with pytest.raises(WorldsimError, match=r"unknown map of freedoom2.wad 'MAP99'; valid: MAP01, MAP02"):
+        make_env("doom", cfg=DoomConfig(map="MAP99"))  # ViZDoom itself would hang
+    with pytest.raises(WorldsimError, match="no DOOM wad 'nope.wad'"):
+        make_env("doom", cfg=DoomConfig(wad="nope.wad"))
+    assert cfg.map == "MAP01"
