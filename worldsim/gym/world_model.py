@@ -85,9 +85,13 @@ class WorldModelEnv(gymnasium.Env):
         eng, opts = self.engine, {**self._defaults, **options}
         if opts["dataset"] is not None:
             return episode_start(
-                opts["dataset"], int(opts["episode"]), eng.context_frames, eng.key_names, eng.frame_size,
+                opts["dataset"],
+                int(opts["episode"]),
+                eng.context_frames,
+                eng.key_names,
+                eng.frame_size,
                 start=int(opts["start_frame"]),
-            )  # fmt: skip
+            )
         world_seed = options.get("world_seed", opts["world_seed"] if seed is None else seed)
         return world_start(int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env)
 
