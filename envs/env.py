@@ -40,6 +40,7 @@ class Env(ABC):
     frame_size: tuple[int, int]
     intrinsics: np.ndarray
     state: CameraState
+    has_depth: bool = True  # False: ``depth`` is NaN (the recorder then stores none)
 
     @abstractmethod
     def reset(self, state: CameraState | None = None, night: bool = False) -> Observation:

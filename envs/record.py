@@ -2,6 +2,7 @@
 
     worldsim-record env=builtin policy=explore num_episodes=8 episode_len=64 \
         frame_size=[64,64] seed=0 out=runs/dataset
+    worldsim-record env=doom doom.map=MAP01 ...     # needs the [doom] extra (docs/environments.md)
 
 Episode ``i`` is world ``seed + i`` driven by the policy with RNG seed ``(seed, i)``; rerunning
 the same command resumes an interrupted dataset by skipping finished episodes.
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
+from envs.doom import DoomConfig
 from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
@@ -54,6 +56,11 @@ class RecordConfig:
     avoid_obstacles: bool = False  # redraw actions whose camera path enters an object or the ground
     max_attempts: int = 50  # draws per episode before avoid_obstacles gives up with an error
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
+    doom: DoomConfig = field(default_factory=DoomConfig)  # env=doom only
+
+    def world_config(self) -> BuiltinWorldConfig | DoomConfig:
+        """The config section of ``env`` (``make_env``'s ``cfg``)."""
+        return self.doom if self.env == "doom" else self.world
 
 
 ConfigStore.instance().store(name="record_schema", node=RecordConfig)
@@ -66,7 +73,7 @@ def record(cfg: RecordConfig) -> RolloutDataset:
     frame_size = parse_frame_size(cfg.frame_size)
     if cfg.num_episodes < 1 or cfg.episode_len < 2:
         raise WorldsimError(f"need num_episodes >= 1 and episode_len >= 2, got {cfg.num_episodes}, {cfg.episode_len}")
-    probe = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world)
+    probe = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world_config())
     key_names, fps = list(probe.key_names), probe.fps
     probe.close()
     policy = make_policy(cfg.policy, key_names, cfg.world.controller, cfg.replay_from)
@@ -91,7 +98,9 @@ def record(cfg: RecordConfig) -> RolloutDataset:
         acts = policy.actions(cfg.episode_len, np.random.default_rng([cfg.seed, ep]), episode=ep)
         if cfg.avoid_obstacles:
             acts = _clear_actions(cfg, policy, ep, int(world_seed), acts)
-        arrays = rollout(cfg.env, int(world_seed), frame_size, cfg.world, acts.keys, acts.mouse, cfg.save_depth)
+        arrays = rollout(
+            cfg.env, int(world_seed), frame_size, cfg.world_config(), acts.keys, acts.mouse, cfg.save_depth
+        )
         writer.write_episode(ep, arrays, seed=int(world_seed), policy=cfg.policy)
     data = RolloutDataset(cfg.out)
     if cfg.preview:
@@ -119,12 +128,13 @@ def rollout(
     env_name: str,
     seed: int,
     frame_size: tuple[int, int],
-    world: BuiltinWorldConfig,
+    world: BuiltinWorldConfig | DoomConfig,
     keys: np.ndarray,
     mouse: np.ndarray,
     save_depth: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Drive a fresh world with raw actions; frame 0 is the reset, row t takes t to t+1."""
+    """Drive a fresh world (``make_env(env_name, ..., cfg=world)``) with raw actions; frame 0 is
+    the reset, row t takes t to t+1. Depth is kept when ``save_depth`` and the world has it."""
     t_len = len(keys)
     with make_env(env_name, seed=seed, frame_size=frame_size, cfg=world) as env:
         obs = env.reset()
@@ -143,6 +153,7 @@ def rollout(
             "mouse": mouse.astype(np.float32),
             "timestamp_s": np.asarray(times, np.float64),
         }
+        save_depth = save_depth and env.has_depth
     if save_depth:
         arrays["depth"] = np.stack(depth).astype(np.float16)
     return arrays

@@ -22,7 +22,8 @@ def world_start(
     """The spawn view of world ``seed`` held still for ``num_frames`` frames (zero keys and
     mouse), drawn in ``gl_context`` when given (under X11 a world must share the window's GL
     context). Raises ``WorldsimError`` when the world's keys differ from ``key_names``."""
-    world = make_env(env, seed=seed, frame_size=frame_size, gl_context=gl_context)
+    gl = {} if gl_context is None else {"gl_context": gl_context}  # only GL worlds take one
+    world = make_env(env, seed=seed, frame_size=frame_size, **gl)
     try:
         if list(world.key_names) != list(key_names):
             raise WorldsimError(f"world {env!r} has keys {world.key_names}, the checkpoint {key_names}")

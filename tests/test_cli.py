@@ -17,7 +17,7 @@ def _run(module, *args, cwd=None):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["env=doom"], "unknown env 'doom'; valid: builtin"),
+        (["env=quake"], "unknown env 'quake'; valid: builtin, doom"),
         (["policy=wander"], "unknown policy 'wander'; valid: explore"),
         (["frame_size=[64,-1]"], "frame_size must be a positive integer"),
         (["frame_size=0"], "frame_size must be a positive integer"),
@@ -60,7 +60,7 @@ def test_record_cli_writes_a_dataset_and_previews(tmp_path):
 
 def test_bench_env_prints_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = _run("worldsim.cli.bench", "env", "--frames", "40", "--out", str(out))
+    r = _run("worldsim.cli.bench", "env", "--frames", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "render_frames_per_s" in r.stdout and "write_MB_per_s" in r.stdout
     result = json.loads(out.read_text())

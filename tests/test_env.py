@@ -78,7 +78,7 @@ def test_frames_reproject_consistently_with_depth_and_poses():
 
 
 def test_unknown_env_and_bad_frame_size_fail_clearly():
-    with pytest.raises(WorldsimError, match="unknown env 'nope'; valid: builtin"):
+    with pytest.raises(WorldsimError, match="unknown env 'nope'; valid: builtin, doom"):
         make_env("nope")
     for bad in (0, -2, [64], [64, 0], "64", 6.5, [True, 4]):
         if bad == [64]:

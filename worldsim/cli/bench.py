@@ -1,11 +1,12 @@
 """``worldsim-bench``: measured speeds, printed as a table and written to ``bench.json``.
 
-    worldsim-bench env [--size 64] [--frames 600] [--seed 0] [--out bench.json]
+    worldsim-bench env [--env builtin|doom] [--size 64] [--frames 600] [--seed 0] [--out bench.json]
     worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
     worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--out bench.json]
 
-``env`` times headless rendering of the built-in world (reset excluded; each step includes the
-controller, GL draw, readback and the supersampling filter) and writing those frames as a
+``env`` times headless rendering of a world (reset excluded; for the built-in world each step
+includes the controller, GL draw, readback and the supersampling filter; for DOOM the game tics,
+ViZDoom's software render at 160x120 and the crop + resize) and writing those frames as a
 rollout dataset (safetensors episodes, atomic rename, index), both in the same run. ``model``
 times a size preset with random weights (worldsim/bench/model.py says what each row includes);
 ``engine`` times a checkpoint end to end through the engine and the play loop
@@ -28,6 +29,7 @@ import numpy as np
 
 from envs import make_env
 from worldsim.core.atomic import write_text
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
 from worldsim.data.policies import make_policy
@@ -50,12 +52,21 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
-    """Rendered frames/s of the built-in world at ``size`` x ``size`` and dataset-writing speed."""
-    env = make_env("builtin", seed=seed, frame_size=(size, size))
-    acts = make_policy("explore", env.key_names, env.cfg.controller).actions(frames + 1, np.random.default_rng(seed))  # type: ignore[attr-defined]
+ENV_BENCH_WHAT = {
+    "builtin": "built-in world, headless EGL; render = controller + draw + readback + 2x2 box filter per frame",
+    "doom": "DOOM (ViZDoom, Freedoom), headless; render = game tics + 160x120 software render + crop/resize per frame",
+}
+
+
+def bench_env(size: int, frames: int, seed: int, env_name: str = "builtin") -> dict[str, object]:
+    """Rendered frames/s of world ``env_name`` at ``size`` x ``size`` and dataset-writing speed."""
+    env = make_env(env_name, seed=seed, frame_size=(size, size))
+    warmup = 20
+    acts = make_policy("explore", env.key_names, CameraControllerConfig()).actions(
+        max(frames, warmup) + 1, np.random.default_rng(seed)
+    )
     env.reset()
-    for t in range(20):  # warm up driver and caches
+    for t in range(warmup):  # warm up driver and caches
         env.step(acts.keys[t], acts.mouse[t])
     env.reset()
     obs_list = []
@@ -63,21 +74,24 @@ def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
     for t in range(frames):
         obs_list.append(env.step(acts.keys[t], acts.mouse[t]))
     render_s = time.perf_counter() - t0
-    renderer = env.renderer.ctx.info["GL_RENDERER"]  # type: ignore[attr-defined]
+    gl = getattr(env, "renderer", None)
+    renderer = gl.ctx.info["GL_RENDERER"] if gl is not None else "ViZDoom software renderer"
+    fps = env.fps
     env.close()
 
     arrays = {
         "frames": np.stack([o.frame for o in obs_list]),
-        "depth": np.stack([o.depth for o in obs_list]).astype(np.float16),
         "c2w": np.stack([o.c2w for o in obs_list]),
         "intrinsics": obs_list[0].intrinsics,
         "keys": acts.keys[:frames],
         "mouse": acts.mouse[:frames],
         "timestamp_s": np.array([o.time_s for o in obs_list]),
     }
+    if env.has_depth:
+        arrays["depth"] = np.stack([o.depth for o in obs_list]).astype(np.float16)
     tmp = Path(tempfile.mkdtemp(prefix="worldsim-bench-"))
     try:
-        meta = RolloutMeta(env="builtin", fps=15.0, frame_size=(size, size), key_names=list(env.key_names))
+        meta = RolloutMeta(env=env_name, fps=fps, frame_size=(size, size), key_names=list(env.key_names))
         writer = RolloutWriter(tmp, meta)
         episodes = 4
         t0 = time.perf_counter()
@@ -88,8 +102,9 @@ def bench_env(size: int, frames: int, seed: int) -> dict[str, object]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "what": "built-in world, headless EGL; render = controller + draw + readback + 2x2 box filter per frame; "
-        "write = safetensors episodes incl. depth, fsync'd index, atomic rename",
+        "what": f"{ENV_BENCH_WHAT[env_name]}; write = safetensors episodes "
+        f"{'incl. depth' if env.has_depth else '(no depth)'}, fsync'd index, atomic rename",
+        "env": env_name,
         "gl_renderer": renderer,
         "frame_size": [size, size],
         "frames": frames,
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="worldsim-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="what", required=True)
-    p_env = sub.add_parser("env", help="rendering and dataset-writing speed of the built-in world")
+    p_env = sub.add_parser("env", help="rendering and dataset-writing speed of a ground-truth world")
+    p_env.add_argument("--env", default="builtin", choices=sorted(ENV_BENCH_WHAT), help="the world")
     p_env.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
     p_env.add_argument("--frames", type=int, default=600)
     p_env.add_argument("--seed", type=int, default=0)
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "env":
         if args.size < 1 or args.frames < 1:
             parser.error("--size and --frames must be positive")
-        result["env"] = bench_env(args.size, args.frames, args.seed)
+        result["env"] = bench_env(args.size, args.frames, args.seed, args.env)
     elif args.what == "engine":
         from worldsim.bench.engine import bench_engine
 

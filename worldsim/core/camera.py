@@ -48,6 +48,19 @@ def make_c2w(position: np.ndarray, yaw_rad: float, pitch_rad: float) -> np.ndarr
     return c2w
 
 
+def c2w_from_doom(position_units: np.ndarray, angle_deg: float, pitch_deg: float, metres_per_unit: float) -> np.ndarray:
+    """``(4, 4)`` float32 c2w of a DOOM camera (ViZDoom's ``CAMERA_POSITION_X/Y/Z``, ``CAMERA_ANGLE``,
+    ``CAMERA_PITCH``).
+
+    DOOM's map axes are kept as world axes (x east, y north, z up: right-handed and z up like
+    ours); map units are scaled by ``metres_per_unit``. DOOM's angle is degrees counter-clockwise
+    from +x, our yaw radians clockwise from +y, so ``yaw = 90 deg - angle``: angle 0 looks along
+    world +x. ZDoom's pitch is positive looking down, ours positive looking up.
+    """
+    position_m = np.asarray(position_units, np.float64) * metres_per_unit
+    return make_c2w(position_m, math.radians(90.0 - angle_deg), -math.radians(pitch_deg))
+
+
 def c2w_cv_to_gl(c2w: np.ndarray) -> np.ndarray:
     """OpenCV-axes c2w -> OpenGL-axes c2w (camera looks down -z, y up)."""
     return (np.asarray(c2w, np.float32) @ CV_FROM_GL).astype(np.float32)

@@ -1,0 +1,147 @@
+"""DOOM through ViZDoom: the pose convention, the install hint, replay determinism, recording.
+
+Tests that run the game skip without the ``[doom]`` extra; the convention and the hint do not.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from envs import make_env
+from envs.builtin import KEY_NAMES
+from worldsim.core.camera import c2w_from_doom, intrinsics_from_fov, project
+from worldsim.core.controller import CameraState
+from worldsim.core.errors import WorldsimError
+
+
+def _doom_cfg(**kw):
+    pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
+    from envs.doom import DoomConfig
+
+    return DoomConfig(map="MAP01", **kw)
+
+
+def _keys(*names):
+    k = np.zeros(len(KEY_NAMES), np.uint8)
+    for n in names:
+        k[KEY_NAMES.index(n)] = 1
+    return k
+
+
+def test_doom_angle_zero_looks_along_doom_x_and_angle_grows_to_the_left():
+    c2w = c2w_from_doom(np.array([64.0, -32.0, 41.0]), 0.0, 0.0, 1 / 32)
+    np.testing.assert_allclose(c2w[:3, 2], [1, 0, 0], atol=1e-6)  # forward: DOOM +x
+    np.testing.assert_allclose(c2w[:3, 0], [0, -1, 0], atol=1e-6)  # right: DOOM -y (x east, y north)
+    np.testing.assert_allclose(c2w[:3, 1], [0, 0, -1], atol=1e-6)  # down: world -z
+    np.testing.assert_allclose(c2w[:3, 3], [2.0, -1.0, 41 / 32], atol=1e-6)  # metres
+    north = c2w_from_doom(np.zeros(3), 90.0, 0.0, 1.0)
+    np.testing.assert_allclose(north[:3, 2], [0, 1, 0], atol=1e-6)  # DOOM angle is counter-clockwise
+    # A point straight ahead along DOOM +x lands on the image centre; one to DOOM's -y, right of it.
+    k = intrinsics_from_fov(74.0, 64, 64)
+    uv, z = project(np.array([[10.0, -1.0, 41 / 32], [10.0, -2.0, 41 / 32]]), c2w, k)
+    np.testing.assert_allclose(uv[0], [32.0, 32.0], atol=1e-4)
+    assert z[0] == pytest.approx(8.0) and uv[1, 0] > 32.0
+    looking_down = c2w_from_doom(np.zeros(3), 0.0, 20.0, 1.0)  # ZDoom pitch > 0 looks down
+    assert looking_down[2, 2] == pytest.approx(-math.sin(math.radians(20.0)), abs=1e-6)
+
+
+def test_doom_without_vizdoom_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vizdoom", None)  # import vizdoom -> ImportError
+    with pytest.raises(WorldsimError) as e:
+        make_env("doom")
+    assert str(e.value).startswith("DOOM needs ViZDoom: pip install 'worldsim[doom]'") and "\n" not in str(e.value)
+
+
+def test_doom_forward_moves_along_the_camera_axis_and_mouse_turns_right():
+    with make_env("doom", seed=0, frame_size=(48, 64), cfg=_doom_cfg()) as env:
+        obs = env.reset()
+        assert obs.frame.shape == (48, 64, 3) and obs.frame.dtype == np.uint8 and np.isnan(obs.depth).all()
+        assert env.fps == 17.5 and env.intrinsics[0, 0] == pytest.approx(env.intrinsics[1, 1])  # square pixels
+        start = obs.c2w
+        for _ in range(8):
+            obs = env.step(_keys("w"), np.zeros(2))
+        moved = obs.c2w[:3, 3] - start[:3, 3]
+        assert moved @ start[:3, 2] > 1.0  # metres along the camera's forward axis
+        assert abs(moved @ start[:3, 0]) < 0.1 * (moved @ start[:3, 2])  # hardly sideways
+        yaw0 = CameraState.from_c2w(obs.c2w).yaw_rad
+        obs = env.step(np.zeros(len(KEY_NAMES), np.uint8), np.array([40.0, 0.0]))  # 40 px * 0.25 deg
+        turned = CameraState.from_c2w(obs.c2w).yaw_rad - yaw0
+        assert turned == pytest.approx(math.radians(10.0), abs=1e-3)  # dx > 0 turns right (yaw grows)
+        with pytest.raises(WorldsimError, match=r"keys must have shape \(7,\)"):
+            env.step(np.zeros(3), np.zeros(2))
+
+
+def test_doom_same_inputs_replay_the_same_frames():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2, (40, len(KEY_NAMES))).astype(np.uint8)
+    mouse = rng.normal(0, 10, (40, 2)).astype(np.float32)
+
+    def run():
+        with make_env("doom", seed=0, frame_size=(32, 32), cfg=_doom_cfg()) as env:
+            obs = [env.reset()] + [env.step(k, m) for k, m in zip(keys, mouse, strict=True)]
+        return np.stack([o.frame for o in obs]), np.stack([o.c2w for o in obs])
+
+    (f1, c1), (f2, c2) = run(), run()
+    assert f1.tobytes() == f2.tobytes() and c1.tobytes() == c2.tobytes()
+    assert len({f.tobytes() for f in f1}) > 10  # the inputs did move the view
+
+
+def test_doom_records_through_the_project_recorder(tmp_path):
+    from envs.record import RecordConfig, record
+
+    cfg = RecordConfig(env="doom", num_episodes=2, episode_len=12, out=str(tmp_path / "d"), preview=False)
+    cfg.doom = _doom_cfg()
+    data = record(cfg)
+    ep = data.load(1)
+    assert data.meta.env == "doom" and data.meta.fps == 17.5 and data.meta.key_names == KEY_NAMES
+    assert ep["frames"].shape == (12, 64, 64, 3) and ep["c2w"].shape == (12, 4, 4) and "depth" not in ep
+
+
+def test_bench_env_times_doom(tmp_path):
+    _doom_cfg()
+    from worldsim.cli.bench import bench_env
+
+    row = bench_env(32, 20, 0, "doom")
+    assert row["env"] == "doom" and row["frames"] == 20 and row["render_frames_per_s"] > 0
+
+
+def test_doom_look_pitch_mouse_down_looks_down():
+    with make_env("doom", seed=0, frame_size=(32, 32), cfg=_doom_cfg(look_pitch=True)) as env:
+        env.reset()
+        down = env.step(np.zeros(len(KEY_NAMES), np.uint8), np.array([0.0, 120.0]))  # 30 deg
+    assert down.c2w[2, 2] == pytest.approx(-0.5, abs=1e-3)  # the forward axis points below the horizon
+
+
+@pytest.mark.slow
+def test_doom_use_key_opens_a_door_without_moving_the_camera():
+    """Freedoom 2 MAP01: 80 steps east from the start reach a door; ``l`` (USE) opens it."""
+    with make_env("doom", seed=0, frame_size=(64, 64), cfg=_doom_cfg()) as env:
+
+        def run(first_key):
+            env.reset()
+            for _ in range(80):
+                env.step(_keys("w"), np.zeros(2))
+            for _ in range(3):  # come to rest
+                env.step(_keys(), np.zeros(2))
+            obs = env.step(first_key, np.zeros(2))
+            for _ in range(30):
+                obs = env.step(_keys(), np.zeros(2))
+            return obs
+
+        idle, used = run(_keys()), run(_keys("l"))
+    assert np.array_equal(idle.c2w, used.c2w)  # the effect is not in the pose
+    assert np.abs(used.frame.astype(int) - idle.frame).mean() > 20  # ... but in the picture
+
+
+def test_doom_unknown_map_or_wad_fails_in_one_line_before_starting_the_game():
+    cfg = _doom_cfg()
+    from envs.doom import DoomConfig
+
+    with pytest.raises(WorldsimError, match=r"unknown map of freedoom2.wad 'MAP99'; valid: MAP01, MAP02"):
+        make_env("doom", cfg=DoomConfig(map="MAP99"))  # ViZDoom itself would hang
+    with pytest.raises(WorldsimError, match="no DOOM wad 'nope.wad'"):
+        make_env("doom", cfg=DoomConfig(wad="nope.wad"))
+    assert cfg.map == "MAP01"
