@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from worldsim.core.errors import WorldsimError
-from worldsim.model.plucker import clip_rays, plucker_rays, relative_poses, scale_intrinsics
+from worldsim.model.plucker import clip_rays
 
 CAMERA_REFERENCES = ("latest", "session")
 
@@ -130,7 +130,6 @@ class CameraRays:
         """``session``: rays of ``c2w (B, T, 4, 4)`` relative to the session's first pose
         ``ref (B, 4, 4)``, translations divided by ``translation_scale_m`` -> ``(B, T, 6, h, w)``
         in ``dtype``. A pose's rays depend on that pose and ``ref`` alone."""
-        rel = relative_poses(c2w.double(), ref.double())
-        rel[..., :3, 3] /= self.cond.translation_scale_m
-        k = scale_intrinsics(self.intrinsics.double().to(c2w.device), self.latent_size[0] / self.frame_size[0])
-        return plucker_rays(rel, k, self.latent_size[0], self.latent_size[1]).to(dtype)
+        k = self.intrinsics.to(c2w.device).expand(c2w.shape[0], 3, 3)
+        scale = self.cond.translation_scale_m
+        return clip_rays(c2w, ref, k, self.frame_size, self.latent_size, scale, dtype, per_sequence_scale=False)

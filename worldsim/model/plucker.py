@@ -66,10 +66,16 @@ def clip_rays(
     latent_size: tuple[int, int],
     translation_scale_m: float,
     dtype: torch.dtype = torch.float32,
+    per_sequence_scale: bool = True,
 ) -> torch.Tensor:
-    """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref``, translations
-    normalised over the sequence, at latent resolution -> ``(B, T, 6, h, w)`` in ``dtype``
-    (computed in float64)."""
-    rel = normalise_translation(relative_poses(c2w.double(), ref.double()), translation_scale_m)
+    """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref``, at latent
+    resolution -> ``(B, T, 6, h, w)`` in ``dtype`` (computed in float64). Translations are divided
+    by ``max(translation_scale_m, max ||t||)`` over the sequence (``per_sequence_scale``), or by
+    ``translation_scale_m`` alone, so that a pose's rays depend on that pose and ``ref`` only."""
+    rel = relative_poses(c2w.double(), ref.double())
+    if per_sequence_scale:
+        rel = normalise_translation(rel, translation_scale_m)
+    else:
+        rel[..., :3, 3] /= translation_scale_m
     k = scale_intrinsics(intrinsics.double(), latent_size[0] / frame_size[0])
     return plucker_rays(rel, k, latent_size[0], latent_size[1]).to(dtype)
