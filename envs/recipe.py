@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="worldsim-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v4)")
+    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v5)")
     parser.add_argument("out", help="folder to record into (resumed if it exists)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every part's episode count")
     parser.add_argument("--jobs", type=int, default=1, help="parts recorded at once, one process each")

@@ -45,14 +45,18 @@ def test_conformance_of_every_registered_encoder(name):
     mouse = rng.normal(0, 20, (16, 2)).astype(np.float32)
     batch = enc.encode_batch(keys, mouse)
     assert batch.shape == (16, enc.dim) and batch.dtype == np.float32 and np.isfinite(batch).all()
-    single = np.stack([enc.encode(k, m) for k, m in zip(keys, mouse, strict=True)])
-    np.testing.assert_array_equal(batch, single)  # batch == per-frame
+    np.testing.assert_array_equal(batch, enc.encode_sequence(keys, mouse, None))  # nothing held before
+    # One row at a time, each continuing after the row before, as the engine steps: the same rows.
+    single = np.stack(
+        [enc.encode_sequence(keys[t : t + 1], mouse[t : t + 1], keys[t - 1] if t else None)[0] for t in range(16)]
+    )
+    np.testing.assert_array_equal(batch, single)
     np.testing.assert_array_equal(batch, enc.encode_batch(keys, mouse))  # deterministic
     null = enc.null_action()
-    assert null.shape == (enc.dim,)
-    np.testing.assert_array_equal(null, enc.encode(np.zeros(len(KEYS), np.uint8), np.zeros(2, np.float32)))
+    assert null.shape == (enc.dim,) and null.dtype == np.float32
     # Inputs that differ in what the encoder reads must be told apart from the null action.
     assert np.abs(batch - null).sum() > 0
+    assert len(enc.channels()) == enc.dim and len(set(enc.channels())) == enc.dim
     with pytest.raises(WorldsimError):
         enc.encode_batch(keys[:, :3], mouse)
     spec = enc.spec()
@@ -60,7 +64,7 @@ def test_conformance_of_every_registered_encoder(name):
 
 
 def test_unknown_encoder_lists_valid_names():
-    with pytest.raises(WorldsimError, match="unknown action encoder 'joystick'; valid: keyboard"):
+    with pytest.raises(WorldsimError, match="unknown action encoder 'joystick'; valid: key_press, keyboard, "):
         make_action_encoder("joystick", KEYS)
 
 
@@ -105,3 +109,34 @@ def test_every_encoder_refuses_out_of_range_inputs_in_one_line(name, keys, mouse
     with pytest.raises(WorldsimError, match=message) as e:
         enc.encode_batch(keys, mouse)
     assert "\n" not in str(e.value)
+
+
+def test_press_edges_mark_the_row_a_key_goes_down_and_continue_across_calls():
+    enc = make_action_encoder("key_press", KEYS)
+    l_col = KEYS.index("l")
+    keys = np.zeros((6, 7), np.uint8)
+    keys[1:5, l_col] = 1  # held 4 rows
+    edges = enc.encode_batch(keys, np.zeros((6, 2), np.float32))[:, l_col]
+    np.testing.assert_array_equal(edges, [0, 1, 0, 0, 0, 0])
+    # The same hold split across two chunks of 3: the second chunk continues the hold, no press.
+    a = enc.encode_sequence(keys[:3], np.zeros((3, 2), np.float32), None)[:, l_col]
+    b = enc.encode_sequence(keys[3:], np.zeros((3, 2), np.float32), keys[2])[:, l_col]
+    np.testing.assert_array_equal(np.concatenate([a, b]), edges)
+    with pytest.raises(WorldsimError, match="previous_keys"):
+        enc.encode_sequence(keys[3:], np.zeros((3, 2), np.float32), np.full(7, 2, np.uint8))
+
+
+def test_the_null_flag_makes_the_null_action_no_players_input():
+    enc = make_action_encoder("keyboard_press_mouse", KEYS)
+    assert enc.dim == 2 * len(KEYS) + 3
+    assert enc.channels()[-1] == "null" and enc.channels()[:2] == ["key:w", "key:a"]
+    idle = enc.encode(np.zeros(7, np.uint8), np.zeros(2, np.float32))
+    null = enc.null_action()
+    np.testing.assert_array_equal(null[:-1], idle[:-1])
+    assert null[-1] == 1.0 and idle[-1] == 0.0
+    rng = np.random.default_rng(0)
+    real = enc.encode_batch(rng.integers(0, 2, (256, 7)).astype(np.uint8), rng.normal(0, 30, (256, 2)))
+    assert (real[:, -1] == 0).all()  # the flag is off for every real input
+    # v1's encoder keeps its null action: an idle player (checkpoints trained with it play as before).
+    v1 = make_action_encoder("keyboard_mouse", KEYS)
+    np.testing.assert_array_equal(v1.null_action(), v1.encode(np.zeros(7, np.uint8), np.zeros(2, np.float32)))

@@ -27,9 +27,9 @@ from worldsim.model.dit import WorldModel, WorldModelConfig
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
-def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None, camera_reference="latest"):
+def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None, camera_reference="latest", encoder="keyboard_mouse"):
     torch.manual_seed(seed)
-    enc = make_action_encoder("keyboard_mouse", keys)
+    enc = make_action_encoder(encoder, keys)
     mcfg = WorldModelConfig(
         latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2, action_dim=enc.dim
     )
@@ -146,11 +146,19 @@ def tiny_session_ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny_session", camera_reference="session")
 
 
+@pytest.fixture(scope="module")
+def tiny_chunk_ckpt(tmp_path_factory):
+    """The real-time teacher's conditioning: per-chunk camera reference, press edges, null flag."""
+    path = tmp_path_factory.mktemp("ck") / "tiny_chunk"
+    return make_tiny_checkpoint(path, camera_reference="chunk", encoder="keyboard_press_mouse")
+
+
 def _session_state(eng):
-    """Everything a session carries, as tensors: history, reference, KV cache, RNG, pose, steps."""
+    """Everything a session carries, as tensors: history, ray references, KV cache, RNG, pose,
+    last input row, steps."""
     h = eng.rollout.history
-    out = {"latents": h.latents, "actions": h.actions, "c2w": h.c2w, "frame_idx": h.frame_idx}
-    out["reference"] = eng.rollout.reference
+    out = {"latents": h.latents, "actions": h.actions, "c2w": h.c2w, "ray_ref": h.ray_ref, "frame_idx": h.frame_idx}
+    out["previous_keys"] = torch.from_numpy(eng.previous_keys)
     out["rng"] = eng.rng.get_state()
     out["pose"] = torch.from_numpy(eng.c2w)
     out["steps"] = torch.tensor(eng.steps)
@@ -159,13 +167,14 @@ def _session_state(eng):
     return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
-@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt"])
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt", "tiny_chunk_ckpt"])
 def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     ckpt = request.getfixturevalue(which)
     eng = load_engine(ckpt, seed=5)
-    assert eng.context_policy == ("cached" if which == "tiny_session_ckpt" else "rebuild")
+    assert eng.context_policy == ("rebuild" if which == "tiny_ckpt" else "cached")
     _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
+    eng.step(*_inputs(2, "l"))  # held at the save: the first restored row must not read as a press
     before = _session_state(eng)
     eng.save_session(tmp_path / "s")
     a = [eng.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]

@@ -187,6 +187,75 @@ class TurnsPolicy(Policy):
         return a
 
 
+class IdlePolicy(Policy):
+    """What a player who stops does: idle stretches of 24-60 frames (1.6-4 s at 15 fps) with no
+    input at all, between short walks or turns of 4-12 frames. Odd episodes press the light key
+    on row 0, so half the idling happens at night."""
+
+    name = "idle"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Idle stretches (24-60 rows of zeros) between 4-12 rows of ``w`` and/or a 1-4 degree-per-frame turn."""
+        a = self._empty(num_frames)
+        end = num_frames - 1
+        t = 0
+        if episode % 2 == 1:
+            self._hold(a, "l", np.array([0]))
+            t = 1
+        while t < end:
+            t += int(rng.integers(24, 61))  # nothing pressed, mouse still
+            move = slice(min(t, end), min(t + int(rng.integers(4, 13)), end))
+            if rng.random() < 0.6:
+                self._hold(a, "w", move)
+            if rng.random() < 0.6:
+                a.mouse[move, 0] = self._px_for_deg(rng.uniform(1.0, 4.0) * rng.choice([-1.0, 1.0]))
+            t = move.stop
+        return a
+
+
+class HoldsPolicy(Policy):
+    """Long holds of one key at a time, every key of ``key_names`` in turn (the light key
+    included: held, it must toggle once): holds of 10-40 frames, separated by 0-6 idle frames,
+    the mouse still or turning gently (under 1 degree per frame)."""
+
+    name = "holds"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Key ``(episode + j) % K`` held for segment ``j`` (10-40 rows), 0-6 rows of rest between segments."""
+        a = self._empty(num_frames)
+        end, t, j = num_frames - 1, 0, 0
+        while t < end:
+            t += int(rng.integers(0, 7))
+            hold = slice(min(t, end), min(t + int(rng.integers(10, 41)), end))
+            a.keys[hold, (episode + j + attempt) % len(self.key_names)] = 1
+            if rng.random() < 0.5:
+                a.mouse[hold, 0] = self._px_for_deg(rng.uniform(-1.0, 1.0))
+            t, j = hold.stop, j + 1
+        return a
+
+
+class LightPressesPolicy(Policy):
+    """Presses of the light key lasting 1 to 10 frames, 6-20 frames apart, while standing, walking
+    forward or turning slowly: a press toggles once however long it is held."""
+
+    name = "light_presses"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """``l`` down for 1-10 rows, then up for 6-20; ``w`` held on 40% of episodes, a slow turn on 30%."""
+        a = self._empty(num_frames)
+        end = num_frames - 1
+        if rng.random() < 0.4:
+            self._hold(a, "w", slice(0, end))
+        if rng.random() < 0.3:
+            a.mouse[:end, 0] = self._px_for_deg(rng.uniform(-1.5, 1.5))
+        t = int(rng.integers(0, 6))
+        while t < end:
+            press = slice(t, min(t + int(rng.integers(1, 11)), end))
+            self._hold(a, "l", press)
+            t = press.stop + int(rng.integers(6, 21))
+        return a
+
+
 class ReplayPolicy(Policy):
     """The raw actions of an existing dataset's episodes (episode ``i`` of the source for
     episode ``i``), e.g. to re-render a human recording as ground truth."""
@@ -234,6 +303,9 @@ POLICIES: dict[str, type[Policy]] = {
         GoAndReturnPolicy,
         FullTurnPolicy,
         TurnsPolicy,
+        IdlePolicy,
+        HoldsPolicy,
+        LightPressesPolicy,
         ReplayPolicy,
     )
 }

@@ -44,11 +44,12 @@ from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
 from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.eval.ground_truth import DARK_MEAN, light_flips_followed, plot, rollout_against, went_dark, world_rollout
 from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
+from worldsim.eval.stability import StabilityConfig, stability, stability_lines
 from worldsim.inference.engine import Engine, load_engine
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
-DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark (night or inside an object)
 
 
 @dataclass
@@ -75,21 +76,7 @@ class EvalConfig:
     # drawn from day context, the first day-to-night toggle of each. "" = skip.
     night_data: str = ""
     night_episodes: int = 24
-
-
-def rollout_against(engine: Engine, arrays: dict[str, np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reset on the first ``context`` frames, then generate under the recorded inputs.
-    Returns (generated, ground truth) ``(horizon, H, W, 3)`` each; rollout order as in datasets."""
-    n, k = engine.context_frames, engine.chunk_frames
-    frames, keys, mouse = arrays["frames"], arrays["keys"], arrays["mouse"]
-    if len(frames) < n + horizon:
-        raise WorldsimError(f"an episode of {len(frames)} frames is too short for {n} context + {horizon} frames")
-    engine.reset(frames[:n], arrays["c2w"][:n], keys[:n], mouse[:n])
-    out = [
-        engine.step(keys[n - 1 + s : n - 1 + s + k], mouse[n - 1 + s : n - 1 + s + k]).frames
-        for s in range(0, horizon, k)
-    ]
-    return np.concatenate(out), frames[n : n + horizon]
+    stability: StabilityConfig = field(default_factory=StabilityConfig)  # worldsim/eval/stability.py
 
 
 def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
@@ -102,20 +89,6 @@ def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
     every = [(ds, i) for ds in sets for i in range(len(ds))]
     picks = np.linspace(0, len(every) - 1, min(limit, len(every))).round().astype(int)
     return [every[p] for p in sorted(set(picks.tolist()))]
-
-
-def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
-    """Ground truth for raw inputs: the checkpoint's env and controller driven from world ``seed``.
-
-    Returns the episode arrays of :func:`envs.record.rollout` (frames ``(T, H, W, 3)`` uint8, c2w, ...),
-    without depth.
-    """
-    from envs.builtin import BuiltinWorldConfig
-    from envs.record import rollout
-
-    # The checkpoint's world and controller: the ground truth moves as the model was taught an input moves it.
-    world = BuiltinWorldConfig(controller=engine.cfg.controller)
-    return rollout(engine.cfg.env, seed, engine.frame_size, world, keys, mouse, save_depth=False)
 
 
 def _told_apart(gens: dict[str, np.ndarray], gts: dict[str, np.ndarray], h: int) -> tuple[bool, dict[str, float]]:
@@ -248,41 +221,6 @@ def night_from_day(engine: Engine, windows: list[tuple[dict[str, np.ndarray], in
     }
 
 
-def light_flips_followed(gen_means: np.ndarray, truth_means: np.ndarray, within: int = 2) -> tuple[int, int]:
-    """How often the true frames turn dark or light (their mean crosses ``DARK_MEAN``), and how
-    many of those turns the generated frames make too, within ``within`` frames. Unlike the
-    per-frame agreement, one missed turn counts once, not for every frame until the next."""
-    g = np.flatnonzero(np.diff(np.asarray(gen_means) < DARK_MEAN))
-    t = np.flatnonzero(np.diff(np.asarray(truth_means) < DARK_MEAN))
-    return len(t), int(sum(bool(np.any(np.abs(g - i) <= within)) for i in t))
-
-
-def went_dark(generated: np.ndarray, truth: np.ndarray) -> bool:
-    """Whether a generated frame is dark (mean below ``DARK_MEAN``) while no true frame is:
-    spontaneous night, or the inside of an object the camera never entered."""
-    return bool(frame_means(generated).min() < DARK_MEAN <= frame_means(truth).min())
-
-
-def _plot(
-    out: Path, name: str, ylabel: str, series: dict[str, list[float]], xlabel: str = "frame after context"
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for label, ys in series.items():
-        ax.plot(np.arange(1, len(ys) + 1), ys, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-
-
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
@@ -396,14 +334,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames)
     if windows:
         metrics["night_from_day"] = night_from_day(engine, windows)
+    metrics["stability"] = stability(engine, cfg.stability, out)
     # Step 4: files.
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     bf = metrics["by_frame"]
-    _plot(
+    plot(
         out, "psnr_vs_horizon.png", "PSNR (dB)", {"model": bf["psnr_db"], "repeat last frame": bf["copy_last_psnr_db"]}
     )
-    _plot(out, "ssim_vs_horizon.png", "SSIM", {"model": bf["ssim"], "repeat last frame": bf["copy_last_ssim"]})
-    _plot(out, "idm_vs_horizon.png", "IDM accuracy (mean over actions)", {"generated": bf["idm_accuracy_generated"]})
+    plot(out, "ssim_vs_horizon.png", "SSIM", {"model": bf["ssim"], "repeat last frame": bf["copy_last_ssim"]})
+    plot(out, "idm_vs_horizon.png", "IDM accuracy (mean over actions)", {"generated": bf["idm_accuracy_generated"]})
     if "drift" in metrics:
         d = metrics["drift"]
         series = {
@@ -412,7 +351,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "truth mean": d["gt_mean"],
             "truth std": d["gt_std"],
         }
-        _plot(out, "drift.png", "pixel value (0-255)", series, xlabel="frame")
+        plot(out, "drift.png", "pixel value (0-255)", series, xlabel="frame")
     write_png(out / "contact_sheet.png", contact_sheet(sheet))
     if revisit_sheet:
         write_png(out / "revisit_sheet.png", contact_sheet(revisit_sheet))
@@ -466,7 +405,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             f"{n['contrast_ratio_median']:.3f}); mean {n['gen_mean_median']:.1f} vs {n['gt_mean_median']:.1f}; "
             f"drawn dark {n['gen_dark_share'] * 100:.1f}%"
         )
-    return lines
+    return lines + stability_lines(m.get("stability", {}))
 
 
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)

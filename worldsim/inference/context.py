@@ -1,7 +1,7 @@
 """What a chunk is conditioned on besides its own inputs: the context frames, their temporal
 positions and the camera rays of every frame, as the checkpoint's conditioning prescribes.
 
-Two camera references (``ConditioningConfig.camera_reference``):
+Three camera references (``ConditioningConfig.camera_reference``):
 
 * ``latest`` (the shipped teacher v1): rays of ``[context | chunk]`` relative to the newest
   context frame, translations divided by ``max(translation_scale_m, max |t|)`` over that
@@ -11,6 +11,15 @@ Two camera references (``ConditioningConfig.camera_reference``):
   ``translation_scale_m`` alone, positions the absolute frame index since the session began.
   A frame's rays and position then never change, so its keys and values stay valid for as long
   as it stays in the window (``cached``).
+* ``chunk`` (the real-time teacher v2): each chunk's rays relative to the pose just before the
+  chunk (the newest frame of the context it was generated after; a session's oldest chunk: the
+  frame before it when the start provides one, else its own first frame), translations divided
+  by ``translation_scale_m`` alone, positions absolute. The generated chunk sees the camera
+  exactly as under ``latest``; each context chunk keeps the rays it was made with, carrying its
+  own motion, so its keys and values stay valid too (``cached``), and no pose is ever far from
+  its reference however far the player walks (``session`` leaves the training range once the
+  player is a few clip lengths away from the start). A retrieved memory chunk is the exception:
+  its rays are relative to the generated chunk's reference (teacher_data.py).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import torch
 from worldsim.core.errors import WorldsimError
 from worldsim.model.plucker import clip_rays
 
-CAMERA_REFERENCES = ("latest", "session")
+CAMERA_REFERENCES = ("latest", "session", "chunk")
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class ConditioningConfig:
     latent_mean: tuple[float, ...] = ()  # per latent channel; empty = 0
     latent_std: tuple[float, ...] = ()  # per latent channel; empty = 1
     intrinsics: tuple[float, ...] = ()  # 3x3 row-major, pixels of the training frames; empty = unknown
-    camera_reference: str = "latest"  # latest | session (module docstring)
+    camera_reference: str = "latest"  # latest | session | chunk (module docstring)
     sink: bool = False  # keep the session's first chunk in the context for good (LongLive's sink)
 
     def __post_init__(self) -> None:
@@ -48,7 +57,7 @@ class ConditioningConfig:
     @property
     def cacheable(self) -> bool:
         """Whether a context frame's keys and values stay valid from chunk to chunk."""
-        return self.camera_reference == "session"
+        return self.camera_reference in ("session", "chunk")
 
     def stats(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent normalisation ``(mean, std)``, each ``(channels, 1, 1)`` float32."""
@@ -64,12 +73,15 @@ class ConditioningConfig:
 @dataclass
 class History:
     """The clean frames a session's next chunk is conditioned on, batch first: normalised
-    latents ``(B, T, C, h, w)``, encoded actions ``(B, T, A)``, poses ``(B, T, 4, 4)`` and each
-    frame's index since the session began ``(T,)`` int64 (the sink chunk first when kept)."""
+    latents ``(B, T, C, h, w)``, encoded actions ``(B, T, A)``, poses ``(B, T, 4, 4)``, the pose
+    each frame's rays are relative to ``ray_ref (B, T, 4, 4)`` (fixed when the frame joined:
+    ``session``, ``chunk``; ``latest`` recomputes against the newest frame and ignores it) and
+    each frame's index since the session began ``(T,)`` int64 (the sink chunk first when kept)."""
 
     latents: torch.Tensor
     actions: torch.Tensor
     c2w: torch.Tensor
+    ray_ref: torch.Tensor
     frame_idx: torch.Tensor
 
     @property
@@ -79,17 +91,22 @@ class History:
 
     def select(self, idx: torch.Tensor | slice) -> History:
         """The frames at ``idx`` (along T)."""
-        return History(self.latents[:, idx], self.actions[:, idx], self.c2w[:, idx], self.frame_idx[idx])
+        return History(
+            self.latents[:, idx], self.actions[:, idx], self.c2w[:, idx], self.ray_ref[:, idx], self.frame_idx[idx]
+        )
 
-    def append(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor) -> History:
-        """This history followed by one more chunk (its frame indices continue the count)."""
+    def append(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor, ray_ref: torch.Tensor) -> History:
+        """This history followed by one more chunk, whose rays were taken relative to
+        ``ray_ref (B, 4, 4)`` (its frame indices continue the count)."""
         k = latents.shape[1]
         nxt = int(self.frame_idx[-1]) + 1
         idx = torch.arange(nxt, nxt + k, device=self.frame_idx.device)
+        ref = ray_ref.to(self.ray_ref.dtype)[:, None].expand(-1, k, 4, 4)
         return History(
             torch.cat([self.latents, latents], 1),
             torch.cat([self.actions, actions.to(self.actions.dtype)], 1),
             torch.cat([self.c2w, c2w.to(self.c2w.dtype)], 1),
+            torch.cat([self.ray_ref, ref], 1),
             torch.cat([self.frame_idx, idx]),
         )
 
@@ -126,10 +143,11 @@ class CameraRays:
         k = self.intrinsics.to(c2w.device).expand(c2w.shape[0], 3, 3)
         return clip_rays(c2w, ref, k, self.frame_size, self.latent_size, self.cond.translation_scale_m, dtype)
 
-    def relative_to_session(self, c2w: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``session``: rays of ``c2w (B, T, 4, 4)`` relative to the session's first pose
-        ``ref (B, 4, 4)``, translations divided by ``translation_scale_m`` -> ``(B, T, 6, h, w)``
-        in ``dtype``. A pose's rays depend on that pose and ``ref`` alone."""
+    def relative_to(self, c2w: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``session`` and ``chunk``: rays of ``c2w (B, T, 4, 4)`` relative to ``ref`` (``(B, 4,
+        4)`` for all, or ``(B, T, 4, 4)`` one per pose), translations divided by
+        ``translation_scale_m`` -> ``(B, T, 6, h, w)`` in ``dtype``. A pose's rays depend on that
+        pose and its reference alone."""
         k = self.intrinsics.to(c2w.device).expand(c2w.shape[0], 3, 3)
         scale = self.cond.translation_scale_m
         return clip_rays(c2w, ref, k, self.frame_size, self.latent_size, scale, dtype, per_sequence_scale=False)

@@ -42,7 +42,7 @@ from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_pol
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
-SESSION_VERSION = 2
+SESSION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class Engine:
         self.seed = seed
         self.rng = self._generator(seed)
         self.state: CameraState | None = None
+        self.previous_keys = np.zeros(len(self.key_names), np.uint8)  # the last input row (press edges)
         self.steps = 0  # frames generated since reset
         self.fingerprint = fingerprint
 
@@ -187,9 +188,12 @@ class Engine:
         c2w = check_c2w("c2w", c2w, len(frames))
         actions = torch.from_numpy(self.encoder.frame_actions(keys, mouse)).to(self.device)
         latents = self._encode(frames)[None]
+        # keys[-1] is unused (it would make frame T): the first step's inputs follow keys[-2].
+        previous = keys[-2] if len(keys) >= 2 else np.zeros(len(self.key_names), np.uint8)
         with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
             self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None])
         self.state = CameraState.from_c2w(c2w[-1])
+        self.previous_keys = previous.astype(np.uint8)
         self.rng = self._generator(self.seed if seed is None else seed)
         self.steps = 0
 
@@ -209,7 +213,8 @@ class Engine:
             state = self.controller.step(state, keys[i], mouse[i])
             poses.append(state.c2w())
         c2w_np = np.stack(poses)
-        actions = torch.from_numpy(self.encoder.encode_batch(keys, mouse)).to(self.device)[None]
+        encoded = self.encoder.encode_sequence(keys, mouse, self.previous_keys)
+        actions = torch.from_numpy(encoded).to(self.device)[None]
         c2w = torch.from_numpy(c2w_np).to(self.device)[None]
         # Step 2: the rollout generates the chunk's latents; then they are decoded.
         with torch.inference_mode(), self.amp:
@@ -218,22 +223,24 @@ class Engine:
         frames = self._decode(z[0])
         decode_s = time.perf_counter() - t0
         self.state = state
+        self.previous_keys = keys[-1].astype(np.uint8)
         self.steps += self.chunk_frames
         return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s))
 
     # -- session save / restore --------------------------------------------------------------
     def save_session(self, path: str | Path) -> None:
-        """Context, KV cache (``cached`` policy), pose, RNG and step count, as
+        """Context, KV cache (``cached`` policy), pose, last input row, RNG and step count, as
         ``session.safetensors`` + ``session.json`` in folder ``path`` (the folder swapped in as a whole)."""
-        h, ref = self.rollout.history, self.rollout.reference
-        if self.state is None or h is None or ref is None:
+        h = self.rollout.history
+        if self.state is None or h is None:
             raise WorldsimError("nothing to save: call reset() first")
         tensors = {
             "latents": h.latents,
             "actions": h.actions,
             "c2w": h.c2w,
+            "ray_ref": h.ray_ref.clone(),  # may share memory with the history's poses
             "frame_idx": h.frame_idx,
-            "reference": ref.clone(),  # may share memory with the history's poses
+            "previous_keys": torch.from_numpy(self.previous_keys.copy()),
             "rng": self.rng.get_state(),
         }
         cache = self.rollout.cache
@@ -283,14 +290,15 @@ class Engine:
                 f"load it with the sampler it was saved with"
             )
         t = load_file(str(root / "session.safetensors"), device=str(self.device))
-        hist = History(t["latents"], t["actions"], t["c2w"], t["frame_idx"])
+        hist = History(t["latents"], t["actions"], t["c2w"], t["ray_ref"], t["frame_idx"])
         cache = None
         if self.context_policy == "cached":
             cache = KVCache.from_state_dict(
                 {k[len("cache.") :]: v for k, v in t.items() if k.startswith("cache.")},
                 self.model.cfg.depth,
             )
-        self.rollout.restore(hist, t["reference"], cache)
+        self.rollout.restore(hist, cache)
+        self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
         self.rng = torch.Generator(device=self.device)
         self.rng.set_state(t["rng"].cpu())
         self.steps = int(meta["steps"])

@@ -3,7 +3,9 @@ into new chunks, used by the engine, the evaluation, the training previews and b
 
 Per chunk (``step``):
 
-1. rays and temporal positions of ``[context | chunk]`` (``worldsim.inference.context``);
+1. rays and temporal positions of ``[context | chunk]`` (``worldsim.inference.context``): the
+   chunk's rays relative to its reference (the newest context frame; ``session``: the session's
+   first pose), the context's as the conditioning prescribes;
 2. the context's keys and values: recomputed into a fresh cache (``rebuild``: one clean pass per
    context chunk, shared by all denoising steps; HY-WorldPlay's choice, needed when the camera
    reference moves every chunk), or already in the session's cache (``cached``);
@@ -81,7 +83,8 @@ class ChunkRollout:
         if policy == "cached" and not cond.cacheable:
             raise WorldsimError(
                 f"context policy 'cached' needs a conditioning whose keys stay valid across chunks "
-                f"(camera_reference 'session'); this checkpoint's is {cond.camera_reference!r}: use 'rebuild'"
+                f"(camera_reference 'chunk' or 'session'); this checkpoint's is "
+                f"{cond.camera_reference!r}: use 'rebuild'"
             )
         if sampler.guidance != 1.0 and null_action is None:
             raise WorldsimError("classifier-free guidance needs the action encoder's null action")
@@ -90,7 +93,6 @@ class ChunkRollout:
         self.rays = CameraRays(cond, intrinsics, frame_size, model.cfg.latent_shape()[1:])
         self.null_action = null_action
         self.history: History | None = None
-        self.reference: torch.Tensor | None = None  # (B, 4, 4) the session's first pose
         self.cache: KVCache | None = None  # cached policy only
         self.timings = RolloutTimings()
 
@@ -111,14 +113,20 @@ class ChunkRollout:
         if t0 < self.k:
             raise WorldsimError(f"context of {t0} frames is shorter than one {self.k}-frame chunk")
         keep = min(self.context_frames + self.k * self.cond.sink, t0 - t0 % self.k)
-        idx = torch.arange(keep, device=latents.device)
-        hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], idx)
-        self.restore(hist, hist.c2w[:, 0])
+        dev = latents.device
+        if self.cond.camera_reference == "session":  # the first kept frame, for every frame
+            ref_idx = torch.full((keep,), t0 - keep, device=dev)
+        else:  # each chunk's: the frame before it (a frame given before the kept ones counts), else its first
+            starts = torch.arange(t0 - keep, t0, self.k, device=dev)
+            ref_idx = (starts - 1).clamp_min(0).repeat_interleave(self.k)
+        idx = torch.arange(keep, device=dev)
+        hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], c2w[:, ref_idx], idx)
+        self.restore(hist)
 
-    def restore(self, history: History, reference: torch.Tensor, cache: KVCache | None = None) -> None:
-        """Continue a session from its history and first pose (a saved session); ``cached``
-        takes the saved ``cache`` as is, or recomputes it from the history when none is given."""
-        self.history, self.reference = history, reference
+    def restore(self, history: History, cache: KVCache | None = None) -> None:
+        """Continue a session from its history (a saved session); ``cached`` takes the saved
+        ``cache`` as is, or recomputes it from the history when none is given."""
+        self.history = history
         self.cache = None
         if self.policy == "cached":
             self.cache = cache if cache is not None else self._context_cache(history)
@@ -131,13 +139,18 @@ class ChunkRollout:
         nxt = int(ctx.frame_idx[-1]) + 1
         return ctx.frame_idx, torch.arange(nxt, nxt + self.k, device=dev)
 
+    def _reference(self, ctx: History) -> torch.Tensor:
+        """``(B, 4, 4)``: the pose the next chunk's rays are relative to (module docstring)."""
+        return ctx.ray_ref[:, -1] if self.cond.camera_reference == "session" else ctx.c2w[:, -1]
+
     def _camera(self, ctx: History, c2w: torch.Tensor) -> torch.Tensor:
         """Rays of ``[context | chunk]`` ``(B, n + k, 6, h, w)`` in the context's dtype."""
         seq = torch.cat([ctx.c2w, c2w.to(ctx.c2w.dtype)], 1)
+        ref = self._reference(ctx)
         if self.cond.camera_reference == "latest":
-            return self.rays.relative_to_latest(seq, ctx.c2w[:, -1], ctx.latents.dtype)
-        assert self.reference is not None
-        return self.rays.relative_to_session(seq, self.reference, ctx.latents.dtype)
+            return self.rays.relative_to_latest(seq, ref, ctx.latents.dtype)
+        chunk_ref = ref.to(ctx.ray_ref.dtype)[:, None].expand(-1, c2w.shape[1], 4, 4)
+        return self.rays.relative_to(seq, torch.cat([ctx.ray_ref, chunk_ref], 1), ctx.latents.dtype)
 
     def _context_cache(
         self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -182,9 +195,9 @@ class ChunkRollout:
             all_rays = self._camera(ctx, c2w)
             rays = all_rays[:, ctx.num_frames :]
             cache = self._context_cache(ctx, all_rays, generator)
-        else:  # the context's rays are in its cached keys; a pose's rays need only the session's first pose
-            assert self.cache is not None and self.reference is not None
-            rays = self.rays.relative_to_session(c2w, self.reference, dtype)
+        else:  # the context's rays are in its cached keys; the chunk's need only its reference
+            assert self.cache is not None
+            rays = self.rays.relative_to(c2w, self._reference(ctx), dtype)
             cache = self.cache
         context_s = timer.lap()
         # Step 3: denoise the new chunk against that context.
@@ -198,7 +211,9 @@ class ChunkRollout:
             cache.commit()
         write_s = timer.lap()
         # Step 5: the chunk joins the history; the window slides.
-        self.history = ctx.append(x0, actions, c2w).window(self.k, self.cond.context_chunks, self.cond.sink)
+        self.history = ctx.append(x0, actions, c2w, self._reference(ctx)).window(
+            self.k, self.cond.context_chunks, self.cond.sink
+        )
         self.timings = RolloutTimings(context_s, denoise_s, write_s)
         return x0
 

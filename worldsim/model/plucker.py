@@ -13,8 +13,10 @@ import torch
 
 
 def relative_poses(c2w: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``c2w (..., T, 4, 4)`` and ``ref (..., 4, 4)`` -> ``inv(ref) @ c2w`` ``(..., T, 4, 4)``."""
-    return torch.linalg.inv(ref).unsqueeze(-3) @ c2w
+    """``c2w (..., T, 4, 4)`` and ``ref (..., 4, 4)`` (one reference for the sequence) or
+    ``(..., T, 4, 4)`` (one per pose) -> ``inv(ref) @ c2w`` ``(..., T, 4, 4)``."""
+    inv = torch.linalg.inv(ref)
+    return (inv if ref.dim() == c2w.dim() else inv.unsqueeze(-3)) @ c2w
 
 
 def normalise_translation(c2w_rel: torch.Tensor, translation_scale_m: float) -> torch.Tensor:
@@ -60,7 +62,7 @@ def scale_intrinsics(intrinsics: torch.Tensor, factor: float) -> torch.Tensor:
 
 def clip_rays(
     c2w: torch.Tensor,  # (B, T, 4, 4)
-    ref: torch.Tensor,  # (B, 4, 4)
+    ref: torch.Tensor,  # (B, 4, 4), or (B, T, 4, 4): one reference per pose
     intrinsics: torch.Tensor,  # (B, 3, 3) pixels of the decoded frame
     frame_size: tuple[int, int],
     latent_size: tuple[int, int],
@@ -68,7 +70,8 @@ def clip_rays(
     dtype: torch.dtype = torch.float32,
     per_sequence_scale: bool = True,
 ) -> torch.Tensor:
-    """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref``, at latent
+    """The model's camera input for a sequence: rays of ``c2w`` relative to ``ref`` (the
+    sequence's reference, or each pose's own), at latent
     resolution -> ``(B, T, 6, h, w)`` in ``dtype`` (computed in float64). Translations are divided
     by ``max(translation_scale_m, max ||t||)`` over the sequence (``per_sequence_scale``), or by
     ``translation_scale_m`` alone, so that a pose's rays depend on that pose and ``ref`` only."""

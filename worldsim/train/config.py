@@ -55,7 +55,12 @@ class TeacherConfig:
     # depends only on the network's inputs leaves the best prediction for those inputs as it was
     # (weights by the target's darkness favour night wherever the light is uncertain).
     dark_weight_by: str = "target"
-    translation_scale_m: float = 8.0  # Plücker translations are divided by max(this, max |t|)
+    # Plücker translations are divided by max(this, max |t|) (latest), or by this (chunk, session)
+    translation_scale_m: float = 8.0
+    # What the rays are relative to (worldsim/inference/context.py): "latest" (teacher v1: the
+    # newest context frame, recomputed every chunk), "chunk" (teacher v2: each chunk's own
+    # reference, cacheable) or "session" (the episode's first frame, cacheable).
+    camera_reference: str = "latest"
     preview_every: int = 500  # steps between rollout previews (contact sheet + rollout PSNR)
     # The sampler of the previews and the one written into the exported checkpoint, which the
     # engine then plays with. worldsim-train selects the preset worldsim/configs/sampler/teacher.yaml
@@ -125,6 +130,8 @@ class TrainConfig:
         if self.teacher.focus_prob == 0.0:  # uniform clips: runs from before the option keep their identity
             d["teacher"].pop("focus_keys")
             d["teacher"].pop("focus_prob")
+        if self.teacher.camera_reference == "latest":  # runs from before the option keep their identity
+            d["teacher"].pop("camera_reference")
         if not self.teacher.stats_from_init:  # runs from before the option keep their identity
             d["teacher"].pop("stats_from_init")
         if self.teacher.dark_weight == 1.0:  # every frame weighs 1: runs from before the option keep their identity

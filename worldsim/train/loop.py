@@ -39,7 +39,14 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 class TrainLoop(Generic[M]):
     """Owns the optimizer, the EMA copy and the run folder of one stage."""
 
-    def __init__(self, cfg: TrainConfig, module: M, metric_names: list[str], d: Dist):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        module: M,
+        metric_names: list[str],
+        d: Dist,
+        adapt_init: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    ):
         self.cfg, self.module, self.dist = cfg, module.to(d.device), d
         self.metric_names = metric_names
         self.ema: M = copy.deepcopy(module).requires_grad_(False)
@@ -54,7 +61,7 @@ class TrainLoop(Generic[M]):
                 f"{self.out} already holds a run; pass resume=true to continue it or choose another out="
             )
         elif cfg.init_from:
-            loaded = init_weights(cfg.init_from, module, self.ema)
+            loaded = init_weights(cfg.init_from, module, self.ema, adapt_init)
             if d.is_main:
                 print(f"{cfg.stage}: weights from {loaded}")
         barrier(d)  # nobody writes before every rank has read

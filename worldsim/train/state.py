@@ -11,6 +11,7 @@ Written to ``<dir>.tmp`` then renamed, so an interruption never leaves a half ch
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +83,29 @@ def load_train_state(
     return int(meta["step"])
 
 
-def init_weights(path: str | Path, module: torch.nn.Module, ema: torch.nn.Module) -> str:
+def init_weights(
+    path: str | Path,
+    module: torch.nn.Module,
+    ema: torch.nn.Module,
+    adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> str:
     """Load earlier weights into a fresh run (``init_from``). A training state folder (``last/``)
     gives the weights and the EMA; an exported folder gives its file whose tensors fit ``module``
-    (``model.safetensors`` of a checkpoint, ``codec.safetensors`` of a codec) to both. Returns
-    what was loaded, for the log."""
+    (``model.safetensors`` of a checkpoint, ``codec.safetensors`` of a codec) to both. ``adapt``
+    maps each loaded state dict onto this run's network first (the teacher stage: action
+    weights of another encoder). Returns what was loaded, for the log."""
     root = Path(path)
     if not root.is_dir():
         raise WorldsimError(f"init_from: {root} is not a folder")
     want = module.state_dict()
+
+    def load(f: Path) -> dict[str, torch.Tensor]:
+        t = load_file(str(f))
+        return adapt(t) if adapt is not None else t
+
     if (root / "weights.safetensors").is_file() and (root / "ema.safetensors").is_file():
         files = {module: root / "weights.safetensors", ema: root / "ema.safetensors"}
-        tensors = {target: load_file(str(f)) for target, f in files.items()}
+        tensors = {target: load(f) for target, f in files.items()}
         for target, f in files.items():
             if not _fits(tensors[target], want):
                 raise WorldsimError(f"init_from: {f} does not fit this stage's network (other names or shapes)")
@@ -101,7 +113,7 @@ def init_weights(path: str | Path, module: torch.nn.Module, ema: torch.nn.Module
         exported = [root / n for n in ("model.safetensors", "codec.safetensors") if (root / n).is_file()]
         if not exported:
             raise WorldsimError(f"init_from: {root} holds no training state (last/) and no exported weights")
-        fitting = [(f, t) for f in exported if _fits(t := load_file(str(f)), want)]
+        fitting = [(f, t) for f in exported if _fits(t := load(f), want)]
         if not fitting:
             names = ", ".join(f.name for f in exported)
             raise WorldsimError(f"init_from: {names} in {root} do not fit this stage's network (other shapes)")

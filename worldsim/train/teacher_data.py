@@ -207,9 +207,25 @@ class ClipSampler:
         top = torch.topk(score, min(self.tcfg.memory_top, len(starts))).indices
         return int(starts[top[torch.randint(len(top), (1,), generator=g)]].item())
 
+    def _ray_references(self, frames: torch.Tensor, memory: bool) -> torch.Tensor:
+        """``(T,)`` episode frame whose pose each clip frame's rays are relative to, for the
+        fixed references the rollout keeps (``inference.context``): ``session``, the episode's
+        first frame (where its session began); ``chunk``, the frame before each chunk's first
+        (the first chunk of an episode: its own first frame), and for a retrieved memory chunk
+        the generated chunk's reference, the newest context frame."""
+        k = self.k
+        if self.cond.camera_reference == "session":
+            return torch.zeros_like(frames)
+        ref = (frames[::k] - 1).clamp_min(0)
+        if memory:
+            ref[0] = frames[-k - 1]
+        return ref.repeat_interleave(k)
+
     def batch(self, seed: int, step: int, batch_size: int, train: bool = True) -> Batch:
         """A deterministic :class:`Batch` for ``(seed, step)``; ``train`` adds focus picks, memory
-        retrieval and action/camera dropout. Plücker rays are relative to the latest context frame.
+        retrieval and action/camera dropout. Plücker rays as the conditioning prescribes
+        (``latest``: relative to the latest context frame; ``chunk``, ``session``: each frame's
+        fixed reference, :meth:`_ray_references`).
         """
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(self.index), (batch_size,), generator=g).tolist()
@@ -218,7 +234,7 @@ class ClipSampler:
             alt = torch.randint(len(self.focus), (batch_size,), generator=g).tolist()
             picks = [self.focus[a] if f else p for p, f, a in zip(picks, on, alt, strict=True)]
         k, t = self.k, self.clip_len
-        lat, act, cam, mem, wts = [], [], [], [], []
+        lat, act, cam, refs, mem, wts = [], [], [], [], [], []
         for p in picks:
             e, s = self.index[p]
             frames = torch.arange(s, s + t)
@@ -229,6 +245,7 @@ class ClipSampler:
             lat.append(self.split.latents[e][frames])
             act.append(self.split.actions[e][frames])
             cam.append(self.split.c2w[e][frames])
+            refs.append(self.split.c2w[e][self._ray_references(frames, m is not None)])
             mem.append(m is not None)
             if self.dark is not None:
                 dark = self.dark[e][frames]
@@ -238,15 +255,22 @@ class ClipSampler:
         x0 = (torch.stack(lat).float() - self.mean) / self.std
         actions, c2w = torch.stack(act), torch.stack(cam)
         b = len(picks)
-        ref = c2w[:, t - k - 1]  # the latest context frame: the camera the last chunk starts from
-        rays = clip_rays(
-            c2w,
-            ref,
-            self.split.intrinsics.expand(b, 3, 3),
-            self.split.frame_size,
-            self.latent_size,
-            self.cond.translation_scale_m,
-        )
+        intrinsics = self.split.intrinsics.expand(b, 3, 3)
+        if self.cond.camera_reference == "latest":
+            ref = c2w[:, t - k - 1]  # the latest context frame: the camera the last chunk starts from
+            rays = clip_rays(
+                c2w, ref, intrinsics, self.split.frame_size, self.latent_size, self.cond.translation_scale_m
+            )
+        else:  # each frame relative to its own reference, as the rollout keeps them
+            rays = clip_rays(
+                c2w,
+                torch.stack(refs),
+                intrinsics,
+                self.split.frame_size,
+                self.latent_size,
+                self.cond.translation_scale_m,
+                per_sequence_scale=False,
+            )
         if train:
             drop_a = torch.rand(b, generator=g) < self.tcfg.action_drop
             drop_c = torch.rand(b, generator=g) < self.tcfg.camera_drop

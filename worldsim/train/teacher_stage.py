@@ -20,13 +20,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from worldsim.core.actions import make_action_encoder
+from worldsim.core.actions import ActionEncoder, make_action_encoder
 from worldsim.core.errors import WorldsimError, unknown_name
 from worldsim.data.frames import open_datasets
 from worldsim.data.preview import contact_sheet, write_png
@@ -37,7 +39,7 @@ from worldsim.inference.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from worldsim.inference.context import ConditioningConfig
+from worldsim.inference.context import CAMERA_REFERENCES, ConditioningConfig
 from worldsim.inference.rollout import ChunkRollout, default_policy
 from worldsim.model.codec import Codec, tensor_to_frames
 from worldsim.model.dit import WorldModel
@@ -48,6 +50,7 @@ from worldsim.train.objectives import OBJECTIVES, diffusion_forcing_loss
 from worldsim.train.prefetch import Prefetcher
 from worldsim.train.teacher_data import DARK_WEIGHT_BY, Batch, ClipSampler, EncodedSplit, focus_columns
 
+ACTION_INPUT = "action_embed.0.weight"  # WorldModel's first action layer: (width, action_dim)
 PREVIEW_EPISODES = 4
 PREVIEW_CHUNKS = 4
 
@@ -71,19 +74,53 @@ def _derive_shapes(cfg: TrainConfig, codec: Codec, frame_size: tuple[int, int]) 
     )
 
 
-def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
-    """The latent statistics of the checkpoint a run starts from: ``init_from`` itself when it is
-    an exported teacher, or the ``model/`` export beside a run's ``last/``."""
+def _init_checkpoint(init_from: str) -> CheckpointConfig | None:
+    """The config of the checkpoint a run starts from: ``init_from`` itself when it is an
+    exported teacher, or the ``model/`` export beside a run's ``last/``; None when neither is."""
     root = Path(init_from)
     for folder in (root, root.parent / "model"):
         if (folder / CONFIG_FILE).is_file():
-            c = read_checkpoint_config(folder).conditioning
-            if c.latent_mean and c.latent_std:
-                return list(c.latent_mean), list(c.latent_std)
-    raise WorldsimError(
-        f"teacher.stats_from_init: neither {root} nor {root.parent / 'model'} "
-        "is an exported teacher with latent statistics"
-    )
+            return read_checkpoint_config(folder)
+    return None
+
+
+def _init_latent_stats(init_from: str) -> tuple[list[float], list[float]]:
+    """The latent statistics of the checkpoint a run starts from (:func:`_init_checkpoint`)."""
+    ck = _init_checkpoint(init_from)
+    if ck is None or not (ck.conditioning.latent_mean and ck.conditioning.latent_std):
+        root = Path(init_from)
+        raise WorldsimError(
+            f"teacher.stats_from_init: neither {root} nor {root.parent / 'model'} "
+            "is an exported teacher with latent statistics"
+        )
+    return list(ck.conditioning.latent_mean), list(ck.conditioning.latent_std)
+
+
+def _action_adapter(init_from: str, encoder: ActionEncoder) -> Callable[[dict[str, Tensor]], dict[str, Tensor]] | None:
+    """When the checkpoint a run starts from was trained with another action encoder (v1's
+    ``keyboard_mouse`` for v2's ``keyboard_press_mouse``): a map of its state dict whose action
+    input layer takes each of this encoder's channels from the column of the same name
+    (``ActionEncoder.channels``) and starts the channels it lacks (press edges, the null flag)
+    at zero, so the network first behaves exactly as before for every real input. None when
+    the encoders agree or the start's encoder is not recorded."""
+    ck = _init_checkpoint(init_from)
+    if ck is None or ck.action_encoder == encoder.spec():
+        return None
+    spec = ck.action_encoder
+    source = make_action_encoder(str(spec["name"]), list(spec["key_names"]))
+    src = source.channels()
+    cols = [(j, src.index(c)) for j, c in enumerate(encoder.channels()) if c in src]
+
+    def adapt(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        w = tensors.get(ACTION_INPUT)
+        if w is None or w.shape[1] != source.dim:
+            return tensors
+        out = w.new_zeros(w.shape[0], encoder.dim)
+        for j, i in cols:
+            out[:, j] = w[:, i]
+        return {**tensors, ACTION_INPUT: out}
+
+    return adapt
 
 
 def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
@@ -112,6 +149,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         )
     if tc.dark_weight_by not in DARK_WEIGHT_BY:
         raise unknown_name("teacher.dark_weight_by", tc.dark_weight_by, DARK_WEIGHT_BY)
+    if tc.camera_reference not in CAMERA_REFERENCES:
+        raise unknown_name("teacher.camera_reference", tc.camera_reference, CAMERA_REFERENCES)
     if tc.objective == "diffusion_forcing":
         objective = partial(
             diffusion_forcing_loss,
@@ -150,7 +189,10 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         if val_size != frame_size:
             raise WorldsimError(f"validation frames are {val_size}, training frames {frame_size}")
     torch.manual_seed(cfg.seed)
-    loop = TrainLoop(cfg, WorldModel(cfg.model), ["val_loss", "rollout_psnr_db", "copy_last_psnr_db"], d)
+    adapt = _action_adapter(cfg.init_from, encoder) if cfg.init_from and not cfg.resume else None
+    if adapt is not None and d.is_main:
+        print(f"init_from: action weights mapped by channel name onto {tc.encoder!r} (new channels start at 0)")
+    loop = TrainLoop(cfg, WorldModel(cfg.model), ["val_loss", "rollout_psnr_db", "copy_last_psnr_db"], d, adapt)
     # Step 2: latents of every episode (cached in <out>/latents), their statistics, the clip samplers.
     cache = loop.out / "latents" if d.is_main else None
     codec.to(d.device)
@@ -164,7 +206,9 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         if d.is_main:
             print(f"latent statistics from {cfg.init_from} (not recomputed from {cfg.data})")
     intr = tuple(train.intrinsics.flatten().tolist())
-    cond = ConditioningConfig(tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std), intr)
+    cond = ConditioningConfig(
+        tc.context_chunks, tc.translation_scale_m, tuple(mean), tuple(std), intr, tc.camera_reference
+    )
     null = torch.from_numpy(encoder.null_action())
     k, latent_size = cfg.model.chunk_frames, cfg.model.latent_shape()[1:]
     clips = ClipSampler(train, k, tc, cond, latent_size, null)
