@@ -2,12 +2,15 @@
 network the rays the rollout gives it, and the press-edge encoding reaches the model as it
 was trained."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from worldsim.core.actions import make_action_encoder
 from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.inference.checkpoint import load_checkpoint
 from worldsim.inference.context import ConditioningConfig
 from worldsim.inference.rollout import ChunkRollout
 from worldsim.model.codec import Codec, CodecConfig
@@ -109,3 +112,40 @@ def test_a_key_held_across_steps_is_one_press_for_the_model(tmp_path):
     assert rows[:, press].tolist() == [1, 0, 0, 0, 0, 0]
     assert rows[:, held].tolist() == [1] * 6
     assert (rows[:, -1] == 0).all()  # no real input carries the null flag
+
+
+def test_a_start_from_another_encoder_behaves_as_before_for_every_real_input(tmp_path):
+    """init_from v1 (``keyboard_mouse``) into a ``keyboard_press_mouse`` run: the action input layer
+    takes each channel from its namesake and starts the new ones at zero, so the refit network
+    first gives v1's outputs for every real input (presses included)."""
+    from tests.test_engine import KEYS, make_tiny_checkpoint
+    from worldsim.model.attention import chunk_mask
+    from worldsim.train.state import init_weights
+    from worldsim.train.teacher_stage import _action_adapter
+
+    v1_dir = make_tiny_checkpoint(tmp_path / "v1", seed=3)
+    v1 = load_checkpoint(v1_dir)[1]
+    old, new = make_action_encoder("keyboard_mouse", KEYS), make_action_encoder("keyboard_press_mouse", KEYS)
+    assert _action_adapter(str(v1_dir), old) is None  # same encoder: nothing to map
+    v2 = WorldModel(dataclasses.replace(v1.cfg, action_dim=new.dim))
+    ema = WorldModel(v2.cfg)
+    init_weights(v1_dir, v2, ema, _action_adapter(str(v1_dir), new))
+    rng = np.random.default_rng(0)
+    keys = (rng.random((6, len(KEYS))) < 0.4).astype(np.uint8)  # presses, holds and releases
+    mouse = rng.normal(0, 20, (6, 2)).astype(np.float32)
+    a_old = torch.from_numpy(old.encode_batch(keys, mouse))[None]
+    a_new = torch.from_numpy(new.encode_sequence(keys, mouse, np.zeros(len(KEYS), np.uint8)))[None]
+    assert a_new[0, :, : len(KEYS)].sum() > 0 and (a_new[0, :, len(KEYS) : 2 * len(KEYS)] > 0).any()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 6, 4, 16, 16, generator=g)
+    sigma, rays = torch.rand(1, 6, generator=g), torch.randn(1, 6, 6, 16, 16, generator=g)
+    ids = torch.arange(6).div(2, rounding_mode="floor").repeat_interleave(v1.cfg.tokens_per_frame)
+    mask = chunk_mask(ids, ids)
+    with torch.no_grad():
+        want = v1(x, sigma, a_old, rays, torch.arange(6), mask)
+        for m in (v2, ema):
+            torch.testing.assert_close(m(x, sigma, a_new, rays, torch.arange(6), mask), want, rtol=0, atol=1e-6)
+        # the null flag is a real input to the refit network: the null action is not "idle"
+        null = torch.from_numpy(new.null_action())[None, None].expand(1, 6, -1)
+        idle = torch.from_numpy(new.encode_sequence(np.zeros_like(keys), np.zeros_like(mouse), keys[0] * 0))[None]
+        assert not torch.equal(null, idle)

@@ -3,8 +3,10 @@
 * ``rebuild`` (the shipped teacher's ``latest`` conditioning) equals one full block-causal
   forward over ``[context | chunk]`` with rays relative to the newest context frame computed here
   from the Plücker formula, and compact positions ``0 .. n + k - 1``.
-* ``cached`` (``session`` conditioning) equals one full forward over the whole session with the
-  sliding-window + sink mask, absolute positions and rays relative to the session's first pose.
+* ``cached`` equals one full forward over the whole session with the sliding-window + sink mask
+  and absolute positions, for both cacheable conditionings: ``session`` (rays relative to the
+  session's first pose) and ``chunk`` (each chunk's rays relative to the pose of the frame just
+  before it, the session's first chunk relative to its own first frame).
 * ``cached`` equals ``rebuild`` where caching is exact: before the window evicts, and past the
   window and the sink for a one-block network (deeper networks remember evicted chunks through
   the cached keys of later layers; tests above pin each policy to its own mask).
@@ -69,6 +71,17 @@ def _rays_reference(c2w, ref, scale_m, normalise_over_sequence):
     return out[None]
 
 
+def _cacheable_rays(c2w, reference, k, scale_m):
+    """The rays a cacheable conditioning gives every frame of a session, written out here."""
+    if reference == "session":
+        return _rays_reference(c2w, c2w[0, 0], scale_m, normalise_over_sequence=False)
+    frames = []
+    for f in range(c2w.shape[1]):
+        ref = c2w[0, max(f - f % k - 1, 0)]  # the frame just before f's chunk (the first chunk: frame 0)
+        frames.append(_rays_reference(c2w[:, f : f + 1], ref, scale_m, normalise_over_sequence=False))
+    return torch.cat(frames, 1)
+
+
 def _ids(t, k, tokens):
     return torch.arange(t).div(k, rounding_mode="floor").repeat_interleave(tokens)
 
@@ -94,16 +107,17 @@ def test_rebuild_step_equals_one_block_causal_forward_with_newest_frame_rays_and
     assert roll.history.num_frames == n  # the window slid by one chunk
 
 
+@pytest.mark.parametrize("reference", ["session", "chunk"])
 @pytest.mark.parametrize("sink", [False, True])
-def test_cached_rollout_equals_full_windowed_forward_over_the_session(sink):
+def test_cached_rollout_equals_full_windowed_forward_over_the_session(sink, reference):
     m = _model(depth=3)
     k, window, n0, chunks = 2, 2, 4, 7  # 7 chunks after a 2-chunk context: far past the window
     lat, act, c2w = _session(n0 + chunks * k)
-    cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference="session", sink=sink)
+    cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference=reference, sink=sink)
     roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached")
     roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
     g_roll, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    rays = _rays_reference(c2w, c2w[0, 0], 3.0, normalise_over_sequence=False)
+    rays = _cacheable_rays(c2w, reference, k, 3.0)
     clean = lat[:, :n0]
     for j in range(chunks):
         s = n0 + j * k
@@ -122,11 +136,12 @@ def test_cached_rollout_equals_full_windowed_forward_over_the_session(sink):
 
 @pytest.mark.parametrize(("depth", "chunks"), [(1, 8), (3, 1)])  # 1 block: exact at any length; 3: before eviction
 @pytest.mark.parametrize("sink", [False, True])
-def test_cached_equals_rebuild_where_caching_is_exact(depth, chunks, sink):
+@pytest.mark.parametrize("reference", ["session", "chunk"])
+def test_cached_equals_rebuild_where_caching_is_exact(depth, chunks, sink, reference):
     m = _model(depth=depth)
     k, n0 = 2, 4
     lat, act, c2w = _session(n0 + chunks * k)
-    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0, camera_reference="session", sink=sink)
+    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0, camera_reference=reference, sink=sink)
     sampler = SamplerConfig(num_steps=3, mode="few_step")
     outs = {}
     for policy in ("rebuild", "cached"):
