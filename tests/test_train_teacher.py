@@ -38,8 +38,9 @@ def tiny_codec(tmp_path_factory):
     return path
 
 
-def _cfg(data, codec, out, steps, resume=False, **teacher):
+def _cfg(data, codec, out, steps, resume=False, schedule_steps=0, **teacher):
     return TrainConfig(
+        schedule_steps=schedule_steps,
         stage="teacher",
         data=str(data),
         val_data=str(data),
@@ -73,6 +74,7 @@ def _overrides(data, codec, out, steps, resume=False):
         "val_every=2",
         "val_batches=1",
         f"resume={str(resume).lower()}",
+        "schedule_steps=4",
         f"teacher.codec_path={codec}",
         "teacher.preview_every=1000",
         *m,
@@ -81,7 +83,7 @@ def _overrides(data, codec, out, steps, resume=False):
 
 def test_teacher_resume_is_bit_exact_and_exports_a_loadable_checkpoint(small_dataset, tiny_codec, tmp_path):
     train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 4))
-    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "b", 2))
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "b", 2, schedule_steps=4))
     summary = train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "b", 4, resume=True))
     for name in ("weights", "ema", "optim"):
         a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
@@ -100,7 +102,7 @@ def test_batch_workers_change_nothing_that_is_trained(small_dataset, tiny_codec,
     """Batches built ahead by worker processes, across a stop and resume, give the same weights."""
     train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "a", 4))
     for steps, resume in ((2, False), (4, True)):
-        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "b", steps, resume=resume)
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "b", steps, resume=resume, schedule_steps=4)
         cfg.num_workers = 2
         train_teacher(cfg)
     for name in ("weights", "ema"):
@@ -128,7 +130,7 @@ def test_a_cuda_run_matches_the_cpu_and_resumes_on_the_cpu(small_dataset, tiny_c
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "cpu", 4))
     for steps, resume, device in ((2, False, "cuda"), (4, True, "cpu")):
-        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "gpu", steps, resume=resume)
+        cfg = _cfg(small_dataset.root, tiny_codec, tmp_path / "gpu", steps, resume=resume, schedule_steps=4)
         cfg.device, cfg.num_workers = device, 2
         train_teacher(cfg)
     losses = {

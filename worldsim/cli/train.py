@@ -1,9 +1,13 @@
-"""``worldsim-train``: the training stages behind one hydra app (``stage=codec`` | ``stage=teacher``).
+"""``worldsim-train``: the training stages behind one hydra app (``stage=codec`` | ``teacher`` |
+``ode_pairs`` | ``student_ode`` | ``student_dmd``).
 
 worldsim-train stage=codec data=data/builtin_v1/train val_data=data/builtin_v1/val out=runs/codec
 worldsim-train stage=teacher out=runs/teacher            # the AR teacher on the shipped codec's latents
 worldsim-train stage=teacher out=runs/teacher resume=true  # continue exactly where it stopped
 torchrun --nproc_per_node=2 -m worldsim.cli.train stage=teacher ...   # DDP (gloo on CPU)
+worldsim-train stage=ode_pairs          # causal ODE pairs from the real-time teacher (runs/ode_pairs)
+worldsim-train stage=student_ode        # the few-step student regresses them (runs/student_ode)
+worldsim-train stage=student_dmd        # Self-Forcing DMD on the student's own rollouts (runs/student_dmd)
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from worldsim.core.errors import clean_errors, unknown_name
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import TrainConfig
 from worldsim.train.distributed import shutdown
+from worldsim.train.ode_pairs import make_ode_pairs
+from worldsim.train.student_dmd_stage import train_student_dmd
+from worldsim.train.student_ode_stage import train_student_ode
 from worldsim.train.teacher_stage import train_teacher
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
-STAGES: dict[str, Callable[[TrainConfig], dict[str, float]]] = {"codec": train_codec, "teacher": train_teacher}
+STAGES: dict[str, Callable[[TrainConfig], dict[str, float]]] = {
+    "codec": train_codec,
+    "teacher": train_teacher,
+    "ode_pairs": make_ode_pairs,
+    "student_ode": train_student_ode,
+    "student_dmd": train_student_dmd,
+}
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")

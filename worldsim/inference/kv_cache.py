@@ -49,7 +49,12 @@ class KVCache:
     # -- what the model calls -----------------------------------------------------------------
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this chunk's ``k, v (B, H, L, hd)`` into the scratch slot of ``layer`` -> the
-        keys and values it attends to ``(B, H, used * L, hd)`` (the context and itself)."""
+        keys and values it attends to ``(B, H, used * L, hd)`` (the context and itself).
+
+        A pass that carries gradient (``k`` requires grad: the exit step of a Self-Forcing
+        rollout) writes detached copies and gets the same tensors, in the same order, built out
+        of place from the buffers (no gradient) and its own keys and values: the buffers never
+        enter the autograd graph, so later in-place writes cannot invalidate it."""
         if k.shape[2] != self.chunk_tokens:
             raise WorldsimError(f"the KV cache holds chunks of {self.chunk_tokens} tokens, got {k.shape[2]}")
         if self.k is None or self.v is None:
@@ -58,9 +63,16 @@ class KVCache:
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
         s = self._scratch * self.chunk_tokens
-        self.k[layer, :, :, s : s + self.chunk_tokens] = k
-        self.v[layer, :, :, s : s + self.chunk_tokens] = v
         end = self.used_slots * self.chunk_tokens
+        e = s + self.chunk_tokens
+        self.k[layer, :, :, s:e] = k.detach()
+        self.v[layer, :, :, s:e] = v.detach()
+        if k.requires_grad or v.requires_grad:
+            kk, vv = self.k[layer], self.v[layer]
+            return (
+                torch.cat([kk[:, :, :s], k, kk[:, :, e:end]], 2),
+                torch.cat([vv[:, :, :s], v, vv[:, :, e:end]], 2),
+            )
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     # -- what the rollout calls ---------------------------------------------------------------

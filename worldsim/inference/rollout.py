@@ -14,7 +14,10 @@ Per chunk (``step``):
    (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0);
 5. the clean chunk joins the history, which keeps the sink and the newest ``context_chunks``.
 
-The rollout is gradient-agnostic (the caller picks ``torch.inference_mode`` or gradients),
+The rollout is gradient-agnostic: under ``torch.inference_mode`` it is the engine's loop; with
+gradients enabled it is Self-Forcing's training rollout, where only the pass of the chunk's exit
+step (``step(exit_step=...)``, the last step by default) carries gradient, and the context's
+keys and values, the other denoising passes and the cache write run without it. It is
 batch-first (``B`` sessions at once) and device-agnostic (every tensor it makes is created on
 the device of the context it was reset with; the generator must live there too).
 
@@ -127,9 +130,10 @@ class ChunkRollout:
         """Continue a session from its history (a saved session); ``cached`` takes the saved
         ``cache`` as is, or recomputes it from the history when none is given."""
         self.history = history
-        self.cache = None
-        if self.policy == "cached":
-            self.cache = cache if cache is not None else self._context_cache(history)
+        if self.policy == "cached" and cache is None:
+            with torch.no_grad():  # context keys and values never carry gradient
+                cache = self._context_cache(history)
+        self.cache = cache if self.policy == "cached" else None
 
     def _positions(self, ctx: History) -> tuple[torch.Tensor, torch.Tensor]:
         """Temporal positions of the context ``(n,)`` and of the new chunk ``(k,)``."""
@@ -176,13 +180,29 @@ class ChunkRollout:
         return cache
 
     # -- one chunk --------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor, c2w: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def step(
+        self,
+        actions: torch.Tensor,
+        c2w: torch.Tensor,
+        generator: torch.Generator | None = None,
+        trajectory: list[torch.Tensor] | None = None,
+        exit_step: int | None = None,
+    ) -> torch.Tensor:
         """``actions (B, k, A)`` encoded, ``c2w (B, k, 4, 4)`` -> the clean chunk's normalised
-        latents ``(B, k, C, h, w)``; per-stage seconds in :attr:`timings`."""
+        latents ``(B, k, C, h, w)``; per-stage seconds in :attr:`timings`. ``trajectory``, when
+        given, receives the chunk's state at every noise level the sampler visits, ``num_steps
+        + 1`` tensors ``(B, k, C, h, w)`` from the initial noise to the clean chunk (the causal
+        ODE pairs of the student stages). ``exit_step`` in ``[0, num_steps)`` stops denoising
+        after that step and returns its clean estimate (Self-Forcing's random exit; the last
+        step by default). With gradients enabled, only that step's pass carries them; the chunk
+        joins the history and the cache without them."""
         if self.history is None:
             raise WorldsimError("reset the rollout with a context before stepping")
         if actions.shape[1] != self.k or c2w.shape[1] != self.k:
             raise WorldsimError(f"a step takes exactly {self.k} frames of input, got {actions.shape[1]}")
+        last = self.sampler.num_steps - 1 if exit_step is None else exit_step
+        if not 0 <= last < self.sampler.num_steps:
+            raise WorldsimError(f"exit_step must be in [0, {self.sampler.num_steps}), got {exit_step}")
         ctx = self.history
         dev, dtype = ctx.latents.device, ctx.latents.dtype
         actions = actions.to(device=dev, dtype=dtype)
@@ -194,24 +214,30 @@ class ChunkRollout:
         if self.policy == "rebuild":
             all_rays = self._camera(ctx, c2w)
             rays = all_rays[:, ctx.num_frames :]
-            cache = self._context_cache(ctx, all_rays, generator)
+            with torch.no_grad():
+                cache = self._context_cache(ctx, all_rays, generator)
         else:  # the context's rays are in its cached keys; the chunk's need only its reference
             assert self.cache is not None
             rays = self.rays.relative_to(c2w, self._reference(ctx), dtype)
             cache = self.cache
         context_s = timer.lap()
         # Step 3: denoise the new chunk against that context.
-        x0 = self._denoise(cache, actions, rays, pos, (ctx.latents.shape[0], self.k, *ctx.latents.shape[2:]), generator)
+        shape = (ctx.latents.shape[0], self.k, *ctx.latents.shape[2:])
+        x0 = self._denoise(cache, actions, rays, pos, shape, generator, trajectory, last)
         denoise_s = timer.lap()
+        clean = x0.detach()
         # Step 4 (cached): the clean pass writes the finished chunk's keys and values.
         if self.policy == "cached":
             b = x0.shape[0]
             labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=dev)
-            self.model.forward_chunk(context_input(self.sampler, x0, generator), labels, actions, rays, pos, cache)
+            with torch.no_grad():
+                self.model.forward_chunk(
+                    context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache
+                )
             cache.commit()
         write_s = timer.lap()
         # Step 5: the chunk joins the history; the window slides.
-        self.history = ctx.append(x0, actions, c2w, self._reference(ctx)).window(
+        self.history = ctx.append(clean, actions, c2w, self._reference(ctx)).window(
             self.k, self.cond.context_chunks, self.cond.sink
         )
         self.timings = RolloutTimings(context_s, denoise_s, write_s)
@@ -225,20 +251,34 @@ class ChunkRollout:
         pos: torch.Tensor,  # (k,)
         shape: tuple[int, ...],  # (B, k, C, h, w)
         generator: torch.Generator | None,
+        trajectory: list[torch.Tensor] | None = None,
+        exit_step: int | None = None,
     ) -> torch.Tensor:
-        """The sampler's loop: ``num_steps`` network passes (twice each with guidance) -> x0."""
+        """The sampler's loop: network passes (twice each with guidance) up to ``exit_step``
+        (the last by default) -> that step's x0; the state at each level is appended to
+        ``trajectory`` when given (:meth:`step`). Only the exit step's pass may carry gradient."""
         cfg = self.sampler
+        last = cfg.num_steps - 1 if exit_step is None else exit_step
+        grad = torch.is_grad_enabled()
         x = torch.randn(shape, generator=generator, dtype=rays.dtype, device=rays.device)
         null = None if self.null_action is None else self.null_action.to(actions).expand_as(actions)
         sig = cfg.sigmas()
         x0 = x
-        for i in range(cfg.num_steps):
+        if trajectory is not None:
+            trajectory.append(x)
+        for i in range(last + 1):
             s = torch.full(shape[:2], sig[i], dtype=x.dtype, device=x.device)
-            v = self.model.forward_chunk(x, s, actions, rays, pos, cache)
-            if cfg.guidance != 1.0:
-                assert null is not None
-                v = guided(v, self.model.forward_chunk(x, s, null, rays, pos, cache), cfg.guidance)
-            x, x0 = denoise_update(cfg, x, v, sig[i], sig[i + 1], generator)
+            with torch.set_grad_enabled(grad and i == last):
+                v = self.model.forward_chunk(x, s, actions, rays, pos, cache)
+                if cfg.guidance != 1.0:
+                    assert null is not None
+                    v = guided(v, self.model.forward_chunk(x, s, null, rays, pos, cache), cfg.guidance)
+                if i == last < cfg.num_steps - 1:  # an early exit: its clean estimate, no re-noising
+                    x0 = x - sig[i] * v
+                    break
+                x, x0 = denoise_update(cfg, x, v, sig[i], sig[i + 1], generator)
+            if trajectory is not None:
+                trajectory.append(x0 if i == cfg.num_steps - 1 else x)
         return x0
 
     def rollout(

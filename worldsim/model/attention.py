@@ -42,16 +42,22 @@ def chunk_mask(
     return allowed
 
 
-def teacher_forcing_mask(chunk_of_token: torch.Tensor) -> torch.Tensor:
-    """Mask over ``[clean | noisy]`` (each half with the same per-token chunk ids).
+def teacher_forcing_mask(
+    chunk_of_token: torch.Tensor, window_chunks: int | None = None, noisy_chunk_of_token: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mask over ``[clean | noisy]`` from per-token chunk ids of each half (the noisy half's ids
+    default to the clean half's: the same chunks).
 
     Clean chunk b sees clean chunks <= b; noisy chunk b sees its own noisy chunk and clean
-    chunks < b (reference.md §2). Returns ``(2L, 2L)`` bool.
+    chunks < b (reference.md §2). With ``window_chunks = W`` each sees only the clean chunks
+    a rolling KV cache of W chunks holds: clean ``b - W .. b``, noisy ``b - W .. b - 1`` (the
+    scores of the student stages read its own rollouts this way). Returns ``(Lc + Ln, Lc + Ln)``
+    bool.
     """
-    qb, kb = chunk_of_token[:, None], chunk_of_token[None, :]
-    clean_clean = kb <= qb
-    noisy_clean = kb < qb
-    noisy_noisy = kb == qb
-    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], dim=1)
+    noisy = chunk_of_token if noisy_chunk_of_token is None else noisy_chunk_of_token
+    clean_clean = chunk_mask(chunk_of_token, chunk_of_token, window_chunks)
+    noisy_clean = chunk_mask(noisy - 1, chunk_of_token, None if window_chunks is None else window_chunks - 1)
+    noisy_noisy = noisy[:, None] == noisy[None, :]
+    top = torch.cat([clean_clean, clean_clean.new_zeros(len(chunk_of_token), len(noisy))], dim=1)
     bottom = torch.cat([noisy_clean, noisy_noisy], dim=1)
     return torch.cat([top, bottom], dim=0)

@@ -83,6 +83,42 @@ class CodecTrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The student stages (reference.md §6): causal ODE pairs from an AR teacher
+    (``stage=ode_pairs``), then the few-step student regressing them (``stage=student_ode``).
+    The student has its teacher's architecture, conditioning, codec and action encoder; the
+    ``model`` and ``codec`` groups are not used by these stages."""
+
+    teacher: str = "assets/teacher_builtin_v2"  # exported AR teacher with a cacheable conditioning
+    # ode_pairs: the teacher integrates the flow ODE with ode_steps deterministic Euler steps
+    # (shifted schedule) from the noise, on true clean context, and the state is stored at every
+    # level of the grid_steps-step schedule (the levels student samplers of 1, 2, 4 ... steps
+    # start their steps from), with the end point. ode_steps must be a multiple of grid_steps, so
+    # the grid's levels lie on the teacher's path.
+    ode_steps: int = 48
+    grid_steps: int = 4
+    num_pairs: int = 4096  # pairs from the clips of ``data`` (clip mixing: the ``teacher`` group)
+    num_val_pairs: int = 256  # pairs from the clips of ``val_data``
+    pairs_per_shard: int = 64  # one file per shard; a stopped run resumes at the first missing shard
+    # student_ode: the folder written by stage=ode_pairs (its pairs.json names the teacher)
+    pairs: str = "runs/ode_pairs"
+    student_steps: int = 2  # the student's sampler steps; must divide the pairs' grid_steps
+    preview_every: int = 500  # steps between rollout previews on held-out episodes
+    # student_dmd (Self-Forcing distribution matching on the student's own rollouts): each
+    # iteration the student generates rollout_chunks chunks after a true context from the
+    # clips of ``data``, every chunk stopping at a random step of its sampler; the fake score
+    # (a copy of the teacher) learns those samples every iteration, the student takes the DMD
+    # step every generator_every-th. Scores read each chunk as a rolling cache would hold it.
+    rollout_chunks: int = 8
+    generator_every: int = 5
+    fake_lr_scale: float = 0.2  # the fake score's learning rate relative to optim.lr
+    real_guidance: float = 1.0  # classifier-free guidance of the real score on actions (1 = off)
+    dmd_sigma_min: float = 0.02  # DMD noise levels: U(min, max), then shifted like the sampler
+    dmd_sigma_max: float = 0.98
+    beta1: float = 0.0  # AdamW's first-moment decay for both networks (Self-Forcing: 0)
+
+
+@dataclass
 class TrainConfig:
     """``worldsim-train``'s whole config (``worldsim/configs/train.yaml`` mirrors it); ``stage`` picks
     the stage and its preset."""
@@ -101,6 +137,9 @@ class TrainConfig:
     # Processes that build batches ahead of the training step (0: in the training process).
     # Batch i is a pure function of (seed, i), so the count never changes what is trained.
     num_workers: int = 0
+    # Length of the learning-rate schedule (warm-up, then cosine decay to 0); 0 = ``steps`` of the
+    # run's first leg. Recorded with the run: a resumed leg keeps it whatever its ``steps`` says.
+    schedule_steps: int = 0
     log_every: int = 10
     val_every: int = 250
     val_batches: int = 4
@@ -113,12 +152,23 @@ class TrainConfig:
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     codec_train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def identity(self) -> dict[str, Any]:
         """What must match to resume: everything that shapes this stage's trajectory."""
         d = asdict(self)
-        per_run = ("steps", "resume", "out", "log_every", "val_every", "val_batches", "ckpt_every", "val_data")
+        per_run: tuple[str, ...] = (
+            "steps",
+            "resume",
+            "out",
+            "log_every",
+            "val_every",
+            "val_batches",
+            "ckpt_every",
+            "val_data",
+        )
+        per_run += ("schedule_steps",)  # recorded in the run's state instead (loop.py)
         for k in (*per_run, "device", "num_workers"):
             d.pop(k)
         if not self.init_from:  # runs started from scratch keep the identity they had before the option
@@ -141,7 +191,43 @@ class TrainConfig:
             d["teacher"].pop("dark_weight_by")  # runs from before the option keep their identity
         if self.codec_train == CodecTrainConfig():  # runs from before the options keep their identity
             d.pop("codec_train")
-        unused = {"codec": ("model", "teacher"), "teacher": ("codec", "codec_train")}.get(self.stage, ())
+        distill = d.pop("distill")
+        if self.stage in DISTILL_STAGES:  # the teacher checkpoint gives model, codec and conditioning
+            d["distill"] = {k: distill[k] for k in DISTILL_FIELDS[self.stage]}
+        unused = {
+            "codec": ("model", "teacher"),
+            "teacher": ("codec", "codec_train"),
+            "ode_pairs": ("model", "codec", "codec_train", "optim", "init_from", "bf16"),
+            "student_ode": ("model", "codec", "codec_train", "teacher"),
+            "student_dmd": ("model", "codec", "codec_train"),
+        }.get(self.stage, ())
         for k in unused:
             d.pop(k, None)
+        if self.stage in CLIP_FIELDS:  # only the clip mixing of the teacher group is used
+            d["teacher"] = {k: d["teacher"][k] for k in CLIP_FIELDS[self.stage] if k in d["teacher"]}
         return d
+
+
+# What each student stage reads from the distill group (its resume identity).
+DISTILL_FIELDS = {
+    "ode_pairs": ("teacher", "ode_steps", "grid_steps", "num_pairs", "num_val_pairs", "pairs_per_shard"),
+    "student_ode": ("teacher", "pairs", "student_steps"),
+    "student_dmd": (
+        "teacher",
+        "student_steps",
+        "rollout_chunks",
+        "generator_every",
+        "fake_lr_scale",
+        "real_guidance",
+        "dmd_sigma_min",
+        "dmd_sigma_max",
+        "beta1",
+    ),
+}
+DISTILL_STAGES = tuple(DISTILL_FIELDS)
+# The teacher-group fields that choose the clips a student stage reads (DMD's rollouts start
+# from recent true context only: a retrieved view would leave the window as the rollout goes).
+CLIP_FIELDS = {
+    "ode_pairs": ("memory_prob", "memory_top", "focus_keys", "focus_prob"),
+    "student_dmd": ("focus_keys", "focus_prob"),
+}

@@ -75,6 +75,18 @@ def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
 
+def average_gradients(model: torch.nn.Module, d: Dist) -> None:
+    """Average every parameter's gradient across ranks in place (what DDP does during backward),
+    for stages that call submodules rather than one wrapped module. Every rank must hold
+    gradients for the same parameters."""
+    if d.world <= 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world
+
+
 def weights_in_sync(model: torch.nn.Module, d: Dist) -> bool:
     """True when every rank holds bit-identical weights (compares a float64 checksum across ranks)."""
     if d.world == 1:

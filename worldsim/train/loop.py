@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from worldsim.core.errors import WorldsimError
 from worldsim.core.optim import lr_at
 from worldsim.core.precision import describe_bf16, resolve_bf16
 from worldsim.train.config import TrainConfig
-from worldsim.train.distributed import Dist, barrier, weights_in_sync, wrap
+from worldsim.train.distributed import Dist, average_gradients, barrier, weights_in_sync, wrap
 from worldsim.train.state import init_weights, load_train_state, save_train_state
 
 M = TypeVar("M", bound=torch.nn.Module)
@@ -46,16 +46,38 @@ class TrainLoop(Generic[M]):
         metric_names: list[str],
         d: Dist,
         adapt_init: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+        identity: dict[str, Any] | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ddp: bool = True,
     ):
+        """``identity``: what must match to resume, when the stage knows more than ``cfg`` does
+        (the sha256 of a teacher it distils); ``cfg.identity()`` by default. ``param_groups``:
+        AdamW groups of ``module``'s parameters, each clipped on its own and with an optional
+        ``lr_scale`` on the schedule (DMD's generator and fake score); one group by default.
+        ``ddp=False``: the stage calls submodules of ``module`` rather than ``module`` itself,
+        so under torchrun the loop averages the gradients across ranks after each backward."""
         self.cfg, self.module, self.dist = cfg, module.to(d.device), d
+        self.identity = identity if identity is not None else cfg.identity()
         self.metric_names = metric_names
         self.ema: M = copy.deepcopy(module).requires_grad_(False)
-        self.net = wrap(module, d)  # what the loss calls: DDP averages gradients across ranks
-        self.opt = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.net = wrap(module, d) if ddp else module  # what the loss calls: DDP averages gradients across ranks
+        self.sync_gradients = not ddp and d.world > 1
+        groups = param_groups if param_groups is not None else [{"params": list(module.parameters())}]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=betas)
         self.out = Path(cfg.out)
         self.step = 0
+        # The learning-rate schedule belongs to the run: set by its first leg, kept on resume.
+        self.schedule_steps = cfg.schedule_steps or cfg.steps
         if cfg.resume:
-            self.step = load_train_state(self.out / "last", module, self.ema, self.opt, cfg.identity())
+            self.step, recorded = load_train_state(self.out / "last", module, self.ema, self.opt, self.identity)
+            if recorded is not None:
+                if cfg.schedule_steps and cfg.schedule_steps != recorded:
+                    raise WorldsimError(
+                        f"cannot resume {self.out / 'last'}: its learning-rate schedule is {recorded} steps "
+                        f"long, schedule_steps={cfg.schedule_steps} was given"
+                    )
+                self.schedule_steps = recorded
         elif (self.out / "last").exists():
             raise WorldsimError(
                 f"{self.out} already holds a run; pass resume=true to continue it or choose another out="
@@ -75,7 +97,15 @@ class TrainLoop(Generic[M]):
 
     def _save(self) -> None:
         if self.dist.is_main:
-            save_train_state(self.out / "last", self.module, self.ema, self.opt, self.step, self.cfg.identity())
+            save_train_state(
+                self.out / "last",
+                self.module,
+                self.ema,
+                self.opt,
+                self.step,
+                self.identity,
+                self.schedule_steps,
+            )
 
     def run(
         self,
@@ -105,11 +135,14 @@ class TrainLoop(Generic[M]):
         try:
             while self.step < cfg.steps:
                 for group in self.opt.param_groups:
-                    group["lr"] = lr_at(self.step, cfg.steps, cfg.optim)
+                    group["lr"] = lr_at(self.step, self.schedule_steps, cfg.optim) * group.get("lr_scale", 1.0)
                 loss, items = loss_at(self.step)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+                if self.sync_gradients:
+                    average_gradients(self.module, self.dist)
+                for group in self.opt.param_groups:
+                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.optim.grad_clip)
                 self.opt.step()
                 # EMA with warm-up: early on the average follows the weights closely instead of
                 # keeping most of the initialisation (0.999 ** 500 = 0.6 of it at step 500).

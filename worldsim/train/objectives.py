@@ -1,4 +1,4 @@
-"""Training objectives for the chunk-autoregressive teacher.
+"""Training objectives of the chunk-autoregressive teacher and its few-step student.
 
 Noise levels and noise are drawn from the caller's generator on the CPU and then moved to the
 latents' device: a seeded step draws the same numbers on any device (CPU generators cannot fill
@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from worldsim.diffusion.sampler import guided
 from worldsim.model.attention import chunk_mask, teacher_forcing_mask
 from worldsim.model.dit import WorldModel
 
@@ -106,6 +107,86 @@ def diffusion_forcing_loss(
     if frame_weight is not None:
         w = w * frame_weight
     return (per_frame * w).sum() / w.sum().clamp_min(1.0)
+
+
+def ode_regression_loss(
+    model: WorldModel,
+    context: torch.Tensor,  # (B, n, C, h, w) clean context latents
+    x_sigma: torch.Tensor,  # (B, k, C, h, w) the chunk on the teacher's ODE path at level sigma
+    sigma: torch.Tensor,  # (B,) each sample's level
+    target: torch.Tensor,  # (B, k, C, h, w) the ODE's end point from that path
+    actions: torch.Tensor,  # (B, n + k, A)
+    plucker: torch.Tensor,  # (B, n + k, 6, h, w)
+    net: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Causal ODE regression (Causal Forcing's student initialisation, reference.md §6): the
+    student's clean estimate ``x0 = x_sigma - sigma v`` of the chunk, read after the clean context
+    through the block-causal mask, regresses the teacher's ODE end point (MSE). The context is
+    labelled level 0, as the rollout's cache holds it."""
+    b, n = context.shape[:2]
+    k = x_sigma.shape[1]
+    t = n + k
+    levels = torch.cat([sigma.new_zeros(b, n), sigma[:, None].expand(b, k)], 1)
+    ids = chunk_ids_of_tokens(t, model.cfg.chunk_frames, model.cfg.tokens_per_frame, context.device)
+    pos = torch.arange(t, device=context.device)
+    v = (net if net is not None else model)(
+        torch.cat([context, x_sigma], 1), levels, actions, plucker, pos, chunk_mask(ids, ids)
+    )
+    x0 = x_sigma - sigma[:, None, None, None, None] * v[:, n:]
+    return F.mse_loss(x0.float(), target.float())
+
+
+def rollout_scores(
+    model: WorldModel,
+    clean: torch.Tensor,  # (B, T, C, h, w) the session: context, then the generated frames
+    noisy: torch.Tensor,  # (B, G, C, h, w) the last G frames of ``clean`` at level ``sigma``
+    sigma: torch.Tensor,  # (B, G) the level of each noisy frame
+    actions: torch.Tensor,  # (B, T, A)
+    plucker: torch.Tensor,  # (B, T, 6, h, w)
+    window_chunks: int,
+    null_action: torch.Tensor | None = None,  # (A,) for guidance
+    guidance: float = 1.0,
+) -> torch.Tensor:
+    """A score network's velocity for every noisy generated frame, each chunk read after the
+    clean chunks a rolling cache of ``window_chunks`` chunks would hold (the windowed teacher-
+    forcing mask, one forward over ``[clean | noisy]`` with the same positions for both) ->
+    ``v (B, G, C, h, w)``. ``guidance`` != 1: classifier-free guidance on actions against
+    ``null_action`` (two forwards). The real and fake scores of DMD (reference.md §6)."""
+    b, t = clean.shape[:2]
+    g = noisy.shape[1]
+    k = model.cfg.chunk_frames
+    dev = clean.device
+    ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, dev)
+    noisy_ids = ids[(t - g) * model.cfg.tokens_per_frame :]
+    mask = teacher_forcing_mask(ids, window_chunks, noisy_ids)
+    pos = torch.arange(t, device=dev)
+    x = torch.cat([clean, noisy], 1)
+    levels = torch.cat([sigma.new_zeros(b, t), sigma], 1)
+    rays = torch.cat([plucker, plucker[:, t - g :]], 1)
+    positions = torch.cat([pos, pos[t - g :]])
+
+    def velocity(a: torch.Tensor) -> torch.Tensor:
+        return model(x, levels, torch.cat([a, a[:, t - g :]], 1), rays, positions, mask)[:, t:]
+
+    v = velocity(actions)
+    if guidance != 1.0:
+        if null_action is None:
+            raise ValueError("guidance needs the null action")
+        v = guided(v, velocity(null_action.to(actions).expand_as(actions)), guidance)
+    return v
+
+
+def dmd_loss(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
+    """Distribution matching distillation's generator loss (DMD; Self-Forcing's form, reference.md
+    §6) for generated samples ``x (B, ...)`` with gradient, and the real and fake scores' clean
+    estimates of their noised copies (no gradient): the step ``g = (fake - real) / mean|x - real|``
+    (normalised per sample), as the loss ``1/2 MSE(x, sg(x - g))`` whose gradient in ``x`` is
+    ``g / numel``. Zero exactly when the two scores agree."""
+    dims = tuple(range(1, x.ndim))
+    xf, real, fake = x.float(), real_x0.detach().float(), fake_x0.detach().float()
+    norm = (xf.detach() - real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-8)
+    g = (fake - real) / norm
+    return 0.5 * F.mse_loss(xf, (xf - g).detach())
 
 
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {

@@ -4,7 +4,8 @@
     <dir>/ema.safetensors        its exponential moving average
     <dir>/optim.safetensors      optimizer tensors, flattened as ``<param index>.<name>``
     <dir>/rng.safetensors        torch CPU RNG state (batches and noise come from seeded CPU generators)
-    <dir>/state.json             step, optimizer param groups and scalar state, the run's config
+    <dir>/state.json             step, learning-rate schedule length, optimizer param groups and
+                                 scalar state, the run's config
 Written to ``<dir>.tmp`` then renamed, so an interruption never leaves a half checkpoint.
 """
 
@@ -49,9 +50,11 @@ def save_train_state(
     opt: torch.optim.Optimizer,
     step: int,
     config: dict[str, Any],
+    schedule_steps: int,
 ) -> None:
     """Write a resumable snapshot to folder ``path``: weights, EMA, optimizer, CPU RNG and
-    ``state.json`` (``step``, ``config``). Atomic: written to a temp folder, then swapped in as a whole
+    ``state.json`` (``step``, ``schedule_steps``: the learning-rate schedule's length, ``config``).
+    Atomic: written to a temp folder, then swapped in as a whole
     (:func:`worldsim.core.atomic.staged_dir`; on Linux the old ``path`` never disappears).
     """
     with staged_dir(path) as tmp:
@@ -61,13 +64,15 @@ def save_train_state(
         tensors, meta = _flatten_optimizer(opt)
         write_bytes(tmp / "optim.safetensors", save(tensors))
         write_bytes(tmp / "rng.safetensors", save({"cpu": torch.get_rng_state()}))
-        write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, "config": config}, indent=2))
+        state = {"step": step, "schedule_steps": schedule_steps, "optimizer": meta, "config": config}
+        write_text(tmp / "state.json", json.dumps(state, indent=2))
 
 
 def load_train_state(
     path: str | Path, module: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]
-) -> int:
-    """Restore everything in place; refuses a run whose config differs. Returns the step."""
+) -> tuple[int, int | None]:
+    """Restore everything in place; refuses a run whose config differs. Returns the step and the
+    recorded schedule length (None for a state saved before it was recorded)."""
     root = Path(path)
     if not (root / "state.json").is_file():
         raise WorldsimError(f"cannot resume: no training state in {root}")
@@ -80,7 +85,8 @@ def load_train_state(
     ema.load_state_dict(load_file(str(root / "ema.safetensors")))
     opt.load_state_dict(_unflatten_optimizer(load_file(str(root / "optim.safetensors")), meta["optimizer"]))
     torch.set_rng_state(load_file(str(root / "rng.safetensors"))["cpu"])
-    return int(meta["step"])
+    schedule = meta.get("schedule_steps")
+    return int(meta["step"]), (int(schedule) if schedule is not None else None)
 
 
 def init_weights(

@@ -139,6 +139,7 @@ class Batch:
     actions: torch.Tensor  # (B, T, A)
     plucker: torch.Tensor  # (B, T, 6, h, w)
     c2w: torch.Tensor  # (B, T, 4, 4)
+    ray_ref: torch.Tensor  # (B, T, 4, 4) the pose each frame's rays are relative to
     memory: torch.Tensor  # (B,) bool: the oldest chunk is a retrieved view
     weight: torch.Tensor  # (B, T) each frame's weight in the loss
 
@@ -258,13 +259,15 @@ class ClipSampler:
         intrinsics = self.split.intrinsics.expand(b, 3, 3)
         if self.cond.camera_reference == "latest":
             ref = c2w[:, t - k - 1]  # the latest context frame: the camera the last chunk starts from
+            ray_ref = ref[:, None].expand(b, t, 4, 4)
             rays = clip_rays(
                 c2w, ref, intrinsics, self.split.frame_size, self.latent_size, self.cond.translation_scale_m
             )
         else:  # each frame relative to its own reference, as the rollout keeps them
+            ray_ref = torch.stack(refs)
             rays = clip_rays(
                 c2w,
-                torch.stack(refs),
+                ray_ref,
                 intrinsics,
                 self.split.frame_size,
                 self.latent_size,
@@ -277,4 +280,4 @@ class ClipSampler:
             actions = torch.where(drop_a[:, None, None], self.null[None, None], actions)
             rays = rays * (~drop_c).float()[:, None, None, None, None]
         weight = torch.stack(wts) if wts else torch.ones(b, t)
-        return Batch(x0, actions, rays, c2w, torch.tensor(mem), weight)
+        return Batch(x0, actions, rays, c2w, ray_ref, torch.tensor(mem), weight)

@@ -32,6 +32,7 @@ from worldsim.core.actions import ActionEncoder, make_action_encoder
 from worldsim.core.errors import WorldsimError, unknown_name
 from worldsim.data.frames import open_datasets
 from worldsim.data.preview import contact_sheet, write_png
+from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import (
     CONFIG_FILE,
     CheckpointConfig,
@@ -242,7 +243,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             out["val_loss"] = _val_loss(loop.ema, val_clips, cfg)
         if val is not None and d.is_main and (step % tc.preview_every == 0 or last):
             ema = loop.ema if d.device.type == "cpu" else copy.deepcopy(loop.ema).cpu()
-            out.update(_preview(ema, codec, val, cond, cfg, loop.out / "previews" / f"step_{step:06d}.png"))
+            png = loop.out / "previews" / f"step_{step:06d}.png"
+            out.update(rollout_preview(ema, codec, val, cond, tc.sampler, cfg.seed, png))
         return out
 
     def export(step: int, metrics: dict[str, float]) -> None:
@@ -277,10 +279,19 @@ def _val_loss(model: WorldModel, clips: ClipSampler, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def _preview(
-    model: WorldModel, codec: Codec, val: EncodedSplit, cond: ConditioningConfig, cfg: TrainConfig, png: Path
+def rollout_preview(
+    model: WorldModel,
+    codec: Codec,
+    val: EncodedSplit,
+    cond: ConditioningConfig,
+    sampler: SamplerConfig,
+    seed: int,
+    png: Path,
 ) -> dict[str, float]:
-    """Rollouts from ground-truth context on a few held-out episodes: PSNR, copy-last PSNR, contact sheet."""
+    """Rollouts of ``PREVIEW_CHUNKS`` chunks with ``sampler`` from ground-truth context on a few
+    held-out episodes -> ``rollout_psnr_db`` and ``copy_last_psnr_db`` (repeating the last context
+    frame), and a contact sheet (truth above generated) written to ``png``; ``{}`` when no
+    episode is long enough."""
     k = model.cfg.chunk_frames
     n_ctx, n_gen = cond.context_chunks * k, PREVIEW_CHUNKS * k
     eps = [
@@ -296,9 +307,9 @@ def _preview(
     c2w = torch.stack([val.c2w[e][: n_ctx + n_gen] for e in eps])
     dev = next(model.parameters()).device
     lat, act, c2w = lat.to(dev), act.to(dev), c2w.to(dev)
-    gen = ChunkRollout(model, cfg.teacher.sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
+    gen = ChunkRollout(model, sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
     gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx])
-    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator(device=dev).manual_seed(cfg.seed)).cpu()
+    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator(device=dev).manual_seed(seed)).cpu()
     frames = (
         tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1)))
         .reshape(len(eps), n_gen, *val.frame_size, 3)

@@ -1,0 +1,451 @@
+"""The student stages on tiny configs: ODE pairs are the teacher's Euler path for the same noise,
+shards resume, the student's ODE regression resumes bit for bit with the schedule fixed by the
+run, its export plays, and bad input fails before slow work with one line."""
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from envs.starts import world_start
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.errors import WorldsimError
+from worldsim.core.optim import lr_at
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.diffusion.schedule import sigma_schedule
+from worldsim.inference.checkpoint import load_checkpoint, save_checkpoint
+from worldsim.inference.context import CameraRays
+from worldsim.inference.engine import load_engine
+from worldsim.inference.kv_cache import KVCache
+from worldsim.model.attention import chunk_mask
+from worldsim.model.codec import Codec, CodecConfig
+from worldsim.model.dit import WorldModelConfig
+from worldsim.train.config import DistillConfig, OptimConfig, TeacherConfig, TrainConfig
+from worldsim.train.objectives import chunk_ids_of_tokens, ode_regression_loss, rollout_scores
+from worldsim.train.ode_pairs import OdePairs, grid_indices, make_ode_pairs, student_levels
+from worldsim.train.student_dmd_stage import DMDNetworks, SelfForcingDMD, train_student_dmd
+from worldsim.train.student_ode_stage import train_student_ode
+from worldsim.train.teacher_data import ClipSampler, EncodedSplit
+from worldsim.train.teacher_stage import train_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = WorldModelConfig(latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2)
+
+
+def _teacher(data, out, codec, seed=0, reference="chunk"):
+    """A tiny exported teacher through the teacher stage, then given random weights (a 2-step
+    teacher's zero-initialised output layers would make its ODE nearly a straight line)."""
+    train_teacher(
+        TrainConfig(
+            stage="teacher",
+            data=str(data),
+            val_data=None,
+            out=str(out),
+            steps=1,
+            batch_size=2,
+            bf16=False,
+            model=TINY,
+            teacher=TeacherConfig(
+                codec_path=str(codec), encoder="keyboard_press_mouse", camera_reference=reference, preview_every=1000
+            ),
+        )
+    )
+    ck, model, codec_m = load_checkpoint(out / "model")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    save_checkpoint(out / "model", ck, model, codec_m)
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def teacher(small_dataset, tmp_path_factory):
+    from worldsim.inference.checkpoint import save_codec
+
+    root = tmp_path_factory.mktemp("distill")
+    torch.manual_seed(0)
+    save_codec(root / "codec", Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16)), {"test": True})
+    return _teacher(small_dataset.root, root / "teacher", root / "codec")
+
+
+def _pairs_cfg(data, teacher, out, resume=False, **distill):
+    dc = {"teacher": str(teacher), "ode_steps": 8, "grid_steps": 4, "num_pairs": 6, "num_val_pairs": 2}
+    dc.update(pairs_per_shard=4, **distill)
+    return TrainConfig(
+        stage="ode_pairs",
+        data=str(data),
+        val_data=str(data),
+        out=str(out),
+        resume=resume,
+        teacher=TeacherConfig(memory_prob=0.5),
+        distill=DistillConfig(**dc),
+    )
+
+
+@pytest.fixture(scope="module")
+def pairs(small_dataset, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs") / "pairs"
+    make_ode_pairs(_pairs_cfg(small_dataset.root, teacher, out))
+    return out
+
+
+def _student_cfg(data, teacher, pairs, out, steps, resume=False, schedule_steps=0, **distill):
+    return TrainConfig(
+        stage="student_ode",
+        data=str(data),
+        val_data=str(data),
+        out=str(out),
+        steps=steps,
+        schedule_steps=schedule_steps,
+        batch_size=3,
+        bf16=False,
+        log_every=1,
+        val_every=2,
+        val_batches=1,
+        resume=resume,
+        distill=DistillConfig(teacher=str(teacher), pairs=str(pairs), preview_every=4, **distill),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2, ema_decay=0.9),
+    )
+
+
+def test_ode_pairs_are_the_teachers_euler_path_for_the_same_noise(pairs, teacher):
+    """Integrate each stored pair again from its stored noise with the full block-causal forward
+    (not the rollout's cache): the states at the grid levels and the end point must match."""
+    ck, model, _ = load_checkpoint(teacher)
+    meta = json.loads((pairs / "pairs.json").read_text())
+    sig = sigma_schedule(8, ck.sampler.shift).tolist()
+    assert meta["grid_sigmas"] == [sig[i] for i in (0, 2, 4, 6)]
+    rays = CameraRays(ck.conditioning, ck.conditioning.intrinsics_matrix(), ck.frame_size, (16, 16))
+    for split, count in (("train", 6), ("val", 2)):
+        p = OdePairs.open(pairs, split).tensors
+        assert len(p["end"]) == count and p["states"].shape[1] == 4
+        ctx, n, k = p["context"], p["context"].shape[1], 2
+        plucker = rays.relative_to(p["c2w"], p["ray_ref"], torch.float32)
+        ids = chunk_ids_of_tokens(n + k, k, TINY.tokens_per_frame, torch.device("cpu"))
+        x, states = p["states"][:, 0], [p["states"][:, 0]]
+        with torch.no_grad():
+            for i in range(8):
+                levels = torch.cat([torch.zeros(len(x), n), torch.full((len(x), k), sig[i])], 1)
+                v = model(
+                    torch.cat([ctx, x], 1), levels, p["actions"], plucker, torch.arange(n + k), chunk_mask(ids, ids)
+                )
+                x = x + (sig[i + 1] - sig[i]) * v[:, n:]
+                states.append(x)
+        for j, i in enumerate((0, 2, 4, 6)):
+            torch.testing.assert_close(p["states"][:, j], states[i], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(p["end"], states[-1], atol=1e-4, rtol=1e-4)
+        assert (p["end"] - p["states"][:, 0]).abs().mean() > 0.1  # the path goes somewhere
+    assert OdePairs.open(pairs, "train").tensors["memory"].sum() > 0  # retrieved views are among the clips
+
+
+def test_a_student_equal_to_its_teacher_regresses_a_one_step_path_exactly(small_dataset, teacher, tmp_path):
+    """With as many ODE steps as grid levels, the teacher's last Euler step from level sigma to 0
+    is ``x - sigma v``: the student's clean estimate. A student that is its teacher has zero
+    ODE-regression loss there, through the full block-causal forward the stage trains with."""
+    make_ode_pairs(_pairs_cfg(small_dataset.root, teacher, tmp_path / "p", ode_steps=4, num_val_pairs=0))
+    p = OdePairs.open(tmp_path / "p", "train")
+    ck, model, _ = load_checkpoint(teacher)
+    rays = CameraRays(ck.conditioning, ck.conditioning.intrinsics_matrix(), ck.frame_size, (16, 16))
+    t = p.tensors
+    plucker = rays.relative_to(t["c2w"], t["ray_ref"], torch.float32)
+    sigma = torch.full((len(p),), p.grid_sigmas[-1])
+    with torch.no_grad():
+        loss = ode_regression_loss(model, t["context"], t["states"][:, -1], sigma, t["end"], t["actions"], plucker)
+        other = ode_regression_loss(model, t["context"], t["states"][:, -2], sigma, t["end"], t["actions"], plucker)
+    assert loss < 1e-12 and other > 1e-4
+
+
+def test_ode_pairs_resume_makes_the_missing_shards_and_refuses_other_settings(small_dataset, teacher, pairs, tmp_path):
+    out = tmp_path / "p"
+    cfg = _pairs_cfg(small_dataset.root, teacher, out)
+    make_ode_pairs(cfg)
+    (out / "train" / "shard_000001.safetensors").unlink()
+    with pytest.raises(WorldsimError, match="1 of 2 train shards are missing"):
+        OdePairs.open(out, "train")
+    with pytest.raises(WorldsimError, match="already holds ODE pairs; pass resume=true"):
+        make_ode_pairs(cfg)
+    with pytest.raises(WorldsimError, match=r"other settings \(\['distill'\]\)"):
+        make_ode_pairs(_pairs_cfg(small_dataset.root, teacher, out, resume=True, ode_steps=12))
+    summary = make_ode_pairs(_pairs_cfg(small_dataset.root, teacher, out, resume=True))
+    assert summary["shards_made"] == 1
+    for split in ("train", "val"):
+        for f in sorted((pairs / split).iterdir()):
+            a, b = load_file(str(f)), load_file(str(out / split / f.name))
+            assert all(torch.equal(a[n], b[n]) for n in a), f.name
+
+
+def test_ode_pairs_refuse_bad_settings_before_slow_work(small_dataset, teacher, tmp_path):
+    data = small_dataset.root
+    with pytest.raises(WorldsimError, match=r"ode_steps \(10\) must be a multiple of distill.grid_steps \(4\)"):
+        make_ode_pairs(_pairs_cfg(data, teacher, tmp_path / "a", ode_steps=10))
+    latest = _teacher(data, tmp_path / "latest", teacher.parent.parent / "codec", reference="latest")
+    with pytest.raises(WorldsimError, match="camera_reference 'latest'.*cacheable"):
+        make_ode_pairs(_pairs_cfg(data, latest, tmp_path / "b"))
+    with pytest.raises(WorldsimError, match="does not exist"):
+        make_ode_pairs(_pairs_cfg(data, tmp_path / "no_teacher", tmp_path / "c"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert grid_indices(48, 4) == [0, 12, 24, 36] and grid_indices(48, 1) == [0]
+
+
+def test_the_student_trains_at_exactly_the_levels_its_sampler_starts_from():
+    grid = SamplerConfig(num_steps=48, shift=5.0).sigmas()
+    grid = [grid[i] for i in grid_indices(48, 4)]
+    for steps, want in ((1, [0]), (2, [0, 2]), (4, [0, 1, 2, 3])):
+        assert student_levels(grid, steps, 5.0) == want
+        assert [grid[i] for i in want] == pytest.approx(SamplerConfig(num_steps=steps, shift=5.0).sigmas()[:-1])
+    with pytest.raises(WorldsimError, match="does not hold the student's levels"):
+        student_levels(grid, 2, 3.0)
+
+
+def test_student_ode_resumes_bit_exactly_with_the_schedule_fixed_by_the_run(small_dataset, teacher, pairs, tmp_path):
+    """The first leg ends after warm-up (2 steps) and says how long the schedule is; the resumed
+    command does not repeat it and still trains exactly as one uninterrupted run."""
+    data = small_dataset.root
+    train_student_ode(_student_cfg(data, teacher, pairs, tmp_path / "a", 5, schedule_steps=6))
+    train_student_ode(_student_cfg(data, teacher, pairs, tmp_path / "b", 3, schedule_steps=6))
+    summary = train_student_ode(_student_cfg(data, teacher, pairs, tmp_path / "b", 5, resume=True))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert {"val_loss", "rollout_psnr_db", "copy_last_psnr_db"} <= set(summary)
+    logs = [(tmp_path / r / "log.csv").read_text().splitlines() for r in ("a", "b")]
+    assert [row.split(",")[2] for row in logs[0]] == [row.split(",")[2] for row in logs[1]]  # the same lr, step by step
+    optim = _student_cfg(data, teacher, pairs, tmp_path, 1).optim
+    assert logs[1][-1].split(",")[2] == f"{lr_at(4, 6, optim):.3g}"  # step 5 on the 6-step schedule
+    with pytest.raises(WorldsimError, match="learning-rate schedule is 6 steps long, schedule_steps=8 was given"):
+        train_student_ode(_student_cfg(data, teacher, pairs, tmp_path / "b", 8, resume=True, schedule_steps=8))
+    ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
+    assert ck.sampler == SamplerConfig(num_steps=2, shift=5.0, mode="few_step")
+    assert ck.provenance["stage"] == "student_ode" and ck.provenance["step"] == 5
+    engine = load_engine(tmp_path / "b" / "model")
+    assert engine.rollout.policy == "cached"
+    start = world_start(0, engine.context_frames, engine.key_names, engine.frame_size)
+    engine.reset(*start.arrays())
+    chunk = engine.step(np.zeros((2, len(engine.key_names)), np.uint8), np.zeros((2, 2), np.float32))
+    assert chunk.frames.shape == (2, *engine.frame_size, 3)
+
+
+def test_student_ode_refuses_a_mismatch_with_its_teacher_before_slow_work(small_dataset, teacher, pairs, tmp_path):
+    data = small_dataset.root
+    other = _teacher(data, tmp_path / "other", teacher.parent.parent / "codec", seed=1)
+    with pytest.raises(WorldsimError, match=r"the pairs in .* were made by teacher .*, distill.teacher .* is another"):
+        train_student_ode(_student_cfg(data, other, pairs, tmp_path / "a", 2))
+    with pytest.raises(WorldsimError, match=r"student_steps \(3\) must divide the pairs' grid_steps \(4\)"):
+        train_student_ode(_student_cfg(data, teacher, pairs, tmp_path / "a", 2, student_steps=3))
+    with pytest.raises(WorldsimError, match="holds no ODE pairs"):
+        train_student_ode(_student_cfg(data, teacher, tmp_path / "nothing", tmp_path / "a", 2))
+    ck, model, codec = load_checkpoint(teacher)
+    wide = dataclasses.replace(ck, model=dataclasses.replace(ck.model, width=64))
+    from worldsim.model.dit import WorldModel
+
+    save_checkpoint(tmp_path / "wide", wide, WorldModel(wide.model), codec)
+    cfg = _student_cfg(data, teacher, pairs, tmp_path / "a", 2)
+    cfg.init_from = str(tmp_path / "wide")
+    with pytest.raises(WorldsimError, match="does not match its teacher .*: model.width is 64, the teacher's 32"):
+        train_student_ode(cfg)
+    assert not (tmp_path / "a").exists()
+
+
+def _dmd_cfg(data, teacher, init, out, steps, resume=False, schedule_steps=0, **distill):
+    dc = {"teacher": str(teacher), "rollout_chunks": 3, "generator_every": 2, "preview_every": 4, **distill}
+    return TrainConfig(
+        stage="student_dmd",
+        data=str(data),
+        val_data=str(data),
+        out=str(out),
+        init_from=str(init),
+        steps=steps,
+        schedule_steps=schedule_steps,
+        batch_size=2,
+        bf16=False,
+        log_every=1,
+        resume=resume,
+        distill=DistillConfig(**dc),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2, ema_decay=0.9),
+    )
+
+
+def _dmd(teacher, fake_seed=None, rollout_chunks=3):
+    """The stage's iteration object on the tiny teacher; the fake score is the teacher itself,
+    or, with ``fake_seed``, other random weights."""
+    ck, model, _ = load_checkpoint(teacher)
+    _, student, _ = load_checkpoint(teacher)
+    fake = copy.deepcopy(model)
+    if fake_seed is not None:
+        g = torch.Generator().manual_seed(fake_seed)
+        with torch.no_grad():
+            for p in fake.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    dc = DistillConfig(teacher=str(teacher), rollout_chunks=rollout_chunks)
+    sampler = SamplerConfig(num_steps=2, shift=ck.sampler.shift, mode="few_step")
+    enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
+    null = torch.from_numpy(enc.null_action())
+    nets = DMDNetworks(student, fake)
+    return SelfForcingDMD(nets, model.requires_grad_(False), ck, sampler, dc, ck.conditioning.intrinsics_matrix(), null)
+
+
+def _clips(dmd, data, teacher):
+    ck = dmd.ck
+    enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
+    _, _, codec = load_checkpoint(teacher)
+    split = EncodedSplit.encode(str(data), codec, enc, "encode")
+    tcfg = TeacherConfig(
+        context_chunks=ck.conditioning.context_chunks + dmd.dc.rollout_chunks - 1,
+        camera_reference="chunk",
+        memory_prob=0.0,
+        action_drop=0.0,
+        camera_drop=0.0,
+    )
+    null = torch.from_numpy(enc.null_action())
+    return ClipSampler(split, 2, tcfg, ck.conditioning, (16, 16), null).batch(0, 0, 2)
+
+
+def test_a_student_rollout_with_gradients_equals_the_inference_rollout_frame_for_frame(small_dataset, teacher):
+    """Past the window (5 chunks after a 2-chunk context), exit at the last step: the training
+    rollout (gradients on) gives the engine's frames, and its gradient reaches the student."""
+    dmd = _dmd(teacher, rollout_chunks=5)
+    batch = _clips(dmd, small_dataset.root, teacher)
+    with torch.inference_mode():
+        want, _ = dmd.rollout(batch, [1] * 5, torch.Generator().manual_seed(3))
+    got, gen = dmd.rollout(batch, [1] * 5, torch.Generator().manual_seed(3))
+    assert got.requires_grad and not gen.cache.k.requires_grad and not gen.history.latents.requires_grad
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    got.square().mean().backward()
+    grads = [p.grad for p in dmd.nets.generator.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    early, _ = dmd.rollout(batch, [0] * 5, torch.Generator().manual_seed(3))
+    assert (early - got).abs().max() > 1e-3  # an early exit returns that step's estimate
+
+
+def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_one(small_dataset, teacher):
+    for fake_seed, zero in ((None, True), (1, False)):
+        dmd = _dmd(teacher, fake_seed)
+        batch = _clips(dmd, small_dataset.root, teacher)
+        g = torch.Generator().manual_seed(0)
+        out = dmd(batch, True, g, torch.Generator().manual_seed(1))
+        assert out.samples.shape == (2, 6, 4, 16, 16) and out.fake_loss.item() > 0
+        out.generator_loss.backward()
+        total = sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters() if p.grad is not None)
+        assert (total == 0) == zero, (fake_seed, total)
+        assert all(p.grad is None for p in dmd.teacher.parameters())
+    dmd = _dmd(teacher, 1)
+    out = dmd(batch, False, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    assert out.generator_loss is None and not out.samples.requires_grad
+
+
+def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_dataset, teacher, tmp_path):
+    data = small_dataset.root
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 5, schedule_steps=6))
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, schedule_steps=6))
+    summary = train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 5, resume=True))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert {"dmd_loss", "fake_loss", "rollout_psnr_db"} <= set(summary)
+    w = load_file(str(tmp_path / "b" / "last" / "weights.safetensors"))
+    _, t, _ = load_checkpoint(teacher)
+    moved = [n for n, p in t.state_dict().items() if not torch.equal(w[f"generator.{n}"], p)]
+    assert moved and any(not torch.equal(w[f"fake_score.{n}"], p) for n, p in t.state_dict().items())
+    ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
+    assert ck.provenance["stage"] == "student_dmd" and ck.sampler.num_steps == 2
+    engine = load_engine(tmp_path / "b" / "model")
+    start = world_start(0, engine.context_frames, engine.key_names, engine.frame_size)
+    engine.reset(*start.arrays())
+    assert (
+        engine.step(np.zeros((2, len(engine.key_names)), np.uint8), np.zeros((2, 2), np.float32)).frames.shape[0] == 2
+    )
+
+
+def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, tmp_path):
+    data = small_dataset.root
+    cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2)
+    cfg.init_from = ""
+    with pytest.raises(WorldsimError, match="stage=student_dmd needs init_from"):
+        train_student_dmd(cfg)
+    with pytest.raises(WorldsimError, match=r"no episode holds a 52-frame clip \(longest: 24 frames\)"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, rollout_chunks=24))
+    with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
+    ck, model, codec = load_checkpoint(teacher)
+    wide = dataclasses.replace(ck, model=dataclasses.replace(ck.model, depth=3))
+    from worldsim.model.dit import WorldModel
+
+    save_checkpoint(tmp_path / "deep", wide, WorldModel(wide.model), codec)
+    with pytest.raises(WorldsimError, match="does not match its teacher .*: model.depth is 3, the teacher's 2"):
+        train_student_dmd(_dmd_cfg(data, teacher, tmp_path / "deep", tmp_path / "a", 2))
+    assert not (tmp_path / "a").exists()
+    # A run resumed against a teacher whose weights changed is refused, naming it.
+    moving = tmp_path / "teacher"
+    shutil.copytree(teacher, moving)
+    train_student_dmd(_dmd_cfg(data, moving, moving, tmp_path / "r", 1))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_checkpoint(moving, ck, model, codec)
+    with pytest.raises(WorldsimError, match=r"config differs in \['teacher_sha256'\]"):
+        train_student_dmd(_dmd_cfg(data, moving, moving, tmp_path / "r", 2, resume=True))
+
+
+def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_dataset, teacher):
+    """``rollout_scores`` (one windowed teacher-forcing forward) against the cache the engine
+    keeps: clean chunks written in order into a window of W chunks, each noisy chunk read
+    before its clean copy joins."""
+    dmd = _dmd(teacher, rollout_chunks=4)
+    batch = _clips(dmd, small_dataset.root, teacher)
+    model, k, w = dmd.teacher, 2, dmd.cond.context_chunks
+    t = batch.x0.shape[1]
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(batch.x0[:, 4:].shape, generator=g)
+    sigma = torch.rand(2, 4, generator=g).repeat_interleave(k, 1)
+    rays = dmd.rays.relative_to(batch.c2w, batch.ray_ref, torch.float32)
+    with torch.no_grad():
+        got = rollout_scores(model, batch.x0, noisy, sigma, batch.actions, rays, w)
+        cache, want = KVCache(TINY.depth, k * TINY.tokens_per_frame, w), []
+        for c in range(t // k):
+            sl, pos = slice(c * k, c * k + k), torch.arange(c * k, c * k + k)
+            if c >= 2:
+                n = slice(sl.start - 4, sl.stop - 4)
+                want.append(
+                    model.forward_chunk(noisy[:, n], sigma[:, n], batch.actions[:, sl], rays[:, sl], pos, cache)
+                )
+            model.forward_chunk(batch.x0[:, sl], torch.zeros(2, k), batch.actions[:, sl], rays[:, sl], pos, cache)
+            cache.commit()
+    torch.testing.assert_close(got, torch.cat(want, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_two_process_torchrun_dmd_averages_both_networks_and_keeps_ranks_in_sync(small_dataset, teacher, tmp_path):
+    """DMD calls the student and the fake score directly (no DDP wrapper): the loop averages their
+    gradients across ranks after backward, so the ranks end bit-identical."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "worldsim.cli.train"]
+    args = [
+        "stage=student_dmd",
+        f"data={small_dataset.root}",
+        "val_data=null",
+        f"out={tmp_path / 'ddp'}",
+        f"init_from={teacher}",
+        f"distill.teacher={teacher}",
+        "distill.rollout_chunks=3",
+        "distill.generator_every=1",
+        "steps=2",
+        "batch_size=4",
+        "bf16=false",
+        "log_every=1",
+    ]
+    p = subprocess.run(run + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ranks_in_sync 1" in p.stdout and p.stdout.count("ranks_in_sync") == 1, p.stdout
+    w = load_file(str(tmp_path / "ddp" / "last" / "weights.safetensors"))
+    _, t, _ = load_checkpoint(teacher)
+    assert any(not torch.equal(w[f"generator.{n}"], v) for n, v in t.state_dict().items())

@@ -1,0 +1,168 @@
+"""The memory bank on its own: geometry of the score, invariance, the spatial hash against brute
+force, diversity, the bound and its eviction order, determinism and saved state."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.core.camera import intrinsics_from_fov, make_c2w
+from worldsim.core.errors import WorldsimError
+from worldsim.memory.bank import MemoryBank, MemoryConfig
+
+SIZE = (64, 64)
+K = torch.from_numpy(intrinsics_from_fov(75.0, *SIZE))
+
+
+def _pose(x, y, yaw_deg, z=1.6, pitch_deg=0.0):
+    return torch.from_numpy(make_c2w(np.array([x, y, z]), math.radians(yaw_deg), math.radians(pitch_deg))).double()
+
+
+def _chunk(pose, k=2):
+    """A chunk standing still at ``pose``, latents marked by the pose's x so entries differ."""
+    c2w = pose[None].expand(k, 4, 4).clone()
+    return torch.full((k, 4, 8, 8), float(pose[0, 3])), torch.zeros(k, 5), c2w
+
+
+def _bank(**cfg):
+    return MemoryBank(MemoryConfig(**cfg), K, SIZE)
+
+
+def _random_bank(g, n=60, **cfg):
+    bank = _bank(**cfg)
+    for i in range(n):
+        x, y = (torch.rand(2, generator=g) * 60 - 30).tolist()
+        yaw = float(torch.rand(1, generator=g) * 360)
+        bank.add(*_chunk(_pose(x, y, yaw)), frame=2 * i, state=int(torch.rand(1, generator=g) < 0.2))
+    return bank
+
+
+def test_an_entry_seen_from_the_same_pose_scores_highest_and_one_facing_away_zero():
+    bank = _random_bank(torch.Generator().manual_seed(0), cell_m=0.5)
+    query = _pose(3.0, -2.0, 40.0)
+    same = bank.add(*_chunk(query), frame=500)
+    away = bank.add(*_chunk(_pose(3.0, -2.0, 220.0)), frame=502)
+    slots = bank.candidates(query[None].expand(2, 4, 4), before_frame=1000, state=0)
+    scores = dict(zip(slots.tolist(), bank.scores(query[None].expand(2, 4, 4), slots).tolist(), strict=True))
+    assert scores[same] == 1.0 and scores[away] == 0.0
+    assert max(scores.values()) == 1.0 and sum(v == 1.0 for v in scores.values()) == 1
+    assert bank.retrieve(query[None].expand(2, 4, 4), before_frame=1000)[0].slot == same
+    # 10 m behind, facing the same way: (almost) every point is in its image, but it sees 20 m far.
+    behind = _bank()
+    slot = behind.add(*_chunk(_pose(0.0, -10.0, 0.0)), frame=0)
+    seen = behind.coverage(_pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4), torch.tensor([slot])).double().mean()
+    assert 0.05 < seen < 0.5
+
+
+def test_scores_and_retrieval_are_invariant_to_a_global_rigid_motion():
+    g = torch.Generator().manual_seed(1)
+    c, s = math.cos(1.1), math.sin(1.1)  # a rigid motion exact in float64: turn about z, then shift
+    moved = torch.tensor([[c, -s, 0, 123.4], [s, c, 0, -56.7], [0, 0, 1, 8.9], [0, 0, 0, 1]], dtype=torch.float64)
+    a, b = _random_bank(g, top_k=3, min_score=0.05), _bank(top_k=3, min_score=0.05)
+    for slot in range(len(a)):
+        b.add(a.latents[slot], a.actions[slot], moved @ a.c2w[slot], int(a.frame[slot]), int(a.state[slot]))
+    hits = 0
+    for i in range(20):
+        q = _pose(*(torch.rand(2, generator=g) * 40 - 20).tolist(), float(torch.rand(1, generator=g) * 360))
+        qa, qb = q[None].expand(2, 4, 4), (moved @ q)[None].expand(2, 4, 4)
+        sa, sb = a.candidates(qa, 10_000, 0), b.candidates(qb, 10_000, 0)
+        assert torch.equal(sa, sb), i
+        torch.testing.assert_close(a.scores(qa, sa), b.scores(qb, sb), atol=1e-9, rtol=0)
+        ha, hb = a.retrieve(qa, 10_000), b.retrieve(qb, 10_000)
+        assert [h.slot for h in ha] == [h.slot for h in hb]
+        assert [h.score for h in ha] == pytest.approx([h.score for h in hb], abs=1e-9)
+        hits += len(ha)
+    assert hits >= 10  # the comparison is not of empty lists
+
+
+def test_the_spatial_hash_finds_exactly_the_entries_brute_force_finds():
+    g = torch.Generator().manual_seed(2)
+    bank = _random_bank(g, n=200, radius_m=7.0)
+    for _ in range(30):
+        q = _pose(*(torch.rand(2, generator=g) * 60 - 30).tolist(), 0.0)
+        for state in (0, 1):
+            want = [
+                s
+                for s in range(bank.cfg.capacity)
+                if bank.frame[s] >= 0
+                and (bank.c2w[s, -1, :3, 3] - q[:3, 3]).norm() <= 7.0
+                and bank.frame[s] + 2 <= 300
+                and bank.state[s] == state
+            ]
+            assert bank.candidates(q[None].expand(2, 4, 4), 300, state).tolist() == want
+
+
+def test_top_k_is_diversity_aware_and_respects_the_minimum_score():
+    bank = _bank(top_k=3, min_score=0.2, cell_m=0.05)
+    query = _pose(0.0, 0.0, 0.0)
+    a = bank.add(*_chunk(_pose(0.0, 0.0, -30.0)), frame=0)  # turned left: the left of the view
+    b = bank.add(*_chunk(_pose(0.1, 0.0, -30.0)), frame=2)  # nearly a's view: adds almost nothing after a
+    c = bank.add(*_chunk(_pose(0.0, 0.0, 30.0)), frame=4)  # turned right: what a misses
+    hits = bank.retrieve(query[None].expand(2, 4, 4), before_frame=100)
+    assert [h.slot for h in hits][:2] in ([a, c], [b, c]) and len(hits) == 2
+    assert hits[0].score > hits[1].score >= 0.2
+    alone = bank.scores(query[None].expand(2, 4, 4), torch.tensor([a, b, c]))
+    assert alone[1] > hits[1].score  # b alone scores high; after a it would not
+    assert bank.retrieve(_pose(0.0, 0.0, 180.0)[None].expand(2, 4, 4), before_frame=100) == []
+
+
+def test_recent_chunks_and_other_states_are_not_retrieved():
+    bank = _bank()
+    query = _pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4)
+    bank.add(*_chunk(_pose(0.0, 0.0, 0.0)), frame=10, state=1)
+    assert bank.retrieve(query, before_frame=100, state=0) == []
+    assert bank.retrieve(query, before_frame=11, state=1) == []  # frame 11 is still in the chunk
+    assert len(bank.retrieve(query, before_frame=12, state=1)) == 1
+
+
+def test_the_bound_holds_and_the_least_recently_retrieved_entry_goes_first():
+    bank = _bank(capacity=5, cell_m=1.0)
+    slots = [bank.add(*_chunk(_pose(3.0 * i, 0.0, 0.0)), frame=2 * i) for i in range(5)]
+    q0 = _pose(0.0, -1.0, 0.0)[None].expand(2, 4, 4)
+    assert bank.retrieve(q0, before_frame=100)[0].slot == slots[0]  # entry 0 used: it stays
+    new = bank.add(*_chunk(_pose(100.0, 0.0, 0.0)), frame=20)
+    assert len(bank) == 5 and new == slots[1]  # the oldest entry never retrieved went
+    again = bank.add(*_chunk(_pose(100.2, 0.3, 10.0)), frame=22)  # the same place and heading sector
+    assert again == new and len(bank) == 5 and int(bank.frame[new]) == 22
+    for i in range(50):
+        bank.add(*_chunk(_pose(0.0, 5.0 * i, 90.0)), frame=100 + 2 * i)
+        assert len(bank) <= 5
+    assert len(bank._hash) >= 1 and sum(len(v) for v in bank._hash.values()) == 5 == len(bank._place)
+
+
+def test_retrieval_is_deterministic_and_a_restored_bank_continues_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    a = _random_bank(g, capacity=40, top_k=2, min_score=0.05)
+    b = _bank(capacity=40, top_k=2, min_score=0.05)
+    b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
+    queries = [_pose(*(torch.rand(2, generator=g) * 40 - 20).tolist(), float(i * 37)) for i in range(25)]
+    for i, q in enumerate(queries):
+        qq = q[None].expand(2, 4, 4)
+        assert a.retrieve(qq, 10_000) == b.retrieve(qq, 10_000), i
+        assert a.add(*_chunk(q), frame=1000 + 2 * i) == b.add(*_chunk(q), frame=1000 + 2 * i)
+    for slot in range(0, 40, 3):  # a view of a kept place replaces that entry in both
+        place = _chunk(a.c2w[slot, -1].clone())
+        assert a.add(*place, frame=5000 + slot) == b.add(*place, frame=5000 + slot) == slot
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_bad_entries_and_corrupt_states_fail_in_one_line():
+    bank = _bank(capacity=4)
+    with pytest.raises(WorldsimError, match="a memory entry is one chunk"):
+        bank.add(torch.zeros(2, 4, 8, 8), torch.zeros(3, 5), torch.eye(4).expand(2, 4, 4), frame=0)
+    bank.add(*_chunk(_pose(0, 0, 0)), frame=0)
+    with pytest.raises(WorldsimError, match="this bank holds chunks"):
+        bank.add(torch.zeros(2, 4, 4, 4), torch.zeros(2, 5), torch.eye(4).expand(2, 4, 4), frame=2)
+    state = bank.state_dict()
+    with pytest.raises(WorldsimError, match="incomplete"):
+        _bank(capacity=4).load_state_dict({k: v for k, v in state.items() if k != "anchor"})
+    with pytest.raises(WorldsimError, match="does not fit this one"):
+        _bank(capacity=8).load_state_dict(state)
+    bad = {**state, "c2w": state["c2w"].clone()}
+    bad["c2w"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(WorldsimError, match="non-finite"):
+        _bank(capacity=4).load_state_dict(bad)
+    with pytest.raises(WorldsimError, match="must be >= 1"):
+        MemoryConfig(top_k=0)

@@ -1,0 +1,311 @@
+"""The spatial memory bank: clean chunks a session generated, kept with their poses, and brought
+back by camera geometry when the player returns to a place (design.md §9; WorldMem,
+HY-WorldPlay, Matrix-Game 3.0 store latents and score by field-of-view overlap).
+
+**Entries.** One per chunk: its normalised latents ``(k, C, h, w)``, encoded actions ``(k, A)``,
+poses ``(k, 4, 4)``, the index of its first frame in the session, and ``state``, what the pose
+does not carry (the built-in world's day or night); an entry is only retrieved for a query in
+the same state. A chunk is placed by its *anchor*, the pose of its newest frame.
+
+**Score.** A fixed point set fills the query camera's view up to ``radius_m`` (a Halton
+sequence over the image and the distance, no random numbers: retrieval is deterministic, so
+sessions replay bit for bit). An entry covers a point when its anchor camera sees it (in front,
+inside the image, within ``radius_m``). Candidates are the entries whose anchor lies within
+``radius_m`` of the query's (found through a spatial hash of ``radius_m`` cells, so the cost
+follows the entries near the player, not the bank's size), older than ``before_frame`` and in
+the query's state. Top-k is greedy and diversity-aware: each pick scores the share of points
+it covers that no earlier pick covers, minus ``distance_weight`` times its distance over
+``radius_m``; picking stops at ``top_k`` or when the best score falls below ``min_score``.
+The score is invariant to a global rigid motion of every pose (tested).
+
+**Bound.** At most ``capacity`` entries. A new chunk whose anchor falls in the same position
+cell (``cell_m``) and heading sector (``heading_bins`` of the yaw) as a kept entry replaces it
+(the newer view of the same place); otherwise, when full, the least recently retrieved entry
+(never retrieved: the oldest added) makes room.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from worldsim.core.errors import WorldsimError
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How a session's memory bank keeps and scores entries (module docstring)."""
+
+    capacity: int = 4096
+    top_k: int = 1
+    min_score: float = 0.3
+    radius_m: float = 20.0
+    num_points: int = 256
+    cell_m: float = 2.0
+    heading_bins: int = 8
+    distance_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or self.top_k < 1 or self.num_points < 1 or self.heading_bins < 1:
+            raise WorldsimError(
+                f"memory capacity, top_k, num_points and heading_bins must be >= 1, got "
+                f"{self.capacity}, {self.top_k}, {self.num_points}, {self.heading_bins}"
+            )
+        if self.radius_m <= 0 or self.cell_m <= 0 or self.distance_weight < 0:
+            raise WorldsimError(
+                f"memory radius_m and cell_m must be > 0 and distance_weight >= 0, got "
+                f"{self.radius_m}, {self.cell_m}, {self.distance_weight}"
+            )
+
+
+@dataclass(frozen=True)
+class MemoryHit:
+    """A retrieved entry: its slot in the bank and its score (coverage gain minus distance term)."""
+
+    slot: int
+    score: float
+
+
+def _halton(n: int, base: int) -> torch.Tensor:
+    """The first ``n`` terms of the van der Corput sequence in ``base`` (skipping 0), float64."""
+    out = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        f, r, k = 1.0, 0.0, i + 1
+        while k:
+            f /= base
+            r += f * (k % base)
+            k //= base
+        out[i] = r
+    return out
+
+
+def view_points(
+    intrinsics: torch.Tensor, frame_size: tuple[int, int], radius_m: float, num_points: int
+) -> torch.Tensor:
+    """``(N, 3)`` float64 camera-frame points (OpenCV axes) filling the view up to ``radius_m``
+    from the camera, uniform in volume: pixel position and distance from a Halton sequence
+    (bases 2, 3, 5), distance ``radius_m * s^(1/3)``. The same for every call."""
+    h, w = frame_size
+    u, v, s = (_halton(num_points, b) for b in (2, 3, 5))
+    k = intrinsics.double()
+    x = (u * w - k[0, 2]) / k[0, 0]
+    y = (v * h - k[1, 2]) / k[1, 1]
+    rays = torch.stack([x, y, torch.ones_like(x)], 1)
+    return rays / rays.norm(dim=1, keepdim=True) * (radius_m * s.pow(1 / 3))[:, None]
+
+
+class MemoryBank:
+    """One session's memory (module docstring). ``intrinsics (3, 3)`` pixels of ``frame_size``
+    frames (the checkpoint's). Entries are stored in preallocated buffers on the first
+    :meth:`add`, in that chunk's dtype and device."""
+
+    def __init__(self, cfg: MemoryConfig, intrinsics: torch.Tensor, frame_size: tuple[int, int]):
+        self.cfg, self.frame_size = cfg, frame_size
+        self.intrinsics = intrinsics.double().cpu()
+        self.points = view_points(self.intrinsics, frame_size, cfg.radius_m, cfg.num_points)
+        self.latents: torch.Tensor | None = None  # (capacity, k, C, h, w)
+        self.actions: torch.Tensor | None = None  # (capacity, k, A)
+        self.c2w = torch.zeros(cfg.capacity, 0, 4, 4, dtype=torch.float64)  # (capacity, k, 4, 4) once known
+        self.anchor = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)  # each entry's newest pose
+        self.anchor_w2c = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)
+        self.frame = torch.full((cfg.capacity,), -1, dtype=torch.int64)  # first frame; -1: a free slot
+        self.state = torch.zeros(cfg.capacity, dtype=torch.int64)
+        self.last_used = torch.zeros(cfg.capacity, dtype=torch.int64)  # retrieval clock of the last use
+        self.clock = 0  # counts adds and retrievals: the order "least recently retrieved" reads
+        self._place: dict[tuple[int, int, int, int], int] = {}  # position cell + heading sector -> slot
+        self._hash: dict[tuple[int, int, int], set[int]] = {}  # radius_m cell -> slots
+
+    def __len__(self) -> int:
+        return int((self.frame >= 0).sum())
+
+    # -- geometry ------------------------------------------------------------------------------
+    def _anchor(self, c2w: torch.Tensor) -> torch.Tensor:
+        return c2w[-1].double().cpu()
+
+    def _hash_cell(self, pos: torch.Tensor) -> tuple[int, int, int]:
+        c = torch.floor(pos / self.cfg.radius_m).long().tolist()
+        return (c[0], c[1], c[2])
+
+    def _place_key(self, anchor: torch.Tensor) -> tuple[int, int, int, int]:
+        cell = torch.floor(anchor[:3, 3] / self.cfg.cell_m).long().tolist()
+        fwd = anchor[:3, 2]
+        yaw = math.atan2(float(fwd[0]), float(fwd[1])) % (2 * math.pi)  # z-up world, yaw 0 along +y
+        sector = int(yaw / (2 * math.pi) * self.cfg.heading_bins) % self.cfg.heading_bins
+        return (cell[0], cell[1], cell[2], sector)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor, frame: int, state: int = 0) -> int:
+        """Keep one clean chunk: ``latents (k, C, h, w)``, ``actions (k, A)``, ``c2w (k, 4, 4)``,
+        the index of its first frame and its ``state`` -> the slot it took (bound rules in the
+        module docstring)."""
+        if latents.ndim != 4 or actions.shape[0] != latents.shape[0] or c2w.shape != (latents.shape[0], 4, 4):
+            raise WorldsimError(
+                f"a memory entry is one chunk: latents (k, C, h, w), actions (k, A), c2w (k, 4, 4); got "
+                f"{tuple(latents.shape)}, {tuple(actions.shape)}, {tuple(c2w.shape)}"
+            )
+        if self.latents is None or self.actions is None:
+            n = self.cfg.capacity
+            self.latents = latents.new_zeros((n, *latents.shape))
+            self.actions = actions.new_zeros((n, *actions.shape))
+            self.c2w = torch.zeros(n, c2w.shape[0], 4, 4, dtype=torch.float64)
+        elif self.latents.shape[1:] != latents.shape or self.actions.shape[1:] != actions.shape:
+            raise WorldsimError(
+                f"this bank holds chunks {tuple(self.latents.shape[1:])} with actions {tuple(self.actions.shape[1:])}, "
+                f"got {tuple(latents.shape)} and {tuple(actions.shape)}"
+            )
+        anchor = self._anchor(c2w)
+        key = self._place_key(anchor)
+        slot = self._place.get(key)
+        if slot is None:
+            free = (self.frame < 0).nonzero()
+            if len(free):
+                slot = int(free[0])
+            else:  # full: the least recently retrieved entry goes (ties: the lowest slot)
+                slot = int(torch.argmin(self.last_used))
+        self._remove(slot)
+        self.clock += 1
+        self.latents[slot] = latents
+        self.actions[slot] = actions
+        self.c2w[slot] = c2w.double().cpu()
+        self.anchor[slot] = anchor
+        self.anchor_w2c[slot] = torch.linalg.inv(anchor)
+        self.frame[slot], self.state[slot], self.last_used[slot] = frame, state, self.clock
+        self._place[key] = slot
+        self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)
+        return slot
+
+    def _remove(self, slot: int) -> None:
+        if self.frame[slot] < 0:
+            return
+        anchor = self.anchor[slot]
+        self._place.pop(self._place_key(anchor), None)
+        cell = self._hash_cell(anchor[:3, 3])
+        self._hash[cell].discard(slot)
+        if not self._hash[cell]:
+            del self._hash[cell]
+        self.frame[slot] = -1
+
+    # -- reading -----------------------------------------------------------------------------------
+    def candidates(self, query_c2w: torch.Tensor, before_frame: int, state: int) -> torch.Tensor:
+        """``(M,)`` int64 slots that may be retrieved for a chunk with poses ``query_c2w (k, 4, 4)``:
+        anchors within ``radius_m`` of the query's anchor, every frame before ``before_frame``,
+        in ``state``; in slot order."""
+        q = self._anchor(query_c2w)[:3, 3]
+        cx, cy, cz = self._hash_cell(q)
+        near = [
+            s
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for dz in (-1, 0, 1)
+            for s in self._hash.get((cx + dx, cy + dy, cz + dz), ())
+        ]
+        if not near:
+            return torch.zeros(0, dtype=torch.int64)
+        slots = torch.tensor(sorted(near), dtype=torch.int64)
+        k = self.c2w.shape[1]
+        pos = self.anchor[slots, :3, 3]
+        keep = (pos - q).norm(dim=1) <= self.cfg.radius_m
+        keep &= self.frame[slots] + k <= before_frame
+        keep &= self.state[slots] == state
+        return slots[keep]
+
+    def coverage(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``(M, N)`` bool: which of the query's view points each entry's anchor camera sees."""
+        anchor = self._anchor(query_c2w)
+        world = self.points @ anchor[:3, :3].T + anchor[:3, 3]  # (N, 3)
+        w2c = self.anchor_w2c[slots]  # (M, 4, 4)
+        cam = torch.einsum("mij,nj->mni", w2c[:, :3, :3], world) + w2c[:, None, :3, 3]
+        z = cam[..., 2]
+        safe = z.clamp_min(1e-9)
+        k = self.intrinsics
+        u = k[0, 0] * cam[..., 0] / safe + k[0, 2]
+        v = k[1, 1] * cam[..., 1] / safe + k[1, 2]
+        h, w = self.frame_size
+        inside = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        return inside & (cam.norm(dim=-1) <= self.cfg.radius_m)
+
+    def scores(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``(M,)`` float64 single-entry scores: coverage minus the distance term (module docstring)."""
+        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
+        seen = self.coverage(query_c2w, slots).double().mean(1)
+        return seen - self.cfg.distance_weight * dist / self.cfg.radius_m
+
+    def retrieve(self, query_c2w: torch.Tensor, before_frame: int, state: int = 0) -> list[MemoryHit]:
+        """The entries to show the model before generating a chunk with poses ``query_c2w (k, 4,
+        4)``: at most ``top_k``, best first, each scoring at least ``min_score`` (greedy,
+        diversity-aware: module docstring). Marks them used for the eviction rule."""
+        slots = self.candidates(query_c2w, before_frame, state)
+        if not len(slots):
+            return []
+        seen = self.coverage(query_c2w, slots)
+        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
+        penalty = self.cfg.distance_weight * dist / self.cfg.radius_m
+        covered = torch.zeros(seen.shape[1], dtype=torch.bool)
+        hits: list[MemoryHit] = []
+        self.clock += 1
+        for _ in range(self.cfg.top_k):
+            gain = (seen & ~covered).double().mean(1) - penalty
+            best = int(torch.argmax(gain))  # ties: the lowest slot
+            if gain[best] < self.cfg.min_score:
+                break
+            slot = int(slots[best])
+            hits.append(MemoryHit(slot, float(gain[best])))
+            self.last_used[slot] = self.clock
+            covered |= seen[best]
+        return hits
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every buffer and the clock, as tensors (for ``save_session``); an empty bank's latents
+        and actions are absent."""
+        out = {
+            "c2w": self.c2w,
+            "anchor": self.anchor,
+            "anchor_w2c": self.anchor_w2c,
+            "frame": self.frame,
+            "state": self.state,
+            "last_used": self.last_used,
+            "clock": torch.tensor(self.clock, dtype=torch.int64),
+        }
+        if self.latents is not None and self.actions is not None:
+            out.update(latents=self.latents, actions=self.actions)
+        return out
+
+    def config_dict(self) -> dict[str, float | int]:
+        """The config, for the session file's JSON part."""
+        return asdict(self.cfg)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`'s output; ``WorldsimError`` in one line for a state that is
+        incomplete or does not fit this bank (another capacity, chunk or point set)."""
+        n = self.cfg.capacity
+        try:
+            frame, c2w, anchor = state["frame"], state["c2w"], state["anchor"]
+            w2c = state["anchor_w2c"]
+            fits = frame.shape == (n,) and anchor.shape == w2c.shape == (n, 4, 4) and c2w.shape[0] == n
+            fits &= state["state"].shape == (n,) and state["last_used"].shape == (n,)
+            has = "latents" in state
+            if has:
+                fits &= state["latents"].shape[0] == n and state["actions"].shape[0] == n
+                fits &= state["latents"].shape[1] == c2w.shape[1] == state["actions"].shape[1]
+            clock = int(state["clock"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise WorldsimError(f"the saved memory bank is incomplete ({e})") from None
+        if not fits:
+            raise WorldsimError(
+                f"the saved memory bank does not fit this one (capacity {n}, saved frame index {tuple(frame.shape)})"
+            )
+        if not bool(torch.isfinite(c2w).all() and torch.isfinite(anchor).all()):
+            raise WorldsimError("the saved memory bank holds non-finite poses")
+        self.frame, self.c2w, self.anchor = frame.clone(), c2w.clone().double(), anchor.clone().double()
+        self.anchor_w2c = w2c.clone().double()
+        self.state, self.last_used, self.clock = state["state"].clone(), state["last_used"].clone(), clock
+        self.latents = state["latents"].clone() if has else None
+        self.actions = state["actions"].clone() if has else None
+        self._place, self._hash = {}, {}
+        for slot in (self.frame >= 0).nonzero().flatten().tolist():
+            anchor = self.anchor[slot]
+            self._place[self._place_key(anchor)] = slot
+            self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)

@@ -1,0 +1,284 @@
+"""``worldsim-train stage=student_dmd``: Self-Forcing distribution matching (DMD) on the student's
+own rollouts (reference.md §6; Self-Forcing, CausVid).
+
+Per iteration, on a seeded batch of clips of ``data`` (true context of ``context_chunks`` chunks,
+then the inputs and poses of ``distill.rollout_chunks`` more, clips showing light-key presses
+mixed in as the teacher was trained):
+
+1. the student generates the chunks after the true context through the rollout the engine plays
+   with (``ChunkRollout``, ``cached`` context): each chunk stops at a random step of its sampler
+   (Self-Forcing's exit step) and only that pass carries gradient; its clean keys and values
+   join the cache without gradient, so later chunks read the student's own outputs;
+2. every generated chunk is noised to its own level (uniform in ``[dmd_sigma_min,
+   dmd_sigma_max]``, shifted like the sampler) and read by two score networks after the clean
+   chunks a rolling cache would hold (``objectives.rollout_scores``): the frozen teacher (real
+   score) and a trainable copy of it (fake score);
+3. every ``generator_every``-th iteration the student takes the DMD step
+   (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
+   score learns the student's current samples by flow matching.
+
+Both networks train in fp32 master weights (bf16 autocast where the CPU has it) with AdamW
+(``beta1``), each with its own gradient clipping and learning rate (``fake_lr_scale``), under
+the shared loop (loop.py: schedule, EMA, CSV log, checkpoints with exact resume, Ctrl-C/SIGTERM,
+torchrun). The EMA student is exported to ``<out>/model``; previews roll it out on held-out
+episodes every ``distill.preview_every`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldsim.core.actions import make_action_encoder
+from worldsim.core.errors import WorldsimError
+from worldsim.data.frames import open_datasets
+from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.diffusion.schedule import shift_sigma
+from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint, save_checkpoint
+from worldsim.inference.context import CameraRays, History
+from worldsim.inference.rollout import ChunkRollout
+from worldsim.model.dit import WorldModel
+from worldsim.train.config import DistillConfig, TrainConfig
+from worldsim.train.distributed import init_distributed
+from worldsim.train.loop import TrainLoop
+from worldsim.train.objectives import dmd_loss, rollout_scores
+from worldsim.train.ode_pairs import load_teacher, require_clips, teacher_sha256
+from worldsim.train.student_ode_stage import check_student_start
+from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit
+from worldsim.train.teacher_stage import rollout_preview
+
+
+class DMDNetworks(nn.Module):
+    """The two networks DMD trains: the student (``generator``) and the ``fake_score``, both of
+    the teacher's architecture. One module, so that one loop checkpoints, resumes and averages
+    both."""
+
+    def __init__(self, model: WorldModel, fake_score: WorldModel):
+        super().__init__()
+        self.generator = model
+        self.fake_score = fake_score
+
+
+@dataclass
+class DMDStep:
+    """What one iteration computed. ``samples (B, M * k, C, h, w)``: the generated frames (with
+    gradient when the generator stepped); ``generator_loss``: the DMD loss (None on iterations
+    where only the fake score learns); ``fake_loss``: the fake score's flow loss."""
+
+    samples: torch.Tensor
+    generator_loss: torch.Tensor | None
+    fake_loss: torch.Tensor
+
+
+class SelfForcingDMD:
+    """One DMD iteration (module docstring, steps 1-3) for batches of clips of ``context_chunks
+    + rollout_chunks`` chunks. ``intrinsics (3, 3)`` pixels of ``frame_size``."""
+
+    def __init__(
+        self,
+        nets: DMDNetworks,
+        teacher: WorldModel,
+        ck: CheckpointConfig,
+        sampler: SamplerConfig,
+        dc: DistillConfig,
+        intrinsics: torch.Tensor,
+        null_action: torch.Tensor,
+    ):
+        self.nets, self.teacher, self.ck, self.sampler, self.dc = nets, teacher, ck, sampler, dc
+        self.cond = ck.conditioning
+        self.intrinsics = intrinsics
+        self.rays = CameraRays(self.cond, intrinsics, ck.frame_size, ck.model.latent_shape()[1:])
+        self.null = null_action
+        self.k = ck.chunk_frames
+
+    def rollout(
+        self, batch: Batch, exits: list[int], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, ChunkRollout]:
+        """The student's own rollout after the batch's true context (chunk ``j`` stops at step
+        ``exits[j]``) -> generated latents ``(B, M * k, C, h, w)`` and the rollout (its final
+        state). Gradient flows where the caller enables it, through the exit passes only."""
+        n0 = self.cond.context_chunks * self.k
+        x0, actions, c2w, ray_ref = batch.x0, batch.actions, batch.c2w, batch.ray_ref
+        frames = torch.arange(n0, device=x0.device)
+        gen = ChunkRollout(self.nets.generator, self.sampler, self.cond, self.intrinsics, self.ck.frame_size, "cached")
+        gen.restore(History(x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames))
+        out = []
+        for j, e in enumerate(exits):
+            s = n0 + j * self.k
+            out.append(gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e))
+        return torch.cat(out, 1), gen
+
+    def _levels(self, b: int, m: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        """``(B, M * k)``: one noise level per generated chunk, uniform then shifted like the sampler."""
+        lo, hi = self.dc.dmd_sigma_min, self.dc.dmd_sigma_max
+        u = lo + (hi - lo) * torch.rand(b, m, generator=g, dtype=torch.float64)
+        return shift_sigma(u, self.sampler.shift).float().repeat_interleave(self.k, 1).to(device)
+
+    def __call__(self, batch: Batch, generator_step: bool, g: torch.Generator, g_dev: torch.Generator) -> DMDStep:
+        """One iteration on ``batch`` (on the networks' device). ``g`` (CPU) draws the exit
+        steps, levels and noise; ``g_dev`` the rollout's noise."""
+        m = self.dc.rollout_chunks
+        exits = torch.randint(self.sampler.num_steps, (m,), generator=g).tolist()
+        with torch.set_grad_enabled(generator_step):
+            x, _ = self.rollout(batch, exits, g_dev)
+        clean = torch.cat([batch.x0[:, : batch.x0.shape[1] - x.shape[1]], x.detach()], 1)
+        rays = self.rays.relative_to(batch.c2w, batch.ray_ref, clean.dtype)
+        w = self.cond.context_chunks
+        b, dev = x.shape[0], x.device
+
+        def noised(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            eps = torch.randn(x.shape, generator=g, dtype=x.dtype).to(dev)
+            s = levels[:, :, None, None, None]
+            return (1 - s) * x.detach() + s * eps, eps
+
+        loss_g = None
+        if generator_step:
+            levels = self._levels(b, m, g, dev)
+            xt, _ = noised(levels)
+            s = levels[:, :, None, None, None]
+            with torch.no_grad():
+                real = rollout_scores(
+                    self.teacher, clean, xt, levels, batch.actions, rays, w, self.null, self.dc.real_guidance
+                )
+                fake = rollout_scores(self.nets.fake_score, clean, xt, levels, batch.actions, rays, w)
+            loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
+        levels = self._levels(b, m, g, dev)
+        xt, eps = noised(levels)
+        v = rollout_scores(self.nets.fake_score, clean, xt, levels, batch.actions, rays, w)
+        loss_f = F.mse_loss(v.float(), (eps - x.detach()).float())
+        return DMDStep(x, loss_g, loss_f)
+
+
+def _check(dc: DistillConfig) -> None:
+    if dc.rollout_chunks < 1 or dc.generator_every < 1 or dc.student_steps < 1:
+        raise WorldsimError(
+            f"distill.rollout_chunks, generator_every and student_steps must be >= 1, got "
+            f"{dc.rollout_chunks}, {dc.generator_every}, {dc.student_steps}"
+        )
+    if not 0.0 < dc.dmd_sigma_min < dc.dmd_sigma_max < 1.0:
+        raise WorldsimError(
+            f"distill.dmd_sigma_min and dmd_sigma_max must satisfy 0 < min < max < 1, got "
+            f"{dc.dmd_sigma_min} and {dc.dmd_sigma_max}"
+        )
+    if dc.fake_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
+        raise WorldsimError(
+            f"distill.fake_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), got "
+            f"{dc.fake_lr_scale}, {dc.real_guidance}, {dc.beta1}"
+        )
+
+
+def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
+    """Run the stage (module docstring) and export the EMA student to ``<out>/model``; returns the
+    loop's summary. ``WorldsimError`` before any training for bad settings, no ``init_from``, a
+    start that does not match the teacher, data the teacher cannot read, or a resumed run whose
+    teacher changed."""
+    d = init_distributed(cfg.device)
+    dc = cfg.distill
+    # Step 1: everything that can be wrong with the inputs, before any slow work.
+    _check(dc)
+    if not cfg.init_from:
+        raise WorldsimError(
+            "stage=student_dmd needs init_from: the student to improve (an exported student_ode model, "
+            "or the teacher itself for DMD without the ODE stage)"
+        )
+    ck, teacher, codec = load_teacher(dc.teacher)
+    sha = teacher_sha256(dc.teacher)
+    init = str(find_checkpoint(cfg.init_from))
+    check_student_start(init, ck, dc.teacher)
+    size = tuple(open_datasets(cfg.data)[0].meta.frame_size)
+    if size != ck.frame_size:
+        raise WorldsimError(f"{cfg.data} holds {size} frames, the teacher {dc.teacher} was trained on {ck.frame_size}")
+    clip = (ck.conditioning.context_chunks + dc.rollout_chunks) * ck.chunk_frames
+    require_clips(cfg.data, clip, f"a rollout of {dc.rollout_chunks} chunks after the true context")
+    intr = ck.conditioning.intrinsics_matrix()
+    if intr is None:
+        raise WorldsimError(f"distill.teacher {dc.teacher} records no camera intrinsics (conditioning.intrinsics)")
+    encoder = make_action_encoder(str(ck.action_encoder["name"]), list(ck.action_encoder["key_names"]))
+    sampler = SamplerConfig(num_steps=dc.student_steps, shift=ck.sampler.shift, mode="few_step")
+    # The student's start and the fake score (the teacher's weights), then the loop over both.
+    _, student, _ = load_checkpoint(init)
+    nets = DMDNetworks(student, copy.deepcopy(teacher))
+    teacher.requires_grad_(False).to(d.device)
+    identity = {**cfg.identity(), "init_from": cfg.init_from, "teacher_sha256": sha}
+    groups = [
+        {"params": list(nets.generator.parameters()), "lr_scale": 1.0},
+        {"params": list(nets.fake_score.parameters()), "lr_scale": dc.fake_lr_scale},
+    ]
+    metrics = ["dmd_loss", "fake_loss", "rollout_psnr_db", "copy_last_psnr_db"]
+    loop = TrainLoop(
+        dataclasses.replace(cfg, init_from=""),
+        nets,
+        metrics,
+        d,
+        identity=identity,
+        param_groups=groups,
+        betas=(dc.beta1, 0.999),
+        ddp=False,
+    )
+    # Step 2: latents of every episode (cached in <out>/latents), the clips the rollouts start from.
+    cache = loop.out / "latents" if d.is_main else None
+    codec.to(d.device)
+    train = EncodedSplit.encode(cfg.data, codec, encoder, "encode train", cache)
+    val = EncodedSplit.encode(cfg.val_data, codec, encoder, "encode val", cache) if cfg.val_data else None
+    codec.cpu()
+    cond = ck.conditioning
+    tcfg = dataclasses.replace(
+        cfg.teacher,
+        context_chunks=cond.context_chunks + dc.rollout_chunks - 1,  # a clip: true context, then the rollout
+        camera_reference=cond.camera_reference,
+        translation_scale_m=cond.translation_scale_m,
+        memory_prob=0.0,
+        action_drop=0.0,
+        camera_drop=0.0,
+        dark_weight=1.0,
+    )
+    null = torch.from_numpy(encoder.null_action())
+    clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null)
+    dmd = SelfForcingDMD(loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device))
+    amp = loop.autocast()
+    last: dict[str, float] = {}
+
+    def loss_at(step: int) -> tuple[torch.Tensor, int]:
+        b = clips.batch(cfg.seed, step, cfg.batch_size, train=True)
+        fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
+        batch = Batch(**fields)
+        # Exit steps and levels are the same on every rank (Self-Forcing synchronises them); noise is not.
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        g_dev = torch.Generator(device=d.device).manual_seed((cfg.seed * 1_000_003 + step) * 64 + d.rank)
+        generator_step = step % dc.generator_every == 0
+        with amp:
+            out = dmd(batch, generator_step, g, g_dev)
+        loss = out.fake_loss.float()
+        last["fake_loss"] = loss.item()
+        if out.generator_loss is not None:
+            loss = loss + out.generator_loss.float()
+            last["dmd_loss"] = out.generator_loss.item()
+        return loss, len(batch.x0)
+
+    def periodic(step: int) -> dict[str, float]:
+        out = dict(last) if step % cfg.log_every == 0 else {}
+        if val is not None and d.is_main and (step % dc.preview_every == 0 or step == cfg.steps):
+            student = loop.ema.generator if d.device.type == "cpu" else copy.deepcopy(loop.ema.generator).cpu()
+            png = loop.out / "previews" / f"step_{step:06d}.png"
+            out.update(rollout_preview(student, codec, val, cond, sampler, cfg.seed, png))
+        return out
+
+    def export(step: int, metrics: dict[str, float]) -> None:
+        provenance = {
+            "stage": "student_dmd",
+            "step": step,
+            "teacher": str(dc.teacher),
+            "teacher_sha256": sha,
+            "init_from": cfg.init_from,
+            "config": identity,
+            "metrics": dict(metrics),
+        }
+        student_ck = dataclasses.replace(ck, sampler=sampler, provenance=provenance)
+        save_checkpoint(loop.out / "model", student_ck, loop.ema.generator, codec)
+
+    return loop.run(loss_at, periodic, export)
