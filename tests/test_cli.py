@@ -94,3 +94,32 @@ def test_bench_model_prints_every_measurement(tmp_path):
     assert model["rebuild_1step_cache_write_ms"] < model["cached_1step_cache_write_ms"]
     bad = _run("worldsim.cli.bench", "model", "--preset", "huge")
     assert bad.returncode == 2 and "unknown model preset 'huge'; valid: cpu, gpu_base, tiny" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "module, args, option",
+    [
+        ("worldsim.eval.evaluate", ["checkpoint=assets/teacher_builtin_v1", "data=/nonexistent"], "out"),
+        ("worldsim.cli.train", ["stage=codec", "data=/nonexistent"], "out"),
+        ("worldsim.cli.bench", ["env", "--frames", "2"], "--out's folder"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, module, args, option):
+    """/proc refuses new folders even to root: each command says so in one line, first."""
+    bad = "/proc/worldsim-nope/x"
+    out = ["--out", f"{bad}/bench.json"] if module.endswith("bench") else [f"out={bad}"]
+    r = _run(module, *args, *out)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines == [f"error: {option}={bad}: cannot write there (No such file or directory)"], r.stderr
+
+
+def test_the_writable_check_leaves_nothing_behind(tmp_path):
+    from worldsim.core.atomic import require_writable_dir
+    from worldsim.core.errors import WorldsimError
+
+    assert require_writable_dir(tmp_path / "a" / "b", "out") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorldsimError, match="out=.*file/sub: cannot write there"):
+        require_writable_dir(tmp_path / "file" / "sub", "out")

@@ -22,18 +22,42 @@ def test_play_without_display_says_how_to_run(tmp_path):
     assert "no display found" in r.stderr and "xvfb-run" in r.stderr
 
 
-def test_play_rejects_unknown_binding_key_names(tmp_path):
-    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["checkpoint=", "window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
+        (["window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
+        (["~window.bindings.l"], "bindings must map exactly the keys"),
+    ],
+)
+def test_play_rejects_bad_bindings_before_a_window_opens(tmp_path, args, message):
+    """DISPLAY names an X screen that does not exist: opening a window fails with its own
+    message, so the binding's error proves it came first."""
+    env = dict(os.environ, SDL_VIDEODRIVER="x11", DISPLAY=":987")
     r = subprocess.run(
-        [sys.executable, "play.py", "checkpoint=", "window.bindings.w=notakey", "loop.max_steps=1"],
+        [sys.executable, "play.py", *args, "loop.max_steps=1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "'notakey' is not a key name" in r.stderr
+    assert message in r.stderr and "cannot open" not in r.stderr, r.stderr
+
+
+def test_play_on_a_display_that_is_not_there_says_so_in_one_line(tmp_path):
+    env = dict(os.environ, SDL_VIDEODRIVER="x11", DISPLAY=":987")
+    r = subprocess.run(
+        [sys.executable, "play.py", "checkpoint=", "loop.max_steps=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: cannot open a window on DISPLAY=':987'" in r.stderr
 
 
 def test_play_refuses_a_missing_checkpoint_and_an_unwritable_record_path(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
-from worldsim.core.atomic import write_text
+from worldsim.core.atomic import require_writable_dir, write_text
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
+    require_writable_dir(Path(args.out).parent, "--out's folder")  # before the measurements, not after
     result: dict[str, object] = {"machine": machine_info()}
     if args.what == "env":
         if args.size < 1 or args.frames < 1:

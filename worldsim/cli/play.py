@@ -30,7 +30,7 @@ from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine
 from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
-from worldsim.play.window import Window, WindowConfig, require_display
+from worldsim.play.window import Window, WindowConfig, key_codes, require_display, resolve_bindings
 
 
 @dataclass
@@ -128,14 +128,16 @@ def main(cfg: Any) -> None:
         _headless(pc)
         return
     require_display()  # no screen: say how to run instead of loading anything
+    key_codes(pc.window.bindings)  # a key name pygame does not know: refused before a window opens
     source: EnvSource | ProcessSource | None = None
     try:
         if not pc.checkpoint:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
-        else:  # a bad checkpoint fails in the child, before a window opens
+        else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
             kw = {"bf16": pc.bf16, "sampler": pc.sampler}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
+            resolve_bindings(pc.window.bindings, list(source.key_names))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()

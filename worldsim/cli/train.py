@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 
+from worldsim.core.atomic import require_writable_dir
 from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import clean_errors, unknown_name
 from worldsim.train.codec_stage import train_codec
@@ -47,6 +48,7 @@ def _main(cfg: Any) -> None:
     tc = to_schema(cfg, TrainConfig)
     if tc.stage not in STAGES:
         raise unknown_name("training stage", tc.stage, STAGES)
+    require_writable_dir(tc.out, "out")
     try:
         summary = STAGES[tc.stage](tc)
     except KeyboardInterrupt:

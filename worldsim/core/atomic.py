@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from worldsim.core.errors import WorldsimError
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
@@ -136,3 +138,31 @@ def staged_dir(final: str | Path, keep: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def require_writable_dir(path: str | Path, what: str) -> Path:
+    """Check, before any slow work, that files can be written in folder ``path`` (created later
+    by the caller if missing) -> the path. Creates what is missing and a probe file, then removes
+    both, so a refused command leaves nothing behind. ``WorldsimError`` ``"<what>=<path>: cannot
+    write there (<reason>)"`` otherwise; ``what`` names the option (``out``, ``--out``)."""
+    p = Path(path)
+    missing, q = [], p
+    while not q.exists() and q != q.parent:
+        missing.append(q)
+        q = q.parent
+    made: list[Path] = []
+    try:
+        if q.exists() and not q.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(q))
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
+    return p

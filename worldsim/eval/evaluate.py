@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -38,7 +37,7 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
-from worldsim.core.atomic import write_text
+from worldsim.core.atomic import require_writable_dir, write_text
 from worldsim.core.config import CONFIG_DIR, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
@@ -225,6 +224,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
     from worldsim.data.preview import contact_sheet, write_png
 
+    out = require_writable_dir(cfg.out, "out")
     engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler)
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     windows = []
@@ -235,7 +235,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 f"no episode of {cfg.night_data} turns dark after {engine.context_frames} light frames "
                 f"with {NIGHT_FRAMES} frames left (record it with policy=explore_lights)"
             )
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     k = engine.chunk_frames
     horizon = -(-cfg.horizon // k) * k

@@ -64,21 +64,30 @@ def require_display() -> None:
         )
 
 
-def resolve_bindings(bindings: dict[str, str], key_names: list[str]) -> list[int]:
-    """Keyboard codes in ``key_names`` order; unknown names fail with what is valid."""
+def key_codes(bindings: dict[str, str]) -> dict[str, int]:
+    """The keyboard code of every binding ``{game key: pygame key name}``; a name pygame does not
+    know fails in one line. Needs no window, so play checks it before opening one."""
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
+    pygame.init()
+    codes = {}
+    for game_key, name in bindings.items():
+        try:
+            codes[game_key] = pygame.key.key_code(name)
+        except ValueError as e:
+            raise WorldsimError(f"binding {game_key!r}: {name!r} is not a key name pygame knows") from e
+    return codes
+
+
+def resolve_bindings(bindings: dict[str, str], key_names: list[str]) -> list[int]:
+    """Keyboard codes in ``key_names`` order; unknown names fail with what is valid."""
     missing = [k for k in key_names if k not in bindings]
     extra = [k for k in bindings if k not in key_names]
     if missing or extra:
         raise WorldsimError(f"bindings must map exactly the keys {key_names}; missing {missing}, unknown {extra}")
-    codes = []
-    for game_key in key_names:
-        try:
-            codes.append(pygame.key.key_code(bindings[game_key]))
-        except ValueError as e:
-            raise WorldsimError(f"binding {game_key!r}: {bindings[game_key]!r} is not a key name pygame knows") from e
-    return codes
+    codes = key_codes(bindings)
+    return [codes[k] for k in key_names]
 
 
 class Window:
@@ -94,6 +103,12 @@ class Window:
 
         self.pg = pygame
         pygame.init()
+        if not pygame.display.get_init():  # e.g. DISPLAY names a screen that is not there
+            where = os.environ.get("DISPLAY", "")
+            raise WorldsimError(
+                f"cannot open a window on DISPLAY={where!r} ({pygame.get_error() or 'no video system'}); "
+                "try running under xvfb-run"
+            )
         self.cfg = cfg
         self.codes: list[int] = []
         h, w = frame_size
