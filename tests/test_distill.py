@@ -333,14 +333,14 @@ def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_
         dmd = _dmd(teacher, fake_seed)
         batch = _clips(dmd, small_dataset.root, teacher)
         g = torch.Generator().manual_seed(0)
-        out = dmd(batch, True, g, torch.Generator().manual_seed(1))
+        out = dmd(batch, True, dmd.exit_steps(g), g, torch.Generator().manual_seed(1))
         assert out.samples.shape == (2, 6, 4, 16, 16) and out.fake_loss.item() > 0
         out.generator_loss.backward()
         total = sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters() if p.grad is not None)
         assert (total == 0) == zero, (fake_seed, total)
         assert all(p.grad is None for p in dmd.teacher.parameters())
     dmd = _dmd(teacher, 1)
-    out = dmd(batch, False, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    out = dmd(batch, False, [0, 1, 1], torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     assert out.generator_loss is None and not out.samples.requires_grad
 
 
@@ -438,6 +438,7 @@ def test_two_process_torchrun_dmd_averages_both_networks_and_keeps_ranks_in_sync
         f"distill.teacher={teacher}",
         "distill.rollout_chunks=3",
         "distill.generator_every=1",
+        "teacher.focus_prob=0.0",  # the preset's light-key focus: these two episodes never press it
         "steps=2",
         "batch_size=4",
         "bf16=false",

@@ -275,12 +275,29 @@ def test_teacher_refuses_bad_input_before_slow_work(small_dataset, tiny_codec, t
         train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "r", 2, resume=True, camera_drop=0.5))
 
 
-def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tiny_codec, tmp_path):
+def test_two_process_torchrun_trains_what_one_process_trains_on_the_same_global_batch(
+    small_dataset, tiny_codec, tmp_path
+):
+    """Two ranks, each on half of every batch and its rows of the batch's noise, stopped and
+    resumed, end where one process on the whole batch ends (up to float summation order). Every
+    sample's context is clean (clean_context_prob 1), so each rank's loss averages as many noisy
+    frames and DDP's mean of the ranks' gradients is the gradient of the global mean."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "worldsim.cli.train"]
-    out = tmp_path / "ddp"
+    out, alone = tmp_path / "ddp", tmp_path / "one"
+    same = ["teacher.clean_context_prob=1.0"]
+    args = _overrides(small_dataset.root, tiny_codec, alone, 4) + same
+    p = subprocess.run(
+        [sys.executable, "-m", "worldsim.cli.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
     for steps, resume in ((2, False), (4, True)):
-        args = _overrides(small_dataset.root, tiny_codec, out, steps, resume)
+        args = _overrides(small_dataset.root, tiny_codec, out, steps, resume) + same
         p = subprocess.run(run + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         assert "ranks_in_sync 1" in p.stdout, p.stdout
@@ -288,6 +305,15 @@ def test_two_process_torchrun_keeps_ranks_in_sync_and_resumes(small_dataset, tin
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert '"step": 4' in (out / "last" / "state.json").read_text()
+    torch.manual_seed(0)  # the run's initial weights (train_teacher seeds, then builds the model)
+    from worldsim.model.dit import WorldModel
+
+    init = WorldModel(BUILT).state_dict()
+    a = load_file(str(out / "last" / "weights.safetensors"))
+    b = load_file(str(alone / "last" / "weights.safetensors"))
+    apart = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+    moved = sum(float((b[k] - init[k]).pow(2).sum()) for k in b) ** 0.5
+    assert moved > 0 and apart < 1e-3 * moved, (apart, moved)
     # The export plays with the run's sampler, composed from the preset worldsim/configs/sampler/teacher.yaml.
     preset = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sampler" / "teacher.yaml"))
     assert json.loads((out / "model" / "config.json").read_text())["sampler"] == preset

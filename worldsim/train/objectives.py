@@ -2,7 +2,10 @@
 
 Noise levels and noise are drawn from the caller's generator on the CPU and then moved to the
 latents' device: a seeded step draws the same numbers on any device (CPU generators cannot fill
-CUDA tensors).
+CUDA tensors). Under torchrun each rank holds rows ``rank::world`` of the global batch; given
+``rows=(rank, world, global batch size)`` an objective draws the noise of the whole batch and
+keeps those rows, so a multi-process run trains on exactly the noise a one-process run of the
+same global batch draws.
 """
 
 from __future__ import annotations
@@ -15,6 +18,21 @@ import torch.nn.functional as F
 from worldsim.diffusion.sampler import guided
 from worldsim.model.attention import chunk_mask, teacher_forcing_mask
 from worldsim.model.dit import WorldModel
+
+
+def _draw(
+    make: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    rows: tuple[int, int, int] | None,
+    **kw: object,
+) -> torch.Tensor:
+    """``make(shape)`` (``torch.rand`` / ``torch.randn``) for this rank's rows of the global batch:
+    the draw is for ``rows[2]`` rows when ``rows`` is given, then rows ``rank::world`` are kept."""
+    if rows is None:
+        return make(shape, generator=generator, **kw)
+    rank, world, total = rows
+    return make((total, *shape[1:]), generator=generator, **kw)[rank::world]
 
 
 def chunk_ids_of_tokens(
@@ -33,6 +51,7 @@ def teacher_forcing_loss(
     generator: torch.Generator | None = None,
     net: torch.nn.Module | None = None,
     frame_weight: torch.Tensor | None = None,  # (B, T) each frame's weight; None = all 1
+    rows: tuple[int, int, int] | None = None,  # (rank, world, global batch): module docstring
 ) -> torch.Tensor:
     """Flow matching with teacher forcing (reference.md §2): the sequence is ``[clean | noisy]``
     with the same positions for both halves, one noise level per chunk, loss on the noisy half
@@ -43,9 +62,9 @@ def teacher_forcing_loss(
     if t % k:
         raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
     # Step 1: one sigma per chunk (diffusion-forcing style independence across chunks).
-    sigma_chunk = torch.rand(b, t // k, generator=generator, dtype=x0.dtype).to(x0.device)
+    sigma_chunk = _draw(torch.rand, (b, t // k), generator, rows, dtype=x0.dtype).to(x0.device)
     sigma = sigma_chunk.repeat_interleave(k, dim=1)  # (B, T)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = _draw(torch.randn, tuple(x0.shape), generator, rows, dtype=x0.dtype).to(x0.device)
     s = sigma[:, :, None, None, None]
     x_noisy = (1 - s) * x0 + s * eps
     # Step 2: [clean | noisy] through the block-causal teacher-forcing mask.
@@ -76,6 +95,7 @@ def diffusion_forcing_loss(
     clean_context_prob: float = 0.7,
     context_sigma_max: float = 1.0,
     frame_weight: torch.Tensor | None = None,  # (B, T) each frame's weight; None = all 1
+    rows: tuple[int, int, int] | None = None,  # (rank, world, global batch): module docstring
 ) -> torch.Tensor:
     """Flow matching with diffusion forcing: one sequence (no clean copy), an independent noise
     level per chunk, block-causal attention, loss on every noisy frame. With probability
@@ -90,12 +110,12 @@ def diffusion_forcing_loss(
         raise ValueError(f"clip of {t} frames is not a whole number of {k}-frame chunks")
     n = t // k
     # Step 1: one sigma per chunk; clean context on part of the samples.
-    sigma_chunk = torch.rand(b, n, generator=generator, dtype=x0.dtype).to(x0.device)
-    clean = (torch.rand(b, 1, generator=generator) < clean_context_prob).to(x0.device)
+    sigma_chunk = _draw(torch.rand, (b, n), generator, rows, dtype=x0.dtype).to(x0.device)
+    clean = (_draw(torch.rand, (b, 1), generator, rows) < clean_context_prob).to(x0.device)
     is_context = (torch.arange(n, device=x0.device) < n - 1)[None]
     sigma_chunk = torch.where(is_context, sigma_chunk * context_sigma_max, sigma_chunk)
     sigma = torch.where(clean & is_context, 0.0, sigma_chunk).repeat_interleave(k, dim=1)  # (B, T)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = _draw(torch.randn, tuple(x0.shape), generator, rows, dtype=x0.dtype).to(x0.device)
     s = sigma[:, :, None, None, None]
     # Step 2: one block-causal forward over the noisy sequence.
     ids = chunk_ids_of_tokens(t, k, model.cfg.tokens_per_frame, x0.device)

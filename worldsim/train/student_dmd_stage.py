@@ -119,11 +119,16 @@ class SelfForcingDMD:
         u = lo + (hi - lo) * torch.rand(b, m, generator=g, dtype=torch.float64)
         return shift_sigma(u, self.sampler.shift).float().repeat_interleave(self.k, 1).to(device)
 
-    def __call__(self, batch: Batch, generator_step: bool, g: torch.Generator, g_dev: torch.Generator) -> DMDStep:
-        """One iteration on ``batch`` (on the networks' device). ``g`` (CPU) draws the exit
-        steps, levels and noise; ``g_dev`` the rollout's noise."""
+    def exit_steps(self, g: torch.Generator) -> list[int]:
+        """One random exit step per generated chunk (Self-Forcing; the same on every rank)."""
+        return torch.randint(self.sampler.num_steps, (self.dc.rollout_chunks,), generator=g).tolist()
+
+    def __call__(
+        self, batch: Batch, generator_step: bool, exits: list[int], g: torch.Generator, g_dev: torch.Generator
+    ) -> DMDStep:
+        """One iteration on ``batch`` (on the networks' device), chunk ``j`` stopping at step
+        ``exits[j]``. ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
         m = self.dc.rollout_chunks
-        exits = torch.randint(self.sampler.num_steps, (m,), generator=g).tolist()
         with torch.set_grad_enabled(generator_step):
             x, _ = self.rollout(batch, exits, g_dev)
         clean = torch.cat([batch.x0[:, : batch.x0.shape[1] - x.shape[1]], x.detach()], 1)
@@ -247,12 +252,14 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         b = clips.batch(cfg.seed, step, cfg.batch_size, train=True)
         fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
         batch = Batch(**fields)
-        # Exit steps and levels are the same on every rank (Self-Forcing synchronises them); noise is not.
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        g_dev = torch.Generator(device=d.device).manual_seed((cfg.seed * 1_000_003 + step) * 64 + d.rank)
+        # Exit steps are the same on every rank (Self-Forcing synchronises them); levels and noise are not.
+        seed = cfg.seed * 1_000_003 + step
+        exits = dmd.exit_steps(torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
+        g_dev = torch.Generator(device=d.device).manual_seed(seed * 64 + d.rank)
         generator_step = step % dc.generator_every == 0
         with amp:
-            out = dmd(batch, generator_step, g, g_dev)
+            out = dmd(batch, generator_step, exits, g, g_dev)
         loss = out.fake_loss.float()
         last["fake_loss"] = loss.item()
         if out.generator_loss is not None:

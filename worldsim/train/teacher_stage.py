@@ -230,10 +230,12 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         b = batches(step)
         parts = (b.x0, b.actions, b.plucker, b.weight)
         x0, actions, rays, weight = (d.shard(t).to(d.device, non_blocking=True) for t in parts)
-        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + d.rank)
+        # The whole batch's noise, this rank's rows (objectives.py): the same as one process.
+        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64)
         frame_weight = weight if clips.dark is not None else None  # None: the unweighted mean, as before
+        rows = (d.rank, d.world, cfg.batch_size)
         with amp:
-            loss = objective(loop.module, x0, actions, rays, g, net=loop.net, frame_weight=frame_weight)
+            loss = objective(loop.module, x0, actions, rays, g, net=loop.net, frame_weight=frame_weight, rows=rows)
         return loss.float(), len(x0)
 
     def periodic(step: int) -> dict[str, float]:
