@@ -247,3 +247,40 @@ def test_headless_play_refuses_record_in_one_line(tiny, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().startswith(f"error: record={tmp_path / 'rec'} records a window's session; headless")
     assert not (tmp_path / "rec").exists()
+
+
+def test_soak_reports_each_window_mean_and_the_last_over_first_ratio(tiny, monkeypatch):
+    import worldsim.bench.soak as soak
+
+    eng = load_engine(tiny)
+    k = eng.chunk_frames
+    per_chunk = iter([0.01, 0.03, 0.05, 0.07, 0.02, 0.04])  # seconds of model work, chunk by chunk
+    real_step = eng.step
+
+    def step(keys, mouse):
+        out = real_step(keys, mouse)
+        return dataclasses.replace(out, timings=ChunkTimings(denoise_s=next(per_chunk), decode_s=0.0))
+
+    monkeypatch.setattr(eng, "step", step)
+    monkeypatch.setattr(soak, "load_engine", lambda *a, **kw: eng)
+    res = soak.bench_soak(str(tiny), frames=6 * k, window=2 * k)
+    assert [w["frames"] for w in res["windows"]] == [2 * k, 4 * k, 6 * k]
+    assert [w["chunk_ms"] for w in res["windows"]] == pytest.approx([20.0, 60.0, 30.0])
+    assert res["cost_ratio_last_over_first"] == pytest.approx(1.5) and all(w["rss_MB"] > 0 for w in res["windows"])
+    with pytest.raises(WorldsimError, match="--window must be a positive multiple of the chunk length"):
+        soak.bench_soak(str(tiny), frames=6 * k, window=k + 1)
+
+
+def test_bench_soak_cli_prints_every_window(tiny, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "worldsim.cli.bench", "soak", f"--checkpoint={tiny}", "--frames=32", "--window=8"]
+        + [f"--out={tmp_path / 'soak.json'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads((tmp_path / "soak.json").read_text())["soak"]
+    assert len(res["windows"]) == 4 and "chunk time last/first window" in p.stdout
+    assert all(f"{w['frames']:>8.0f}" in p.stdout for w in res["windows"])

@@ -3,6 +3,7 @@
     worldsim-bench env [--env builtin|doom] [--size 64] [--frames 600] [--seed 0] [--out bench.json]
     worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
     worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--out bench.json]
+    worldsim-bench soak [--checkpoint assets/teacher_builtin_v1] [--frames 10000] [--window 1000] [--out bench.json]
 
 ``env`` times headless rendering of a world (reset excluded; for the built-in world each step
 includes the controller, GL draw, readback and the supersampling filter; for DOOM the game tics,
@@ -10,7 +11,9 @@ ViZDoom's software render at 160x120 and the crop + resize) and writing those fr
 rollout dataset (safetensors episodes, atomic rename, index), both in the same run. ``model``
 times a size preset with random weights (worldsim/bench/model.py says what each row includes);
 ``engine`` times a checkpoint end to end through the engine and the play loop
-(worldsim/bench/engine.py says what each row includes). Every run also records the machine.
+(worldsim/bench/engine.py says what each row includes); ``soak`` plays a long session through the
+engine and prints chunk time and resident memory per window (worldsim/bench/soak.py). Every run
+also records the machine.
 """
 
 from __future__ import annotations
@@ -180,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
+    p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
+    p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
+    p_soak.add_argument("--frames", type=int, default=10_000, help="frames of the session")
+    p_soak.add_argument("--window", type=int, default=1000, help="frames per reported window")
+    p_soak.add_argument("--seed", type=int, default=0, help="world seed of the start and of the inputs")
+    p_soak.add_argument("--out", default="bench.json", help="where to write the JSON result")
     args = parser.parse_args(argv)
     require_writable_dir(Path(args.out).parent, "--out's folder")  # before the measurements, not after
     result: dict[str, object] = {"machine": machine_info()}
@@ -187,6 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.size < 1 or args.frames < 1:
             parser.error("--size and --frames must be positive")
         result["env"] = bench_env(args.size, args.frames, args.seed, args.env)
+    elif args.what == "soak":
+        from worldsim.bench.soak import bench_soak
+
+        soak = bench_soak(args.checkpoint, args.frames, args.window, args.seed)
+        print(f"== soak: {soak['frames']} frames of {args.checkpoint}, windows of {soak['window']}")
+        print(f"  {'frames':>8} {'chunk ms':>9} {'RSS MB':>8}")
+        for row in soak["windows"]:
+            print(f"  {row['frames']:>8.0f} {row['chunk_ms']:>9.1f} {row['rss_MB']:>8.1f}")
+        result["soak"] = soak
     elif args.what == "engine":
         from worldsim.bench.engine import bench_engine
 
@@ -210,7 +228,13 @@ def main(argv: list[str] | None = None) -> None:
             ),
         }
     for title, rows in result.items():
-        _print_table(title, rows)  # type: ignore[arg-type]
+        if title != "soak":  # printed above, window by window
+            _print_table(title, rows)  # type: ignore[arg-type]
+    if "soak" in result:
+        summary = result["soak"]
+        assert isinstance(summary, dict)
+        ratio, growth = summary["cost_ratio_last_over_first"], summary["rss_growth_pct"]
+        print(f"  chunk time last/first window {ratio:.3f}; resident memory growth {growth:+.1f}%")
     try:
         write_text(args.out, json.dumps(result, indent=2))
     except OSError as e:
