@@ -177,3 +177,23 @@ def test_play_under_xvfb_follows_real_key_and_mouse_events(xvfb, tmp_path, sourc
     assert np.array_equal(shot, small.repeat(4, 0).repeat(4, 1))
     diffs = [np.abs(small.astype(int) - f.astype(int)).mean() for f in ep["frames"]]
     assert min(diffs) < 1.0
+
+
+def test_a_short_fuzz_of_random_x_events_neither_crashes_nor_loses_the_recording(tmp_path):
+    """The reduced form of `python tools/fuzz_play.py --seconds 600` (keys, mouse bursts, clicks,
+    focus lost and found, pause, reset, record on/off, screenshots, help, HUD, Esc)."""
+    if not shutil.which("Xvfb") or not shutil.which("xdotool"):
+        pytest.skip("Xvfb and xdotool are installed by .ci/setup")
+    from test_engine import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "tiny")
+    r = subprocess.run(
+        [sys.executable, "tools/fuzz_play.py", "--seconds", "12", f"--checkpoint={model}"]
+        + [f"--out={tmp_path / 'fuzz'}", "--seed", "1", "--display", ":88"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and "fuzz ok" in r.stdout, r.stdout + r.stderr
+    assert "recording: " in r.stdout and " 0 frames read back" not in r.stdout
