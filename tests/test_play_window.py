@@ -197,3 +197,55 @@ def test_a_short_fuzz_of_random_x_events_neither_crashes_nor_loses_the_recording
     )
     assert r.returncode == 0 and "fuzz ok" in r.stdout, r.stdout + r.stderr
     assert "recording: " in r.stdout and " 0 frames read back" not in r.stdout
+
+
+def test_the_world_in_the_window_shows_the_frames_it_renders_alone(xvfb, tmp_path):
+    """Play the ground-truth world in the window (its GL context), record, then re-render the
+    recorded inputs headless (EGL, `worldsim-record policy=replay`): frame for frame the same."""
+    rec = tmp_path / "rec"
+    env = dict(os.environ, DISPLAY=xvfb)
+    env.pop("SDL_VIDEODRIVER", None)
+    proc = subprocess.Popen(
+        [sys.executable, "play.py", "checkpoint=", f"record={rec}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        win = _xdo(xvfb, "search", "--sync", "--pid", str(proc.pid)).stdout.split()[0]
+        _xdo(xvfb, "windowactivate", "--sync", win)
+        _xdo(xvfb, "windowfocus", "--sync", win)
+        time.sleep(0.5)
+        _xdo(xvfb, "keydown", "w")
+        for _ in range(12):
+            _xdo(xvfb, "mousemove_relative", "--", "9", "2")
+            time.sleep(0.05)
+        _xdo(xvfb, "keyup", "w")
+        _xdo(xvfb, "key", "l")
+        time.sleep(0.8)
+        _xdo(xvfb, "key", "Escape")
+        time.sleep(0.3)
+        _xdo(xvfb, "key", "Escape")
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    from envs.record import RecordConfig, record
+    from worldsim.data.reader import RolloutDataset
+
+    data = RolloutDataset(rec)
+    shown = data.load(0)
+    n = len(shown["frames"])
+    replay = RecordConfig(
+        policy="replay", replay_from=str(rec), num_episodes=1, episode_len=n, out=str(tmp_path / "re"), preview=False
+    )
+    alone = record(replay).load(0)
+    light = data.meta.key_names.index("l")
+    assert n >= 10 and shown["keys"][:, light].sum() >= 1  # walked, turned and toggled the light
+    np.testing.assert_allclose(alone["c2w"], shown["c2w"], atol=1e-5)
+    diff = np.abs(alone["frames"].astype(int) - shown["frames"].astype(int)).mean(axis=(1, 2, 3))
+    assert diff.max() < 1.0, diff  # every frame, within a grey level on average
+    assert np.abs(np.diff(shown["frames"].astype(int), axis=0)).mean() > 1.0  # and the frames do change
