@@ -102,7 +102,8 @@ def test_chunk_inputs_keep_the_newest_rows_all_mouse_motion_and_every_key_press(
     rows = [(np.array([i % 2, 0, 0], np.uint8), np.array([1.0, 0.0], np.float32), float(i)) for i in range(6)]
     rows[0][0][1] = 1  # a tap (down for one poll) in a row older than the newest 4
     keys, mouse, times = chunk_inputs(rows, 4, 3)
-    assert mouse[:, 0].tolist() == [3.0, 1.0, 1.0, 1.0] and times == [2.0, 3.0, 4.0, 5.0]
+    assert mouse[:, 0].tolist() == [3.0, 1.0, 1.0, 1.0]
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # every row's latency counts, the folded ones too
     assert keys[:, 1].tolist() == [1, 0, 0, 0]  # the tap is held in the first kept row, not lost
     assert keys[:, 0].tolist() == [1, 1, 0, 1]  # down in the older row 1: down in the first kept row too
     assert keys[:, 2].tolist() == [0, 0, 0, 0]
@@ -110,6 +111,40 @@ def test_chunk_inputs_keep_the_newest_rows_all_mouse_motion_and_every_key_press(
     assert keys[:, 0].tolist() == [1, 0, 1, 0] and keys[:, 1].tolist() == [0, 0, 0, 0]
     keys, mouse, times = chunk_inputs(rows[1:2], 4, 3)  # missing rows repeat the held keys, no motion
     assert keys[:, 0].tolist() == [1, 1, 1, 1] and mouse[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert times == [1.0]  # padding rows were never polled: no latency of their own
+
+
+class StallingSource(SlowSource):
+    """Chunks take ``delays[i]`` seconds, one after another: quick, then a stall."""
+
+    def __init__(self, delays):
+        super().__init__(delays[0])
+        self.delays = list(delays)
+
+    def submit(self, keys, mouse):
+        self.delay_s = self.delays[min(self.n, len(self.delays) - 1)]
+        super().submit(keys, mouse)
+
+
+def test_the_hud_frame_rate_counts_new_frames_and_falls_to_zero_within_a_second_of_a_stall():
+    window = FakeWindow(ticks=60)  # 4 s at 15 Hz
+    shown_at = []
+    show = window.show
+
+    def record_show(frame, hud):
+        shown_at.append((time.perf_counter(), frame is not None, hud[0]))
+        show(frame, hud)
+
+    window.show = record_show
+    stats = play(StallingSource([0.05, 0.05, 0.05, 10.0]), PlayLoopConfig(), window).summary()
+    new = [t for t, is_new, _ in shown_at if is_new]
+    assert len(new) >= 8 and stats["held_ticks"] > 20
+    last_new = max(new)
+    after = [hud for t, _, hud in shown_at if t > last_new + 1.05]
+    assert after and all(hud.startswith(" 0.0 fps") for hud in after), after[:3]
+    assert f"held {stats['held_ticks']} |" in shown_at[-1][2]  # the HUD counts the held ticks
+    live = [hud for t, is_new, hud in shown_at if is_new and t > new[0] + 0.5]
+    assert any(not hud.startswith(" 0.0 fps") for hud in live)  # while frames come, it counts them
 
 
 @pytest.mark.parametrize("generate_in", ["loop", "process"])
@@ -128,7 +163,9 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, genera
     else:
         source = EngineSource(load_engine(ck, seed=11, bf16=False), seed=11)
     try:
-        play(source, PlayLoopConfig(), FakeWindow(90, fps=30.0, script=script), record=str(tmp_path / "rec"))
+        # Until 12 frames are shown (not a fixed time: a loaded machine generates fewer per second).
+        window = FakeWindow(3000, fps=30.0, script=script)
+        play(source, PlayLoopConfig(max_steps=12), window, record=str(tmp_path / "rec"))
     finally:
         source.close()
     ep = RolloutDataset(tmp_path / "rec").load(0)

@@ -18,7 +18,10 @@ frames are shown; one frame is shown. While a chunk is in flight, the rest of th
 polling the source for it, so a chunk that finishes mid-tick is queued and the next one
 submitted at once. When the queue is empty the last frame stays up and the HUD says generation
 is behind. Input is polled every tick whatever the source is doing. Latency of an input row =
-display time of the first frame generated with it minus its poll time.
+display time of the first frame generated with it minus its poll time, for every row polled,
+folded ones included. The HUD's frame rate counts the new frames shown in the last second (a
+held frame is not a frame: it falls to 0 within a second when generation stalls), beside the
+number of ticks that held a frame.
 """
 
 from __future__ import annotations
@@ -148,10 +151,13 @@ class Recorder:
 
 
 def chunk_inputs(rows: list[InputRow], k: int, num_keys: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """The next chunk's ``k`` input rows from the rows polled since the last submission. With
+    """The next chunk's ``k`` input rows from the rows polled since the last submission, and the
+    poll times of every one of those rows (the chunk's first frame answers all of them). With
     more than ``k``, the newest ``k`` are kept and the older rows fold into the first kept one:
     their mouse motion is added to it and any key down in them is down in it, so a tap (the
-    light key) is never lost when generation falls behind."""
+    light key) is never lost when generation falls behind. Fewer than ``k``: the held keys
+    repeat with no motion (those padding rows were never polled: no poll time)."""
+    polled = [t for _, _, t in rows]
     if len(rows) > k:
         older, rows = rows[: len(rows) - k], rows[len(rows) - k :]
         extra = np.sum([m for _, m, _ in older], axis=0)
@@ -161,7 +167,7 @@ def chunk_inputs(rows: list[InputRow], k: int, num_keys: int) -> tuple[np.ndarra
         rows = [(np.zeros(num_keys, np.uint8), np.zeros(2, np.float32), time.perf_counter())]
     held_keys, _, t_last = rows[-1]
     rows = rows + [(held_keys, np.zeros(2, np.float32), t_last)] * (k - len(rows))
-    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]).astype(np.float32), [r[2] for r in rows]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]).astype(np.float32), polled
 
 
 @dataclass
@@ -175,6 +181,18 @@ class PlayStats:
     latencies_s: list[float] = field(default_factory=list)
     chunk_s: list[float] = field(default_factory=list)
     first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
+    shown_at: deque[float] = field(default_factory=deque)  # display times of the new frames of the last second
+
+    def frame_shown(self, t: float) -> None:
+        """Count a new frame displayed at ``t`` (perf_counter seconds)."""
+        self.displayed += 1
+        self.shown_at.append(t)
+
+    def fps_now(self, now: float) -> float:
+        """New frames shown in the last second before ``now``: the HUD's honest frame rate."""
+        while self.shown_at and self.shown_at[0] <= now - 1.0:
+            self.shown_at.popleft()
+        return float(len(self.shown_at))
 
     def summary(self) -> dict[str, float]:
         """Displayed frames, poll rate (Hz), latency p50/p95 (ms), mean chunk time (ms), first frame (s)."""
@@ -292,7 +310,7 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                     stats.latencies_s += [t_show - t for t in s.poll_times]
                     if stats.displayed == 0:
                         stats.first_frame_s = t_show - t_start
-                stats.displayed += 1
+                stats.frame_shown(t_show)
                 behind = False
                 if recorder and recorder.active:
                     recorder.add(s)
@@ -318,14 +336,15 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
 def _hud(
     window: Any, stats: PlayStats, timings: ChunkTimings, paused: bool, behind: bool, rec: Recorder | None
 ) -> list[str]:
-    """The HUD lines; the stage times are those of the last chunk (its ``timings``)."""
-    fps = getattr(window, "fps", float("nan"))
+    """The HUD lines; the stage times are those of the last chunk (its ``timings``); the frame
+    rate counts new frames shown in the last second."""
+    fps = stats.fps_now(time.perf_counter())
     lat = stats.latencies_s[-32:]
     chunk = stats.chunk_s[-1] * 1000 if stats.chunk_s else float("nan")
     state = "PAUSED" if paused else ("generation behind: holding frame" if behind else "live")
     stages = [(f.name.removesuffix("_s"), getattr(timings, f.name)) for f in fields(timings)]
     lines = [
-        f"{fps:4.1f} fps | chunk {chunk:5.0f} ms | frames {stats.displayed} | {state}",
+        f"{fps:4.1f} fps | chunk {chunk:5.0f} ms | frames {stats.displayed} | held {stats.held_ticks} | {state}",
         f"latency p50 {np.median(lat) * 1000 if lat else float('nan'):4.0f} ms | "
         + " ".join(f"{name} {s * 1000:.0f} ms" for name, s in stages if s > 0),
     ]

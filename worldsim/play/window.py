@@ -10,7 +10,6 @@ F1 shows the help overlay with the key bindings; F3 hides the HUD.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,8 +136,6 @@ class Window:
         self.captured = False
         self.set_capture(True)
         self.clock = pygame.time.Clock()
-        self.last_draw_s = time.perf_counter()
-        self.fps = 0.0
 
     def bind_keys(self, key_names: list[str]) -> None:
         """Which keyboard keys feed which game keys (from ``cfg.bindings``)."""
@@ -226,10 +223,6 @@ class Window:
                 self.hud_text = text
             self._draw(hud=bool(lines))
             self.pg.display.flip()
-        if frame_u8 is not None:
-            now = time.perf_counter()
-            self.fps = 0.9 * self.fps + 0.1 / max(now - self.last_draw_s, 1e-6)
-            self.last_draw_s = now
         self.pg.display.set_caption(f"{self.title} | {hud_lines[0] if hud_lines else ''}")
 
     def screenshot(self) -> np.ndarray:
