@@ -1,5 +1,6 @@
 """play.py end to end under Xvfb, driven by real X events from xdotool."""
 
+import json
 import math
 import os
 import shutil
@@ -249,3 +250,23 @@ def test_the_world_in_the_window_shows_the_frames_it_renders_alone(xvfb, tmp_pat
     diff = np.abs(alone["frames"].astype(int) - shown["frames"].astype(int)).mean(axis=(1, 2, 3))
     assert diff.max() < 1.0, diff  # every frame, within a grey level on average
     assert np.abs(np.diff(shown["frames"].astype(int), axis=0)).mean() > 1.0  # and the frames do change
+
+
+def test_the_on_screen_latency_tool_times_light_toggles_of_the_world(tmp_path):
+    """`tools/latency_on_screen.py` on the ground-truth world (a toggle is drawn at the next
+    display tick): every press is seen, within a few ticks."""
+    if not shutil.which("Xvfb") or not shutil.which("xdotool"):
+        pytest.skip("Xvfb and xdotool are installed by .ci/setup")
+    out = tmp_path / "screen.json"
+    r = subprocess.run(
+        [sys.executable, "tools/latency_on_screen.py", "--checkpoint=", "--presses", "3", "--interval", "1.2"]
+        + ["--display", ":89", f"--out={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["seen"] == 3 and res["missed"] == 0 and "on screen: key-down -> visible change" in r.stdout
+    assert 0 < res["latency_p50_ms"] < 1000 and res["grabs_per_s"] > 20
