@@ -13,7 +13,8 @@ mixed in as the teacher was trained):
    dmd_sigma_max]``, shifted like the sampler) and read by two score networks after the clean
    chunks a rolling cache would hold (``objectives.rollout_scores``): the frozen teacher (real
    score) and a trainable copy of it (fake score);
-3. every ``generator_every``-th iteration the student takes the DMD step
+3. every ``generator_every``-th iteration (the first after ``generator_every - 1`` fake-score
+   updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
    score learns the student's current samples by flow matching.
 
@@ -257,7 +258,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         exits = dmd.exit_steps(torch.Generator().manual_seed(seed))
         g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
         g_dev = torch.Generator(device=d.device).manual_seed(seed * 64 + d.rank)
-        generator_step = step % dc.generator_every == 0
+        # The fake score learns first: at step 0 it is still the teacher, and the DMD step would be 0.
+        generator_step = (step + 1) % dc.generator_every == 0
         with amp:
             out = dmd(batch, generator_step, exits, g, g_dev)
         loss = out.fake_loss.float()
