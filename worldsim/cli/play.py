@@ -44,6 +44,7 @@ class PlayConfig:
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
+    threads: int | None = None  # CPU threads of the model; None = the cores other processes leave free
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -90,7 +91,7 @@ class EnvSource(SyncSource):
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler)
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler, threads=pc.threads)
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -135,7 +136,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
-            kw = {"bf16": pc.bf16, "sampler": pc.sampler}
+            kw = {"bf16": pc.bf16, "sampler": pc.sampler, "threads": pc.threads}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")

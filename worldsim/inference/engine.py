@@ -33,6 +33,7 @@ from worldsim.core.atomic import staged_dir, write_bytes, write_text
 from worldsim.core.controller import CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.core.precision import resolve_bf16
+from worldsim.core.threads import ThreadGovernor
 from worldsim.core.validate import check_c2w, check_frames, check_keys, check_mouse
 from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
@@ -108,9 +109,12 @@ class Engine:
         controller: CameraControllerConfig | None = None,
         fingerprint: str = "",
         context_policy: str | None = None,
+        threads: int | None = None,
     ):
         self.cfg, self.model, self.codec = ck, model, codec
         self.device = next(model.parameters()).device
+        # CPU threads: the cores free to this process, re-measured after every chunk, or pinned.
+        self.governor = ThreadGovernor(threads) if self.device.type == "cpu" else None
         spec = ck.action_encoder
         self.encoder = make_action_encoder(str(spec["name"]), list(spec["key_names"]))
         if self.encoder.spec() != spec:
@@ -225,6 +229,8 @@ class Engine:
         self.state = state
         self.previous_keys = keys[-1].astype(np.uint8)
         self.steps += self.chunk_frames
+        if self.governor is not None:
+            self.governor.observe()
         return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s))
 
     # -- session save / restore --------------------------------------------------------------
@@ -342,7 +348,9 @@ def load_engine(
     settings field by field (None keeps them all); ``bf16``: autocast on or off, None = on where
     ``device`` computes bf16 natively (:func:`worldsim.core.precision.resolve_bf16`);
     ``context_policy``: ``rebuild`` or ``cached`` (None = ``cached`` where the checkpoint's
-    conditioning keeps keys valid across chunks, else ``rebuild``). The camera controller
+    conditioning keeps keys valid across chunks, else ``rebuild``); ``threads`` (keyword, CPU):
+    torch's thread count pinned, or None to follow the cores other processes leave free
+    (:mod:`worldsim.core.threads`). The camera controller
     (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
     data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
