@@ -75,7 +75,11 @@ def test_every_engine_step_lets_the_governor_re_measure(tmp_path):
 
     before = torch.get_num_threads()
     try:
-        eng = load_engine(make_tiny_checkpoint(tmp_path / "tiny"))
+        ck = make_tiny_checkpoint(tmp_path / "tiny")
+        assert load_engine(ck).governor is None  # by default torch's count is left alone (reproducible runs)
+        with pytest.raises(WorldsimError, match="threads must be a number >= 1, 'auto' or null"):
+            load_engine(ck, threads="many")
+        eng = load_engine(ck, threads="auto")
         calls = []
         eng.governor.observe = lambda: calls.append(1) or 2
         _world_reset(eng, 0)

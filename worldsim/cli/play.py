@@ -44,7 +44,7 @@ class PlayConfig:
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
-    threads: int | None = None  # CPU threads of the model; None = the cores other processes leave free
+    threads: str = "auto"  # CPU threads of the model: "auto" = the cores other processes leave free, or a number
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -58,6 +58,19 @@ class PlayConfig:
 
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
+
+
+def _threads(value: str) -> int | str:
+    """``threads=``: ``auto`` or a whole number >= 1; anything else is one line."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        raise WorldsimError(f"threads must be 'auto' or a whole number >= 1, got {value!r}")
+    return n
 
 
 class EnvSource(SyncSource):
@@ -91,7 +104,7 @@ class EnvSource(SyncSource):
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler, threads=pc.threads)
+    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler, threads=_threads(pc.threads))
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -136,7 +149,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
-            kw = {"bf16": pc.bf16, "sampler": pc.sampler, "threads": pc.threads}
+            kw = {"bf16": pc.bf16, "sampler": pc.sampler, "threads": _threads(pc.threads)}
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")

@@ -109,12 +109,18 @@ class Engine:
         controller: CameraControllerConfig | None = None,
         fingerprint: str = "",
         context_policy: str | None = None,
-        threads: int | None = None,
+        threads: int | str | None = None,
     ):
         self.cfg, self.model, self.codec = ck, model, codec
         self.device = next(model.parameters()).device
-        # CPU threads: the cores free to this process, re-measured after every chunk, or pinned.
-        self.governor = ThreadGovernor(threads) if self.device.type == "cpu" else None
+        # CPU threads: None leaves torch's count alone (reproducible runs: evaluation, tests);
+        # "auto" follows the cores other processes leave free, re-measured after every chunk
+        # (play); a number pins it.
+        if threads not in (None, "auto") and not isinstance(threads, int):
+            raise WorldsimError(f"threads must be a number >= 1, 'auto' or null, got {threads!r}")
+        self.governor = None
+        if threads is not None and self.device.type == "cpu":
+            self.governor = ThreadGovernor(None if threads == "auto" else int(threads))
         spec = ck.action_encoder
         self.encoder = make_action_encoder(str(spec["name"]), list(spec["key_names"]))
         if self.encoder.spec() != spec:
@@ -349,8 +355,8 @@ def load_engine(
     ``device`` computes bf16 natively (:func:`worldsim.core.precision.resolve_bf16`);
     ``context_policy``: ``rebuild`` or ``cached`` (None = ``cached`` where the checkpoint's
     conditioning keeps keys valid across chunks, else ``rebuild``); ``threads`` (keyword, CPU):
-    torch's thread count pinned, or None to follow the cores other processes leave free
-    (:mod:`worldsim.core.threads`). The camera controller
+    None leaves torch's thread count as it is, ``"auto"`` follows the cores other processes leave
+    free (:mod:`worldsim.core.threads`; what play.py does), a number pins it. The camera controller
     (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
     data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
