@@ -6,7 +6,7 @@
 
 Starts its own Xvfb (``--display``), runs ``play.py record=<out>/rec loop.screenshot_dir=<out>/shots``
 and sends, from a seeded random stream: game keys pressed and released (single taps and holds,
-several at once), mouse bursts, left clicks (which capture the mouse again), focus lost and found
+several at once), mouse bursts, left clicks inside the window (which capture the mouse again), focus lost and found
 (the window unmapped and mapped again), P (pause), F5 (reset), F9 (recording off and on), F12
 (screenshots), F1 (help), F3 (HUD) and single Esc presses between clicks (mouse released, then
 captured again; an Esc with the mouse released quits, by design). At the end a click and two Esc
@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,12 @@ def _xdo(display: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["xdotool", *args], env=dict(os.environ, DISPLAY=display), capture_output=True, text=True, timeout=30
     )
+
+
+def _click(display: str, win: str) -> None:
+    """A left click inside the window (where the pointer is may be outside it once released)."""
+    _xdo(display, "mousemove", "--window", win, "40", "40")
+    _xdo(display, "click", "1")
 
 
 def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) -> dict[str, object]:
@@ -56,6 +62,7 @@ def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) ->
     rng = random.Random(seed)
     sent: Counter[str] = Counter()
     held: set[str] = set()
+    recent: deque[str] = deque(maxlen=8)  # the last events sent, for a failure's message
     try:
         found = _xdo(display, "search", "--sync", "--pid", str(play.pid)).stdout.split()
         if not found:
@@ -66,7 +73,11 @@ def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) ->
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             if play.poll() is not None:
-                raise RuntimeError(f"play.py exited early with code {play.returncode}")
+                out, err = play.communicate()
+                raise RuntimeError(
+                    f"play.py exited early with code {play.returncode} after {', '.join(recent)}\n"
+                    f"{out[-1500:]}{err[-1500:]}"
+                )
             r = rng.random()
             if r < 0.45:  # game keys: press one, or release one that is held
                 key = rng.choice(GAME_KEYS)
@@ -76,34 +87,39 @@ def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) ->
                 else:
                     _xdo(display, "keydown", key)
                     held.add(key)
-                sent["game key"] += 1
+                kind = f"game key {key}"
             elif r < 0.7:  # a mouse burst
                 for _ in range(rng.randint(1, 8)):
                     _xdo(display, "mousemove_relative", "--", str(rng.randint(-40, 40)), str(rng.randint(-20, 20)))
-                sent["mouse burst"] += 1
+                kind = "mouse burst"
             elif r < 0.76:
-                _xdo(display, "click", "1")  # captures the mouse again after an Esc or a focus loss
-                sent["click"] += 1
+                _click(display, win)  # captures the mouse again after an Esc or a focus loss
+                kind = "click"
             elif r < 0.8:
                 _xdo(display, "windowunmap", "--sync", win)
                 time.sleep(rng.uniform(0.05, 0.5))
                 _xdo(display, "windowmap", "--sync", win)
-                _xdo(display, "windowfocus", win)
-                sent["focus lost and found"] += 1
+                _xdo(display, "windowfocus", "--sync", win)
+                kind = "focus lost and found"
             elif r < 0.83:
                 # Esc releases a captured mouse (Esc with it released quits: a click captures it first)
-                _xdo(display, "click", "1")
+                # The loop must have polled the click before the Esc arrives (it polls every tick).
+                _click(display, win)
+                time.sleep(0.3)
                 _xdo(display, "key", "Escape")
-                _xdo(display, "click", "1")
-                sent["Esc"] += 1
+                time.sleep(0.3)
+                _click(display, win)
+                kind = "Esc"
             else:
                 key = rng.choice(COMMANDS)
                 _xdo(display, "key", key)
-                sent[key] += 1
+                kind = key
+            sent["game key" if kind.startswith("game key") else kind] += 1
+            recent.append(kind)
             time.sleep(rng.uniform(0.0, 0.15))
         for key in held:
             _xdo(display, "keyup", key)
-        _xdo(display, "click", "1")
+        _click(display, win)
         time.sleep(0.3)
         _xdo(display, "key", "Escape")
         time.sleep(0.3)

@@ -2,7 +2,8 @@
 
 This is the only module that imports pygame. It knows nothing about where frames come from: it
 polls input (keys held, mouse motion, commands) and draws the frames it is given, upscaled, with a
-HUD overlay. Esc releases the mouse (a second Esc quits), focus loss releases it too; F12 saves a
+HUD overlay. Esc releases the mouse and a second Esc in a row quits; focus loss releases it too
+(without arming the quit, so one Esc after coming back never ends the session); F12 saves a
 screenshot (the game view, without the HUD); F9 starts/stops recording; P pauses; F5 resets;
 F1 shows the help overlay with the key bindings; F3 hides the HUD.
 """
@@ -142,8 +143,9 @@ class Window:
         self.codes = resolve_bindings(self.cfg.bindings, key_names)
 
     def set_capture(self, on: bool) -> None:
-        """Capture the mouse (hidden, grabbed, relative motion) or release it."""
-        self.captured = on
+        """Capture the mouse (hidden, grabbed, relative motion) or release it; either disarms
+        the quit (only an Esc arms it)."""
+        self.captured, self.quit_armed = on, False
         self.pg.event.set_grab(on)
         self.pg.mouse.set_visible(not on)
         self.pg.mouse.get_rel()  # drop motion accumulated while released
@@ -158,9 +160,15 @@ class Window:
                 commands.add("quit")
             elif ev.type == pg.KEYDOWN:
                 went_down.add(ev.key)
-                if ev.key == pg.K_ESCAPE:
-                    commands.add("quit" if not self.captured else "release")
-                    self.set_capture(False)
+                if ev.key != pg.K_ESCAPE:
+                    self.quit_armed = False  # "a second Esc in a row"
+                if ev.key == pg.K_ESCAPE:  # releases the mouse; the next Esc in a row quits
+                    if self.quit_armed:
+                        commands.add("quit")
+                    else:
+                        commands.add("release")
+                        self.set_capture(False)
+                        self.quit_armed = True
                 elif ev.key == pg.K_F12:
                     commands.add("screenshot")
                 elif ev.key == pg.K_F9:
