@@ -19,7 +19,6 @@ what it sent and what it found.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
@@ -28,48 +27,29 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from xplay import start, stop, xdo
+
 GAME_KEYS = ["w", "a", "s", "d", "space", "shift", "l"]  # xdotool names of the default bindings
 COMMANDS = ["p", "F5", "F9", "F12", "F1", "F3"]
 
 
-def _xdo(display: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["xdotool", *args], env=dict(os.environ, DISPLAY=display), capture_output=True, text=True, timeout=30
-    )
-
-
 def _click(display: str, win: str) -> None:
     """A left click inside the window (where the pointer is may be outside it once released)."""
-    _xdo(display, "mousemove", "--window", win, "40", "40")
-    _xdo(display, "click", "1")
+    xdo(display, "mousemove", "--window", win, "40", "40")
+    xdo(display, "click", "1")
 
 
 def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) -> dict[str, object]:
     """Run the fuzz (module docstring) -> what was sent and found; ``RuntimeError`` on a failure."""
-    for tool in ("Xvfb", "xdotool"):
-        if not shutil.which(tool):
-            raise RuntimeError(f"{tool} is not installed (apt install xvfb xdotool)")
     if out.exists():
         shutil.rmtree(out)
     rec, shots = out / "rec", out / "shots"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-    time.sleep(1.0)
-    env = dict(os.environ, DISPLAY=display)
-    env.pop("SDL_VIDEODRIVER", None)
-    cmd = [sys.executable, "play.py", f"checkpoint={checkpoint}", f"record={rec}", f"loop.screenshot_dir={shots}"]
-    play = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    xvfb, play, win = start(display, [f"checkpoint={checkpoint}", f"record={rec}", f"loop.screenshot_dir={shots}"])
     rng = random.Random(seed)
     sent: Counter[str] = Counter()
     held: set[str] = set()
     recent: deque[str] = deque(maxlen=8)  # the last events sent, for a failure's message
     try:
-        found = _xdo(display, "search", "--sync", "--pid", str(play.pid)).stdout.split()
-        if not found:
-            raise RuntimeError("play.py opened no window")
-        win = found[0]
-        _xdo(display, "windowactivate", "--sync", win)
-        _xdo(display, "windowfocus", "--sync", win)
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             if play.poll() is not None:
@@ -82,57 +62,54 @@ def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) ->
             if r < 0.45:  # game keys: press one, or release one that is held
                 key = rng.choice(GAME_KEYS)
                 if key in held:
-                    _xdo(display, "keyup", key)
+                    xdo(display, "keyup", key)
                     held.discard(key)
                 else:
-                    _xdo(display, "keydown", key)
+                    xdo(display, "keydown", key)
                     held.add(key)
                 kind = f"game key {key}"
             elif r < 0.7:  # a mouse burst
                 for _ in range(rng.randint(1, 8)):
-                    _xdo(display, "mousemove_relative", "--", str(rng.randint(-40, 40)), str(rng.randint(-20, 20)))
+                    xdo(display, "mousemove_relative", "--", str(rng.randint(-40, 40)), str(rng.randint(-20, 20)))
                 kind = "mouse burst"
             elif r < 0.76:
                 _click(display, win)  # captures the mouse again after an Esc or a focus loss
                 kind = "click"
             elif r < 0.8:
-                _xdo(display, "windowunmap", "--sync", win)
+                xdo(display, "windowunmap", "--sync", win)
                 time.sleep(rng.uniform(0.05, 0.5))
-                _xdo(display, "windowmap", "--sync", win)
-                _xdo(display, "windowfocus", "--sync", win)
+                xdo(display, "windowmap", "--sync", win)
+                xdo(display, "windowfocus", "--sync", win)
                 kind = "focus lost and found"
             elif r < 0.83:
                 # Esc releases a captured mouse (Esc with it released quits: a click captures it first)
                 # The loop must have polled the click before the Esc arrives (it polls every tick).
                 _click(display, win)
                 time.sleep(0.3)
-                _xdo(display, "key", "Escape")
+                xdo(display, "key", "Escape")
                 time.sleep(0.3)
                 _click(display, win)
                 kind = "Esc"
             else:
                 key = rng.choice(COMMANDS)
-                _xdo(display, "key", key)
+                xdo(display, "key", key)
                 kind = key
             sent["game key" if kind.startswith("game key") else kind] += 1
             recent.append(kind)
             time.sleep(rng.uniform(0.0, 0.15))
         for key in held:
-            _xdo(display, "keyup", key)
+            xdo(display, "keyup", key)
         _click(display, win)
         time.sleep(0.3)
-        _xdo(display, "key", "Escape")
+        xdo(display, "key", "Escape")
         time.sleep(0.3)
-        _xdo(display, "key", "Escape")
+        xdo(display, "key", "Escape")
         try:
             _, err = play.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             raise RuntimeError("play.py did not quit on Esc Esc within 60 s") from None
     finally:
-        if play.poll() is None:
-            play.kill()
-        xvfb.terminate()
-        xvfb.wait(10)
+        stop(xvfb, play)
     if play.returncode != 0 or "Traceback" in err:
         raise RuntimeError(f"play.py exited with code {play.returncode}:\n{err[-3000:]}")
     from worldsim.data.reader import RolloutDataset

@@ -23,22 +23,13 @@ import argparse
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _xdo(display: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["xdotool", *args], env=dict(os.environ, DISPLAY=display), capture_output=True, text=True, timeout=30
-    )
+from xplay import start, stop, xdo
 
 
 class Capture(threading.Thread):
@@ -83,35 +74,15 @@ def measure(
     checkpoint: str, presses: int, interval: float, threshold: float, timeout: float, display: str, seed: int
 ) -> dict[str, object]:
     """Run the measurement of the module docstring -> its numbers; ``RuntimeError`` on a failure."""
-    for tool in ("Xvfb", "xdotool"):
-        if not shutil.which(tool):
-            raise RuntimeError(f"{tool} is not installed (apt install xvfb xdotool)")
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-    time.sleep(1.0)
-    env = dict(os.environ, DISPLAY=display)
-    env.pop("SDL_VIDEODRIVER", None)
-    play = subprocess.Popen(
-        [sys.executable, "play.py", f"checkpoint={checkpoint}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    xvfb, play, win = start(display, [f"checkpoint={checkpoint}"])
     rng = random.Random(seed)
     capture = None
     try:
-        found = _xdo(display, "search", "--sync", "--pid", str(play.pid)).stdout.split()
-        if not found:
-            raise RuntimeError("play.py opened no window")
-        win = found[0]
-        _xdo(display, "windowactivate", "--sync", win)
-        _xdo(display, "windowfocus", "--sync", win)
         geo = dict(
-            line.split("=") for line in _xdo(display, "getwindowgeometry", "--shell", win).stdout.split() if "=" in line
+            line.split("=") for line in xdo(display, "getwindowgeometry", "--shell", win).stdout.split() if "=" in line
         )
         region = {"left": int(geo["X"]), "top": int(geo["Y"]), "width": int(geo["WIDTH"]), "height": int(geo["HEIGHT"])}
-        _xdo(display, "key", "F3")  # hide the HUD: only the game view changes
+        xdo(display, "key", "F3")  # hide the HUD: only the game view changes
         capture = Capture(display, region)
         capture.start()
         time.sleep(max(3.0, interval))  # the first frames, the start-up
@@ -124,9 +95,9 @@ def measure(
             before = [m for t, m, _ in capture.since(time.perf_counter() - 0.3)]
             level = float(np.median(before)) if before else float("nan")
             t0 = time.perf_counter()
-            _xdo(display, "keydown", "l")
+            xdo(display, "keydown", "l")
             time.sleep(0.1)
-            _xdo(display, "keyup", "l")
+            xdo(display, "keyup", "l")
             seen = None
             while seen is None and time.perf_counter() < t0 + timeout:
                 seen = _transition(capture.since(t0 - 0.05), t0, level, threshold * max(level, 1.0))
@@ -136,18 +107,15 @@ def measure(
             else:
                 latencies.append(seen - t0)
         t_end = time.perf_counter()
-        _xdo(display, "key", "Escape")
+        xdo(display, "key", "Escape")
         time.sleep(0.3)
-        _xdo(display, "key", "Escape")
+        xdo(display, "key", "Escape")
         play.communicate(timeout=60)
     finally:
         if capture is not None:
             capture.stop.set()
             capture.join(5)
-        if play.poll() is None:
-            play.kill()
-        xvfb.terminate()
-        xvfb.wait(10)
+        stop(xvfb, play)
     grabs = [g for g in capture.grabs if t_begin <= g[0] <= t_end] if capture else []
     span = t_end - t_begin
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])

@@ -172,9 +172,14 @@ class MemoryBank:
         self.anchor[slot] = anchor
         self.anchor_w2c[slot] = torch.linalg.inv(anchor)
         self.frame[slot], self.state[slot], self.last_used[slot] = frame, state, self.clock
-        self._place[key] = slot
-        self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)
+        self._index(slot)
         return slot
+
+    def _index(self, slot: int) -> None:
+        """Enter a filled slot in the place index and the spatial hash (by its stored anchor)."""
+        anchor = self.anchor[slot]
+        self._place[self._place_key(anchor)] = slot
+        self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)
 
     def _remove(self, slot: int) -> None:
         if self.frame[slot] < 0:
@@ -226,11 +231,14 @@ class MemoryBank:
         inside = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         return inside & (cam.norm(dim=-1) <= self.cfg.radius_m)
 
+    def distance_penalty(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``(M,)`` float64: ``distance_weight`` x anchor distance / ``radius_m`` (module docstring)."""
+        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
+        return self.cfg.distance_weight * dist / self.cfg.radius_m
+
     def scores(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M,)`` float64 single-entry scores: coverage minus the distance term (module docstring)."""
-        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
-        seen = self.coverage(query_c2w, slots).double().mean(1)
-        return seen - self.cfg.distance_weight * dist / self.cfg.radius_m
+        return self.coverage(query_c2w, slots).double().mean(1) - self.distance_penalty(query_c2w, slots)
 
     def retrieve(self, query_c2w: torch.Tensor, before_frame: int, state: int = 0) -> list[MemoryHit]:
         """The entries to show the model before generating a chunk with poses ``query_c2w (k, 4,
@@ -240,8 +248,7 @@ class MemoryBank:
         if not len(slots):
             return []
         seen = self.coverage(query_c2w, slots)
-        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
-        penalty = self.cfg.distance_weight * dist / self.cfg.radius_m
+        penalty = self.distance_penalty(query_c2w, slots)
         covered = torch.zeros(seen.shape[1], dtype=torch.bool)
         hits: list[MemoryHit] = []
         self.clock += 1
@@ -306,6 +313,4 @@ class MemoryBank:
         self.actions = state["actions"].clone() if has else None
         self._place, self._hash = {}, {}
         for slot in (self.frame >= 0).nonzero().flatten().tolist():
-            anchor = self.anchor[slot]
-            self._place[self._place_key(anchor)] = slot
-            self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)
+            self._index(slot)
