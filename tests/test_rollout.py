@@ -186,3 +186,118 @@ def test_rollout_with_gradients_equals_it_under_inference_mode():
             outs.append(roll.rollout(act[:, 4:], c2w[:, 4:], torch.Generator().manual_seed(0)))
     assert outs[0].requires_grad and not outs[1].requires_grad
     torch.testing.assert_close(outs[0].detach(), outs[1], rtol=0, atol=0)
+
+
+def _retrieved(seed, k):
+    """A retrieved chunk: its own latents, actions and poses (a place seen long before)."""
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(1, k, 3, 4, 4, generator=g, dtype=torch.float64)
+    act = torch.randn(1, k, 5, generator=g, dtype=torch.float64)
+    poses = [make_c2w(np.array([2.0 + 0.3 * i, 1.5, 0.4]), 2.5 + 0.2 * i, -0.1) for i in range(k)]
+    return lat, act, torch.from_numpy(np.stack(poses)).double()[None]
+
+
+def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window():
+    """The cached rollout with a retrieved chunk on every other step equals one forward over
+    ``[retrieved chunks | session | chunk]``: each retrieved chunk in place of the oldest window
+    chunk of the step it served (that chunk hidden, the retrieved one at its positions), its
+    rays relative to that step's reference (the newest context frame), attending to itself
+    alone, and seen by that step's chunk only, noisy and clean (the clean pass that writes the
+    chunk's keys sees it too); a step without memory sees the whole window and no memory."""
+    m = _model(depth=3)
+    k, window, n0, chunks = 2, 2, 4, 5
+    lat, act, c2w = _session(n0 + chunks * k)
+    cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference="chunk")
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached", memory_chunks=1)
+    roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
+    g_roll, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    rays = _cacheable_rays(c2w, "chunk", k, 3.0)
+    tokens = k * m.cfg.tokens_per_frame
+    clean = lat[:, :n0]
+    mems = []  # (latents, actions, rays, positions, the session chunk it served)
+    for j in range(chunks):
+        s = n0 + j * k
+        mem = _retrieved(10 + j, k) if j % 2 == 0 else None
+        x0 = roll.step(act[:, s : s + k], c2w[:, s : s + k], g_roll, memory=mem)
+        if mem is not None:
+            start = s - window * k  # the window's first frame: the chunk it replaces
+            m_rays = _rays_reference(mem[2], c2w[0, s - 1], 3.0, normalise_over_sequence=False)
+            mems.append((mem[0], mem[1], m_rays, torch.arange(start, start + k), s // k))
+        noise = torch.randn(1, k, 3, 4, 4, generator=g_ref, dtype=torch.float64)
+        t = s + k
+        ids = _ids(t, k, m.cfg.tokens_per_frame)
+        n_mem = len(mems) * tokens
+        mask = torch.zeros(n_mem + len(ids), n_mem + len(ids), dtype=torch.bool)
+        mask[n_mem:, n_mem:] = chunk_mask(ids, ids, window_chunks=window)
+        for i, (*_, served) in enumerate(mems):
+            mine = slice(i * tokens, (i + 1) * tokens)
+            mask[mine, mine] = True  # a retrieved chunk: itself alone
+            rows = slice(n_mem + served * tokens, n_mem + (served + 1) * tokens)
+            mask[rows, mine] = True
+            mask[rows, n_mem + (served - window) * tokens : n_mem + (served - window + 1) * tokens] = False
+        v = m(
+            torch.cat([*(e[0] for e in mems), clean, noise], 1),
+            torch.cat([torch.zeros(1, len(mems) * k + s), torch.ones(1, k)], 1).double(),
+            torch.cat([*(e[1] for e in mems), act[:, :t]], 1),
+            torch.cat([*(e[2] for e in mems), rays[:, :t]], 1),
+            torch.cat([*(e[3] for e in mems), torch.arange(t)]),
+            mask,
+        )
+        torch.testing.assert_close(x0, noise - v[:, -k:], rtol=1e-9, atol=1e-9, msg=f"chunk {j}")
+        clean = torch.cat([clean, x0], 1)
+    assert roll.history.num_frames == window * k  # retrieved chunks never join the history
+
+
+def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context():
+    """``latest`` (rebuild): the retrieved chunk replaces the oldest context chunk at the front of
+    the recomputed context, rays of all relative to the newest context frame (translations
+    normalised over the whole sequence), compact positions, block-causal as the teacher trained
+    with a retrieved chunk."""
+    m = _model()
+    k, n = 2, 4
+    lat, act, c2w = _session(n + k)
+    m_lat, m_act, m_c2w = _retrieved(4, k)
+    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0)
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "rebuild", memory_chunks=1)
+    roll.reset(lat[:, :n], act[:, :n], c2w[:, :n])
+    x0 = roll.step(act[:, n:], c2w[:, n:], torch.Generator().manual_seed(7), memory=(m_lat, m_act, m_c2w))
+    noise = torch.randn(1, k, 3, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen = slice(k, n + k)  # the oldest context chunk (frames 0, 1) is replaced
+    seq = torch.cat([m_c2w, c2w[:, seen]], 1)
+    rays = _rays_reference(seq, c2w[0, n - 1], 3.0, normalise_over_sequence=True)
+    t = n + k
+    ids = _ids(t, k, m.cfg.tokens_per_frame)
+    sigma = torch.cat([torch.zeros(1, n), torch.ones(1, k)], 1).double()
+    x = torch.cat([m_lat, lat[:, k:n], noise], 1)
+    v = m(x, sigma, torch.cat([m_act, act[:, seen]], 1), rays, torch.arange(t), chunk_mask(ids, ids))
+    torch.testing.assert_close(x0, noise - v[:, -k:], rtol=1e-9, atol=1e-9)
+
+
+def test_memory_beyond_the_rollouts_slots_is_refused():
+    m = _model()
+    lat, act, c2w = _session(6)
+    cond = ConditioningConfig(context_chunks=2, camera_reference="chunk")
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached", memory_chunks=1)
+    roll.reset(lat[:, :4], act[:, :4], c2w[:, :4])
+    two = tuple(torch.cat([x, x], 1) for x in _retrieved(1, 2))
+    with pytest.raises(WorldsimError, match="at most 1"):
+        roll.step(act[:, 4:], c2w[:, 4:], memory=two)
+
+
+def test_retrieved_chunks_replace_the_oldest_window_chunk_for_one_chunk_only():
+    """The KV cache's memory slots: in use, the oldest window chunk is hidden; after the chunk is
+    committed, the next one sees the whole window again and no memory."""
+    from worldsim.inference.kv_cache import KVCache
+
+    cache = KVCache(num_layers=1, chunk_tokens=2, window=2, memory=1)
+    chunk = [torch.full((1, 1, 2, 3), float(i)) for i in range(5)]  # chunk i: every key equal to i
+    for i in range(2):
+        cache.keys_values(0, chunk[i], chunk[i])
+        cache.commit()
+    cache.use_memory(1)
+    cache.memory_slot(0).keys_values(0, chunk[4], chunk[4])  # a retrieved chunk
+    keys, _ = cache.keys_values(0, chunk[2], chunk[2])
+    assert sorted(keys[0, 0, :, 0].tolist()) == [1, 1, 2, 2, 4, 4]  # chunk 0 hidden, memory in view
+    cache.commit()
+    keys, _ = cache.keys_values(0, chunk[3], chunk[3])
+    assert sorted(keys[0, 0, :, 0].tolist()) == [1, 1, 2, 2, 3, 3]  # the window, no memory

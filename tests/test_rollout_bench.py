@@ -98,7 +98,9 @@ def test_headless_play_and_rollout_cli(tiny, tmp_path):
 
 
 def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
-    res = bench_engine(str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0, play_steps=1)
+    res = bench_engine(
+        str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0, play_steps=1, memory_entries=800
+    )
     assert res["play_sampler_steps"] == 1
     for key in (
         "load_s",
@@ -121,8 +123,15 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "play_bf16_first_frame_s",
         "play_bf16_source_start_s",
         "play_bf16_chunk_ms_mean",
+        "memory_on_frames_per_s",
+        "memory_on_memory_ms",
+        "memory_on_frames_per_s_ratio",
+        "memory_bank_retrieve_p95_ms",
+        "memory_bank_MB",
     ):
         assert np.isfinite(res[key]), key
+    assert res["memory_bank_entries"] == 800 and res["memory_bank_hit_share"] > 0.5  # the walk crosses the bank
+    assert res["memory_on_memory_ms"] > 0 == res["default_memory_ms"]
     assert res["default_policy"] == "rebuild" and res["cached"].startswith("n/a")
     assert not any(key.startswith("play_thread") for key in res)  # play generates in a process only
     # The timed span of a chunk (model + decode) is most of the chunk's wall time, measured in

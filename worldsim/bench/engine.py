@@ -9,9 +9,17 @@ What each number includes:
   medians over ``chunks`` chunks, by the rollout's stages: ``context_ms`` (recomputing the
   context's keys and values: the ``rebuild`` policy), ``denoise_ms`` (the denoising passes),
   ``cache_write_ms`` (the clean pass that writes the chunk's keys and values: ``cached``),
-  ``decode_ms`` (codec decode of the chunk); ``model_ms`` = the first three;
-  ``frames_per_s`` = chunk_frames / median(model + decode). Display is excluded here and
-  included in the ``play_*`` rows. ``default_*``: the checkpoint's own sampler and policy.
+  ``decode_ms`` (codec decode of the chunk), ``memory_ms`` (retrieval from the memory bank,
+  memory on; the model's passes over retrieved chunks count in ``context_ms``); ``model_ms`` =
+  the first three; ``frames_per_s`` = chunk_frames / median(all five). Display is excluded here
+  and included in the ``play_*`` rows. ``default_*``: the checkpoint's own sampler and policy,
+  memory off.
+* ``memory_on_*``: the default with the memory bank on (``memory_on_hit_share``: the share of
+  chunks that retrieved an entry on the explore policy's wanderings);
+  ``memory_on_frames_per_s_ratio`` = memory on / off. ``memory_bank_*``: retrieval from a bank
+  of ``--memory-entries`` entries (default 10,000: distinct places on a grid of position cells
+  and heading sectors around the query walk, the checkpoint's latent size), p50/p95/max per
+  chunk over ``--memory-queries`` query chunks walking through it, and the bank's bytes.
 * ``<policy>_<n>step_*``: the same for each context policy the checkpoint's conditioning allows
   (``cached`` needs a camera reference that does not move) at ``n`` denoising steps;
   ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
@@ -37,16 +45,18 @@ import numpy as np
 import torch
 
 from envs.starts import world_start
+from worldsim.core.camera import make_c2w
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.data.policies import make_policy
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.inference.rollout import CONTEXT_POLICIES
+from worldsim.memory.bank import MemoryBank, MemoryConfig
 from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, open_engine_source
 
-STAGES = ("context", "denoise", "cache_write", "decode")
+STAGES = ("context", "denoise", "cache_write", "decode", "memory")
 
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -58,24 +68,64 @@ def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) ->
     acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
-    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    times: dict[str, list[float]] = {s: [] for s in (*STAGES, "hit")}
     for c in range(chunks + warmup):
-        timings = engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k]).timings
+        chunk = engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
         if c >= warmup:
             for s in STAGES:
-                times[s].append(getattr(timings, f"{s}_s"))
+                times[s].append(getattr(chunk.timings, f"{s}_s"))
+            times["hit"].append(float(bool(chunk.memory)))
     return {s: np.array(v) for s, v in times.items()}
 
 
 def _rows(engine: Engine, chunks: int) -> dict[str, float]:
     """Medians per stage (ms), model = context + denoise + cache write, and frames/s."""
     t = _chunk_times(engine, chunks)
-    total = np.sum(list(t.values()), axis=0)
+    total = np.sum([t[s] for s in STAGES], axis=0)
     model = t["context"] + t["denoise"] + t["cache_write"]
     rows = {f"{s}_ms": 1000 * float(np.median(t[s])) for s in STAGES}
     rows["model_ms"] = 1000 * float(np.median(model))
     rows["frames_per_s"] = engine.chunk_frames / float(np.median(total))
+    rows["hit_share"] = float(t["hit"].mean())
     return rows
+
+
+def bench_memory_bank(engine: Engine, entries: int = 10_000, queries: int = 200) -> dict[str, float]:
+    """Retrieval from a full bank of ``entries`` distinct places (module docstring): milliseconds
+    per query chunk (p50, p95, max), the share of queries that retrieved an entry, and the bank's
+    bytes."""
+    cfg = MemoryConfig(capacity=entries)
+    bank = MemoryBank(cfg, torch.from_numpy(engine.intrinsics), engine.frame_size)
+    k = engine.chunk_frames
+    shape = engine.cfg.model.latent_shape()
+    a = engine.encoder.dim
+    side = int(np.ceil(np.sqrt(entries / cfg.heading_bins)))  # position cells per side
+    g = torch.Generator().manual_seed(0)
+    for i in range(entries):
+        cell, sector = divmod(i, cfg.heading_bins)
+        x, y = (cell % side + 0.5) * cfg.cell_m, (cell // side + 0.5) * cfg.cell_m
+        yaw = (sector + 0.5) * 2 * np.pi / cfg.heading_bins
+        c2w = torch.from_numpy(np.stack([make_c2w(np.array([x, y, 2.0]), yaw, 0.0)] * k))
+        bank.add(torch.randn(k, *shape, generator=g), torch.zeros(k, a), c2w, frame=i * k)
+    assert len(bank) == entries, "every bench entry must be a distinct place"
+    times, hits = [], 0
+    for q in range(queries):  # a walk across the bank's area, turning
+        t = q / queries
+        pos = np.array([side * cfg.cell_m * t, side * cfg.cell_m * (0.5 + 0.3 * np.sin(6 * t)), 2.0])
+        c2w = torch.from_numpy(np.stack([make_c2w(pos, 0.1 * q, 0.0)] * k))
+        t0 = time.perf_counter()
+        hits += bool(bank.retrieve(c2w, before_frame=entries * k))
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * np.array(times)
+    stored = [bank.latents, bank.actions, bank.c2w, bank.anchor, bank.anchor_w2c]
+    return {
+        "memory_bank_entries": entries,
+        "memory_bank_retrieve_p50_ms": float(np.percentile(ms, 50)),
+        "memory_bank_retrieve_p95_ms": float(np.percentile(ms, 95)),
+        "memory_bank_retrieve_max_ms": float(ms.max()),
+        "memory_bank_hit_share": hits / queries,
+        "memory_bank_MB": sum(x.numel() * x.element_size() for x in stored if x is not None) / 2**20,
+    }
 
 
 class _CountingDisplay:
@@ -142,6 +192,8 @@ def bench_engine(
     play_seconds: float = 20.0,
     play_steps: int = 0,
     device: str = "cpu",
+    memory_entries: int = 10_000,
+    memory_queries: int = 200,
 ) -> dict[str, Any]:
     """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``."""
     torch.manual_seed(0)
@@ -162,6 +214,10 @@ def bench_engine(
     res["first_chunk_s"] = time.perf_counter() - t0
     for key, val in _rows(engine, chunks).items():
         res[f"default_{key}"] = val
+    for key, val in _rows(load_engine(checkpoint, device=device, bf16=False, memory="on"), chunks).items():
+        res[f"memory_on_{key}"] = val
+    res["memory_on_frames_per_s_ratio"] = res["memory_on_frames_per_s"] / res["default_frames_per_s"]
+    res.update(bench_memory_bank(engine, memory_entries, memory_queries))
     # Each context policy the checkpoint's conditioning allows, at each step count (fp32).
     policies = [p for p in CONTEXT_POLICIES if p == "rebuild" or engine.cfg.conditioning.cacheable]
     if not engine.cfg.conditioning.cacheable:
@@ -182,7 +238,7 @@ def bench_engine(
     res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
     if session_frames:
         t = _chunk_times(load_engine(checkpoint, device=device, bf16=False), max(10, session_frames // k), warmup=0)
-        tot = np.sum(list(t.values()), axis=0)
+        tot = np.sum([t[s] for s in STAGES], axis=0)
         tenth = max(1, len(tot) // 10)
         res["growth_first10pct_ms"] = 1000 * float(tot[:tenth].mean())
         res["growth_last10pct_ms"] = 1000 * float(tot[-tenth:].mean())

@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         "--play-steps", type=int, default=0, help="sampler steps of the play-loop run (0 = the checkpoint's own)"
     )
     p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
+    p_engine.add_argument("--memory-entries", type=int, default=10_000, help="entries of the memory bank timed")
+    p_engine.add_argument("--memory-queries", type=int, default=200, help="query chunks timed against that bank")
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
     p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -208,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "engine":
         from worldsim.bench.engine import bench_engine
 
-        if args.chunks < 1 or args.play_steps < 0:
-            parser.error("--chunks must be positive and --play-steps not negative")
+        if args.chunks < 1 or args.play_steps < 0 or args.memory_entries < 1 or args.memory_queries < 1:
+            parser.error("--chunks, --memory-entries and --memory-queries must be positive, --play-steps not negative")
         result["engine"] = bench_engine(
             args.checkpoint,
             args.chunks,
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
             play_seconds=args.play_seconds,
             play_steps=args.play_steps,
             device=args.device,
+            memory_entries=args.memory_entries,
+            memory_queries=args.memory_queries,
         )
     else:
         from worldsim.bench.model import bench_model

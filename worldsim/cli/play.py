@@ -45,6 +45,8 @@ class PlayConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
     threads: str = "auto"  # CPU threads of the model: "auto" = the cores other processes leave free, or a number
+    memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
+    memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -104,7 +106,15 @@ class EnvSource(SyncSource):
 
 
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(pc.checkpoint, seed=pc.seed, bf16=pc.bf16, sampler=pc.sampler, threads=_threads(pc.threads))
+    return load_engine(
+        pc.checkpoint,
+        seed=pc.seed,
+        bf16=pc.bf16,
+        sampler=pc.sampler,
+        threads=_threads(pc.threads),
+        memory=pc.memory,
+        memory_top_k=pc.memory_top_k,
+    )
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -126,6 +136,8 @@ def _headless(pc: PlayConfig) -> None:
         out=pc.out,
         bf16=pc.bf16,
         sampler=pc.sampler,
+        memory=pc.memory,
+        memory_top_k=pc.memory_top_k,
     )
     r = run_rollout(rc, _engine(pc))
     print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")

@@ -52,6 +52,8 @@ class RolloutConfig:
     out: str = "runs/rollout"
     bf16: bool | None = None  # bf16 autocast; None = on where the CPU computes bf16 natively
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
+    memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
+    memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
 
 
 class RolloutInterrupted(KeyboardInterrupt):
@@ -94,7 +96,9 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
             f"frames must be at least 1 (generated frames, rounded up to whole chunks); got {cfg.frames}"
         )
     if engine is None:
-        engine = load_engine(cfg.checkpoint, bf16=cfg.bf16, sampler=cfg.sampler)
+        engine = load_engine(
+            cfg.checkpoint, bf16=cfg.bf16, sampler=cfg.sampler, memory=cfg.memory, memory_top_k=cfg.memory_top_k
+        )
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)

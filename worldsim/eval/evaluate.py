@@ -45,6 +45,7 @@ from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.ground_truth import DARK_MEAN, light_flips_followed, plot, rollout_against, went_dark, world_rollout
 from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
+from worldsim.eval.memory_revisit import MemoryEvalConfig, memory_lines, memory_revisit
 from worldsim.eval.stability import StabilityConfig, stability, stability_lines
 from worldsim.inference.engine import Engine, load_engine
 
@@ -63,6 +64,8 @@ class EvalConfig:
     seed: int = 0
     bf16: bool | None = None  # bf16 autocast; None = on where the CPU computes bf16 natively
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
+    memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
+    memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
     idm_data: str = "data/builtin_v1/train"
     idm_steps: int = 400
@@ -76,6 +79,7 @@ class EvalConfig:
     night_data: str = ""
     night_episodes: int = 24
     stability: StabilityConfig = field(default_factory=StabilityConfig)  # worldsim/eval/stability.py
+    memory_revisits: MemoryEvalConfig = field(default_factory=MemoryEvalConfig)  # worldsim/eval/memory_revisit.py
 
 
 def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
@@ -225,7 +229,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from worldsim.data.preview import contact_sheet, write_png
 
     out = require_writable_dir(cfg.out, "out")
-    engine = load_engine(cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler)
+    engine = load_engine(
+        cfg.checkpoint,
+        seed=cfg.seed,
+        bf16=cfg.bf16,
+        sampler=cfg.sampler,
+        memory=cfg.memory,
+        memory_top_k=cfg.memory_top_k,
+    )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     windows = []
     if cfg.night_data:
@@ -334,6 +345,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if windows:
         metrics["night_from_day"] = night_from_day(engine, windows)
     metrics["stability"] = stability(engine, cfg.stability, out)
+    if cfg.memory_revisits.starts:
+
+        def make_engine(memory: str, top_k: int | None) -> Engine:
+            return load_engine(
+                cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler, memory=memory, memory_top_k=top_k
+            )
+
+        metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out)
     # Step 4: files.
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     bf = metrics["by_frame"]
@@ -404,7 +423,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             f"{n['contrast_ratio_median']:.3f}); mean {n['gen_mean_median']:.1f} vs {n['gt_mean_median']:.1f}; "
             f"drawn dark {n['gen_dark_share'] * 100:.1f}%"
         )
-    return lines + stability_lines(m.get("stability", {}))
+    return lines + stability_lines(m.get("stability", {})) + memory_lines(m.get("memory_revisits", {}))
 
 
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)

@@ -95,6 +95,16 @@ class History:
             self.latents[:, idx], self.actions[:, idx], self.c2w[:, idx], self.ray_ref[:, idx], self.frame_idx[idx]
         )
 
+    def concat(self, later: History) -> History:
+        """This history's frames followed by ``later``'s (retrieved chunks in front of a context)."""
+        return History(
+            torch.cat([self.latents, later.latents], 1),
+            torch.cat([self.actions, later.actions], 1),
+            torch.cat([self.c2w, later.c2w], 1),
+            torch.cat([self.ray_ref, later.ray_ref], 1),
+            torch.cat([self.frame_idx, later.frame_idx]),
+        )
+
     def append(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor, ray_ref: torch.Tensor) -> History:
         """This history followed by one more chunk, whose rays were taken relative to
         ``ray_ref (B, 4, 4)`` (its frame indices continue the count)."""

@@ -12,6 +12,13 @@ exactly as when the data was recorded, and the encoder turns it into the action 
 KV cache, pose, RNG, step count) can be saved and restored; a restored session continues
 bit-for-bit on the same machine. Starting from a world or a dataset episode is the caller's
 business (``envs.starts``): the engine takes frames, poses and inputs.
+
+With ``memory`` on, the engine keeps the session's spatial memory bank
+(``worldsim.memory.bank``): every clean chunk (the start's and each generated one) goes in
+with its poses, first frame and state (the parity of the memory's ``state_key`` presses: day or
+night in the built-in world); before each chunk, the entries that overlap its view best and lie
+wholly before the rolling window are retrieved and given to the rollout (``step(memory=...)``).
+The bank is part of a saved session.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import hashlib
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +47,12 @@ from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, loa
 from worldsim.inference.context import History
 from worldsim.inference.kv_cache import KVCache
 from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
+from worldsim.memory.bank import MemoryBank, MemoryConfig, MemoryHit
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
-SESSION_VERSION = 3
+SESSION_VERSION = 4
+MEMORY_SWITCH = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class ChunkTimings:
     cache_write_s: float = 0.0
     decode_s: float = 0.0
     render_s: float = 0.0
+    memory_s: float = 0.0  # retrieving from the memory bank (the model's passes over retrieved chunks: context_s)
 
     @property
     def model_s(self) -> float:
@@ -65,13 +75,13 @@ class ChunkTimings:
 
     @property
     def total_s(self) -> float:
-        """Model, decode and (a ground-truth world's) render."""
-        return self.model_s + self.decode_s + self.render_s
+        """Model, decode, memory retrieval and (a ground-truth world's) render."""
+        return self.model_s + self.decode_s + self.render_s + self.memory_s
 
     @classmethod
-    def of(cls, r: RolloutTimings, decode_s: float) -> ChunkTimings:
-        """The rollout's stage timings plus the decode time."""
-        return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s)
+    def of(cls, r: RolloutTimings, decode_s: float, memory_s: float = 0.0) -> ChunkTimings:
+        """The rollout's stage timings plus the decode and retrieval times."""
+        return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s, memory_s=memory_s)
 
 
 @dataclass(frozen=True)
@@ -79,13 +89,15 @@ class Chunk:
     """What one step of a chunk source returns: the new frames and their poses.
 
     ``frames`` ``(k, H, W, 3)`` uint8, ``c2w`` ``(k, 4, 4)`` float32 (OpenCV camera-to-world,
-    metres), ``timings`` seconds by stage. The same record travels from the engine (or a
-    ground-truth world) through the generation process to the display and the recorder.
+    metres), ``timings`` seconds by stage, ``memory`` the bank entries retrieved for it (best
+    first; empty with memory off). The same record travels from the engine (or a ground-truth
+    world) through the generation process to the display and the recorder.
     """
 
     frames: np.ndarray
     c2w: np.ndarray
     timings: ChunkTimings = ChunkTimings()
+    memory: tuple[MemoryHit, ...] = ()
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.dtype != np.uint8 or self.c2w.shape != (len(self.frames), 4, 4):
@@ -110,6 +122,7 @@ class Engine:
         fingerprint: str = "",
         context_policy: str | None = None,
         threads: int | str | None = None,
+        memory: MemoryConfig | None = None,
     ):
         self.cfg, self.model, self.codec = ck, model, codec
         self.device = next(model.parameters()).device
@@ -139,9 +152,22 @@ class Engine:
         self.sampler_cfg = sampler or ck.sampler
         self.context_policy = context_policy or default_policy(ck.conditioning)
         null = torch.from_numpy(self.encoder.null_action()).to(self.device)
+        self.memory_cfg = memory
         self.rollout = ChunkRollout(
-            model, self.sampler_cfg, ck.conditioning, intrinsics, ck.frame_size, self.context_policy, null
+            model,
+            self.sampler_cfg,
+            ck.conditioning,
+            intrinsics,
+            ck.frame_size,
+            self.context_policy,
+            null,
+            memory_chunks=memory.top_k if memory else 0,
         )
+        self.memory: MemoryBank | None = None  # the session's bank (memory on), made by reset()
+        key = memory.state_key if memory else ""
+        self._state_key = self.key_names.index(key) if key in self.key_names else None
+        self.memory_state = 0  # parity of the state key's presses since the session began
+        self.last_memory_slot = -1  # where the last step's chunk went in the bank
         mean, std = ck.conditioning.stats(ck.model.latent_shape()[0])
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.bf16 = bf16
@@ -202,6 +228,21 @@ class Engine:
         previous = keys[-2] if len(keys) >= 2 else np.zeros(len(self.key_names), np.uint8)
         with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
             self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None])
+        # Frame t's state counts the presses that made frames 1 .. t (keys[t - 1]).
+        states = np.concatenate([[0], np.cumsum(self._presses(keys[:-1], np.zeros_like(keys[0])))]) % 2
+        if self.memory_cfg is not None:
+            self.memory = MemoryBank(self.memory_cfg, torch.from_numpy(self.intrinsics), self.frame_size)
+            h = self.rollout.history
+            assert h is not None
+            k, t0 = self.chunk_frames, len(frames)
+            for s in range(0, h.num_frames, k):  # the kept context, chunk by chunk
+                last = t0 - h.num_frames + s + k - 1  # the chunk's newest frame, in the given context
+                self.memory.add(
+                    h.latents[0, s : s + k].float(), h.actions[0, s : s + k], h.c2w[0, s : s + k],
+                    int(h.frame_idx[s]), int(states[last]),
+                )  # fmt: skip
+        self.memory_state = int(states[-1])
+        self.last_memory_slot = -1
         self.state = CameraState.from_c2w(c2w[-1])
         self.previous_keys = previous.astype(np.uint8)
         self.rng = self._generator(self.seed if seed is None else seed)
@@ -226,18 +267,69 @@ class Engine:
         encoded = self.encoder.encode_sequence(keys, mouse, self.previous_keys)
         actions = torch.from_numpy(encoded).to(self.device)[None]
         c2w = torch.from_numpy(c2w_np).to(self.device)[None]
-        # Step 2: the rollout generates the chunk's latents; then they are decoded.
+        memory_state = (self.memory_state + int(self._presses(keys, self.previous_keys).sum())) % 2
+        # Step 2: the memory bank's entries for this view (memory on).
+        t0 = time.perf_counter()
+        hits, retrieved = self._retrieve(c2w_np, memory_state)
+        memory_s = time.perf_counter() - t0 if self.memory is not None else 0.0
+        # Step 3: the rollout generates the chunk's latents; then they are decoded.
+        first = self._next_frame()
         with torch.inference_mode(), self.amp:
-            z = self.rollout.step(actions, c2w, self.rng)
+            z = self.rollout.step(actions, c2w, self.rng, memory=retrieved)
         t0 = time.perf_counter()
         frames = self._decode(z[0])
         decode_s = time.perf_counter() - t0
+        if self.memory is not None:  # the clean chunk joins the bank
+            self.last_memory_slot = self.memory.add(z[0].float(), actions[0], c2w[0], first, memory_state)
         self.state = state
         self.previous_keys = keys[-1].astype(np.uint8)
+        self.memory_state = memory_state
         self.steps += self.chunk_frames
         if self.governor is not None:
             self.governor.observe()
-        return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s))
+        return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s, memory_s), tuple(hits))
+
+    # -- memory --------------------------------------------------------------------------------
+    def _presses(self, keys: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """``(n,)`` int: 1 where row i presses the memory's state key (up in the row before)."""
+        if self._state_key is None:
+            return np.zeros(len(keys), np.int64)
+        col = np.concatenate([[previous[self._state_key]], keys[:, self._state_key]]).astype(np.int64)
+        return ((col[1:] == 1) & (col[:-1] == 0)).astype(np.int64)
+
+    def remember_truth(self, frames: np.ndarray) -> None:
+        """Replace the latents the last :meth:`step` put in the memory bank with the encoding of
+        the true frames ``(k, H, W, 3)`` uint8 of that chunk: a bank of what the world really
+        looked like (the revisit evaluation's oracle). ``WorldsimError`` with memory off or
+        before a step."""
+        if self.memory is None or self.memory.latents is None or self.last_memory_slot < 0:
+            raise WorldsimError("remember_truth() needs memory on and a step to replace")
+        frames = check_frames("true frames", frames, self.frame_size)
+        if len(frames) != self.chunk_frames:
+            raise WorldsimError(f"remember_truth() takes one chunk of {self.chunk_frames} frames, got {len(frames)}")
+        self.memory.latents[self.last_memory_slot] = self._encode(frames).to(self.memory.latents.dtype)
+
+    def _next_frame(self) -> int:
+        """Session index of the next chunk's first frame."""
+        h = self.rollout.history
+        assert h is not None
+        return int(h.frame_idx[-1]) + 1
+
+    def _retrieve(
+        self, c2w: np.ndarray, state: int
+    ) -> tuple[list[MemoryHit], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """The hits for a chunk with poses ``c2w (k, 4, 4)`` in ``state`` and the rollout's
+        ``memory`` input (best hit last, nearest the window), or ``([], None)``."""
+        h = self.rollout.history
+        if self.memory is None or h is None:
+            return [], None
+        window_start = int(h.frame_idx[-min(h.num_frames, self.rollout.context_frames)])
+        hits = self.memory.retrieve(torch.from_numpy(c2w), before_frame=window_start, state=state)
+        if not hits:
+            return [], None
+        lat, act, cam = self.memory.entries([hit.slot for hit in reversed(hits)])
+        dtype = h.latents.dtype
+        return hits, (lat[None].to(self.device, dtype), act[None].to(self.device, dtype), cam[None].to(self.device))
 
     # -- session save / restore --------------------------------------------------------------
     def save_session(self, path: str | Path) -> None:
@@ -258,11 +350,15 @@ class Engine:
         cache = self.rollout.cache
         if cache is not None:
             tensors.update({f"cache.{k}": v for k, v in cache.state_dict().items()})
+        if self.memory is not None:
+            tensors.update({f"memory.{k}": v for k, v in self.memory.state_dict().items()})
         meta: dict[str, Any] = {
             "version": SESSION_VERSION,
             "checkpoint": self.fingerprint,
             "sampler": asdict(self.sampler_cfg),
             "context_policy": self.context_policy,
+            "memory": None if self.memory_cfg is None else asdict(self.memory_cfg),
+            "memory_state": self.memory_state,
             "steps": self.steps,
             "position": self.state.position.tolist(),
             "yaw_rad": self.state.yaw_rad,
@@ -301,7 +397,22 @@ class Engine:
                 f"{root} was saved with another sampler (saved vs this engine: {diff}); "
                 f"load it with the sampler it was saved with"
             )
-        t = load_file(str(root / "session.safetensors"), device=str(self.device))
+        memory = None if self.memory_cfg is None else asdict(self.memory_cfg)
+        if meta.get("memory") != memory:
+            raise WorldsimError(
+                f"{root} was saved with memory {meta.get('memory')}, this engine runs {memory}; "
+                f"load it with the memory settings it was saved with"
+            )
+        try:
+            t = load_file(str(root / "session.safetensors"), device=str(self.device))
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise WorldsimError(f"{root}/session.safetensors cannot be read ({e})") from None
+        bank = None
+        if self.memory_cfg is not None:
+            bank = MemoryBank(self.memory_cfg, torch.from_numpy(self.intrinsics), self.frame_size)
+            bank.load_state_dict({k[len("memory.") :]: v.cpu() for k, v in t.items() if k.startswith("memory.")})
+            if bank.latents is not None and bank.actions is not None:
+                bank.latents, bank.actions = bank.latents.to(self.device), bank.actions.to(self.device)
         hist = History(t["latents"], t["actions"], t["c2w"], t["ray_ref"], t["frame_idx"])
         cache = None
         if self.context_policy == "cached":
@@ -310,6 +421,7 @@ class Engine:
                 self.model.cfg.depth,
             )
         self.rollout.restore(hist, cache)
+        self.memory, self.memory_state = bank, int(meta.get("memory_state", 0))
         self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
         self.rng = torch.Generator(device=self.device)
         self.rng.set_state(t["rng"].cpu())
@@ -345,6 +457,8 @@ def load_engine(
     bf16: bool | None = None,
     sampler: SamplerOverrides | None = None,
     context_policy: str | None = None,
+    memory: str | bool | MemoryConfig = "off",
+    memory_top_k: int | None = None,
     **rest: Any,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
@@ -356,7 +470,10 @@ def load_engine(
     ``context_policy``: ``rebuild`` or ``cached`` (None = ``cached`` where the checkpoint's
     conditioning keeps keys valid across chunks, else ``rebuild``); ``threads`` (keyword, CPU):
     None leaves torch's thread count as it is, ``"auto"`` follows the cores other processes leave
-    free (:mod:`worldsim.core.threads`; what play.py does), a number pins it. The camera controller
+    free (:mod:`worldsim.core.threads`; what play.py does), a number pins it; ``memory``: ``"on"``
+    (or True) keeps a spatial memory bank with the default :class:`MemoryConfig`, a
+    ``MemoryConfig`` sets it up, ``"off"`` (False, the default) plays without one;
+    ``memory_top_k`` changes how many entries a chunk may retrieve. The camera controller
     (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
     data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
@@ -373,5 +490,24 @@ def load_engine(
         controller=ck.controller,
         fingerprint=_fingerprint(path),
         context_policy=context_policy,
+        memory=memory_config(memory, memory_top_k),
         **rest,
     )
+
+
+def memory_config(memory: str | bool | MemoryConfig | None, top_k: int | None = None) -> MemoryConfig | None:
+    """``memory`` as :func:`load_engine` takes it -> the bank's config, or None for off;
+    ``WorldsimError`` in one line for anything else."""
+    if isinstance(memory, MemoryConfig):
+        cfg: MemoryConfig | None = memory
+    elif memory in (True, "on", "true", "True"):  # hydra may hand a typed str field "True"
+        cfg = MemoryConfig()
+    elif memory in (False, "off", "false", "False", None):
+        cfg = None
+    else:
+        raise WorldsimError(f"memory must be 'on' or 'off', got {memory!r}")
+    if top_k is not None:
+        if cfg is None:
+            raise WorldsimError("memory_top_k needs memory on")
+        cfg = replace(cfg, top_k=top_k)
+    return cfg

@@ -1,7 +1,11 @@
 """The rollout's KV cache: preallocated per-layer keys and values, filled in place.
 
 Layout per layer: ``slots`` chunk-sized slots of ``L`` tokens in one buffer
-``(B, H, slots * L, hd)``: an optional *sink* slot (the session's first chunk, kept for good:
+``(B, H, slots * L, hd)``: ``memory`` slots first for chunks retrieved from the memory bank
+(rewritten before every chunk that uses them, filled from the last one backwards so the used
+ones end where the rest begins; while they are in use the same number of the oldest window
+chunks is hidden, so a chunk sees as many context chunks as the teacher was trained with), an
+optional *sink* slot (the session's first chunk, kept for good:
 LongLive's attention sink), a ring of ``window`` slots for the most recent finished chunks, and
 one *scratch* slot that the chunk being generated writes on every pass. Committing a chunk turns
 the scratch slot into the newest window slot and, once the window is full, the slot of the oldest
@@ -11,8 +15,9 @@ fixed from the start, so per-chunk cost stays flat however long a session runs.
 Keys are stored *after* RoPE, at the absolute temporal positions they were computed with. RoPE
 makes attention depend only on position differences, so a stored key stays valid as the session
 moves on (rotating on read would cost a rotation per key per pass for the same scores). Slots are
-used in order until the cache is full, so the part a chunk attends to is always a contiguous
-prefix of the buffer; the order of keys inside it does not matter to attention.
+used in order until the cache is full, so the part a chunk attends to is a contiguous range of
+the buffer (the memory slots in use, then every kept chunk and the scratch slot) less any hidden
+window slots; the order of keys inside it does not matter to attention.
 
 Bytes: ``2 * layers * B * H * slots * L * hd * element size`` (reference.md §2).
 """
@@ -30,21 +35,25 @@ class KVCache:
     """Implements ``worldsim.model.dit.KVContext`` for the rollout; see the module docstring.
 
     ``num_layers`` blocks, ``chunk_tokens`` tokens per chunk (frames x tokens per frame),
-    ``window`` >= 1 finished chunks kept besides the sink (``sink=True``). Buffers are allocated
-    on the first write with that write's batch, heads, head size, dtype and device.
+    ``window`` >= 1 finished chunks kept besides the sink (``sink=True``), ``memory`` >= 0 slots
+    for retrieved chunks. Buffers are allocated on the first write with that write's batch,
+    heads, head size, dtype and device.
     """
 
-    def __init__(self, num_layers: int, chunk_tokens: int, window: int, sink: bool = False):
-        if window < 1:
-            raise WorldsimError(f"a KV cache needs a window of at least 1 chunk, got {window}")
+    def __init__(self, num_layers: int, chunk_tokens: int, window: int, sink: bool = False, memory: int = 0):
+        if window < 1 or memory < 0:
+            raise WorldsimError(f"a KV cache needs window >= 1 and memory >= 0 chunks, got {window} and {memory}")
         self.num_layers, self.chunk_tokens, self.window, self.sink = num_layers, chunk_tokens, window, sink
-        self.slots = window + 1 + int(sink)  # + the scratch slot (+ the sink)
+        self.memory = memory
+        self.memory_used = 0  # retrieved chunks the next passes attend to (the last memory_used memory slots)
+        self._hidden: list[int] = []  # window slots the next passes do not attend to (memory in use)
+        self.slots = memory + window + 1 + int(sink)  # + the scratch slot (+ the sink)
         self.k: torch.Tensor | None = None  # (layers, B, H, slots * L, hd)
         self.v: torch.Tensor | None = None
         self.chunks_written = 0
         self._sink_slot: int | None = None
         self._window_slots: deque[int] = deque()  # oldest first
-        self._scratch = 0  # the slot the chunk being generated writes
+        self._scratch = memory  # the slot the chunk being generated writes
 
     # -- what the model calls -----------------------------------------------------------------
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +64,23 @@ class KVCache:
         rollout) writes detached copies and gets the same tensors, in the same order, built out
         of place from the buffers (no gradient) and its own keys and values: the buffers never
         enter the autograd graph, so later in-place writes cannot invalidate it."""
+        self._write(layer, self._scratch, k, v)
+        assert self.k is not None and self.v is not None
+        n = self.chunk_tokens
+        first, end = self.memory - self.memory_used, self.memory + self.used_slots
+        grad = k.requires_grad or v.requires_grad
+        if not grad and not self._hidden:  # one contiguous range: a view, no copy
+            return self.k[layer, :, :, first * n : end * n], self.v[layer, :, :, first * n : end * n]
+        slots = [s for s in range(first, end) if s not in self._hidden]
+        kk, vv = self.k[layer], self.v[layer]
+        own = self._scratch if grad else -1  # the pass's own keys and values, with their gradient
+        return (
+            torch.cat([k if s == own else kk[:, :, s * n : (s + 1) * n] for s in slots], 2),
+            torch.cat([v if s == own else vv[:, :, s * n : (s + 1) * n] for s in slots], 2),
+        )
+
+    def _write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> int:
+        """Store ``k, v (B, H, L, hd)`` (detached) in ``slot`` of ``layer`` -> the slot's first token."""
         if k.shape[2] != self.chunk_tokens:
             raise WorldsimError(f"the KV cache holds chunks of {self.chunk_tokens} tokens, got {k.shape[2]}")
         if self.k is None or self.v is None:
@@ -62,25 +88,35 @@ class KVCache:
             shape = (self.num_layers, b, h, self.slots * self.chunk_tokens, hd)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-        s = self._scratch * self.chunk_tokens
-        end = self.used_slots * self.chunk_tokens
-        e = s + self.chunk_tokens
-        self.k[layer, :, :, s:e] = k.detach()
-        self.v[layer, :, :, s:e] = v.detach()
-        if k.requires_grad or v.requires_grad:
-            kk, vv = self.k[layer], self.v[layer]
-            return (
-                torch.cat([kk[:, :, :s], k, kk[:, :, e:end]], 2),
-                torch.cat([vv[:, :, :s], v, vv[:, :, e:end]], 2),
-            )
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        s = slot * self.chunk_tokens
+        self.k[layer, :, :, s : s + self.chunk_tokens] = k.detach()
+        self.v[layer, :, :, s : s + self.chunk_tokens] = v.detach()
+        return s
 
     # -- what the rollout calls ---------------------------------------------------------------
+    def use_memory(self, n: int) -> None:
+        """The next chunk (its denoising passes and its clean pass, until :meth:`commit`) attends
+        to ``n`` retrieved chunks, written with :meth:`memory_slot` ``(0 .. n-1)`` before it, in
+        place of the oldest window chunks beyond ``window`` context chunks in all (0: none)."""
+        if not 0 <= n <= self.memory:
+            raise WorldsimError(f"this KV cache has {self.memory} memory slots, asked to use {n}")
+        self.memory_used = n
+        self._hidden = list(self._window_slots)[: max(0, len(self._window_slots) + n - self.window)]
+
+    def memory_slot(self, i: int) -> MemorySlot:
+        """The ``KVContext`` of retrieved chunk ``i`` of those in use: its pass writes its keys
+        and values there and attends to itself alone (a retrieved chunk was the oldest of its
+        training clip, which attends to nothing before it)."""
+        if not 0 <= i < self.memory_used:
+            raise WorldsimError(f"memory slot {i} is not in use ({self.memory_used} in use)")
+        return MemorySlot(self, self.memory - self.memory_used + i)
+
     def commit(self) -> None:
         """Keep the chunk last written to the scratch slot (its clean pass) as the newest context
         chunk: the sink if none is kept yet, else the newest window chunk, evicting the oldest."""
         if self.k is None:
             raise WorldsimError("commit() before any chunk was written to the KV cache")
+        self.memory_used, self._hidden = 0, []  # retrieved chunks serve one chunk
         if self.sink and self._sink_slot is None:
             self._sink_slot = self._scratch
             self._scratch += 1
@@ -89,12 +125,12 @@ class KVCache:
             if len(self._window_slots) > self.window:
                 self._scratch = self._window_slots.popleft()  # the oldest window chunk is overwritten next
             else:
-                self._scratch = len(self._window_slots) + int(self._sink_slot is not None)
+                self._scratch = self.memory + len(self._window_slots) + int(self._sink_slot is not None)
         self.chunks_written += 1
 
     @property
     def used_slots(self) -> int:
-        """Slots a new chunk attends to: the kept chunks and its own scratch slot."""
+        """Slots a new chunk attends to besides memory: the kept chunks and its own scratch slot."""
         return len(self._window_slots) + int(self._sink_slot is not None) + 1
 
     @property
@@ -107,7 +143,7 @@ class KVCache:
         if self.k is None or self.v is None:
             raise WorldsimError("an empty KV cache has nothing to save")
         book = [self.chunk_tokens, self.window, int(self.sink), self.chunks_written, self._scratch]
-        book.append(-1 if self._sink_slot is None else self._sink_slot)
+        book += [-1 if self._sink_slot is None else self._sink_slot, self.memory, self.memory_used]
         return {
             "k": self.k,
             "v": self.v,
@@ -119,15 +155,17 @@ class KVCache:
     def from_state_dict(cls, state: dict[str, torch.Tensor], num_layers: int) -> KVCache:
         """The cache :meth:`state_dict` described, for a model of ``num_layers`` blocks."""
         try:
-            chunk_tokens, window, sink, written, scratch, sink_slot = (int(x) for x in state["book"].tolist())
-            cache = cls(num_layers, chunk_tokens, window, bool(sink))
+            chunk_tokens, window, sink, written, scratch, sink_slot, memory, used = (
+                int(x) for x in state["book"].tolist()
+            )
+            cache = cls(num_layers, chunk_tokens, window, bool(sink), memory)
             k, v = state["k"], state["v"]
         except (KeyError, ValueError) as e:
             raise WorldsimError(f"the saved KV cache is incomplete ({e})") from None
         if k.shape[0] != num_layers or k.shape[3] != cache.slots * chunk_tokens or v.shape != k.shape:
             raise WorldsimError(f"the saved KV cache {tuple(k.shape)} does not fit this model ({num_layers} blocks)")
         cache.k, cache.v = k, v
-        cache.chunks_written, cache._scratch = written, scratch
+        cache.chunks_written, cache._scratch, cache.memory_used = written, scratch, used
         cache._sink_slot = None if sink_slot < 0 else sink_slot
         cache._window_slots = deque(int(s) for s in state["window_slots"].tolist())
         return cache
@@ -137,3 +175,15 @@ class KVCache:
         if self.k is None or self.v is None:
             return 0
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class MemorySlot:
+    """The ``KVContext`` of one retrieved chunk's pass (:meth:`KVCache.memory_slot`)."""
+
+    def __init__(self, cache: KVCache, slot: int):
+        self.cache, self.slot = cache, slot
+
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v (B, H, L, hd)`` in the memory slot -> the same (the chunk attends to itself)."""
+        self.cache._write(layer, self.slot, k, v)
+        return k, v

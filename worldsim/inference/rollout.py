@@ -14,6 +14,16 @@ Per chunk (``step``):
    (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0);
 5. the clean chunk joins the history, which keeps the sink and the newest ``context_chunks``.
 
+Chunks retrieved from the memory bank (``step(memory=...)``) enter the context as the teacher
+learnt to read them (``worldsim.train.teacher_data``: a retrieved chunk replaced the oldest
+context chunk of half the training clips): in place of the oldest window chunks (the chunk sees
+``context_chunks`` in all), at their temporal positions, just before the rest of the window,
+with rays relative to the generated chunk's reference, each attending to itself alone.
+``rebuild`` puts them in front of the context it recomputes; ``cached`` runs one clean pass per
+retrieved chunk into the cache's memory slots before denoising and hides the replaced chunks for
+this chunk's passes (retrieved chunks change from chunk to chunk, so they are never kept). They
+never join the history.
+
 The rollout is gradient-agnostic: under ``torch.inference_mode`` it is the engine's loop; with
 gradients enabled it is Self-Forcing's training rollout, where only the pass of the chunk's exit
 step (``step(exit_step=...)``, the last step by default) carries gradient, and the context's
@@ -47,7 +57,7 @@ CONTEXT_POLICIES = ("rebuild", "cached")
 class RolloutTimings:
     """Seconds spent on the last chunk, by stage (wall clock; CUDA work synchronised)."""
 
-    context_s: float = 0.0  # recomputing the context's keys and values (rebuild)
+    context_s: float = 0.0  # the context's keys and values (rebuild) and retrieved chunks' (cached)
     denoise_s: float = 0.0  # the denoising passes of the new chunk
     cache_write_s: float = 0.0  # the clean pass that writes the chunk's keys and values (cached)
 
@@ -66,9 +76,10 @@ class ChunkRollout:
     """Generates chunk after chunk for ``B`` sessions; see the module docstring.
 
     ``intrinsics (3, 3)`` pixels of the decoded ``frame_size``; ``null_action (A,)`` the input
-    classifier-free guidance compares against (required when ``sampler.guidance != 1``).
-    Raises ``WorldsimError`` for an unknown policy, ``cached`` with a conditioning whose keys go
-    stale, or inputs of the wrong length.
+    classifier-free guidance compares against (required when ``sampler.guidance != 1``);
+    ``memory_chunks`` the most retrieved chunks a step may be given (``cached``: the cache's
+    memory slots). Raises ``WorldsimError`` for an unknown policy, ``cached`` with a
+    conditioning whose keys go stale, or inputs of the wrong length.
     """
 
     def __init__(
@@ -80,6 +91,7 @@ class ChunkRollout:
         frame_size: tuple[int, int],
         policy: str = "rebuild",
         null_action: torch.Tensor | None = None,
+        memory_chunks: int = 0,
     ):
         if policy not in CONTEXT_POLICIES:
             raise unknown_name("context policy", policy, CONTEXT_POLICIES)
@@ -95,6 +107,7 @@ class ChunkRollout:
         self.k = model.cfg.chunk_frames
         self.rays = CameraRays(cond, intrinsics, frame_size, model.cfg.latent_shape()[1:])
         self.null_action = null_action
+        self.memory_chunks = memory_chunks
         self.history: History | None = None
         self.cache: KVCache | None = None  # cached policy only
         self.timings = RolloutTimings()
@@ -105,7 +118,8 @@ class ChunkRollout:
         return self.cond.context_chunks * self.k
 
     def _new_cache(self, window: int, sink: bool) -> KVCache:
-        return KVCache(self.model.cfg.depth, self.k * self.model.cfg.tokens_per_frame, window, sink)
+        tokens = self.k * self.model.cfg.tokens_per_frame
+        return KVCache(self.model.cfg.depth, tokens, window, sink, self.memory_chunks if self.policy == "cached" else 0)
 
     # -- session ----------------------------------------------------------------------------
     def reset(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor) -> None:
@@ -156,6 +170,52 @@ class ChunkRollout:
         chunk_ref = ref.to(ctx.ray_ref.dtype)[:, None].expand(-1, c2w.shape[1], 4, 4)
         return self.rays.relative_to(seq, torch.cat([ctx.ray_ref, chunk_ref], 1), ctx.latents.dtype)
 
+    def _retrieved(self, ctx: History, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor) -> History:
+        """Retrieved chunks ``latents (B, m, C, h, w)``, ``actions (B, m, A)``, ``c2w (B, m, 4, 4)``
+        (``m`` whole chunks) as context frames: rays relative to the next chunk's reference,
+        temporal positions just before the window chunks left in view (``latest``: compact, in
+        front)."""
+        m = latents.shape[1]
+        if m % self.k or m // self.k > self.memory_chunks:
+            raise WorldsimError(
+                f"retrieved memory must be whole {self.k}-frame chunks, at most {self.memory_chunks}; got {m} frames"
+            )
+        recent, hidden = self._replaced(ctx, m)
+        start = int(ctx.frame_idx[-recent]) + hidden  # the first window frame left in view
+        idx = torch.arange(start - m, start, device=ctx.frame_idx.device)
+        ref = self._reference(ctx).to(ctx.ray_ref.dtype)[:, None].expand(-1, m, 4, 4)
+        dev, dtype = ctx.latents.device, ctx.latents.dtype
+        return History(latents.to(dev, dtype), actions.to(dev, dtype), c2w.to(dev, ctx.c2w.dtype), ref, idx)
+
+    def _replaced(self, ctx: History, m: int) -> tuple[int, int]:
+        """Frames of ``ctx`` in the rolling window (the sink aside), and how many of the oldest of
+        them ``m`` retrieved frames replace: the chunk sees ``context_chunks`` chunks in all."""
+        recent = min(ctx.num_frames, self.context_frames)
+        return recent, max(0, recent + m - self.context_frames)
+
+    def _in_view(self, ctx: History, m: int) -> History:
+        """``rebuild``: the context less its oldest window frames that ``m`` retrieved frames replace."""
+        recent, hidden = self._replaced(ctx, m)
+        keep = torch.cat(
+            [torch.arange(ctx.num_frames - recent), torch.arange(ctx.num_frames - recent + hidden, ctx.num_frames)]
+        )
+        return ctx.select(keep)
+
+    def _memory_passes(self, cache: KVCache, mem: History | None, generator: torch.Generator | None) -> None:
+        """``cached``: the retrieved chunks' keys and values into the cache's memory slots (none: cleared)."""
+        if mem is None:
+            cache.use_memory(0)
+            return
+        cache.use_memory(mem.num_frames // self.k)
+        rays = self.rays.relative_to(mem.c2w, mem.ray_ref, mem.latents.dtype)
+        b = mem.latents.shape[0]
+        labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=mem.latents.dtype, device=mem.latents.device)
+        x = context_input(self.sampler, mem.latents, generator)
+        for j, s in enumerate(range(0, mem.num_frames, self.k)):
+            sl = slice(s, s + self.k)
+            slot = cache.memory_slot(j)
+            self.model.forward_chunk(x[:, sl], labels, mem.actions[:, sl], rays[:, sl], mem.frame_idx[sl], slot)
+
     def _context_cache(
         self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> KVCache:
@@ -187,6 +247,7 @@ class ChunkRollout:
         generator: torch.Generator | None = None,
         trajectory: list[torch.Tensor] | None = None,
         exit_step: int | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``actions (B, k, A)`` encoded, ``c2w (B, k, 4, 4)`` -> the clean chunk's normalised
         latents ``(B, k, C, h, w)``; per-stage seconds in :attr:`timings`. ``trajectory``, when
@@ -195,7 +256,9 @@ class ChunkRollout:
         ODE pairs of the student stages). ``exit_step`` in ``[0, num_steps)`` stops denoising
         after that step and returns its clean estimate (Self-Forcing's random exit; the last
         step by default). With gradients enabled, only that step's pass carries them; the chunk
-        joins the history and the cache without them."""
+        joins the history and the cache without them. ``memory``: chunks retrieved for this one,
+        ``(latents (B, m, C, h, w), actions (B, m, A), c2w (B, m, 4, 4))``, whole chunks, at most
+        ``memory_chunks`` (module docstring)."""
         if self.history is None:
             raise WorldsimError("reset the rollout with a context before stepping")
         if actions.shape[1] != self.k or c2w.shape[1] != self.k:
@@ -208,18 +271,23 @@ class ChunkRollout:
         actions = actions.to(device=dev, dtype=dtype)
         c2w = c2w.to(dev)
         timer = _Timer(dev)
+        mem = None if memory is None else self._retrieved(ctx, *memory)
         # Step 1: rays of [context | chunk] and the chunk's temporal positions.
         _, pos = self._positions(ctx)
-        # Step 2: the context's keys and values.
+        # Step 2: the context's keys and values (and the retrieved chunks').
         if self.policy == "rebuild":
-            all_rays = self._camera(ctx, c2w)
-            rays = all_rays[:, ctx.num_frames :]
+            full = ctx if mem is None else mem.concat(self._in_view(ctx, mem.num_frames))
+            _, pos = self._positions(full)  # latest: compact positions count the retrieved frames
+            all_rays = self._camera(full, c2w)
+            rays = all_rays[:, full.num_frames :]
             with torch.no_grad():
-                cache = self._context_cache(ctx, all_rays, generator)
+                cache = self._context_cache(full, all_rays, generator)
         else:  # the context's rays are in its cached keys; the chunk's need only its reference
             assert self.cache is not None
             rays = self.rays.relative_to(c2w, self._reference(ctx), dtype)
             cache = self.cache
+            with torch.no_grad():
+                self._memory_passes(cache, mem, generator)
         context_s = timer.lap()
         # Step 3: denoise the new chunk against that context.
         shape = (ctx.latents.shape[0], self.k, *ctx.latents.shape[2:])

@@ -46,6 +46,7 @@ class MemoryConfig:
     cell_m: float = 2.0
     heading_bins: int = 8
     distance_weight: float = 0.1
+    state_key: str = "l"  # a key whose presses flip the state the pose does not carry ("": none)
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.top_k < 1 or self.num_points < 1 or self.heading_bins < 1:
@@ -62,10 +63,12 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class MemoryHit:
-    """A retrieved entry: its slot in the bank and its score (coverage gain minus distance term)."""
+    """A retrieved entry: its slot in the bank, its score (coverage gain minus distance term) and
+    the session index of its first frame (the slot may hold another chunk later)."""
 
     slot: int
     score: float
+    frame: int
 
 
 def _halton(n: int, base: int) -> torch.Tensor:
@@ -258,10 +261,18 @@ class MemoryBank:
             if gain[best] < self.cfg.min_score:
                 break
             slot = int(slots[best])
-            hits.append(MemoryHit(slot, float(gain[best])))
+            hits.append(MemoryHit(slot, float(gain[best]), int(self.frame[slot])))
             self.last_used[slot] = self.clock
             covered |= seen[best]
         return hits
+
+    def entries(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stored chunks at ``slots``, one after another: latents ``(m * k, C, h, w)``,
+        actions ``(m * k, A)``, c2w ``(m * k, 4, 4)`` float32."""
+        if self.latents is None or self.actions is None or any(self.frame[s] < 0 for s in slots):
+            raise WorldsimError(f"memory slots {slots} are not all filled")
+        idx = torch.tensor(slots, dtype=torch.int64)
+        return self.latents[idx].flatten(0, 1), self.actions[idx].flatten(0, 1), self.c2w[idx].flatten(0, 1).float()
 
     # -- sessions ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from worldsim.data.format import RolloutMeta
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
 from worldsim.inference.engine import Chunk, ChunkTimings
+from worldsim.memory.bank import MemoryHit
 from worldsim.play.sources import ChunkSource
 
 InputRow = tuple[np.ndarray, np.ndarray, float]  # keys held (K,) uint8, mouse (2,) pixels, poll time
@@ -180,6 +181,7 @@ class PlayStats:
     polls: list[float] = field(default_factory=list)  # poll times
     latencies_s: list[float] = field(default_factory=list)
     chunk_s: list[float] = field(default_factory=list)
+    memory_hits: int = 0  # chunks generated with at least one entry retrieved from the memory bank
     first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
     shown_at: deque[float] = field(default_factory=deque)  # display times of the new frames of the last second
 
@@ -207,6 +209,7 @@ class PlayStats:
             "latency_p95_ms": float(np.percentile(lat, 95) * 1000),
             "chunk_ms_mean": float(np.mean(self.chunk_s) * 1000) if self.chunk_s else float("nan"),
             "first_frame_s": self.first_frame_s,
+            "memory_hit_chunks": self.memory_hits,
         }
 
 
@@ -221,6 +224,7 @@ class ChunkScheduler:
         self.in_flight: tuple[np.ndarray, np.ndarray, list[float]] | None = None
         self.shown: deque[ShownFrame] = deque()
         self.timings = ChunkTimings()  # of the last chunk (the HUD's stage times)
+        self.memory: tuple[MemoryHit, ...] = ()  # the last chunk's memory hits (the HUD's)
 
     def reset(self) -> Chunk:
         """Drop the chunk in flight, the queue and the pending rows; the source's start."""
@@ -237,8 +241,9 @@ class ChunkScheduler:
         if self.in_flight is not None and (chunk := self.source.poll(timeout_s)) is not None:
             keys, mouse, times = self.in_flight
             self.in_flight = None
-            self.timings = chunk.timings
+            self.timings, self.memory = chunk.timings, chunk.memory
             self.stats.chunk_s.append(chunk.timings.total_s)
+            self.stats.memory_hits += bool(chunk.memory)
             for i in range(len(chunk.frames)):
                 rows_polled = times if i == 0 else []  # latency is counted at a chunk's first frame
                 self.shown.append(ShownFrame(chunk.frames[i], chunk.c2w[i], keys[i], mouse[i], i == 0, rows_polled))
@@ -317,7 +322,7 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             elif not paused:
                 stats.held_ticks += 1
                 behind = True
-            window.show(frame, _hud(window, stats, sched.timings, paused, behind, recorder))
+            window.show(frame, _hud(window, stats, sched, paused, behind, recorder))
             if cfg.max_steps and stats.displayed >= cfg.max_steps:
                 break
             # Step 4: spend the rest of the tick polling the source, so that a chunk finishing
@@ -334,10 +339,11 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
 
 
 def _hud(
-    window: Any, stats: PlayStats, timings: ChunkTimings, paused: bool, behind: bool, rec: Recorder | None
+    window: Any, stats: PlayStats, sched: ChunkScheduler, paused: bool, behind: bool, rec: Recorder | None
 ) -> list[str]:
-    """The HUD lines; the stage times are those of the last chunk (its ``timings``); the frame
+    """The HUD lines; the stage times and memory hits are those of the last chunk; the frame
     rate counts new frames shown in the last second."""
+    timings = sched.timings
     fps = stats.fps_now(time.perf_counter())
     lat = stats.latencies_s[-32:]
     chunk = stats.chunk_s[-1] * 1000 if stats.chunk_s else float("nan")
@@ -348,6 +354,9 @@ def _hud(
         f"latency p50 {np.median(lat) * 1000 if lat else float('nan'):4.0f} ms | "
         + " ".join(f"{name} {s * 1000:.0f} ms" for name, s in stages if s > 0),
     ]
+    if stats.memory_hits:  # memory on, and a place has come back at least once
+        best = f"{len(sched.memory)} hit, best score {sched.memory[0].score:.2f}" if sched.memory else "no hit"
+        lines.append(f"memory: {best} | chunks with hits {stats.memory_hits}")
     if rec is not None and rec.active:
         lines.append(f"REC {len(rec.rows['frames'])} frames")
     return lines

@@ -1,0 +1,176 @@
+"""The memory bank at play time (issue 22) through the engine's own path: ``load_engine(memory=...)``,
+``Engine.step``, saved sessions. A tiny random checkpoint with the real-time teacher's
+conditioning (per-chunk camera reference, cached context) turns in place: its view comes back
+to the start after 12 chunks of 30 degrees, which the bank must notice."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.test_engine import KEYS, _inputs, _world_reset, make_tiny_checkpoint
+from worldsim import load_engine
+from worldsim.core.errors import WorldsimError
+from worldsim.memory.bank import MemoryConfig
+
+TURN_PX = 60.0  # 0.25 deg per pixel: 15 deg per frame, 30 per 2-frame chunk, a full turn in 12 chunks
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny_chunk"
+    return make_tiny_checkpoint(path, camera_reference="chunk", encoder="keyboard_press_mouse")
+
+
+def _turn(eng, chunks, light_at=None):
+    out = []
+    for j in range(chunks):
+        keys, mouse = _inputs(2, "l" if j == light_at else None, dx=TURN_PX)
+        out.append(eng.step(keys, mouse))
+    return out
+
+
+def test_a_full_turn_retrieves_the_start_view_on_return_and_nothing_on_the_way(ckpt):
+    eng = load_engine(ckpt, memory="on", seed=2)
+    _world_reset(eng, 1)
+    assert eng.memory is not None
+    hits = []  # per chunk: (first frame of the retrieved entry, score)
+    for _ in range(13):
+        chunk = _turn(eng, 1)[0]
+        hits.append([(h.frame, h.score) for h in chunk.memory])
+        assert chunk.timings.memory_s > 0
+    # Outside the window, every stored view faces at least 90 degrees away until chunk 10 (330 deg).
+    assert all(not h for h in hits[:10]), hits
+    assert hits[10] and hits[11]
+    # Chunk 12 ends at 390 degrees, where chunk 0 ended (frames 4-5; it replaced the start's
+    # entry: same place, same 45-degree heading sector): the same view, full coverage.
+    assert hits[12] == [(4, 1.0)]
+
+
+def test_memory_on_plays_as_off_until_the_first_hit_then_differs(ckpt):
+    frames = {}
+    for memory in ("off", "on"):
+        eng = load_engine(ckpt, memory=memory, seed=2)
+        _world_reset(eng, 1)
+        frames[memory] = [c.frames for c in _turn(eng, 11)]
+    assert all(np.array_equal(a, b) for a, b in zip(frames["off"][:10], frames["on"][:10], strict=True))
+    assert not np.array_equal(frames["off"][10], frames["on"][10])  # the first hit
+
+
+def test_a_light_toggle_keeps_day_entries_from_a_night_view(ckpt):
+    eng = load_engine(ckpt, memory="on", seed=2)
+    _world_reset(eng, 1)
+    chunks = _turn(eng, 12, light_at=5)
+    assert eng.memory_state == 1
+    assert not any(c.memory for c in chunks)  # every view it could return to was stored before the press
+
+
+def test_retrieval_is_deterministic(ckpt):
+    runs = []
+    for _ in range(2):
+        eng = load_engine(ckpt, memory="on", seed=4)
+        _world_reset(eng, 3)
+        runs.append(_turn(eng, 12))
+    for a, b in zip(*runs, strict=True):
+        assert a.memory == b.memory and np.array_equal(a.frames, b.frames)
+
+
+def test_a_session_saved_mid_revisit_continues_bit_for_bit_with_memory_on(ckpt, tmp_path):
+    eng = load_engine(ckpt, memory="on", seed=5)
+    _world_reset(eng, 1)
+    _turn(eng, 9, light_at=0)  # night from the first chunk on: the start's entries are day
+    eng.save_session(tmp_path / "s")
+    a = _turn(eng, 4)
+    assert [bool(c.memory) for c in a] == [False, False, True, True]  # the restored part holds the revisit
+    other = load_engine(ckpt, memory="on", seed=99)
+    other.load_session(tmp_path / "s")
+    b = _turn(other, 4)
+    for x, y in zip(a, b, strict=True):
+        assert x.memory == y.memory and np.array_equal(x.frames, y.frames)
+    assert eng.memory is not None and other.memory is not None
+    for name, value in eng.memory.state_dict().items():
+        assert torch.equal(value.cpu(), other.memory.state_dict()[name].cpu()), name
+
+
+def test_a_corrupt_or_mismatched_memory_state_fails_in_one_line(ckpt, tmp_path):
+    eng = load_engine(ckpt, memory="on")
+    _world_reset(eng, 1)
+    _turn(eng, 2)
+    eng.save_session(tmp_path / "s")
+    with pytest.raises(WorldsimError, match="saved with memory") as e:
+        load_engine(ckpt, memory="off").load_session(tmp_path / "s")
+    assert "\n" not in str(e.value)
+    with pytest.raises(WorldsimError, match="saved with memory"):
+        load_engine(ckpt, memory=MemoryConfig(capacity=8)).load_session(tmp_path / "s")
+    tensors = load_file(str(tmp_path / "s" / "session.safetensors"))
+    tensors["memory.frame"] = tensors["memory.frame"][:-1]  # a bank of another size
+    save_file(tensors, str(tmp_path / "s" / "session.safetensors"))
+    with pytest.raises(WorldsimError, match="saved memory bank does not fit") as e:
+        load_engine(ckpt, memory="on").load_session(tmp_path / "s")
+    assert "\n" not in str(e.value)
+    (tmp_path / "s" / "session.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WorldsimError, match="cannot be read"):
+        load_engine(ckpt, memory="on").load_session(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "session.json").read_text())
+    assert meta["memory"]["top_k"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"memory": "maybe"}, "memory must be 'on' or 'off'"), ({"memory_top_k": 2}, "memory_top_k needs memory on")],
+)
+def test_bad_memory_options_are_refused_in_one_line(ckpt, kw, message):
+    with pytest.raises(WorldsimError, match=message):
+        load_engine(ckpt, **kw)
+
+
+def test_memory_with_the_rebuild_policy_plays(tmp_path):
+    """The shipped v1's conditioning (``latest``, rebuilt context) reads retrieved chunks too."""
+    eng = load_engine(make_tiny_checkpoint(tmp_path / "v1"), memory="on", memory_top_k=2)
+    assert eng.context_policy == "rebuild" and KEYS[-1] == "l"
+    _world_reset(eng, 1)
+    chunks = _turn(eng, 12)
+    assert chunks[11].memory and np.isfinite(chunks[11].frames).all()
+
+
+def test_the_revisit_trajectories_come_back_after_more_frames_than_the_context_holds(ckpt):
+    """Each scripted trajectory's way back overlaps views of its way out older than context +
+    chunk (return frames), and a full turn faces the start again where 360 of 450 degrees end."""
+    from worldsim.eval.ground_truth import world_rollout
+    from worldsim.eval.memory_revisit import KINDS, TURN_FRAMES, return_frames, trajectory
+
+    eng = load_engine(ckpt)
+    n, k = eng.context_frames, eng.chunk_frames
+    for kind in KINDS:
+        keys, mouse, back = trajectory(kind, 64, eng.cfg.controller.mouse_deg_per_px, len(KEYS), KEYS.index("w"))
+        keys, mouse = (
+            np.concatenate([keys, keys[:1] * 0]),
+            np.concatenate([mouse, mouse[:1] * 0]),
+        )  # the last row: unused
+        arrays = world_rollout(eng, 98000, keys, mouse)
+        best = return_frames(arrays["c2w"], eng.intrinsics, eng.frame_size, n + k, back)
+        assert (best[:back] == 0).all() and best[back:].max() >= 0.5 and best[-1] >= 0.5, kind
+        if kind == "turn":  # frame 52 (= back - 1) has turned 52 x 450 / 64 = 365.6 degrees
+            np.testing.assert_allclose(arrays["c2w"][0][:3, :3], arrays["c2w"][back - 1][:3, :3], atol=0.1)
+        if kind == "out_and_back":  # on the way back it faces the other way; at the end, as at the start
+            assert arrays["c2w"][back][:3, 2] @ arrays["c2w"][0][:3, 2] < -0.99
+            # Near the start, before the last turn, it looks where the way out never looked (a
+            # view of the way back itself does not count).
+            assert best[-TURN_FRAMES - 2] < 0.5
+            np.testing.assert_allclose(arrays["c2w"][0], arrays["c2w"][-1], atol=1e-3)
+
+
+def test_the_revisit_evaluation_scores_three_modes_and_writes_its_sheets(ckpt, tmp_path):
+    from worldsim.eval.memory_revisit import MemoryEvalConfig, memory_lines, memory_revisit
+
+    cfg = MemoryEvalConfig(starts=1, lengths=[48], kinds=["turn"])
+    m = memory_revisit(lambda memory, top_k: load_engine(ckpt, memory=memory, memory_top_k=top_k), cfg, tmp_path)
+    (run,) = m["runs"]
+    assert run["return_frames"] > 0
+    assert run["off"]["chunks_with_hits"] == 0 and run["on"]["chunks_with_hits"] > 0
+    assert run["oracle"]["chunks_with_hits"] == run["on"]["chunks_with_hits"]  # same poses: same retrievals
+    assert run["oracle"]["psnr_db_return"] != run["on"]["psnr_db_return"]  # but other latents
+    assert (tmp_path / "memory_turn.png").is_file()
+    assert "on - off" in memory_lines(m)[0]
