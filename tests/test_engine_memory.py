@@ -174,3 +174,31 @@ def test_the_revisit_evaluation_scores_three_modes_and_writes_its_sheets(ckpt, t
     assert run["oracle"]["psnr_db_return"] != run["on"]["psnr_db_return"]  # but other latents
     assert (tmp_path / "memory_turn.png").is_file()
     assert "on - off" in memory_lines(m)[0]
+
+
+def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):
+    """play.py's path: the child process's chunks carry their hits, as the in-process engine's;
+    the HUD shows the last chunk's best score once a place has come back."""
+    from functools import partial
+
+    from worldsim.play.loop import ChunkScheduler, PlayStats, _hud
+    from worldsim.play.sources import ProcessSource, open_engine_source
+
+    local = open_engine_source(str(ckpt), 2, memory="on")
+    source = ProcessSource(partial(open_engine_source, str(ckpt), 2, memory="on"))
+    try:
+        source.reset(), local.reset()
+        stats = PlayStats()
+        sched = ChunkScheduler(source, stats)
+        for _ in range(13):
+            keys, mouse = _inputs(2, dx=TURN_PX)
+            sched.pending = [(keys[i], mouse[i], 0.0) for i in range(2)]
+            sched.pump(paused=False)  # submits the chunk
+            sched.pump(paused=False, timeout_s=60.0)  # receives it
+            assert sched.in_flight is None and sched.memory == tuple(local.step(keys, mouse).memory)
+            sched.shown.clear()  # as the display takes the frames
+    finally:
+        source.close()
+    assert stats.memory_hits == 3 and sched.memory[0].score == 1.0
+    lines = _hud(None, stats, sched, paused=False, behind=False, rec=None)
+    assert "memory: 1 hit, best score 1.00 | chunks with hits 3" in lines

@@ -299,3 +299,26 @@ def test_one_esc_after_losing_focus_releases_nothing_and_quits_nothing(xvfb, tmp
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_memory_hits_show_on_the_way_back_in_a_real_window(tmp_path):
+    """The reduced form of `python tools/memory_on_screen.py`: walk out, turn, walk back under
+    Xvfb with xdotool; with memory on play.py reports chunks with hits, with it off none."""
+    if not shutil.which("Xvfb") or not shutil.which("xdotool"):
+        pytest.skip("Xvfb and xdotool are installed by .ci/setup")
+    from test_engine import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "tiny", camera_reference="chunk", encoder="keyboard_press_mouse")
+    out = tmp_path / "screen"
+    r = subprocess.run(
+        [sys.executable, "tools/memory_on_screen.py", f"--checkpoint={model}", "--walk", "1.5", "--settle", "1.5"]
+        + [f"--out={out}", "--display", ":89"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((out / "memory_screen.json").read_text())
+    assert res["off"]["chunks_with_memory_hits"] is None and res["on"]["chunks_with_memory_hits"] > 0
+    assert (out / "on_hud.png").is_file() and (out / "off_return.png").is_file()

@@ -27,7 +27,7 @@ from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.diffusion.sampler import SamplerOverrides
-from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine
+from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
 from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
 from worldsim.play.window import Window, WindowConfig, key_codes, require_display, resolve_bindings
@@ -148,6 +148,9 @@ def _headless(pc: PlayConfig) -> None:
 def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
     pc = to_schema(cfg, PlayConfig)
+    memory = memory_config(pc.memory, pc.memory_top_k)  # a bad value: one line, before anything loads
+    if memory is not None and not pc.checkpoint:
+        raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
     if pc.checkpoint:
         print(describe_bf16(pc.bf16))
     if pc.headless:
@@ -161,7 +164,12 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
-            kw = {"bf16": pc.bf16, "sampler": pc.sampler, "threads": _threads(pc.threads)}
+            kw = {
+                "bf16": pc.bf16,
+                "sampler": pc.sampler,
+                "threads": _threads(pc.threads),
+                "memory": memory,
+            }
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
@@ -171,6 +179,7 @@ def main(cfg: Any) -> None:
             f"played {s['displayed_frames']} frames; input polled at {s['poll_hz']:.1f} Hz; "
             f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms; "
             f"chunk {s['chunk_ms_mean']:.0f} ms; first frame {s['first_frame_s']:.2f} s"
+            + (f"; chunks with memory hits {s['memory_hit_chunks']}" if memory is not None else "")
         )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
