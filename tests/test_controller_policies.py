@@ -73,6 +73,19 @@ def test_full_turn_turns_360_degrees_in_place():
     np.testing.assert_allclose(states[-1].position, 0.0)
 
 
+def test_glance_back_turns_away_quickly_and_back_to_the_first_heading():
+    for episode in range(4):
+        acts, states = _integrate("glance_back", 64, episode)
+        yaw = np.degrees([s.yaw_rad for s in states])
+        assert yaw[0] == 0.0 and acts.mouse[:, 1].sum() == 0.0
+        away = np.flatnonzero(np.abs(yaw) >= 89.0)
+        assert len(away) >= 8  # faces 90+ degrees away for a while
+        back = [t for t in range(away[0], len(yaw)) if abs(yaw[t]) < 1e-3]
+        assert back and back[0] - away[0] <= 30  # and comes back to the first heading
+        moving = np.flatnonzero(acts.mouse[:-1, 0])
+        assert np.abs(acts.mouse[moving, 0] * CameraControllerConfig().mouse_deg_per_px).min() >= 15.0  # quick turns
+
+
 def test_turns_hold_steady_rates_both_ways_from_rest():
     deg = CameraControllerConfig().mouse_deg_per_px
     rates = []

@@ -1,5 +1,7 @@
 """Camera-overlap scoring and the memory-context clips of the teacher's data."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,100 @@ def test_each_frame_weighs_dark_weight_when_darker_than_dark_mean(small_dataset)
     plain = ClipSampler(split, 2, TeacherConfig(**base), ConditioningConfig(), (16, 16), null)
     p = plain.batch(0, 0, 32)
     assert plain.dark is None and torch.equal(p.x0, b.x0) and torch.equal(p.weight, torch.ones(32, 6))
+
+
+@pytest.fixture(scope="module")
+def turning_dataset(tmp_path_factory):
+    """One recorded glance_back episode (it turns away quickly and back to its first view)."""
+    from envs.record import RecordConfig, record
+
+    out = tmp_path_factory.mktemp("ds") / "glance"
+    return record(RecordConfig(policy="glance_back", num_episodes=1, episode_len=64, out=str(out), preview=False))
+
+
+def _bank_coverage(split):
+    """``cover(query_pose (4, 4), chunk_poses (k, 4, 4))``: the share of the query's view that the
+    play-time bank gives one stored chunk (a one-entry bank, no distance term)."""
+    from worldsim.memory.bank import MemoryBank, MemoryConfig
+
+    bank = MemoryBank(MemoryConfig(capacity=1, distance_weight=0.0), split.intrinsics, split.frame_size)
+
+    def cover(query, chunk):
+        k = len(chunk)
+        slot = bank.add(torch.zeros(k, 1, 1, 1), torch.zeros(k, 1), chunk, frame=0)
+        return float(bank.scores(query[None], torch.tensor([slot]))[0])
+
+    return cover
+
+
+def _swaying_split(t=64):
+    """An episode made up here: the camera sways 80 degrees left and right every 24 frames while
+    it creeps forward (no two poses alike), each frame with its own random latent."""
+    g = torch.Generator().manual_seed(0)
+    poses = [
+        make_c2w(np.array([0.05 * i, 0.0, 2.0]), np.radians(80 * np.sin(2 * np.pi * i / 24)), 0.0) for i in range(t)
+    ]
+    return EncodedSplit(
+        latents=[torch.randn(t, 4, 16, 16, generator=g).half()],
+        actions=[torch.zeros(t, 3)],
+        c2w=[torch.from_numpy(np.stack(poses)).float()],
+        intrinsics=K,
+        frame_size=(64, 64),
+        key_names=["w", "a", "l"],
+        sources=[],
+    )
+
+
+def test_bank_scored_memory_clips_retrieve_what_the_play_time_bank_scores_best():
+    split = _swaying_split()
+    tc = TeacherConfig(context_chunks=2, memory_prob=1.0, memory_top=1, memory_scoring="bank", action_drop=0.0)
+    clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), torch.zeros(3))
+    b = clips.batch(0, 0, 32)
+    c2w, lat = split.c2w[0], split.latents[0].float()
+    cover = _bank_coverage(split)
+    interior = 0
+    for i in torch.nonzero(b.memory).flatten().tolist():
+        m, s2 = (next(t for t in range(len(lat)) if torch.equal(b.x0[i, j], lat[t])) for j in (0, 2))
+        s, q = s2 - 2, s2 + 3  # the clip's start and its newest frame
+        scores = {
+            a: cover(c2w[q], c2w[a : a + 2]) - 0.1 * float((c2w[a + 1, :3, 3] - c2w[q, :3, 3]).norm()) / 20
+            for a in range(0, s - 1)
+        }
+        assert m == max(scores, key=scores.__getitem__), (m, s)
+        interior += 0 < m < s - 2
+    assert interior >= 5  # the best view lies between the ends of the candidates, not at one
+
+
+def test_revisit_clips_are_those_only_the_retrieved_chunk_can_draw(turning_dataset):
+    enc = make_action_encoder("keyboard_mouse", turning_dataset.meta.key_names)
+    split = EncodedSplit.encode(str(turning_dataset.root), Codec(CodecConfig(4, 4, 16)), enc, "encode")
+    null = torch.from_numpy(enc.null_action())
+    tc = TeacherConfig(context_chunks=2, memory_prob=1.0, memory_scoring="bank", revisit_prob=1.0)
+    clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null)
+    cover = _bank_coverage(split)
+    by_hand = []
+    for p, (e, s) in enumerate(clips.index):
+        if s < 2:
+            continue
+        c2w = split.c2w[e]
+        earlier = max(cover(c2w[s + 5], c2w[a : a + 2]) for a in range(0, s - 1))
+        recent = cover(c2w[s + 5], c2w[s + 2 : s + 4])  # the context chunk the retrieved one does not replace
+        if earlier >= 0.5 and recent < 0.3:
+            by_hand.append(p)
+    assert clips.revisit == by_hand and 0 < len(by_hand) < len(clips.index)
+    # revisit_prob 1: every training clip is a revisit clip whose retrieved chunk shows its view
+    best = ClipSampler(split, 2, dataclasses.replace(tc, memory_top=1), ConditioningConfig(), (16, 16), null)
+    b = best.batch(0, 0, 8)
+    for i in range(8):
+        assert b.memory[i]
+        assert cover(b.c2w[i, 5], b.c2w[i, :2]) >= 0.45 and cover(b.c2w[i, 5], b.c2w[i, 2:4]) < 0.3
+    # the defaults draw exactly the batches drawn before the options
+    plain = ClipSampler(split, 2, TeacherConfig(context_chunks=2), ConditioningConfig(), (16, 16), null)
+    off = TeacherConfig(context_chunks=2, revisit_prob=0.0, revisit_min=0.9)
+    assert torch.equal(
+        plain.batch(3, 5, 8).x0, ClipSampler(split, 2, off, ConditioningConfig(), (16, 16), null).batch(3, 5, 8).x0
+    )
+    with pytest.raises(WorldsimError, match="unknown teacher.memory_scoring 'banks'"):
+        ClipSampler(split, 2, TeacherConfig(memory_scoring="banks"), ConditioningConfig(), (16, 16), null)
+    with pytest.raises(WorldsimError, match="revisit_prob draws memory clips"):
+        ClipSampler(split, 2, TeacherConfig(memory_prob=0.0, revisit_prob=0.5), ConditioningConfig(), (16, 16), null)

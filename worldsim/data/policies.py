@@ -256,6 +256,34 @@ class LightPressesPolicy(Policy):
         return a
 
 
+class GlanceBackPolicy(Policy):
+    """Looks away and back: a view held for 4-10 frames, a quick turn of 90-180 degrees (3-6
+    frames), 8-20 frames facing away (walking for part of them in 30% of the glances), then the
+    same turn back to the first heading. What the view shows on the way back was last seen
+    longer ago than a context of a few chunks reaches: the revisit clips that teach a model to
+    read a retrieved view (``teacher.revisit_prob``)."""
+
+    name = "glance_back"
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Glances until ``num_frames``: hold, turn away, stay, turn back by the same angle."""
+        a = self._empty(num_frames)
+        end = num_frames - 1
+        t = int(rng.integers(4, 11))
+        while t < end:
+            deg = rng.uniform(90.0, 180.0) * rng.choice([-1.0, 1.0])
+            turn = int(rng.integers(3, 7))
+            away = int(rng.integers(8, 21))
+            a.mouse[t : min(t + turn, end), 0] = self._px_for_deg(deg / turn)
+            t += turn
+            if rng.random() < 0.3:
+                self._hold(a, "w", slice(min(t, end), min(t + away // 2, end)))
+            t += away
+            a.mouse[min(t, end) : min(t + turn, end), 0] = self._px_for_deg(-deg / turn)
+            t += turn + int(rng.integers(4, 11))
+        return a
+
+
 class ReplayPolicy(Policy):
     """The raw actions of an existing dataset's episodes (episode ``i`` of the source for
     episode ``i``), e.g. to re-render a human recording as ground truth."""
@@ -306,6 +334,7 @@ POLICIES: dict[str, type[Policy]] = {
         IdlePolicy,
         HoldsPolicy,
         LightPressesPolicy,
+        GlanceBackPolicy,
         ReplayPolicy,
     )
 }

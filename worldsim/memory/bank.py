@@ -99,6 +99,30 @@ def view_points(
     return rays / rays.norm(dim=1, keepdim=True) * (radius_m * s.pow(1 / 3))[:, None]
 
 
+def view_coverage(
+    points: torch.Tensor,
+    query_anchor: torch.Tensor,
+    cand_w2c: torch.Tensor,
+    intrinsics: torch.Tensor,
+    frame_size: tuple[int, int],
+    radius_m: float,
+) -> torch.Tensor:
+    """``(M, N)`` bool: which of the query camera's view ``points (N, 3)`` (camera frame,
+    :func:`view_points`) each candidate camera ``cand_w2c (M, 4, 4)`` sees: in front, inside the
+    image of ``frame_size`` and ``intrinsics (3, 3)``, within ``radius_m``. ``query_anchor (4,
+    4)`` camera-to-world; all float64."""
+    world = points @ query_anchor[:3, :3].T + query_anchor[:3, 3]  # (N, 3)
+    cam = torch.einsum("mij,nj->mni", cand_w2c[:, :3, :3], world) + cand_w2c[:, None, :3, 3]
+    z = cam[..., 2]
+    safe = z.clamp_min(1e-9)
+    k = intrinsics
+    u = k[0, 0] * cam[..., 0] / safe + k[0, 2]
+    v = k[1, 1] * cam[..., 1] / safe + k[1, 2]
+    h, w = frame_size
+    inside = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    return inside & (cam.norm(dim=-1) <= radius_m)
+
+
 class MemoryBank:
     """One session's memory (module docstring). ``intrinsics (3, 3)`` pixels of ``frame_size``
     frames (the checkpoint's). Entries are stored in preallocated buffers on the first
@@ -221,18 +245,14 @@ class MemoryBank:
 
     def coverage(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M, N)`` bool: which of the query's view points each entry's anchor camera sees."""
-        anchor = self._anchor(query_c2w)
-        world = self.points @ anchor[:3, :3].T + anchor[:3, 3]  # (N, 3)
-        w2c = self.anchor_w2c[slots]  # (M, 4, 4)
-        cam = torch.einsum("mij,nj->mni", w2c[:, :3, :3], world) + w2c[:, None, :3, 3]
-        z = cam[..., 2]
-        safe = z.clamp_min(1e-9)
-        k = self.intrinsics
-        u = k[0, 0] * cam[..., 0] / safe + k[0, 2]
-        v = k[1, 1] * cam[..., 1] / safe + k[1, 2]
-        h, w = self.frame_size
-        inside = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        return inside & (cam.norm(dim=-1) <= self.cfg.radius_m)
+        return view_coverage(
+            self.points,
+            self._anchor(query_c2w),
+            self.anchor_w2c[slots],
+            self.intrinsics,
+            self.frame_size,
+            self.cfg.radius_m,
+        )
 
     def distance_penalty(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M,)`` float64: ``distance_weight`` x anchor distance / ``radius_m`` (module docstring)."""

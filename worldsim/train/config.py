@@ -32,6 +32,17 @@ class TeacherConfig:
     context_chunks: int = 2  # clean chunks before the generated one (the rolling window)
     memory_prob: float = 0.5  # share of samples whose oldest context chunk is a retrieved earlier view
     memory_top: int = 3  # the retrieved chunk is drawn from the best-overlapping few
+    # How the retrieved chunk is scored: "monte_carlo" (teachers v1 and v2: fov_overlap of random
+    # points against each candidate's middle pose) or "bank" (the play-time memory bank's: its
+    # fixed view points, each chunk placed by its newest pose, coverage minus the distance term;
+    # worldsim/memory/bank.py), so training retrieves what play retrieves.
+    memory_scoring: str = "monte_carlo"
+    # Share of memory clips drawn from the revisit clips: those whose generated chunk's view an
+    # earlier chunk covers by at least ``revisit_min`` while no chunk of the recent context covers
+    # ``revisit_context_max`` of it (bank scoring): only the retrieved chunk shows what is to be drawn.
+    revisit_prob: float = 0.0
+    revisit_min: float = 0.5
+    revisit_context_max: float = 0.3
     action_drop: float = 0.1  # share of samples trained with null actions (classifier-free guidance)
     camera_drop: float = 0.25  # share of samples trained without camera rays (actions must carry motion)
     # Share of training samples drawn from the clips whose generated chunk shows the effect of a
@@ -182,6 +193,11 @@ class TrainConfig:
             d["teacher"].pop("focus_prob")
         if self.teacher.camera_reference == "latest":  # runs from before the option keep their identity
             d["teacher"].pop("camera_reference")
+        if self.teacher.memory_scoring == "monte_carlo":  # runs from before the option keep their identity
+            d["teacher"].pop("memory_scoring")
+        if self.teacher.revisit_prob == 0.0:  # runs from before the option keep their identity
+            for k in ("revisit_prob", "revisit_min", "revisit_context_max"):
+                d["teacher"].pop(k)
         if not self.teacher.stats_from_init:  # runs from before the option keep their identity
             d["teacher"].pop("stats_from_init")
         if self.teacher.dark_weight == 1.0:  # every frame weighs 1: runs from before the option keep their identity
@@ -228,6 +244,15 @@ DISTILL_STAGES = tuple(DISTILL_FIELDS)
 # The teacher-group fields that choose the clips a student stage reads (DMD's rollouts start
 # from recent true context only: a retrieved view would leave the window as the rollout goes).
 CLIP_FIELDS = {
-    "ode_pairs": ("memory_prob", "memory_top", "focus_keys", "focus_prob"),
+    "ode_pairs": (
+        "memory_prob",
+        "memory_top",
+        "memory_scoring",
+        "revisit_prob",
+        "revisit_min",
+        "revisit_context_max",
+        "focus_keys",
+        "focus_prob",
+    ),
     "student_dmd": ("focus_keys", "focus_prob"),
 }

@@ -3,7 +3,11 @@
 A clip is ``context_chunks + 1`` chunks of one episode. With probability ``memory_prob`` its
 oldest chunk is replaced by an earlier, non-adjacent chunk of the same episode chosen by field
 of view overlap with the clip's last chunk (reference.md §5), placed at the compact positions
-just before the recent context, so the network learns to use retrieved views. With probability
+just before the recent context, so the network learns to use retrieved views (scored as
+``memory_scoring`` says: teachers v1 and v2 used a Monte-Carlo overlap; ``bank`` scores as the
+play-time memory bank does). With probability ``revisit_prob`` a memory clip is drawn from the
+revisit clips instead, where only the retrieved chunk shows what the generated chunk must draw
+(:meth:`ClipSampler._revisit_clips`). With probability
 ``focus_prob`` a training clip is drawn from those whose generated chunk shows the effect of a
 press of one of ``focus_keys`` (a rare action, such as the light key). Each frame carries a
 loss weight (``dark_weight`` where the frame, or with ``dark_weight_by="context"`` the last
@@ -25,18 +29,34 @@ from tqdm import tqdm
 
 from worldsim.core.actions.encoder import ActionEncoder
 from worldsim.core.atomic import write_bytes
-from worldsim.core.errors import WorldsimError
+from worldsim.core.errors import WorldsimError, unknown_name
 from worldsim.data.format import INDEX_FILE
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means
 from worldsim.data.reader import RolloutDataset
 from worldsim.inference.context import ConditioningConfig
+from worldsim.memory.bank import MemoryConfig, view_coverage, view_points
 from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, frames_to_tensor
 from worldsim.model.plucker import clip_rays
 from worldsim.train.config import TeacherConfig
 
 DARK_WEIGHT_BY = ("target", "context")  # teacher.dark_weight_by: whose darkness weighs a frame
+MEMORY_SCORING = ("monte_carlo", "bank")  # teacher.memory_scoring
+BANK = MemoryConfig()  # the play-time bank's scoring settings (radius, points, distance weight)
+
+
+def check_memory_clips(tc: TeacherConfig) -> None:
+    """The memory-clip options of ``tc``; ``WorldsimError`` in one line for a bad one."""
+    if tc.memory_scoring not in MEMORY_SCORING:
+        raise unknown_name("teacher.memory_scoring", tc.memory_scoring, MEMORY_SCORING)
+    if not 0.0 <= tc.revisit_prob <= 1.0 or not 0.0 <= tc.revisit_context_max < tc.revisit_min <= 1.0:
+        raise WorldsimError(
+            f"teacher.revisit_prob must be in [0, 1] and 0 <= revisit_context_max < revisit_min <= 1, got "
+            f"{tc.revisit_prob}, {tc.revisit_context_max}, {tc.revisit_min}"
+        )
+    if tc.revisit_prob > 0 and tc.memory_prob == 0:
+        raise WorldsimError("teacher.revisit_prob draws memory clips: it needs memory_prob > 0")
 
 
 def focus_columns(names: list[str], key_names: list[str]) -> list[int]:
@@ -170,6 +190,9 @@ class ClipSampler:
         c = split.latents[0].shape[1]
         self.mean, self.std = cond.stats(c)
         self.focus = self._focus_clips() if tcfg.focus_prob > 0 else []
+        check_memory_clips(tcfg)
+        self.points = view_points(split.intrinsics, split.frame_size, BANK.radius_m, BANK.num_points)
+        self.revisit = self._revisit_clips() if tcfg.revisit_prob > 0 else []
         self.dark = self._dark_frames() if tcfg.dark_weight != 1.0 else None
 
     def _dark_frames(self) -> list[torch.Tensor]:
@@ -194,6 +217,39 @@ class ClipSampler:
     def __len__(self) -> int:
         return len(self.index)
 
+    def _coverage(self, e: int, query: int, anchors: torch.Tensor) -> torch.Tensor:
+        """``(M,)`` float64: the share of frame ``query``'s view points (the bank's) that the
+        cameras of frames ``anchors (M,)`` of episode ``e`` see."""
+        c2w = self.split.c2w[e].double()
+        w2c = torch.linalg.inv(c2w[anchors])
+        seen = view_coverage(
+            self.points, c2w[query], w2c, self.split.intrinsics.double(), self.split.frame_size, BANK.radius_m
+        )
+        return seen.double().mean(1)
+
+    def _revisit_clips(self) -> list[int]:
+        """Positions in ``index`` of the clips whose generated chunk's view (its newest frame's) an
+        earlier chunk (ending before the clip, placed by its newest frame) covers by at least
+        ``revisit_min`` while every chunk of the recent context (all but the clip's first, which
+        the retrieved chunk replaces) covers less than ``revisit_context_max``."""
+        k, t, tc = self.k, self.clip_len, self.tcfg
+        out = []
+        for p, (e, s) in enumerate(tqdm(self.index, desc="revisit clips", unit="clip", leave=False)):
+            if s < k:
+                continue
+            query = s + t - 1
+            earlier = torch.arange(0, s - k + 1, max(1, k // 2)) + k - 1
+            recent = torch.arange(s + k, s + t - k, k) + k - 1
+            cov = self._coverage(e, query, torch.cat([earlier, recent]))
+            if cov[: len(earlier)].max() >= tc.revisit_min and cov[len(earlier) :].max() < tc.revisit_context_max:
+                out.append(p)
+        if not out:
+            raise WorldsimError(
+                f"no clip is a revisit (an earlier chunk covering >= {tc.revisit_min} of its view, its context "
+                f"< {tc.revisit_context_max}): teacher.revisit_prob needs data that returns to places"
+            )
+        return out
+
     def _memory_start(self, e: int, s: int, g: torch.Generator) -> int | None:
         """Start of an earlier chunk that overlaps the clip's last chunk most (one of the top few)."""
         k = self.k
@@ -201,10 +257,21 @@ class ClipSampler:
             return None
         starts = torch.arange(0, s - k + 1, max(1, k // 2))  # ends at least one chunk before the clip
         c2w = self.split.c2w[e]
-        query = c2w[s + self.clip_len - k : s + self.clip_len]
-        score = fov_overlap(
-            query, c2w[starts + k // 2], self.split.intrinsics, self.split.frame_size, num_points=512, generator=g
-        ).mean(0)
+        if self.tcfg.memory_scoring == "bank":  # as the play-time bank scores (worldsim/memory/bank.py)
+            anchors = starts + k - 1
+            query = s + self.clip_len - 1
+            dist = (c2w[anchors, :3, 3].double() - c2w[query, :3, 3].double()).norm(dim=1)
+            score = self._coverage(e, query, anchors) - BANK.distance_weight * dist / BANK.radius_m
+        else:
+            query_c2w = c2w[s + self.clip_len - k : s + self.clip_len]
+            score = fov_overlap(
+                query_c2w,
+                c2w[starts + k // 2],
+                self.split.intrinsics,
+                self.split.frame_size,
+                num_points=512,
+                generator=g,
+            ).mean(0)
         top = torch.topk(score, min(self.tcfg.memory_top, len(starts))).indices
         return int(starts[top[torch.randint(len(top), (1,), generator=g)]].item())
 
@@ -238,8 +305,10 @@ class ClipSampler:
         lat, act, cam, refs, mem, wts = [], [], [], [], [], []
         for p in picks:
             e, s = self.index[p]
-            frames = torch.arange(s, s + t)
             use_mem = train and torch.rand(1, generator=g).item() < self.tcfg.memory_prob
+            if use_mem and self.revisit and torch.rand(1, generator=g).item() < self.tcfg.revisit_prob:
+                e, s = self.index[self.revisit[int(torch.randint(len(self.revisit), (1,), generator=g))]]
+            frames = torch.arange(s, s + t)
             m = self._memory_start(e, s, g) if use_mem else None
             if m is not None:
                 frames = torch.cat([torch.arange(m, m + k), frames[k:]])

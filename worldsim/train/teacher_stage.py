@@ -49,7 +49,14 @@ from worldsim.train.distributed import init_distributed
 from worldsim.train.loop import TrainLoop
 from worldsim.train.objectives import OBJECTIVES, diffusion_forcing_loss
 from worldsim.train.prefetch import Prefetcher
-from worldsim.train.teacher_data import DARK_WEIGHT_BY, Batch, ClipSampler, EncodedSplit, focus_columns
+from worldsim.train.teacher_data import (
+    DARK_WEIGHT_BY,
+    Batch,
+    ClipSampler,
+    EncodedSplit,
+    check_memory_clips,
+    focus_columns,
+)
 
 ACTION_INPUT = "action_embed.0.weight"  # WorldModel's first action layer: (width, action_dim)
 PREVIEW_EPISODES = 4
@@ -152,6 +159,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         raise unknown_name("teacher.dark_weight_by", tc.dark_weight_by, DARK_WEIGHT_BY)
     if tc.camera_reference not in CAMERA_REFERENCES:
         raise unknown_name("teacher.camera_reference", tc.camera_reference, CAMERA_REFERENCES)
+    check_memory_clips(tc)
     if tc.objective == "diffusion_forcing":
         objective = partial(
             diffusion_forcing_loss,
