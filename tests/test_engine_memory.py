@@ -45,8 +45,9 @@ def test_a_full_turn_retrieves_the_start_view_on_return_and_nothing_on_the_way(c
     assert all(not h for h in hits[:10]), hits
     assert hits[10] and hits[11]
     # Chunk 12 ends at 390 degrees, where chunk 0 ended (frames 4-5; it replaced the start's
-    # entry: same place, same 45-degree heading sector): the same view, full coverage.
-    assert hits[12] == [(4, 1.0)]
+    # entry: same place, same 45-degree heading sector): the same view, less the part the window
+    # (chunks ending at 300 to 360 degrees) already shows, about half.
+    assert [h[0] for h in hits[12]] == [4] and 0.4 < hits[12][0][1] < 0.6
 
 
 def test_memory_on_plays_as_off_until_the_first_hit_then_differs(ckpt):
@@ -199,6 +200,6 @@ def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):
             sched.shown.clear()  # as the display takes the frames
     finally:
         source.close()
-    assert stats.memory_hits == 3 and sched.memory[0].score == 1.0
+    assert stats.memory_hits == 3
     lines = _hud(None, stats, sched, paused=False, behind=False, rec=None)
-    assert "memory: 1 hit, best score 1.00 | chunks with hits 3" in lines
+    assert f"memory: 1 hit, best score {sched.memory[0].score:.2f} | chunks with hits 3" in lines

@@ -107,6 +107,42 @@ def test_top_k_is_diversity_aware_and_respects_the_minimum_score():
     assert bank.retrieve(_pose(0.0, 0.0, 180.0)[None].expand(2, 4, 4), before_frame=100) == []
 
 
+def test_what_the_context_already_shows_is_not_retrieved_again():
+    """An entry counts only for the points the context's chunks do not cover: the same view as
+    the context scores nothing, the half the context lacks scores about half."""
+    bank = _bank(min_score=0.2, cell_m=0.05, heading_bins=16)  # 0 and 30 degrees: two places
+    query = _pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4)
+    same = bank.add(*_chunk(_pose(0.0, 0.0, 0.0)), frame=0)
+    right = bank.add(*_chunk(_pose(0.0, 0.0, 30.0)), frame=2)
+    assert bank.retrieve(query, before_frame=100)[0].slot == same
+    hits = bank.retrieve(query, before_frame=100, context_c2w=_pose(0.0, 0.0, 0.0)[None])
+    assert hits == []  # the context shows the view: nothing to add
+    hits = bank.retrieve(query, before_frame=100, context_c2w=_pose(0.0, 0.0, -30.0)[None])
+    assert [h.slot for h in hits] == [same] or [h.slot for h in hits] == [right]
+    left_only = bank.coverage(query, torch.tensor([same])).double().mean() - hits[0].score
+    assert 0.3 < hits[0].score < 0.7 and left_only > 0.3
+
+
+def test_the_coarse_pass_keeps_the_best_entries_of_a_crowded_area():
+    """With more candidates than the shortlist, retrieval picks what scoring every candidate on
+    every point picks, for queries all over a crowded area."""
+    g = torch.Generator().manual_seed(3)
+    crowded = _random_bank(g, n=400, capacity=400, cell_m=0.5, top_k=2)
+    exact = _bank(capacity=400, cell_m=0.5, top_k=2, shortlist=400)
+    exact.load_state_dict(crowded.state_dict())
+    agree, found = 0, 0
+    for _ in range(40):
+        x, y, yaw = (
+            torch.rand(3, generator=g) * torch.tensor([60.0, 60.0, 360.0]) - torch.tensor([30.0, 30.0, 0.0])
+        ).tolist()
+        query = _pose(x, y, yaw)[None].expand(2, 4, 4)
+        n = len(crowded.candidates(query, before_frame=10_000, state=0))
+        a, b = crowded.retrieve(query, before_frame=10_000), exact.retrieve(query, before_frame=10_000)
+        found += bool(b) and n > 32
+        agree += [h.slot for h in a] == [h.slot for h in b]
+    assert found >= 20 and agree == 40
+
+
 def test_recent_chunks_and_other_states_are_not_retrieved():
     bank = _bank()
     query = _pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4)

@@ -66,7 +66,7 @@ class ChunkTimings:
     cache_write_s: float = 0.0
     decode_s: float = 0.0
     render_s: float = 0.0
-    memory_s: float = 0.0  # retrieving from the memory bank (the model's passes over retrieved chunks: context_s)
+    memory_s: float = 0.0  # retrieving from and adding to the memory bank (the passes over retrieved chunks: context_s)
 
     @property
     def model_s(self) -> float:
@@ -280,7 +280,9 @@ class Engine:
         frames = self._decode(z[0])
         decode_s = time.perf_counter() - t0
         if self.memory is not None:  # the clean chunk joins the bank
+            t0 = time.perf_counter()
             self.last_memory_slot = self.memory.add(z[0].float(), actions[0], c2w[0], first, memory_state)
+            memory_s += time.perf_counter() - t0
         self.state = state
         self.previous_keys = keys[-1].astype(np.uint8)
         self.memory_state = memory_state
@@ -323,8 +325,10 @@ class Engine:
         h = self.rollout.history
         if self.memory is None or h is None:
             return [], None
-        window_start = int(h.frame_idx[-min(h.num_frames, self.rollout.context_frames)])
-        hits = self.memory.retrieve(torch.from_numpy(c2w), before_frame=window_start, state=state)
+        recent = min(h.num_frames, self.rollout.context_frames)
+        window_start = int(h.frame_idx[-recent])
+        shown = h.c2w[0, h.num_frames - recent + self.chunk_frames - 1 :: self.chunk_frames]  # the window's anchors
+        hits = self.memory.retrieve(torch.from_numpy(c2w), before_frame=window_start, state=state, context_c2w=shown)
         if not hits:
             return [], None
         lat, act, cam = self.memory.entries([hit.slot for hit in reversed(hits)])

@@ -13,9 +13,14 @@ sessions replay bit for bit). An entry covers a point when its anchor camera see
 inside the image, within ``radius_m``). Candidates are the entries whose anchor lies within
 ``radius_m`` of the query's (found through a spatial hash of ``radius_m`` cells, so the cost
 follows the entries near the player, not the bank's size), older than ``before_frame`` and in
-the query's state. Top-k is greedy and diversity-aware: each pick scores the share of points
-it covers that no earlier pick covers, minus ``distance_weight`` times its distance over
-``radius_m``; picking stops at ``top_k`` or when the best score falls below ``min_score``.
+the query's state. When more than ``shortlist`` remain (a player who has stayed in one area for
+a long time), a coarse pass counts their coverage of the first ``coarse_points`` points of the
+set (a Halton prefix covers the view evenly too) and keeps the ``shortlist`` that cover most. Top-k is greedy and
+diversity-aware: each pick scores the share of points it covers that neither an earlier pick nor
+the chunks already in the context (``context_c2w``) cover, minus ``distance_weight`` times its
+distance over ``radius_m``; picking stops at ``top_k`` or when the best score falls below
+``min_score``. So nothing is retrieved while the context shows the view (walking on, turning
+slowly): memory costs its model pass only when it adds what the context lacks.
 The score is invariant to a global rigid motion of every pose (tested).
 
 **Bound.** At most ``capacity`` entries. A new chunk whose anchor falls in the same position
@@ -29,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from worldsim.core.errors import WorldsimError
@@ -46,13 +52,16 @@ class MemoryConfig:
     cell_m: float = 2.0
     heading_bins: int = 8
     distance_weight: float = 0.1
+    shortlist: int = 32  # more candidates than this: a coarse pass keeps this many (module docstring)
+    coarse_points: int = 16  # view points of the coarse pass (the first of the Halton set)
     state_key: str = "l"  # a key whose presses flip the state the pose does not carry ("": none)
 
     def __post_init__(self) -> None:
-        if self.capacity < 1 or self.top_k < 1 or self.num_points < 1 or self.heading_bins < 1:
+        counts = (self.capacity, self.top_k, self.num_points, self.heading_bins, self.shortlist, self.coarse_points)
+        if min(counts) < 1 or self.coarse_points > self.num_points:
             raise WorldsimError(
-                f"memory capacity, top_k, num_points and heading_bins must be >= 1, got "
-                f"{self.capacity}, {self.top_k}, {self.num_points}, {self.heading_bins}"
+                f"memory capacity, top_k, num_points, heading_bins, shortlist and coarse_points must be >= 1 "
+                f"(coarse_points <= num_points), got {counts}"
             )
         if self.radius_m <= 0 or self.cell_m <= 0 or self.distance_weight < 0:
             raise WorldsimError(
@@ -110,17 +119,20 @@ def view_coverage(
     """``(M, N)`` bool: which of the query camera's view ``points (N, 3)`` (camera frame,
     :func:`view_points`) each candidate camera ``cand_w2c (M, 4, 4)`` sees: in front, inside the
     image of ``frame_size`` and ``intrinsics (3, 3)``, within ``radius_m``. ``query_anchor (4,
-    4)`` camera-to-world; all float64."""
-    world = points @ query_anchor[:3, :3].T + query_anchor[:3, 3]  # (N, 3)
-    cam = torch.einsum("mij,nj->mni", cand_w2c[:, :3, :3], world) + cand_w2c[:, None, :3, 3]
-    z = cam[..., 2]
-    safe = z.clamp_min(1e-9)
-    k = intrinsics
-    u = k[0, 0] * cam[..., 0] / safe + k[0, 2]
-    v = k[1, 1] * cam[..., 1] / safe + k[1, 2]
+    4)`` camera-to-world. Inputs float64; the points are placed in the world in float64 and
+    projected into the candidates in float32 (a third of the time; the same answer every run)."""
+    world = (points @ query_anchor[:3, :3].T + query_anchor[:3, 3]).float()  # (N, 3)
+    w2c = cand_w2c.float()
+    m = len(w2c)
+    rotated = (w2c[:, :3, :3].reshape(3 * m, 3) @ world.T).view(m, 3, -1)  # one GEMM, not M small ones
+    x, y, z = (rotated + w2c[:, :3, 3:]).unbind(1)  # each (M, N)
+    k = intrinsics.float()
     h, w = frame_size
-    inside = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    return inside & (cam.norm(dim=-1) <= radius_m)
+    # In the image: 0 <= fx x / z + cx < w (and the same for v), multiplied out by z > 0.
+    u = k[0, 0] * x + k[0, 2] * z
+    v = k[1, 1] * y + k[1, 2] * z
+    inside = (z > 1e-3) & (u >= 0) & (u < w * z) & (v >= 0) & (v < h * z)
+    return inside & (x * x + y * y + z * z <= radius_m * radius_m)
 
 
 class MemoryBank:
@@ -143,6 +155,7 @@ class MemoryBank:
         self.clock = 0  # counts adds and retrievals: the order "least recently retrieved" reads
         self._place: dict[tuple[int, int, int, int], int] = {}  # position cell + heading sector -> slot
         self._hash: dict[tuple[int, int, int], set[int]] = {}  # radius_m cell -> slots
+        self._hash_arrays: dict[tuple[int, int, int], np.ndarray] = {}  # the same as arrays, made when read
 
     def __len__(self) -> int:
         return int((self.frame >= 0).sum())
@@ -206,7 +219,9 @@ class MemoryBank:
         """Enter a filled slot in the place index and the spatial hash (by its stored anchor)."""
         anchor = self.anchor[slot]
         self._place[self._place_key(anchor)] = slot
-        self._hash.setdefault(self._hash_cell(anchor[:3, 3]), set()).add(slot)
+        cell = self._hash_cell(anchor[:3, 3])
+        self._hash.setdefault(cell, set()).add(slot)
+        self._hash_arrays.pop(cell, None)
 
     def _remove(self, slot: int) -> None:
         if self.frame[slot] < 0:
@@ -215,6 +230,7 @@ class MemoryBank:
         self._place.pop(self._place_key(anchor), None)
         cell = self._hash_cell(anchor[:3, 3])
         self._hash[cell].discard(slot)
+        self._hash_arrays.pop(cell, None)
         if not self._hash[cell]:
             del self._hash[cell]
         self.frame[slot] = -1
@@ -226,27 +242,29 @@ class MemoryBank:
         in ``state``; in slot order."""
         q = self._anchor(query_c2w)[:3, 3]
         cx, cy, cz = self._hash_cell(q)
-        near = [
-            s
-            for dx in (-1, 0, 1)
-            for dy in (-1, 0, 1)
-            for dz in (-1, 0, 1)
-            for s in self._hash.get((cx + dx, cy + dy, cz + dz), ())
-        ]
-        if not near:
+        cells = [(cx + dx, cy + dy, cz + dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)]
+        arrays = [self._cell_slots(c) for c in cells if c in self._hash]
+        if not arrays:
             return torch.zeros(0, dtype=torch.int64)
-        slots = torch.tensor(sorted(near), dtype=torch.int64)
+        slots = torch.from_numpy(np.sort(np.concatenate(arrays)))
         k = self.c2w.shape[1]
-        pos = self.anchor[slots, :3, 3]
-        keep = (pos - q).norm(dim=1) <= self.cfg.radius_m
+        d = self.anchor[slots, :3, 3] - q
+        keep = (d * d).sum(1) <= self.cfg.radius_m**2
         keep &= self.frame[slots] + k <= before_frame
         keep &= self.state[slots] == state
         return slots[keep]
 
-    def coverage(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """``(M, N)`` bool: which of the query's view points each entry's anchor camera sees."""
+    def _cell_slots(self, cell: tuple[int, int, int]) -> np.ndarray:
+        """The slots of a hash cell as an int64 array, kept until the cell changes."""
+        if cell not in self._hash_arrays:
+            self._hash_arrays[cell] = np.fromiter(self._hash[cell], np.int64, len(self._hash[cell]))
+        return self._hash_arrays[cell]
+
+    def coverage(self, query_c2w: torch.Tensor, slots: torch.Tensor, points: int | None = None) -> torch.Tensor:
+        """``(M, N)`` bool: which of the query's view points (the first ``points``; all by
+        default) each entry's anchor camera sees."""
         return view_coverage(
-            self.points,
+            self.points[:points],
             self._anchor(query_c2w),
             self.anchor_w2c[slots],
             self.intrinsics,
@@ -263,16 +281,29 @@ class MemoryBank:
         """``(M,)`` float64 single-entry scores: coverage minus the distance term (module docstring)."""
         return self.coverage(query_c2w, slots).double().mean(1) - self.distance_penalty(query_c2w, slots)
 
-    def retrieve(self, query_c2w: torch.Tensor, before_frame: int, state: int = 0) -> list[MemoryHit]:
+    def retrieve(
+        self, query_c2w: torch.Tensor, before_frame: int, state: int = 0, context_c2w: torch.Tensor | None = None
+    ) -> list[MemoryHit]:
         """The entries to show the model before generating a chunk with poses ``query_c2w (k, 4,
         4)``: at most ``top_k``, best first, each scoring at least ``min_score`` (greedy,
-        diversity-aware: module docstring). Marks them used for the eviction rule."""
+        diversity-aware, after the coarse pass: module docstring); ``context_c2w (W, 4, 4)``: the
+        anchors of the chunks the context holds, whose view counts as covered. Marks the hits
+        used for the eviction rule."""
         slots = self.candidates(query_c2w, before_frame, state)
         if not len(slots):
             return []
+        if len(slots) > self.cfg.shortlist:
+            coarse = self.coverage(query_c2w, slots, self.cfg.coarse_points).double().mean(1)
+            best_first = torch.sort(coarse, descending=True, stable=True).indices  # ties: the lowest slot first
+            slots = slots[best_first[: self.cfg.shortlist].sort().values]
         seen = self.coverage(query_c2w, slots)
         penalty = self.distance_penalty(query_c2w, slots)
         covered = torch.zeros(seen.shape[1], dtype=torch.bool)
+        if context_c2w is not None and len(context_c2w):
+            w2c = torch.linalg.inv(context_c2w.double().cpu())
+            anchor = self._anchor(query_c2w)
+            shown = view_coverage(self.points, anchor, w2c, self.intrinsics, self.frame_size, self.cfg.radius_m)
+            covered = shown.any(0)
         hits: list[MemoryHit] = []
         self.clock += 1
         for _ in range(self.cfg.top_k):
@@ -342,6 +373,6 @@ class MemoryBank:
         self.state, self.last_used, self.clock = state["state"].clone(), state["last_used"].clone(), clock
         self.latents = state["latents"].clone() if has else None
         self.actions = state["actions"].clone() if has else None
-        self._place, self._hash = {}, {}
+        self._place, self._hash, self._hash_arrays = {}, {}, {}
         for slot in (self.frame >= 0).nonzero().flatten().tolist():
             self._index(slot)
