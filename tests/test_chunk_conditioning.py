@@ -100,7 +100,7 @@ def test_a_key_held_across_steps_is_one_press_for_the_model(tmp_path):
     eng = load_engine(make_tiny_checkpoint(tmp_path / "ck", camera_reference="chunk", encoder="keyboard_press_mouse"))
     spy = []
     step = eng.rollout.step
-    eng.rollout.step = lambda a, c, g=None: spy.append(a.clone()) or step(a, c, g)  # type: ignore[method-assign]
+    eng.rollout.step = lambda a, c, g=None, **kw: spy.append(a.clone()) or step(a, c, g, **kw)  # type: ignore[method-assign]
     _world_reset(eng, 1)
     keys = np.zeros((2, len(KEYS)), np.uint8)
     keys[:, KEYS.index("l")] = 1

@@ -238,11 +238,11 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
         other.load_session(tmp_path / "s")
     with pytest.raises(WorldsimError, match="not a saved session"):
         other.load_session(tmp_path / "nope")
-    # a session saved before the per-chunk ray references and the last input row (format 2)
+    # a session saved before the memory bank joined it (format 3)
     meta_path = tmp_path / "s" / "session.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(WorldsimError, match=r"session format 2, this worldsim reads 3$"):
+    meta_path.write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(WorldsimError, match=r"session format 3, this worldsim reads 4$"):
         eng.load_session(tmp_path / "s")
     meta_path.write_text(json.dumps(meta))
     fewer = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=1))

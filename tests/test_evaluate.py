@@ -24,6 +24,7 @@ from worldsim.eval.evaluate import (
     went_dark,
 )
 from worldsim.eval.idm import Pairs, idm_accuracy, train_idm
+from worldsim.eval.memory_revisit import MemoryEvalConfig
 from worldsim.inference.engine import Chunk
 
 
@@ -78,8 +79,12 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         idm_steps=10,
         turn_starts=2,
         drift_frames=8,
+        memory_revisits=MemoryEvalConfig(starts=1, lengths=[16], kinds=["turn"]),
     )
     m = evaluate(cfg)
+    assert m["memory_revisits"]["runs"][0]["kind"] == "turn" and "memory_turn.png" in {
+        f.name for f in (tmp_path / "e").iterdir()
+    }
     saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert saved["psnr_gain_db"] == pytest.approx(m["psnr_db_mean"] - m["copy_last_psnr_db_mean"])
     for key in ("psnr_db", "copy_last_psnr_db", "ssim", "copy_last_ssim", "idm_accuracy_generated"):
@@ -277,7 +282,7 @@ def test_eval_scores_night_from_day_on_toggle_data_and_refuses_data_without_one(
     rc = RecordConfig(num_episodes=4, episode_len=64, policy="explore_lights", seed=98000, out=str(tmp_path / "l"))
     lights = record(rc)
     base = {"checkpoint": str(tiny), "data": str(gt_data), "horizon": 4, "max_episodes": 1, "idm_data": str(gt_data)}
-    only = {"idm_steps": 5, "turn_starts": 0, "drift_frames": 0}
+    only = {"idm_steps": 5, "turn_starts": 0, "drift_frames": 0, "memory_revisits": MemoryEvalConfig(starts=0)}
     m = evaluate(EvalConfig(**base, **only, out=str(tmp_path / "e"), night_data=str(lights.root)))
     n = m["night_from_day"]
     assert n["toggles"] >= 1 and n["night_frames"] >= n["toggles"]

@@ -16,8 +16,9 @@ business (``envs.starts``): the engine takes frames, poses and inputs.
 With ``memory`` on, the engine keeps the session's spatial memory bank
 (``worldsim.memory.bank``): every clean chunk (the start's and each generated one) goes in
 with its poses, first frame and state (the parity of the memory's ``state_key`` presses: day or
-night in the built-in world); before each chunk, the entries that overlap its view best and lie
-wholly before the rolling window are retrieved and given to the rollout (``step(memory=...)``).
+night in the built-in world); before each chunk, the entries that best cover what the rolling
+window does not show of its view, wholly older than the window, are retrieved and given to the
+rollout (``step(memory=...)``).
 The bank is part of a saved session.
 """
 
@@ -52,7 +53,6 @@ from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
 SESSION_VERSION = 4
-MEMORY_SWITCH = ("on", "off")
 
 
 @dataclass(frozen=True)
