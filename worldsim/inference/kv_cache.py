@@ -79,8 +79,8 @@ class KVCache:
             torch.cat([v if s == own else vv[:, :, s * n : (s + 1) * n] for s in slots], 2),
         )
 
-    def _write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> int:
-        """Store ``k, v (B, H, L, hd)`` (detached) in ``slot`` of ``layer`` -> the slot's first token."""
+    def _write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k, v (B, H, L, hd)`` (detached) in ``slot`` of ``layer``."""
         if k.shape[2] != self.chunk_tokens:
             raise WorldsimError(f"the KV cache holds chunks of {self.chunk_tokens} tokens, got {k.shape[2]}")
         if self.k is None or self.v is None:
@@ -91,7 +91,6 @@ class KVCache:
         s = slot * self.chunk_tokens
         self.k[layer, :, :, s : s + self.chunk_tokens] = k.detach()
         self.v[layer, :, :, s : s + self.chunk_tokens] = v.detach()
-        return s
 
     # -- what the rollout calls ---------------------------------------------------------------
     def use_memory(self, n: int) -> None:
