@@ -108,31 +108,60 @@ def view_points(
     return rays / rays.norm(dim=1, keepdim=True) * (radius_m * s.pow(1 / 3))[:, None]
 
 
+def view_projections(w2c: torch.Tensor, intrinsics: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """``(M, 4, 4)`` float32: each camera ``w2c (M, 4, 4)`` (float64), with ``intrinsics (3, 3)``
+    pixels of ``frame_size`` frames, packed for :func:`view_coverage`: one matrix product takes a
+    homogeneous world point ``(X, 1)`` to ``(a z, b z, z, |X - C|^2 - |X|^2)``, where ``z`` is the
+    depth, ``a = (u - W/2) / (W/2)`` and ``b = (v - H/2) / (H/2)`` the pixel position scaled to
+    [-1, 1] across the image and ``C`` the camera centre: rows ``S K [R | t]`` (``S`` the scaling)
+    and ``(-2 C, |C|^2)``. Made once per camera (the bank keeps them), so a query is one GEMM and
+    three comparisons per candidate and point."""
+    w2c, k = w2c.double(), intrinsics.double()
+    h, w = frame_size
+    scale = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)
+    out = torch.zeros(len(w2c), 4, 4, dtype=torch.float64)
+    out[:, :3] = scale @ k @ w2c[:, :3]
+    centre = -(w2c[:, :3, :3].transpose(1, 2) @ w2c[:, :3, 3:]).squeeze(2)  # C = -R^T t
+    out[:, 3, :3] = -2 * centre
+    out[:, 3, 3] = (centre * centre).sum(1)
+    return out.float()
+
+
+class PlacedPoints:
+    """A query camera's view ``points (N, 3)`` (camera frame, :func:`view_points`) placed in the
+    world by ``query_anchor (4, 4)`` (camera-to-world, float64), ready to be tested against many
+    candidate cameras (:meth:`seen_by`); made once per query."""
+
+    def __init__(self, points: torch.Tensor, query_anchor: torch.Tensor, radius_m: float):
+        world = points.double() @ query_anchor[:3, :3].T.double() + query_anchor[:3, 3].double()  # (N, 3)
+        self.homog = torch.cat([world, torch.ones(len(world), 1, dtype=world.dtype)], 1).float()  # (N, 4)
+        self.reach = (radius_m * radius_m - (world * world).sum(1)).float().numpy()  # |X - C|^2 <= r^2
+
+    def seen_by(self, by_row: np.ndarray, points: int | None = None) -> np.ndarray:
+        """``(M, n)`` bool: which of the first ``points`` (all by default) each candidate camera
+        sees (in front, inside its image, within ``radius_m``); ``by_row (4, M, 4)`` float32: the
+        candidates' :func:`view_projections` row by row (``projections.transpose(1, 0, 2)``: every
+        candidate's first row, then every second row...), so the product comes out as four
+        contiguous ``(M, n)`` planes. One float32 GEMM (in torch: one thread pool); the comparisons
+        in numpy, several times faster than torch's for boolean arrays this size. The same answer
+        every run."""
+        m = by_row.shape[1]
+        homog, reach = self.homog[:points], self.reach[:points]
+        a, b, z, d = (torch.from_numpy(by_row).view(4 * m, 4) @ homog.T).numpy().reshape(4, m, len(homog))
+        # In the image: -1 <= a < 1 (and b) multiplied out by z, which |a| z < z makes positive.
+        return (np.maximum(np.abs(a), np.abs(b)) < z) & (d <= reach)
+
+
 def view_coverage(
-    points: torch.Tensor,
-    query_anchor: torch.Tensor,
-    cand_w2c: torch.Tensor,
-    intrinsics: torch.Tensor,
-    frame_size: tuple[int, int],
-    radius_m: float,
+    points: torch.Tensor, query_anchor: torch.Tensor, projections: torch.Tensor, radius_m: float
 ) -> torch.Tensor:
     """``(M, N)`` bool: which of the query camera's view ``points (N, 3)`` (camera frame,
-    :func:`view_points`) each candidate camera ``cand_w2c (M, 4, 4)`` sees: in front, inside the
-    image of ``frame_size`` and ``intrinsics (3, 3)``, within ``radius_m``. ``query_anchor (4,
-    4)`` camera-to-world. Inputs float64; the points are placed in the world in float64 and
-    projected into the candidates in float32 (a third of the time; the same answer every run)."""
-    world = (points @ query_anchor[:3, :3].T + query_anchor[:3, 3]).float()  # (N, 3)
-    w2c = cand_w2c.float()
-    m = len(w2c)
-    rotated = (w2c[:, :3, :3].reshape(3 * m, 3) @ world.T).view(m, 3, -1)  # one GEMM, not M small ones
-    x, y, z = (rotated + w2c[:, :3, 3:]).unbind(1)  # each (M, N)
-    k = intrinsics.float()
-    h, w = frame_size
-    # In the image: 0 <= fx x / z + cx < w (and the same for v), multiplied out by z > 0.
-    u = k[0, 0] * x + k[0, 2] * z
-    v = k[1, 1] * y + k[1, 2] * z
-    inside = (z > 1e-3) & (u >= 0) & (u < w * z) & (v >= 0) & (v < h * z)
-    return inside & (x * x + y * y + z * z <= radius_m * radius_m)
+    :func:`view_points`) each candidate camera sees: in front, inside its image, within
+    ``radius_m``. ``query_anchor (4, 4)`` camera-to-world, float64; ``projections (M, 4, 4)``
+    float32, the candidates' :func:`view_projections`. The points are placed in the world in
+    float64 and projected in float32 (:class:`PlacedPoints`)."""
+    by_row = np.ascontiguousarray(projections.numpy().transpose(1, 0, 2))
+    return torch.from_numpy(PlacedPoints(points, query_anchor, radius_m).seen_by(by_row))
 
 
 class MemoryBank:
@@ -149,6 +178,9 @@ class MemoryBank:
         self.c2w = torch.zeros(cfg.capacity, 0, 4, 4, dtype=torch.float64)  # (capacity, k, 4, 4) once known
         self.anchor = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)  # each entry's newest pose
         self.anchor_w2c = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)
+        # Derived from the anchors, for the reading path (numpy gathers rows several times faster).
+        self.position = np.zeros((cfg.capacity, 3))  # anchor positions, float64
+        self.projection = np.zeros((4, cfg.capacity, 4), np.float32)  # view_projections by row (seen_by)
         self.frame = torch.full((cfg.capacity,), -1, dtype=torch.int64)  # first frame; -1: a free slot
         self.state = torch.zeros(cfg.capacity, dtype=torch.int64)
         self.last_used = torch.zeros(cfg.capacity, dtype=torch.int64)  # retrieval clock of the last use
@@ -216,8 +248,11 @@ class MemoryBank:
         return slot
 
     def _index(self, slot: int) -> None:
-        """Enter a filled slot in the place index and the spatial hash (by its stored anchor)."""
+        """Enter a filled slot in the place index and the spatial hash and derive its reading
+        arrays (from its stored anchor)."""
         anchor = self.anchor[slot]
+        self.position[slot] = anchor[:3, 3].numpy()
+        self.projection[:, slot] = view_projections(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[0]
         self._place[self._place_key(anchor)] = slot
         cell = self._hash_cell(anchor[:3, 3])
         self._hash.setdefault(cell, set()).add(slot)
@@ -240,19 +275,19 @@ class MemoryBank:
         """``(M,)`` int64 slots that may be retrieved for a chunk with poses ``query_c2w (k, 4, 4)``:
         anchors within ``radius_m`` of the query's anchor, every frame before ``before_frame``,
         in ``state``; in slot order."""
-        q = self._anchor(query_c2w)[:3, 3]
-        cx, cy, cz = self._hash_cell(q)
+        anchor = self._anchor(query_c2w)[:3, 3]
+        cx, cy, cz = self._hash_cell(anchor)
+        q = anchor.numpy()
         cells = [(cx + dx, cy + dy, cz + dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)]
         arrays = [self._cell_slots(c) for c in cells if c in self._hash]
         if not arrays:
             return torch.zeros(0, dtype=torch.int64)
-        slots = torch.from_numpy(np.sort(np.concatenate(arrays)))
-        k = self.c2w.shape[1]
-        d = self.anchor[slots, :3, 3] - q
-        keep = (d * d).sum(1) <= self.cfg.radius_m**2
-        keep &= self.frame[slots] + k <= before_frame
-        keep &= self.state[slots] == state
-        return slots[keep]
+        slots = np.concatenate(arrays)
+        d = np.take(self.position, slots, axis=0) - q
+        slots = slots[np.einsum("ij,ij->i", d, d) <= self.cfg.radius_m**2]
+        keep = np.take(self.frame.numpy(), slots) + self.c2w.shape[1] <= before_frame
+        keep &= np.take(self.state.numpy(), slots) == state
+        return torch.from_numpy(np.sort(slots[keep]))
 
     def _cell_slots(self, cell: tuple[int, int, int]) -> np.ndarray:
         """The slots of a hash cell as an int64 array, kept until the cell changes."""
@@ -263,19 +298,16 @@ class MemoryBank:
     def coverage(self, query_c2w: torch.Tensor, slots: torch.Tensor, points: int | None = None) -> torch.Tensor:
         """``(M, N)`` bool: which of the query's view points (the first ``points``; all by
         default) each entry's anchor camera sees."""
-        return view_coverage(
-            self.points[:points],
-            self._anchor(query_c2w),
-            self.anchor_w2c[slots],
-            self.intrinsics,
-            self.frame_size,
-            self.cfg.radius_m,
-        )
+        placed = PlacedPoints(self.points, self._anchor(query_c2w), self.cfg.radius_m)
+        return torch.from_numpy(placed.seen_by(np.take(self.projection, slots.numpy(), axis=1), points))
 
     def distance_penalty(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M,)`` float64: ``distance_weight`` x anchor distance / ``radius_m`` (module docstring)."""
-        dist = (self.anchor[slots, :3, 3] - self._anchor(query_c2w)[:3, 3]).norm(dim=1)
-        return self.cfg.distance_weight * dist / self.cfg.radius_m
+        return torch.from_numpy(self._penalty(self._anchor(query_c2w)[:3, 3].numpy(), slots.numpy()))
+
+    def _penalty(self, position: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        d = np.take(self.position, slots, axis=0) - position
+        return self.cfg.distance_weight * np.sqrt(np.einsum("ij,ij->i", d, d)) / self.cfg.radius_m
 
     def scores(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M,)`` float64 single-entry scores: coverage minus the distance term (module docstring)."""
@@ -289,26 +321,27 @@ class MemoryBank:
         diversity-aware, after the coarse pass: module docstring); ``context_c2w (W, 4, 4)``: the
         anchors of the chunks the context holds, whose view counts as covered. Marks the hits
         used for the eviction rule."""
-        slots = self.candidates(query_c2w, before_frame, state)
+        slots = self.candidates(query_c2w, before_frame, state).numpy()
         if not len(slots):
             return []
+        anchor = self._anchor(query_c2w)
+        placed = PlacedPoints(self.points, anchor, self.cfg.radius_m)
         if len(slots) > self.cfg.shortlist:
-            coarse = self.coverage(query_c2w, slots, self.cfg.coarse_points).double().mean(1)
-            best_first = torch.sort(coarse, descending=True, stable=True).indices  # ties: the lowest slot first
-            slots = slots[best_first[: self.cfg.shortlist].sort().values]
-        seen = self.coverage(query_c2w, slots)
-        penalty = self.distance_penalty(query_c2w, slots)
-        covered = torch.zeros(seen.shape[1], dtype=torch.bool)
+            coarse = placed.seen_by(np.take(self.projection, slots, axis=1), self.cfg.coarse_points).sum(1)
+            best_first = np.argsort(-coarse, kind="stable")  # ties: the lowest slot first
+            slots = slots[np.sort(best_first[: self.cfg.shortlist])]
+        seen = placed.seen_by(np.take(self.projection, slots, axis=1))
+        penalty = self._penalty(anchor[:3, 3].numpy(), slots)
+        covered = np.zeros(seen.shape[1], dtype=bool)
         if context_c2w is not None and len(context_c2w):
             w2c = torch.linalg.inv(context_c2w.double().cpu())
-            anchor = self._anchor(query_c2w)
-            shown = view_coverage(self.points, anchor, w2c, self.intrinsics, self.frame_size, self.cfg.radius_m)
-            covered = shown.any(0)
+            shown = view_projections(w2c, self.intrinsics, self.frame_size).transpose(0, 1).contiguous()
+            covered = np.any(placed.seen_by(shown.numpy()), axis=0)
         hits: list[MemoryHit] = []
         self.clock += 1
         for _ in range(self.cfg.top_k):
-            gain = (seen & ~covered).double().mean(1) - penalty
-            best = int(torch.argmax(gain))  # ties: the lowest slot
+            gain = (seen & ~covered).mean(1) - penalty
+            best = int(np.argmax(gain))  # ties: the lowest slot
             if gain[best] < self.cfg.min_score:
                 break
             slot = int(slots[best])
