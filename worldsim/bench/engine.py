@@ -16,7 +16,8 @@ What each number includes:
   memory off.
 * ``memory_on_*``: the default with the memory bank on (``memory_on_hit_share``: the share of
   chunks that retrieved an entry on the explore policy's wanderings);
-  ``memory_on_frames_per_s_ratio`` = memory on / off. ``memory_bank_*``: retrieval from a bank
+  ``memory_on_frames_per_s_ratio`` = memory on / off (the two engines step one chunk each in
+  turn, so that a machine whose speed drifts during the run slows both alike). ``memory_bank_*``: retrieval from a bank
   of ``--memory-entries`` entries (default 10,000: distinct places on a grid of position cells
   and heading sectors around the query walk, the checkpoint's latent size), p50/p95/max per
   chunk over ``--memory-queries`` query chunks walking through it, and the bank's bytes.
@@ -61,31 +62,47 @@ STAGES = ("context", "denoise", "cache_write", "decode", "memory")
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Seconds per stage of ``chunks`` steady-state chunks under the explore policy."""
-    k = engine.chunk_frames
-    engine.reset(
-        *world_start(seed, engine.context_frames, engine.key_names, engine.frame_size, engine.cfg.env).arrays()
-    )
-    acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
+    return _paired_chunk_times([engine], chunks, warmup, seed)[0]
+
+
+def _paired_chunk_times(
+    engines: list[Engine], chunks: int, warmup: int = 2, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """:func:`_chunk_times` for several engines at once, one chunk of each in turn (the order
+    reversed every chunk), so that a machine whose speed drifts during the run slows them alike
+    and their ratio holds."""
+    first = engines[0]
+    k = first.chunk_frames
+    start = world_start(seed, first.context_frames, first.key_names, first.frame_size, first.cfg.env)
+    for engine in engines:
+        engine.reset(*start.arrays())
+    acts = make_policy("explore", first.key_names, first.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
-    times: dict[str, list[float]] = {s: [] for s in (*STAGES, "hit")}
+    times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "hit")} for _ in engines]
     for c in range(chunks + warmup):
-        chunk = engine.step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
-        if c >= warmup:
-            for s in STAGES:
-                times[s].append(getattr(chunk.timings, f"{s}_s"))
-            times["hit"].append(float(bool(chunk.memory)))
-    return {s: np.array(v) for s, v in times.items()}
+        order = range(len(engines)) if c % 2 == 0 else reversed(range(len(engines)))
+        for i in order:
+            chunk = engines[i].step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
+            if c >= warmup:
+                for s in STAGES:
+                    times[i][s].append(getattr(chunk.timings, f"{s}_s"))
+                times[i]["hit"].append(float(bool(chunk.memory)))
+    return [{s: np.array(v) for s, v in t.items()} for t in times]
 
 
 def _rows(engine: Engine, chunks: int) -> dict[str, float]:
     """Medians per stage (ms), model = context + denoise + cache write, and frames/s."""
-    t = _chunk_times(engine, chunks)
+    return _stage_rows(_chunk_times(engine, chunks), engine.chunk_frames)
+
+
+def _stage_rows(t: dict[str, np.ndarray], chunk_frames: int) -> dict[str, float]:
+    """:func:`_rows` from measured stage times."""
     total = np.sum([t[s] for s in STAGES], axis=0)
     model = t["context"] + t["denoise"] + t["cache_write"]
     rows = {f"{s}_ms": 1000 * float(np.median(t[s])) for s in STAGES}
     rows["model_ms"] = 1000 * float(np.median(model))
-    rows["frames_per_s"] = engine.chunk_frames / float(np.median(total))
+    rows["frames_per_s"] = chunk_frames / float(np.median(total))
     rows["hit_share"] = float(t["hit"].mean())
     return rows
 
@@ -212,9 +229,12 @@ def bench_engine(
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
     res["first_chunk_s"] = time.perf_counter() - t0
-    for key, val in _rows(engine, chunks).items():
+    # Memory off (the default) and on, one chunk of each in turn: their ratio survives a drifting machine.
+    with_memory = load_engine(checkpoint, device=device, bf16=False, memory="on")
+    off, on = _paired_chunk_times([engine, with_memory], chunks)
+    for key, val in _stage_rows(off, k).items():
         res[f"default_{key}"] = val
-    for key, val in _rows(load_engine(checkpoint, device=device, bf16=False, memory="on"), chunks).items():
+    for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val
     res["memory_on_frames_per_s_ratio"] = res["memory_on_frames_per_s"] / res["default_frames_per_s"]
     res.update(bench_memory_bank(engine, memory_entries, memory_queries))
