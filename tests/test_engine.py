@@ -195,6 +195,20 @@ def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     assert other.steps == eng.steps
 
 
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_chunk_ckpt"])
+def test_the_same_seed_and_start_play_the_same_frames_with_context_noise(which, request):
+    """Everything random in a session comes from the engine's seed: the context noise the
+    ``cached`` policy draws at ``reset`` too, whatever the program did to torch's global RNG."""
+    ckpt = request.getfixturevalue(which)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        eng = load_engine(ckpt, seed=3, sampler=SamplerOverrides(context_sigma=0.2))
+        _world_reset(eng, 1)
+        runs.append([eng.step(*_inputs(2, "w", dx=3.0)).frames for _ in range(3)])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def test_engine_device_and_context_policy_are_checked_with_one_line(tiny_ckpt, tiny_session_ckpt):
     if not torch.cuda.is_available():
         with pytest.raises(WorldsimError, match="this torch sees no CUDA GPU") as e:

@@ -226,8 +226,10 @@ class Engine:
         latents = self._encode(frames)[None]
         # keys[-1] is unused (it would make frame T): the first step's inputs follow keys[-2].
         previous = keys[-2] if len(keys) >= 2 else np.zeros(len(self.key_names), np.uint8)
+        # The session's noise starts here: the cached policy's context noise comes from it too.
+        self.rng = self._generator(self.seed if seed is None else seed)
         with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
-            self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None])
+            self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None], self.rng)
         # Frame t's state counts the presses that made frames 1 .. t (keys[t - 1]).
         states = np.concatenate([[0], np.cumsum(self._presses(keys[:-1], np.zeros_like(keys[0])))]) % 2
         if self.memory_cfg is not None:
@@ -245,7 +247,6 @@ class Engine:
         self.last_memory_slot = -1
         self.state = CameraState.from_c2w(c2w[-1])
         self.previous_keys = previous.astype(np.uint8)
-        self.rng = self._generator(self.seed if seed is None else seed)
         self.steps = 0
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:

@@ -122,10 +122,17 @@ class ChunkRollout:
         return KVCache(self.model.cfg.depth, tokens, window, sink, self.memory_chunks if self.policy == "cached" else 0)
 
     # -- session ----------------------------------------------------------------------------
-    def reset(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor) -> None:
+    def reset(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        c2w: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> None:
         """Clean context ``latents (B, T0, C, h, w)``, ``actions (B, T0, A)``, ``c2w (B, T0, 4, 4)``;
         the newest whole chunks are kept (at most the window, plus the sink chunk when kept).
-        ``cached`` computes the context's keys and values here, once."""
+        ``cached`` computes the context's keys and values here, once, drawing the sampler's
+        context noise (``context_sigma > 0``) from ``generator`` (None: torch's global RNG)."""
         t0 = latents.shape[1]
         if t0 < self.k:
             raise WorldsimError(f"context of {t0} frames is shorter than one {self.k}-frame chunk")
@@ -138,15 +145,18 @@ class ChunkRollout:
             ref_idx = (starts - 1).clamp_min(0).repeat_interleave(self.k)
         idx = torch.arange(keep, device=dev)
         hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], c2w[:, ref_idx], idx)
-        self.restore(hist)
+        self.restore(hist, generator=generator)
 
-    def restore(self, history: History, cache: KVCache | None = None) -> None:
+    def restore(
+        self, history: History, cache: KVCache | None = None, generator: torch.Generator | None = None
+    ) -> None:
         """Continue a session from its history (a saved session); ``cached`` takes the saved
-        ``cache`` as is, or recomputes it from the history when none is given."""
+        ``cache`` as is, or recomputes it from the history when none is given (context noise from
+        ``generator``, as in :meth:`reset`)."""
         self.history = history
         if self.policy == "cached" and cache is None:
             with torch.no_grad():  # context keys and values never carry gradient
-                cache = self._context_cache(history)
+                cache = self._context_cache(history, generator=generator)
         self.cache = cache if self.policy == "cached" else None
 
     def _positions(self, ctx: History) -> tuple[torch.Tensor, torch.Tensor]:
