@@ -147,9 +147,7 @@ class ChunkRollout:
         hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], c2w[:, ref_idx], idx)
         self.restore(hist, generator=generator)
 
-    def restore(
-        self, history: History, cache: KVCache | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    def restore(self, history: History, cache: KVCache | None = None, generator: torch.Generator | None = None) -> None:
         """Continue a session from its history (a saved session); ``cached`` takes the saved
         ``cache`` as is, or recomputes it from the history when none is given (context noise from
         ``generator``, as in :meth:`reset`)."""
