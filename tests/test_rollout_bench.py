@@ -13,7 +13,7 @@ from test_engine import make_tiny_checkpoint
 
 from envs.starts import world_start
 from worldsim import load_engine
-from worldsim.bench.engine import _rows, bench_engine
+from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_engine
 from worldsim.cli.rollout import RolloutConfig, run_rollout
 from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
@@ -293,3 +293,24 @@ def test_bench_soak_cli_prints_every_window(tiny, tmp_path):
     res = json.loads((tmp_path / "soak.json").read_text())["soak"]
     assert len(res["windows"]) == 4 and "chunk time last/first window" in p.stdout
     assert all(f"{w['frames']:>8.0f}" in p.stdout for w in res["windows"])
+
+
+def test_paired_bench_steps_the_engines_in_turn_and_keeps_their_times_apart(tiny, monkeypatch):
+    """Memory off and on are timed one chunk each in turn (the order reversed every chunk), so a
+    machine that slows during the run slows both; each engine's rows are its own chunks."""
+    order = []
+    engines = [load_engine(tiny), load_engine(tiny)]
+    for i, eng in enumerate(engines):
+        real_step = eng.step
+
+        def step(keys, mouse, i=i, real_step=real_step):
+            order.append(i)
+            out = real_step(keys, mouse)
+            return dataclasses.replace(out, timings=ChunkTimings(denoise_s=0.01 * (i + 1), decode_s=0.01))
+
+        monkeypatch.setattr(eng, "step", step)
+    off, on = _paired_chunk_times(engines, chunks=3, warmup=1)
+    assert order == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert len(off["denoise"]) == len(on["denoise"]) == 3
+    assert np.all(off["denoise"] == 0.01) and np.all(on["denoise"] == 0.02)
+    assert _stage_rows(on, 2)["model_ms"] == pytest.approx(20.0)
