@@ -209,6 +209,22 @@ def test_the_same_seed_and_start_play_the_same_frames_with_context_noise(which, 
     assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
 
 
+def test_a_refused_reset_leaves_the_session_as_it_was(tiny_chunk_ckpt):
+    """A context the rollout refuses (shorter than a chunk) changes nothing: the next chunks are
+    those of a session that never saw the call, noise included."""
+    runs = []
+    for refuse in (False, True):
+        eng = load_engine(tiny_chunk_ckpt, seed=3, sampler=SamplerOverrides(context_sigma=0.2))
+        _world_reset(eng, 1)
+        first = eng.step(*_inputs(2, "w")).frames
+        if refuse:
+            start = world_start(2, eng.context_frames, eng.key_names, eng.frame_size)
+            with pytest.raises(WorldsimError, match="shorter than one"):
+                eng.reset(start.frames[:1], start.c2w[:1], start.keys[:1], start.mouse[:1], seed=9)
+        runs.append([first] + [eng.step(*_inputs(2, "d", dx=4.0)).frames for _ in range(2)])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def test_engine_device_and_context_policy_are_checked_with_one_line(tiny_ckpt, tiny_session_ckpt):
     if not torch.cuda.is_available():
         with pytest.raises(WorldsimError, match="this torch sees no CUDA GPU") as e:

@@ -48,6 +48,18 @@ def test_an_entry_seen_from_the_same_pose_scores_highest_and_one_facing_away_zer
     assert scores[same] == 1.0 and scores[away] == 0.0
     assert max(scores.values()) == 1.0 and sum(v == 1.0 for v in scores.values()) == 1
     assert bank.retrieve(query[None].expand(2, 4, 4), before_frame=1000)[0].slot == same
+    # At the same place and heading but pitched 70 degrees up or down: the images share a sliver.
+    pitched = _bank()
+    for pitch in (70.0, -70.0):
+        slot = pitched.add(*_chunk(_pose(0.0, 0.0, 30.0, pitch_deg=pitch)), frame=0)
+        level = _pose(0.0, 0.0, 30.0)[None].expand(2, 4, 4)
+        assert pitched.coverage(level, torch.tensor([slot])).double().mean() < 0.15
+    # The same far from the world's origin: the entry at the query's pose still covers every point.
+    far = _bank()
+    for x, y in ((10_000.0, -7_000.0), (-3_000.5, 2_000.25)):
+        pose = _pose(x, y, 40.0, pitch_deg=-20.0)
+        slot = far.add(*_chunk(pose), frame=0)
+        assert far.coverage(pose[None].expand(2, 4, 4), torch.tensor([slot])).all()
     # 10 m behind, facing the same way: (almost) every point is in its image, but it sees 20 m far.
     behind = _bank()
     slot = behind.add(*_chunk(_pose(0.0, -10.0, 0.0)), frame=0)
@@ -55,10 +67,48 @@ def test_an_entry_seen_from_the_same_pose_scores_highest_and_one_facing_away_zer
     assert 0.05 < seen < 0.5
 
 
-def test_scores_and_retrieval_are_invariant_to_a_global_rigid_motion():
+def _seen_directly(bank, query, slots):
+    """The coverage by its definition, in float64: each point into each entry's camera frame,
+    projected with the intrinsics; in front, inside the image, within ``radius_m``."""
+    world = bank.points @ query[:3, :3].T + query[:3, 3]
+    cam = torch.einsum("mij,nj->mni", torch.linalg.inv(bank.anchor[slots])[:, :3, :3], world)
+    cam = cam + torch.linalg.inv(bank.anchor[slots])[:, None, :3, 3]
+    x, y, z = cam.unbind(-1)
+    u, v = K[0, 0] * x / z + K[0, 2], K[1, 1] * y / z + K[1, 2]
+    inside = (z > 0) & (u > 0) & (u < SIZE[1]) & (v > 0) & (v < SIZE[0])
+    return inside & (cam.norm(dim=-1) <= bank.cfg.radius_m)
+
+
+def test_coverage_is_the_direct_projection_of_every_point():
+    g = torch.Generator().manual_seed(5)
+    bank = _bank(cell_m=0.1)
+    for i in range(80):  # near one another, every heading, pitched up to 40 degrees
+        x, y = (torch.rand(2, generator=g) * 30 - 15).tolist()
+        yaw, pitch = float(torch.rand(1, generator=g) * 360), float(torch.rand(1, generator=g) * 80 - 40)
+        bank.add(*_chunk(_pose(x, y, yaw, pitch_deg=pitch)), frame=2 * i)
+    slots = torch.arange(len(bank))
+    wrong = total = 0
+    for _ in range(10):
+        x, y = (torch.rand(2, generator=g) * 30 - 15).tolist()
+        query = _pose(
+            x, y, float(torch.rand(1, generator=g) * 360), pitch_deg=float(torch.rand(1, generator=g) * 40 - 20)
+        )
+        got = bank.coverage(query[None].expand(2, 4, 4), slots)
+        want = _seen_directly(bank, query, slots)
+        wrong += int((got != want).sum())
+        total += want.numel()
+        assert want.any(1).sum() > 10  # many entries see part of the view
+    assert wrong <= total // 10_000, (wrong, total)  # float32 against float64: at most a rare boundary point
+
+
+@pytest.mark.parametrize("shift_m", [(123.4, -56.7, 8.9), (4321.0, -2987.5, 8.9)])
+def test_scores_and_retrieval_are_invariant_to_a_global_rigid_motion(shift_m):
+    """Also kilometres from the world's origin, where float32 world coordinates would round the
+    reach test (the geometry is computed relative to the query)."""
     g = torch.Generator().manual_seed(1)
     c, s = math.cos(1.1), math.sin(1.1)  # a rigid motion exact in float64: turn about z, then shift
-    moved = torch.tensor([[c, -s, 0, 123.4], [s, c, 0, -56.7], [0, 0, 1, 8.9], [0, 0, 0, 1]], dtype=torch.float64)
+    x, y, z = shift_m
+    moved = torch.tensor([[c, -s, 0, x], [s, c, 0, y], [0, 0, 1, z], [0, 0, 0, 1]], dtype=torch.float64)
     a, b = _random_bank(g, top_k=3, min_score=0.05), _bank(top_k=3, min_score=0.05)
     for slot in range(len(a)):
         b.add(a.latents[slot], a.actions[slot], moved @ a.c2w[slot], int(a.frame[slot]), int(a.state[slot]))

@@ -16,8 +16,9 @@ What each number includes:
   memory off.
 * ``memory_on_*``: the default with the memory bank on (``memory_on_hit_share``: the share of
   chunks that retrieved an entry on the explore policy's wanderings);
-  ``memory_on_frames_per_s_ratio`` = memory on / off (the two engines step one chunk each in
-  turn, so that a machine whose speed drifts during the run slows both alike). ``memory_bank_*``: retrieval from a bank
+  ``memory_on_frames_per_s_ratio`` = memory on / ``memory_off_paired_frames_per_s``: the default
+  engine again, the two stepping one chunk each in turn so that a machine whose speed drifts
+  during the run slows both alike (every other row times one engine alone). ``memory_bank_*``: retrieval from a bank
   of ``--memory-entries`` entries (default 10,000: distinct places on a grid of position cells
   and heading sectors around the query walk, the checkpoint's latent size), p50/p95/max per
   chunk over ``--memory-queries`` query chunks walking through it, and the bank's bytes.
@@ -135,13 +136,14 @@ def bench_memory_bank(engine: Engine, entries: int = 10_000, queries: int = 200)
         times.append(time.perf_counter() - t0)
     ms = 1000 * np.array(times)
     stored = [bank.latents, bank.actions, bank.c2w, bank.anchor, bank.anchor_w2c]
+    derived = bank.position.nbytes + bank.rows.nbytes + bank.packed.nbytes
     return {
         "memory_bank_entries": entries,
         "memory_bank_retrieve_p50_ms": float(np.percentile(ms, 50)),
         "memory_bank_retrieve_p95_ms": float(np.percentile(ms, 95)),
         "memory_bank_retrieve_max_ms": float(ms.max()),
         "memory_bank_hit_share": hits / queries,
-        "memory_bank_MB": sum(x.numel() * x.element_size() for x in stored if x is not None) / 2**20,
+        "memory_bank_MB": (sum(x.numel() * x.element_size() for x in stored if x is not None) + derived) / 2**20,
     }
 
 
@@ -229,14 +231,16 @@ def bench_engine(
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
     res["first_chunk_s"] = time.perf_counter() - t0
-    # Memory off (the default) and on, one chunk of each in turn: their ratio survives a drifting machine.
-    with_memory = load_engine(checkpoint, device=device, bf16=False, memory="on")
-    off, on = _paired_chunk_times([engine, with_memory], chunks)
-    for key, val in _stage_rows(off, k).items():
+    for key, val in _rows(engine, chunks).items():
         res[f"default_{key}"] = val
+    # Memory off and on, one chunk of each in turn: their ratio survives a drifting machine.
+    without = load_engine(checkpoint, device=device, bf16=False)
+    with_memory = load_engine(checkpoint, device=device, bf16=False, memory="on")
+    off, on = _paired_chunk_times([without, with_memory], chunks)
     for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val
-    res["memory_on_frames_per_s_ratio"] = res["memory_on_frames_per_s"] / res["default_frames_per_s"]
+    res["memory_off_paired_frames_per_s"] = _stage_rows(off, k)["frames_per_s"]
+    res["memory_on_frames_per_s_ratio"] = res["memory_on_frames_per_s"] / res["memory_off_paired_frames_per_s"]
     res.update(bench_memory_bank(engine, memory_entries, memory_queries))
     # Each context policy the checkpoint's conditioning allows, at each step count (fp32).
     policies = [p for p in CONTEXT_POLICIES if p == "rebuild" or engine.cfg.conditioning.cacheable]

@@ -61,7 +61,7 @@ class RolloutProbe:
         n = context_chunks * self.k
         lat = torch.randn(1, n, ch, lh, lw, generator=self.g, device=self.device)
         with torch.inference_mode():
-            self.rollout.reset(lat, self._actions(n), self._poses(n))
+            self.rollout.reset(lat, self._actions(n), self._poses(n), self.g)
 
     def _actions(self, n: int) -> torch.Tensor:
         a_dim = self.rollout.model.cfg.action_dim

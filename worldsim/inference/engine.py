@@ -226,10 +226,12 @@ class Engine:
         latents = self._encode(frames)[None]
         # keys[-1] is unused (it would make frame T): the first step's inputs follow keys[-2].
         previous = keys[-2] if len(keys) >= 2 else np.zeros(len(self.key_names), np.uint8)
-        # The session's noise starts here: the cached policy's context noise comes from it too.
-        self.rng = self._generator(self.seed if seed is None else seed)
+        # The session's noise starts here (the cached policy's context noise comes from it too);
+        # it replaces the old session's only once the rollout has taken the context.
+        rng = self._generator(self.seed if seed is None else seed)
         with torch.inference_mode(), self.amp:  # the cached policy writes the context's keys here
-            self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None], self.rng)
+            self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None], rng)
+        self.rng = rng
         # Frame t's state counts the presses that made frames 1 .. t (keys[t - 1]).
         states = np.concatenate([[0], np.cumsum(self._presses(keys[:-1], np.zeros_like(keys[0])))]) % 2
         if self.memory_cfg is not None:

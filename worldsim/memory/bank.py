@@ -108,60 +108,113 @@ def view_points(
     return rays / rays.norm(dim=1, keepdim=True) * (radius_m * s.pow(1 / 3))[:, None]
 
 
-def view_projections(w2c: torch.Tensor, intrinsics: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
-    """``(M, 4, 4)`` float32: each camera ``w2c (M, 4, 4)`` (float64), with ``intrinsics (3, 3)``
-    pixels of ``frame_size`` frames, packed for :func:`view_coverage`: one matrix product takes a
-    homogeneous world point ``(X, 1)`` to ``(a z, b z, z, |X - C|^2 - |X|^2)``, where ``z`` is the
-    depth, ``a = (u - W/2) / (W/2)`` and ``b = (v - H/2) / (H/2)`` the pixel position scaled to
-    [-1, 1] across the image and ``C`` the camera centre: rows ``S K [R | t]`` (``S`` the scaling)
-    and ``(-2 C, |C|^2)``. Made once per camera (the bank keeps them), so a query is one GEMM and
-    three comparisons per candidate and point."""
-    w2c, k = w2c.double(), intrinsics.double()
+def _image_scaled(intrinsics: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """``S K`` (float64): the intrinsics followed by the scaling of pixels to [-1, 1] across the image."""
     h, w = frame_size
     scale = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)
-    out = torch.zeros(len(w2c), 4, 4, dtype=torch.float64)
-    out[:, :3] = scale @ k @ w2c[:, :3]
-    centre = -(w2c[:, :3, :3].transpose(1, 2) @ w2c[:, :3, 3:]).squeeze(2)  # C = -R^T t
-    out[:, 3, :3] = -2 * centre
-    out[:, 3, 3] = (centre * centre).sum(1)
-    return out.float()
+    return scale @ intrinsics.double()
+
+
+def view_rows(w2c: torch.Tensor, intrinsics: torch.Tensor, frame_size: tuple[int, int]) -> np.ndarray:
+    """``(3, M, 3)`` float32: the rotation part of each camera's projection, ``S K R`` for
+    ``w2c (M, 4, 4)`` with ``intrinsics (3, 3)`` pixels of ``frame_size`` frames, stored row by row
+    (every camera's first row, then every second, then every third) for :meth:`PlacedPoints.seen_by`.
+    ``S`` scales pixels to [-1, 1] across the image, so a camera-centred point ``Y = X - C`` maps
+    to ``(a z, b z, z)``: ``z`` the depth, ``a = (u - W/2) / (W/2)``, ``b = (v - H/2) / (H/2)``.
+    Rotations only: the translation is made per query from the cameras' centres relative to the
+    query (small numbers, so float32 stays exact enough anywhere in the world)."""
+    return (_image_scaled(intrinsics, frame_size) @ w2c.double()[:, :3, :3]).transpose(0, 1).float().numpy()
+
+
+def world_projections(w2c: torch.Tensor, intrinsics: torch.Tensor, frame_size: tuple[int, int]) -> np.ndarray:
+    """``(4, M, 4)`` float32, row by row: each camera's whole projection ``S K [R | t]``
+    (:func:`view_rows`) and ``(-2 C, |C|^2)``, so one product with a homogeneous world point
+    ``(X, 1)`` gives ``(a z, b z, z, |X - C|^2 - |X|^2)`` with no per-query work. In world
+    coordinates, so float32 moves the reach boundary by centimetres kilometres from the origin:
+    used only to rank candidates in the coarse pass (:meth:`PlacedPoints.ranked_by`), never to
+    score them."""
+    w2c = w2c.double()
+    out = np.zeros((4, len(w2c), 4))
+    out[:3] = (_image_scaled(intrinsics, frame_size) @ w2c[:, :3]).transpose(0, 1).numpy()
+    centre = camera_centres(w2c)
+    out[3, :, :3] = -2 * centre
+    out[3, :, 3] = (centre * centre).sum(1)
+    return out.astype(np.float32)
 
 
 class PlacedPoints:
     """A query camera's view ``points (N, 3)`` (camera frame, :func:`view_points`) placed in the
     world by ``query_anchor (4, 4)`` (camera-to-world, float64), ready to be tested against many
-    candidate cameras (:meth:`seen_by`); made once per query."""
+    candidate cameras (:meth:`seen_by`); made once per query. Everything is relative to the
+    query's position ``origin``, so float32 holds the geometry to a fraction of a millimetre
+    wherever the player has walked (tested kilometres from the world's origin)."""
 
     def __init__(self, points: torch.Tensor, query_anchor: torch.Tensor, radius_m: float):
-        world = points.double() @ query_anchor[:3, :3].T.double() + query_anchor[:3, 3].double()  # (N, 3)
-        self.homog = torch.cat([world, torch.ones(len(world), 1, dtype=world.dtype)], 1).float()  # (N, 4)
-        self.reach = (radius_m * radius_m - (world * world).sum(1)).float().numpy()  # |X - C|^2 <= r^2
+        self.origin = query_anchor[:3, 3].double().numpy()
+        local = (points.double() @ query_anchor[:3, :3].T.double()).numpy()  # (N, 3) X - origin
+        self.local = local.astype(np.float32)
+        self.reach = (radius_m * radius_m - (local * local).sum(1)).astype(np.float32)  # r^2 - |x|^2 per point
+        world = local + self.origin
+        self.world = torch.from_numpy(np.concatenate([world, np.ones((len(world), 1))], 1).astype(np.float32))
+        self.world_reach = (radius_m * radius_m - (world * world).sum(1)).astype(np.float32)
 
-    def seen_by(self, by_row: np.ndarray, points: int | None = None) -> np.ndarray:
+    def seen_by(self, rows: np.ndarray, centres: np.ndarray, points: int | None = None) -> np.ndarray:
         """``(M, n)`` bool: which of the first ``points`` (all by default) each candidate camera
-        sees (in front, inside its image, within ``radius_m``); ``by_row (4, M, 4)`` float32: the
-        candidates' :func:`view_projections` row by row (``projections.transpose(1, 0, 2)``: every
-        candidate's first row, then every second row...), so the product comes out as four
-        contiguous ``(M, n)`` planes. One float32 GEMM (in torch: one thread pool); the comparisons
-        in numpy, several times faster than torch's for boolean arrays this size. The same answer
-        every run."""
-        m = by_row.shape[1]
-        homog, reach = self.homog[:points], self.reach[:points]
-        a, b, z, d = (torch.from_numpy(by_row).view(4 * m, 4) @ homog.T).numpy().reshape(4, m, len(homog))
-        # In the image: -1 <= a < 1 (and b) multiplied out by z, which |a| z < z makes positive.
-        return (np.maximum(np.abs(a), np.abs(b)) < z) & (d <= reach)
+        sees: in front, inside its image, within ``radius_m`` of it. ``rows (3, M, 3)`` float32:
+        the candidates' :func:`view_rows`; ``centres (M, 3)`` float64 their positions.
+
+        With ``c`` a candidate's centre relative to the origin and ``x`` a point's, one float32
+        GEMM of ``[S K R | -S K R c]`` and ``(-2 c, |c|^2)`` with ``(x, 1)`` gives ``(a z, b z, z,
+        |x - c|^2 - |x|^2)``; in front and inside the image is ``max(|a z|, |b z|) < z`` (the
+        image's open interior; ``z > 0`` follows), within reach is ``|x - c|^2 <= r^2``. The GEMM
+        runs in torch (one thread pool), the comparisons in numpy (several times faster than
+        torch's for boolean arrays this size); the same answer every run."""
+        m = rows.shape[1]
+        local, reach = self.local[:points], self.reach[:points]
+        c = (centres - self.origin).astype(np.float32)  # (M, 3)
+        packed = np.empty((4, m, 4), np.float32)
+        packed[:3, :, :3] = rows
+        packed[:3, :, 3] = -np.einsum("rmj,mj->rm", rows, c)
+        packed[3, :, :3] = -2 * c
+        packed[3, :, 3] = np.einsum("mj,mj->m", c, c)
+        homog = torch.from_numpy(np.concatenate([local, np.ones((len(local), 1), np.float32)], 1))
+        return _inside(torch.from_numpy(packed).view(4 * m, 4) @ homog.T, reach)
+
+    def ranked_by(self, packed: np.ndarray, points: int | None = None) -> np.ndarray:
+        """:meth:`seen_by` for ranking only, from the candidates' :func:`world_projections`
+        ``packed (4, M, 4)``: one GEMM with nothing made per query or candidate (the coarse pass;
+        exact near the world's origin, boundaries off by centimetres kilometres from it)."""
+        m = packed.shape[1]
+        return _inside(torch.from_numpy(packed).view(4 * m, 4) @ self.world[:points].T, self.world_reach[:points])
+
+
+def _inside(product: torch.Tensor, reach: np.ndarray) -> np.ndarray:
+    """``(M, n)`` bool from the ``(4 M, n)`` product of packed rows with homogeneous points:
+    ``max(|a z|, |b z|) < z`` (in front, inside the image's open interior) and ``d <= reach``."""
+    a, b, z, d = product.numpy().reshape(4, -1, product.shape[1])
+    return (np.maximum(np.abs(a), np.abs(b)) < z) & (d <= reach)
+
+
+def camera_centres(w2c: torch.Tensor) -> np.ndarray:
+    """``(M, 3)`` float64 camera centres ``C = -R^T t`` of ``w2c (M, 4, 4)``."""
+    w2c = w2c.double()
+    return (-(w2c[:, :3, :3].transpose(1, 2) @ w2c[:, :3, 3:]).squeeze(2)).numpy()
 
 
 def view_coverage(
-    points: torch.Tensor, query_anchor: torch.Tensor, projections: torch.Tensor, radius_m: float
+    points: torch.Tensor,
+    query_anchor: torch.Tensor,
+    cand_w2c: torch.Tensor,
+    intrinsics: torch.Tensor,
+    frame_size: tuple[int, int],
+    radius_m: float,
 ) -> torch.Tensor:
     """``(M, N)`` bool: which of the query camera's view ``points (N, 3)`` (camera frame,
-    :func:`view_points`) each candidate camera sees: in front, inside its image, within
-    ``radius_m``. ``query_anchor (4, 4)`` camera-to-world, float64; ``projections (M, 4, 4)``
-    float32, the candidates' :func:`view_projections`. The points are placed in the world in
-    float64 and projected in float32 (:class:`PlacedPoints`)."""
-    by_row = np.ascontiguousarray(projections.numpy().transpose(1, 0, 2))
-    return torch.from_numpy(PlacedPoints(points, query_anchor, radius_m).seen_by(by_row))
+    :func:`view_points`) each candidate camera ``cand_w2c (M, 4, 4)`` sees: in front, inside the
+    image of ``frame_size`` and ``intrinsics (3, 3)``, within ``radius_m``. ``query_anchor (4,
+    4)`` camera-to-world. Inputs float64 (:class:`PlacedPoints` says how it is computed)."""
+    placed = PlacedPoints(points, query_anchor, radius_m)
+    return torch.from_numpy(placed.seen_by(view_rows(cand_w2c, intrinsics, frame_size), camera_centres(cand_w2c)))
 
 
 class MemoryBank:
@@ -179,8 +232,9 @@ class MemoryBank:
         self.anchor = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)  # each entry's newest pose
         self.anchor_w2c = torch.zeros(cfg.capacity, 4, 4, dtype=torch.float64)
         # Derived from the anchors, for the reading path (numpy gathers rows several times faster).
-        self.position = np.zeros((cfg.capacity, 3))  # anchor positions, float64
-        self.projection = np.zeros((4, cfg.capacity, 4), np.float32)  # view_projections by row (seen_by)
+        self.position = np.zeros((cfg.capacity, 3))  # anchor positions (camera centres), float64
+        self.rows = np.zeros((3, cfg.capacity, 3), np.float32)  # the anchors' view_rows
+        self.packed = np.zeros((4, cfg.capacity, 4), np.float32)  # their world_projections (coarse pass)
         self.frame = torch.full((cfg.capacity,), -1, dtype=torch.int64)  # first frame; -1: a free slot
         self.state = torch.zeros(cfg.capacity, dtype=torch.int64)
         self.last_used = torch.zeros(cfg.capacity, dtype=torch.int64)  # retrieval clock of the last use
@@ -252,7 +306,8 @@ class MemoryBank:
         arrays (from its stored anchor)."""
         anchor = self.anchor[slot]
         self.position[slot] = anchor[:3, 3].numpy()
-        self.projection[:, slot] = view_projections(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[0]
+        self.rows[:, slot] = view_rows(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[:, 0]
+        self.packed[:, slot] = world_projections(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[:, 0]
         self._place[self._place_key(anchor)] = slot
         cell = self._hash_cell(anchor[:3, 3])
         self._hash.setdefault(cell, set()).add(slot)
@@ -299,11 +354,15 @@ class MemoryBank:
         """``(M, N)`` bool: which of the query's view points (the first ``points``; all by
         default) each entry's anchor camera sees."""
         placed = PlacedPoints(self.points, self._anchor(query_c2w), self.cfg.radius_m)
-        return torch.from_numpy(placed.seen_by(np.take(self.projection, slots.numpy(), axis=1), points))
+        return torch.from_numpy(self._seen(placed, slots.numpy(), points))
 
     def distance_penalty(self, query_c2w: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``(M,)`` float64: ``distance_weight`` x anchor distance / ``radius_m`` (module docstring)."""
         return torch.from_numpy(self._penalty(self._anchor(query_c2w)[:3, 3].numpy(), slots.numpy()))
+
+    def _seen(self, placed: PlacedPoints, slots: np.ndarray, points: int | None = None) -> np.ndarray:
+        """:meth:`PlacedPoints.seen_by` for the entries at ``slots``."""
+        return placed.seen_by(np.take(self.rows, slots, axis=1), np.take(self.position, slots, axis=0), points)
 
     def _penalty(self, position: np.ndarray, slots: np.ndarray) -> np.ndarray:
         d = np.take(self.position, slots, axis=0) - position
@@ -327,16 +386,16 @@ class MemoryBank:
         anchor = self._anchor(query_c2w)
         placed = PlacedPoints(self.points, anchor, self.cfg.radius_m)
         if len(slots) > self.cfg.shortlist:
-            coarse = placed.seen_by(np.take(self.projection, slots, axis=1), self.cfg.coarse_points).sum(1)
+            coarse = placed.ranked_by(np.take(self.packed, slots, axis=1), self.cfg.coarse_points).sum(1)
             best_first = np.argsort(-coarse, kind="stable")  # ties: the lowest slot first
             slots = slots[np.sort(best_first[: self.cfg.shortlist])]
-        seen = placed.seen_by(np.take(self.projection, slots, axis=1))
+        seen = self._seen(placed, slots)
         penalty = self._penalty(anchor[:3, 3].numpy(), slots)
         covered = np.zeros(seen.shape[1], dtype=bool)
         if context_c2w is not None and len(context_c2w):
             w2c = torch.linalg.inv(context_c2w.double().cpu())
-            shown = view_projections(w2c, self.intrinsics, self.frame_size).transpose(0, 1).contiguous()
-            covered = np.any(placed.seen_by(shown.numpy()), axis=0)
+            shown = placed.seen_by(view_rows(w2c, self.intrinsics, self.frame_size), camera_centres(w2c))
+            covered = np.any(shown, axis=0)
         hits: list[MemoryHit] = []
         self.clock += 1
         for _ in range(self.cfg.top_k):

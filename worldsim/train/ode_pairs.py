@@ -180,9 +180,10 @@ def make_shard(
     n = b.x0.shape[1] - k
     x0, actions, c2w, ray_ref = (t.to(device) for t in (b.x0, b.actions, b.c2w, b.ray_ref))
     # Compact positions 0 .. n-1 for the context, as the teacher was trained (RoPE: only differences count).
-    rollout.restore(History(x0[:, :n], actions[:, :n], c2w[:, :n], ray_ref[:, :n], torch.arange(n, device=device)))
-    path: list[torch.Tensor] = []
     g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+    context = History(x0[:, :n], actions[:, :n], c2w[:, :n], ray_ref[:, :n], torch.arange(n, device=device))
+    rollout.restore(context, None, g)
+    path: list[torch.Tensor] = []
     end = rollout.step(actions[:, n:], c2w[:, n:], g, trajectory=path)
     out = {
         "context": x0[:, :n],

@@ -107,7 +107,7 @@ class SelfForcingDMD:
         x0, actions, c2w, ray_ref = batch.x0, batch.actions, batch.c2w, batch.ray_ref
         frames = torch.arange(n0, device=x0.device)
         gen = ChunkRollout(self.nets.generator, self.sampler, self.cond, self.intrinsics, self.ck.frame_size, "cached")
-        gen.restore(History(x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames))
+        gen.restore(History(x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames), None, generator)
         out = []
         for j, e in enumerate(exits):
             s = n0 + j * self.k

@@ -35,7 +35,7 @@ from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means
 from worldsim.data.reader import RolloutDataset
 from worldsim.inference.context import ConditioningConfig
-from worldsim.memory.bank import MemoryConfig, view_coverage, view_points, view_projections
+from worldsim.memory.bank import MemoryConfig, view_coverage, view_points
 from worldsim.memory.scoring import fov_overlap
 from worldsim.model.codec import Codec, frames_to_tensor
 from worldsim.model.plucker import clip_rays
@@ -221,8 +221,10 @@ class ClipSampler:
         """``(M,)`` float64: the share of frame ``query``'s view points (the bank's) that the
         cameras of frames ``anchors (M,)`` of episode ``e`` see."""
         c2w = self.split.c2w[e].double()
-        projections = view_projections(torch.linalg.inv(c2w[anchors]), self.split.intrinsics, self.split.frame_size)
-        seen = view_coverage(self.points, c2w[query], projections, BANK.radius_m)
+        w2c = torch.linalg.inv(c2w[anchors])
+        seen = view_coverage(
+            self.points, c2w[query], w2c, self.split.intrinsics.double(), self.split.frame_size, BANK.radius_m
+        )
         return seen.double().mean(1)
 
     def _revisit_clips(self) -> list[int]:

@@ -318,8 +318,9 @@ def rollout_preview(
     dev = next(model.parameters()).device
     lat, act, c2w = lat.to(dev), act.to(dev), c2w.to(dev)
     gen = ChunkRollout(model, sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
-    gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx])
-    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], torch.Generator(device=dev).manual_seed(seed)).cpu()
+    g = torch.Generator(device=dev).manual_seed(seed)
+    gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx], g)
+    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], g).cpu()
     frames = (
         tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1)))
         .reshape(len(eps), n_gen, *val.frame_size, 3)
