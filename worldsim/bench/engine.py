@@ -18,10 +18,11 @@ What each number includes:
   chunks that retrieved an entry on the explore policy's wanderings);
   ``memory_on_frames_per_s_ratio`` = memory on / ``memory_off_paired_frames_per_s``: the default
   engine again, the two stepping one chunk each in turn so that a machine whose speed drifts
-  during the run slows both alike (every other row times one engine alone). ``memory_bank_*``: retrieval from a bank
-  of ``--memory-entries`` entries (default 10,000: distinct places on a grid of position cells
-  and heading sectors around the query walk, the checkpoint's latent size), p50/p95/max per
-  chunk over ``--memory-queries`` query chunks walking through it, and the bank's bytes.
+  during the run slows both alike (every other row times one engine alone).
+  ``memory_bank_*``: retrieval from a bank of ``--memory-entries`` entries (default 10,000:
+  distinct places on a grid of position cells and heading sectors around the query walk, the
+  checkpoint's latent size), p50/p95/max per chunk over ``--memory-queries`` query chunks
+  walking through it, and the bank's bytes.
 * ``<policy>_<n>step_*``: the same for each context policy the checkpoint's conditioning allows
   (``cached`` needs a camera reference that does not move) at ``n`` denoising steps;
   ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
