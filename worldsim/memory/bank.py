@@ -306,8 +306,8 @@ class MemoryBank:
         arrays (from its stored anchor)."""
         anchor = self.anchor[slot]
         self.position[slot] = anchor[:3, 3].numpy()
-        self.rows[:, slot] = view_rows(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[:, 0]
         self.packed[:, slot] = world_projections(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[:, 0]
+        self.rows[:, slot] = self.packed[:3, slot, :3]  # its view_rows, kept contiguous for the gathers
         self._place[self._place_key(anchor)] = slot
         cell = self._hash_cell(anchor[:3, 3])
         self._hash.setdefault(cell, set()).add(slot)
