@@ -175,6 +175,10 @@ def test_the_revisit_evaluation_scores_three_modes_and_writes_its_sheets(ckpt, t
     assert run["oracle"]["psnr_db_return"] != run["on"]["psnr_db_return"]  # but other latents
     assert (tmp_path / "memory_turn.png").is_file()
     assert "on - off" in memory_lines(m)[0]
+    # The threshold reaches the evaluated bank: no entry scores above 1, so none is retrieved.
+    high = MemoryEvalConfig(starts=1, lengths=[48], kinds=["turn"], min_score=1.01)
+    m = memory_revisit(lambda memory, top_k: load_engine(ckpt, memory=memory, memory_top_k=top_k), high, tmp_path)
+    assert m["min_score"] == 1.01 and m["runs"][0]["on"]["chunks_with_hits"] == 0
 
 
 def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):

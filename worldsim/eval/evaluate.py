@@ -48,6 +48,7 @@ from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, sa
 from worldsim.eval.memory_revisit import MemoryEvalConfig, memory_lines, memory_revisit
 from worldsim.eval.stability import StabilityConfig, stability, stability_lines
 from worldsim.inference.engine import Engine, load_engine
+from worldsim.memory.bank import MemoryConfig
 
 REVISIT_POLICIES = ("go_and_return", "full_turn")
 
@@ -347,7 +348,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     metrics["stability"] = stability(engine, cfg.stability, out)
     if cfg.memory_revisits.starts:
 
-        def make_engine(memory: str, top_k: int | None) -> Engine:
+        def make_engine(memory: str | MemoryConfig, top_k: int | None) -> Engine:
             return load_engine(
                 cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler, memory=memory, memory_top_k=top_k
             )

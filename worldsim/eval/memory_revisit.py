@@ -42,6 +42,7 @@ from worldsim.data.metrics import psnr, ssim
 from worldsim.data.preview import contact_sheet, upscale, write_png
 from worldsim.eval.ground_truth import went_dark, world_rollout
 from worldsim.inference.engine import Engine
+from worldsim.memory.bank import MemoryConfig
 from worldsim.memory.scoring import fov_overlap
 
 KINDS = ("out_and_back", "loop", "turn")
@@ -59,6 +60,9 @@ class MemoryEvalConfig:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     overlap: float = 0.5  # FOV overlap with an older frame that makes a return frame
     top_k: int = 1  # entries a chunk may retrieve (memory on and oracle)
+    # memory on and oracle: the bank's retrieval threshold (None: MemoryConfig's, 0.3); lower
+    # retrieves also where the window shows most of the view (docs/memory.md)
+    min_score: float | None = None
 
 
 def trajectory(
@@ -156,15 +160,17 @@ def revisit_run(engines: dict[str, Engine], kind: str, length: int, seed: int, o
 
 
 def memory_revisit(
-    make_engine: Callable[[str, int | None], Engine], cfg: MemoryEvalConfig, out: Path
+    make_engine: Callable[[str | MemoryConfig, int | None], Engine], cfg: MemoryEvalConfig, out: Path
 ) -> dict[str, Any]:
     """Every trajectory of ``cfg`` three ways (module docstring); ``make_engine(memory, top_k)``
-    builds the evaluated checkpoint's engine with memory ``"off"`` or ``"on"``. Writes one contact
-    sheet per kind to ``out`` and returns the ``memory_revisits`` section of ``metrics.json``."""
+    builds the evaluated checkpoint's engine with memory ``"off"``, or on with the bank config
+    ``memory`` (:func:`load_engine`'s argument). Writes one contact sheet per kind to ``out`` and
+    returns the ``memory_revisits`` section of ``metrics.json``."""
     for kind in cfg.kinds:
         if kind not in KINDS:
             raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
-    engines = {"off": make_engine("off", None), "on": make_engine("on", cfg.top_k)}
+    bank = MemoryConfig() if cfg.min_score is None else MemoryConfig(min_score=cfg.min_score)
+    engines = {"off": make_engine("off", None), "on": make_engine(bank, cfg.top_k)}
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.starts))
     jobs = [(kind, length, seed) for kind in cfg.kinds for length in cfg.lengths for seed in seeds]
     runs = [
@@ -196,6 +202,7 @@ def memory_revisit(
         "seeds": seeds,
         "overlap": cfg.overlap,
         "top_k": cfg.top_k,
+        "min_score": bank.min_score,
         "runs_with_return_frames": len(scored),
         "return_gain_db": summary["on"]["psnr_db_return"] - summary["off"]["psnr_db_return"],
         "other_change_db": summary["on"]["psnr_db_other"] - summary["off"]["psnr_db_other"],

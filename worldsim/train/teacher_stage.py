@@ -225,6 +225,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
     val_clips = ClipSampler(val, k, uniform, cond, latent_size, null) if val else None
     if clips.focus and d.is_main:
         print(f"focus: {len(clips.focus)} of {len(clips)} training clips follow a press of {list(tc.focus_keys)}")
+    if clips.revisit and d.is_main:
+        print(f"revisit: {len(clips.revisit)} of {len(clips)} training clips show a view only an earlier chunk holds")
     if clips.dark is not None and d.is_main:
         share = float(torch.cat(clips.dark).float().mean())
         print(
