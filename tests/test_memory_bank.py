@@ -252,3 +252,5 @@ def test_bad_entries_and_corrupt_states_fail_in_one_line():
         _bank(capacity=4).load_state_dict(bad)
     with pytest.raises(WorldsimError, match="must be >= 1"):
         MemoryConfig(top_k=0)
+    with pytest.raises(WorldsimError, match="min_score must be a finite number"):
+        MemoryConfig(min_score=float("nan"))

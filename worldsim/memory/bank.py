@@ -63,6 +63,8 @@ class MemoryConfig:
                 f"memory capacity, top_k, num_points, heading_bins, shortlist and coarse_points must be >= 1 "
                 f"(coarse_points <= num_points), got {counts}"
             )
+        if not math.isfinite(self.min_score):
+            raise WorldsimError(f"memory min_score must be a finite number, got {self.min_score}")
         if self.radius_m <= 0 or self.cell_m <= 0 or self.distance_weight < 0:
             raise WorldsimError(
                 f"memory radius_m and cell_m must be > 0 and distance_weight >= 0, got "
