@@ -164,6 +164,15 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
         evaluate(
             EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o"), idm=str(tmp_path / "none"))
         )
+    # A bad revisit section fails first: before the episodes' length is checked, long before it would run.
+    for bad, message in (
+        (MemoryEvalConfig(kinds=["circle"]), "unknown revisit trajectory 'circle'"),
+        (MemoryEvalConfig(min_score=float("nan")), "min_score must be a finite number"),
+    ):
+        with pytest.raises(WorldsimError, match=message):
+            evaluate(
+                EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o"), memory_revisits=bad)
+            )
     meta = json.loads((other.root / "meta.json").read_text())
     meta["key_names"] = ["w", "a", "s", "d", "space", "left ctrl", "l"]
     (other.root / "meta.json").write_text(json.dumps(meta))

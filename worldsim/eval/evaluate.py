@@ -239,6 +239,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         memory_top_k=cfg.memory_top_k,
     )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
+    if cfg.memory_revisits.starts:
+        cfg.memory_revisits.bank()
     windows = []
     if cfg.night_data:
         windows = toggle_windows(_episodes(cfg.night_data, engine, cfg.night_episodes), engine.context_frames)

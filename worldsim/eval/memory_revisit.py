@@ -64,6 +64,14 @@ class MemoryEvalConfig:
     # retrieves also where the window shows most of the view (docs/memory.md)
     min_score: float | None = None
 
+    def bank(self) -> MemoryConfig:
+        """The evaluated bank's config; ``WorldsimError`` in one line for an unknown kind or a bad
+        threshold (``worldsim-eval`` calls it before any slow work)."""
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
+        return MemoryConfig() if self.min_score is None else MemoryConfig(min_score=self.min_score)
+
 
 def trajectory(
     kind: str, length: int, deg_per_px: float, num_keys: int, forward: int
@@ -166,10 +174,7 @@ def memory_revisit(
     builds the evaluated checkpoint's engine with memory ``"off"``, or on with the bank config
     ``memory`` (:func:`load_engine`'s argument). Writes one contact sheet per kind to ``out`` and
     returns the ``memory_revisits`` section of ``metrics.json``."""
-    for kind in cfg.kinds:
-        if kind not in KINDS:
-            raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
-    bank = MemoryConfig() if cfg.min_score is None else MemoryConfig(min_score=cfg.min_score)
+    bank = cfg.bank()
     engines = {"off": make_engine("off", None), "on": make_engine(bank, cfg.top_k)}
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.starts))
     jobs = [(kind, length, seed) for kind in cfg.kinds for length in cfg.lengths for seed in seeds]
