@@ -159,7 +159,7 @@ def test_bench_engine_times_both_policies_for_a_cacheable_checkpoint(tmp_path):
     assert res["cached_speedup_1step"] == res["cached_1step_frames_per_s"] / res["rebuild_1step_frames_per_s"]
 
 
-def test_bench_rows_are_medians_of_the_steady_chunks(tiny, monkeypatch):
+def test_bench_rows_are_medians_and_means_of_the_steady_chunks(tiny, monkeypatch):
     eng = load_engine(tiny)
     model_s = iter([5.0, 5.0, 0.03, 0.09, 0.04])  # the 2 warm-up chunks are left out
     real_step = eng.step
@@ -172,6 +172,7 @@ def test_bench_rows_are_medians_of_the_steady_chunks(tiny, monkeypatch):
     rows = _rows(eng, chunks=3)
     assert rows["model_ms"] == pytest.approx(40.0) and rows["decode_ms"] == pytest.approx(10.0)
     assert rows["frames_per_s"] == pytest.approx(eng.chunk_frames / 0.05)
+    assert rows["throughput_frames_per_s"] == pytest.approx(eng.chunk_frames / (0.16 / 3 + 0.01))  # warm-ups out
 
 
 def test_bench_cli_writes_json(tiny, tmp_path):
@@ -182,9 +183,11 @@ def test_bench_cli_writes_json(tiny, tmp_path):
             "worldsim.cli.bench",
             "engine",
             f"--checkpoint={tiny}",
-            "--chunks=2",
+            "--chunks=6",  # the last chunks have entries older than the window
             "--session-frames=0",
             "--play-seconds=0",
+            "--memory-min-score=-1",  # every chunk with an earlier entry in reach retrieves
+            "--memory-top-k=2",
             f"--out={tmp_path / 'b.json'}",
         ],
         cwd=ROOT,
@@ -195,6 +198,16 @@ def test_bench_cli_writes_json(tiny, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads((tmp_path / "b.json").read_text())
     assert set(out) == {"machine", "engine"} and out["machine"]["cores"] >= 1 and "default_frames_per_s" in p.stdout
+    eng = out["engine"]
+    assert (eng["memory_min_score"], eng["memory_top_k"]) == (-1.0, 2) and eng["memory_on_hit_share"] > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "worldsim.cli.bench", "engine", f"--checkpoint={tiny}", "--memory-min-score=nan"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: memory min_score must be a finite number, got nan"
 
 
 @pytest.mark.parametrize(

@@ -11,14 +11,19 @@ What each number includes:
   ``cache_write_ms`` (the clean pass that writes the chunk's keys and values: ``cached``),
   ``decode_ms`` (codec decode of the chunk), ``memory_ms`` (retrieval from the memory bank,
   memory on; the model's passes over retrieved chunks count in ``context_ms``); ``model_ms`` =
-  the first three; ``frames_per_s`` = chunk_frames / median(all five). Display is excluded here
-  and included in the ``play_*`` rows. ``default_*``: the checkpoint's own sampler and policy,
-  memory off.
-* ``memory_on_*``: the default with the memory bank on (``memory_on_hit_share``: the share of
-  chunks that retrieved an entry on the explore policy's wanderings);
-  ``memory_on_frames_per_s_ratio`` = memory on / ``memory_off_paired_frames_per_s``: the default
-  engine again, the two stepping one chunk each in turn so that a machine whose speed drifts
-  during the run slows both alike (every other row times one engine alone).
+  the first three; ``frames_per_s`` = chunk_frames / median(all five), ``throughput_frames_per_s``
+  = chunk_frames / mean(all five). Display is excluded here and included in the ``play_*`` rows.
+  ``default_*``: the checkpoint's own sampler and policy, memory off.
+* ``memory_on_*``: the default with the memory bank on, at ``memory_min_score`` and
+  ``memory_top_k`` (``--memory-min-score``, ``--memory-top-k``; default the bank's own), which the
+  ``memory_bank_*`` rows use too, on the ``glance_back`` policy's walk (quick turns away and back,
+  so that some chunks retrieve and the model's pass over a retrieved chunk is paid:
+  ``memory_on_hit_share`` is the share of chunks that retrieved an entry);
+  ``memory_on_frames_per_s_ratio`` = memory on / memory off in ``throughput_frames_per_s``
+  (frames over the summed time of every timed chunk: unlike the median, it pays for the chunks
+  that retrieve however few they are); memory off is the default engine again on the same walk,
+  the two stepping one chunk each in turn so that a machine whose speed drifts during the run
+  slows both alike (every other row times one engine alone, on the explore policy).
   ``memory_bank_*``: retrieval from a bank of ``--memory-entries`` entries (default 10,000:
   distinct places on a grid of position cells and heading sectors around the query walk, the
   checkpoint's latent size), p50/p95/max per chunk over ``--memory-queries`` query chunks
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -60,6 +66,7 @@ from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, open_engine_source
 
 STAGES = ("context", "denoise", "cache_write", "decode", "memory")
+MEMORY_POLICY = "glance_back"  # the memory rows' walk: it turns away and back, so chunks retrieve
 
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,17 +75,17 @@ def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) ->
 
 
 def _paired_chunk_times(
-    engines: list[Engine], chunks: int, warmup: int = 2, seed: int = 0
+    engines: list[Engine], chunks: int, warmup: int = 2, seed: int = 0, policy: str = "explore"
 ) -> list[dict[str, np.ndarray]]:
-    """:func:`_chunk_times` for several engines at once, one chunk of each in turn (the order
-    reversed every chunk), so that a machine whose speed drifts during the run slows them alike
-    and their ratio holds."""
+    """:func:`_chunk_times` for several engines at once under ``policy``'s inputs, one chunk of
+    each in turn (the order reversed every chunk), so that a machine whose speed drifts during the
+    run slows them alike and their ratio holds."""
     first = engines[0]
     k = first.chunk_frames
     start = world_start(seed, first.context_frames, first.key_names, first.frame_size, first.cfg.env)
     for engine in engines:
         engine.reset(*start.arrays())
-    acts = make_policy("explore", first.key_names, first.cfg.controller).actions(
+    acts = make_policy(policy, first.key_names, first.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
     times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "hit")} for _ in engines]
@@ -105,15 +112,19 @@ def _stage_rows(t: dict[str, np.ndarray], chunk_frames: int) -> dict[str, float]
     rows = {f"{s}_ms": 1000 * float(np.median(t[s])) for s in STAGES}
     rows["model_ms"] = 1000 * float(np.median(model))
     rows["frames_per_s"] = chunk_frames / float(np.median(total))
+    rows["throughput_frames_per_s"] = chunk_frames / float(np.mean(total))  # every chunk counts, hits too
     rows["hit_share"] = float(t["hit"].mean())
     return rows
 
 
-def bench_memory_bank(engine: Engine, entries: int = 10_000, queries: int = 200) -> dict[str, float]:
+def bench_memory_bank(
+    engine: Engine, entries: int = 10_000, queries: int = 200, memory: MemoryConfig | None = None
+) -> dict[str, float]:
     """Retrieval from a full bank of ``entries`` distinct places (module docstring): milliseconds
     per query chunk (p50, p95, max), the share of queries that retrieved an entry, and the bank's
-    bytes."""
-    cfg = MemoryConfig(capacity=entries)
+    bytes. ``memory``: the bank's settings (default :class:`MemoryConfig`); its capacity is set
+    to ``entries``."""
+    cfg = replace(memory or MemoryConfig(), capacity=entries)
     bank = MemoryBank(cfg, torch.from_numpy(engine.intrinsics), engine.frame_size)
     k = engine.chunk_frames
     shape = engine.cfg.model.latent_shape()
@@ -214,8 +225,11 @@ def bench_engine(
     device: str = "cpu",
     memory_entries: int = 10_000,
     memory_queries: int = 200,
+    memory: MemoryConfig | None = None,
 ) -> dict[str, Any]:
-    """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``."""
+    """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``;
+    ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`)."""
+    memory = memory or MemoryConfig()
     torch.manual_seed(0)
     t0 = time.perf_counter()
     engine = load_engine(checkpoint, device=device, bf16=False)
@@ -236,13 +250,18 @@ def bench_engine(
         res[f"default_{key}"] = val
     # Memory off and on, one chunk of each in turn: their ratio survives a drifting machine.
     without = load_engine(checkpoint, device=device, bf16=False)
-    with_memory = load_engine(checkpoint, device=device, bf16=False, memory="on")
-    off, on = _paired_chunk_times([without, with_memory], chunks)
+    with_memory = load_engine(checkpoint, device=device, bf16=False, memory=memory)
+    res["memory_min_score"], res["memory_top_k"] = memory.min_score, memory.top_k
+    off, on = _paired_chunk_times([without, with_memory], chunks, policy=MEMORY_POLICY)
     for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val
-    res["memory_off_paired_frames_per_s"] = _stage_rows(off, k)["frames_per_s"]
-    res["memory_on_frames_per_s_ratio"] = res["memory_on_frames_per_s"] / res["memory_off_paired_frames_per_s"]
-    res.update(bench_memory_bank(engine, memory_entries, memory_queries))
+    paired = _stage_rows(off, k)
+    res["memory_off_paired_frames_per_s"] = paired["frames_per_s"]
+    res["memory_off_paired_throughput_frames_per_s"] = paired["throughput_frames_per_s"]
+    res["memory_on_frames_per_s_ratio"] = (
+        res["memory_on_throughput_frames_per_s"] / res["memory_off_paired_throughput_frames_per_s"]
+    )
+    res.update(bench_memory_bank(engine, memory_entries, memory_queries, memory))
     # Each context policy the checkpoint's conditioning allows, at each step count (fp32).
     policies = [p for p in CONTEXT_POLICIES if p == "rebuild" or engine.cfg.conditioning.cacheable]
     if not engine.cfg.conditioning.cacheable:

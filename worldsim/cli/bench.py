@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
     p_engine.add_argument("--memory-entries", type=int, default=10_000, help="entries of the memory bank timed")
     p_engine.add_argument("--memory-queries", type=int, default=200, help="query chunks timed against that bank")
+    p_engine.add_argument(
+        "--memory-min-score", type=float, default=None, help="the bank's retrieval threshold (default: the bank's own)"
+    )
+    p_engine.add_argument(
+        "--memory-top-k", type=int, default=None, help="entries a chunk may retrieve (default: the bank's own)"
+    )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
     p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -209,9 +215,13 @@ def main(argv: list[str] | None = None) -> None:
         result["soak"] = soak
     elif args.what == "engine":
         from worldsim.bench.engine import bench_engine
+        from worldsim.inference.engine import memory_config
+        from worldsim.memory.bank import MemoryConfig
 
         if args.chunks < 1 or args.play_steps < 0 or args.memory_entries < 1 or args.memory_queries < 1:
             parser.error("--chunks, --memory-entries and --memory-queries must be positive, --play-steps not negative")
+        # a bad threshold or top_k: one line here, before any checkpoint loads
+        base = MemoryConfig() if args.memory_min_score is None else MemoryConfig(min_score=args.memory_min_score)
         result["engine"] = bench_engine(
             args.checkpoint,
             args.chunks,
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             memory_entries=args.memory_entries,
             memory_queries=args.memory_queries,
+            memory=memory_config(base, args.memory_top_k),
         )
     else:
         from worldsim.bench.model import bench_model

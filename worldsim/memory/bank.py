@@ -46,7 +46,9 @@ class MemoryConfig:
 
     capacity: int = 4096
     top_k: int = 1
-    min_score: float = 0.3
+    # 0.1, not the earlier 0.3: returning views the window half shows add 0.1-0.3 of new coverage,
+    # and retrieving them paid on the revisit evaluation at no cost elsewhere (docs/memory.md)
+    min_score: float = 0.1
     radius_m: float = 20.0
     num_points: int = 256
     cell_m: float = 2.0
