@@ -31,6 +31,9 @@ What each number includes:
 * ``<policy>_<n>step_*``: the same for each context policy the checkpoint's conditioning allows
   (``cached`` needs a camera reference that does not move) at ``n`` denoising steps;
   ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
+  ``int8`` (CPU): the default with int8 weights in the DiT's token-wise linear layers
+  (``quantize="int8"``, :mod:`worldsim.inference.quantize`), stepped one chunk each in turn with
+  a fp32 engine (``int8_paired_fp32_model_ms``); ``int8_speedup`` their frames/s ratio.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
@@ -280,6 +283,14 @@ def bench_engine(
     bf = _rows(e, chunks)
     res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]
     res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
+    if device == "cpu":  # int8 weights beside fp32, one chunk each in turn (their ratio holds on a drifting machine)
+        fp32, int8 = _paired_chunk_times(
+            [load_engine(checkpoint, bf16=False), load_engine(checkpoint, bf16=False, quantize="int8")], chunks
+        )
+        q, ref = _stage_rows(int8, k), _stage_rows(fp32, k)
+        res["int8_model_ms"], res["int8_frames_per_s"] = q["model_ms"], q["frames_per_s"]
+        res["int8_paired_fp32_model_ms"] = ref["model_ms"]
+        res["int8_speedup"] = q["frames_per_s"] / ref["frames_per_s"]
     if session_frames:
         t = _chunk_times(load_engine(checkpoint, device=device, bf16=False), max(10, session_frames // k), warmup=0)
         tot = np.sum([t[s] for s in STAGES], axis=0)

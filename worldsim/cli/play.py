@@ -28,6 +28,7 @@ from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
+from worldsim.inference.quantize import check_quantize
 from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
 from worldsim.play.window import Window, WindowConfig, key_codes, require_display, resolve_bindings
@@ -47,6 +48,7 @@ class PlayConfig:
     threads: str = "auto"  # CPU threads of the model: "auto" = the cores other processes leave free, or a number
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
+    quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -114,6 +116,7 @@ def _engine(pc: PlayConfig) -> Engine:
         threads=_threads(pc.threads),
         memory=pc.memory,
         memory_top_k=pc.memory_top_k,
+        quantize=pc.quantize,
     )
 
 
@@ -138,6 +141,7 @@ def _headless(pc: PlayConfig) -> None:
         sampler=pc.sampler,
         memory=pc.memory,
         memory_top_k=pc.memory_top_k,
+        quantize=pc.quantize,
     )
     r = run_rollout(rc, _engine(pc))
     print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
@@ -151,8 +155,13 @@ def main(cfg: Any) -> None:
     memory = memory_config(pc.memory, pc.memory_top_k)  # a bad value: one line, before anything loads
     if memory is not None and not pc.checkpoint:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
-    if pc.checkpoint:
+    check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise
+    if pc.quantize != "none" and not pc.checkpoint:
+        raise WorldsimError(f"quantize={pc.quantize} needs a model (checkpoint=...)")
+    if pc.checkpoint and pc.quantize == "none":
         print(describe_bf16(pc.bf16))
+    elif pc.checkpoint:
+        print(f"quantize={pc.quantize}: int8 weights in the model's token-wise layers, bf16 autocast off")
     if pc.headless:
         _headless(pc)
         return

@@ -54,6 +54,7 @@ class RolloutConfig:
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
+    quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
 
 
 class RolloutInterrupted(KeyboardInterrupt):
@@ -97,7 +98,12 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         )
     if engine is None:
         engine = load_engine(
-            cfg.checkpoint, bf16=cfg.bf16, sampler=cfg.sampler, memory=cfg.memory, memory_top_k=cfg.memory_top_k
+            cfg.checkpoint,
+            bf16=cfg.bf16,
+            sampler=cfg.sampler,
+            memory=cfg.memory,
+            memory_top_k=cfg.memory_top_k,
+            quantize=cfg.quantize,
         )
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k

@@ -67,6 +67,7 @@ class EvalConfig:
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
+    quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
     idm_data: str = "data/builtin_v1/train"
     idm_steps: int = 400
@@ -237,6 +238,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         sampler=cfg.sampler,
         memory=cfg.memory,
         memory_top_k=cfg.memory_top_k,
+        quantize=cfg.quantize,
     )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     if cfg.memory_revisits.starts:
@@ -352,7 +354,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
         def make_engine(memory: str | MemoryConfig, top_k: int | None) -> Engine:
             return load_engine(
-                cfg.checkpoint, seed=cfg.seed, bf16=cfg.bf16, sampler=cfg.sampler, memory=memory, memory_top_k=top_k
+                cfg.checkpoint,
+                seed=cfg.seed,
+                bf16=cfg.bf16,
+                sampler=cfg.sampler,
+                memory=memory,
+                memory_top_k=top_k,
+                quantize=cfg.quantize,
             )
 
         metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out)

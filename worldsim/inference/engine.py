@@ -47,6 +47,7 @@ from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
 from worldsim.inference.context import History
 from worldsim.inference.kv_cache import KVCache
+from worldsim.inference.quantize import check_quantize, quantize_model
 from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
 from worldsim.memory.bank import MemoryBank, MemoryConfig, MemoryHit
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
@@ -466,6 +467,7 @@ def load_engine(
     context_policy: str | None = None,
     memory: str | bool | MemoryConfig = "off",
     memory_top_k: int | None = None,
+    quantize: str = "none",
     **rest: Any,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
@@ -480,12 +482,17 @@ def load_engine(
     free (:mod:`worldsim.core.threads`; what play.py does), a number pins it; ``memory``: ``"on"``
     (or True) keeps a spatial memory bank with the default :class:`MemoryConfig`, a
     ``MemoryConfig`` sets it up, ``"off"`` (False, the default) plays without one;
-    ``memory_top_k`` changes how many entries a chunk may retrieve. The camera controller
+    ``memory_top_k`` changes how many entries a chunk may retrieve; ``quantize``: ``"int8"``
+    gives the DiT's token-wise linear layers int8 weights (CPU only, bf16 autocast then off unless
+    asked for, which is refused: :mod:`worldsim.inference.quantize`), ``"none"`` (the default)
+    keeps fp32. The camera controller
     (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
     data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
+    check_quantize(quantize, device, bf16)  # one line before the checkpoint loads
     path = find_checkpoint(path)
     ck, model, codec = load_checkpoint(path, device=device)
+    model = quantize_model(model, quantize)
     sampler_cfg = (sampler or SamplerOverrides()).apply(ck.sampler)
     return Engine(
         ck,
@@ -493,7 +500,7 @@ def load_engine(
         codec,
         sampler=sampler_cfg,
         seed=seed,
-        bf16=resolve_bf16(bf16, device),
+        bf16=False if quantize != "none" else resolve_bf16(bf16, device),
         controller=ck.controller,
         fingerprint=_fingerprint(path),
         context_policy=context_policy,
