@@ -25,6 +25,7 @@ from worldsim.eval.evaluate import (
 )
 from worldsim.eval.idm import Pairs, idm_accuracy, train_idm
 from worldsim.eval.memory_revisit import MemoryEvalConfig
+from worldsim.eval.stability import StabilityConfig
 from worldsim.inference.engine import Chunk
 
 
@@ -80,6 +81,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         turn_starts=2,
         drift_frames=8,
         memory_revisits=MemoryEvalConfig(starts=1, lengths=[16], kinds=["turn"]),
+        stability=StabilityConfig(starts=1, idle_frames=8, hold_frames=4),  # its own tests: test_stability.py
     )
     m = evaluate(cfg)
     assert m["memory_revisits"]["runs"][0]["kind"] == "turn" and "memory_turn.png" in {
@@ -94,6 +96,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         "mouse y",
     }
     assert saved["went_dark"] in range(saved["episodes"] + 1)
+    assert {"idle", "holds", "presses"} <= set(saved["stability"])  # the section runs inside evaluate
     rv = saved["revisit"]["go_and_return"]
     assert rv["episodes"] == 1 and rv["went_dark"] in (0, 1) and len(rv["per_episode_psnr_db"]) == 1
     assert saved["turning"]["starts"] == 2 and 0.0 <= saved["turning"]["discrimination"] <= 1.0
@@ -291,7 +294,13 @@ def test_eval_scores_night_from_day_on_toggle_data_and_refuses_data_without_one(
     rc = RecordConfig(num_episodes=4, episode_len=64, policy="explore_lights", seed=98000, out=str(tmp_path / "l"))
     lights = record(rc)
     base = {"checkpoint": str(tiny), "data": str(gt_data), "horizon": 4, "max_episodes": 1, "idm_data": str(gt_data)}
-    only = {"idm_steps": 5, "turn_starts": 0, "drift_frames": 0, "memory_revisits": MemoryEvalConfig(starts=0)}
+    only = {
+        "idm_steps": 5,
+        "turn_starts": 0,
+        "drift_frames": 0,
+        "memory_revisits": MemoryEvalConfig(starts=0),
+        "stability": StabilityConfig(idle_frames=0, hold_frames=0, press_frames=False),
+    }
     m = evaluate(EvalConfig(**base, **only, out=str(tmp_path / "e"), night_data=str(lights.root)))
     n = m["night_from_day"]
     assert n["toggles"] >= 1 and n["night_frames"] >= n["toggles"]
