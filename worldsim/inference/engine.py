@@ -483,11 +483,10 @@ def load_engine(
     (or True) keeps a spatial memory bank with the default :class:`MemoryConfig`, a
     ``MemoryConfig`` sets it up, ``"off"`` (False, the default) plays without one;
     ``memory_top_k`` changes how many entries a chunk may retrieve; ``quantize``: ``"int8"``
-    gives the DiT's token-wise linear layers int8 weights (CPU only, bf16 autocast then off unless
-    asked for, which is refused: :mod:`worldsim.inference.quantize`), ``"none"`` (the default)
-    keeps fp32. The camera controller
-    (speeds, fps) is the checkpoint's, so an input moves the camera as it did in the training
-    data; any other keyword goes to :class:`Engine` unchanged."""
+    gives the DiT's token-wise linear layers int8 weights (CPU only; bf16 autocast is then off,
+    and ``bf16=True`` is refused: :mod:`worldsim.inference.quantize`), ``"none"`` (the default)
+    keeps fp32. The camera controller (speeds, fps) is the checkpoint's, so an input moves the
+    camera as it did in the training data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
     check_quantize(quantize, device, bf16)  # one line before the checkpoint loads
     path = find_checkpoint(path)

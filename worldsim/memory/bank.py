@@ -20,7 +20,7 @@ diversity-aware: each pick scores the share of points it covers that neither an 
 the chunks already in the context (``context_c2w``) cover, minus ``distance_weight`` times its
 distance over ``radius_m``; picking stops at ``top_k`` or when the best score falls below
 ``min_score``. So nothing is retrieved while the context shows the view (walking on, turning
-slowly): memory costs its model pass only when it adds what the context lacks.
+very slowly): memory costs its model pass only when it adds what the context lacks.
 The score is invariant to a global rigid motion of every pose (tested).
 
 **Bound.** At most ``capacity`` entries. A new chunk whose anchor falls in the same position
@@ -46,8 +46,9 @@ class MemoryConfig:
 
     capacity: int = 4096
     top_k: int = 1
-    # 0.1, not the earlier 0.3: returning views the window half shows add 0.1-0.3 of new coverage,
-    # and retrieving them paid on the revisit evaluation at no cost elsewhere (docs/memory.md)
+    # 0.1, not the earlier 0.3: at 0.3 the revisit evaluation's loops and turns retrieved nothing
+    # (the window shows part of each returning view); at 0.1 they do, return frames gain and the
+    # other frames lose nothing (docs/memory.md)
     min_score: float = 0.1
     radius_m: float = 20.0
     num_points: int = 256
