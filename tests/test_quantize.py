@@ -42,6 +42,14 @@ def test_int8_replaces_exactly_the_token_wise_layers(ckpt):
     # the conditioning path keeps fp32: AdaLN modulation, embeddings, output
     for name in ("blocks.0.ada.1", "t_embed.0", "action_embed.2", "camera_embed", "patch_embed", "out", "ada_out.1"):
         assert type(named[name]) is torch.nn.Linear, name
+    assert all(named[name].weight().qscheme() == torch.per_channel_affine for name in int8)  # a scale per output
+
+
+def test_int8_turns_bf16_autocast_off_where_it_would_be_on(ckpt, monkeypatch):
+    import worldsim.inference.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "resolve_bf16", lambda setting, device: True)  # a CPU with native bf16
+    assert load_engine(ckpt).bf16 and not load_engine(ckpt, quantize="int8").bf16
 
 
 def test_int8_plays_close_to_fp32_but_not_identically(ckpt):
@@ -75,3 +83,40 @@ def test_play_refuses_a_bad_quantize_in_one_line():
         [sys.executable, "play.py", "quantize=int4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and r.stderr.strip() == "error: quantize must be one of none, int8, got 'int4'"
+
+
+class _Loaded(Exception):
+    """Raised by the spy once load_engine's keywords are seen."""
+
+
+@pytest.mark.parametrize("module", ["worldsim.cli.rollout", "worldsim.eval.evaluate"])
+def test_rollout_and_eval_hand_quantize_to_load_engine(module, monkeypatch, tmp_path):
+    import importlib
+
+    mod = importlib.import_module(module)
+    seen = {}
+
+    def spy(path, **kw):
+        seen.update(kw)
+        raise _Loaded
+
+    monkeypatch.setattr(mod, "load_engine", spy)
+    with pytest.raises(_Loaded):
+        if module.endswith("rollout"):
+            mod.run_rollout(mod.RolloutConfig(checkpoint="x", quantize="int8", out=str(tmp_path / "r")))
+        else:
+            mod.evaluate(mod.EvalConfig(checkpoint="x", quantize="int8", out=str(tmp_path / "e")))
+    assert seen["quantize"] == "int8"
+
+
+def test_every_engine_option_of_play_reaches_load_engine():
+    """The window's generation process and headless play build their engine from one dict."""
+    import dataclasses
+    import inspect
+
+    from worldsim.cli.play import PlayConfig, engine_options
+
+    takes = set(inspect.signature(load_engine).parameters) | {"threads"}  # threads: an Engine keyword
+    options = {f.name for f in dataclasses.fields(PlayConfig)} & takes - {"seed", "memory_top_k"}
+    kw = engine_options(PlayConfig(quantize="int8", memory="on", memory_top_k=2))
+    assert options <= set(kw) and kw["quantize"] == "int8" and kw["memory"].top_k == 2

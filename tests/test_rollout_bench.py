@@ -135,6 +135,9 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         assert np.isfinite(res[key]), key
     assert res["memory_bank_entries"] == 800 and res["memory_bank_hit_share"] > 0.5  # the walk crosses the bank
     assert res["memory_on_memory_ms"] > 0 == res["default_memory_ms"]
+    on, off = res["memory_on_throughput_frames_per_s"], res["memory_off_paired_throughput_frames_per_s"]
+    assert res["memory_on_frames_per_s_ratio"] == on / off  # throughput, not medians: retrieving chunks count
+    assert res["int8_speedup"] == res["int8_frames_per_s"] / res["int8_paired_fp32_frames_per_s"]
     assert res["default_policy"] == "rebuild" and res["cached"].startswith("n/a")
     assert not any(key.startswith("play_thread") for key in res)  # play generates in a process only
     # The timed span of a chunk (model + decode) is most of the chunk's wall time, measured in
@@ -211,6 +214,14 @@ def test_bench_cli_writes_json(tiny, tmp_path):
         timeout=120,
     )
     assert bad.returncode != 0 and bad.stderr.strip() == "error: memory min_score must be a finite number, got nan"
+
+
+def test_bench_cli_refuses_a_bad_top_k_by_its_flag(tiny, capsys):
+    from worldsim.cli.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["engine", f"--checkpoint={tiny}", "--memory-top-k=0"])
+    assert "--memory-top-k must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ What each number includes:
   (frames over the summed time of every timed chunk: unlike the median, it pays for the chunks
   that retrieve however few they are); memory off is the default engine again on the same walk,
   the two stepping one chunk each in turn so that a machine whose speed drifts during the run
-  slows both alike (every other row times one engine alone, on the explore policy).
+  slows both alike (the other rows, but int8's, time one engine alone, on the explore policy).
   ``memory_bank_*``: retrieval from a bank of ``--memory-entries`` entries (default 10,000:
   distinct places on a grid of position cells and heading sectors around the query walk, the
   checkpoint's latent size), p50/p95/max per chunk over ``--memory-queries`` query chunks
@@ -33,7 +33,7 @@ What each number includes:
   ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
   ``int8`` (CPU): the default with int8 weights in the DiT's token-wise linear layers
   (``quantize="int8"``, :mod:`worldsim.inference.quantize`), stepped one chunk each in turn with
-  a fp32 engine (``int8_paired_fp32_model_ms``); ``int8_speedup`` their frames/s ratio.
+  a fp32 engine (``int8_paired_fp32_*``); ``int8_speedup`` their frames/s ratio.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
@@ -289,8 +289,8 @@ def bench_engine(
         )
         q, ref = _stage_rows(int8, k), _stage_rows(fp32, k)
         res["int8_model_ms"], res["int8_frames_per_s"] = q["model_ms"], q["frames_per_s"]
-        res["int8_paired_fp32_model_ms"] = ref["model_ms"]
-        res["int8_speedup"] = q["frames_per_s"] / ref["frames_per_s"]
+        res["int8_paired_fp32_model_ms"], res["int8_paired_fp32_frames_per_s"] = ref["model_ms"], ref["frames_per_s"]
+        res["int8_speedup"] = res["int8_frames_per_s"] / res["int8_paired_fp32_frames_per_s"]
     if session_frames:
         t = _chunk_times(load_engine(checkpoint, device=device, bf16=False), max(10, session_frames // k), warmup=0)
         tot = np.sum([t[s] for s in STAGES], axis=0)

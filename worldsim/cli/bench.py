@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.chunks < 1 or args.play_steps < 0 or args.memory_entries < 1 or args.memory_queries < 1:
             parser.error("--chunks, --memory-entries and --memory-queries must be positive, --play-steps not negative")
+        if args.memory_top_k is not None and args.memory_top_k < 1:
+            parser.error(f"--memory-top-k must be at least 1, got {args.memory_top_k}")
         # a bad threshold or top_k: one line here, before any checkpoint loads
         base = MemoryConfig() if args.memory_min_score is None else MemoryConfig(min_score=args.memory_min_score)
         result["engine"] = bench_engine(

@@ -107,17 +107,20 @@ class EnvSource(SyncSource):
         self.env.close()
 
 
+def engine_options(pc: PlayConfig) -> dict[str, Any]:
+    """The keywords of :func:`load_engine` that ``pc`` sets (beyond checkpoint and seed), one
+    dict for the window's generation process and for headless play alike."""
+    return {
+        "bf16": pc.bf16,
+        "sampler": pc.sampler,
+        "threads": _threads(pc.threads),
+        "memory": memory_config(pc.memory, pc.memory_top_k),
+        "quantize": pc.quantize,
+    }
+
+
 def _engine(pc: PlayConfig) -> Engine:
-    return load_engine(
-        pc.checkpoint,
-        seed=pc.seed,
-        bf16=pc.bf16,
-        sampler=pc.sampler,
-        threads=_threads(pc.threads),
-        memory=pc.memory,
-        memory_top_k=pc.memory_top_k,
-        quantize=pc.quantize,
-    )
+    return load_engine(pc.checkpoint, seed=pc.seed, **engine_options(pc))
 
 
 def _headless(pc: PlayConfig) -> None:
@@ -173,13 +176,7 @@ def main(cfg: Any) -> None:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
         else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
-            kw = {
-                "bf16": pc.bf16,
-                "sampler": pc.sampler,
-                "threads": _threads(pc.threads),
-                "memory": memory,
-            }
-            source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **kw))
+            source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **engine_options(pc)))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
         stats = play(source, pc.loop, window, record=pc.record)

@@ -60,7 +60,7 @@ class MemoryEvalConfig:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     overlap: float = 0.5  # FOV overlap with an older frame that makes a return frame
     top_k: int = 1  # entries a chunk may retrieve (memory on and oracle)
-    # memory on and oracle: the bank's retrieval threshold (None: MemoryConfig's, 0.3); lower
+    # memory on and oracle: the bank's retrieval threshold (None: MemoryConfig's, 0.1); lower
     # retrieves also where the window shows most of the view (docs/memory.md)
     min_score: float | None = None
 
