@@ -161,6 +161,7 @@ def _session_state(eng):
     h = eng.rollout.history
     out = {"latents": h.latents, "actions": h.actions, "c2w": h.c2w, "ray_ref": h.ray_ref, "frame_idx": h.frame_idx}
     out["previous_keys"] = torch.from_numpy(eng.previous_keys)
+    out["previous_mouse"] = torch.from_numpy(eng.previous_mouse)
     out["rng"] = eng.rng.get_state()
     out["pose"] = torch.from_numpy(eng.c2w)
     out["steps"] = torch.tensor(eng.steps)
@@ -177,8 +178,8 @@ def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
     eng.step(*_inputs(2, "l"))  # held at the save: the first restored row must not read as a press
+    eng.save_session(tmp_path / "s")  # runs the deferred cache write first (the saved cache holds the last chunk)
     before = _session_state(eng)
-    eng.save_session(tmp_path / "s")
     a = [eng.step(*_inputs(2, "d", dx=5.0)).frames for _ in range(3)]
     pose_a = eng.c2w
     other = load_engine(ckpt, seed=99)
@@ -271,8 +272,8 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
     # a session saved before the memory bank joined it (format 3)
     meta_path = tmp_path / "s" / "session.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "version": 3}))
-    with pytest.raises(WorldsimError, match=r"session format 3, this worldsim reads 4$"):
+    meta_path.write_text(json.dumps({**meta, "version": 4}))
+    with pytest.raises(WorldsimError, match=r"session format 4, this worldsim reads 5$"):
         eng.load_session(tmp_path / "s")
     meta_path.write_text(json.dumps(meta))
     fewer = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=1))

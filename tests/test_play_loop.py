@@ -16,7 +16,7 @@ from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
 from worldsim.inference.engine import Chunk, ChunkTimings
-from worldsim.play.loop import PlayLoopConfig, chunk_inputs, play
+from worldsim.play.loop import ChunkScheduler, PlayLoopConfig, PlayStats, chunk_inputs, play
 from worldsim.play.sources import EngineSource, ProcessSource, SyncSource, open_engine_source
 
 
@@ -281,3 +281,40 @@ def test_a_screenshot_into_an_unwritable_folder_is_a_message_not_the_end(tmp_pat
     stats = play(SlowSource(0.01), PlayLoopConfig(screenshot_dir=str(tmp_path / "file" / "shots")), window)
     assert window.n == 12 and stats.ticks >= 12
     assert "screenshot not saved: cannot write" in capsys.readouterr().out
+
+
+class _RecordingSource(SlowSource):
+    """Chunks come back at once; records how many frames were queued at each submission."""
+
+    def __init__(self, sched_ref):
+        super().__init__(0.0)
+        self.sched_ref, self.queued_at_submit = sched_ref, []
+
+    def submit(self, keys, mouse):
+        self.queued_at_submit.append(len(self.sched_ref[0].shown))
+        super().submit(keys, mouse)
+
+
+def test_the_next_chunk_is_submitted_when_the_queue_covers_the_p95_return_time_plus_the_margin():
+    ref = [None]
+    source = _RecordingSource(ref)
+    sched = ChunkScheduler(source, PlayStats(), margin_s=0.01)
+    ref[0] = sched
+    assert sched.lead() == 0  # nothing measured yet: submit at once
+    # 8 returns of 100 ms and one of 500 ms: p95 over the last 8 is 0.1 + 0.65 * 0.4 = 0.36 s;
+    # with the 10 ms margin, 0.37 s at 15 frames/s is 5.55 frames, so 6 (a mean would give 2).
+    sched.stats.turnaround_s = [0.1] * 8 + [0.5]
+    assert sched.lead() == 6
+    sched.stats.turnaround_s = [0.1] * 8
+    assert sched.lead() == 2  # ceil(0.11 * 15)
+    row = (np.zeros(len(KEYS), np.uint8), np.zeros(2, np.float32), 0.0)
+    for frames in range(5):  # 0 .. 4 queued frames: submitted only at 2 or fewer
+        sched.shown.clear()
+        sched.shown.extend([None] * frames)
+        sched.pending = [row]
+        sched.pump(paused=False)
+        submitted = sched.in_flight is not None
+        assert submitted == (frames <= 2), frames
+        if submitted:
+            sched.pump(paused=False, timeout_s=None)  # take it back: it counts a turnaround
+    assert source.queued_at_submit == [0, 1, 2] and len(sched.stats.turnaround_s) == 8 + 3

@@ -29,9 +29,10 @@ def test_play_without_display_says_how_to_run(tmp_path):
         (["checkpoint=", "window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
         (["window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
         (["~window.bindings.l"], "bindings must map exactly the keys"),
+        (["window.target_fps=30"], "window.target_fps=30 would play this source's 15 frames/s of world time at 2x"),
     ],
 )
-def test_play_rejects_bad_bindings_before_a_window_opens(tmp_path, args, message):
+def test_play_rejects_bad_bindings_and_display_rates_before_a_window_opens(tmp_path, args, message):
     """DISPLAY names an X screen that does not exist: opening a window fails with its own
     message, so the binding's error proves it came first."""
     env = dict(os.environ, SDL_VIDEODRIVER="x11", DISPLAY=":987")

@@ -16,6 +16,7 @@ from worldsim import load_engine
 from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_engine
 from worldsim.cli.rollout import RolloutConfig, run_rollout
 from worldsim.core.errors import WorldsimError
+from worldsim.core.threads import allowed_cores
 from worldsim.data.reader import RolloutDataset
 from worldsim.inference.engine import ChunkTimings
 
@@ -99,7 +100,14 @@ def test_headless_play_and_rollout_cli(tiny, tmp_path):
 
 def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
     res = bench_engine(
-        str(tiny), chunks=4, step_counts=(1, 2), session_frames=40, play_seconds=2.0, play_steps=1, memory_entries=800
+        str(tiny),
+        chunks=4,
+        step_counts=(1, 2),
+        session_frames=40,
+        play_seconds=2.0,
+        play_steps=1,
+        memory_entries=800,
+        busy=True,
     )
     assert res["play_sampler_steps"] == 1
     for key in (
@@ -121,13 +129,22 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "peak_rss_MB",
         "params_MB",
         "context_MB",
-        "play_bf16_displayed_frames_per_s",
-        "play_bf16_latency_p95_ms",
-        "play_bf16_first_frame_s",
-        "play_bf16_source_start_s",
-        "play_bf16_chunk_ms_mean",
+        "default_critical_ms",
+        "default_critical_p95_ms",
+        "play_displayed_frames_per_s",
+        "play_latency_p95_ms",
+        "play_first_frame_s",
+        "play_source_start_s",
+        "play_chunk_ms_mean",
+        "play_critical_ms_p95",
+        "play_turnaround_ms_p95",
         "memory_on_frames_per_s",
         "memory_on_memory_ms",
+        "memory_on_reload_share",
+        "busy_alone_frames_per_s",
+        "busy_auto_frames_per_s",
+        "busy_pinned_frames_per_s",
+        "busy_auto_ratio",
         "memory_on_frames_per_s_ratio",
         "memory_bank_retrieve_p95_ms",
         "memory_bank_MB",
@@ -135,6 +152,8 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         assert np.isfinite(res[key]), key
     assert res["memory_bank_entries"] == 800 and res["memory_bank_hit_share"] > 0.5  # the walk crosses the bank
     assert res["memory_on_memory_ms"] > 0 == res["default_memory_ms"]
+    assert 1 <= res["busy_auto_threads"] <= allowed_cores()
+    assert res["busy_auto_ratio"] == res["busy_auto_frames_per_s"] / res["busy_alone_frames_per_s"]
     on, off = res["memory_on_throughput_frames_per_s"], res["memory_off_paired_throughput_frames_per_s"]
     assert res["memory_on_frames_per_s_ratio"] == on / off  # throughput, not medians: retrieving chunks count
     assert res["int8_speedup"] == res["int8_frames_per_s"] / res["int8_paired_fp32_frames_per_s"]

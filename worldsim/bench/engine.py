@@ -12,13 +12,19 @@ What each number includes:
   ``decode_ms`` (codec decode of the chunk), ``memory_ms`` (retrieval from the memory bank,
   memory on; the model's passes over retrieved chunks count in ``context_ms``); ``model_ms`` =
   the first three; ``frames_per_s`` = chunk_frames / median(all five), ``throughput_frames_per_s``
-  = chunk_frames / mean(all five). Display is excluded here and included in the ``play_*`` rows.
+  = chunk_frames / mean(all five). ``critical_ms`` / ``critical_p95_ms``: the part of a chunk's
+  time that needed its inputs (``ChunkTimings.critical_s``: the step after ``Engine.prepare``,
+  which runs the deferred cache write and the retrieval ahead; what a player's input waits for
+  besides the chunk boundary), median and p95. Display is excluded here and included in the
+  ``play_*`` rows.
   ``default_*``: the checkpoint's own sampler and policy, memory off.
 * ``memory_on_*``: the default with the memory bank on, at ``memory_min_score`` and
   ``memory_top_k`` (``--memory-min-score``, ``--memory-top-k``; default the bank's own), which the
   ``memory_bank_*`` rows use too, on the ``glance_back`` policy's walk (quick turns away and back,
   so that some chunks retrieve and the model's pass over a retrieved chunk is paid:
-  ``memory_on_hit_share`` is the share of chunks that retrieved an entry);
+  ``memory_on_hit_share`` is the share of chunks that retrieved an entry,
+  ``memory_on_reload_share`` the share whose retrieval for the real poses picked other entries
+  than ``Engine.prepare``'s guess, so that their context passes ran twice);
   ``memory_on_frames_per_s_ratio`` = memory on / memory off in ``throughput_frames_per_s``
   (frames over the summed time of every timed chunk: unlike the median, it pays for the chunks
   that retrieve however few they are); memory off is the default engine again on the same walk,
@@ -36,18 +42,30 @@ What each number includes:
   a fp32 engine (``int8_paired_fp32_*``); ``int8_speedup`` their frames/s ratio.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
+* ``busy_*`` (CPU, ``--busy``): a busy machine. The default engine as play.py builds it
+  (``threads="auto"``, :mod:`worldsim.core.threads`) times ``chunks`` chunks alone
+  (``busy_alone_frames_per_s``), then again while another process spins on one core
+  (``busy_auto_frames_per_s``, after ``warmup`` chunks to adapt; ``busy_auto_threads`` the count
+  it settled on), and an engine pinned to every core (torch's own choice) under the same load
+  (``busy_pinned_frames_per_s``); ``busy_auto_ratio`` = busy / alone with ``auto``. Frames/s from
+  the mean chunk time (model + decode + memory).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
-* ``play_*``: the real play loop (generation in a child process as in ``play.py``, frame queue,
-  display at the source fps) with a display that only counts frames (no GL) and scripted input:
-  displayed frames/s, input-to-photon latency p50/p95 (poll -> first frame generated with that
-  input handed to the display), the time to the first generated frame (from the loop's start) and
+* ``play_*``: the real play loop (generation in a child process as in ``play.py``, with play's
+  precision: bf16 where the CPU has it natively, ``play_bf16``; frame queue, display at the source
+  fps) with a display that only counts frames (no GL) and scripted input: displayed frames/s,
+  input-to-photon latency p50/p95 (poll -> first frame generated with that input handed to the
+  display), the ticks that held a frame, the chunks' critical time and submit-to-arrival time
+  (``turnaround``) p50/p95, the time to the first generated frame (from the loop's start) and
   ``source_start_s`` (starting the generation process and loading the checkpoint in it).
-  ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's).
+  ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's). (Assets
+  benched before 2026-12-02 have ``play_bf16_*`` rows instead: bf16 always on.)
 """
 
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -59,6 +77,8 @@ import torch
 from envs.starts import world_start
 from worldsim.core.camera import make_c2w
 from worldsim.core.controller import CameraControllerConfig
+from worldsim.core.precision import resolve_bf16
+from worldsim.core.threads import allowed_cores
 from worldsim.data.policies import make_policy
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.checkpoint import read_checkpoint_config
@@ -91,13 +111,15 @@ def _paired_chunk_times(
     acts = make_policy(policy, first.key_names, first.cfg.controller).actions(
         (chunks + warmup) * k, np.random.default_rng(seed)
     )
-    times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "hit")} for _ in engines]
+    times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "critical", "hit", "reload")} for _ in engines]
     for c in range(chunks + warmup):
         order = range(len(engines)) if c % 2 == 0 else reversed(range(len(engines)))
         for i in order:
+            reloads = engines[i].memory_reloads
             chunk = engines[i].step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
             if c >= warmup:
-                for s in STAGES:
+                times[i]["reload"].append(float(engines[i].memory_reloads > reloads))
+                for s in (*STAGES, "critical"):
                     times[i][s].append(getattr(chunk.timings, f"{s}_s"))
                 times[i]["hit"].append(float(bool(chunk.memory)))
     return [{s: np.array(v) for s, v in t.items()} for t in times]
@@ -114,9 +136,12 @@ def _stage_rows(t: dict[str, np.ndarray], chunk_frames: int) -> dict[str, float]
     model = t["context"] + t["denoise"] + t["cache_write"]
     rows = {f"{s}_ms": 1000 * float(np.median(t[s])) for s in STAGES}
     rows["model_ms"] = 1000 * float(np.median(model))
+    rows["critical_ms"] = 1000 * float(np.median(t["critical"]))
+    rows["critical_p95_ms"] = 1000 * float(np.percentile(t["critical"], 95))
     rows["frames_per_s"] = chunk_frames / float(np.median(total))
     rows["throughput_frames_per_s"] = chunk_frames / float(np.mean(total))  # every chunk counts, hits too
     rows["hit_share"] = float(t["hit"].mean())
+    rows["reload_share"] = float(t["reload"].mean())  # chunks whose retrieval ahead guessed other entries
     return rows
 
 
@@ -199,22 +224,61 @@ class _CountingDisplay:
         pass
 
 
+PLAY_ROWS = (
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "first_frame_s",
+    "held_ticks",
+    "chunk_ms_mean",
+    "critical_ms_p50",
+    "critical_ms_p95",
+    "turnaround_ms_p50",
+    "turnaround_ms_p95",
+)
+
+
 def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
-    """The play loop with bf16, generating in a child process as ``play.py`` does;
-    ``num_steps`` None = the checkpoint's own."""
+    """The play loop with play.py's precision (bf16 where native), generating in a child process
+    as ``play.py`` does; ``num_steps`` None = the checkpoint's own."""
     steps = num_steps or read_checkpoint_config(checkpoint).sampler.num_steps
-    res: dict[str, float] = {"play_sampler_steps": steps}
+    res: dict[str, float] = {"play_sampler_steps": steps, "play_bf16": resolve_bf16(None, "cpu")}
     t0 = time.perf_counter()
-    kw: dict[str, Any] = {"bf16": True, "sampler": SamplerOverrides(num_steps=num_steps)}
+    kw: dict[str, Any] = {"bf16": None, "sampler": SamplerOverrides(num_steps=num_steps)}
     source = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
-    res["play_bf16_source_start_s"] = time.perf_counter() - t0
+    res["play_source_start_s"] = time.perf_counter() - t0
     try:
         stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
     finally:
         source.close()
-    res["play_bf16_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
-    for key in ("latency_p50_ms", "latency_p95_ms", "first_frame_s", "held_ticks", "chunk_ms_mean"):
-        res[f"play_bf16_{key}"] = stats[key]
+    res["play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
+    for key in PLAY_ROWS:
+        res[f"play_{key}"] = stats[key]
+    return res
+
+
+def _frames_per_s(engine: Engine, chunks: int, warmup: int) -> float:
+    """chunk_frames over the mean time of ``chunks`` chunks after ``warmup`` (explore policy)."""
+    t = _chunk_times(engine, chunks, warmup)
+    return engine.chunk_frames / float(np.mean(np.sum([t[s] for s in STAGES], axis=0)))
+
+
+def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float]:
+    """The ``busy_*`` rows (module docstring): frames/s alone and beside a process that keeps
+    one core busy, with the thread count chosen for the free cores and pinned to all of them."""
+    auto = load_engine(checkpoint, bf16=False, threads="auto")
+    res = {"busy_alone_frames_per_s": _frames_per_s(auto, chunks, warmup)}
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        res["busy_auto_frames_per_s"] = _frames_per_s(auto, chunks, warmup)
+        assert auto.governor is not None
+        res["busy_auto_threads"] = auto.governor.current
+        pinned = load_engine(checkpoint, bf16=False, threads=allowed_cores())
+        res["busy_pinned_frames_per_s"] = _frames_per_s(pinned, chunks, warmup)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    torch.set_num_threads(allowed_cores())  # as found: the engines set the process's count
+    res["busy_auto_ratio"] = res["busy_auto_frames_per_s"] / res["busy_alone_frames_per_s"]
     return res
 
 
@@ -229,9 +293,11 @@ def bench_engine(
     memory_entries: int = 10_000,
     memory_queries: int = 200,
     memory: MemoryConfig | None = None,
+    busy: bool = False,
 ) -> dict[str, Any]:
     """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``;
-    ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`)."""
+    ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`); ``busy``:
+    the ``busy_*`` rows (CPU)."""
     memory = memory or MemoryConfig()
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -308,6 +374,8 @@ def bench_engine(
     )
     cache = engine.rollout.cache
     res["kv_cache_MB"] = 0.0 if cache is None else cache.nbytes() / 2**20
+    if busy and device == "cpu":
+        res.update(bench_busy(checkpoint, chunks))
     if play_seconds and device == "cpu":
         res.update(bench_play(checkpoint, play_seconds, play_steps or None))
     return res

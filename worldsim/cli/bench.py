@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument(
         "--memory-top-k", type=int, default=None, help="entries a chunk may retrieve (default: the bank's own)"
     )
+    p_engine.add_argument(
+        "--busy",
+        action="store_true",
+        help="also time the engine beside a process that keeps one core busy (threads auto vs pinned)",
+    )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
     p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             memory_entries=args.memory_entries,
             memory_queries=args.memory_queries,
             memory=memory_config(base, args.memory_top_k),
+            busy=args.busy,
         )
     else:
         from worldsim.bench.model import bench_model

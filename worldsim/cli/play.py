@@ -31,7 +31,14 @@ from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, 
 from worldsim.inference.quantize import check_quantize
 from worldsim.play.loop import PlayLoopConfig, play
 from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
-from worldsim.play.window import Window, WindowConfig, key_codes, require_display, resolve_bindings
+from worldsim.play.window import (
+    Window,
+    WindowConfig,
+    display_rate,
+    key_codes,
+    require_display,
+    resolve_bindings,
+)
 
 
 @dataclass
@@ -99,7 +106,8 @@ class EnvSource(SyncSource):
         """One rendered frame from the first input row, with its render time."""
         t0 = time.perf_counter()
         obs = self.env.step(keys[0], mouse[0])
-        timings = ChunkTimings(render_s=time.perf_counter() - t0)
+        render_s = time.perf_counter() - t0
+        timings = ChunkTimings(render_s=render_s, critical_s=render_s)  # all of it needs the input
         return Chunk(obs.frame[None], obs.c2w[None].astype(np.float32), timings)
 
     def close(self) -> None:
@@ -175,10 +183,13 @@ def main(cfg: Any) -> None:
         if not pc.checkpoint:
             window = Window(pc.window, parse_frame_size(pc.frame_size), title=f"worldsim: {pc.env}")
             source = EnvSource(pc, window)
-        else:  # a bad checkpoint (or bindings that miss its keys) fails before a window opens
+            window.fps = display_rate(pc.window.target_fps, source.fps)
+        else:  # a bad checkpoint (or bindings or a display rate that do not fit it) fails before a window opens
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **engine_options(pc)))
             resolve_bindings(pc.window.bindings, list(source.key_names))
+            fps = display_rate(pc.window.target_fps, source.fps)
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")
+            window.fps = fps
         stats = play(source, pc.loop, window, record=pc.record)
         s = stats.summary()
         print(

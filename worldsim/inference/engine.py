@@ -20,6 +20,18 @@ night in the built-in world); before each chunk, the entries that best cover wha
 window does not show of its view, wholly older than the window, are retrieved and given to the
 rollout (``step(memory=...)``).
 The bank is part of a saved session.
+
+**Ahead of the input** (reference.md §6b, design §10): :meth:`Engine.prepare` does the next
+chunk's work that does not need its inputs, so that a player's input waits only for the work that
+does (``ChunkTimings.critical_s``: the denoising passes and the decode). It runs the last chunk's
+deferred cache write (``cached``) and, memory on, retrieves for the poses the next chunk would
+have if the last input row went on (keys held, the same mouse motion) and runs the retrieved
+chunks' context passes. :meth:`Engine.step` prepares when the caller has not, then retrieves for
+the real poses (a few milliseconds) and, when that picks other entries than the guess, runs their
+passes again inside the step from the same noise (``Engine.memory_reloads`` counts those chunks).
+So a step's result is the same, bit for bit, as if nothing had been done ahead, whether or when
+``prepare`` was called; the generation process of play.py calls it while the player's next input
+is still being polled.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ from worldsim.memory.bank import MemoryBank, MemoryConfig, MemoryHit
 from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
-SESSION_VERSION = 4
+SESSION_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,10 @@ class ChunkTimings:
     decode_s: float = 0.0
     render_s: float = 0.0
     memory_s: float = 0.0  # retrieving from and adding to the memory bank (the passes over retrieved chunks: context_s)
+    # Wall time of the work that needed the chunk's inputs (from the inputs to decoded frames:
+    # poses, a retrieval check, the denoising passes, decode; a world's render). A view of the
+    # stages above, not another one: total_s does not add it.
+    critical_s: float = 0.0
 
     @property
     def model_s(self) -> float:
@@ -80,9 +96,20 @@ class ChunkTimings:
         return self.model_s + self.decode_s + self.render_s + self.memory_s
 
     @classmethod
-    def of(cls, r: RolloutTimings, decode_s: float, memory_s: float = 0.0) -> ChunkTimings:
-        """The rollout's stage timings plus the decode and retrieval times."""
-        return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s, memory_s=memory_s)
+    def of(cls, r: RolloutTimings, decode_s: float, memory_s: float = 0.0, critical_s: float = 0.0) -> ChunkTimings:
+        """The rollout's stage timings plus the decode, retrieval and critical-path times."""
+        return cls(r.context_s, r.denoise_s, r.cache_write_s, decode_s, memory_s=memory_s, critical_s=critical_s)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What :meth:`Engine.prepare` did for the next chunk: the bank slots it retrieved (best
+    first; None: what it loaded can no longer be vouched for), the generator's state before its
+    context passes drew noise (a saved session restarts there) and the seconds it spent retrieving."""
+
+    slots: tuple[int, ...] | None
+    rng_before: torch.Tensor | None
+    memory_s: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +190,7 @@ class Engine:
             self.context_policy,
             null,
             memory_chunks=memory.top_k if memory else 0,
+            defer_cache_write=True,  # run by prepare(), off the next input's critical path
         )
         self.memory: MemoryBank | None = None  # the session's bank (memory on), made by reset()
         key = memory.state_key if memory else ""
@@ -177,6 +205,9 @@ class Engine:
         self.rng = self._generator(seed)
         self.state: CameraState | None = None
         self.previous_keys = np.zeros(len(self.key_names), np.uint8)  # the last input row (press edges)
+        self.previous_mouse = np.zeros(2, np.float32)  # its mouse motion (prepare's guess of the next)
+        self._prepared: _Prepared | None = None
+        self.memory_reloads = 0  # chunks whose retrieval for the real poses differed from prepare()'s guess
         self.steps = 0  # frames generated since reset
         self.fingerprint = fingerprint
 
@@ -250,7 +281,37 @@ class Engine:
         self.last_memory_slot = -1
         self.state = CameraState.from_c2w(c2w[-1])
         self.previous_keys = previous.astype(np.uint8)
+        self.previous_mouse = (mouse[-2] if len(mouse) >= 2 else np.zeros(2)).astype(np.float32)
+        self._prepared = None
         self.steps = 0
+
+    def prepare(self) -> None:
+        """Do the next chunk's input-independent work now (module docstring: the deferred cache
+        write; memory on, retrieval for the guessed poses and the retrieved chunks' passes).
+        Calling it again before the next :meth:`step` does nothing; ``step`` calls it itself.
+        ``WorldsimError`` before :meth:`reset`."""
+        if self.state is None:
+            raise WorldsimError("the engine has no session yet: call reset() first")
+        if self._prepared is not None:
+            return
+        with torch.inference_mode(), self.amp:
+            self.rollout.flush(self.rng)
+        if self.memory is None:
+            with torch.inference_mode(), self.amp:
+                self.rollout.load_memory(None, self.rng)
+            self._prepared = _Prepared((), None, 0.0)
+            return
+        state, poses = self.state, []  # the last input row going on: keys held, the same motion
+        for _ in range(self.chunk_frames):
+            state = self.controller.step(state, self.previous_keys, self.previous_mouse)
+            poses.append(state.c2w())
+        t0 = time.perf_counter()
+        hits, retrieved = self._retrieve(np.stack(poses), self.memory_state)  # no press: the state holds
+        memory_s = time.perf_counter() - t0
+        rng_before = self.rng.get_state()
+        with torch.inference_mode(), self.amp:
+            self.rollout.load_memory(retrieved, self.rng)
+        self._prepared = _Prepared(tuple(h.slot for h in hits), rng_before, memory_s)
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
         """``k = chunk_frames`` raw inputs ``keys (k, K)`` uint8 multi-hot, ``mouse (k, 2)``
@@ -262,6 +323,10 @@ class Engine:
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
         keys, mouse = self._check_inputs(keys, mouse, self.chunk_frames)
+        self.prepare()  # no-op when the caller prepared already
+        prepared, self._prepared = self._prepared, None
+        assert prepared is not None
+        t_inputs = time.perf_counter()  # the critical path starts: everything below needs the inputs
         # Step 1: poses from the controller, actions from the encoder (frame i <- input i).
         state, poses = self.state, []
         for i in range(self.chunk_frames):
@@ -272,28 +337,37 @@ class Engine:
         actions = torch.from_numpy(encoded).to(self.device)[None]
         c2w = torch.from_numpy(c2w_np).to(self.device)[None]
         memory_state = (self.memory_state + int(self._presses(keys, self.previous_keys).sum())) % 2
-        # Step 2: the memory bank's entries for this view (memory on).
+        # Step 2: the memory bank's entries for this view (memory on); when prepare() guessed
+        # other ones, their context passes run again now.
         t0 = time.perf_counter()
         hits, retrieved = self._retrieve(c2w_np, memory_state)
-        memory_s = time.perf_counter() - t0 if self.memory is not None else 0.0
-        # Step 3: the rollout generates the chunk's latents; then they are decoded.
+        memory_s = prepared.memory_s + (time.perf_counter() - t0 if self.memory is not None else 0.0)
+        if tuple(h.slot for h in hits) != prepared.slots:
+            if prepared.rng_before is not None:  # the noise the guess drew is drawn again, for these
+                self.rng.set_state(prepared.rng_before)
+            with torch.inference_mode(), self.amp:
+                self.rollout.load_memory(retrieved, self.rng)
+            self.memory_reloads += 1
+        # Step 3: the rollout generates the chunk's latents (with what was loaded); then they are decoded.
         first = self._next_frame()
         with torch.inference_mode(), self.amp:
-            z = self.rollout.step(actions, c2w, self.rng, memory=retrieved)
+            z = self.rollout.step(actions, c2w, self.rng)
         t0 = time.perf_counter()
         frames = self._decode(z[0])
         decode_s = time.perf_counter() - t0
+        critical_s = time.perf_counter() - t_inputs
         if self.memory is not None:  # the clean chunk joins the bank
             t0 = time.perf_counter()
             self.last_memory_slot = self.memory.add(z[0].float(), actions[0], c2w[0], first, memory_state)
             memory_s += time.perf_counter() - t0
         self.state = state
-        self.previous_keys = keys[-1].astype(np.uint8)
+        self.previous_keys, self.previous_mouse = keys[-1].astype(np.uint8), mouse[-1].astype(np.float32)
         self.memory_state = memory_state
         self.steps += self.chunk_frames
         if self.governor is not None:
             self.governor.observe()
-        return Chunk(frames, c2w_np, ChunkTimings.of(self.rollout.timings, decode_s, memory_s), tuple(hits))
+        timings = ChunkTimings.of(self.rollout.timings, decode_s, memory_s, critical_s)
+        return Chunk(frames, c2w_np, timings, tuple(hits))
 
     # -- memory --------------------------------------------------------------------------------
     def _presses(self, keys: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -314,6 +388,9 @@ class Engine:
         if len(frames) != self.chunk_frames:
             raise WorldsimError(f"remember_truth() takes one chunk of {self.chunk_frames} frames, got {len(frames)}")
         self.memory.latents[self.last_memory_slot] = self._encode(frames).to(self.memory.latents.dtype)
+        p = self._prepared
+        if p is not None and p.slots is not None and self.last_memory_slot in p.slots:
+            self._prepared = replace(p, slots=None)  # its passes read the old latents: the step redoes them
 
     def _next_frame(self) -> int:
         """Session index of the next chunk's first frame."""
@@ -346,6 +423,10 @@ class Engine:
         h = self.rollout.history
         if self.state is None or h is None:
             raise WorldsimError("nothing to save: call reset() first")
+        with torch.inference_mode(), self.amp:  # the cache is saved with the last chunk written
+            self.rollout.flush(self.rng)
+        p = self._prepared  # retrieval done ahead is not saved: the restored engine does it again, from the same noise
+        rng = p.rng_before if p is not None and p.rng_before is not None else self.rng.get_state()
         tensors = {
             "latents": h.latents,
             "actions": h.actions,
@@ -353,7 +434,8 @@ class Engine:
             "ray_ref": h.ray_ref.clone(),  # may share memory with the history's poses
             "frame_idx": h.frame_idx,
             "previous_keys": torch.from_numpy(self.previous_keys.copy()),
-            "rng": self.rng.get_state(),
+            "previous_mouse": torch.from_numpy(self.previous_mouse.copy()),
+            "rng": rng,
         }
         cache = self.rollout.cache
         if cache is not None:
@@ -431,6 +513,8 @@ class Engine:
         self.rollout.restore(hist, cache)
         self.memory, self.memory_state = bank, int(meta.get("memory_state", 0))
         self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
+        self.previous_mouse = t["previous_mouse"].cpu().numpy().astype(np.float32)
+        self._prepared = None
         self.rng = torch.Generator(device=self.device)
         self.rng.set_state(t["rng"].cpu())
         self.steps = int(meta["steps"])

@@ -14,6 +14,14 @@ Per chunk (``step``):
    (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0);
 5. the clean chunk joins the history, which keeps the sink and the newest ``context_chunks``.
 
+Work the next chunk does not need its inputs for can be done ahead, before those inputs are
+polled (reference.md §6b; the engine's ``prepare``): with ``defer_cache_write`` the clean pass of
+step 4 waits in :meth:`flush` until the next step (or a caller that reads the cache) asks for
+it, so the new chunk's latents are returned as soon as they are denoised; :meth:`load_memory`
+runs the retrieved chunks' passes for the next step. Both draw the sampler's context noise in the
+same order as a step that does everything itself, so a session's numbers do not depend on
+whether the work was done ahead.
+
 Chunks retrieved from the memory bank (``step(memory=...)``) enter the context as the teacher
 learnt to read them (``worldsim.train.teacher_data``: a retrieved chunk replaced the oldest
 context chunk of half the training clips): in place of the oldest window chunks (the chunk sees
@@ -59,7 +67,14 @@ class RolloutTimings:
 
     context_s: float = 0.0  # the context's keys and values (rebuild) and retrieved chunks' (cached)
     denoise_s: float = 0.0  # the denoising passes of the new chunk
-    cache_write_s: float = 0.0  # the clean pass that writes the chunk's keys and values (cached)
+    cache_write_s: float = (
+        0.0  # the clean pass that writes a chunk's keys and values (cached; deferred: the last chunk's)
+    )
+
+    def __add__(self, other: RolloutTimings) -> RolloutTimings:
+        return RolloutTimings(
+            self.context_s + other.context_s, self.denoise_s + other.denoise_s, self.cache_write_s + other.cache_write_s
+        )
 
     @property
     def model_s(self) -> float:
@@ -78,7 +93,8 @@ class ChunkRollout:
     ``intrinsics (3, 3)`` pixels of the decoded ``frame_size``; ``null_action (A,)`` the input
     classifier-free guidance compares against (required when ``sampler.guidance != 1``);
     ``memory_chunks`` the most retrieved chunks a step may be given (``cached``: the cache's
-    memory slots). Raises ``WorldsimError`` for an unknown policy, ``cached`` with a
+    memory slots); ``defer_cache_write`` (``cached``): a chunk's clean pass runs at the next
+    :meth:`flush` (module docstring). Raises ``WorldsimError`` for an unknown policy, ``cached`` with a
     conditioning whose keys go stale, or inputs of the wrong length.
     """
 
@@ -92,6 +108,7 @@ class ChunkRollout:
         policy: str = "rebuild",
         null_action: torch.Tensor | None = None,
         memory_chunks: int = 0,
+        defer_cache_write: bool = False,
     ):
         if policy not in CONTEXT_POLICIES:
             raise unknown_name("context policy", policy, CONTEXT_POLICIES)
@@ -111,6 +128,13 @@ class ChunkRollout:
         self.history: History | None = None
         self.cache: KVCache | None = None  # cached policy only
         self.timings = RolloutTimings()
+        self.defer_cache_write = defer_cache_write
+        # Work done ahead of the next step: the last chunk's cache write when deferred (clean
+        # latents, actions, rays, positions), the retrieved chunks loaded for it (a 1-tuple, so
+        # that "no memory" can be loaded too), and the time both took.
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._loaded: tuple[History | None] | None = None
+        self._ahead = RolloutTimings()
 
     @property
     def context_frames(self) -> int:
@@ -152,6 +176,7 @@ class ChunkRollout:
         ``cache`` as is, or recomputes it from the history when none is given (context noise from
         ``generator``, as in :meth:`reset`)."""
         self.history = history
+        self._pending, self._loaded, self._ahead = None, None, RolloutTimings()
         if self.policy == "cached" and cache is None:
             with torch.no_grad():  # context keys and values never carry gradient
                 cache = self._context_cache(history, generator=generator)
@@ -208,6 +233,58 @@ class ChunkRollout:
             [torch.arange(ctx.num_frames - recent), torch.arange(ctx.num_frames - recent + hidden, ctx.num_frames)]
         )
         return ctx.select(keep)
+
+    def flush(self, generator: torch.Generator | None = None) -> None:
+        """Run the last chunk's deferred cache write (``defer_cache_write``; step 4), if it has not
+        run yet; its context noise comes from ``generator`` (the one the steps use). A caller that
+        reads :attr:`cache` flushes first; :meth:`step` and :meth:`load_memory` do it themselves."""
+        if self._pending is None:
+            return
+        assert self.cache is not None and self.history is not None
+        clean, actions, rays, pos = self._pending
+        self._pending = None
+        timer = _Timer(clean.device)
+        self._write_chunk(self.cache, clean, actions, rays, pos, generator)
+        self._ahead.cache_write_s += timer.lap()
+
+    def load_memory(
+        self,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Make the chunks retrieved for the next step ready before its inputs come: ``memory``
+        as :meth:`step` takes it (None: no memory). ``cached``: their clean passes into the
+        cache's memory slots now (after the deferred cache write, so the context noise is drawn
+        in a step's order); ``rebuild``: kept for the step's context pass, which needs the
+        chunk's rays. The next :meth:`step` given ``memory=None`` uses them; a later call
+        replaces them."""
+        if self.history is None:
+            raise WorldsimError("reset the rollout with a context before loading memory")
+        self.flush(generator)
+        ctx = self.history
+        timer = _Timer(ctx.latents.device)
+        mem = None if memory is None else self._retrieved(ctx, *memory)
+        if self.policy == "cached":
+            assert self.cache is not None
+            with torch.no_grad():
+                self._memory_passes(self.cache, mem, generator)
+        self._loaded = (mem,)
+        self._ahead.context_s += timer.lap()
+
+    def _write_chunk(
+        self,
+        cache: KVCache,
+        clean: torch.Tensor,
+        actions: torch.Tensor,
+        rays: torch.Tensor,
+        pos: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Step 4: the clean pass that writes a finished chunk's keys and values and commits them."""
+        labels = torch.full(clean.shape[:2], self.sampler.context_sigma, dtype=actions.dtype, device=clean.device)
+        with torch.no_grad():
+            self.model.forward_chunk(context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache)
+        cache.commit()
 
     def _memory_passes(self, cache: KVCache, mem: History | None, generator: torch.Generator | None) -> None:
         """``cached``: the retrieved chunks' keys and values into the cache's memory slots (none: cleared)."""
@@ -266,7 +343,8 @@ class ChunkRollout:
         step by default). With gradients enabled, only that step's pass carries them; the chunk
         joins the history and the cache without them. ``memory``: chunks retrieved for this one,
         ``(latents (B, m, C, h, w), actions (B, m, A), c2w (B, m, 4, 4))``, whole chunks, at most
-        ``memory_chunks`` (module docstring)."""
+        ``memory_chunks`` (module docstring); None: those :meth:`load_memory` made ready since
+        the last step, if any, else none. A deferred cache write still pending runs first."""
         if self.history is None:
             raise WorldsimError("reset the rollout with a context before stepping")
         if actions.shape[1] != self.k or c2w.shape[1] != self.k:
@@ -274,15 +352,18 @@ class ChunkRollout:
         last = self.sampler.num_steps - 1 if exit_step is None else exit_step
         if not 0 <= last < self.sampler.num_steps:
             raise WorldsimError(f"exit_step must be in [0, {self.sampler.num_steps}), got {exit_step}")
+        if memory is not None or self._loaded is None:  # else loaded ahead (cached: passes done)
+            self.load_memory(memory, generator)
+        assert self._loaded is not None
+        (mem,), self._loaded = self._loaded, None
         ctx = self.history
         dev, dtype = ctx.latents.device, ctx.latents.dtype
         actions = actions.to(device=dev, dtype=dtype)
         c2w = c2w.to(dev)
         timer = _Timer(dev)
-        mem = None if memory is None else self._retrieved(ctx, *memory)
         # Step 1: rays of [context | chunk] and the chunk's temporal positions.
         _, pos = self._positions(ctx)
-        # Step 2: the context's keys and values (and the retrieved chunks').
+        # Step 2: the context's keys and values (rebuild; the retrieved chunks' were loaded above).
         if self.policy == "rebuild":
             full = ctx if mem is None else mem.concat(self._in_view(ctx, mem.num_frames))
             _, pos = self._positions(full)  # latest: compact positions count the retrieved frames
@@ -294,29 +375,25 @@ class ChunkRollout:
             assert self.cache is not None
             rays = self.rays.relative_to(c2w, self._reference(ctx), dtype)
             cache = self.cache
-            with torch.no_grad():
-                self._memory_passes(cache, mem, generator)
         context_s = timer.lap()
         # Step 3: denoise the new chunk against that context.
         shape = (ctx.latents.shape[0], self.k, *ctx.latents.shape[2:])
         x0 = self._denoise(cache, actions, rays, pos, shape, generator, trajectory, last)
         denoise_s = timer.lap()
         clean = x0.detach()
-        # Step 4 (cached): the clean pass writes the finished chunk's keys and values.
-        if self.policy == "cached":
-            b = x0.shape[0]
-            labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=dev)
-            with torch.no_grad():
-                self.model.forward_chunk(
-                    context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache
-                )
-            cache.commit()
+        # Step 4 (cached): the clean pass writes the finished chunk's keys and values, now or,
+        # deferred, at the next flush (before anything else touches the cache).
+        if self.policy == "cached" and self.defer_cache_write:
+            self._pending = (clean, actions.detach(), rays.detach(), pos)
+        elif self.policy == "cached":
+            self._write_chunk(cache, clean, actions.detach(), rays.detach(), pos, generator)
         write_s = timer.lap()
         # Step 5: the chunk joins the history; the window slides.
         self.history = ctx.append(clean, actions, c2w, self._reference(ctx)).window(
             self.k, self.cond.context_chunks, self.cond.sink
         )
-        self.timings = RolloutTimings(context_s, denoise_s, write_s)
+        self.timings = self._ahead + RolloutTimings(context_s, denoise_s, write_s)
+        self._ahead = RolloutTimings()
         return x0
 
     def _denoise(

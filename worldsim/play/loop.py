@@ -9,8 +9,11 @@ runs on one thread: nothing here waits except the display tick and the pipe of a
 Per display tick (``target_fps``): the window is polled and the input row (keys held, mouse
 motion, poll time) is queued; a chunk the source has finished is taken, and its frames join the
 display queue as rows ``(frame, c2w, keys, mouse, first_of_chunk, poll_times)``; when no chunk is
-in flight and fewer than a chunk of frames is waiting (``lead``: the frames that cover the recent
-chunk time at the source's fps, so a chunk lands just as the queue empties), the rows polled
+in flight and the frames waiting no longer cover the time a chunk takes to come back (``lead``:
+the p95 of the last chunks' submit-to-arrival times plus ``lead_margin_ms``, in frames at the
+source's fps, so that a chunk lands just as the queue empties and an input waits no longer than
+it must; a source that prepares its next chunk ahead, as the engine does, answers in its
+critical time, ``ChunkTimings.critical_s``), the rows polled
 since the last submission become the next chunk's inputs (the newest ``k``; the mouse motion of
 older rows is added to the first kept row and their keys held in it, so no tap is lost; missing
 rows repeat the held keys with no motion) and are submitted, to be generated while earlier
@@ -83,6 +86,7 @@ class PlayLoopConfig:
 
     screenshot_dir: str = "screenshots"
     max_steps: int = 0  # stop after this many displayed frames (0 = until quit); for scripted checks
+    lead_margin_ms: float = 10.0  # submit the next chunk this much earlier than its measured p95 return time
 
 
 @dataclass
@@ -181,6 +185,8 @@ class PlayStats:
     polls: list[float] = field(default_factory=list)  # poll times
     latencies_s: list[float] = field(default_factory=list)
     chunk_s: list[float] = field(default_factory=list)
+    critical_s: list[float] = field(default_factory=list)  # per chunk: the work that needed its inputs
+    turnaround_s: list[float] = field(default_factory=list)  # per chunk: submitted -> in the loop's hands
     memory_hits: int = 0  # chunks generated with at least one entry retrieved from the memory bank
     first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
     shown_at: deque[float] = field(default_factory=deque)  # display times of the new frames of the last second
@@ -197,7 +203,8 @@ class PlayStats:
         return float(len(self.shown_at))
 
     def summary(self) -> dict[str, float]:
-        """Displayed frames, poll rate (Hz), latency p50/p95 (ms), mean chunk time (ms), first frame (s)."""
+        """Displayed frames, poll rate (Hz), latency p50/p95 (ms), mean chunk time (ms), critical
+        time and turnaround p50/p95 (ms), first frame (s)."""
         lat = np.array(self.latencies_s) if self.latencies_s else np.array([np.nan])
         span = (self.polls[-1] - self.polls[0]) if len(self.polls) > 1 else float("nan")
         return {
@@ -208,20 +215,29 @@ class PlayStats:
             "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
             "latency_p95_ms": float(np.percentile(lat, 95) * 1000),
             "chunk_ms_mean": float(np.mean(self.chunk_s) * 1000) if self.chunk_s else float("nan"),
+            **_percentiles_ms("critical", self.critical_s),
+            **_percentiles_ms("turnaround", self.turnaround_s),
             "first_frame_s": self.first_frame_s,
             "memory_hit_chunks": self.memory_hits,
         }
 
 
+def _percentiles_ms(name: str, seconds: list[float]) -> dict[str, float]:
+    """``{name}_ms_p50`` and ``{name}_ms_p95`` of ``seconds`` (NaN when empty)."""
+    ms = 1000 * np.array(seconds) if seconds else np.array([np.nan])
+    return {f"{name}_ms_p50": float(np.percentile(ms, 50)), f"{name}_ms_p95": float(np.percentile(ms, 95))}
+
+
 class ChunkScheduler:
     """Input rows in, frames to show out: submits the rows polled since the last submission to
-    ``source`` when the queue runs low (``lead``), and turns each chunk that comes back into
+    ``source`` when the queue runs low (:meth:`lead`), and turns each chunk that comes back into
     queue rows. At most one chunk in flight; ``in_flight`` holds its inputs."""
 
-    def __init__(self, source: ChunkSource, stats: PlayStats):
-        self.source, self.stats = source, stats
+    def __init__(self, source: ChunkSource, stats: PlayStats, margin_s: float = 0.01):
+        self.source, self.stats, self.margin_s = source, stats, margin_s
         self.pending: list[InputRow] = []
         self.in_flight: tuple[np.ndarray, np.ndarray, list[float]] | None = None
+        self.submitted_at = 0.0
         self.shown: deque[ShownFrame] = deque()
         self.timings = ChunkTimings()  # of the last chunk (the HUD's stage times)
         self.memory: tuple[MemoryHit, ...] = ()  # the last chunk's memory hits (the HUD's)
@@ -242,17 +258,28 @@ class ChunkScheduler:
             keys, mouse, times = self.in_flight
             self.in_flight = None
             self.timings, self.memory = chunk.timings, chunk.memory
+            self.stats.turnaround_s.append(time.perf_counter() - self.submitted_at)
             self.stats.chunk_s.append(chunk.timings.total_s)
+            self.stats.critical_s.append(chunk.timings.critical_s)
             self.stats.memory_hits += bool(chunk.memory)
             for i in range(len(chunk.frames)):
                 rows_polled = times if i == 0 else []  # latency is counted at a chunk's first frame
                 self.shown.append(ShownFrame(chunk.frames[i], chunk.c2w[i], keys[i], mouse[i], i == 0, rows_polled))
-        lead = math.ceil(np.mean(self.stats.chunk_s[-4:]) * self.source.fps) if self.stats.chunk_s else 0
-        if not paused and self.in_flight is None and len(self.shown) <= lead and self.pending:
+        if not paused and self.in_flight is None and len(self.shown) <= self.lead() and self.pending:
             src = self.source
             self.in_flight = chunk_inputs(self.pending, src.chunk_frames, len(src.key_names))
             self.pending = []
+            self.submitted_at = time.perf_counter()
             src.submit(self.in_flight[0], self.in_flight[1])
+
+    def lead(self) -> int:
+        """Queued frames at or below which the next chunk is submitted: the p95 of the last 8
+        chunks' submit-to-arrival times plus the margin, in frames at the source's fps (0 before
+        the first chunk: submit at once)."""
+        recent = self.stats.turnaround_s[-8:]
+        if not recent:
+            return 0
+        return math.ceil((float(np.percentile(recent, 95)) + self.margin_s) * self.source.fps)
 
 
 def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str | None = None) -> PlayStats:
@@ -266,7 +293,7 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
     if recorder:
         recorder.start(last_frame, last_c2w)
     stats = PlayStats()
-    sched = ChunkScheduler(source, stats)
+    sched = ChunkScheduler(source, stats, cfg.lead_margin_ms / 1000)
     paused, behind = False, False
     window.show(last_frame, ["starting..."])
     try:

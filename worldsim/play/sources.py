@@ -10,7 +10,9 @@ In-process sources (:class:`SyncSource`: the ground-truth world drawn in the win
 context, an engine in this process) compute the chunk in ``submit`` on the calling thread, the
 loop's; ``poll`` hands it over. :class:`ProcessSource` runs a SyncSource in a child process:
 ``submit`` writes the inputs to the pipe and returns at once, ``poll`` waits on the pipe for up to
-``timeout_s``. No thread anywhere.
+``timeout_s``. No thread anywhere. Between a chunk sent and the next inputs received, the child
+runs the source's ``prepare()`` (the engine's input-independent work for the next chunk,
+``Engine.prepare``), so the player's next input waits only for the work that needs it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class SyncSource(ABC):
         done, self._done = self._done, None
         return done
 
+    def prepare(self) -> None:  # noqa: B027 (most sources have nothing to do ahead)
+        """Do the next step's work that does not need its inputs (nothing by default)."""
+
     def close(self) -> None:  # noqa: B027 (most sources hold nothing to release)
         """Nothing to release by default."""
 
@@ -113,6 +118,10 @@ class EngineSource(SyncSource):
         """One ``Engine.step``."""
         return self.engine.step(keys, mouse)
 
+    def prepare(self) -> None:
+        """``Engine.prepare``: the next chunk's cache write and memory retrieval, ahead of its inputs."""
+        self.engine.prepare()
+
 
 def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
     """Load a checkpoint as a source started from world ``seed`` (the generation process's factory)."""
@@ -133,7 +142,8 @@ def _send_error(conn: Any, e: BaseException) -> None:
 
 def _serve_source(conn: Any, factory: Callable[[], SyncSource]) -> None:
     """The generation process: build the source, then answer ``("reset", ())`` and ``("step",
-    (keys, mouse))`` with a Chunk until ``None``. Generation runs on this process's main thread."""
+    (keys, mouse))`` with a Chunk until ``None``, preparing the next step after each answer while
+    the parent polls its input. Generation runs on this process's main thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     try:
         source = factory()
@@ -149,6 +159,11 @@ def _serve_source(conn: Any, factory: Callable[[], SyncSource]) -> None:
                 conn.send(("ok", calls[method](*args)))
             except BaseException as e:
                 _send_error(conn, e)
+                continue
+            try:
+                source.prepare()  # while the parent polls the next inputs
+            except Exception:  # nobody asked yet: the next step prepares again and reports it
+                pass
     except EOFError:  # the parent is gone
         pass
     finally:

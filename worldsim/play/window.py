@@ -10,6 +10,7 @@ F1 shows the help overlay with the key bindings; F3 hides the HUD.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -34,7 +35,10 @@ class WindowConfig:
     """The play window (``window.*`` in ``play.yaml``): size, display rate, key bindings."""
 
     scale: int = 8  # window pixels per frame pixel
-    target_fps: float = 15.0
+    # Display ticks per second: null = the source's frame rate (the world's, or the model's time
+    # step: 15 for the shipped models). Anything else would play the world faster or slower than
+    # it moves, so it is refused (display_rate).
+    target_fps: float | None = None
     filter: str = "nearest"  # nearest | smooth
     # Game key name (as in the world's key list) -> keyboard key name as pygame spells it.
     bindings: dict[str, str] = field(
@@ -50,6 +54,19 @@ class WindowConfig:
     )
     mouse_sensitivity: float = 1.0  # scales raw mouse pixels before the camera controller
     hud: bool = True  # overlay FPS, chunk time, latency, recording state (F3 toggles)
+
+
+def display_rate(target_fps: float | None, source_fps: float) -> float:
+    """The display's tick rate for a source of ``source_fps`` frames per second of world time:
+    ``target_fps`` None -> ``source_fps``. The loop shows one new frame per tick, so any other
+    rate would play the world at ``target_fps / source_fps`` times its speed: ``WorldsimError``
+    in one line (a 30 Hz display needs a model whose frames are 1/30 s apart)."""
+    if target_fps is None or math.isclose(target_fps, source_fps):
+        return float(source_fps)
+    raise WorldsimError(
+        f"window.target_fps={target_fps:g} would play this source's {source_fps:g} frames/s of world time at "
+        f"{target_fps / source_fps:.2g}x speed; leave it unset (null: the source's rate)"
+    )
 
 
 def require_display() -> None:
@@ -102,6 +119,7 @@ class Window:
         import pygame
 
         self.pg = pygame
+        self.fps = cfg.target_fps  # display ticks per second; play.py sets it from the source (display_rate)
         pygame.init()
         if not pygame.display.get_init():  # e.g. DISPLAY names a screen that is not there
             where = os.environ.get("DISPLAY", "")
@@ -244,8 +262,8 @@ class Window:
         return np.frombuffer(raw, np.uint8).reshape(h, w, 3)[::-1].copy()
 
     def tick(self) -> None:
-        """Sleep to the next display tick at ``target_fps``."""
-        self.clock.tick(self.cfg.target_fps)
+        """Sleep to the next display tick at :attr:`fps` (unpaced while it is unset)."""
+        self.clock.tick(self.fps or 0)
 
     def help_text(self) -> str:
         """The bindings and controls, one line."""
