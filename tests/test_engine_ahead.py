@@ -164,3 +164,33 @@ def test_the_generation_process_prepares_after_every_answer():
     finally:
         source.close()
     assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("fails", ["cache write", "memory pass"])
+def test_work_ahead_that_raises_is_redone_exactly_by_the_step(ckpt, fails):
+    """A prepare() that raises (out of memory, say) in its first pass (the deferred cache write)
+    or its second (the guessed memory chunk's, which has drawn its context noise by then) leaves
+    the work to do and the generator as it was: the next steps play as if it never happened."""
+    ref, eng = _engine(ckpt), _engine(ckpt)
+    for dx in TURNS[:10]:
+        ref.step(*_inputs(2, None, dx=dx))
+        eng.step(*_inputs(2, None, dx=dx))
+    forward, passes = eng.model.forward_chunk, []
+
+    def failing(*args, **kw):
+        passes.append(1)
+        if len(passes) == {"cache write": 1, "memory pass": 2}[fails]:
+            raise RuntimeError("out of memory")
+        return forward(*args, **kw)
+
+    eng.model.forward_chunk = failing
+    with pytest.raises(RuntimeError, match="out of memory"):
+        eng.prepare()
+    eng.prepare()  # again: what was left of the cache write and the retrieved chunk's pass
+    assert len(passes) == 3  # write failed + write + memory pass, or write + memory failed + memory pass
+    outs = []
+    for dx in TURNS[10:13]:
+        a, b = ref.step(*_inputs(2, None, dx=dx)), eng.step(*_inputs(2, None, dx=dx))
+        assert a.memory == b.memory and np.array_equal(a.frames, b.frames)
+        outs.append(b)
+    assert outs[0].memory  # the chunk prepared ahead retrieved

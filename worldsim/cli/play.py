@@ -185,6 +185,7 @@ def main(cfg: Any) -> None:
             source = EnvSource(pc, window)
             window.fps = display_rate(pc.window.target_fps, source.fps)
         else:  # a bad checkpoint (or bindings or a display rate that do not fit it) fails before a window opens
+            # (the world draws in the window's GL context, so its rate is checked once it exists)
             source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **engine_options(pc)))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             fps = display_rate(pc.window.target_fps, source.fps)

@@ -23,15 +23,17 @@ The bank is part of a saved session.
 
 **Ahead of the input** (reference.md §6b, design §10): :meth:`Engine.prepare` does the next
 chunk's work that does not need its inputs, so that a player's input waits only for the work that
-does (``ChunkTimings.critical_s``: the denoising passes and the decode). It runs the last chunk's
-deferred cache write (``cached``) and, memory on, retrieves for the poses the next chunk would
-have if the last input row went on (keys held, the same mouse motion) and runs the retrieved
-chunks' context passes. :meth:`Engine.step` prepares when the caller has not, then retrieves for
-the real poses (a few milliseconds) and, when that picks other entries than the guess, runs their
-passes again inside the step from the same noise (``Engine.memory_reloads`` counts those chunks).
-So a step's result is the same, bit for bit, as if nothing had been done ahead, whether or when
-``prepare`` was called; the generation process of play.py calls it while the player's next input
-is still being polled.
+does (``ChunkTimings.critical_s``; with the ``cached`` policy, the denoising passes and the
+decode). With ``cached`` it runs the last chunk's deferred cache write and, memory on, retrieves
+for the poses the next chunk would have if the last input row went on (keys held, the same mouse
+motion) and runs the retrieved chunks' context passes. :meth:`Engine.step` prepares when the
+caller has not, then retrieves for the real poses (a few milliseconds) and, when that picks other
+entries than the guess, runs their passes again inside the step from the same noise
+(``Engine.memory_reloads`` counts those chunks). So a step's result is the same, bit for bit, as
+if nothing had been done ahead, whether or when ``prepare`` was called (a prepare that raised
+leaves the generator as it found it, so the step's retry is exact too); the generation process of
+play.py calls it while the player's next input is still being polled. ``rebuild`` has nothing to
+do ahead: its context pass, retrieved chunks included, needs the new chunk's rays.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,8 +106,8 @@ class ChunkTimings:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What :meth:`Engine.prepare` did for the next chunk: the bank slots it retrieved (best
-    first; None: what it loaded can no longer be vouched for), the generator's state before its
+    """What :meth:`Engine.prepare` did for the next chunk: the bank slots it retrieved and loaded
+    (best first; None: no guess, the step retrieves and loads), the generator's state before its
     context passes drew noise (a saved session restarts there) and the seconds it spent retrieving."""
 
     slots: tuple[int, ...] | None
@@ -294,12 +297,13 @@ class Engine:
             raise WorldsimError("the engine has no session yet: call reset() first")
         if self._prepared is not None:
             return
-        with torch.inference_mode(), self.amp:
+        with torch.inference_mode(), self.amp, self._same_noise_on_error():
             self.rollout.flush(self.rng)
         if self.memory is None:
-            with torch.inference_mode(), self.amp:
-                self.rollout.load_memory(None, self.rng)
-            self._prepared = _Prepared((), None, 0.0)
+            self._prepared = _Prepared((), None, 0.0)  # nothing to retrieve: no memory, as guessed
+            return
+        if self.context_policy != "cached":
+            self._prepared = _Prepared(None, None, 0.0)
             return
         state, poses = self.state, []  # the last input row going on: keys held, the same motion
         for _ in range(self.chunk_frames):
@@ -309,9 +313,20 @@ class Engine:
         hits, retrieved = self._retrieve(np.stack(poses), self.memory_state)  # no press: the state holds
         memory_s = time.perf_counter() - t0
         rng_before = self.rng.get_state()
-        with torch.inference_mode(), self.amp:
+        with torch.inference_mode(), self.amp, self._same_noise_on_error():
             self.rollout.load_memory(retrieved, self.rng)
         self._prepared = _Prepared(tuple(h.slot for h in hits), rng_before, memory_s)
+
+    @contextmanager
+    def _same_noise_on_error(self) -> Iterator[None]:
+        """Put the generator back where it was if the body raises (work ahead that failed is
+        redone from the same noise)."""
+        state = self.rng.get_state()
+        try:
+            yield
+        except BaseException:
+            self.rng.set_state(state)
+            raise
 
     def step(self, keys: np.ndarray, mouse: np.ndarray) -> Chunk:
         """``k = chunk_frames`` raw inputs ``keys (k, K)`` uint8 multi-hot, ``mouse (k, 2)``
@@ -347,7 +362,7 @@ class Engine:
                 self.rng.set_state(prepared.rng_before)
             with torch.inference_mode(), self.amp:
                 self.rollout.load_memory(retrieved, self.rng)
-            self.memory_reloads += 1
+            self.memory_reloads += prepared.slots is not None
         # Step 3: the rollout generates the chunk's latents (with what was loaded); then they are decoded.
         first = self._next_frame()
         with torch.inference_mode(), self.amp:
@@ -387,10 +402,9 @@ class Engine:
         frames = check_frames("true frames", frames, self.frame_size)
         if len(frames) != self.chunk_frames:
             raise WorldsimError(f"remember_truth() takes one chunk of {self.chunk_frames} frames, got {len(frames)}")
+        # A guess that prepare() loaded never holds this slot: the newest chunk is in the window,
+        # and only entries wholly older than the window are retrieved.
         self.memory.latents[self.last_memory_slot] = self._encode(frames).to(self.memory.latents.dtype)
-        p = self._prepared
-        if p is not None and p.slots is not None and self.last_memory_slot in p.slots:
-            self._prepared = replace(p, slots=None)  # its passes read the old latents: the step redoes them
 
     def _next_frame(self) -> int:
         """Session index of the next chunk's first frame."""

@@ -242,9 +242,9 @@ class ChunkRollout:
             return
         assert self.cache is not None and self.history is not None
         clean, actions, rays, pos = self._pending
-        self._pending = None
         timer = _Timer(clean.device)
         self._write_chunk(self.cache, clean, actions, rays, pos, generator)
+        self._pending = None  # only once written: a write that raised is still to do
         self._ahead.cache_write_s += timer.lap()
 
     def load_memory(

@@ -6,25 +6,24 @@ The loop takes any chunk source (``worldsim.play.sources``: ``reset() -> Chunk``
 ground-truth world (k = 1) and the neural engine in a generation process are both sources. It
 runs on one thread: nothing here waits except the display tick and the pipe of a source.
 
-Per display tick (``target_fps``): the window is polled and the input row (keys held, mouse
-motion, poll time) is queued; a chunk the source has finished is taken, and its frames join the
-display queue as rows ``(frame, c2w, keys, mouse, first_of_chunk, poll_times)``; when no chunk is
-in flight and the frames waiting no longer cover the time a chunk takes to come back (``lead``:
-the p95 of the last chunks' submit-to-arrival times plus ``lead_margin_ms``, in frames at the
-source's fps, so that a chunk lands just as the queue empties and an input waits no longer than
-it must; a source that prepares its next chunk ahead, as the engine does, answers in its
-critical time, ``ChunkTimings.critical_s``), the rows polled
-since the last submission become the next chunk's inputs (the newest ``k``; the mouse motion of
-older rows is added to the first kept row and their keys held in it, so no tap is lost; missing
-rows repeat the held keys with no motion) and are submitted, to be generated while earlier
-frames are shown; one frame is shown. While a chunk is in flight, the rest of the tick is spent
-polling the source for it, so a chunk that finishes mid-tick is queued and the next one
-submitted at once. When the queue is empty the last frame stays up and the HUD says generation
-is behind. Input is polled every tick whatever the source is doing. Latency of an input row =
-display time of the first frame generated with it minus its poll time, for every row polled,
-folded ones included. The HUD's frame rate counts the new frames shown in the last second (a
-held frame is not a frame: it falls to 0 within a second when generation stalls), beside the
-number of ticks that held a frame.
+Per display tick (the source's frame rate, ``worldsim.play.window.display_rate``): the window is
+polled and the input row (keys held, mouse motion, poll time) is queued; a chunk the source has
+finished is taken, and its frames join the display queue as rows ``(frame, c2w, keys, mouse,
+first_of_chunk, poll_times)``; when no chunk is in flight and the frames waiting no longer cover
+the time a chunk takes to come back (``lead``: the p95 of the last chunks' submit-to-arrival times
+plus ``lead_margin_ms``, in frames at the source's fps, so that a chunk lands just as the queue
+empties and an input waits no longer than it must; a source that prepares its next chunk ahead, as
+the engine does, answers in its critical time, ``ChunkTimings.critical_s``), the rows polled since
+the last submission become the next chunk's inputs (the newest ``k``; the mouse motion of older
+rows is added to the first kept row and their keys held in it, so no tap is lost; missing rows
+repeat the held keys with no motion) and are submitted, to be generated while earlier frames are
+shown; one frame is shown. While a chunk is in flight, the rest of the tick is spent polling the
+source for it, so a chunk that finishes mid-tick is queued and the next one submitted at once. When
+the queue is empty the last frame stays up and the HUD says generation is behind. Input is polled
+every tick whatever the source is doing. Latency of an input row = display time of the first frame
+generated with it minus its poll time, for every row polled, folded ones included. The HUD's frame
+rate counts the new frames shown in the last second (a held frame is not a frame: it falls to 0
+within a second when generation stalls), beside the number of ticks that held a frame.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ class Display(Protocol):
         ...
 
     def tick(self) -> None:
-        """Wait for the next display tick (``target_fps``)."""
+        """Wait for the next display tick (the source's frame rate)."""
         ...
 
     def help_text(self) -> str:

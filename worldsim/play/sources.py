@@ -162,7 +162,7 @@ def _serve_source(conn: Any, factory: Callable[[], SyncSource]) -> None:
                 continue
             try:
                 source.prepare()  # while the parent polls the next inputs
-            except Exception:  # nobody asked yet: the next step prepares again and reports it
+            except Exception:  # nobody asked yet: the step prepares again, exactly, and raises it if it persists
                 pass
     except EOFError:  # the parent is gone
         pass
