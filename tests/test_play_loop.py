@@ -318,3 +318,19 @@ def test_the_next_chunk_is_submitted_when_the_queue_covers_the_p95_return_time_p
         if submitted:
             sched.pump(paused=False, timeout_s=None)  # take it back: it counts a turnaround
     assert source.queued_at_submit == [0, 1, 2] and len(sched.stats.turnaround_s) == 8 + 3
+
+
+class _SlowDrawWindow(FakeWindow):
+    """Drawing a new frame takes 20 ms; holding the last one nothing."""
+
+    def show(self, frame, hud_lines):
+        super().show(frame, hud_lines)
+        if frame is not None:
+            time.sleep(0.02)
+
+
+def test_the_loop_times_drawing_each_new_frame():
+    stats = play(SlowSource(delay_s=0.2), PlayLoopConfig(), _SlowDrawWindow(ticks=30))
+    assert len(stats.draw_s) == stats.displayed > 0  # new frames only: held ticks draw nothing new
+    summary = stats.summary()
+    assert 20.0 <= summary["draw_ms_p50"] <= summary["draw_ms_p95"]

@@ -271,6 +271,7 @@ def test_the_on_screen_latency_tool_times_light_toggles_of_the_world(tmp_path):
     res = json.loads(out.read_text())
     assert res["seen"] == 3 and res["missed"] == 0 and "on screen: key-down -> visible change" in r.stdout
     assert 0 < res["latency_p50_ms"] < 1000 and res["grabs_per_s"] > 20
+    assert 0 < res["draw_ms_p50"] <= res["draw_ms_p95"]  # play.py's own drawing times, read from its summary
 
 
 def test_one_esc_after_losing_focus_releases_nothing_and_quits_nothing(xvfb, tmp_path):

@@ -14,7 +14,10 @@ mean brightness left the level held before the press by more than ``--threshold`
 night differ by far more) while the grab before it had not. Printed and written to ``--out``:
 latency p50 / p95 / max over the presses seen, the presses whose change never came (within
 ``--timeout`` seconds), the grab rate, and the new frames per second on the screen (grabs that
-differ from the previous grab, over the whole run). Run it on an otherwise idle machine: it times what the player sees.
+differ from the previous grab, over the whole run), and how much of it is drawing: play.py's own
+measure of the time its window takes to show a new frame (texture upload, scaled draw, HUD, buffer
+swap; llvmpipe draws on the same cores under Xvfb), read from the summary play.py prints when it
+quits. Run it on an otherwise idle machine: it times what the player sees.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -110,12 +114,15 @@ def measure(
         xdo(display, "key", "Escape")
         time.sleep(0.3)
         xdo(display, "key", "Escape")
-        play.communicate(timeout=60)
+        summary, _ = play.communicate(timeout=60)
     finally:
         if capture is not None:
             capture.stop.set()
             capture.join(5)
         stop(xvfb, play)
+    drawn = re.search(r"drawing a frame p50 ([\d.]+) ms p95 ([\d.]+) ms", summary)
+    if drawn is None:
+        raise RuntimeError(f"play.py printed no drawing times: {summary[-500:]!r}")
     grabs = [g for g in capture.grabs if t_begin <= g[0] <= t_end] if capture else []
     span = t_end - t_begin
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
@@ -130,6 +137,8 @@ def measure(
         "latencies_ms": [round(x, 1) for x in lat.tolist()] if latencies else [],
         "grabs_per_s": len(grabs) / span,
         "new_frames_per_s_on_screen": sum(c for _, _, c in grabs) / span,
+        "draw_ms_p50": float(drawn.group(1)),
+        "draw_ms_p95": float(drawn.group(2)),
     }
 
 
@@ -154,7 +163,8 @@ def main() -> None:
         "on screen: key-down -> visible change "
         f"p50 {res['latency_p50_ms']:.0f} ms, p95 {res['latency_p95_ms']:.0f} ms, "
         f"max {res['latency_max_ms']:.0f} ms over {res['seen']} of {res['presses']} presses ({res['missed']} missed); "
-        f"{res['new_frames_per_s_on_screen']:.1f} new frames/s on screen, {res['grabs_per_s']:.0f} grabs/s"
+        f"{res['new_frames_per_s_on_screen']:.1f} new frames/s on screen, {res['grabs_per_s']:.0f} grabs/s; "
+        f"drawing a frame p50 {res['draw_ms_p50']:.1f} ms, p95 {res['draw_ms_p95']:.1f} ms"
     )
     if a.out:
         from worldsim.core.atomic import write_text

@@ -196,7 +196,9 @@ def main(cfg: Any) -> None:
         print(
             f"played {s['displayed_frames']} frames; input polled at {s['poll_hz']:.1f} Hz; "
             f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms; "
-            f"chunk {s['chunk_ms_mean']:.0f} ms; first frame {s['first_frame_s']:.2f} s"
+            f"chunk {s['chunk_ms_mean']:.0f} ms, critical p95 {s['critical_ms_p95']:.0f} ms; "
+            f"drawing a frame p50 {s['draw_ms_p50']:.1f} ms p95 {s['draw_ms_p95']:.1f} ms; "
+            f"first frame {s['first_frame_s']:.2f} s"
             + (f"; chunks with memory hits {s['memory_hit_chunks']}" if memory is not None else "")
         )
     except KeyboardInterrupt:

@@ -186,6 +186,7 @@ class PlayStats:
     chunk_s: list[float] = field(default_factory=list)
     critical_s: list[float] = field(default_factory=list)  # per chunk: the work that needed its inputs
     turnaround_s: list[float] = field(default_factory=list)  # per chunk: submitted -> in the loop's hands
+    draw_s: list[float] = field(default_factory=list)  # per new frame: the window's show (upload, draw, swap)
     memory_hits: int = 0  # chunks generated with at least one entry retrieved from the memory bank
     first_frame_s: float = float("nan")  # from loop start to the first generated frame shown
     shown_at: deque[float] = field(default_factory=deque)  # display times of the new frames of the last second
@@ -203,7 +204,7 @@ class PlayStats:
 
     def summary(self) -> dict[str, float]:
         """Displayed frames, poll rate (Hz), latency p50/p95 (ms), mean chunk time (ms), critical
-        time and turnaround p50/p95 (ms), first frame (s)."""
+        time, turnaround and drawing p50/p95 (ms), first frame (s)."""
         lat = np.array(self.latencies_s) if self.latencies_s else np.array([np.nan])
         span = (self.polls[-1] - self.polls[0]) if len(self.polls) > 1 else float("nan")
         return {
@@ -216,6 +217,7 @@ class PlayStats:
             "chunk_ms_mean": float(np.mean(self.chunk_s) * 1000) if self.chunk_s else float("nan"),
             **_percentiles_ms("critical", self.critical_s),
             **_percentiles_ms("turnaround", self.turnaround_s),
+            **_percentiles_ms("draw", self.draw_s),
             "first_frame_s": self.first_frame_s,
             "memory_hit_chunks": self.memory_hits,
         }
@@ -348,7 +350,10 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
             elif not paused:
                 stats.held_ticks += 1
                 behind = True
+            t_draw = time.perf_counter()
             window.show(frame, _hud(window, stats, sched, paused, behind, recorder))
+            if frame is not None:  # a new frame: upload, draw, swap
+                stats.draw_s.append(time.perf_counter() - t_draw)
             if cfg.max_steps and stats.displayed >= cfg.max_steps:
                 break
             # Step 4: spend the rest of the tick polling the source, so that a chunk finishing
