@@ -14,8 +14,9 @@ What each number includes:
   the first three; ``frames_per_s`` = chunk_frames / median(all five), ``throughput_frames_per_s``
   = chunk_frames / mean(all five). ``critical_ms`` / ``critical_p95_ms``: the part of a chunk's
   time that needed its inputs (``ChunkTimings.critical_s``: the step after ``Engine.prepare``,
-  which runs the deferred cache write and the retrieval ahead; what a player's input waits for
-  besides the chunk boundary), median and p95. Display is excluded here and included in the
+  which runs the deferred cache write and the retrieval ahead, called before every step as
+  play.py's generation process does; what a player's input waits for besides the chunk boundary),
+  median and p95; the other rows include the work done ahead. Display is excluded here and included in the
   ``play_*`` rows.
   ``default_*``: the checkpoint's own sampler and policy, memory off.
 * ``memory_on_*``: the default with the memory bank on, at ``memory_min_score`` and
@@ -116,6 +117,7 @@ def _paired_chunk_times(
         order = range(len(engines)) if c % 2 == 0 else reversed(range(len(engines)))
         for i in order:
             reloads = engines[i].memory_reloads
+            engines[i].prepare()  # as play.py's generation process does while the input is polled
             chunk = engines[i].step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
             if c >= warmup:
                 times[i]["reload"].append(float(engines[i].memory_reloads > reloads))
@@ -265,6 +267,7 @@ def _frames_per_s(engine: Engine, chunks: int, warmup: int) -> float:
 def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float]:
     """The ``busy_*`` rows (module docstring): frames/s alone and beside a process that keeps
     one core busy, with the thread count chosen for the free cores and pinned to all of them."""
+    found = torch.get_num_threads()
     auto = load_engine(checkpoint, bf16=False, threads="auto")
     res = {"busy_alone_frames_per_s": _frames_per_s(auto, chunks, warmup)}
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -277,7 +280,7 @@ def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float
     finally:
         spinner.kill()
         spinner.wait()
-    torch.set_num_threads(allowed_cores())  # as found: the engines set the process's count
+    torch.set_num_threads(found)  # the engines set the process's count
     res["busy_auto_ratio"] = res["busy_auto_frames_per_s"] / res["busy_alone_frames_per_s"]
     return res
 

@@ -26,9 +26,10 @@ chunk's work that does not need its inputs, so that a player's input waits only 
 does (``ChunkTimings.critical_s``; with the ``cached`` policy, the denoising passes and the
 decode). With ``cached`` it runs the last chunk's deferred cache write and, memory on, retrieves
 for the poses the next chunk would have if the last input row went on (keys held, the same mouse
-motion) and runs the retrieved chunks' context passes. :meth:`Engine.step` prepares when the
-caller has not, then retrieves for the real poses (a few milliseconds) and, when that picks other
-entries than the guess, runs their passes again inside the step from the same noise
+motion) and runs the retrieved chunks' context passes. :meth:`Engine.step` runs the cache write
+when the caller has not prepared (then there is no guess: it has the real poses), retrieves for the
+real poses (a few milliseconds) and, when that picks other entries than a guess, runs their passes
+again inside the step from the same noise
 (``Engine.memory_reloads`` counts those chunks). So a step's result is the same, bit for bit, as
 if nothing had been done ahead, whether or when ``prepare`` was called (a prepare that raised
 leaves the generator as it found it, so the step's retry is exact too); the generation process of
@@ -288,10 +289,11 @@ class Engine:
         self._prepared = None
         self.steps = 0
 
-    def prepare(self) -> None:
+    def prepare(self, guess: bool = True) -> None:
         """Do the next chunk's input-independent work now (module docstring: the deferred cache
-        write; memory on, retrieval for the guessed poses and the retrieved chunks' passes).
-        Calling it again before the next :meth:`step` does nothing; ``step`` calls it itself.
+        write; memory on and ``guess``, retrieval for the guessed poses and the retrieved chunks'
+        passes). Calling it again before the next :meth:`step` does nothing. ``step`` calls it
+        itself with ``guess=False`` when the caller has not: it has the real poses already.
         ``WorldsimError`` before :meth:`reset`."""
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
@@ -302,7 +304,7 @@ class Engine:
         if self.memory is None:
             self._prepared = _Prepared((), None, 0.0)  # nothing to retrieve: no memory, as guessed
             return
-        if self.context_policy != "cached":
+        if self.context_policy != "cached" or not guess:
             self._prepared = _Prepared(None, None, 0.0)
             return
         state, poses = self.state, []  # the last input row going on: keys held, the same motion
@@ -338,7 +340,7 @@ class Engine:
         if self.state is None:
             raise WorldsimError("the engine has no session yet: call reset() first")
         keys, mouse = self._check_inputs(keys, mouse, self.chunk_frames)
-        self.prepare()  # no-op when the caller prepared already
+        self.prepare(guess=False)  # no-op when the caller prepared already
         prepared, self._prepared = self._prepared, None
         assert prepared is not None
         t_inputs = time.perf_counter()  # the critical path starts: everything below needs the inputs

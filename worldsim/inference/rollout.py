@@ -67,9 +67,8 @@ class RolloutTimings:
 
     context_s: float = 0.0  # the context's keys and values (rebuild) and retrieved chunks' (cached)
     denoise_s: float = 0.0  # the denoising passes of the new chunk
-    cache_write_s: float = (
-        0.0  # the clean pass that writes a chunk's keys and values (cached; deferred: the last chunk's)
-    )
+    # the clean pass that writes a chunk's keys and values (cached; when deferred, the last chunk's)
+    cache_write_s: float = 0.0
 
     def __add__(self, other: RolloutTimings) -> RolloutTimings:
         return RolloutTimings(
