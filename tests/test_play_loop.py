@@ -82,7 +82,7 @@ class SlowSource:
         time.sleep(max(0.0, wait))
         self.done_at, self.n = None, self.n + 1
         c2w = np.tile(np.eye(4, dtype=np.float32), (4, 1, 1))
-        return Chunk(np.full((4, 8, 8, 3), self.n % 255, np.uint8), c2w, ChunkTimings(denoise_s=self.delay_s))
+        return Chunk(np.full((4, 8, 8, 3), self.n % 255, np.uint8), c2w, ChunkTimings(denoise_s=self.delay_s, critical_s=self.delay_s))
 
     def close(self):
         pass
@@ -94,7 +94,8 @@ def test_input_is_polled_at_the_display_rate_while_generation_is_slow():
     assert stats["poll_hz"] > 0.85 * 15.0  # 45 polls in ~3 s although each chunk takes 1 s
     assert stats["held_ticks"] > 10 and stats["displayed_frames"] >= 4
     assert any("generation behind" in hud[0] for _, hud in window.shown)
-    assert "denoise 1000 ms" in window.shown[-1][1][1]  # the HUD's stage times: the last chunk's
+    assert "denoise 1000 ms" in window.shown[-1][1][2]  # the HUD's stage times: the last chunk's
+    assert "critical 1000 ms" in window.shown[-1][1][1]
     assert stats["latency_p50_ms"] >= 1000.0  # an input waits for its 1 s chunk
 
 

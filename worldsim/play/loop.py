@@ -379,11 +379,12 @@ def _hud(
     lat = stats.latencies_s[-32:]
     chunk = stats.chunk_s[-1] * 1000 if stats.chunk_s else float("nan")
     state = "PAUSED" if paused else ("generation behind: holding frame" if behind else "live")
-    stages = [(f.name.removesuffix("_s"), getattr(timings, f.name)) for f in fields(timings)]
-    lines = [
+    stages = [(f.name.removesuffix("_s"), getattr(timings, f.name)) for f in fields(timings) if f.name != "critical_s"]
+    lines = [  # short lines: a 64-pixel frame at the default scale is a 512-pixel window
         f"{fps:4.1f} fps | chunk {chunk:5.0f} ms | frames {stats.displayed} | held {stats.held_ticks} | {state}",
         f"latency p50 {np.median(lat) * 1000 if lat else float('nan'):4.0f} ms | "
-        + " ".join(f"{name} {s * 1000:.0f} ms" for name, s in stages if s > 0),
+        f"critical {timings.critical_s * 1000:.0f} ms (input to frames)",
+        " ".join(f"{name} {s * 1000:.0f} ms" for name, s in stages if s > 0),
     ]
     if stats.memory_hits:  # memory on, and a place has come back at least once
         best = f"{len(sched.memory)} hit, best score {sched.memory[0].score:.2f}" if sched.memory else "no hit"
