@@ -82,7 +82,11 @@ class SlowSource:
         time.sleep(max(0.0, wait))
         self.done_at, self.n = None, self.n + 1
         c2w = np.tile(np.eye(4, dtype=np.float32), (4, 1, 1))
-        return Chunk(np.full((4, 8, 8, 3), self.n % 255, np.uint8), c2w, ChunkTimings(denoise_s=self.delay_s, critical_s=self.delay_s))
+        return Chunk(
+            np.full((4, 8, 8, 3), self.n % 255, np.uint8),
+            c2w,
+            ChunkTimings(denoise_s=self.delay_s, critical_s=self.delay_s),
+        )
 
     def close(self):
         pass
