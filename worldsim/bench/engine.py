@@ -260,8 +260,7 @@ def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) ->
 
 def _frames_per_s(engine: Engine, chunks: int, warmup: int) -> float:
     """chunk_frames over the mean time of ``chunks`` chunks after ``warmup`` (explore policy)."""
-    t = _chunk_times(engine, chunks, warmup)
-    return engine.chunk_frames / float(np.mean(np.sum([t[s] for s in STAGES], axis=0)))
+    return _stage_rows(_chunk_times(engine, chunks, warmup), engine.chunk_frames)["throughput_frames_per_s"]
 
 
 def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float]:
