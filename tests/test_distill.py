@@ -32,7 +32,7 @@ from worldsim.model.dit import WorldModelConfig
 from worldsim.train.config import DistillConfig, OptimConfig, TeacherConfig, TrainConfig
 from worldsim.train.objectives import chunk_ids_of_tokens, ode_regression_loss, rollout_scores
 from worldsim.train.ode_pairs import OdePairs, grid_indices, make_ode_pairs, student_levels
-from worldsim.train.student_dmd_stage import DMDNetworks, SelfForcingDMD, train_student_dmd
+from worldsim.train.student_dmd_stage import DMDNetworks, RolloutPlan, SelfForcingDMD, train_student_dmd
 from worldsim.train.student_ode_stage import train_student_ode
 from worldsim.train.teacher_data import ClipSampler, EncodedSplit
 from worldsim.train.teacher_stage import train_teacher
@@ -276,9 +276,9 @@ def _dmd_cfg(data, teacher, init, out, steps, resume=False, schedule_steps=0, **
     )
 
 
-def _dmd(teacher, fake_seed=None, rollout_chunks=3):
+def _dmd(teacher, fake_seed=None, rollout_chunks=3, context_sigma=0.0):
     """The stage's iteration object on the tiny teacher; the fake score is the teacher itself,
-    or, with ``fake_seed``, other random weights."""
+    or, with ``fake_seed``, other random weights. Its idle input is a row of 0.5 (visible in a test)."""
     ck, model, _ = load_checkpoint(teacher)
     _, student, _ = load_checkpoint(teacher)
     fake = copy.deepcopy(model)
@@ -288,20 +288,22 @@ def _dmd(teacher, fake_seed=None, rollout_chunks=3):
             for p in fake.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
     dc = DistillConfig(teacher=str(teacher), rollout_chunks=rollout_chunks)
-    sampler = SamplerConfig(num_steps=2, shift=ck.sampler.shift, mode="few_step")
+    sampler = SamplerConfig(num_steps=2, shift=ck.sampler.shift, mode="few_step", context_sigma=context_sigma)
     enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
     null = torch.from_numpy(enc.null_action())
     nets = DMDNetworks(student, fake)
-    return SelfForcingDMD(nets, model.requires_grad_(False), ck, sampler, dc, ck.conditioning.intrinsics_matrix(), null)
+    idle = torch.full_like(null, 0.5)
+    intr = ck.conditioning.intrinsics_matrix()
+    return SelfForcingDMD(nets, model.requires_grad_(False), ck, sampler, dc, intr, null, idle)
 
 
-def _clips(dmd, data, teacher):
+def _clips(dmd, data, teacher, extra_chunks=0):
     ck = dmd.ck
     enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
     _, _, codec = load_checkpoint(teacher)
     split = EncodedSplit.encode(str(data), codec, enc, "encode")
     tcfg = TeacherConfig(
-        context_chunks=ck.conditioning.context_chunks + dmd.dc.rollout_chunks - 1,
+        context_chunks=ck.conditioning.context_chunks + dmd.dc.rollout_chunks + extra_chunks - 1,
         camera_reference="chunk",
         memory_prob=0.0,
         action_drop=0.0,
@@ -328,6 +330,63 @@ def test_a_student_rollout_with_gradients_equals_the_inference_rollout_frame_for
     assert (early - got).abs().max() > 1e-3  # an early exit returns that step's estimate
 
 
+def test_a_long_rollout_runs_its_free_chunks_without_gradient_as_the_engine_would(small_dataset, teacher):
+    """Self-Forcing++'s long rollout: 2 free chunks of the clip's inputs, then the window (exit
+    at the last step) are the inference rollout's 5 chunks frame for frame; only the window
+    carries gradient; a still player holds the last context pose and the idle input."""
+    dmd = _dmd(teacher, rollout_chunks=3, context_sigma=0.3)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=2)
+    plan = RolloutPlan([1, 1, 1], free=2)
+    with torch.inference_mode():
+        want, _ = dmd.rollout(batch, [1] * 5, torch.Generator().manual_seed(3))
+    got, _ = dmd.rollout(batch, plan, torch.Generator().manual_seed(3))
+    assert got.shape == (2, 10, 4, 16, 16) and got.requires_grad
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    got[:, 4:].square().mean().backward(retain_graph=True)
+    assert sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters()) > 0
+    dmd.nets.generator.zero_grad(set_to_none=True)
+    got[:, :4].square().mean().backward()  # the free chunks' graph is empty
+    assert all(p.grad is None or not p.grad.any() for p in dmd.nets.generator.parameters())
+    # A still player: the context's own inputs, then 4 chunks of the idle input at the last context pose.
+    actions, c2w, ray_ref = dmd.inputs(batch, RolloutPlan([1, 1], free=2, still=True))
+    assert actions.shape[1] == c2w.shape[1] == ray_ref.shape[1] == 12
+    torch.testing.assert_close(actions[:, :4], batch.actions[:, :4], atol=0, rtol=0)
+    assert (actions[:, 4:] == 0.5).all()
+    held = batch.c2w[:, 3:4].expand(2, 8, 4, 4)
+    torch.testing.assert_close(c2w[:, 4:], held, atol=0, rtol=0)
+    torch.testing.assert_close(ray_ref[:, 4:], held, atol=0, rtol=0)
+    torch.testing.assert_close(c2w[:, :4], batch.c2w[:, :4], atol=0, rtol=0)
+    with pytest.raises(WorldsimError, match="a rollout of 22 frames needs longer clips than the batch's 14"):
+        dmd.inputs(batch, RolloutPlan([1, 1, 1], free=6))
+    plan = RolloutPlan([0, 1, 1], free=1, still=True)
+    out = dmd(batch, True, plan, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = dmd.rollout(batch, plan, torch.Generator().manual_seed(1))
+    assert out.generator_loss is not None  # the DMD step reads the window, not the free chunk before it
+    torch.testing.assert_close(out.samples.detach(), full[:, 2:], atol=1e-6, rtol=0)
+
+
+def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
+    """Runs started before the long-rollout options resume bit for bit: their plan is the same
+    exit steps from the same generator state and nothing else; with the options on, the drawn
+    lengths cover their ranges."""
+    dmd = _dmd(teacher, rollout_chunks=3)
+    for seed in range(5):
+        g, h = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert dmd.plan(g) == RolloutPlan(dmd.exit_steps(h)) and torch.equal(g.get_state(), h.get_state())
+    dmd.dc = DistillConfig(rollout_chunks=3, free_chunks=2, idle_prob=0.5, idle_chunks=6)
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert {p.free for p in plans if not p.still} == {0, 1, 2}
+    assert {p.free for p in plans if p.still} == set(range(7))
+    assert 0.35 < np.mean([p.still for p in plans]) < 0.65
+    assert (
+        TrainConfig(stage="student_dmd")
+        .identity()["distill"]
+        .keys()
+        .isdisjoint({"free_chunks", "idle_prob", "idle_chunks", "context_sigma"})
+    )
+
+
 def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_one(small_dataset, teacher):
     for fake_seed, zero in ((None, True), (1, False)):
         dmd = _dmd(teacher, fake_seed)
@@ -344,11 +403,15 @@ def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_
     assert out.generator_loss is None and not out.samples.requires_grad
 
 
-def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_dataset, teacher, tmp_path):
+LONG = {"free_chunks": 1, "idle_prob": 0.5, "idle_chunks": 2, "context_sigma": 0.2}
+
+
+@pytest.mark.parametrize("long", [{}, LONG], ids=["window", "long_rollouts"])
+def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_dataset, teacher, tmp_path, long):
     data = small_dataset.root
-    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 5, schedule_steps=6))
-    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, schedule_steps=6))
-    summary = train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 5, resume=True))
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 5, schedule_steps=6, **long))
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, schedule_steps=6, **long))
+    summary = train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 5, resume=True, **long))
     for name in ("weights", "ema", "optim"):
         a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
@@ -360,6 +423,7 @@ def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_da
     assert moved and any(not torch.equal(w[f"fake_score.{n}"], p) for n, p in t.state_dict().items())
     ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
     assert ck.provenance["stage"] == "student_dmd" and ck.sampler.num_steps == 2
+    assert ck.sampler.context_sigma == long.get("context_sigma", 0.0)  # the student plays as it was rolled out
     engine = load_engine(tmp_path / "b" / "model")
     start = world_start(0, engine.context_frames, engine.key_names, engine.frame_size)
     engine.reset(*start.arrays())
@@ -376,6 +440,10 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(cfg)
     with pytest.raises(WorldsimError, match=r"no episode holds a 52-frame clip \(longest: 24 frames\)"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, rollout_chunks=24))
+    with pytest.raises(WorldsimError, match=r"no episode holds a 28-frame clip \(longest: 24 frames\)"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, free_chunks=9))
+    with pytest.raises(WorldsimError, match=r"idle_prob in \[0, 1\] .* got 0, 0, 1.5, 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.5))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)
@@ -397,10 +465,11 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(_dmd_cfg(data, moving, moving, tmp_path / "r", 2, resume=True))
 
 
-def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_dataset, teacher):
+@pytest.mark.parametrize("context_sigma", [0.0, 0.3])
+def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_dataset, teacher, context_sigma):
     """``rollout_scores`` (one windowed teacher-forcing forward) against the cache the engine
-    keeps: clean chunks written in order into a window of W chunks, each noisy chunk read
-    before its clean copy joins."""
+    keeps: clean chunks written in order into a window of W chunks, labelled with the context
+    noise level, each noisy chunk read before its clean copy joins."""
     dmd = _dmd(teacher, rollout_chunks=4)
     batch = _clips(dmd, small_dataset.root, teacher)
     model, k, w = dmd.teacher, 2, dmd.cond.context_chunks
@@ -410,7 +479,7 @@ def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_
     sigma = torch.rand(2, 4, generator=g).repeat_interleave(k, 1)
     rays = dmd.rays.relative_to(batch.c2w, batch.ray_ref, torch.float32)
     with torch.no_grad():
-        got = rollout_scores(model, batch.x0, noisy, sigma, batch.actions, rays, w)
+        got = rollout_scores(model, batch.x0, noisy, sigma, batch.actions, rays, w, context_sigma=context_sigma)
         cache, want = KVCache(TINY.depth, k * TINY.tokens_per_frame, w), []
         for c in range(t // k):
             sl, pos = slice(c * k, c * k + k), torch.arange(c * k, c * k + k)
@@ -419,7 +488,8 @@ def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_
                 want.append(
                     model.forward_chunk(noisy[:, n], sigma[:, n], batch.actions[:, sl], rays[:, sl], pos, cache)
                 )
-            model.forward_chunk(batch.x0[:, sl], torch.zeros(2, k), batch.actions[:, sl], rays[:, sl], pos, cache)
+            labels = torch.full((2, k), context_sigma)
+            model.forward_chunk(batch.x0[:, sl], labels, batch.actions[:, sl], rays[:, sl], pos, cache)
             cache.commit()
     torch.testing.assert_close(got, torch.cat(want, 1), atol=1e-5, rtol=1e-5)
 

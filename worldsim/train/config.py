@@ -127,6 +127,17 @@ class DistillConfig:
     dmd_sigma_min: float = 0.02  # DMD noise levels: U(min, max), then shifted like the sampler
     dmd_sigma_max: float = 0.98
     beta1: float = 0.0  # AdamW's first-moment decay for both networks (Self-Forcing: 0)
+    # Long rollouts (Self-Forcing++'s remedy for drift past the teacher's horizon): before the
+    # DMD window the student rolls out more chunks on its own outputs without gradient, U{0 ..
+    # free_chunks} of the clip's recorded inputs (the clips grow by free_chunks chunks); with
+    # probability idle_prob the player stands still instead (nothing pressed, the last context
+    # pose held) for U{0 .. idle_chunks} chunks and the window, which no recording needs.
+    free_chunks: int = 0
+    idle_prob: float = 0.0
+    idle_chunks: int = 0
+    # The rollouts' context noise (the student's sampler.context_sigma, exported with it); the
+    # scores read the clean context noised to the same level.
+    context_sigma: float = 0.0
 
 
 @dataclass
@@ -210,6 +221,9 @@ class TrainConfig:
         distill = d.pop("distill")
         if self.stage in DISTILL_STAGES:  # the teacher checkpoint gives model, codec and conditioning
             d["distill"] = {k: distill[k] for k in DISTILL_FIELDS[self.stage]}
+            for k in LONG_ROLLOUT_FIELDS:  # runs from before the options keep their identity
+                if d["distill"].get(k) == 0:
+                    d["distill"].pop(k)
         unused = {
             "codec": ("model", "teacher"),
             "teacher": ("codec", "codec_train"),
@@ -238,8 +252,13 @@ DISTILL_FIELDS = {
         "dmd_sigma_min",
         "dmd_sigma_max",
         "beta1",
+        "free_chunks",
+        "idle_prob",
+        "idle_chunks",
+        "context_sigma",
     ),
 }
+LONG_ROLLOUT_FIELDS = ("free_chunks", "idle_prob", "idle_chunks", "context_sigma")
 DISTILL_STAGES = tuple(DISTILL_FIELDS)
 # The teacher-group fields that choose the clips a student stage reads (DMD's rollouts start
 # from recent true context only: a retrieved view would leave the window as the rollout goes).

@@ -166,12 +166,15 @@ def rollout_scores(
     window_chunks: int,
     null_action: torch.Tensor | None = None,  # (A,) for guidance
     guidance: float = 1.0,
+    context_sigma: float = 0.0,
 ) -> torch.Tensor:
     """A score network's velocity for every noisy generated frame, each chunk read after the
     clean chunks a rolling cache of ``window_chunks`` chunks would hold (the windowed teacher-
     forcing mask, one forward over ``[clean | noisy]`` with the same positions for both) ->
     ``v (B, G, C, h, w)``. ``guidance`` != 1: classifier-free guidance on actions against
-    ``null_action`` (two forwards). The real and fake scores of DMD (reference.md §6)."""
+    ``null_action`` (two forwards). ``context_sigma``: the noise level ``clean`` is labelled
+    with (the caller noised it; a rollout's context noise). The real and fake scores of DMD
+    (reference.md §6)."""
     b, t = clean.shape[:2]
     g = noisy.shape[1]
     k = model.cfg.chunk_frames
@@ -181,7 +184,7 @@ def rollout_scores(
     mask = teacher_forcing_mask(ids, window_chunks, noisy_ids)
     pos = torch.arange(t, device=dev)
     x = torch.cat([clean, noisy], 1)
-    levels = torch.cat([sigma.new_zeros(b, t), sigma], 1)
+    levels = torch.cat([sigma.new_full((b, t), context_sigma), sigma], 1)
     rays = torch.cat([plucker, plucker[:, t - g :]], 1)
     positions = torch.cat([pos, pos[t - g :]])
 

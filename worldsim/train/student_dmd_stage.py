@@ -6,13 +6,18 @@ then the inputs and poses of ``distill.rollout_chunks`` more, clips showing ligh
 mixed in as the teacher was trained):
 
 1. the student generates the chunks after the true context through the rollout the engine plays
-   with (``ChunkRollout``, ``cached`` context): each chunk stops at a random step of its sampler
-   (Self-Forcing's exit step) and only that pass carries gradient; its clean keys and values
-   join the cache without gradient, so later chunks read the student's own outputs;
-2. every generated chunk is noised to its own level (uniform in ``[dmd_sigma_min,
-   dmd_sigma_max]``, shifted like the sampler) and read by two score networks after the clean
-   chunks a rolling cache would hold (``objectives.rollout_scores``): the frozen teacher (real
-   score) and a trainable copy of it (fake score);
+   with (``ChunkRollout``, ``cached`` context, the sampler's context noise): each chunk of the
+   DMD window stops at a random step of its sampler (Self-Forcing's exit step) and only that
+   pass carries gradient; its clean keys and values join the cache without gradient, so later
+   chunks read the student's own outputs. Long rollouts (Self-Forcing++) put chunks generated
+   without any gradient before the window: the clip's recorded inputs (``free_chunks``), or a
+   player standing still (``idle_prob``, ``idle_chunks``), so the window is read after the
+   context the student's own long rollouts make;
+2. every generated chunk of the window is noised to its own level (uniform in
+   ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the sampler) and read by two score networks
+   after the clean chunks a rolling cache would hold (``objectives.rollout_scores``; the clean
+   chunks noised to the sampler's ``context_sigma`` as the rollout read them): the frozen
+   teacher (real score) and a trainable copy of it (fake score);
 3. every ``generator_every``-th iteration (the first after ``generator_every - 1`` fake-score
    updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
@@ -31,6 +36,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,18 +73,32 @@ class DMDNetworks(nn.Module):
 
 @dataclass
 class DMDStep:
-    """What one iteration computed. ``samples (B, M * k, C, h, w)``: the generated frames (with
-    gradient when the generator stepped); ``generator_loss``: the DMD loss (None on iterations
-    where only the fake score learns); ``fake_loss``: the fake score's flow loss."""
+    """What one iteration computed. ``samples (B, M * k, C, h, w)``: the window's generated frames
+    (with gradient when the generator stepped); ``generator_loss``: the DMD loss (None on
+    iterations where only the fake score learns); ``fake_loss``: the fake score's flow loss."""
 
     samples: torch.Tensor
     generator_loss: torch.Tensor | None
     fake_loss: torch.Tensor
 
 
+@dataclass
+class RolloutPlan:
+    """What one iteration rolls out after the true context (the same on every rank): ``free``
+    chunks without gradient, then the DMD window of ``len(exits)`` chunks, chunk ``j`` stopping
+    at step ``exits[j]``; ``still``: the player stands still for both (nothing pressed, the last
+    context pose held) instead of following the clip's recorded inputs."""
+
+    exits: list[int]
+    free: int = 0
+    still: bool = False
+
+
 class SelfForcingDMD:
     """One DMD iteration (module docstring, steps 1-3) for batches of clips of ``context_chunks
-    + rollout_chunks`` chunks. ``intrinsics (3, 3)`` pixels of ``frame_size``."""
+    + free_chunks + rollout_chunks`` chunks. ``intrinsics (3, 3)`` pixels of ``frame_size``;
+    ``null_action (A,)`` the encoder's null input (guidance); ``idle_action (A,)`` its encoding
+    of a still player, which the ``still`` rollouts need."""
 
     def __init__(
         self,
@@ -89,29 +109,57 @@ class SelfForcingDMD:
         dc: DistillConfig,
         intrinsics: torch.Tensor,
         null_action: torch.Tensor,
+        idle_action: torch.Tensor | None = None,
     ):
         self.nets, self.teacher, self.ck, self.sampler, self.dc = nets, teacher, ck, sampler, dc
         self.cond = ck.conditioning
         self.intrinsics = intrinsics
         self.rays = CameraRays(self.cond, intrinsics, ck.frame_size, ck.model.latent_shape()[1:])
         self.null = null_action
+        self.idle = idle_action
         self.k = ck.chunk_frames
 
-    def rollout(
-        self, batch: Batch, exits: list[int], generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, ChunkRollout]:
-        """The student's own rollout after the batch's true context (chunk ``j`` stops at step
-        ``exits[j]``) -> generated latents ``(B, M * k, C, h, w)`` and the rollout (its final
-        state). Gradient flows where the caller enables it, through the exit passes only."""
+    def inputs(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(actions (B, T, A), c2w (B, T, 4, 4), ray_ref (B, T, 4, 4))`` of the true context and
+        the ``plan``'s chunks, ``T = (context_chunks + free + window) * k``: the clip's, or for a
+        still player the idle action and the last context pose, each chunk's rays relative to the
+        pose before it (``chunk``) or the session's first (``session``), as the rollout keeps them."""
         n0 = self.cond.context_chunks * self.k
-        x0, actions, c2w, ray_ref = batch.x0, batch.actions, batch.c2w, batch.ray_ref
-        frames = torch.arange(n0, device=x0.device)
+        t = n0 + (plan.free + len(plan.exits)) * self.k
+        if not plan.still:
+            if t > batch.c2w.shape[1]:
+                raise WorldsimError(f"a rollout of {t} frames needs longer clips than the batch's {batch.c2w.shape[1]}")
+            return batch.actions[:, :t], batch.c2w[:, :t], batch.ray_ref[:, :t]
+        if self.idle is None:
+            raise WorldsimError("a still rollout needs the action encoder's idle input (idle_action)")
+        b, rest = batch.c2w.shape[0], t - n0
+        held = batch.c2w[:, n0 - 1 : n0].expand(b, rest, 4, 4)
+        ref = batch.ray_ref[:, :1] if self.cond.camera_reference == "session" else batch.c2w[:, n0 - 1 : n0]
+        actions = torch.cat([batch.actions[:, :n0], self.idle.to(batch.actions).expand(b, rest, -1)], 1)
+        c2w = torch.cat([batch.c2w[:, :n0], held], 1)
+        ray_ref = torch.cat([batch.ray_ref[:, :n0], ref.expand(b, rest, 4, 4)], 1)
+        return actions, c2w, ray_ref
+
+    def rollout(
+        self, batch: Batch, plan: RolloutPlan | list[int], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, ChunkRollout]:
+        """The student's own rollout after the batch's true context (a list: the window's exit
+        steps, nothing before it) -> generated latents ``(B, (free + M) * k, C, h, w)``, the free
+        chunks first, and the rollout (its final state). Gradient flows where the caller enables
+        it, through the window's exit passes only."""
+        plan = plan if isinstance(plan, RolloutPlan) else RolloutPlan(list(plan))
+        n0 = self.cond.context_chunks * self.k
+        actions, c2w, ray_ref = self.inputs(batch, plan)
+        frames = torch.arange(n0, device=batch.x0.device)
         gen = ChunkRollout(self.nets.generator, self.sampler, self.cond, self.intrinsics, self.ck.frame_size, "cached")
-        gen.restore(History(x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames), None, generator)
+        context = History(batch.x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
+        gen.restore(context, None, generator)
         out = []
+        exits = [None] * plan.free + list(plan.exits)
         for j, e in enumerate(exits):
             s = n0 + j * self.k
-            out.append(gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and e is not None):
+                out.append(gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e))
         return torch.cat(out, 1), gen
 
     def _levels(self, b: int, m: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -124,23 +172,48 @@ class SelfForcingDMD:
         """One random exit step per generated chunk (Self-Forcing; the same on every rank)."""
         return torch.randint(self.sampler.num_steps, (self.dc.rollout_chunks,), generator=g).tolist()
 
+    def plan(self, g: torch.Generator) -> RolloutPlan:
+        """This iteration's :class:`RolloutPlan` from ``g`` (seeded alike on every rank): the exit
+        steps, then, when the options are on, whether the player stands still and the number of
+        free chunks (uniform up to ``idle_chunks`` or ``free_chunks``)."""
+        exits = self.exit_steps(g)
+        still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
+        most = self.dc.idle_chunks if still else self.dc.free_chunks
+        free = int(torch.randint(most + 1, (1,), generator=g)) if most > 0 else 0
+        return RolloutPlan(exits, free, still)
+
     def __call__(
-        self, batch: Batch, generator_step: bool, exits: list[int], g: torch.Generator, g_dev: torch.Generator
+        self,
+        batch: Batch,
+        generator_step: bool,
+        plan: RolloutPlan | list[int],
+        g: torch.Generator,
+        g_dev: torch.Generator,
     ) -> DMDStep:
-        """One iteration on ``batch`` (on the networks' device), chunk ``j`` stopping at step
-        ``exits[j]``. ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
-        m = self.dc.rollout_chunks
+        """One iteration on ``batch`` (on the networks' device) as ``plan`` says (a list: the
+        window's exit steps). ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
+        plan = plan if isinstance(plan, RolloutPlan) else RolloutPlan(list(plan))
+        m, w, n0 = len(plan.exits), self.cond.context_chunks, self.cond.context_chunks * self.k
         with torch.set_grad_enabled(generator_step):
-            x, _ = self.rollout(batch, exits, g_dev)
-        clean = torch.cat([batch.x0[:, : batch.x0.shape[1] - x.shape[1]], x.detach()], 1)
-        rays = self.rays.relative_to(batch.c2w, batch.ray_ref, clean.dtype)
-        w = self.cond.context_chunks
+            out, _ = self.rollout(batch, plan, g_dev)
+        x = out[:, plan.free * self.k :]
+        # What the scores read: the window after the w chunks before it, as a rolling cache holds them.
+        keep = (w + m) * self.k
+        actions, c2w, ray_ref = (a[:, -keep:] for a in self.inputs(batch, plan))
+        clean = torch.cat([batch.x0[:, :n0], out.detach()], 1)[:, -keep:]
+        cs = self.sampler.context_sigma
         b, dev = x.shape[0], x.device
+        if cs > 0:
+            clean = (1 - cs) * clean + cs * torch.randn(clean.shape, generator=g, dtype=clean.dtype).to(dev)
+        rays = self.rays.relative_to(c2w, ray_ref, clean.dtype)
 
         def noised(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             eps = torch.randn(x.shape, generator=g, dtype=x.dtype).to(dev)
             s = levels[:, :, None, None, None]
             return (1 - s) * x.detach() + s * eps, eps
+
+        def score(net: WorldModel, xt: torch.Tensor, levels: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
+            return rollout_scores(net, clean, xt, levels, actions, rays, w, self.null, guidance, cs)
 
         loss_g = None
         if generator_step:
@@ -148,14 +221,12 @@ class SelfForcingDMD:
             xt, _ = noised(levels)
             s = levels[:, :, None, None, None]
             with torch.no_grad():
-                real = rollout_scores(
-                    self.teacher, clean, xt, levels, batch.actions, rays, w, self.null, self.dc.real_guidance
-                )
-                fake = rollout_scores(self.nets.fake_score, clean, xt, levels, batch.actions, rays, w)
+                real = score(self.teacher, xt, levels, self.dc.real_guidance)
+                fake = score(self.nets.fake_score, xt, levels)
             loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
         levels = self._levels(b, m, g, dev)
         xt, eps = noised(levels)
-        v = rollout_scores(self.nets.fake_score, clean, xt, levels, batch.actions, rays, w)
+        v = score(self.nets.fake_score, xt, levels)
         loss_f = F.mse_loss(v.float(), (eps - x.detach()).float())
         return DMDStep(x, loss_g, loss_f)
 
@@ -170,6 +241,11 @@ def _check(dc: DistillConfig) -> None:
         raise WorldsimError(
             f"distill.dmd_sigma_min and dmd_sigma_max must satisfy 0 < min < max < 1, got "
             f"{dc.dmd_sigma_min} and {dc.dmd_sigma_max}"
+        )
+    if min(dc.free_chunks, dc.idle_chunks) < 0 or not 0.0 <= dc.idle_prob <= 1.0 or not 0.0 <= dc.context_sigma < 1.0:
+        raise WorldsimError(
+            f"distill.free_chunks and idle_chunks must be >= 0, idle_prob in [0, 1] and context_sigma in [0, 1), "
+            f"got {dc.free_chunks}, {dc.idle_chunks}, {dc.idle_prob}, {dc.context_sigma}"
         )
     if dc.fake_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
         raise WorldsimError(
@@ -199,13 +275,16 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     size = tuple(open_datasets(cfg.data)[0].meta.frame_size)
     if size != ck.frame_size:
         raise WorldsimError(f"{cfg.data} holds {size} frames, the teacher {dc.teacher} was trained on {ck.frame_size}")
-    clip = (ck.conditioning.context_chunks + dc.rollout_chunks) * ck.chunk_frames
-    require_clips(cfg.data, clip, f"a rollout of {dc.rollout_chunks} chunks after the true context")
+    recorded = dc.free_chunks + dc.rollout_chunks if dc.idle_prob < 1 else 0  # chunks that follow the clip's inputs
+    clip = (ck.conditioning.context_chunks + recorded) * ck.chunk_frames
+    require_clips(cfg.data, clip, f"a rollout of {recorded} recorded chunks after the true context")
     intr = ck.conditioning.intrinsics_matrix()
     if intr is None:
         raise WorldsimError(f"distill.teacher {dc.teacher} records no camera intrinsics (conditioning.intrinsics)")
     encoder = make_action_encoder(str(ck.action_encoder["name"]), list(ck.action_encoder["key_names"]))
-    sampler = SamplerConfig(num_steps=dc.student_steps, shift=ck.sampler.shift, mode="few_step")
+    sampler = SamplerConfig(
+        num_steps=dc.student_steps, shift=ck.sampler.shift, mode="few_step", context_sigma=dc.context_sigma
+    )
     # The student's start and the fake score (the teacher's weights), then the loop over both.
     _, student, _ = load_checkpoint(init)
     nets = DMDNetworks(student, copy.deepcopy(teacher))
@@ -235,7 +314,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     cond = ck.conditioning
     tcfg = dataclasses.replace(
         cfg.teacher,
-        context_chunks=cond.context_chunks + dc.rollout_chunks - 1,  # a clip: true context, then the rollout
+        context_chunks=cond.context_chunks + max(recorded, 1) - 1,  # a clip: true context, then the recorded rollout
         camera_reference=cond.camera_reference,
         translation_scale_m=cond.translation_scale_m,
         memory_prob=0.0,
@@ -244,8 +323,10 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         dark_weight=1.0,
     )
     null = torch.from_numpy(encoder.null_action())
+    keys = np.zeros((1, len(encoder.key_names)), np.uint8)
+    idle = torch.from_numpy(encoder.encode_sequence(keys, np.zeros((1, 2), np.float32), keys[0])[0])
     clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null)
-    dmd = SelfForcingDMD(loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device))
+    dmd = SelfForcingDMD(loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device), idle.to(d.device))
     amp = loop.autocast()
     last: dict[str, float] = {}
 
@@ -255,13 +336,13 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         batch = Batch(**fields)
         # Exit steps are the same on every rank (Self-Forcing synchronises them); levels and noise are not.
         seed = cfg.seed * 1_000_003 + step
-        exits = dmd.exit_steps(torch.Generator().manual_seed(seed))
+        plan = dmd.plan(torch.Generator().manual_seed(seed))
         g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
         g_dev = torch.Generator(device=d.device).manual_seed(seed * 64 + d.rank)
         # The fake score learns first: at step 0 it is still the teacher, and the DMD step would be 0.
         generator_step = (step + 1) % dc.generator_every == 0
         with amp:
-            out = dmd(batch, generator_step, exits, g, g_dev)
+            out = dmd(batch, generator_step, plan, g, g_dev)
         loss = out.fake_loss.float()
         last["fake_loss"] = loss.item()
         if out.generator_loss is not None:
