@@ -26,5 +26,14 @@ def small_dataset(tmp_path_factory):
     return record(RecordConfig(num_episodes=2, episode_len=24, out=str(out), preview=False))
 
 
+@pytest.fixture
+def inductor_cache(tmp_path_factory, monkeypatch):
+    """One inductor cache for the session's tests that compile (``load_engine(compile=...)``):
+    the tiny checkpoints share their decoder's graph, so only the first test compiles it."""
+    path = tmp_path_factory.getbasetemp() / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(path))
+    return path
+
+
 def zeros_keys(n: int = 7) -> np.ndarray:
     return np.zeros(n, np.uint8)

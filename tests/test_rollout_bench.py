@@ -13,7 +13,7 @@ from test_engine import make_tiny_checkpoint
 
 from envs.starts import world_start
 from worldsim import load_engine
-from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_engine
+from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_compile, bench_engine
 from worldsim.cli.rollout import RolloutConfig, run_rollout
 from worldsim.core.errors import WorldsimError
 from worldsim.core.threads import allowed_cores
@@ -181,6 +181,16 @@ def test_bench_engine_times_both_policies_for_a_cacheable_checkpoint(tmp_path):
         assert res[f"{policy}_1step_frames_per_s"] > 0
     assert res["cached_1step_context_ms"] < res["rebuild_1step_context_ms"]
     assert res["cached_speedup_1step"] == res["cached_1step_frames_per_s"] / res["rebuild_1step_frames_per_s"]
+
+
+def test_bench_compile_steps_a_compiled_engine_beside_an_eager_one(tiny, inductor_cache):
+    res = bench_compile(str(tiny), chunks=2, modes=("decoder",))
+    names = ("model_ms", "decode_ms", "frames_per_s")
+    want = {f"compile_decoder_{p}{n}" for p in ("", "paired_eager_") for n in names}
+    assert set(res) == want | {"compile_decoder_speedup", "compile_decoder_load_s"}
+    assert all(v > 0 for v in res.values())
+    fps = res["compile_decoder_frames_per_s"], res["compile_decoder_paired_eager_frames_per_s"]
+    assert res["compile_decoder_speedup"] == fps[0] / fps[1]
 
 
 def test_bench_rows_are_medians_and_means_of_the_steady_chunks(tiny, monkeypatch):

@@ -41,6 +41,11 @@ What each number includes:
   ``int8`` (CPU): the default with int8 weights in the DiT's token-wise linear layers
   (``quantize="int8"``, :mod:`worldsim.inference.quantize`), stepped one chunk each in turn with
   a fp32 engine (``int8_paired_fp32_*``); ``int8_speedup`` their frames/s ratio.
+* ``compile_<mode>_*`` (``--compile``): ``torch.compile`` of the decoder (``decoder``) and of the
+  DiT blocks' token-wise regions too (``full``; :mod:`worldsim.inference.compiled`), each stepped
+  one chunk in turn with an eager engine (``compile_<mode>_paired_eager_*``): model and decode
+  ms, frames/s, ``compile_<mode>_speedup`` their frames/s ratio, and ``compile_<mode>_load_s``
+  the compilation at load (or the read of inductor's cache, when an earlier run filled it).
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``busy_*`` (CPU, ``--busy``): a busy machine. The default engine as play.py builds it
@@ -284,6 +289,22 @@ def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float
     return res
 
 
+def bench_compile(checkpoint: str, chunks: int, modes: tuple[str, ...] = ("decoder", "full")) -> dict[str, float]:
+    """The ``compile_<mode>_*`` rows (module docstring), fp32 on the CPU."""
+    res: dict[str, float] = {}
+    for mode in modes:
+        compiled = load_engine(checkpoint, bf16=False, compile=mode)
+        eager_t, compiled_t = _paired_chunk_times([load_engine(checkpoint, bf16=False), compiled], chunks)
+        k = compiled.chunk_frames
+        for name, rows in (("", _stage_rows(compiled_t, k)), ("paired_eager_", _stage_rows(eager_t, k))):
+            for key in ("model_ms", "decode_ms", "frames_per_s"):
+                res[f"compile_{mode}_{name}{key}"] = rows[key]
+        fps = res[f"compile_{mode}_frames_per_s"], res[f"compile_{mode}_paired_eager_frames_per_s"]
+        res[f"compile_{mode}_speedup"] = fps[0] / fps[1]
+        res[f"compile_{mode}_load_s"] = compiled.compile_s
+    return res
+
+
 def bench_engine(
     checkpoint: str,
     chunks: int = 20,
@@ -296,10 +317,11 @@ def bench_engine(
     memory_queries: int = 200,
     memory: MemoryConfig | None = None,
     busy: bool = False,
+    compile_rows: bool = False,
 ) -> dict[str, Any]:
     """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``;
     ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`); ``busy``:
-    the ``busy_*`` rows (CPU)."""
+    the ``busy_*`` rows (CPU); ``compile_rows``: the ``compile_*`` rows (CPU)."""
     memory = memory or MemoryConfig()
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -378,6 +400,8 @@ def bench_engine(
     res["kv_cache_MB"] = 0.0 if cache is None else cache.nbytes() / 2**20
     if busy and device == "cpu":
         res.update(bench_busy(checkpoint, chunks))
+    if compile_rows and device == "cpu":
+        res.update(bench_compile(checkpoint, chunks))
     if play_seconds and device == "cpu":
         res.update(bench_play(checkpoint, play_seconds, play_steps or None))
     return res

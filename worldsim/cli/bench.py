@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time the engine beside a process that keeps one core busy (threads auto vs pinned)",
     )
+    p_engine.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile (decoder, full) beside eager, one chunk each in turn (CPU)",
+    )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
     p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -240,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             memory_queries=args.memory_queries,
             memory=memory_config(base, args.memory_top_k),
             busy=args.busy,
+            compile_rows=args.compile,
         )
     else:
         from worldsim.bench.model import bench_model

@@ -27,6 +27,7 @@ from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.compiled import check_compile
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
 from worldsim.inference.quantize import check_quantize
 from worldsim.play.loop import PlayLoopConfig, play
@@ -56,6 +57,7 @@ class PlayConfig:
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
+    compile: str = "none"  # "decoder" | "full": torch.compile before the first chunk (docs/engine.md)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
     record: str | None = None  # dataset folder: record from the start (F9 toggles)
     headless: bool = False
@@ -124,6 +126,7 @@ def engine_options(pc: PlayConfig) -> dict[str, Any]:
         "threads": _threads(pc.threads),
         "memory": memory_config(pc.memory, pc.memory_top_k),
         "quantize": pc.quantize,
+        "compile": pc.compile,
     }
 
 
@@ -169,6 +172,9 @@ def main(cfg: Any) -> None:
     check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise
     if pc.quantize != "none" and not pc.checkpoint:
         raise WorldsimError(f"quantize={pc.quantize} needs a model (checkpoint=...)")
+    check_compile(pc.compile)
+    if pc.compile != "none" and not pc.checkpoint:
+        raise WorldsimError(f"compile={pc.compile} needs a model (checkpoint=...)")
     if pc.checkpoint and pc.quantize == "none":
         print(describe_bf16(pc.bf16))
     elif pc.checkpoint:

@@ -61,6 +61,7 @@ from worldsim.core.threads import ThreadGovernor
 from worldsim.core.validate import check_c2w, check_frames, check_keys, check_mouse
 from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint
+from worldsim.inference.compiled import check_compile, compile_decoder, compile_model
 from worldsim.inference.context import History
 from worldsim.inference.kv_cache import KVCache
 from worldsim.inference.quantize import check_quantize, quantize_model
@@ -155,7 +156,9 @@ class Engine:
         context_policy: str | None = None,
         threads: int | str | None = None,
         memory: MemoryConfig | None = None,
+        compile: str = "none",
     ):
+        check_compile(compile)  # one line before any slow work
         self.cfg, self.model, self.codec = ck, model, codec
         self.device = next(model.parameters()).device
         # CPU threads: None leaves torch's count alone (reproducible runs: evaluation, tests);
@@ -214,6 +217,15 @@ class Engine:
         self.memory_reloads = 0  # chunks whose retrieval for the real poses differed from prepare()'s guess
         self.steps = 0  # frames generated since reset
         self.fingerprint = fingerprint
+        # torch.compile (worldsim.inference.compiled): compiled, and warmed on one chunk of each
+        # shape a step uses, here, so that no compilation lands in a step; compile_s says how long.
+        self.compile = compile
+        compile_model(model, compile)
+        self._decoder = compile_decoder(codec, compile)
+        t0 = time.perf_counter()
+        if compile != "none":
+            self._warm_compiled()
+        self.compile_s = time.perf_counter() - t0
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -242,7 +254,31 @@ class Engine:
 
     @torch.inference_mode()
     def _decode(self, z: torch.Tensor) -> np.ndarray:
-        return tensor_to_frames(self.codec.decode(z.float() * self.std + self.mean)).cpu().numpy()
+        """One chunk's latents ``(k, C, h, w)`` -> frames ``(k, H, W, 3)`` uint8 (fp32 decode;
+        the compiled decoder when the engine has one: it is compiled for exactly that shape)."""
+        decode = self._decoder if z.shape[0] == self.chunk_frames else self.codec.decoder
+        return tensor_to_frames(decode(z.float() * self.std + self.mean)).cpu().numpy()
+
+    @torch.inference_mode()
+    def _warm_compiled(self) -> None:
+        """Run every compiled region once on zeros of a step's shapes (batch 1, one chunk; the
+        model's passes under the engine's autocast, as a step runs them), so it compiles, or
+        reads inductor's cache, now."""
+        k, (c, h, w) = self.chunk_frames, self.cfg.model.latent_shape()
+        self._decode(torch.zeros(k, c, h, w, device=self.device))
+        if self.compile == "full":
+            mc = self.model.cfg
+            cache = KVCache(mc.depth, k * mc.tokens_per_frame, 1)
+            x = torch.zeros(1, k, c, h, w, device=self.device)
+            with self.amp:
+                self.model.forward_chunk(
+                    x,
+                    torch.zeros(1, k, device=self.device),
+                    torch.zeros(1, k, self.encoder.dim, device=self.device),
+                    torch.zeros(1, k, 6, h, w, device=self.device),
+                    torch.arange(k, device=self.device),
+                    cache,
+                )
 
     # -- the API of design §5 ---------------------------------------------------------------
     def reset(
@@ -568,6 +604,7 @@ def load_engine(
     memory: str | bool | MemoryConfig = "off",
     memory_top_k: int | None = None,
     quantize: str = "none",
+    compile: str = "none",
     **rest: Any,
 ) -> Engine:
     """An :class:`Engine` from a checkpoint folder (``config.json``, ``model.safetensors``, ``codec.safetensors``).
@@ -585,10 +622,14 @@ def load_engine(
     ``memory_top_k`` changes how many entries a chunk may retrieve; ``quantize``: ``"int8"``
     gives the DiT's token-wise linear layers int8 weights (CPU only; bf16 autocast is then off,
     and ``bf16=True`` is refused: :mod:`worldsim.inference.quantize`), ``"none"`` (the default)
-    keeps fp32. The camera controller (speeds, fps) is the checkpoint's, so an input moves the
+    keeps fp32; ``compile``: ``"decoder"`` or ``"full"`` compiles the codec's decoder (and the
+    DiT blocks' token-wise regions) with ``torch.compile`` before returning (the engine's
+    ``compile_s``; :mod:`worldsim.inference.compiled`), ``"none"`` (the default) runs eager. The
+    camera controller (speeds, fps) is the checkpoint's, so an input moves the
     camera as it did in the training data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
     check_quantize(quantize, device, bf16)  # one line before the checkpoint loads
+    check_compile(compile)
     path = find_checkpoint(path)
     ck, model, codec = load_checkpoint(path, device=device)
     model = quantize_model(model, quantize)
@@ -604,6 +645,7 @@ def load_engine(
         fingerprint=_fingerprint(path),
         context_policy=context_policy,
         memory=memory_config(memory, memory_top_k),
+        compile=compile,
         **rest,
     )
 

@@ -120,18 +120,30 @@ class Block(nn.Module):
         layer: int = 0,  # this block's index, for ``kv``
     ) -> torch.Tensor:
         """-> the new ``x`` ``(B, T, N, D)``."""
-        b, t, n, d = x.shape
+        q, k, v, gates = self.attention_in(x, c, angles)
+        if kv is not None:  # inference: attend to the cached context and to this chunk
+            k, v = kv.keys_values(layer, k, v)
+        return self.attention_out(x, attention(q, k, v, mask), gates)
+
+    def attention_in(
+        self, x: torch.Tensor, c: torch.Tensor, angles: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block up to attention: ``q, k, v (B, H, T*N, hd)`` (RoPE applied) and the other
+        modulation ``(4, B, T, 1, D)`` (gate1, shift2, scale2, gate2) for :meth:`attention_out`.
+        Token-wise with static shapes for a chunk, a region ``torch.compile`` can take whole
+        (``worldsim.inference.compiled``)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # (B, T, 1, D)
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = rearrange(self.qkv(h), "b t n (three h e) -> three b h (t n) e", three=3, h=self.heads)
-        q, k = apply_rope(q, angles), apply_rope(k, angles)
-        if kv is not None:  # inference: attend to the cached context and to this chunk
-            k, v = kv.keys_values(layer, k, v)
-        a = attention(q, k, v, mask)
-        a = rearrange(a, "b h (t n) e -> b t n (h e)", t=t)
+        return apply_rope(q, angles), apply_rope(k, angles), v, torch.stack([gate1, shift2, scale2, gate2])
+
+    def attention_out(self, x: torch.Tensor, a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """The block after attention: ``x (B, T, N, D)``, the attention output ``a (B, H, T*N,
+        hd)`` and :meth:`attention_in`'s modulation -> the new ``x``."""
+        gate1, shift2, scale2, gate2 = gates
+        a = rearrange(a, "b h (t n) e -> b t n (h e)", t=x.shape[1])
         x = x + gate1 * self.proj(a)
-        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-        return x
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
 class WorldModel(nn.Module):

@@ -1,0 +1,60 @@
+"""``load_engine(compile=...)`` (issue 23; ``worldsim.inference.compiled``): the compiled engine
+plays the eager engine's frames, every region compiles at load and none in a step, and a bad
+mode is refused in one line. A tiny random checkpoint with the real-time teacher's conditioning."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_engine import _inputs, _world_reset, make_tiny_checkpoint
+from worldsim import load_engine
+from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerOverrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny_chunk"
+    return make_tiny_checkpoint(path, camera_reference="chunk", encoder="keyboard_press_mouse")
+
+
+def _frames(eng, n=4):
+    _world_reset(eng, 1)
+    out = []
+    for i in range(n):
+        eng.prepare()
+        out.append(eng.step(*_inputs(2, "w" if i % 2 else None, dx=20.0)).frames)
+    return np.concatenate(out)
+
+
+def test_the_compiled_engine_plays_the_eager_frames_and_compiles_only_at_load(ckpt, inductor_cache):
+    """``decoder`` compiles one graph, ``full`` two more (every block's two regions share their
+    graphs); all at load, none in a step; the frames are the eager engine's (within one level
+    of rounding)."""
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    sampler = SamplerOverrides(context_sigma=0.2)
+    want = _frames(load_engine(ckpt, seed=3, sampler=sampler))
+    assert graphs["unique_graphs"] == 0
+    for mode, compiled in (("decoder", 1), ("full", 3)):
+        eng = load_engine(ckpt, seed=3, sampler=sampler, compile=mode)
+        assert eng.compile_s > 0 and graphs["unique_graphs"] == compiled, mode
+        got = _frames(eng)
+        assert graphs["unique_graphs"] == compiled, f"{mode}: compiled in a step"
+        assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1, mode
+    assert inductor_cache.is_dir()  # inductor's cache, for the next load
+
+
+def test_an_unknown_compile_mode_is_refused_in_one_line(ckpt):
+    with pytest.raises(WorldsimError, match="compile must be one of none, decoder, full, got 'fast'"):
+        load_engine(ckpt, compile="fast")
+    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+    r = subprocess.run([sys.executable, "play.py", "compile=fast"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: compile must be one of none, decoder, full, got 'fast'"
