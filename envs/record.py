@@ -27,7 +27,7 @@ from tqdm import tqdm
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
 from envs.doom import DoomConfig
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.data.format import RolloutMeta, parse_frame_size
@@ -168,6 +168,7 @@ def write_previews(data: RolloutDataset, max_rows: int = 8) -> None:
     write_png(data.root / "contact_sheet.png", contact_sheet(rows))
 
 
+@one_line_config_errors("record")
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="record")
 @clean_errors
 def _main(cfg: Any) -> None:

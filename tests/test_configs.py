@@ -1,4 +1,7 @@
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,14 @@ import worldsim.cli.train  # noqa: F401  (registers the train schema)
 import worldsim.eval.evaluate  # noqa: F401  (registers the eval schema)
 from envs.builtin import BuiltinWorldConfig
 from envs.recipe import RecipeConfig
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, override_error, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides
 from worldsim.model.codec import CodecConfig
 from worldsim.model.dit import WorldModel, WorldModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Group folder -> the dataclass its YAML files mirror.
 SCHEMAS = {
@@ -100,6 +105,36 @@ def test_a_typo_in_a_config_key_is_rejected():
             compose(config_name="record", overrides=["num_episode=3"])
         cfg = compose(config_name="record", overrides=["world.controller.fps=30", "frame_size=96"])
     assert cfg.world.controller.fps == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "line"),
+    [
+        ("play", "checkpont=x", "unknown config key 'checkpont' (did you mean 'checkpoint'?) for PlayConfig"),
+        (
+            "train",
+            "distill.free_chunk=3",
+            "unknown config key 'distill.free_chunk' (did you mean 'distill.free_chunks'?) for DistillConfig",
+        ),
+        ("eval", "qqq=1", "unknown config key 'qqq' for EvalConfig"),
+        ("train", "steps=abc", "steps: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("record", "world.controller.fps=fast", "world.controller.fps: Value 'fast' of type 'str' could not be"),
+        ("rollout", "sampler=nope", "Could not find 'sampler/nope'; available options in 'sampler': checkpoint"),
+        ("play", "checkpoint", "Error parsing override 'checkpoint'; missing EQUAL at '<EOF>'"),
+    ],
+)
+def test_a_bad_override_is_one_line_naming_it(name, override, line):
+    """What hydra would print as a report (and advice to add the key with ``+``) is one line."""
+    got = override_error(name, [override])
+    assert got is not None and "\n" not in got and line in got, got
+    assert override_error(name, []) is None and override_error(name, ["--help"]) is None
+
+
+def test_play_says_a_typo_in_one_line():
+    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+    r = subprocess.run([sys.executable, "play.py", "checkpont=x"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == "error: unknown config key 'checkpont' (did you mean 'checkpoint'?) for PlayConfig\n"
 
 
 def test_a_key_added_with_plus_is_refused_not_dropped():

@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 
 from envs import make_env
 from envs.builtin import BuiltinWorldConfig
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
@@ -161,6 +161,7 @@ def _headless(pc: PlayConfig) -> None:
     print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
 
 
+@one_line_config_errors("play")
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="play")
 @clean_errors
 def main(cfg: Any) -> None:

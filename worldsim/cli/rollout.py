@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
 from envs.starts import world_start
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
 from worldsim.data.format import RolloutMeta
@@ -192,6 +192,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
 ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)
 
 
+@one_line_config_errors("rollout")
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="rollout")
 @clean_errors
 def _main(cfg: Any) -> None:

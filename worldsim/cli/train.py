@@ -21,7 +21,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 
 from worldsim.core.atomic import require_writable_dir
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import clean_errors, unknown_name
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import TrainConfig
@@ -42,6 +42,7 @@ STAGES: dict[str, Callable[[TrainConfig], dict[str, float]]] = {
 }
 
 
+@one_line_config_errors("train")
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")
 @clean_errors
 def _main(cfg: Any) -> None:

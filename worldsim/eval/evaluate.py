@@ -38,7 +38,7 @@ from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
 from worldsim.core.atomic import require_writable_dir, write_text
-from worldsim.core.config import CONFIG_DIR, to_schema
+from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
@@ -440,6 +440,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 
 
+@one_line_config_errors("eval")
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="eval")
 @clean_errors
 def _main(cfg: Any) -> None:
