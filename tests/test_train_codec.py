@@ -1,11 +1,13 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from envs.starts import world_start
 from worldsim.core.errors import WorldsimError
-from worldsim.model.codec import CodecConfig
+from worldsim.model.codec import Codec, CodecConfig
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.config import OptimConfig, TrainConfig
 
@@ -181,6 +183,43 @@ def test_decoder_only_finetune_keeps_the_encoder_bit_for_bit(small_dataset, tmp_
     other.codec_train = CodecTrainConfig(freeze_encoder=True, dark_weight=2.0, moment_weight=1.0)
     with pytest.raises(WorldsimError, match=r"config differs in \['codec_train'\]"):
         train_codec(other)
+
+
+def test_a_slimmer_decoder_trains_on_the_kept_encoder_and_drops_into_a_checkpoint(small_dataset, tmp_path):
+    """``codec.decoder_channels`` with ``freeze_encoder``: the encoder comes whole from
+    ``init_from`` and stays bit for bit, the decoder of other widths starts from scratch; then
+    ``with_codec`` puts it into a model folder that plays, and refuses a codec whose encoder differs."""
+    from tests.test_engine import make_tiny_checkpoint
+    from worldsim import load_engine
+    from worldsim.inference.checkpoint import load_checkpoint, save_codec, with_codec
+    from worldsim.train.config import CodecTrainConfig
+
+    ck = make_tiny_checkpoint(tmp_path / "model")
+    _, _, codec = load_checkpoint(ck)
+    save_codec(tmp_path / "base", codec, {"stage": "codec"})
+    base = load_file(str(tmp_path / "base" / "codec.safetensors"))
+    cfg = _cfg(small_dataset.root, tmp_path / "slim", 3)
+    cfg.init_from = str(tmp_path / "base")
+    cfg.codec = CodecConfig(latent_channels=4, downsample=4, base_channels=16, decoder_channels=[16, 8, 8])
+    cfg.codec_train = CodecTrainConfig(freeze_encoder=True)
+    train_codec(cfg)
+    slim = load_file(str(tmp_path / "slim" / "codec" / "codec.safetensors"))
+    assert all(torch.equal(slim[k], v) for k, v in base.items() if k.startswith("encoder."))
+    assert slim["decoder.3.weight"].shape == (8, 16, 3, 3) and slim["decoder.10.weight"].shape == (3, 8, 3, 3)
+    with_codec(ck, tmp_path / "slim" / "codec", tmp_path / "model_slim")
+    engine = load_engine(tmp_path / "model_slim")
+    assert engine.codec.cfg.decoder_widths() == [16, 8, 8]
+    start = world_start(0, engine.context_frames, engine.key_names, engine.frame_size)
+    engine.reset(*start.arrays())
+    frames = engine.step(np.zeros((2, len(engine.key_names)), np.uint8), np.zeros((2, 2), np.float32)).frames
+    assert frames.shape == (2, 64, 64, 3)
+    # A codec trained with its encoder free encodes other latents: refused, naming a tensor.
+    train_codec(_cfg(small_dataset.root, tmp_path / "free", 2))
+    with pytest.raises(WorldsimError, match=r"encodes other latents than .* \(encoder\.0\.weight differs\)"):
+        with_codec(ck, tmp_path / "free" / "codec", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match=r"decoder_channels must be 3 multiples of 8 .* got \[16, 12\]"):
+        Codec(CodecConfig(latent_channels=4, base_channels=16, decoder_channels=[16, 12]))
 
 
 def test_codec_train_options_refuse_bad_values(small_dataset, tmp_path):

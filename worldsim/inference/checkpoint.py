@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +350,24 @@ def load_codec(path: str | Path, device: str = "cpu") -> Codec:
         raise WorldsimError(f"{meta_path} was edited after export (its sha256 differs from integrity.config)")
     _load_weights(codec, weights, meta_path, device, (integrity or {}).get("codec.safetensors"))
     return codec.to(device).eval()
+
+
+def with_codec(checkpoint: str | Path, codec_path: str | Path, out: str | Path) -> None:
+    """Write to ``out`` the checkpoint folder ``checkpoint`` with the codec folder ``codec_path``
+    (a ``stage=codec`` export, e.g. a slimmer decoder trained with ``freeze_encoder``) in place
+    of its own; the provenance records where the codec came from. The model read the latents of
+    its own codec's encoder, so the new encoder must be that one bit for bit: ``WorldsimError``
+    naming the first tensor that differs otherwise (or a folder that is not a checkpoint or a
+    codec), before anything is written."""
+    ck, model, old = load_checkpoint(checkpoint)
+    new = load_codec(codec_path)
+    mine, theirs = old.encoder.state_dict(), new.encoder.state_dict()
+    differ = [k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k])]
+    if differ or mine.keys() != theirs.keys():
+        first = differ[0] if differ else sorted(set(theirs) - set(mine))[0]
+        raise WorldsimError(
+            f"{codec_path} encodes other latents than {checkpoint}'s codec (encoder.{first} differs): "
+            f"its model would read a latent space it was not trained on"
+        )
+    provenance = {**ck.provenance, "codec_from": str(codec_path)}
+    save_checkpoint(out, replace(ck, codec=new.cfg, provenance=provenance), model, new)

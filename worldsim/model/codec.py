@@ -21,11 +21,20 @@ class CodecConfig:
     latent_channels: int = 8
     downsample: int = 4  # frame pixels per latent cell, a power of two
     base_channels: int = 64
+    # The decoder's channels at each scale, from the latent grid up (stages + 1 numbers, each a
+    # multiple of 8 for the group norms); None: base_channels at every scale. A slimmer decoder
+    # (fewer channels at the full-resolution scales, where almost all of its multiply-adds are)
+    # is trained on a kept encoder (codec_train.freeze_encoder), so the latent space stays.
+    decoder_channels: list[int] | None = None
 
     @property
     def stages(self) -> int:
         """Number of 2x down/up-sampling stages, ``log2(downsample)``."""
         return int(math.log2(self.downsample))
+
+    def decoder_widths(self) -> list[int]:
+        """The decoder's channels at each scale (``stages + 1``), from the latent grid up."""
+        return list(self.decoder_channels) if self.decoder_channels else [self.base_channels] * (self.stages + 1)
 
 
 def frames_to_tensor(frames_u8: torch.Tensor) -> torch.Tensor:
@@ -56,6 +65,11 @@ class Codec(nn.Module):
         super().__init__()
         if cfg.downsample < 1 or 2**cfg.stages != cfg.downsample:
             raise ValueError(f"codec downsample must be a power of two, got {cfg.downsample}")
+        widths = cfg.decoder_widths()
+        if len(widths) != cfg.stages + 1 or any(c < 8 or c % 8 for c in widths):
+            raise ValueError(
+                f"codec decoder_channels must be {cfg.stages + 1} multiples of 8 (one per scale), got {widths}"
+            )
         self.cfg = cfg
         ch = cfg.base_channels
         enc: list[nn.Module] = [nn.Conv2d(3, ch, 3, padding=1)]
@@ -63,10 +77,10 @@ class Codec(nn.Module):
             enc += [_Res(ch), nn.Conv2d(ch, ch, 4, stride=2, padding=1)]
         enc += [_Res(ch), nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), _Res(ch)]
-        for _ in range(cfg.stages):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1), _Res(ch)]
-        dec += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1), _Res(widths[0])]
+        for c_in, c_out in zip(widths, widths[1:], strict=False):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), _Res(c_out)]
+        dec += [nn.GroupNorm(8, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

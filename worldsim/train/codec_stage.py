@@ -12,6 +12,7 @@ stand-alone folder (``load_codec``) at every checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -57,7 +58,8 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     codec = Codec(cfg.codec)
     codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
-    loop = TrainLoop(cfg, codec, ["val_psnr_db"], d)
+    adapt = decoder_from_scratch(codec.state_dict()) if ct.freeze_encoder else None
+    loop = TrainLoop(cfg, codec, ["val_psnr_db"], d, adapt_init=adapt)
     amp = loop.autocast()
     batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
 
@@ -76,6 +78,25 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
         save_codec(loop.out / "codec", loop.ema, {"stage": "codec", "step": step, **cfg.identity(), **metrics})
 
     return loop.run(loss_at, periodic, export)
+
+
+Tensors = dict[str, torch.Tensor]
+
+
+def decoder_from_scratch(fresh: Tensors) -> Callable[[Tensors], Tensors]:
+    """``init_from`` for a decoder trained on a kept encoder (``freeze_encoder``): a codec's
+    tensors with the encoder taken whole, and each decoder tensor taken where its shape is this
+    run's, else this run's fresh one (a decoder of other widths, ``codec.decoder_channels``,
+    starts from scratch). Tensors whose encoder does not fit this run's are returned as they
+    are, so ``init_from`` refuses them (the latent space would change)."""
+
+    def adapt(t: Tensors) -> Tensors:
+        enc = [k for k in fresh if k.startswith("encoder.")]
+        if not all(k in t and t[k].shape == fresh[k].shape for k in enc):
+            return t
+        return {k: t[k] if k in t and t[k].shape == v.shape else v for k, v in fresh.items()}
+
+    return adapt
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, ct: CodecTrainConfig) -> torch.Tensor:

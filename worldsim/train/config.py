@@ -180,6 +180,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """What must match to resume: everything that shapes this stage's trajectory."""
         d = asdict(self)
+        if self.codec.decoder_channels is None:  # runs from before the option keep their identity
+            d["codec"].pop("decoder_channels")
         per_run: tuple[str, ...] = (
             "steps",
             "resume",
