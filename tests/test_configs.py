@@ -128,6 +128,7 @@ def test_a_bad_override_is_one_line_naming_it(name, override, line):
     got = override_error(name, [override])
     assert got is not None and "\n" not in got and line in got, got
     assert override_error(name, []) is None and override_error(name, ["--help"]) is None
+    assert override_error(name, ["hydra.searchpath=[file:///elsewhere]", override]) is None  # hydra's to judge
 
 
 def test_play_says_a_typo_in_one_line():

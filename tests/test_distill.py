@@ -356,6 +356,13 @@ def test_a_long_rollout_runs_its_free_chunks_without_gradient_as_the_engine_woul
     torch.testing.assert_close(c2w[:, 4:], held, atol=0, rtol=0)
     torch.testing.assert_close(ray_ref[:, 4:], held, atol=0, rtol=0)
     torch.testing.assert_close(c2w[:, :4], batch.c2w[:, :4], atol=0, rtol=0)
+    # Fewer free chunks start later in the clip: the window always ends with the clip's last
+    # chunk (where a light-press focus clip has its press).
+    short = RolloutPlan([1, 1, 1], free=0)
+    actions, c2w, _ = dmd.inputs(batch, short)
+    torch.testing.assert_close(actions, batch.actions[:, 4:], atol=0, rtol=0)
+    torch.testing.assert_close(c2w, batch.c2w[:, 4:], atol=0, rtol=0)
+    torch.testing.assert_close(dmd.context(batch, short), batch.x0[:, 4:8], atol=0, rtol=0)
     with pytest.raises(WorldsimError, match="a rollout of 22 frames needs longer clips than the batch's 14"):
         dmd.inputs(batch, RolloutPlan([1, 1, 1], free=6))
     plan = RolloutPlan([0, 1, 1], free=1, still=True)
@@ -430,6 +437,23 @@ def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_da
     assert (
         engine.step(np.zeros((2, len(engine.key_names)), np.uint8), np.zeros((2, 2), np.float32)).frames.shape[0] == 2
     )
+
+
+def test_a_student_start_may_have_another_decoder_but_not_another_encoder(teacher, tmp_path):
+    """``with_codec`` gives a student a slimmer decoder on the same latents: it still starts a
+    student stage; a codec of other widths at the encoder is refused, naming the field."""
+    from worldsim.model.codec import Codec
+    from worldsim.train.student_ode_stage import check_student_start
+
+    ck, model, _ = load_checkpoint(teacher)
+    for name, codec_cfg in (
+        ("slim", dataclasses.replace(ck.codec, decoder_channels=[16, 8, 8])),
+        ("wide", dataclasses.replace(ck.codec, base_channels=32)),
+    ):
+        save_checkpoint(tmp_path / name, dataclasses.replace(ck, codec=codec_cfg), model, Codec(codec_cfg))
+    check_student_start(str(tmp_path / "slim"), ck, str(teacher))
+    with pytest.raises(WorldsimError, match="codec.base_channels is 32, the teacher's 16"):
+        check_student_start(str(tmp_path / "wide"), ck, str(teacher))
 
 
 def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, tmp_path):

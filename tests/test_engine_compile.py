@@ -55,6 +55,17 @@ def test_the_compiled_engine_plays_the_eager_frames_and_compiles_only_at_load(ck
 def test_an_unknown_compile_mode_is_refused_in_one_line(ckpt):
     with pytest.raises(WorldsimError, match="compile must be one of none, decoder, full, got 'fast'"):
         load_engine(ckpt, compile="fast")
+    # Compiled kernels are built for one thread count: threads=auto would change it under load.
+    with pytest.raises(WorldsimError, match=r"compile=decoder needs a fixed thread count \(threads=N\)"):
+        load_engine(ckpt, compile="decoder", threads="auto")
+    with pytest.raises(WorldsimError, match="compile=full with quantize=int8 is not supported"):
+        load_engine(ckpt, compile="full", quantize="int8")
     env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
-    r = subprocess.run([sys.executable, "play.py", "compile=fast"], cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "play.py", "compile=fast"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: compile must be one of none, decoder, full, got 'fast'"
+    r = subprocess.run(
+        [sys.executable, "play.py", "compile=full"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and r.stderr.endswith("needs a fixed thread count: add threads=N (e.g. threads=2)\n")

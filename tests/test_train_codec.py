@@ -218,6 +218,10 @@ def test_a_slimmer_decoder_trains_on_the_kept_encoder_and_drops_into_a_checkpoin
     with pytest.raises(WorldsimError, match=r"encodes other latents than .* \(encoder\.0\.weight differs\)"):
         with_codec(ck, tmp_path / "free" / "codec", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(WorldsimError, match="model_slim exists: with_codec writes a new model folder"):
+        with_codec(ck, tmp_path / "slim" / "codec", tmp_path / "model_slim")
+    ck_slim, _, _ = load_checkpoint(tmp_path / "model_slim")
+    assert ck_slim.provenance["codec_from"]["provenance"]["stage"] == "codec"
     with pytest.raises(ValueError, match=r"decoder_channels must be 3 multiples of 8 .* got \[16, 12\]"):
         Codec(CodecConfig(latent_channels=4, base_channels=16, decoder_channels=[16, 12]))
 

@@ -176,6 +176,8 @@ def main(cfg: Any) -> None:
     check_compile(pc.compile)
     if pc.compile != "none" and not pc.checkpoint:
         raise WorldsimError(f"compile={pc.compile} needs a model (checkpoint=...)")
+    if pc.compile != "none" and pc.threads == "auto":
+        raise WorldsimError(f"compile={pc.compile} needs a fixed thread count: add threads=N (e.g. threads=2)")
     if pc.checkpoint and pc.quantize == "none":
         print(describe_bf16(pc.bf16))
     elif pc.checkpoint:

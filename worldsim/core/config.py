@@ -93,17 +93,18 @@ def override_error(config_name: str, overrides: list[str]) -> str | None:
     """What hydra would refuse in the command-line ``overrides`` of config ``config_name`` (a key
     the schema lacks, with the nearest one; a value of the wrong type; a preset that does not
     exist, with those that do; an override it cannot parse), as one line; None when it composes.
-    hydra's own flags (``--help``, ``-m`` ...) and ``hydra.*`` settings are left to hydra."""
+    A command line with hydra's own flags (``--help``, ``-m`` ...) or settings (``hydra.*``, which
+    may change where configs are found or how they compose) is left to hydra whole."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    if any(a.startswith("-") for a in overrides) or GlobalHydra.instance().is_initialized():
+    own = any(a.startswith("-") or a.lstrip("+~").startswith(("hydra.", "hydra/")) for a in overrides)
+    if own or GlobalHydra.instance().is_initialized():  # hydra's flags and settings (search path, mode ...)
         return None
-    args = [a for a in overrides if not a.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            compose(config_name, overrides=args)
+            compose(config_name, overrides=overrides)
     except HydraException as e:
         return _one_line(e)
     return None

@@ -355,10 +355,13 @@ def load_codec(path: str | Path, device: str = "cpu") -> Codec:
 def with_codec(checkpoint: str | Path, codec_path: str | Path, out: str | Path) -> None:
     """Write to ``out`` the checkpoint folder ``checkpoint`` with the codec folder ``codec_path``
     (a ``stage=codec`` export, e.g. a slimmer decoder trained with ``freeze_encoder``) in place
-    of its own; the provenance records where the codec came from. The model read the latents of
+    of its own; the provenance records where the codec came from (path, sha256, its own
+    provenance). The model read the latents of
     its own codec's encoder, so the new encoder must be that one bit for bit: ``WorldsimError``
     naming the first tensor that differs otherwise (or a folder that is not a checkpoint or a
-    codec), before anything is written."""
+    codec, or an ``out`` that exists), before anything is written."""
+    if Path(out).exists():
+        raise WorldsimError(f"{out} exists: with_codec writes a new model folder")
     ck, model, old = load_checkpoint(checkpoint)
     new = load_codec(codec_path)
     mine, theirs = old.encoder.state_dict(), new.encoder.state_dict()
@@ -369,5 +372,12 @@ def with_codec(checkpoint: str | Path, codec_path: str | Path, out: str | Path) 
             f"{codec_path} encodes other latents than {checkpoint}'s codec (encoder.{first} differs): "
             f"its model would read a latent space it was not trained on"
         )
-    provenance = {**ck.provenance, "codec_from": str(codec_path)}
+    root = Path(codec_path)
+    codec_from = {
+        "path": str(codec_path),
+        "sha256": sha256((root / "codec.safetensors").read_bytes()),
+        "provenance": json.loads((root / "codec.json").read_text()).get("provenance", {}),
+        "note": "the model's metrics in this provenance were measured with its previous codec",
+    }
+    provenance = {**ck.provenance, "codec_from": codec_from}
     save_checkpoint(out, replace(ck, codec=new.cfg, provenance=provenance), model, new)

@@ -14,8 +14,11 @@ What is compiled, by mode:
 How: inductor (the CPU backend generates C++ with OpenMP; a C compiler must be installed),
 ``dynamic=False``, so a region is compiled for the shapes of its first call and recompiled for
 another. The engine warms every compiled region once at load (one chunk of each shape it will
-see), so no compilation lands in a step. Inductor caches what it compiled on disk
-(``TORCHINDUCTOR_CACHE_DIR``; here ``~/.cache/worldsim/inductor`` unless that variable is set):
+see), so no compilation lands in a step. That holds for a fixed thread count only (dynamo
+guards on it and inductor's kernels are built for it), so the engine refuses ``threads="auto"``
+with compile; and compile with int8 weights (``quantize``) is refused as not measured. Inductor
+caches what it compiled on disk (``TORCHINDUCTOR_CACHE_DIR``; here
+``~/.cache/worldsim/inductor`` unless that variable is set):
 the first load on a machine compiles (tens of seconds on 2 cores), later ones read the cache (a
 few seconds). Whether a mode pays is measured, not assumed: ``worldsim-bench engine --compile``
 steps a compiled and an eager engine one chunk each in turn (``docs/engine.md``).

@@ -34,7 +34,9 @@ class CodecConfig:
 
     def decoder_widths(self) -> list[int]:
         """The decoder's channels at each scale (``stages + 1``), from the latent grid up."""
-        return list(self.decoder_channels) if self.decoder_channels else [self.base_channels] * (self.stages + 1)
+        if self.decoder_channels is None:
+            return [self.base_channels] * (self.stages + 1)
+        return list(self.decoder_channels)
 
 
 def frames_to_tensor(frames_u8: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,10 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     codec = Codec(cfg.codec)
     codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
-    adapt = decoder_from_scratch(codec.state_dict()) if ct.freeze_encoder else None
+    # A decoder of other widths than init_from's (asked for: codec.decoder_channels) starts where
+    # its shapes differ from scratch; without the option, a decoder that does not fit is refused.
+    slimmer = ct.freeze_encoder and cfg.codec.decoder_channels is not None
+    adapt = decoder_from_scratch(codec.state_dict()) if slimmer else None
     loop = TrainLoop(cfg, codec, ["val_psnr_db"], d, adapt_init=adapt)
     amp = loop.autocast()
     batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)

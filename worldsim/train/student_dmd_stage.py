@@ -119,17 +119,33 @@ class SelfForcingDMD:
         self.idle = idle_action
         self.k = ck.chunk_frames
 
+    def _start(self, batch: Batch, plan: RolloutPlan) -> int:
+        """The clip frame the ``plan``'s true context starts at: a recorded rollout ends where the
+        clip ends (so its window holds the clip's last chunk, which a light-press focus clip was
+        picked for, whatever the number of free chunks), a still one starts at the clip's start."""
+        t = (self.cond.context_chunks + plan.free + len(plan.exits)) * self.k
+        if plan.still:
+            return 0
+        if t > batch.c2w.shape[1]:
+            raise WorldsimError(f"a rollout of {t} frames needs longer clips than the batch's {batch.c2w.shape[1]}")
+        return batch.c2w.shape[1] - t
+
+    def context(self, batch: Batch, plan: RolloutPlan) -> torch.Tensor:
+        """``(B, context_chunks * k, C, h, w)``: the clean latents of the ``plan``'s true context."""
+        s = self._start(batch, plan)
+        return batch.x0[:, s : s + self.cond.context_chunks * self.k]
+
     def inputs(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(actions (B, T, A), c2w (B, T, 4, 4), ray_ref (B, T, 4, 4))`` of the true context and
-        the ``plan``'s chunks, ``T = (context_chunks + free + window) * k``: the clip's, or for a
-        still player the idle action and the last context pose, each chunk's rays relative to the
-        pose before it (``chunk``) or the session's first (``session``), as the rollout keeps them."""
+        the ``plan``'s chunks, ``T = (context_chunks + free + window) * k``: the clip's last ``T``
+        frames, or, for a still player, the clip's first context and then the idle action at the
+        last context pose, each chunk's rays relative to the pose before it (``chunk``) or the
+        session's first (``session``), as the rollout keeps them."""
         n0 = self.cond.context_chunks * self.k
         t = n0 + (plan.free + len(plan.exits)) * self.k
+        s = self._start(batch, plan)
         if not plan.still:
-            if t > batch.c2w.shape[1]:
-                raise WorldsimError(f"a rollout of {t} frames needs longer clips than the batch's {batch.c2w.shape[1]}")
-            return batch.actions[:, :t], batch.c2w[:, :t], batch.ray_ref[:, :t]
+            return batch.actions[:, s : s + t], batch.c2w[:, s : s + t], batch.ray_ref[:, s : s + t]
         if self.idle is None:
             raise WorldsimError("a still rollout needs the action encoder's idle input (idle_action)")
         b, rest = batch.c2w.shape[0], t - n0
@@ -152,7 +168,7 @@ class SelfForcingDMD:
         actions, c2w, ray_ref = self.inputs(batch, plan)
         frames = torch.arange(n0, device=batch.x0.device)
         gen = ChunkRollout(self.nets.generator, self.sampler, self.cond, self.intrinsics, self.ck.frame_size, "cached")
-        context = History(batch.x0[:, :n0], actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
+        context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
         gen.restore(context, None, generator)
         out = []
         exits = [None] * plan.free + list(plan.exits)
@@ -193,14 +209,16 @@ class SelfForcingDMD:
         """One iteration on ``batch`` (on the networks' device) as ``plan`` says (a list: the
         window's exit steps). ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
         plan = plan if isinstance(plan, RolloutPlan) else RolloutPlan(list(plan))
-        m, w, n0 = len(plan.exits), self.cond.context_chunks, self.cond.context_chunks * self.k
+        m, w = len(plan.exits), self.cond.context_chunks
         with torch.set_grad_enabled(generator_step):
             out, _ = self.rollout(batch, plan, g_dev)
         x = out[:, plan.free * self.k :]
-        # What the scores read: the window after the w chunks before it, as a rolling cache holds them.
+        # What the scores read: the window after the w chunks before it, which a rolling cache of w
+        # chunks holds. (After free chunks, those w start the scores' pass, as the teacher's
+        # training clips start: their keys are not the ones computed with the chunks before them.)
         keep = (w + m) * self.k
         actions, c2w, ray_ref = (a[:, -keep:] for a in self.inputs(batch, plan))
-        clean = torch.cat([batch.x0[:, :n0], out.detach()], 1)[:, -keep:]
+        clean = torch.cat([self.context(batch, plan), out.detach()], 1)[:, -keep:]
         cs = self.sampler.context_sigma
         b, dev = x.shape[0], x.device
         if cs > 0:
@@ -275,7 +293,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     size = tuple(open_datasets(cfg.data)[0].meta.frame_size)
     if size != ck.frame_size:
         raise WorldsimError(f"{cfg.data} holds {size} frames, the teacher {dc.teacher} was trained on {ck.frame_size}")
-    recorded = dc.free_chunks + dc.rollout_chunks if dc.idle_prob < 1 else 0  # chunks that follow the clip's inputs
+    recorded = dc.free_chunks + dc.rollout_chunks if dc.idle_prob < 1 else 1  # chunks that follow the clip's inputs
     clip = (ck.conditioning.context_chunks + recorded) * ck.chunk_frames
     require_clips(cfg.data, clip, f"a rollout of {recorded} recorded chunks after the true context")
     intr = ck.conditioning.intrinsics_matrix()
@@ -314,7 +332,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     cond = ck.conditioning
     tcfg = dataclasses.replace(
         cfg.teacher,
-        context_chunks=cond.context_chunks + max(recorded, 1) - 1,  # a clip: true context, then the recorded rollout
+        context_chunks=cond.context_chunks + recorded - 1,  # a clip: true context, then the recorded rollout
         camera_reference=cond.camera_reference,
         translation_scale_m=cond.translation_scale_m,
         memory_prob=0.0,

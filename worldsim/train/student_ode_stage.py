@@ -43,7 +43,8 @@ from worldsim.train.teacher_stage import rollout_preview
 
 def check_student_start(init_from: str, teacher: CheckpointConfig, teacher_path: str) -> None:
     """A student starts from its teacher or from an exported student of the same teacher
-    architecture; ``WorldsimError`` naming the first field that differs otherwise. A training
+    architecture (the codec's decoder aside: the latents are its encoder's); ``WorldsimError``
+    naming the first field that differs otherwise. A training
     state folder (``last/``) is checked through the ``model/`` export beside it."""
     root = Path(init_from)
     for folder in (root, root.parent / "model"):
@@ -54,6 +55,8 @@ def check_student_start(init_from: str, teacher: CheckpointConfig, teacher_path:
         raise WorldsimError(f"init_from: {root} is neither an exported checkpoint nor a run's last/ beside model/")
     for name in ("model", "conditioning", "codec", "action_encoder", "frame_size"):
         a, b = getattr(start, name), getattr(teacher, name)
+        if name == "codec":  # the latents are the encoder's: a start with another decoder (with_codec) fits
+            a, b = dataclasses.replace(a, decoder_channels=None), dataclasses.replace(b, decoder_channels=None)
         if a != b:
             if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
                 field = next(f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
