@@ -16,6 +16,7 @@ same as without it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.data.format import RolloutMeta, parse_frame_size
-from worldsim.data.policies import Actions, Policy, ReplayPolicy, make_policy
+from worldsim.data.policies import Actions, ClosedLoopPolicy, Policy, ReplayPolicy, make_policy
 from worldsim.data.preview import contact_sheet, write_mp4, write_png
 from worldsim.data.reader import RolloutDataset
 from worldsim.data.writer import RolloutWriter
@@ -77,9 +78,10 @@ def record(cfg: RecordConfig) -> RolloutDataset:
     key_names, fps = list(probe.key_names), probe.fps
     probe.close()
     policy = make_policy(cfg.policy, key_names, cfg.world.controller, cfg.replay_from)
-    if cfg.avoid_obstacles and (cfg.env != "builtin" or isinstance(policy, ReplayPolicy)):
+    if cfg.avoid_obstacles and (cfg.env != "builtin" or isinstance(policy, ReplayPolicy | ClosedLoopPolicy)):
         raise WorldsimError(
-            "avoid_obstacles needs env=builtin and a scripted policy (replayed actions cannot be redrawn)"
+            "avoid_obstacles needs env=builtin and an open-loop scripted policy (replayed actions and a "
+            "closed-loop policy's cannot be redrawn)"
         )
     # Non-default speeds are written down, so a model trained on the data moves as they did (the
     # default writes nothing: datasets recorded before stay resumable with the same meta).
@@ -95,12 +97,15 @@ def record(cfg: RecordConfig) -> RolloutDataset:
         if isinstance(policy, ReplayPolicy):  # re-render in the world the source was recorded in
             source_seed = policy.source_seed(ep)
             world_seed = world_seed if source_seed is None else source_seed
-        acts = policy.actions(cfg.episode_len, np.random.default_rng([cfg.seed, ep]), episode=ep)
-        if cfg.avoid_obstacles:
-            acts = _clear_actions(cfg, policy, ep, int(world_seed), acts)
-        arrays = rollout(
-            cfg.env, int(world_seed), frame_size, cfg.world_config(), acts.keys, acts.mouse, cfg.save_depth
-        )
+        rng, world, seed = np.random.default_rng([cfg.seed, ep]), cfg.world_config(), int(world_seed)
+        if isinstance(policy, ClosedLoopPolicy):
+            n = cfg.episode_len
+            arrays = closed_loop_rollout(cfg.env, seed, frame_size, world, policy, n, rng, ep, cfg.save_depth)
+        else:
+            acts = policy.actions(cfg.episode_len, rng, episode=ep)
+            if cfg.avoid_obstacles:
+                acts = _clear_actions(cfg, policy, ep, seed, acts)
+            arrays = rollout(cfg.env, seed, frame_size, world, acts.keys, acts.mouse, cfg.save_depth)
         writer.write_episode(ep, arrays, seed=int(world_seed), policy=cfg.policy)
     data = RolloutDataset(cfg.out)
     if cfg.preview:
@@ -135,11 +140,44 @@ def rollout(
 ) -> dict[str, np.ndarray]:
     """Drive a fresh world (``make_env(env_name, ..., cfg=world)``) with raw actions; frame 0 is
     the reset, row t takes t to t+1. Depth is kept when ``save_depth`` and the world has it."""
-    t_len = len(keys)
+    return _drive(env_name, seed, frame_size, world, len(keys), lambda t, c2w: (keys[t], mouse[t]), save_depth)
+
+
+def closed_loop_rollout(
+    env_name: str,
+    seed: int,
+    frame_size: tuple[int, int],
+    world: BuiltinWorldConfig | DoomConfig,
+    policy: ClosedLoopPolicy,
+    num_frames: int,
+    rng: np.random.Generator,
+    episode: int = 0,
+    save_depth: bool = True,
+) -> dict[str, np.ndarray]:
+    """:func:`rollout` with the rows ``policy`` gives from each frame's pose as the world returns
+    it (``ClosedLoopPolicy.act``); the rows it gave are stored like any other (the last left at
+    zero), so the episode replays through :func:`rollout`."""
+    policy.start(num_frames, rng, episode)
+    return _drive(env_name, seed, frame_size, world, num_frames, policy.act, save_depth)
+
+
+def _drive(
+    env_name: str,
+    seed: int,
+    frame_size: tuple[int, int],
+    world: BuiltinWorldConfig | DoomConfig,
+    num_frames: int,
+    row: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    save_depth: bool,
+) -> dict[str, np.ndarray]:
+    """The one loop of both rollouts: ``row(t, c2w of frame t)`` -> the inputs taking it to t+1."""
     with make_env(env_name, seed=seed, frame_size=frame_size, cfg=world) as env:
         obs = env.reset()
         frames, depth, c2w, times = [obs.frame], [obs.depth], [obs.c2w], [obs.time_s]
-        for t in range(t_len - 1):
+        keys = np.zeros((num_frames, len(env.key_names)), np.uint8)
+        mouse = np.zeros((num_frames, 2), np.float32)
+        for t in range(num_frames - 1):
+            keys[t], mouse[t] = row(t, obs.c2w)
             obs = env.step(keys[t], mouse[t])
             frames.append(obs.frame)
             depth.append(obs.depth)
@@ -149,8 +187,8 @@ def rollout(
             "frames": np.stack(frames),
             "c2w": np.stack(c2w).astype(np.float32),
             "intrinsics": env.intrinsics.astype(np.float32),
-            "keys": keys.astype(np.uint8),
-            "mouse": mouse.astype(np.float32),
+            "keys": keys,
+            "mouse": mouse,
             "timestamp_s": np.asarray(times, np.float64),
         }
         save_depth = save_depth and env.has_depth

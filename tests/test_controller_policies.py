@@ -51,7 +51,7 @@ def _integrate(policy_name, n=80, episode=0):
     return acts, states
 
 
-@pytest.mark.parametrize("name", [n for n in POLICIES if n != "replay"])
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "replay" and not POLICIES[n].closed_loop])
 def test_policies_give_valid_action_arrays(name):
     acts, _ = _integrate(name)
     assert acts.keys.shape == (80, 7) and acts.keys.dtype == np.uint8
@@ -134,3 +134,44 @@ def test_explore_lights_toggles_the_light_about_four_times_as_often_as_explore()
     # 200 episodes of 63 action rows: about 189 presses at 1.5% per frame, 756 at 6%.
     assert 120 < presses["explore"] < 260
     assert 600 < presses["explore_lights"] < 920
+
+
+def _closed_loop(n, drift_deg=0.0, slip=1.0, seed=1):
+    """``retrace`` driving the camera controller, the world answering with a yaw drift per frame
+    and a share ``slip`` of each step's motion (momentum and walls bend DOOM's path like this)."""
+    cfg = CameraControllerConfig()
+    policy, ctrl = make_policy("retrace", KEYS, cfg), CameraController(cfg, KEYS)
+    policy.start(n, np.random.default_rng(seed))
+    states = [CameraState()]
+    for t in range(n - 1):
+        keys, mouse = policy.act(t, states[-1].c2w())
+        nxt = ctrl.step(states[-1], keys, mouse)
+        moved = states[-1].position + slip * (nxt.position - states[-1].position)
+        states.append(CameraState(moved, nxt.yaw_rad + math.radians(drift_deg), nxt.pitch_rad))
+    return states
+
+
+@pytest.mark.parametrize(("drift_deg", "slip"), [(0.0, 1.0), (0.7, 0.8), (-0.7, 0.6)])
+def test_retrace_comes_back_to_the_start_view_where_the_world_bends_its_path(drift_deg, slip):
+    states = _closed_loop(160, drift_deg, slip)
+    far = max(np.linalg.norm(s.position) for s in states)
+    assert far > 5.0
+    assert np.linalg.norm(states[-1].position) < 0.5  # the last breadcrumb is the start
+    assert abs(math.remainder(states[-1].yaw_rad, 2 * math.pi)) < math.radians(8)
+
+
+def test_an_open_loop_return_misses_the_start_where_the_world_bends_its_path():
+    """Why ``retrace`` exists: ``go_and_return``'s input list, in the same bent world, ends far off."""
+    cfg = CameraControllerConfig()
+    acts = make_policy("go_and_return", KEYS, cfg).actions(160, np.random.default_rng(1))
+    ctrl = CameraController(cfg, KEYS)
+    s = CameraState()
+    for k, m in zip(acts.keys[:-1], acts.mouse[:-1], strict=True):
+        nxt = ctrl.step(s, k, m)
+        s = CameraState(s.position + 0.8 * (nxt.position - s.position), nxt.yaw_rad + math.radians(0.7), nxt.pitch_rad)
+    assert np.linalg.norm(s.position) > 2.0
+
+
+def test_a_closed_loop_policy_has_no_input_list_to_give_ahead():
+    with pytest.raises(WorldsimError, match="policy 'retrace' steers by the pose the world returns"):
+        make_policy("retrace", KEYS, CameraControllerConfig()).actions(10, np.random.default_rng(0))

@@ -227,3 +227,19 @@ def test_avoid_obstacles_gives_up_clearly_and_refuses_replay(tmp_path, small_dat
     replay = dict(policy="replay", replay_from=str(small_dataset.root))
     with pytest.raises(WorldsimError, match="scripted policy"):
         record(RecordConfig(**base, **replay, out=str(tmp_path / "b"), avoid_obstacles=True))
+
+
+def test_a_closed_loop_policy_records_rows_that_replay_its_episode(tmp_path):
+    """``retrace`` in the built-in world: recorded through ``closed_loop_rollout``, it ends where it
+    began, facing the same way (the last frame is the first view again), and the rows it stored
+    re-render the episode exactly through the open-loop ``rollout``."""
+    cfg = RecordConfig(policy="retrace", num_episodes=1, episode_len=120, out=str(tmp_path / "r"), preview=False)
+    ep = record(cfg).load(0)
+    start, end = ep["c2w"][0], ep["c2w"][-1]
+    assert np.abs(ep["c2w"][:, :3, 3] - start[:3, 3]).max() > 5.0  # it went somewhere
+    assert np.linalg.norm(end[:3, 3] - start[:3, 3]) < 0.5 and float(end[:3, 2] @ start[:3, 2]) > np.cos(np.radians(8))
+    assert not ep["keys"][-1].any() and not ep["mouse"][-1].any()
+    again = record_mod.rollout("builtin", 0, (64, 64), cfg.world, ep["keys"], ep["mouse"], save_depth=False)
+    np.testing.assert_array_equal(again["frames"], ep["frames"])
+    with pytest.raises(WorldsimError, match="avoid_obstacles needs env=builtin and an open-loop scripted policy"):
+        record(RecordConfig(**{**cfg.__dict__, "avoid_obstacles": True, "out": str(tmp_path / "x")}))

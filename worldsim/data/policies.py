@@ -1,9 +1,12 @@
 """Scripted policies: whole episodes of raw inputs for recording data and headless rollouts.
 
-A policy is open-loop: given an episode length, a key list, the controller settings and an RNG,
-it returns ``keys (T, K)`` uint8 and ``mouse (T, 2)`` float32. Row ``t`` takes frame t to t+1;
-the last row is unused and left at zero. Because the camera has no collisions, an open-loop
-action list fixes the whole trajectory, so the same list replays exactly anywhere.
+Most policies are open-loop: given an episode length, a key list, the controller settings and an
+RNG, they return ``keys (T, K)`` uint8 and ``mouse (T, 2)`` float32. Row ``t`` takes frame t to
+t+1; the last row is unused and left at zero. Because the built-in world's camera has no
+collisions, an open-loop action list fixes the whole trajectory, so the same list replays
+exactly anywhere. In a world with walls and momentum (DOOM) it does not: a
+:class:`ClosedLoopPolicy` reads the pose as it goes and gives one row at a time, which the
+recorder (``envs.record``) stores like any other; the stored rows replay the episode.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Policy(ABC):
     """
 
     name: str
+    closed_loop = False  # True: rows come one at a time from the pose (ClosedLoopPolicy)
 
     def __init__(self, key_names: list[str], controller: CameraControllerConfig):
         self.key_names = list(key_names)
@@ -151,6 +155,98 @@ class GoAndReturnPolicy(Policy):
         t += walk
         a.mouse[t : t + turn_frames, 0] = self._px_for_deg(180.0 / turn_frames)
         return a
+
+
+class ClosedLoopPolicy(Policy):
+    """A policy that reads the camera pose as it goes: :meth:`start` an episode, then
+    :meth:`act` gives the input row of frame ``t`` from that frame's pose. For worlds where an
+    input list does not fix the path (DOOM: momentum, walls). It has no input list before the
+    world answers, so :meth:`actions` is refused; ``worldsim-record`` drives it."""
+
+    closed_loop = True
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """Refused with ``WorldsimError``: the inputs depend on the poses the world returns."""
+        raise WorldsimError(
+            f"policy {self.name!r} steers by the pose the world returns: it records (worldsim-record), "
+            f"but has no input list to give ahead"
+        )
+
+    @abstractmethod
+    def start(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> None:
+        """Begin an episode of ``num_frames`` frames (``rng`` for its randomness)."""
+
+    @abstractmethod
+    def act(self, t: int, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The input row that takes frame ``t`` (camera pose ``c2w (4, 4)``) to ``t + 1``:
+        ``keys (K,)`` uint8, ``mouse (2,)`` float32 pixels."""
+
+
+def _wrap(angle_rad: float) -> float:
+    """``angle_rad`` in (-pi, pi]."""
+    return math.atan2(math.sin(angle_rad), math.cos(angle_rad))
+
+
+class RetracePolicy(ClosedLoopPolicy):
+    """Walks out on a wandering path for ``OUT_SHARE`` of the episode, then walks the same path
+    back, steering by the pose toward breadcrumbs dropped every ``REACH_M`` metres (the newest
+    first), and at the start turns to the start heading and stands still: the last frames
+    revisit the first view even where walls and momentum bend the path (DOOM), which an
+    open-loop return (``go_and_return``) does not."""
+
+    name = "retrace"
+    OUT_SHARE = 0.35  # the rest walks back (as far as out) and turns twice
+    REACH_M = 0.5  # a breadcrumb closer than this is reached
+    TURN_DEG = 12.0  # the most it turns in one frame on the way back
+    FACE_DEG = 40.0  # it walks only while the breadcrumb is within this of its heading
+    WANDER_DEG = 2.0  # the outbound turn rate stays within +- this per frame
+
+    def start(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> None:
+        """Reset the path; the outbound part is ``OUT_SHARE`` of ``num_frames - 1`` rows."""
+        self.rng = rng
+        self.outbound = int((num_frames - 1) * self.OUT_SHARE)
+        self.rate = float(rng.uniform(-self.WANDER_DEG, self.WANDER_DEG))
+        self.trail: list[np.ndarray] = []  # (x, y) of every outbound frame
+        self.crumbs: list[np.ndarray] | None = None  # the way back, next first
+        self.start_yaw = 0.0
+
+    def _turn_toward(self, err_rad: float) -> float:
+        deg = float(np.clip(math.degrees(err_rad), -self.TURN_DEG, self.TURN_DEG))
+        return self._px_for_deg(deg)
+
+    def act(self, t: int, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outbound: ``w`` held, the turn rate wandering; back: toward the next breadcrumb; then
+        toward the start heading; see the class docstring."""
+        keys, mouse = np.zeros(len(self.key_names), np.uint8), np.zeros(2, np.float32)
+        forward = self.key_names.index("w")
+        pos = np.asarray(c2w[:2, 3], np.float64)
+        heading = np.asarray(c2w[:3, 2], np.float64)  # the camera's +z (OpenCV: forward) in the world
+        yaw = math.atan2(heading[0], heading[1])  # clockwise from +y, as the controller turns
+        if t == 0:
+            self.start_yaw = yaw
+        if t < self.outbound:
+            self.trail.append(pos)
+            self.rate = float(np.clip(self.rate + self.rng.normal(0.0, 0.4), -self.WANDER_DEG, self.WANDER_DEG))
+            keys[forward] = 1
+            mouse[0] = self._px_for_deg(self.rate)
+            return keys, mouse
+        if self.crumbs is None:  # drop the breadcrumbs of the way back, the start last
+            self.crumbs = []
+            for p in reversed(self.trail):
+                if not self.crumbs or np.linalg.norm(p - self.crumbs[-1]) >= self.REACH_M:
+                    self.crumbs.append(p)
+            if self.trail:
+                self.crumbs.append(self.trail[0])
+        while self.crumbs and np.linalg.norm(self.crumbs[0] - pos) < self.REACH_M:
+            self.crumbs.pop(0)
+        if self.crumbs:
+            d = self.crumbs[0] - pos
+            err = _wrap(math.atan2(d[0], d[1]) - yaw)
+            keys[forward] = abs(math.degrees(err)) < self.FACE_DEG
+        else:
+            err = _wrap(self.start_yaw - yaw)
+        mouse[0] = self._turn_toward(err)
+        return keys, mouse
 
 
 class FullTurnPolicy(Policy):
@@ -336,6 +432,7 @@ POLICIES: dict[str, type[Policy]] = {
         LightPressesPolicy,
         GlanceBackPolicy,
         ReplayPolicy,
+        RetracePolicy,
     )
 }
 
