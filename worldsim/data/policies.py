@@ -189,14 +189,18 @@ def _wrap(angle_rad: float) -> float:
 
 class RetracePolicy(ClosedLoopPolicy):
     """Walks out on a wandering path for ``OUT_SHARE`` of the episode, then walks the same path
-    back, steering by the pose toward breadcrumbs dropped every ``REACH_M`` metres (the newest
-    first), and at the start turns to the start heading and stands still: the last frames
+    back, steering by the pose for the first of the breadcrumbs (dropped every ``REACH_M``
+    metres, the newest first) that is at least ``LOOKAHEAD_M`` away (pure pursuit: momentum
+    carries a player past a near one), forward only while it faces within ``FACE_DEG`` and every
+    other frame in the last ``LOOKAHEAD_M``; within ``REACH_M`` of the start it turns to the start
+    heading (pushed more than ``2 * LOOKAHEAD_M`` away again, it walks back). The last frames
     revisit the first view even where walls and momentum bend the path (DOOM), which an
-    open-loop return (``go_and_return``) does not."""
+    open-loop return (``go_and_return``) does not (``tools/revisit_check.py``)."""
 
     name = "retrace"
     OUT_SHARE = 0.35  # the rest walks back (as far as out) and turns twice
-    REACH_M = 0.5  # a breadcrumb closer than this is reached
+    REACH_M = 0.5  # breadcrumbs are this far apart; the start is reached this close
+    LOOKAHEAD_M = 1.5  # it steers for the first breadcrumb at least this far (pure pursuit)
     TURN_DEG = 12.0  # the most it turns in one frame on the way back
     FACE_DEG = 40.0  # it walks only while the breadcrumb is within this of its heading
     WANDER_DEG = 2.0  # the outbound turn rate stays within +- this per frame
@@ -209,6 +213,7 @@ class RetracePolicy(ClosedLoopPolicy):
         self.trail: list[np.ndarray] = []  # (x, y) of every outbound frame
         self.crumbs: list[np.ndarray] | None = None  # the way back, next first
         self.start_yaw = 0.0
+        self.arrived = False  # at the start: turning to its heading (until pushed well away)
 
     def _turn_toward(self, err_rad: float) -> float:
         deg = float(np.clip(math.degrees(err_rad), -self.TURN_DEG, self.TURN_DEG))
@@ -237,12 +242,19 @@ class RetracePolicy(ClosedLoopPolicy):
                     self.crumbs.append(p)
             if self.trail:
                 self.crumbs.append(self.trail[0])
-        while self.crumbs and np.linalg.norm(self.crumbs[0] - pos) < self.REACH_M:
+        # Pure pursuit: breadcrumbs nearer than the lookahead are passed (momentum carries the
+        # player past a near one, which it would turn back for). The last is the start: within
+        # REACH_M of it, it turns to the start heading; pushed out again (momentum), it goes back.
+        while len(self.crumbs) > 1 and np.linalg.norm(self.crumbs[0] - pos) < self.LOOKAHEAD_M:
             self.crumbs.pop(0)
-        if self.crumbs:
-            d = self.crumbs[0] - pos
+        d = self.crumbs[0] - pos if self.crumbs else np.zeros(2)
+        dist = float(np.linalg.norm(d))
+        self.arrived = dist < (2 * self.LOOKAHEAD_M if self.arrived else self.REACH_M) and len(self.crumbs) == 1
+        if not self.arrived:
             err = _wrap(math.atan2(d[0], d[1]) - yaw)
-            keys[forward] = abs(math.degrees(err)) < self.FACE_DEG
+            # Near the start, every other frame only: momentum would carry it past.
+            pulse = dist > self.LOOKAHEAD_M or t % 2 == 0
+            keys[forward] = abs(math.degrees(err)) < self.FACE_DEG and pulse
         else:
             err = _wrap(self.start_yaw - yaw)
         mouse[0] = self._turn_toward(err)
