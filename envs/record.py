@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import hydra
@@ -31,6 +31,7 @@ from envs.doom import DoomConfig
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
+from worldsim.core.validate import check_key_row, check_mouse_row
 from worldsim.data.format import RolloutMeta, parse_frame_size
 from worldsim.data.policies import Actions, ClosedLoopPolicy, Policy, ReplayPolicy, make_policy
 from worldsim.data.preview import contact_sheet, write_mp4, write_png
@@ -77,7 +78,11 @@ def record(cfg: RecordConfig) -> RolloutDataset:
     probe = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world_config())
     key_names, fps = list(probe.key_names), probe.fps
     probe.close()
-    policy = make_policy(cfg.policy, key_names, cfg.world.controller, cfg.replay_from)
+    # The policy turns by the world's degrees per mouse pixel (DOOM has its own setting).
+    ctrl = cfg.world.controller
+    if cfg.env == "doom":
+        ctrl = replace(ctrl, mouse_deg_per_px=cfg.doom.mouse_deg_per_px)
+    policy = make_policy(cfg.policy, key_names, ctrl, cfg.replay_from)
     if cfg.avoid_obstacles and (cfg.env != "builtin" or isinstance(policy, ReplayPolicy | ClosedLoopPolicy)):
         raise WorldsimError(
             "avoid_obstacles needs env=builtin and an open-loop scripted policy (replayed actions and a "
@@ -177,7 +182,9 @@ def _drive(
         keys = np.zeros((num_frames, len(env.key_names)), np.uint8)
         mouse = np.zeros((num_frames, 2), np.float32)
         for t in range(num_frames - 1):
-            keys[t], mouse[t] = row(t, obs.c2w)
+            k, m = row(t, obs.c2w)  # checked before the casts: uint8 would turn -1 into 255, 0.5 into 0
+            keys[t] = check_key_row(f"keys row {t}", k, len(env.key_names))
+            mouse[t] = check_mouse_row(f"mouse row {t}", m)
             obs = env.step(keys[t], mouse[t])
             frames.append(obs.frame)
             depth.append(obs.depth)

@@ -175,3 +175,21 @@ def test_an_open_loop_return_misses_the_start_where_the_world_bends_its_path():
 def test_a_closed_loop_policy_has_no_input_list_to_give_ahead():
     with pytest.raises(WorldsimError, match="policy 'retrace' steers by the pose the world returns"):
         make_policy("retrace", KEYS, CameraControllerConfig()).actions(10, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_retrace_of_a_few_frames_stays_at_the_start_view(n):
+    """No way out to retrace (no outbound row): it must not walk off or turn to some heading."""
+    cfg = CameraControllerConfig()
+    policy, ctrl = make_policy("retrace", KEYS, cfg), CameraController(cfg, KEYS)
+    policy.start(n, np.random.default_rng(0))
+    s = CameraState(np.zeros(3), 2.5, 0.0)
+    for t in range(n - 1):
+        s = ctrl.step(s, *policy.act(t, s.c2w()))
+    assert np.linalg.norm(s.position) < 1e-9 and s.yaw_rad == pytest.approx(2.5)
+
+
+def test_retrace_needs_a_walking_key_and_says_so():
+    policy = make_policy("retrace", ["a", "s", "d"], CameraControllerConfig())
+    with pytest.raises(WorldsimError, match="policy 'retrace' walks with the key 'w'"):
+        policy.start(10, np.random.default_rng(0))

@@ -243,3 +243,11 @@ def test_a_closed_loop_policy_records_rows_that_replay_its_episode(tmp_path):
     np.testing.assert_array_equal(again["frames"], ep["frames"])
     with pytest.raises(WorldsimError, match="avoid_obstacles needs env=builtin and an open-loop scripted policy"):
         record(RecordConfig(**{**cfg.__dict__, "avoid_obstacles": True, "out": str(tmp_path / "x")}))
+
+
+def test_rows_given_to_a_world_are_checked_before_they_are_stored(tmp_path):
+    """A row of half-pressed or negative keys is refused in one line, not cast (0.5 -> 0, -1 -> 255)."""
+    keys = np.zeros((4, 7), np.float32)
+    keys[1, 0] = 0.5
+    with pytest.raises(WorldsimError, match=r"keys row 1 must be 0/1 integers \(7,\)"):
+        record_mod.rollout("builtin", 0, (16, 16), RecordConfig().world, keys, np.zeros((4, 2), np.float32))

@@ -26,6 +26,7 @@ from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
+from worldsim.data.policies import check_open_loop
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.inference.compiled import check_compile
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
@@ -157,6 +158,7 @@ def _headless(pc: PlayConfig) -> None:
         memory_top_k=pc.memory_top_k,
         quantize=pc.quantize,
     )
+    check_open_loop(pc.policy)  # one line before the checkpoint loads
     r = run_rollout(rc, _engine(pc))
     print(f"headless: {len(r['arrays']['frames'])} frames -> {pc.out} (rollout.mp4)")
 

@@ -27,7 +27,7 @@ from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
 from worldsim.data.format import RolloutMeta
 from worldsim.data.metrics import psnr
-from worldsim.data.policies import make_policy
+from worldsim.data.policies import check_open_loop, make_policy
 from worldsim.data.preview import write_mp4
 from worldsim.data.starts import episode_start
 from worldsim.data.writer import RolloutWriter
@@ -96,6 +96,8 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         raise WorldsimError(
             f"frames must be at least 1 (generated frames, rounded up to whole chunks); got {cfg.frames}"
         )
+    if not cfg.actions_file:
+        check_open_loop(cfg.policy)  # one line before the checkpoint loads
     if engine is None:
         engine = load_engine(
             cfg.checkpoint,

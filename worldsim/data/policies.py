@@ -31,10 +31,9 @@ class Actions:
 
 
 class Policy(ABC):
-    """An open-loop scripted policy, registered in :data:`POLICIES` under ``name``.
-
-    Subclasses implement :meth:`actions`; ``key_names`` orders the key columns and ``controller``
-    converts degrees to mouse pixels (``mouse_deg_per_px``).
+    """A scripted policy, registered in :data:`POLICIES` under ``name``: open-loop (subclasses
+    implement :meth:`actions`) unless it is a :class:`ClosedLoopPolicy`. ``key_names`` orders
+    the key columns and ``controller`` converts degrees to mouse pixels (``mouse_deg_per_px``).
     """
 
     name: str
@@ -157,6 +156,13 @@ class GoAndReturnPolicy(Policy):
         return a
 
 
+def _no_input_list(name: str) -> WorldsimError:
+    return WorldsimError(
+        f"policy {name!r} steers by the pose the world returns: it records (worldsim-record), "
+        f"but has no input list to give ahead"
+    )
+
+
 class ClosedLoopPolicy(Policy):
     """A policy that reads the camera pose as it goes: :meth:`start` an episode, then
     :meth:`act` gives the input row of frame ``t`` from that frame's pose. For worlds where an
@@ -167,10 +173,7 @@ class ClosedLoopPolicy(Policy):
 
     def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
         """Refused with ``WorldsimError``: the inputs depend on the poses the world returns."""
-        raise WorldsimError(
-            f"policy {self.name!r} steers by the pose the world returns: it records (worldsim-record), "
-            f"but has no input list to give ahead"
-        )
+        raise _no_input_list(self.name)
 
     @abstractmethod
     def start(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> None:
@@ -206,13 +209,16 @@ class RetracePolicy(ClosedLoopPolicy):
     WANDER_DEG = 2.0  # the outbound turn rate stays within +- this per frame
 
     def start(self, num_frames: int, rng: np.random.Generator, episode: int = 0) -> None:
-        """Reset the path; the outbound part is ``OUT_SHARE`` of ``num_frames - 1`` rows."""
+        """Reset the path; the outbound part is ``OUT_SHARE`` of ``num_frames - 1`` rows.
+        ``WorldsimError`` when the key list has no ``w`` (it walks with it)."""
+        if "w" not in self.key_names:
+            raise WorldsimError(f"policy {self.name!r} walks with the key 'w', which {self.key_names} lacks")
         self.rng = rng
         self.outbound = int((num_frames - 1) * self.OUT_SHARE)
         self.rate = float(rng.uniform(-self.WANDER_DEG, self.WANDER_DEG))
         self.trail: list[np.ndarray] = []  # (x, y) of every outbound frame
         self.crumbs: list[np.ndarray] | None = None  # the way back, next first
-        self.start_yaw = 0.0
+        self.start_yaw, self.start_pos = 0.0, np.zeros(2)
         self.arrived = False  # at the start: turning to its heading (until pushed well away)
 
     def _turn_toward(self, err_rad: float) -> float:
@@ -228,7 +234,7 @@ class RetracePolicy(ClosedLoopPolicy):
         heading = np.asarray(c2w[:3, 2], np.float64)  # the camera's +z (OpenCV: forward) in the world
         yaw = math.atan2(heading[0], heading[1])  # clockwise from +y, as the controller turns
         if t == 0:
-            self.start_yaw = yaw
+            self.start_yaw, self.start_pos = yaw, pos
         if t < self.outbound:
             self.trail.append(pos)
             self.rate = float(np.clip(self.rate + self.rng.normal(0.0, 0.4), -self.WANDER_DEG, self.WANDER_DEG))
@@ -240,14 +246,13 @@ class RetracePolicy(ClosedLoopPolicy):
             for p in reversed(self.trail):
                 if not self.crumbs or np.linalg.norm(p - self.crumbs[-1]) >= self.REACH_M:
                     self.crumbs.append(p)
-            if self.trail:
-                self.crumbs.append(self.trail[0])
+            self.crumbs.append(self.start_pos)  # the last is the start, even with no way out
         # Pure pursuit: breadcrumbs nearer than the lookahead are passed (momentum carries the
         # player past a near one, which it would turn back for). The last is the start: within
         # REACH_M of it, it turns to the start heading; pushed out again (momentum), it goes back.
         while len(self.crumbs) > 1 and np.linalg.norm(self.crumbs[0] - pos) < self.LOOKAHEAD_M:
             self.crumbs.pop(0)
-        d = self.crumbs[0] - pos if self.crumbs else np.zeros(2)
+        d = self.crumbs[0] - pos
         dist = float(np.linalg.norm(d))
         self.arrived = dist < (2 * self.LOOKAHEAD_M if self.arrived else self.REACH_M) and len(self.crumbs) == 1
         if not self.arrived:
@@ -447,6 +452,15 @@ POLICIES: dict[str, type[Policy]] = {
         RetracePolicy,
     )
 }
+
+
+def check_open_loop(name: str) -> None:
+    """``WorldsimError`` in one line when policy ``name`` is unknown or closed-loop (it has no
+    input list to give ahead: a model's rollout needs one), before anything slow loads."""
+    if name not in POLICIES:
+        raise unknown_name("policy", name, POLICIES)
+    if POLICIES[name].closed_loop:
+        raise _no_input_list(name)
 
 
 def make_policy(

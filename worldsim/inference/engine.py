@@ -159,13 +159,13 @@ class Engine:
         compile: str = "none",
     ):
         check_compile(compile)  # one line before any slow work
-        if compile != "none" and threads == "auto":
+        self.cfg, self.model, self.codec = ck, model, codec
+        self.device = next(model.parameters()).device
+        if compile != "none" and threads == "auto" and self.device.type == "cpu":
             raise WorldsimError(
                 f"compile={compile} needs a fixed thread count (threads=N): inductor compiles its kernels for "
                 f"one, and threads=auto changes it when other processes take cores (a recompile in a step)"
             )
-        self.cfg, self.model, self.codec = ck, model, codec
-        self.device = next(model.parameters()).device
         # CPU threads: None leaves torch's count alone (reproducible runs: evaluation, tests);
         # "auto" follows the cores other processes leave free, re-measured after every chunk
         # (play); a number pins it.
@@ -635,6 +635,8 @@ def load_engine(
     check_device(device)
     check_quantize(quantize, device, bf16)  # one line before the checkpoint loads
     check_compile(compile)
+    if compile != "none" and rest.get("threads") == "auto" and torch.device(device).type == "cpu":
+        raise WorldsimError(f"compile={compile} needs a fixed thread count (threads=N), not threads=auto")
     if compile != "none" and quantize != "none":
         raise WorldsimError(f"compile={compile} with quantize={quantize} is not supported (not measured); choose one")
     path = find_checkpoint(path)
