@@ -175,11 +175,9 @@ def main(cfg: Any) -> None:
     check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise
     if pc.quantize != "none" and not pc.checkpoint:
         raise WorldsimError(f"quantize={pc.quantize} needs a model (checkpoint=...)")
-    check_compile(pc.compile)
+    check_compile(pc.compile, pc.threads, pc.quantize)  # likewise
     if pc.compile != "none" and not pc.checkpoint:
         raise WorldsimError(f"compile={pc.compile} needs a model (checkpoint=...)")
-    if pc.compile != "none" and pc.threads == "auto":
-        raise WorldsimError(f"compile={pc.compile} needs a fixed thread count: add threads=N (e.g. threads=2)")
     if pc.checkpoint and pc.quantize == "none":
         print(describe_bf16(pc.bf16))
     elif pc.checkpoint:

@@ -19,8 +19,8 @@ guards on it and inductor's kernels are built for it), so the engine refuses ``t
 with compile; and compile with int8 weights (``quantize``) is refused as not measured. Inductor
 caches what it compiled on disk (``TORCHINDUCTOR_CACHE_DIR``; here
 ``~/.cache/worldsim/inductor`` unless that variable is set):
-the first load on a machine compiles (tens of seconds on 2 cores), later ones read the cache (a
-few seconds). Whether a mode pays is measured, not assumed: ``worldsim-bench engine --compile``
+the first load on a machine compiles (tens of seconds on 2 cores), later ones read the cache.
+Whether a mode pays is measured, not assumed: ``worldsim-bench engine --compile``
 steps a compiled and an eager engine one chunk each in turn (``docs/engine.md``).
 """
 
@@ -41,10 +41,19 @@ COMPILE_MODES = ("none", "decoder", "full")
 CACHE_DIR = Path.home() / ".cache" / "worldsim" / "inductor"
 
 
-def check_compile(mode: str) -> None:
-    """``WorldsimError`` in one line unless ``mode`` is one of :data:`COMPILE_MODES`."""
+def check_compile(mode: str, threads: int | str | None = None, quantize: str = "none", on_cpu: bool = True) -> None:
+    """``WorldsimError`` in one line unless ``mode`` is one of :data:`COMPILE_MODES` and can run
+    with the engine's other settings: not with ``threads="auto"`` on the CPU (module docstring:
+    the kernels are built for one thread count) and not with int8 weights (``quantize``)."""
     if mode not in COMPILE_MODES:
         raise WorldsimError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode != "none" and threads == "auto" and on_cpu:
+        raise WorldsimError(
+            f"compile={mode} needs a fixed thread count (threads=N, e.g. threads=2): inductor builds its kernels "
+            f"for one, and threads=auto changes it when other processes take cores"
+        )
+    if mode != "none" and quantize != "none":
+        raise WorldsimError(f"compile={mode} with quantize={quantize} is not supported (not measured); choose one")
 
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])

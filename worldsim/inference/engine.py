@@ -158,14 +158,9 @@ class Engine:
         memory: MemoryConfig | None = None,
         compile: str = "none",
     ):
-        check_compile(compile)  # one line before any slow work
         self.cfg, self.model, self.codec = ck, model, codec
         self.device = next(model.parameters()).device
-        if compile != "none" and threads == "auto" and self.device.type == "cpu":
-            raise WorldsimError(
-                f"compile={compile} needs a fixed thread count (threads=N): inductor compiles its kernels for "
-                f"one, and threads=auto changes it when other processes take cores (a recompile in a step)"
-            )
+        check_compile(compile, threads, on_cpu=self.device.type == "cpu")  # one line before any slow work
         # CPU threads: None leaves torch's count alone (reproducible runs: evaluation, tests);
         # "auto" follows the cores other processes leave free, re-measured after every chunk
         # (play); a number pins it.
@@ -634,11 +629,7 @@ def load_engine(
     camera as it did in the training data; any other keyword goes to :class:`Engine` unchanged."""
     check_device(device)
     check_quantize(quantize, device, bf16)  # one line before the checkpoint loads
-    check_compile(compile)
-    if compile != "none" and rest.get("threads") == "auto" and torch.device(device).type == "cpu":
-        raise WorldsimError(f"compile={compile} needs a fixed thread count (threads=N), not threads=auto")
-    if compile != "none" and quantize != "none":
-        raise WorldsimError(f"compile={compile} with quantize={quantize} is not supported (not measured); choose one")
+    check_compile(compile, rest.get("threads"), quantize, torch.device(device).type == "cpu")
     path = find_checkpoint(path)
     ck, model, codec = load_checkpoint(path, device=device)
     model = quantize_model(model, quantize)
