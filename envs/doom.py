@@ -32,12 +32,14 @@ import numpy as np
 from envs.builtin import KEY_NAMES
 from envs.env import Env, Observation
 from worldsim.core.camera import c2w_from_doom, intrinsics_from_fov
-from worldsim.core.controller import CameraState
+from worldsim.core.controller import CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError, unknown_name
 
 INSTALL_HINT = "DOOM needs ViZDoom: pip install 'worldsim[doom]' (vizdoom==1.3.2; see docs/environments.md)"
 TICS_PER_S = 35.0
 RENDER_SIZE = (120, 160)  # (height, width) of RES_160X120, ViZDoom's smallest
+FRICTION = 0xE800 / 0x10000  # DOOM's ground friction: velocity kept per tic (p_mobj.c)
+WALK_THRUST = 25 * 2048 / 0x10000  # forwardmove[0] x 2048, in map units per tic (p_user.c)
 
 
 @dataclass
@@ -51,7 +53,24 @@ class DoomConfig:
     look_pitch: bool = False
     monsters: bool = False  # off: nothing but the player moves, and the player cannot die
     metres_per_unit: float = 1.0 / 32.0  # the eye (41 units above the floor) at 1.28 m
-    warmup_tics: int = 6  # the first tics of a level ignore input; reset() plays them
+    warmup_tics: int = 7  # the first tics of a level ignore input (6, and the first input tic is lost)
+
+    def controller(self) -> CameraControllerConfig:
+        """The camera controller that moves like the DOOM player on open floor (no walls, steps or
+        view bob): DOOM's momentum and friction, walking thrust ``forwardmove[0]`` = 25 (x 2048 map
+        units / 65536 per tic), ``tics_per_step`` ticks per frame, no vertical motion, and pitch
+        only with ``look_pitch``. The recorder writes it into the data, so a model trained there
+        moves its camera the same way."""
+        terminal_units_per_tic = WALK_THRUST / (1.0 - FRICTION)
+        return CameraControllerConfig(
+            fps=TICS_PER_S / self.tics_per_step,
+            move_speed_mps=terminal_units_per_tic * TICS_PER_S * self.metres_per_unit,
+            vertical_speed_mps=0.0,
+            mouse_deg_per_px=self.mouse_deg_per_px,
+            max_pitch_deg=80.0 if self.look_pitch else 0.0,
+            momentum=FRICTION,
+            ticks_per_frame=self.tics_per_step,
+        )
 
 
 def _import_vizdoom() -> Any:

@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from envs.doom import DoomConfig
 from envs.record import RecordConfig, record
 from worldsim.core.config import CONFIG_DIR
-from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 
 
 @dataclass
@@ -37,15 +38,20 @@ class RecipePart:
     policy: str
     seed: int
     num_episodes: int
+    doom: dict[str, Any] = field(default_factory=dict)  # env=doom: this part's changes to the recipe's doom
 
 
 @dataclass
 class RecipeConfig:
-    """A dataset recipe (``configs/recipe/*.yaml``): shared frame size and episode length, and its parts."""
+    """A dataset recipe (``configs/recipe/*.yaml``): the world, shared frame size and episode
+    length, and its parts. With ``env: doom`` each part records with ``doom`` updated by the
+    part's own ``doom`` (e.g. another wad for held-out levels)."""
 
+    env: str = "builtin"
     frame_size: Any = field(default_factory=lambda: [64, 64])
     episode_len: int = 64
     avoid_obstacles: bool = False  # passed to every part's worldsim-record run
+    doom: DoomConfig = field(default_factory=DoomConfig)
     parts: list[RecipePart] = field(default_factory=list)
 
 
@@ -88,6 +94,18 @@ def check_disjoint_seeds(recipe: RecipeConfig) -> None:
     for p in recipe.parts:
         if p.split not in ("train", "val"):
             raise WorldsimError(f"recipe part {p.name}: split must be 'train' or 'val', got {p.split!r}")
+        if p.doom and recipe.env != "doom":
+            raise WorldsimError(f"recipe part {p.name}: a doom section needs env: doom (this recipe's: {recipe.env!r})")
+        part_doom(recipe, p)
+
+
+def part_doom(recipe: RecipeConfig, part: RecipePart) -> DoomConfig:
+    """The DOOM settings ``part`` records with: the recipe's, updated by the part's ``doom``.
+    Raises ``WorldsimError`` for a key :class:`envs.doom.DoomConfig` does not have."""
+    unknown = sorted(set(part.doom) - {f.name for f in fields(DoomConfig)})
+    if unknown:
+        raise unknown_name(f"doom setting of recipe part {part.name}", unknown[0], [f.name for f in fields(DoomConfig)])
+    return replace(recipe.doom, **part.doom)
 
 
 def _record_count(cfg: RecordConfig) -> int:
@@ -105,6 +123,8 @@ def run_recipe(
         n = max(1, round(p.num_episodes * scale))
         print(f"== {p.split}/{p.name}: {n} episodes of {p.policy}, world seeds {p.seed}..{p.seed + n - 1}")
         configs[f"{p.split}/{p.name}"] = RecordConfig(
+            env=recipe.env,
+            doom=part_doom(recipe, p),
             policy=p.policy,
             num_episodes=n,
             episode_len=recipe.episode_len,
@@ -128,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="worldsim-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v5)")
+    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v6, doom_v1)")
     parser.add_argument("out", help="folder to record into (resumed if it exists)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every part's episode count")
     parser.add_argument("--jobs", type=int, default=1, help="parts recorded at once, one process each")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import hydra
@@ -64,6 +64,31 @@ class RecordConfig:
         """The config section of ``env`` (``make_env``'s ``cfg``)."""
         return self.doom if self.env == "doom" else self.world
 
+    def controller(self) -> CameraControllerConfig:
+        """The controller whose motion the world's poses follow: the built-in world's own, or
+        the one that moves like DOOM's player (:meth:`envs.doom.DoomConfig.controller`)."""
+        return self.doom.controller() if self.env == "doom" else self.world.controller
+
+
+def world_config_for(env: str, controller: CameraControllerConfig) -> BuiltinWorldConfig | DoomConfig:
+    """The config of world ``env`` whose inputs move as ``controller`` does (a checkpoint's, read
+    from the data it was trained on): the ground truth for its rollouts. DOOM's level is the
+    default wad's (world seed ``s`` plays map ``s`` mod 32). Raises ``WorldsimError`` when no DOOM
+    setting moves like ``controller``."""
+    if env != "doom":
+        return BuiltinWorldConfig(controller=controller)
+    doom = DoomConfig(
+        tics_per_step=controller.ticks_per_frame,
+        mouse_deg_per_px=controller.mouse_deg_per_px,
+        look_pitch=controller.max_pitch_deg > 0,
+    )
+    if doom.controller() != controller:
+        raise WorldsimError(
+            f"no DOOM setting moves like the controller {controller} (DOOM's: {doom.controller()}); "
+            "was the model trained on DOOM data recorded before worldsim wrote DOOM's controller?"
+        )
+    return doom
+
 
 ConfigStore.instance().store(name="record_schema", node=RecordConfig)
 
@@ -79,9 +104,7 @@ def record(cfg: RecordConfig) -> RolloutDataset:
     key_names, fps = list(probe.key_names), probe.fps
     probe.close()
     # The policy turns by the world's degrees per mouse pixel (DOOM has its own setting).
-    ctrl = cfg.world.controller
-    if cfg.env == "doom":
-        ctrl = replace(ctrl, mouse_deg_per_px=cfg.doom.mouse_deg_per_px)
+    ctrl = cfg.controller()
     policy = make_policy(cfg.policy, key_names, ctrl, cfg.replay_from)
     if cfg.avoid_obstacles and (cfg.env != "builtin" or isinstance(policy, ReplayPolicy | ClosedLoopPolicy)):
         raise WorldsimError(
@@ -90,7 +113,6 @@ def record(cfg: RecordConfig) -> RolloutDataset:
         )
     # Non-default speeds are written down, so a model trained on the data moves as they did (the
     # default writes nothing: datasets recorded before stay resumable with the same meta).
-    ctrl = cfg.world.controller
     extra = {} if ctrl == CameraControllerConfig() else {"controller": asdict(ctrl)}
     meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env", extra=extra)
     writer = RolloutWriter(cfg.out, meta)

@@ -36,6 +36,52 @@ def test_uint8_keys_never_wrap_when_subtracted():
     np.testing.assert_allclose(s.position, 0.0)
 
 
+MOMENTUM = CameraControllerConfig(fps=17.5, move_speed_mps=9.0, momentum=0.9, ticks_per_frame=2)
+
+
+def test_momentum_accelerates_to_the_set_speed_and_coasts_to_a_stop():
+    """DOOM's player physics: per tick, thrust then move then keep ``momentum`` of the velocity."""
+    ctrl = CameraController(MOMENTUM, KEYS)
+    tick = 1.0 / (MOMENTUM.fps * MOMENTUM.ticks_per_frame)
+    thrust = MOMENTUM.move_speed_mps * (1 - MOMENTUM.momentum) * tick
+    s = ctrl.step(CameraState(), _keys("w"), np.zeros(2))
+    # two ticks from rest: thrust, then thrust again on the velocity kept from the first
+    np.testing.assert_allclose(s.position, [0, thrust + (0.9 * thrust + thrust), 0], atol=1e-12)
+    for _ in range(200):
+        s = ctrl.step(s, _keys("w"), np.zeros(2))
+    before = s.position.copy()
+    coast = ctrl.step(s, _keys(), np.zeros(2))
+    held = ctrl.step(s, _keys("w"), np.zeros(2))
+    # settled: a held key moves move_speed_mps, the velocity carried is what friction leaves of it
+    assert held.position[1] - before[1] == pytest.approx(MOMENTUM.move_speed_mps / MOMENTUM.fps, rel=1e-6)
+    np.testing.assert_allclose(s.velocity_mps, [0, 0.9 * MOMENTUM.move_speed_mps, 0], rtol=1e-6)
+    assert 0 < coast.position[1] - before[1] < held.position[1] - before[1]  # released: still moving, slower
+    np.testing.assert_allclose(coast.velocity_mps, s.velocity_mps * 0.9**2, rtol=1e-12)
+    turned = ctrl.step(CameraState(), _keys("w"), np.array([40.0, 0.0]))  # half the turn on each tick
+    assert turned.yaw_rad == pytest.approx(math.radians(40 * MOMENTUM.mouse_deg_per_px))
+    assert turned.position[0] > 0  # the thrust of each tick follows that tick's heading (turning right)
+
+
+def test_settle_recovers_the_velocity_a_moving_camera_carries():
+    ctrl = CameraController(MOMENTUM, KEYS)
+    rng = np.random.default_rng(0)
+    s = CameraState(np.array([1.0, -2.0, 1.3]), 0.4, 0.0)
+    for _ in range(40):
+        keys, mouse = _keys(*rng.choice(["w", "a", "d", "s"], size=rng.integers(0, 3))), rng.normal(0, 8, 2)
+        prev, s = s, ctrl.step(s, keys, mouse)
+        settled = ctrl.settle(prev.c2w().astype(np.float64), s.c2w().astype(np.float64), keys, mouse)
+        np.testing.assert_allclose(settled.velocity_mps, s.velocity_mps, atol=2e-5)  # float32 poses
+    assert np.abs(s.velocity_mps).max() > 1.0
+    at_rest = CameraController(CameraControllerConfig(), KEYS).settle(prev.c2w(), s.c2w(), keys, mouse)
+    np.testing.assert_array_equal(at_rest.velocity_mps, 0.0)  # no momentum: nothing is carried
+
+
+@pytest.mark.parametrize("bad", [{"momentum": 1.0}, {"momentum": -0.1}, {"ticks_per_frame": 0}])
+def test_bad_momentum_settings_are_refused(bad):
+    with pytest.raises(WorldsimError, match="controller"):
+        CameraControllerConfig(**bad)
+
+
 def test_controller_refuses_key_lists_without_movement_keys():
     with pytest.raises(WorldsimError, match="needs keys"):
         CameraController(CameraControllerConfig(), ["w", "x"])

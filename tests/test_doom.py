@@ -46,6 +46,26 @@ def test_doom_angle_zero_looks_along_doom_x_and_angle_grows_to_the_left():
     assert looking_down[2, 2] == pytest.approx(-math.sin(math.radians(20.0)), abs=1e-6)
 
 
+def test_a_checkpoints_doom_controller_finds_its_world_and_a_foreign_one_is_refused():
+    from dataclasses import replace
+
+    from envs.builtin import BuiltinWorldConfig
+    from envs.doom import DoomConfig
+    from envs.record import world_config_for
+    from worldsim.core.controller import CameraControllerConfig
+
+    assert world_config_for("doom", DoomConfig().controller()) == DoomConfig()
+    slow = DoomConfig(tics_per_step=3, mouse_deg_per_px=0.5)
+    assert world_config_for("doom", slow.controller()) == slow
+    with pytest.raises(WorldsimError, match="no DOOM setting moves like the controller"):
+        world_config_for("doom", replace(DoomConfig().controller(), momentum=0.0))
+    with pytest.raises(WorldsimError, match="no DOOM setting moves like"):
+        world_config_for("doom", CameraControllerConfig(fps=17.5))  # DOOM data recorded before the controller
+    assert world_config_for("builtin", CameraControllerConfig(fps=10.0)) == BuiltinWorldConfig(
+        controller=CameraControllerConfig(fps=10.0)
+    )
+
+
 def test_doom_without_vizdoom_says_how_to_install(monkeypatch):
     import sys
 
@@ -72,6 +92,25 @@ def test_doom_forward_moves_along_the_camera_axis_and_mouse_turns_right():
         assert turned == pytest.approx(math.radians(10.0), abs=1e-3)  # dx > 0 turns right (yaw grows)
         with pytest.raises(WorldsimError, match=r"keys must have shape \(7,\)"):
             env.step(np.zeros(3), np.zeros(2))
+
+
+def test_doom_controller_moves_like_the_doom_player_on_open_floor():
+    """``DoomConfig.controller()`` (momentum, thrust, ticks, turn per tick) against the game: from
+    MAP01's spawn, walking and turning for 6 steps, then coasting for 4 (no wall on the way)."""
+    from worldsim.core.controller import CameraController
+
+    cfg = _doom_cfg()
+    ctrl = CameraController(cfg.controller(), KEY_NAMES)
+    with make_env("doom", seed=0, frame_size=(32, 32), cfg=cfg) as env:
+        obs = env.reset()
+        state = CameraState.from_c2w(obs.c2w)
+        for t in range(10):
+            keys, mouse = (_keys("w"), np.array([8.0, 0.0])) if t < 6 else (_keys(), np.zeros(2))
+            obs, state = env.step(keys, mouse), ctrl.step(state, keys, mouse)
+            # metres; z bobs, and DOOM turns in steps of 360/65536 deg (about 1 mm off after 10 steps)
+            np.testing.assert_allclose(state.position[:2], obs.c2w[:2, 3], atol=3e-3)
+            assert state.yaw_rad == pytest.approx(CameraState.from_c2w(obs.c2w).yaw_rad, abs=1e-3)
+    assert np.linalg.norm(state.velocity_mps) > 1.0  # still coasting at the end
 
 
 def test_doom_same_inputs_replay_the_same_frames():

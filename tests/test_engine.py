@@ -142,6 +142,37 @@ def test_the_checkpoints_controller_moves_the_engines_camera(tmp_path):
     assert turned == pytest.approx(2 * 10.0 * 0.5, rel=1e-4)  # 0.5 degrees per pixel, 2 frames
 
 
+MOMENTUM = CameraControllerConfig(fps=17.5, move_speed_mps=9.0, vertical_speed_mps=0.0, momentum=0.9, ticks_per_frame=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_momentum_ckpt(tmp_path_factory):
+    """A tiny checkpoint whose camera moves with momentum (DOOM's physics)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny_momentum", controller=MOMENTUM)
+
+
+def test_a_momentum_camera_starts_with_the_contexts_velocity(tiny_momentum_ckpt):
+    """The engine's camera continues the world's: a context that ends walking keeps walking,
+    and one released key coasts as the world's camera does (the built-in world driven by the
+    same controller is the ground truth)."""
+    from envs.builtin import BuiltinWorldConfig
+    from envs.record import rollout
+
+    eng = load_engine(tiny_momentum_ckpt)
+    n = eng.context_frames
+    keys, mouse = _inputs(n + 6, "w", dx=3.0)
+    keys[n + 1 :] = 0  # released after the first generated frame: coasting from then on
+    truth = rollout("builtin", 3, (64, 64), BuiltinWorldConfig(controller=MOMENTUM), keys, mouse, save_depth=False)
+    # The context's last row is unused (it would make frame n): the velocity comes from the row before.
+    ctx_keys, ctx_mouse = keys[:n].copy(), mouse[:n].copy()
+    ctx_keys[-1], ctx_mouse[-1] = 0, (-20.0, 0.0)
+    eng.reset(truth["frames"][:n], truth["c2w"][:n], ctx_keys, ctx_mouse)
+    poses = np.concatenate([eng.step(keys[s : s + 2], mouse[s : s + 2]).c2w for s in range(n - 1, n + 5, 2)])
+    np.testing.assert_allclose(poses, truth["c2w"][n : n + 6], atol=2e-5)
+    moved = np.linalg.norm(np.diff(truth["c2w"][n - 1 : n + 6, :3, 3], axis=0), axis=1)
+    assert moved[0] > 0.2 and moved[-1] > 0.05 and np.all(np.diff(moved[2:]) < 0)  # walking, then coasting
+
+
 @pytest.fixture(scope="module")
 def tiny_session_ckpt(tmp_path_factory):
     """A tiny checkpoint whose camera is relative to the session's first frame: keys stay valid."""
@@ -164,17 +195,18 @@ def _session_state(eng):
     out["previous_mouse"] = torch.from_numpy(eng.previous_mouse)
     out["rng"] = eng.rng.get_state()
     out["pose"] = torch.from_numpy(eng.c2w)
+    out["velocity"] = torch.from_numpy(eng.state.velocity_mps)
     out["steps"] = torch.tensor(eng.steps)
     if eng.rollout.cache is not None:
         out.update({f"cache.{k}": v for k, v in eng.rollout.cache.state_dict().items()})
     return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
-@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt", "tiny_chunk_ckpt"])
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt", "tiny_chunk_ckpt", "tiny_momentum_ckpt"])
 def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     ckpt = request.getfixturevalue(which)
     eng = load_engine(ckpt, seed=5)
-    assert eng.context_policy == ("rebuild" if which == "tiny_ckpt" else "cached")
+    assert eng.context_policy == ("rebuild" if which in ("tiny_ckpt", "tiny_momentum_ckpt") else "cached")
     _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
     eng.step(*_inputs(2, "l"))  # held at the save: the first restored row must not read as a press

@@ -66,3 +66,20 @@ def test_parallel_parts_record_the_same_episodes(tmp_path):
                 np.testing.assert_array_equal(ea[k], eb[k])
     with pytest.raises(WorldsimError, match="jobs"):
         run_recipe(recipe, tmp_path / "c", jobs=0)
+
+
+def test_a_doom_recipe_gives_each_part_its_doom_settings():
+    from envs.doom import DoomConfig
+    from envs.recipe import part_doom
+
+    recipe = load_recipe("doom_v1")
+    assert recipe.env == "doom" and recipe.doom.wad == "freedoom2.wad"
+    wads = {split: {part_doom(recipe, p).wad for p in recipe.parts if p.split == split} for split in ("train", "val")}
+    assert wads == {"train": {"freedoom2.wad"}, "val": {"freedoom1.wad"}}  # held-out levels
+    part = RecipePart("x", "train", "explore", 0, 1, doom={"map": "MAP07", "tics_per_step": 3})
+    assert part_doom(RecipeConfig(env="doom"), part) == DoomConfig(map="MAP07", tics_per_step=3)
+    typo = RecipePart("x", "train", "explore", 0, 1, doom={"mapp": 1})
+    with pytest.raises(WorldsimError, match="unknown doom setting of recipe part x 'mapp'"):
+        check_disjoint_seeds(RecipeConfig(env="doom", parts=[typo]))
+    with pytest.raises(WorldsimError, match="a doom section needs env: doom"):
+        check_disjoint_seeds(RecipeConfig(parts=[RecipePart("x", "train", "explore", 0, 1, doom={"map": "MAP01"})]))

@@ -166,8 +166,8 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     if cfg.compare:
         if world_seed is None:
             raise WorldsimError("compare=true needs a start whose world seed is known")
-        from envs.builtin import BuiltinWorldConfig
         from envs.record import rollout as env_rollout
+        from envs.record import world_config_for
 
         if cfg.start_data:
             from worldsim.data.reader import RolloutDataset
@@ -179,7 +179,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         tk = np.concatenate([pre_k, keys, np.zeros((1, keys.shape[1]), np.uint8)])
         tm = np.concatenate([pre_m, mouse, np.zeros((1, 2), np.float32)])
         # The checkpoint's controller, so the world moves as the model was taught an input moves it.
-        world = BuiltinWorldConfig(controller=engine.cfg.controller)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller)
         truth = env_rollout(engine.cfg.env, world_seed, engine.frame_size, world, tk, tm, save_depth=False)
         tmeta = RolloutMeta(engine.cfg.env, fps=engine.fps, frame_size=engine.frame_size, key_names=engine.key_names)
         RolloutWriter(out / "truth", tmeta).write_episode(0, truth, seed=world_seed, policy=cfg.policy)

@@ -39,11 +39,10 @@ def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray
     Returns the episode arrays of :func:`envs.record.rollout` (frames ``(T, H, W, 3)`` uint8, c2w, ...),
     without depth.
     """
-    from envs.builtin import BuiltinWorldConfig
-    from envs.record import rollout
+    from envs.record import rollout, world_config_for
 
     # The checkpoint's world and controller: the ground truth moves as the model was taught an input moves it.
-    world = BuiltinWorldConfig(controller=engine.cfg.controller)
+    world = world_config_for(engine.cfg.env, engine.cfg.controller)
     return rollout(engine.cfg.env, seed, engine.frame_size, world, keys, mouse, save_depth=False)
 
 

@@ -319,7 +319,11 @@ class Engine:
                 )  # fmt: skip
         self.memory_state = int(states[-1])
         self.last_memory_slot = -1
-        self.state = CameraState.from_c2w(c2w[-1])
+        # With momentum (DOOM) the camera keeps the velocity of the last context step.
+        if len(c2w) >= 2:
+            self.state = self.controller.settle(c2w[-2], c2w[-1], keys[-2], mouse[-2])
+        else:
+            self.state = CameraState.from_c2w(c2w[-1])
         self.previous_keys = previous.astype(np.uint8)
         self.previous_mouse = (mouse[-2] if len(mouse) >= 2 else np.zeros(2)).astype(np.float32)
         self._prepared = None
@@ -505,6 +509,7 @@ class Engine:
             "position": self.state.position.tolist(),
             "yaw_rad": self.state.yaw_rad,
             "pitch_rad": self.state.pitch_rad,
+            "velocity_mps": self.state.velocity_mps.tolist(),
         }
         with staged_dir(path, keep=True) as out:  # the folder is swapped in as a whole
             write_bytes(
@@ -570,8 +575,12 @@ class Engine:
         self.rng = torch.Generator(device=self.device)
         self.rng.set_state(t["rng"].cpu())
         self.steps = int(meta["steps"])
+        velocity = meta.get("velocity_mps", [0.0, 0.0, 0.0])  # sessions saved before momentum are at rest
         self.state = CameraState(
-            np.array(meta["position"], np.float64), float(meta["yaw_rad"]), float(meta["pitch_rad"])
+            np.array(meta["position"], np.float64),
+            float(meta["yaw_rad"]),
+            float(meta["pitch_rad"]),
+            np.array(velocity, np.float64),
         )
 
 
