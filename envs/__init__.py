@@ -32,9 +32,10 @@ def _builtin(seed: int, frame_size: tuple[int, int], **kwargs: Any) -> Env:
     return BuiltinWorld(seed=seed, frame_size=frame_size, **kwargs)
 
 
-def _doom(seed: int, frame_size: tuple[int, int], **kwargs: Any) -> Env:
+def _doom(seed: int, frame_size: tuple[int, int], gl_context: Any = None, **kwargs: Any) -> Env:
     from envs.doom import DoomWorld  # imports vizdoom (the optional [doom] extra) only when made
 
+    # ViZDoom draws in its own process: a window's GL context (given to every world) is not used.
     return DoomWorld(seed=seed, frame_size=frame_size, **kwargs)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import hydra
@@ -70,14 +70,18 @@ class RecordConfig:
         return self.doom.controller() if self.env == "doom" else self.world.controller
 
 
-def world_config_for(env: str, controller: CameraControllerConfig) -> BuiltinWorldConfig | DoomConfig:
+def world_config_for(
+    env: str, controller: CameraControllerConfig, doom: DoomConfig | None = None
+) -> BuiltinWorldConfig | DoomConfig:
     """The config of world ``env`` whose inputs move as ``controller`` does (a checkpoint's, read
-    from the data it was trained on): the ground truth for its rollouts. DOOM's level is the
-    default wad's (world seed ``s`` plays map ``s`` mod 32). Raises ``WorldsimError`` when no DOOM
-    setting moves like ``controller``."""
+    from the data it was trained on): the ground truth for its rollouts. For DOOM, ``doom`` picks
+    the levels (its wad and map; None: the default wad, world seed ``s`` plays map ``s`` mod 32)
+    and gets the controller's motion settings. Raises ``WorldsimError`` when no DOOM setting moves
+    like ``controller``."""
     if env != "doom":
         return BuiltinWorldConfig(controller=controller)
-    doom = DoomConfig(
+    doom = replace(
+        doom or DoomConfig(),
         tics_per_step=controller.ticks_per_frame,
         mouse_deg_per_px=controller.mouse_deg_per_px,
         look_pitch=controller.max_pitch_deg > 0,

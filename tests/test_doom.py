@@ -55,6 +55,9 @@ def test_a_checkpoints_doom_controller_finds_its_world_and_a_foreign_one_is_refu
     from worldsim.core.controller import CameraControllerConfig
 
     assert world_config_for("doom", DoomConfig().controller()) == DoomConfig()
+    # the levels come from `doom`, the motion from the controller
+    held_out = DoomConfig(wad="freedoom1.wad", map="E1M4", tics_per_step=3)
+    assert world_config_for("doom", DoomConfig().controller(), held_out) == DoomConfig(wad="freedoom1.wad", map="E1M4")
     slow = DoomConfig(tics_per_step=3, mouse_deg_per_px=0.5)
     assert world_config_for("doom", slow.controller()) == slow
     with pytest.raises(WorldsimError, match="no DOOM setting moves like the controller"):

@@ -8,6 +8,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_engine import make_tiny_checkpoint  # noqa: E402  (tests/ is on sys.path)
 
+from envs.builtin import BuiltinWorldConfig
 from worldsim.core.camera import intrinsics_from_fov
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
@@ -208,17 +209,19 @@ class _StandIn:
 def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
     import worldsim.eval.evaluate as ev
 
+    given = BuiltinWorldConfig()
     for oracle, expected in ((True, 1.0), (False, 0.0)):
         stand_in = _StandIn(oracle)
         real = ev.world_rollout
 
-        def recorded(engine, seed, keys, mouse, real=real, stand_in=stand_in):
-            arrays = real(engine, seed, keys, mouse)
+        def recorded(engine, seed, keys, mouse, world=None, real=real, stand_in=stand_in):
+            assert world is given  # the eval's world config (DOOM: its wad) reaches the ground truth
+            arrays = real(engine, seed, keys, mouse, world)
             stand_in.truth = arrays["frames"]
             return arrays
 
         monkeypatch.setattr(ev, "world_rollout", recorded)
-        res = ev.turn_discrimination(stand_in, [95000, 95001], horizon=8, dx=12.0)
+        res = ev.turn_discrimination(stand_in, [95000, 95001], horizon=8, dx=12.0, world=given)
         assert res["discrimination"] == expected and res["by_horizon"] == {"4": expected, "8": expected}
         # After 24 degrees most of the view is still the start view's: with the truth pasted there,
         # even the model that ignores the mouse tells the sides apart.

@@ -201,14 +201,18 @@ def test_a_short_fuzz_of_random_x_events_neither_crashes_nor_loses_the_recording
     assert "recording: " in r.stdout and " 0 frames read back" not in r.stdout
 
 
-def test_the_world_in_the_window_shows_the_frames_it_renders_alone(xvfb, tmp_path):
-    """Play the ground-truth world in the window (its GL context), record, then re-render the
-    recorded inputs headless (EGL, `worldsim-record policy=replay`): frame for frame the same."""
+@pytest.mark.parametrize("world", ["builtin", "doom"])
+def test_the_world_in_the_window_shows_the_frames_it_renders_alone(xvfb, tmp_path, world):
+    """Play the ground-truth world in the window (the built-in world in its GL context, DOOM in
+    ViZDoom's own process), record, then re-render the recorded inputs headless
+    (`worldsim-record policy=replay`): frame for frame the same."""
+    if world == "doom":
+        pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
     rec = tmp_path / "rec"
     env = dict(os.environ, DISPLAY=xvfb)
     env.pop("SDL_VIDEODRIVER", None)
     proc = subprocess.Popen(
-        [sys.executable, "play.py", "checkpoint=", f"record={rec}"],
+        [sys.executable, "play.py", "checkpoint=", f"env={world}", f"record={rec}"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -242,7 +246,13 @@ def test_the_world_in_the_window_shows_the_frames_it_renders_alone(xvfb, tmp_pat
     shown = data.load(0)
     n = len(shown["frames"])
     replay = RecordConfig(
-        policy="replay", replay_from=str(rec), num_episodes=1, episode_len=n, out=str(tmp_path / "re"), preview=False
+        env=world,
+        policy="replay",
+        replay_from=str(rec),
+        num_episodes=1,
+        episode_len=n,
+        out=str(tmp_path / "re"),
+        preview=False,
     )
     alone = record(replay).load(0)
     light = data.meta.key_names.index("l")

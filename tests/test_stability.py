@@ -7,6 +7,7 @@ import pytest
 from test_evaluate import _StandIn  # noqa: E402  (tests/ is on sys.path)
 
 import worldsim.eval.stability as st
+from envs.builtin import BuiltinWorldConfig
 from worldsim.inference.engine import Chunk
 
 L = _StandIn.key_names.index("l")
@@ -59,10 +60,13 @@ def truth_into(monkeypatch):
     def attach(stand_in):
         real = st.world_rollout
 
-        def recorded(engine, seed, keys, mouse):
-            arrays = real(engine, seed, keys, mouse)
+        def recorded(engine, seed, keys, mouse, world=None):
+            arrays = real(engine, seed, keys, mouse, world)
             stand_in.truth = arrays["frames"]
+            stand_in.worlds.append(world)
             return arrays
+
+        stand_in.worlds = []
 
         monkeypatch.setattr(st, "world_rollout", recorded)
         return stand_in
@@ -96,7 +100,9 @@ def test_idle_credits_a_still_view_and_catches_one_that_fades(truth_into):
 def test_stability_writes_its_plots_and_summary(truth_into, tmp_path):
     stand_in = truth_into(_LightStandIn("light"))
     cfg = st.StabilityConfig(starts=1, idle_frames=6, hold_frames=4, press_frames=True, idle_night=True)
-    m = st.stability(stand_in, cfg, tmp_path)
+    world = BuiltinWorldConfig()  # the ground truth's world config reaches every rollout (DOOM: its wad)
+    m = st.stability(stand_in, cfg, tmp_path, world)
+    assert stand_in.worlds and all(w is world for w in stand_in.worlds)
     assert len(m["idle"]["runs"]) == 2 and m["idle"]["runs"][1]["night"]
     assert set(m["holds"]) == set(stand_in.key_names)
     assert m["holds"]["l"]["light_turns_truth"] == 1 == m["holds"]["l"]["light_turns_generated"]

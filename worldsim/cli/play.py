@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 
 from envs import make_env
 from envs.builtin import BuiltinWorldConfig
+from envs.doom import DoomConfig
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
@@ -67,6 +68,7 @@ class PlayConfig:
     replay_from: str = ""
     out: str = "runs/play"  # headless: output folder (rollout dataset + rollout.mp4)
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
+    doom: DoomConfig = field(default_factory=DoomConfig)  # env=doom, ground truth (checkpoint="")
     loop: PlayLoopConfig = field(default_factory=PlayLoopConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
 
@@ -96,7 +98,8 @@ class EnvSource(SyncSource):
 
     def __init__(self, cfg: PlayConfig, window: Window):
         frame_size = parse_frame_size(cfg.frame_size)
-        self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=cfg.world, gl_context=window.ctx)
+        world = cfg.doom if cfg.env == "doom" else cfg.world
+        self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=world, gl_context=window.ctx)
         self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps
         self.frame_size, self.intrinsics = self.env.frame_size, self.env.intrinsics
 

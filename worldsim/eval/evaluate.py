@@ -37,6 +37,7 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
+from envs.doom import DoomConfig
 from worldsim.core.atomic import require_writable_dir, write_text
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
@@ -81,6 +82,9 @@ class EvalConfig:
     night_data: str = ""
     night_episodes: int = 24
     stability: StabilityConfig = field(default_factory=StabilityConfig)  # worldsim/eval/stability.py
+    # A DOOM checkpoint's ground truth for the parts that start from world seeds (turning, drift,
+    # stability, memory revisits): e.g. doom.wad=freedoom1.wad for levels it was not trained on.
+    doom: DoomConfig = field(default_factory=DoomConfig)
     memory_revisits: MemoryEvalConfig = field(default_factory=MemoryEvalConfig)  # worldsim/eval/memory_revisit.py
 
 
@@ -104,7 +108,7 @@ def _told_apart(gens: dict[str, np.ndarray], gts: dict[str, np.ndarray], h: int)
     return ok, {side: mse[side, side] for side in gens}
 
 
-def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float) -> dict[str, Any]:
+def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float, world: Any = None) -> dict[str, Any]:
     """Left vs right from the same (held-still) start in each world seed. A start counts when
     each rollout's MSE to its own ground truth is below its MSE to the other's, over the whole
     horizon (``discrimination``) and over its first 4, 8, 16... frames (``by_horizon``: where
@@ -124,7 +128,7 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
             keys = np.zeros((n + horizon, kk), np.uint8)
             mouse = np.zeros((n + horizon, 2), np.float32)
             mouse[n - 1 :, 0] = sign * dx
-            arrays = world_rollout(engine, seed, keys, mouse)
+            arrays = world_rollout(engine, seed, keys, mouse, world)
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
             c2w = arrays["c2w"]
             _, seen = rotation_reprojection(c2w[n : n + horizon], c2w[n - 1], engine.intrinsics, *engine.frame_size)
@@ -145,7 +149,7 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
     }
 
 
-def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
+def drift(engine: Engine, seed: int, frames: int, world: Any = None) -> dict[str, Any]:
     """A long rollout under the explore policy: per-chunk mean / std of frames, generated and true."""
     from worldsim.data.policies import make_policy
 
@@ -154,7 +158,7 @@ def drift(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(
         n + horizon, np.random.default_rng(seed)
     )
-    arrays = world_rollout(engine, seed, acts.keys, acts.mouse)
+    arrays = world_rollout(engine, seed, acts.keys, acts.mouse, world)
     gen, gt = [], arrays["frames"][n : n + horizon]
     engine.reset(arrays["frames"][:n], arrays["c2w"][:n], acts.keys[:n], acts.mouse[:n])
     for s in tqdm(range(0, horizon, k), desc="drift", unit="chunk"):
@@ -228,6 +232,7 @@ def night_from_day(engine: Engine, windows: list[tuple[dict[str, np.ndarray], in
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation in the module docstring; returns what ``metrics.json`` holds."""
+    from envs.record import world_config_for
     from worldsim.data.preview import contact_sheet, write_png
 
     out = require_writable_dir(cfg.out, "out")
@@ -241,6 +246,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         quantize=cfg.quantize,
     )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
+    world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
     if cfg.memory_revisits.starts:
         cfg.memory_revisits.bank()
     windows = []
@@ -344,12 +350,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     # Step 3: turning and drift, from fresh starts in held-out world seeds.
     if cfg.turn_starts:
         seeds = list(range(cfg.turn_seed0, cfg.turn_seed0 + cfg.turn_starts))
-        metrics["turning"] = turn_discrimination(engine, seeds, horizon, cfg.turn_dx)
+        metrics["turning"] = turn_discrimination(engine, seeds, horizon, cfg.turn_dx, world)
     if cfg.drift_frames:
-        metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames)
+        metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames, world)
     if windows:
         metrics["night_from_day"] = night_from_day(engine, windows)
-    metrics["stability"] = stability(engine, cfg.stability, out)
+    metrics["stability"] = stability(engine, cfg.stability, out, world)
     if cfg.memory_revisits.starts:
 
         def make_engine(memory: str | MemoryConfig, top_k: int | None) -> Engine:
@@ -363,7 +369,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 quantize=cfg.quantize,
             )
 
-        metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out)
+        metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out, world)
     # Step 4: files.
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     bf = metrics["by_frame"]

@@ -4,6 +4,7 @@ what counts as a dark frame, and the plots."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -33,8 +34,12 @@ def rollout_against(
     return np.concatenate(out), frames[n : n + horizon]
 
 
-def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray) -> dict[str, np.ndarray]:
-    """Ground truth for raw inputs: the checkpoint's env and controller driven from world ``seed``.
+def world_rollout(
+    engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray, world: Any = None
+) -> dict[str, np.ndarray]:
+    """Ground truth for raw inputs: the checkpoint's env and controller driven from world ``seed``;
+    ``world`` is that env's config (:func:`envs.record.world_config_for`; None: its default, e.g.
+    DOOM's training wad), checked against the checkpoint's controller by whoever made it.
 
     Returns the episode arrays of :func:`envs.record.rollout` (frames ``(T, H, W, 3)`` uint8, c2w, ...),
     without depth.
@@ -42,7 +47,8 @@ def world_rollout(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray
     from envs.record import rollout, world_config_for
 
     # The checkpoint's world and controller: the ground truth moves as the model was taught an input moves it.
-    world = world_config_for(engine.cfg.env, engine.cfg.controller)
+    if world is None:
+        world = world_config_for(engine.cfg.env, engine.cfg.controller)
     return rollout(engine.cfg.env, seed, engine.frame_size, world, keys, mouse, save_depth=False)
 
 

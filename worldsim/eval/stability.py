@@ -50,10 +50,13 @@ class StabilityConfig:
     press_frames: bool = True  # the light presses of PRESS_FRAMES
 
 
-def _episode(engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The world's frames for ``keys`` (and a still mouse unless given) from world ``seed``'s spawn."""
+def _episode(
+    engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray | None = None, world: Any = None
+) -> dict[str, np.ndarray]:
+    """The world's frames for ``keys`` (and a still mouse unless given) from world ``seed``'s spawn
+    (``world``: :func:`world_rollout`'s)."""
     m = np.zeros((len(keys), 2), np.float32) if mouse is None else mouse
-    return world_rollout(engine, seed, keys, m)
+    return world_rollout(engine, seed, keys, m, world)
 
 
 def _flips(means: np.ndarray) -> int:
@@ -66,7 +69,7 @@ def _with_start(frames: np.ndarray, arrays: dict[str, np.ndarray], n: int) -> np
     return frame_means(np.concatenate([arrays["frames"][n - 1 : n], frames]))
 
 
-def idle(engine: Engine, seed: int, frames: int, night: bool = False) -> dict[str, Any]:
+def idle(engine: Engine, seed: int, frames: int, night: bool = False, world: Any = None) -> dict[str, Any]:
     """``frames`` generated frames of no input after a still ground-truth context in world ``seed``
     (``night``: the light key pressed on the first row) against the world's; see the module docstring."""
     n, k = engine.context_frames, engine.chunk_frames
@@ -74,7 +77,7 @@ def idle(engine: Engine, seed: int, frames: int, night: bool = False) -> dict[st
     keys = np.zeros((n + horizon, len(engine.key_names)), np.uint8)
     if night:
         keys[0, engine.key_names.index(LIGHT_KEY)] = 1
-    arrays = _episode(engine, seed, keys)
+    arrays = _episode(engine, seed, keys, world=world)
     gen, gt = rollout_against(engine, arrays, horizon, desc=f"idle {seed}{' night' if night else ''}")
     p = psnr(gen, gt)
     gm, gs = frame_means(gen), gen.astype(np.float64).std(axis=(1, 2, 3))
@@ -103,7 +106,7 @@ def idle(engine: Engine, seed: int, frames: int, night: bool = False) -> dict[st
     }
 
 
-def holds(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
+def holds(engine: Engine, seed: int, frames: int, world: Any = None) -> dict[str, Any]:
     """Each key held for ``frames`` frames after a still context in world ``seed``: PSNR to the
     truth and to it from the last context frame repeated, and light turns generated vs true."""
     n, k = engine.context_frames, engine.chunk_frames
@@ -112,7 +115,7 @@ def holds(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     for j, name in enumerate(tqdm(engine.key_names, desc=f"holds {seed}", unit="key")):
         keys = np.zeros((n + horizon, len(engine.key_names)), np.uint8)
         keys[n - 1 :, j] = 1  # from the first generated frame's input on
-        arrays = _episode(engine, seed, keys)
+        arrays = _episode(engine, seed, keys, world=world)
         gen, gt = rollout_against(engine, arrays, horizon)
         last = np.repeat(arrays["frames"][n - 1 : n], horizon, 0)
         out[name] = {
@@ -124,7 +127,7 @@ def holds(engine: Engine, seed: int, frames: int) -> dict[str, Any]:
     return out
 
 
-def presses(engine: Engine, seeds: list[int]) -> dict[str, Any]:
+def presses(engine: Engine, seeds: list[int], world: Any = None) -> dict[str, Any]:
     """For each press length of :data:`PRESS_FRAMES`, two presses of the light key ``PRESS_GAP``
     frames apart, starting at every phase of the chunk, from a still day context in each world
     of ``seeds``; light turns generated vs true (module docstring)."""
@@ -139,7 +142,7 @@ def presses(engine: Engine, seeds: list[int]) -> dict[str, Any]:
                 keys = np.zeros((n + horizon, len(engine.key_names)), np.uint8)
                 for start in (phase, phase + PRESS_GAP):
                     keys[n - 1 + start : n - 1 + start + length, col] = 1
-                arrays = _episode(engine, seed, keys)
+                arrays = _episode(engine, seed, keys, world=world)
                 gen, gt = rollout_against(engine, arrays, horizon)
                 gm, tm = _with_start(gen, arrays, n), _with_start(gt, arrays, n)
                 truth, matched = light_flips_followed(gm, tm)
@@ -157,15 +160,15 @@ def presses(engine: Engine, seeds: list[int]) -> dict[str, Any]:
     return out
 
 
-def stability(engine: Engine, cfg: StabilityConfig, out: Path) -> dict[str, Any]:
+def stability(engine: Engine, cfg: StabilityConfig, out: Path, world: Any = None) -> dict[str, Any]:
     """Every part of the module docstring that ``cfg`` asks for, with plots in ``out``
     (``idle_psnr.png``, ``idle_brightness.png``); returns the ``stability`` section of ``metrics.json``."""
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.starts))
     m: dict[str, Any] = {"seeds": seeds}
     if cfg.idle_frames:
-        runs = [idle(engine, s, cfg.idle_frames) for s in seeds]
+        runs = [idle(engine, s, cfg.idle_frames, world=world) for s in seeds]
         if cfg.idle_night:
-            runs += [idle(engine, s, cfg.idle_frames, night=True) for s in seeds]
+            runs += [idle(engine, s, cfg.idle_frames, night=True, world=world) for s in seeds]
         m["idle"] = {
             "frames": runs[0]["frames"],
             "tail_frames": IDLE_TAIL,
@@ -183,9 +186,9 @@ def stability(engine: Engine, cfg: StabilityConfig, out: Path) -> dict[str, Any]
             series[f"{r['seed']} std"] = r["gen_std_by_frame"]
         plot(out, "idle_brightness.png", "generated pixel value (0-255)", series)
     if cfg.hold_frames:
-        m["holds"] = holds(engine, seeds[0], cfg.hold_frames)
+        m["holds"] = holds(engine, seeds[0], cfg.hold_frames, world)
     if cfg.press_frames:
-        m["presses"] = presses(engine, seeds)
+        m["presses"] = presses(engine, seeds, world)
     return m
 
 
