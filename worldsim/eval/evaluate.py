@@ -9,8 +9,8 @@ same inputs, on held-out data:
 * **action following**: an inverse-dynamics model trained on ground-truth pairs (idm.py) predicts
   the raw action of each generated pair; accuracy per action on ground truth and on generated
   frames, beside chance.
-* **revisits**: episodes of the go_and_return / full_turn policies generated to their end, where the
-  camera is back where it started: PSNR of the last chunk vs ground truth and vs the baseline,
+* **revisits**: episodes of the go_and_return / full_turn / retrace policies generated to their end,
+  where the camera is back where it started (retrace: steered back by the pose, in worlds with walls): PSNR of the last chunk vs ground truth and vs the baseline,
   and how many went dark (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
 * **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
   rollout is closer (MSE) to its own ground truth than to the other's. Beside it, the same score
@@ -51,7 +51,7 @@ from worldsim.eval.stability import StabilityConfig, stability, stability_lines
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.memory.bank import MemoryConfig
 
-REVISIT_POLICIES = ("go_and_return", "full_turn")
+REVISIT_POLICIES = ("go_and_return", "full_turn", "retrace")  # episodes that end at their start view
 
 
 @dataclass
