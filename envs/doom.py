@@ -40,6 +40,7 @@ TICS_PER_S = 35.0
 RENDER_SIZE = (120, 160)  # (height, width) of RES_160X120, ViZDoom's smallest
 FRICTION = 0xE800 / 0x10000  # DOOM's ground friction: velocity kept per tic (p_mobj.c)
 WALK_THRUST = 25 * 2048 / 0x10000  # forwardmove[0] x 2048, in map units per tic (p_user.c)
+STRAFE_RATIO = 24 / 25  # sidemove[0] / forwardmove[0] (g_game.c)
 
 
 @dataclass
@@ -58,9 +59,9 @@ class DoomConfig:
     def controller(self) -> CameraControllerConfig:
         """The camera controller that moves like the DOOM player on open floor (no walls, steps or
         view bob): DOOM's momentum and friction, walking thrust ``forwardmove[0]`` = 25 (x 2048 map
-        units / 65536 per tic), ``tics_per_step`` ticks per frame, no vertical motion, and pitch
-        only with ``look_pitch``. The recorder writes it into the data, so a model trained there
-        moves its camera the same way."""
+        units / 65536 per tic; strafing ``sidemove[0]`` = 24), ``tics_per_step`` ticks per frame,
+        no vertical motion, and pitch only with ``look_pitch``. The recorder writes it into the
+        data, so a model trained there moves its camera the same way."""
         terminal_units_per_tic = WALK_THRUST / (1.0 - FRICTION)
         return CameraControllerConfig(
             fps=TICS_PER_S / self.tics_per_step,
@@ -68,6 +69,7 @@ class DoomConfig:
             vertical_speed_mps=0.0,
             mouse_deg_per_px=self.mouse_deg_per_px,
             max_pitch_deg=80.0 if self.look_pitch else 0.0,
+            strafe_ratio=STRAFE_RATIO,
             momentum=FRICTION,
             ticks_per_frame=self.tics_per_step,
         )

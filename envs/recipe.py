@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,17 @@ def check_disjoint_seeds(recipe: RecipeConfig) -> None:
 
 def part_doom(recipe: RecipeConfig, part: RecipePart) -> DoomConfig:
     """The DOOM settings ``part`` records with: the recipe's, updated by the part's ``doom``.
-    Raises ``WorldsimError`` for a key :class:`envs.doom.DoomConfig` does not have."""
+    Raises ``WorldsimError`` for a key :class:`envs.doom.DoomConfig` does not have or a value of
+    the wrong type."""
     unknown = sorted(set(part.doom) - {f.name for f in fields(DoomConfig)})
     if unknown:
         raise unknown_name(f"doom setting of recipe part {part.name}", unknown[0], [f.name for f in fields(DoomConfig)])
-    return replace(recipe.doom, **part.doom)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(recipe.doom), part.doom)
+    except Exception as e:  # omegaconf names the key and the type it wanted
+        raise WorldsimError(f"recipe part {part.name}: doom: {str(e).splitlines()[0]}") from e
+    doom: DoomConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    return doom
 
 
 def _record_count(cfg: RecordConfig) -> int:

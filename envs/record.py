@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hydra
@@ -32,7 +32,7 @@ from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.core.validate import check_key_row, check_mouse_row
-from worldsim.data.format import RolloutMeta, parse_frame_size
+from worldsim.data.format import RolloutMeta, controller_extra, parse_frame_size
 from worldsim.data.policies import Actions, ClosedLoopPolicy, Policy, ReplayPolicy, make_policy
 from worldsim.data.preview import contact_sheet, write_mp4, write_png
 from worldsim.data.reader import RolloutDataset
@@ -65,9 +65,14 @@ class RecordConfig:
         return self.doom if self.env == "doom" else self.world
 
     def controller(self) -> CameraControllerConfig:
-        """The controller whose motion the world's poses follow: the built-in world's own, or
-        the one that moves like DOOM's player (:meth:`envs.doom.DoomConfig.controller`)."""
-        return self.doom.controller() if self.env == "doom" else self.world.controller
+        """The controller whose motion the world's poses follow (:func:`world_controller`)."""
+        return world_controller(self.world_config())
+
+
+def world_controller(world: BuiltinWorldConfig | DoomConfig) -> CameraControllerConfig:
+    """The controller whose motion a world's poses follow: the built-in world's own, or the one
+    that moves like DOOM's player (:meth:`envs.doom.DoomConfig.controller`)."""
+    return world.controller() if isinstance(world, DoomConfig) else world.controller
 
 
 def world_config_for(
@@ -89,7 +94,8 @@ def world_config_for(
     if doom.controller() != controller:
         raise WorldsimError(
             f"no DOOM setting moves like the controller {controller} (DOOM's: {doom.controller()}); "
-            "was the model trained on DOOM data recorded before worldsim wrote DOOM's controller?"
+            "was the model trained on DOOM data recorded before worldsim wrote DOOM's controller, "
+            "or with another metres_per_unit?"
         )
     return doom
 
@@ -115,9 +121,8 @@ def record(cfg: RecordConfig) -> RolloutDataset:
             "avoid_obstacles needs env=builtin and an open-loop scripted policy (replayed actions and a "
             "closed-loop policy's cannot be redrawn)"
         )
-    # Non-default speeds are written down, so a model trained on the data moves as they did (the
-    # default writes nothing: datasets recorded before stay resumable with the same meta).
-    extra = {} if ctrl == CameraControllerConfig() else {"controller": asdict(ctrl)}
+    # Non-default motion is written down, so a model trained on the data moves as it did.
+    extra = controller_extra(ctrl)
     meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env", extra=extra)
     writer = RolloutWriter(cfg.out, meta)
     todo = [i for i in range(cfg.num_episodes) if i not in writer.finished]

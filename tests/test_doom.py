@@ -99,7 +99,8 @@ def test_doom_forward_moves_along_the_camera_axis_and_mouse_turns_right():
 
 def test_doom_controller_moves_like_the_doom_player_on_open_floor():
     """``DoomConfig.controller()`` (momentum, thrust, ticks, turn per tick) against the game: from
-    MAP01's spawn, walking and turning for 6 steps, then coasting for 4 (no wall on the way)."""
+    MAP01's spawn, walking and turning for 6 steps, coasting for 4, strafing right for 4 and
+    coasting again (no wall on the way)."""
     from worldsim.core.controller import CameraController
 
     cfg = _doom_cfg()
@@ -107,8 +108,9 @@ def test_doom_controller_moves_like_the_doom_player_on_open_floor():
     with make_env("doom", seed=0, frame_size=(32, 32), cfg=cfg) as env:
         obs = env.reset()
         state = CameraState.from_c2w(obs.c2w)
-        for t in range(10):
-            keys, mouse = (_keys("w"), np.array([8.0, 0.0])) if t < 6 else (_keys(), np.zeros(2))
+        for t in range(18):
+            keys = _keys("w") if t < 6 else _keys("d") if 10 <= t < 14 else _keys()
+            mouse = np.array([8.0, 0.0]) if t < 6 else np.zeros(2)
             obs, state = env.step(keys, mouse), ctrl.step(state, keys, mouse)
             # metres; z bobs, and DOOM turns in steps of 360/65536 deg (about 1 mm off after 10 steps)
             np.testing.assert_allclose(state.position[:2], obs.c2w[:2, 3], atol=3e-3)

@@ -155,8 +155,11 @@ def test_the_hud_frame_rate_counts_new_frames_and_falls_to_zero_within_a_second_
 @pytest.mark.parametrize("generate_in", ["loop", "process"])
 def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, generate_in):
     """Recorded through either source (the engine on the loop's thread, or in a child process as
-    play.py does), the session replays in this process to identical frames."""
-    ck = make_tiny_checkpoint(tmp_path / "tiny")
+    play.py does), the session replays in this process to identical frames. The checkpoint's
+    camera has momentum (DOOM's motion): the recording says so, as recorded data does."""
+    from test_engine import MOMENTUM
+
+    ck = make_tiny_checkpoint(tmp_path / "tiny", controller=MOMENTUM)
 
     def script(n):
         keys = np.zeros(len(KEYS), np.uint8)
@@ -173,8 +176,10 @@ def test_a_recorded_session_replays_headless_to_the_same_frames(tmp_path, genera
         play(source, PlayLoopConfig(max_steps=12), window, record=str(tmp_path / "rec"))
     finally:
         source.close()
-    ep = RolloutDataset(tmp_path / "rec").load(0)
+    rec = RolloutDataset(tmp_path / "rec")
+    ep = rec.load(0)
     assert len(ep["frames"]) > 8 and ep["keys"][:, KEYS.index("w")].sum() > 0
+    assert rec.meta.controller() == MOMENTUM  # what moved the poses
     eng = load_engine(ck, seed=11, bf16=False)
     eng.reset(*world_start(11, eng.context_frames, eng.key_names, eng.frame_size).arrays())
     k = eng.chunk_frames

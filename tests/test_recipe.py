@@ -81,5 +81,8 @@ def test_a_doom_recipe_gives_each_part_its_doom_settings():
     typo = RecipePart("x", "train", "explore", 0, 1, doom={"mapp": 1})
     with pytest.raises(WorldsimError, match="unknown doom setting of recipe part x 'mapp'"):
         check_disjoint_seeds(RecipeConfig(env="doom", parts=[typo]))
+    wrong_type = RecipePart("x", "train", "explore", 0, 1, doom={"tics_per_step": "two"})
+    with pytest.raises(WorldsimError, match="recipe part x: doom: Value 'two' of type 'str' could not be converted"):
+        check_disjoint_seeds(RecipeConfig(env="doom", parts=[wrong_type]))
     with pytest.raises(WorldsimError, match="a doom section needs env: doom"):
         check_disjoint_seeds(RecipeConfig(parts=[RecipePart("x", "train", "explore", 0, 1, doom={"map": "MAP01"})]))

@@ -45,6 +45,18 @@ def test_rollout_with_compare_writes_model_and_truth_datasets_and_a_video(tiny, 
     assert len(r["psnr_db"]) == 6 and (tmp_path / "r" / "rollout.mp4").stat().st_size > 0
 
 
+def test_rollout_with_compare_keeps_a_momentum_camera_and_says_so_in_both_datasets(tmp_path):
+    """A checkpoint whose camera coasts (DOOM's motion): the truth moves as the model's camera
+    does, and both datasets record the controller that moved their poses."""
+    from test_engine import MOMENTUM
+
+    ck = make_tiny_checkpoint(tmp_path / "momentum", controller=MOMENTUM)
+    run_rollout(RolloutConfig(checkpoint=str(ck), seed=4, frames=6, compare=True, out=str(tmp_path / "r")))
+    ds, truth = RolloutDataset(tmp_path / "r"), RolloutDataset(tmp_path / "r" / "truth")
+    assert ds.meta.controller() == MOMENTUM == truth.meta.controller()
+    np.testing.assert_allclose(ds.load(0)["c2w"], truth.load(0)["c2w"], atol=1e-4)
+
+
 def test_rollout_from_a_dataset_episode_with_an_actions_file(tiny, small_dataset, tmp_path):
     keys = np.zeros((4, 7), np.uint8)
     keys[:, 0] = 1

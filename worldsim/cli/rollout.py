@@ -21,11 +21,12 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
+from envs.doom import DoomConfig
 from envs.starts import world_start
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
-from worldsim.data.format import RolloutMeta
+from worldsim.data.format import RolloutMeta, controller_extra
 from worldsim.data.metrics import psnr
 from worldsim.data.policies import check_open_loop, make_policy
 from worldsim.data.preview import write_mp4
@@ -55,6 +56,9 @@ class RolloutConfig:
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
+    # compare=true with a DOOM checkpoint: the levels of the ground truth (e.g. doom.wad=freedoom1.wad
+    # for a start_data episode of Freedoom 1); the motion settings come from the checkpoint.
+    doom: DoomConfig = field(default_factory=DoomConfig)
 
 
 class RolloutInterrupted(KeyboardInterrupt):
@@ -154,7 +158,12 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         frame_size=engine.frame_size,
         key_names=engine.key_names,
         source="model",
-        extra={"checkpoint": cfg.checkpoint, "context_frames": n, "sampler": engine.sampler_cfg.__dict__},
+        extra={
+            "checkpoint": cfg.checkpoint,
+            "context_frames": n,
+            "sampler": engine.sampler_cfg.__dict__,
+            **controller_extra(engine.cfg.controller),  # the poses' motion
+        },
     )
     RolloutWriter(out, meta).write_episode(0, arrays, seed=world_seed, policy=cfg.policy)
     result: dict[str, Any] = {"arrays": arrays}
@@ -179,9 +188,15 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         tk = np.concatenate([pre_k, keys, np.zeros((1, keys.shape[1]), np.uint8)])
         tm = np.concatenate([pre_m, mouse, np.zeros((1, 2), np.float32)])
         # The checkpoint's controller, so the world moves as the model was taught an input moves it.
-        world = world_config_for(engine.cfg.env, engine.cfg.controller)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
         truth = env_rollout(engine.cfg.env, world_seed, engine.frame_size, world, tk, tm, save_depth=False)
-        tmeta = RolloutMeta(engine.cfg.env, fps=engine.fps, frame_size=engine.frame_size, key_names=engine.key_names)
+        tmeta = RolloutMeta(
+            engine.cfg.env,
+            fps=engine.fps,
+            frame_size=engine.frame_size,
+            key_names=engine.key_names,
+            extra=controller_extra(engine.cfg.controller),
+        )
         RolloutWriter(out / "truth", tmeta).write_episode(0, truth, seed=world_seed, policy=cfg.policy)
         gt = truth["frames"][n : n + horizon]
         video = np.concatenate([gen, gt], axis=2)

@@ -36,6 +36,7 @@ class CameraControllerConfig:
     vertical_speed_mps: float = 3.0  # space up, left shift down
     mouse_deg_per_px: float = 0.25  # yaw and pitch per mouse pixel
     max_pitch_deg: float = 80.0
+    strafe_ratio: float = 1.0  # a/d speed over w/s speed (DOOM: sidemove 24 / forwardmove 25)
     momentum: float = 0.0  # horizontal velocity kept per tick, in [0, 1); 0 = direct motion
     ticks_per_frame: int = 1  # integration ticks per frame (DOOM: its tics per step)
 
@@ -107,7 +108,7 @@ class CameraController:
         max_pitch = math.radians(cfg.max_pitch_deg)
         i = self._idx
         forward = k[i["w"]] - k[i["s"]]
-        strafe = k[i["d"]] - k[i["a"]]
+        strafe = (k[i["d"]] - k[i["a"]]) * cfg.strafe_ratio
         up = k[i["space"]] - k[i["left shift"]]
         dt = 1.0 / (cfg.fps * ticks)
         # The velocity in metres per tick; the thrust holds move_speed_mps once it has settled

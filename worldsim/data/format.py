@@ -82,6 +82,13 @@ class RolloutMeta:
         return CameraControllerConfig(fps=self.fps)
 
 
+def controller_extra(controller: CameraControllerConfig) -> dict[str, Any]:
+    """``RolloutMeta.extra`` for data whose poses ``controller`` made: nothing for the default
+    controller (data recorded before stays resumable with the same meta), else
+    ``{"controller": its settings}``, which :meth:`RolloutMeta.controller` reads back."""
+    return {} if controller == CameraControllerConfig() else {"controller": asdict(controller)}
+
+
 @dataclass(frozen=True)
 class EpisodeInfo:
     """One line of ``episodes.jsonl``."""

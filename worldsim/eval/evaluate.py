@@ -10,8 +10,9 @@ same inputs, on held-out data:
   the raw action of each generated pair; accuracy per action on ground truth and on generated
   frames, beside chance.
 * **revisits**: episodes of the go_and_return / full_turn / retrace policies generated to their end,
-  where the camera is back where it started (retrace: steered back by the pose, in worlds with walls): PSNR of the last chunk vs ground truth and vs the baseline,
-  and how many went dark (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
+  where the camera is back where it started (retrace: steered back by the pose, in worlds with
+  walls): PSNR of the last chunk vs ground truth and vs the baseline, and how many went dark
+  (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
 * **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
   rollout is closer (MSE) to its own ground truth than to the other's. Beside it, the same score
   with the truth pasted wherever the start view still reaches: the part of the view no model

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from worldsim.data.format import RolloutMeta
+from worldsim.data.format import RolloutMeta, controller_extra
 from worldsim.data.preview import write_png
 from worldsim.data.writer import RolloutWriter
 from worldsim.inference.engine import Chunk, ChunkTimings
@@ -111,6 +111,7 @@ class Recorder:
             frame_size=source.frame_size,
             key_names=list(source.key_names),
             source="human",
+            extra=controller_extra(source.controller),  # the poses' motion (DOOM: its momentum)
         )
         self.writer = RolloutWriter(root, meta)  # fails now, before play, if root is not writable
         self.source = source

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.inference.engine import Chunk, Engine
 
@@ -39,6 +40,7 @@ class ChunkSource(Protocol):
     fps: float
     chunk_frames: int
     intrinsics: np.ndarray
+    controller: CameraControllerConfig  # what moves the poses: the world's, or the checkpoint's
 
     def reset(self) -> Chunk:
         """Start (again) from the source's start -> its frames and their poses."""
@@ -68,6 +70,7 @@ class SyncSource(ABC):
     fps: float
     chunk_frames: int
     intrinsics: np.ndarray
+    controller: CameraControllerConfig
     _done: Chunk | None = None
 
     @abstractmethod
@@ -104,6 +107,7 @@ class EngineSource(SyncSource):
         self.engine, self.seed, self.gl_context = engine, seed, gl_context
         self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
         self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
+        self.controller = engine.cfg.controller
 
     def reset(self) -> Chunk:
         """The engine restarts from the spawn view of world ``seed`` held still -> that context."""
@@ -130,7 +134,7 @@ def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSo
     return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
 
 
-_SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics")
+_SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics", "controller")
 
 
 def _send_error(conn: Any, e: BaseException) -> None:
@@ -202,6 +206,7 @@ class ProcessSource:
         self.fps: float = meta["fps"]
         self.chunk_frames: int = meta["chunk_frames"]
         self.intrinsics: np.ndarray = meta["intrinsics"]
+        self.controller: CameraControllerConfig = meta["controller"]
 
     def _send(self, method: str, *args: Any) -> None:
         try:
