@@ -70,7 +70,9 @@ class SyncSource(ABC):
     fps: float
     chunk_frames: int
     intrinsics: np.ndarray
-    controller: CameraControllerConfig
+    # What moves the poses (recordings write it down); a source that does not set it moves as the
+    # built-in world's default camera.
+    controller: CameraControllerConfig = CameraControllerConfig()
     _done: Chunk | None = None
 
     @abstractmethod
