@@ -61,12 +61,18 @@ class RecordConfig:
     doom: DoomConfig = field(default_factory=DoomConfig)  # env=doom only
 
     def world_config(self) -> BuiltinWorldConfig | DoomConfig:
-        """The config section of ``env`` (``make_env``'s ``cfg``)."""
-        return self.doom if self.env == "doom" else self.world
+        """The config section of ``env`` (``make_env``'s ``cfg``): :func:`env_section`."""
+        return env_section(self.env, self.world, self.doom)
 
     def controller(self) -> CameraControllerConfig:
         """The controller whose motion the world's poses follow (:func:`world_controller`)."""
         return world_controller(self.world_config())
+
+
+def env_section(env: str, world: BuiltinWorldConfig, doom: DoomConfig) -> BuiltinWorldConfig | DoomConfig:
+    """Of a command's two world sections (``world``: the built-in world's, ``doom``), the one
+    world ``env`` is made with (``make_env``'s ``cfg``)."""
+    return doom if env == "doom" else world
 
 
 def world_controller(world: BuiltinWorldConfig | DoomConfig) -> CameraControllerConfig:

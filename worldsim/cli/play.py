@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from envs import make_env
 from envs.builtin import BuiltinWorldConfig
 from envs.doom import DoomConfig
-from envs.record import world_controller
+from envs.record import env_section, world_controller
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.precision import describe_bf16
@@ -99,7 +99,7 @@ class EnvSource(SyncSource):
 
     def __init__(self, cfg: PlayConfig, window: Window):
         frame_size = parse_frame_size(cfg.frame_size)
-        world = cfg.doom if cfg.env == "doom" else cfg.world
+        world = env_section(cfg.env, cfg.world, cfg.doom)
         self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=world, gl_context=window.ctx)
         self.controller = world_controller(world)
         self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps
