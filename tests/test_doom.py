@@ -189,3 +189,65 @@ def test_doom_unknown_map_or_wad_fails_in_one_line_before_starting_the_game():
     with pytest.raises(WorldsimError, match="no DOOM wad 'nope.wad'"):
         make_env("doom", cfg=DoomConfig(wad="nope.wad"))
     assert cfg.map == "MAP01"
+
+
+@pytest.fixture(scope="module")
+def doom_ckpt(tmp_path_factory):
+    """A tiny checkpoint of a DOOM model (env ``doom``, DOOM's controller): random weights."""
+    pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
+    from test_engine import make_tiny_checkpoint
+
+    from envs.doom import DoomConfig
+
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("ck") / "doom", controller=DoomConfig().controller(), env="doom"
+    )
+
+
+def _spawn(seed, wad):
+    from envs.doom import DoomConfig
+
+    world = make_env("doom", seed=seed, frame_size=(64, 64), cfg=DoomConfig(wad=wad))
+    try:
+        return world.reset().frame
+    finally:
+        world.close()
+
+
+def test_a_doom_models_start_and_truth_come_from_the_levels_doom_picks(doom_ckpt, tmp_path):
+    """worldsim-rollout doom.wad=freedoom1.wad: the model starts where the truth starts, on
+    Freedoom 1's level, not on the default wad's."""
+    from envs.doom import DoomConfig
+    from worldsim.cli.rollout import RolloutConfig, run_rollout
+    from worldsim.data.reader import RolloutDataset
+
+    held_out = DoomConfig(wad="freedoom1.wad")
+    run_rollout(
+        RolloutConfig(checkpoint=str(doom_ckpt), seed=2, frames=2, compare=True, doom=held_out, out=str(tmp_path / "r"))
+    )
+    model, truth = RolloutDataset(tmp_path / "r").load(0), RolloutDataset(tmp_path / "r" / "truth").load(0)
+    np.testing.assert_array_equal(model["frames"][:4], truth["frames"][:4])  # the context is the truth's
+    np.testing.assert_array_equal(model["frames"][0], _spawn(2, "freedoom1.wad"))
+    assert not np.array_equal(model["frames"][0], _spawn(2, "freedoom2.wad"))  # the wad matters here
+
+
+def test_play_and_gymnasium_start_a_doom_model_on_the_levels_doom_picks(doom_ckpt, tmp_path):
+    import gymnasium
+
+    from envs.doom import DoomConfig
+    from worldsim.cli.play import PlayConfig, _headless, engine_source_factory
+    from worldsim.data.reader import RolloutDataset
+
+    held_out = DoomConfig(wad="freedoom1.wad")
+    spawn = _spawn(3, "freedoom1.wad")
+    pc = PlayConfig(checkpoint=str(doom_ckpt), seed=3, doom=held_out, headless=True, steps=2, out=str(tmp_path / "p"))
+    source = engine_source_factory(pc)()  # what the window's generation process loads
+    np.testing.assert_array_equal(source.reset().frames[-1], spawn)
+    _headless(pc)
+    np.testing.assert_array_equal(RolloutDataset(tmp_path / "p").load(0)["frames"][0], spawn)
+    env = gymnasium.make("worldsim/WorldModel-v1", checkpoint=str(doom_ckpt), doom=held_out)
+    try:
+        obs, _ = env.reset(seed=3)
+        np.testing.assert_array_equal(obs["frame"], spawn)
+    finally:
+        env.close()

@@ -29,7 +29,9 @@ from worldsim.model.dit import WorldModel, WorldModelConfig
 KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
-def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None, camera_reference="latest", encoder="keyboard_mouse"):
+def make_tiny_checkpoint(
+    path, seed=0, keys=KEYS, controller=None, camera_reference="latest", encoder="keyboard_mouse", env="builtin"
+):
     torch.manual_seed(seed)
     enc = make_action_encoder(encoder, keys)
     mcfg = WorldModelConfig(
@@ -49,6 +51,7 @@ def make_tiny_checkpoint(path, seed=0, keys=KEYS, controller=None, camera_refere
             2, 8.0, (0.0,) * 4, (1.0,) * 4, tuple(k.flatten().tolist()), camera_reference=camera_reference
         ),
         controller=controller or CameraControllerConfig(),
+        env=env,
     )
     save_checkpoint(path, cfg, model, Codec(cfg.codec))
     return path

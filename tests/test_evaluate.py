@@ -12,11 +12,12 @@ from envs.builtin import BuiltinWorldConfig
 from worldsim.core.camera import intrinsics_from_fov
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
-from worldsim.data.metrics import psnr, ssim
+from worldsim.data.metrics import PSNR_MAX_DB, psnr, ssim
 from worldsim.eval.evaluate import (
     NIGHT_FRAMES,
     EvalConfig,
     evaluate,
+    finite_or_null,
     light_flips_followed,
     night_from_day,
     rollout_against,
@@ -44,6 +45,16 @@ def test_psnr_and_ssim_match_scikit_image():
     assert ssim(a[:1], a[:1])[0] == pytest.approx(1.0)
 
 
+def test_psnr_stops_at_its_ceiling_where_frames_are_identical_or_nearly():
+    a = np.full((3, 8, 8, 3), 100, np.uint8)
+    b = a.copy()
+    b[1, 0, 0, 0] += 1  # one subpixel in 192 off by one level: 70.96 dB uncapped
+    b[2, :2] += 1  # 48 of 192 (MSE 0.25): 54.16 dB, under the ceiling
+    got = psnr(a, b)
+    assert got[0] == got[1] == PSNR_MAX_DB == 60.0
+    assert got[2] == pytest.approx(10 * np.log10(255**2 / 0.25))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
@@ -54,7 +65,7 @@ def gt_data(tmp_path_factory):
     from envs.record import RecordConfig, record
 
     root = tmp_path_factory.mktemp("gt")
-    for policy, n in (("explore", 3), ("go_and_return", 1)):
+    for policy, n in (("explore", 3), ("go_and_return", 1), ("idle", 1)):
         record(RecordConfig(num_episodes=n, episode_len=24, policy=policy, seed=80000, out=str(root / policy)))
     return root
 
@@ -76,7 +87,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
         data=str(gt_data),
         out=str(tmp_path / "e"),
         horizon=4,
-        max_episodes=4,
+        max_episodes=5,
         idm_data=str(gt_data),
         idm_steps=10,
         turn_starts=2,
@@ -119,7 +130,7 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
 
     eng = load_engine(tiny)
     n = eng.context_frames
-    ours, base = [], []
+    ours, base, policy = [], [], []
     for ds in open_datasets(gt_data):
         for i in range(len(ds)):
             arr = ds.load(i, ("frames", "c2w", "keys", "mouse"))
@@ -127,8 +138,28 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
             np.testing.assert_array_equal(gt, arr["frames"][n : n + 4])
             ours.append(psnr(gen, gt))
             base.append(psnr(np.repeat(arr["frames"][n - 1 : n], 4, 0), gt))
+            policy.append(ds.episodes[i].policy)
+    assert saved["episodes"] == len(ours) == 5
     np.testing.assert_allclose(np.mean(ours, 0), saved["by_frame"]["psnr_db"], rtol=1e-12)
     np.testing.assert_allclose(np.mean(base, 0), saved["by_frame"]["copy_last_psnr_db"], rtol=1e-12)
+    # Per policy, and without the episodes where repeat-last is exact (the idle player's view never changes).
+    ours_p, base_p, policy = np.array(ours), np.array(base), np.array(policy)
+    for p in ("explore", "go_and_return", "idle"):
+        got = saved["by_policy"][p]
+        assert got["episodes"] == (policy == p).sum()
+        assert got["psnr_db"] == pytest.approx(ours_p[policy == p].mean(), rel=1e-12)
+        assert got["psnr_gain_db"] == pytest.approx(got["psnr_db"] - base_p[policy == p].mean(), rel=1e-12)
+    assert saved["by_policy"]["idle"]["copy_last_psnr_db"] == PSNR_MAX_DB  # finite: the file is strict JSON
+    assert saved["static_episodes"] == 1 and saved["moving"]["episodes"] == 4
+    moving = policy != "idle"
+    assert saved["moving"]["psnr_gain_db"] == pytest.approx(ours_p[moving].mean() - base_p[moving].mean(), rel=1e-12)
+    assert "1 episodes where the truth never moves" in printed and "idle: 1 episodes" in printed
+
+
+def test_metrics_json_holds_null_where_a_value_is_undefined():
+    m = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x"), "e": np.float64(np.nan)}
+    assert finite_or_null(m) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"], "e": None}
+    json.dumps(finite_or_null(m), allow_nan=False)
 
 
 def test_went_dark_counts_dark_frames_only_where_the_truth_has_none():

@@ -8,6 +8,7 @@ from test_evaluate import _StandIn  # noqa: E402  (tests/ is on sys.path)
 
 import worldsim.eval.stability as st
 from envs.builtin import BuiltinWorldConfig
+from worldsim.data.metrics import PSNR_MAX_DB
 from worldsim.inference.engine import Chunk
 
 L = _StandIn.key_names.index("l")
@@ -85,7 +86,7 @@ def test_presses_are_exact_only_when_a_held_key_is_one_press(truth_into):
 
 def test_idle_credits_a_still_view_and_catches_one_that_fades(truth_into):
     good = st.idle(truth_into(_LightStandIn("oracle")), 99000, 40)
-    assert good["within_truth_range"] == 1.0 and good["psnr_db_tail"] == np.inf
+    assert good["within_truth_range"] == 1.0 and good["psnr_db_tail"] == PSNR_MAX_DB
     fading = st.idle(truth_into(_LightStandIn("fading")), 99000, 240)
     assert fading["within_truth_range"] < 0.9 and fading["psnr_db_tail"] < 30
     assert fading["gen_mean_tail"] < good["gen_mean_tail"] - 8

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,7 +35,7 @@ from worldsim.inference.compiled import check_compile
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
 from worldsim.inference.quantize import check_quantize
 from worldsim.play.loop import PlayLoopConfig, play
-from worldsim.play.sources import ProcessSource, SyncSource, open_engine_source
+from worldsim.play.sources import EngineSource, ProcessSource, SyncSource, open_engine_source
 from worldsim.play.window import (
     Window,
     WindowConfig,
@@ -69,7 +70,7 @@ class PlayConfig:
     replay_from: str = ""
     out: str = "runs/play"  # headless: output folder (rollout dataset + rollout.mp4)
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
-    doom: DoomConfig = field(default_factory=DoomConfig)  # env=doom, ground truth (checkpoint="")
+    doom: DoomConfig = field(default_factory=DoomConfig)  # DOOM's levels: env=doom's world, or a DOOM model's start
     loop: PlayLoopConfig = field(default_factory=PlayLoopConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
 
@@ -136,6 +137,11 @@ def engine_options(pc: PlayConfig) -> dict[str, Any]:
     }
 
 
+def engine_source_factory(pc: PlayConfig) -> Callable[[], EngineSource]:
+    """What the window's generation process calls to load ``pc``'s model as a source (picklable)."""
+    return partial(open_engine_source, pc.checkpoint, pc.seed, pc.doom, **engine_options(pc))
+
+
 def _engine(pc: PlayConfig) -> Engine:
     return load_engine(pc.checkpoint, seed=pc.seed, **engine_options(pc))
 
@@ -162,6 +168,7 @@ def _headless(pc: PlayConfig) -> None:
         memory=pc.memory,
         memory_top_k=pc.memory_top_k,
         quantize=pc.quantize,
+        doom=pc.doom,
     )
     check_open_loop(pc.policy)  # one line before the checkpoint loads
     r = run_rollout(rc, _engine(pc))
@@ -200,7 +207,7 @@ def main(cfg: Any) -> None:
             window.fps = display_rate(pc.window.target_fps, source.fps)
         else:  # a bad checkpoint (or bindings or a display rate that do not fit it) fails before a window opens
             # (the world draws in the window's GL context, so its rate is checked once it exists)
-            source = ProcessSource(partial(open_engine_source, pc.checkpoint, pc.seed, **engine_options(pc)))
+            source = ProcessSource(engine_source_factory(pc))
             resolve_bindings(pc.window.bindings, list(source.key_names))
             fps = display_rate(pc.window.target_fps, source.fps)
             window = Window(pc.window, source.frame_size, title=f"worldsim: {pc.checkpoint}")

@@ -22,6 +22,8 @@ from hydra.core.config_store import ConfigStore
 from tqdm import tqdm
 
 from envs.doom import DoomConfig
+from envs.record import rollout as env_rollout
+from envs.record import world_config_for
 from envs.starts import world_start
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
@@ -114,12 +116,14 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     k = engine.chunk_frames
     horizon = -(-cfg.frames // k) * k
     keys, mouse = _actions(cfg, engine, horizon)
-    # Step 1: the start (ground-truth context in rollout order).
+    # Step 1: the start (ground-truth context in rollout order). A live start comes from the world
+    # the truth plays: the checkpoint's controller, and for DOOM the levels ``cfg.doom`` picks.
     n = engine.context_frames
     if cfg.start_data:
         start = episode_start(cfg.start_data, cfg.start_episode, n, engine.key_names, engine.frame_size)
     else:
-        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size, engine.cfg.env)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
+        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size, engine.cfg.env, world=world)
     world_seed = start.seed
     engine.reset(*start.arrays())
     context, ctx_keys, ctx_mouse = start.frames, start.keys, start.mouse
@@ -175,9 +179,6 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     if cfg.compare:
         if world_seed is None:
             raise WorldsimError("compare=true needs a start whose world seed is known")
-        from envs.record import rollout as env_rollout
-        from envs.record import world_config_for
-
         if cfg.start_data:
             from worldsim.data.reader import RolloutDataset
 

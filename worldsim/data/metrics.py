@@ -20,12 +20,20 @@ def frame_means(frames: np.ndarray) -> np.ndarray:
     return frames.reshape(len(frames), -1).mean(axis=1, dtype=np.float64)
 
 
+PSNR_MAX_DB = 60.0
+"""The ceiling of :func:`psnr`: 8-bit frames closer than this (MSE below 255² / 10⁶, i.e. fewer than
+one subpixel in 15 off by one level) count as identical. Netflix VMAF's PSNR uses the same 60 dB
+for 8-bit video (``psnr_tools.c``); it keeps means finite where a baseline is exact (repeat-last
+on a world where nothing moves, as DOOM without monsters)."""
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 pairs -> ``(T,)`` PSNR in dB (peak 255); identical frames give inf."""
+    """``(T, H, W, 3)`` uint8 pairs -> ``(T,)`` PSNR in dB (peak 255), at most ``PSNR_MAX_DB``
+    (identical frames give exactly ``PSNR_MAX_DB``)."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mse = ((a64 - b64) ** 2).reshape(len(a64), -1).mean(1)
     with np.errstate(divide="ignore"):
-        return 10 * np.log10(255.0**2 / mse)
+        return np.minimum(10 * np.log10(255.0**2 / mse), PSNR_MAX_DB)
 
 
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:

@@ -43,7 +43,7 @@ from worldsim.core.atomic import require_writable_dir, write_text
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
-from worldsim.data.metrics import frame_means, high_frequency_ratio, psnr, ssim
+from worldsim.data.metrics import PSNR_MAX_DB, frame_means, high_frequency_ratio, psnr, ssim
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.ground_truth import DARK_MEAN, light_flips_followed, plot, rollout_against, went_dark, world_rollout
 from worldsim.eval.idm import InverseDynamics, Pairs, idm_accuracy, load_idm, save_idm, train_idm
@@ -307,6 +307,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             r["went_dark"].append(went_dark(g_all, t_all))
             revisit_sheet += [t_all, g_all]
     per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
+    policies = np.array([ds.episodes[i].policy for ds, i in episodes])
+    static = (per["base_psnr"] == PSNR_MAX_DB).all(1)  # the truth never left the last context frame
     gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
     idm_gen_by_frame = []
     for t in range(horizon):
@@ -326,6 +328,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "copy_last_ssim_mean": float(np.mean(per["base_ssim"])),
         "sharpness_ratio": float(np.nanmean(sharp)),
         "went_dark": int(sum(dark)),
+        "static_episodes": int(static.sum()),
+        "moving": _rollout_scores(per, ~static),
+        "by_policy": {str(p): _rollout_scores(per, policies == p) for p in sorted(set(policies))},
         "by_frame": {
             "psnr_db": per["psnr"].mean(0).tolist(),
             "copy_last_psnr_db": per["base_psnr"].mean(0).tolist(),
@@ -372,7 +377,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
         metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out, world)
     # Step 4: files.
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(finite_or_null(metrics), indent=2, allow_nan=False))
     bf = metrics["by_frame"]
     plot(
         out, "psnr_vs_horizon.png", "PSNR (dB)", {"model": bf["psnr_db"], "repeat last frame": bf["copy_last_psnr_db"]}
@@ -394,6 +399,38 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return metrics
 
 
+def _rollout_scores(per: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, Any]:
+    """Mean PSNR / SSIM of the model and of repeat-last over the episodes ``sel`` picks from
+    ``per`` (name -> ``(episodes, horizon)`` scores); the means are None where it picks none."""
+    n = int(sel.sum())
+
+    def mean(name: str) -> float | None:
+        return float(per[name][sel].mean()) if n else None
+
+    p, b = mean("psnr"), mean("base_psnr")
+    gain = None if p is None or b is None else p - b
+    return {
+        "episodes": n,
+        "psnr_db": p,
+        "copy_last_psnr_db": b,
+        "psnr_gain_db": gain,
+        "ssim": mean("ssim"),
+        "copy_last_ssim": mean("base_ssim"),
+    }
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples, floats) with every NaN or infinity replaced by None, so
+    that ``metrics.json`` is strict JSON (``json.dumps`` would write ``NaN`` / ``Infinity``)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The human-readable summary of an :func:`evaluate` metrics dict, one string per printed line."""
     lines = [
@@ -402,6 +439,18 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
         f"sharpness {m['sharpness_ratio']:.2f}",
     ]
+    if m.get("static_episodes"):  # repeat-last is exact there: the gain without them
+        mv = m["moving"]
+        gain = "n/a" if mv["psnr_gain_db"] is None else f"{mv['psnr_gain_db']:+.2f} dB"
+        lines.append(
+            f"  {m['static_episodes']} episodes where the truth never moves (repeat-last scores {PSNR_MAX_DB:.0f} dB); "
+            f"the other {mv['episodes']}: gain {gain}"
+        )
+    for p, r in m.get("by_policy", {}).items():
+        lines.append(
+            f"  {p}: {r['episodes']} episodes, PSNR {r['psnr_db']:.2f} dB vs repeat-last "
+            f"{r['copy_last_psnr_db']:.2f} dB (gain {r['psnr_gain_db']:+.2f} dB)"
+        )
     lines.append(f"  went dark in {m['went_dark']} of {m['episodes']} where the ground truth stays light")
     for name, acc in m["idm"]["generated"].items():
         gt = m["idm"]["ground_truth"][name]

@@ -33,7 +33,9 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from envs.doom import DoomConfig
 from envs.gym import RENDER_MODES, action_space, check_render_mode, observation_space, split_action
+from envs.record import world_config_for
 from envs.starts import world_start
 from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
@@ -47,7 +49,8 @@ class WorldModelEnv(gymnasium.Env):
 
     ``device`` and further keyword arguments (``seed``, ``sampler``, ``bf16``, ...) go to
     :func:`worldsim.load_engine`; ``world_seed`` and ``dataset``/``episode``/``start_frame`` are
-    the default start that ``reset`` options override; ``timings`` whether ``info`` has them.
+    the default start that ``reset`` options override; ``timings`` whether ``info`` has them;
+    ``doom`` (an ``envs.doom.DoomConfig``) picks a DOOM checkpoint's levels (None: the default wad).
     """
 
     metadata = {"render_modes": RENDER_MODES, "render_fps": 15}
@@ -62,11 +65,13 @@ class WorldModelEnv(gymnasium.Env):
         episode: int = 0,
         start_frame: int = 0,
         timings: bool = True,
+        doom: DoomConfig | None = None,
         **engine_kwargs: Any,
     ):
         check_render_mode(render_mode)
         self.render_mode, self.timings = render_mode, timings
         self.engine = load_engine(checkpoint, device=device, **engine_kwargs)
+        self.world = world_config_for(self.engine.cfg.env, self.engine.cfg.controller, doom)
         self.metadata = {**self.metadata, "render_fps": self.engine.fps}
         self.action_space = action_space(self.engine.key_names)
         self.observation_space = observation_space(self.engine.frame_size)
@@ -93,7 +98,9 @@ class WorldModelEnv(gymnasium.Env):
                 start=int(opts["start_frame"]),
             )
         world_seed = options.get("world_seed", opts["world_seed"] if seed is None else seed)
-        return world_start(int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env)
+        return world_start(
+            int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env, world=self.world
+        )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start from ground truth (see the module docstring) -> the context's last frame and pose.

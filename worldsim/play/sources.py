@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from envs.doom import DoomConfig
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.inference.engine import Chunk, Engine
@@ -101,22 +102,27 @@ class SyncSource(ABC):
 
 class EngineSource(SyncSource):
     """The neural engine, started from ground truth of world ``seed`` (drawn in ``gl_context``
-    when given: under X11 the world must share the window's context)."""
+    when given: under X11 the world must share the window's context); ``doom`` picks the levels
+    of a DOOM checkpoint's start (None: the default wad)."""
 
     name = "model"
 
-    def __init__(self, engine: Engine, seed: int, gl_context: Any = None):
-        self.engine, self.seed, self.gl_context = engine, seed, gl_context
+    def __init__(self, engine: Engine, seed: int, gl_context: Any = None, doom: DoomConfig | None = None):
+        self.engine, self.seed, self.gl_context, self.doom = engine, seed, gl_context, doom
         self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
         self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
         self.controller = engine.cfg.controller
 
     def reset(self) -> Chunk:
         """The engine restarts from the spawn view of world ``seed`` held still -> that context."""
+        from envs.record import world_config_for
         from envs.starts import world_start
 
         e = self.engine
-        start = world_start(self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context)
+        world = world_config_for(e.cfg.env, e.cfg.controller, self.doom)
+        start = world_start(
+            self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context, world=world
+        )
         e.reset(*start.arrays())
         return Chunk(start.frames, start.c2w)
 
@@ -129,11 +135,12 @@ class EngineSource(SyncSource):
         self.engine.prepare()
 
 
-def open_engine_source(checkpoint: str, seed: int, **engine_kw: Any) -> EngineSource:
-    """Load a checkpoint as a source started from world ``seed`` (the generation process's factory)."""
+def open_engine_source(checkpoint: str, seed: int, doom: DoomConfig | None = None, **engine_kw: Any) -> EngineSource:
+    """Load a checkpoint as a source started from world ``seed`` (the generation process's factory);
+    ``doom`` as for :class:`EngineSource`."""
     from worldsim.inference.engine import load_engine
 
-    return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed)
+    return EngineSource(load_engine(checkpoint, seed=seed, **engine_kw), seed, doom=doom)
 
 
 _SOURCE_META = ("name", "key_names", "frame_size", "fps", "chunk_frames", "intrinsics", "controller")
