@@ -235,12 +235,14 @@ def test_play_and_gymnasium_start_a_doom_model_on_the_levels_doom_picks(doom_ckp
     import gymnasium
 
     from envs.doom import DoomConfig
-    from worldsim.cli.play import PlayConfig, _headless, engine_source_factory
+    from worldsim.cli.play import PlayConfig, _headless, engine_source_factory, settle_model
     from worldsim.data.reader import RolloutDataset
 
     held_out = DoomConfig(wad="freedoom1.wad")
     spawn = _spawn(3, "freedoom1.wad")
-    pc = PlayConfig(checkpoint=str(doom_ckpt), seed=3, doom=held_out, headless=True, steps=2, out=str(tmp_path / "p"))
+    pc = settle_model(
+        PlayConfig(checkpoint=str(doom_ckpt), seed=3, doom=held_out, headless=True, steps=2, out=str(tmp_path / "p"))
+    )
     source = engine_source_factory(pc)()  # what the window's generation process loads
     np.testing.assert_array_equal(source.reset().frames[-1], spawn)
     _headless(pc)

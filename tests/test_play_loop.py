@@ -344,3 +344,28 @@ def test_the_loop_times_drawing_each_new_frame():
     assert len(stats.draw_s) == stats.displayed > 0  # new frames only: held ticks draw nothing new
     summary = stats.summary()
     assert 20.0 <= summary["draw_ms_p50"] <= summary["draw_ms_p95"]
+
+
+def test_play_settles_its_model_and_world_from_either_one(tmp_path, monkeypatch):
+    """play.py: no checkpoint plays the model shipped for ``env``; no env is the checkpoint's own."""
+    import worldsim.cli.play as cli
+    from envs.doom import DoomConfig
+    from worldsim.cli.play import PlayConfig, settle_model
+
+    doom = str(make_tiny_checkpoint(tmp_path / "doom", controller=DoomConfig().controller(), env="doom"))
+    built = str(make_tiny_checkpoint(tmp_path / "builtin"))
+
+    def settled(**kw):
+        pc = settle_model(PlayConfig(**kw))
+        return pc.checkpoint, pc.env
+
+    assert settled() == ("assets/teacher_builtin_v1", "builtin")  # the shipped default
+    monkeypatch.setitem(cli.SHIPPED_MODELS, "doom", doom)
+    assert settled(env="doom") == (doom, "doom")
+    assert settled(checkpoint=doom) == (doom, "doom")  # the world a checkpoint was trained on
+    assert settled(checkpoint=built) == (built, "builtin")
+    assert settled(checkpoint="") == ("", "builtin") and settled(checkpoint="", env="doom") == ("", "doom")
+    with pytest.raises(WorldsimError, match=f"{doom} was trained on env doom, not env=builtin"):
+        settled(checkpoint=doom, env="builtin")
+    with pytest.raises(WorldsimError, match="no model is shipped for env=mars .shipped: builtin, doom."):
+        settled(env="mars")

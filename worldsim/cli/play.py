@@ -1,8 +1,9 @@
 """Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
 ``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
 
-By default the shipped model generates the world (``checkpoint=assets/teacher_builtin_v1``), started
-from a ground-truth view of world ``seed``; ``checkpoint=''`` plays the ground-truth world itself.
+By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/teacher_builtin_v1``,
+with ``env=doom`` the DOOM model), started from a ground-truth view of world ``seed``;
+``checkpoint=''`` plays the ground-truth world itself.
 ``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
 ``headless=true steps=N policy=<name> out=DIR`` runs the same engine with no window and writes
 the rollout plus an mp4. No display: run under ``xvfb-run``, or headless.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -31,6 +32,7 @@ from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.data.policies import check_open_loop
 from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.compiled import check_compile
 from worldsim.inference.engine import Chunk, ChunkTimings, Engine, load_engine, memory_config
 from worldsim.inference.quantize import check_quantize
@@ -50,10 +52,10 @@ from worldsim.play.window import (
 class PlayConfig:
     """``play.py``'s config (every default here; ``worldsim/configs/play.yaml`` picks groups)."""
 
-    # Model checkpoint folder ("" plays the ground-truth world); a relative path is looked up in the
-    # current folder, then in the worldsim checkout.
-    checkpoint: str = "assets/teacher_builtin_v1"
-    env: str = "builtin"
+    # Model checkpoint folder ("" plays the ground-truth world; None: the model shipped for `env`,
+    # SHIPPED_MODELS); a relative path is looked up in the current folder, then in the worldsim checkout.
+    checkpoint: str | None = None
+    env: str | None = None  # the world: None = the checkpoint's (the built-in world without one)
     seed: int = 0  # world seed of the start
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
@@ -77,6 +79,34 @@ class PlayConfig:
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
+SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1", "doom": "assets/teacher_doom_v1"}
+"""The model ``play.py env=<name>`` plays when no ``checkpoint`` is given."""
+
+
+def settle_model(pc: PlayConfig) -> PlayConfig:
+    """``pc`` with ``checkpoint`` and ``env`` both set: no checkpoint plays the model shipped for
+    ``env`` (the built-in world's by default), no env is the checkpoint's own (the built-in world
+    for the ground truth, ``checkpoint=""``). Raises ``WorldsimError`` when ``env`` has no shipped
+    model or names another world than the checkpoint was trained on."""
+    env, checkpoint = pc.env, pc.checkpoint
+    if checkpoint is None:
+        env = env or "builtin"
+        if env not in SHIPPED_MODELS:
+            raise WorldsimError(
+                f"no model is shipped for env={env} (shipped: {', '.join(SHIPPED_MODELS)}); "
+                f"checkpoint= plays the {env} world itself"
+            )
+        checkpoint = SHIPPED_MODELS[env]
+    if checkpoint:
+        trained_on = read_checkpoint_config(checkpoint).env
+        if env is not None and env != trained_on:
+            raise WorldsimError(
+                f"{checkpoint} was trained on env {trained_on}, not env={env} "
+                f"(leave env out to play it, or pick a model of {env}: {SHIPPED_MODELS.get(env, 'none shipped')})"
+            )
+        env = trained_on
+    return replace(pc, checkpoint=checkpoint, env=env or "builtin")
+
 
 def _threads(value: str) -> int | str:
     """``threads=``: ``auto`` or a whole number >= 1; anything else is one line."""
@@ -99,6 +129,7 @@ class EnvSource(SyncSource):
     chunk_frames = 1
 
     def __init__(self, cfg: PlayConfig, window: Window):
+        assert cfg.env is not None, "settle_model first"
         frame_size = parse_frame_size(cfg.frame_size)
         world = env_section(cfg.env, cfg.world, cfg.doom)
         self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=world, gl_context=window.ctx)
@@ -139,10 +170,12 @@ def engine_options(pc: PlayConfig) -> dict[str, Any]:
 
 def engine_source_factory(pc: PlayConfig) -> Callable[[], EngineSource]:
     """What the window's generation process calls to load ``pc``'s model as a source (picklable)."""
+    assert pc.checkpoint is not None, "settle_model first"
     return partial(open_engine_source, pc.checkpoint, pc.seed, pc.doom, **engine_options(pc))
 
 
 def _engine(pc: PlayConfig) -> Engine:
+    assert pc.checkpoint is not None, "settle_model first"
     return load_engine(pc.checkpoint, seed=pc.seed, **engine_options(pc))
 
 
@@ -180,7 +213,7 @@ def _headless(pc: PlayConfig) -> None:
 @clean_errors
 def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
-    pc = to_schema(cfg, PlayConfig)
+    pc = settle_model(to_schema(cfg, PlayConfig))
     memory = memory_config(pc.memory, pc.memory_top_k)  # a bad value: one line, before anything loads
     if memory is not None and not pc.checkpoint:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
