@@ -213,16 +213,18 @@ def _headless(pc: PlayConfig) -> None:
 @clean_errors
 def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
-    pc = settle_model(to_schema(cfg, PlayConfig))
+    pc = to_schema(cfg, PlayConfig)
+    ground_truth = pc.checkpoint == ""  # None: the shipped model
     memory = memory_config(pc.memory, pc.memory_top_k)  # a bad value: one line, before anything loads
-    if memory is not None and not pc.checkpoint:
+    if memory is not None and ground_truth:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
     check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise
-    if pc.quantize != "none" and not pc.checkpoint:
+    if pc.quantize != "none" and ground_truth:
         raise WorldsimError(f"quantize={pc.quantize} needs a model (checkpoint=...)")
     check_compile(pc.compile, pc.threads, pc.quantize)  # likewise
-    if pc.compile != "none" and not pc.checkpoint:
+    if pc.compile != "none" and ground_truth:
         raise WorldsimError(f"compile={pc.compile} needs a model (checkpoint=...)")
+    pc = settle_model(pc)  # reads the checkpoint's config: after the checks that need nothing loaded
     if pc.checkpoint and pc.quantize == "none":
         print(describe_bf16(pc.bf16))
     elif pc.checkpoint:
