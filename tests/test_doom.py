@@ -237,14 +237,18 @@ def test_play_and_gymnasium_start_a_doom_model_on_the_levels_doom_picks(doom_ckp
     from envs.doom import DoomConfig
     from worldsim.cli.play import PlayConfig, _headless, engine_source_factory, settle_model
     from worldsim.data.reader import RolloutDataset
+    from worldsim.play.sources import ProcessSource
 
     held_out = DoomConfig(wad="freedoom1.wad")
     spawn = _spawn(3, "freedoom1.wad")
     pc = settle_model(
         PlayConfig(checkpoint=str(doom_ckpt), seed=3, doom=held_out, headless=True, steps=2, out=str(tmp_path / "p"))
     )
-    source = engine_source_factory(pc)()  # what the window's generation process loads
-    np.testing.assert_array_equal(source.reset().frames[-1], spawn)
+    source = ProcessSource(engine_source_factory(pc))  # the window's generation process, as play.py starts it
+    try:
+        np.testing.assert_array_equal(source.reset().frames[-1], spawn)
+    finally:
+        source.close()
     _headless(pc)
     np.testing.assert_array_equal(RolloutDataset(tmp_path / "p").load(0)["frames"][0], spawn)
     env = gymnasium.make("worldsim/WorldModel-v1", checkpoint=str(doom_ckpt), doom=held_out)

@@ -360,6 +360,8 @@ def test_play_settles_its_model_and_world_from_either_one(tmp_path, monkeypatch)
         return pc.checkpoint, pc.env
 
     assert settled() == ("assets/teacher_builtin_v1", "builtin")  # the shipped default
+    with pytest.raises(WorldsimError, match="no model is shipped for env=doom .shipped: builtin.; checkpoint= plays"):
+        settled(env="doom")
     monkeypatch.setitem(cli.SHIPPED_MODELS, "doom", doom)
     assert settled(env="doom") == (doom, "doom")
     assert settled(checkpoint=doom) == (doom, "doom")  # the world a checkpoint was trained on
@@ -367,5 +369,5 @@ def test_play_settles_its_model_and_world_from_either_one(tmp_path, monkeypatch)
     assert settled(checkpoint="") == ("", "builtin") and settled(checkpoint="", env="doom") == ("", "doom")
     with pytest.raises(WorldsimError, match=f"{doom} was trained on env doom, not env=builtin"):
         settled(checkpoint=doom, env="builtin")
-    with pytest.raises(WorldsimError, match="no model is shipped for env=mars .shipped: builtin, doom."):
+    with pytest.raises(WorldsimError, match="unknown env 'mars'"):
         settled(env="mars")

@@ -22,12 +22,12 @@ import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
 
-from envs import make_env
+from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig
 from envs.doom import DoomConfig
 from envs.record import env_section, world_controller
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
-from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
 from worldsim.data.policies import check_open_loop
@@ -79,16 +79,19 @@ class PlayConfig:
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
-SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1", "doom": "assets/teacher_doom_v1"}
-"""The model ``play.py env=<name>`` plays when no ``checkpoint`` is given."""
+SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1"}
+"""The model ``play.py env=<name>`` plays when no ``checkpoint`` is given (none for DOOM yet:
+``docs/experiments/doom.md``)."""
 
 
 def settle_model(pc: PlayConfig) -> PlayConfig:
     """``pc`` with ``checkpoint`` and ``env`` both set: no checkpoint plays the model shipped for
     ``env`` (the built-in world's by default), no env is the checkpoint's own (the built-in world
     for the ground truth, ``checkpoint=""``). Raises ``WorldsimError`` when ``env`` has no shipped
-    model or names another world than the checkpoint was trained on."""
+    model, is not a world, or names another world than the checkpoint was trained on."""
     env, checkpoint = pc.env, pc.checkpoint
+    if env and env not in available_envs():
+        raise unknown_name("env", env, available_envs())
     if checkpoint is None:
         env = env or "builtin"
         if env not in SHIPPED_MODELS:
@@ -99,7 +102,7 @@ def settle_model(pc: PlayConfig) -> PlayConfig:
         checkpoint = SHIPPED_MODELS[env]
     if checkpoint:
         trained_on = read_checkpoint_config(checkpoint).env
-        if env is not None and env != trained_on:
+        if env and env != trained_on:
             raise WorldsimError(
                 f"{checkpoint} was trained on env {trained_on}, not env={env} "
                 f"(leave env out to play it, or pick a model of {env}: {SHIPPED_MODELS.get(env, 'none shipped')})"

@@ -58,8 +58,8 @@ class RolloutConfig:
     memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
-    # compare=true with a DOOM checkpoint: the levels of the ground truth (e.g. doom.wad=freedoom1.wad
-    # for a start_data episode of Freedoom 1); the motion settings come from the checkpoint.
+    # A DOOM checkpoint: the levels of a live start and of the compare=true ground truth (e.g.
+    # doom.wad=freedoom1.wad for Freedoom 1's); the motion settings come from the checkpoint.
     doom: DoomConfig = field(default_factory=DoomConfig)
 
 

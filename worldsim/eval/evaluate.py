@@ -307,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             r["went_dark"].append(went_dark(g_all, t_all))
             revisit_sheet += [t_all, g_all]
     per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
-    policies = np.array([ds.episodes[i].policy for ds, i in episodes])
+    policies = np.array([ds.episodes[i].policy or "unrecorded" for ds, i in episodes])
     static = (per["base_psnr"] == PSNR_MAX_DB).all(1)  # the truth never left the last context frame
     gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
     idm_gen_by_frame = []

@@ -71,7 +71,7 @@ class WorldModelEnv(gymnasium.Env):
         check_render_mode(render_mode)
         self.render_mode, self.timings = render_mode, timings
         self.engine = load_engine(checkpoint, device=device, **engine_kwargs)
-        self.world = world_config_for(self.engine.cfg.env, self.engine.cfg.controller, doom)
+        self.doom = doom
         self.metadata = {**self.metadata, "render_fps": self.engine.fps}
         self.action_space = action_space(self.engine.key_names)
         self.observation_space = observation_space(self.engine.frame_size)
@@ -98,9 +98,8 @@ class WorldModelEnv(gymnasium.Env):
                 start=int(opts["start_frame"]),
             )
         world_seed = options.get("world_seed", opts["world_seed"] if seed is None else seed)
-        return world_start(
-            int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env, world=self.world
-        )
+        world = world_config_for(eng.cfg.env, eng.cfg.controller, self.doom)  # the truth's levels and motion
+        return world_start(int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env, world=world)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start from ground truth (see the module docstring) -> the context's last frame and pose.

@@ -108,20 +108,22 @@ class EngineSource(SyncSource):
     name = "model"
 
     def __init__(self, engine: Engine, seed: int, gl_context: Any = None, doom: DoomConfig | None = None):
-        self.engine, self.seed, self.gl_context, self.doom = engine, seed, gl_context, doom
+        from envs.record import world_config_for
+
+        self.engine, self.seed, self.gl_context = engine, seed, gl_context
+        # the start's world, worked out here so a checkpoint no world fits fails before a window opens
+        self.world = world_config_for(engine.cfg.env, engine.cfg.controller, doom)
         self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
         self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
         self.controller = engine.cfg.controller
 
     def reset(self) -> Chunk:
         """The engine restarts from the spawn view of world ``seed`` held still -> that context."""
-        from envs.record import world_config_for
         from envs.starts import world_start
 
         e = self.engine
-        world = world_config_for(e.cfg.env, e.cfg.controller, self.doom)
         start = world_start(
-            self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context, world=world
+            self.seed, e.context_frames, e.key_names, e.frame_size, e.cfg.env, self.gl_context, world=self.world
         )
         e.reset(*start.arrays())
         return Chunk(start.frames, start.c2w)
