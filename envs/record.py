@@ -81,18 +81,33 @@ def world_controller(world: BuiltinWorldConfig | DoomConfig) -> CameraController
     return world.controller() if isinstance(world, DoomConfig) else world.controller
 
 
+def doom_levels(doom: DoomConfig) -> dict[str, Any]:
+    """The part of a DOOM config that says where the game plays (``wad``, ``map``): what the
+    recorder writes into ``meta.json`` (``extra.levels``) and a checkpoint keeps (``levels``)."""
+    return {"wad": doom.wad, "map": doom.map}
+
+
 def world_config_for(
-    env: str, controller: CameraControllerConfig, doom: DoomConfig | None = None
+    env: str,
+    controller: CameraControllerConfig,
+    doom: DoomConfig | None = None,
+    levels: dict[str, Any] | None = None,
 ) -> BuiltinWorldConfig | DoomConfig:
     """The config of world ``env`` whose inputs move as ``controller`` does (a checkpoint's, read
     from the data it was trained on): the ground truth for its rollouts. For DOOM, ``doom`` picks
-    the levels (its wad and map; None: the default wad, world seed ``s`` plays map ``s`` mod 32)
-    and gets the controller's motion settings. Raises ``WorldsimError`` when no DOOM setting moves
-    like ``controller``."""
+    the levels (its wad and map); None: ``levels``, the checkpoint's training levels
+    (:func:`doom_levels`), or with none recorded the default wad, world seed ``s`` playing map
+    ``s`` mod 32. It gets the controller's motion settings. Raises ``WorldsimError`` when no DOOM
+    setting moves like ``controller`` or ``levels`` holds other keys than ``wad`` and ``map``."""
     if env != "doom":
         return BuiltinWorldConfig(controller=controller)
+    if doom is None:
+        unknown = sorted(set(levels or {}) - {"wad", "map"})
+        if unknown:
+            raise WorldsimError(f"a checkpoint's levels hold unknown keys {unknown} (expected wad, map)")
+        doom = DoomConfig(**(levels or {}))
     doom = replace(
-        doom or DoomConfig(),
+        doom,
         tics_per_step=controller.ticks_per_frame,
         mouse_deg_per_px=controller.mouse_deg_per_px,
         look_pitch=controller.max_pitch_deg > 0,
@@ -127,8 +142,11 @@ def record(cfg: RecordConfig) -> RolloutDataset:
             "avoid_obstacles needs env=builtin and an open-loop scripted policy (replayed actions and a "
             "closed-loop policy's cannot be redrawn)"
         )
-    # Non-default motion is written down, so a model trained on the data moves as it did.
+    # Non-default motion is written down, so a model trained on the data moves as it did; DOOM's
+    # levels too, so the model's rollouts start where it learned (world_config_for).
     extra = controller_extra(ctrl)
+    if cfg.env == "doom":
+        extra["levels"] = doom_levels(cfg.doom)
     meta = RolloutMeta(env=cfg.env, fps=fps, frame_size=frame_size, key_names=key_names, source="env", extra=extra)
     writer = RolloutWriter(cfg.out, meta)
     todo = [i for i in range(cfg.num_episodes) if i not in writer.finished]

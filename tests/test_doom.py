@@ -67,6 +67,13 @@ def test_a_checkpoints_doom_controller_finds_its_world_and_a_foreign_one_is_refu
     assert world_config_for("builtin", CameraControllerConfig(fps=10.0)) == BuiltinWorldConfig(
         controller=CameraControllerConfig(fps=10.0)
     )
+    # no `doom`: the checkpoint's training levels; a `doom` given still wins; none recorded: the default
+    levels = {"wad": "freedoom1.wad", "map": "E1M4"}
+    assert world_config_for("doom", DoomConfig().controller(), None, levels) == DoomConfig(**levels)
+    assert world_config_for("doom", DoomConfig().controller(), DoomConfig(map="MAP05"), levels).map == "MAP05"
+    assert world_config_for("doom", DoomConfig().controller(), None, {}) == DoomConfig()
+    with pytest.raises(WorldsimError, match=r"unknown keys \['skill'\]"):
+        world_config_for("doom", DoomConfig().controller(), None, {"wad": "freedoom1.wad", "skill": 3})
 
 
 def test_doom_without_vizdoom_says_how_to_install(monkeypatch):
@@ -141,6 +148,7 @@ def test_doom_records_through_the_project_recorder(tmp_path):
     data = record(cfg)
     ep = data.load(1)
     assert data.meta.env == "doom" and data.meta.fps == 17.5 and data.meta.key_names == KEY_NAMES
+    assert data.meta.levels() == {"wad": "freedoom2.wad", "map": "MAP01"}  # where a model trained on it starts
     assert ep["frames"].shape == (12, 64, 64, 3) and ep["c2w"].shape == (12, 4, 4) and "depth" not in ep
 
 
@@ -255,5 +263,38 @@ def test_play_and_gymnasium_start_a_doom_model_on_the_levels_doom_picks(doom_ckp
     try:
         obs, _ = env.reset(seed=3)
         np.testing.assert_array_equal(obs["frame"], spawn)
+    finally:
+        env.close()
+
+
+def test_a_doom_model_starts_on_the_levels_it_was_trained_on_when_no_doom_is_given(tmp_path):
+    """A checkpoint's ``levels`` (from its data's meta.json) are the default start of a rollout,
+    the play window's generation process and the Gymnasium env."""
+    pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
+    import gymnasium
+    from test_engine import make_tiny_checkpoint
+
+    from envs.doom import DoomConfig
+    from worldsim.cli.rollout import RolloutConfig, run_rollout
+    from worldsim.data.reader import RolloutDataset
+    from worldsim.inference.checkpoint import read_checkpoint_config
+    from worldsim.play.sources import open_engine_source
+
+    levels = {"wad": "freedoom1.wad", "map": None}
+    ckpt = make_tiny_checkpoint(tmp_path / "ck", controller=DoomConfig().controller(), env="doom", levels=levels)
+    assert read_checkpoint_config(ckpt).levels == levels
+    spawn = _spawn(2, "freedoom1.wad")
+    assert not np.array_equal(spawn, _spawn(2, "freedoom2.wad"))
+    run_rollout(RolloutConfig(checkpoint=str(ckpt), seed=2, frames=2, compare=True, out=str(tmp_path / "r")))
+    np.testing.assert_array_equal(RolloutDataset(tmp_path / "r").load(0)["frames"][0], spawn)
+    np.testing.assert_array_equal(RolloutDataset(tmp_path / "r" / "truth").load(0)["frames"][0], spawn)
+    source = open_engine_source(str(ckpt), 2)
+    try:
+        np.testing.assert_array_equal(source.reset().frames[-1], spawn)
+    finally:
+        source.close()
+    env = gymnasium.make("worldsim/WorldModel-v1", checkpoint=str(ckpt))
+    try:
+        np.testing.assert_array_equal(env.reset(seed=2)[0]["frame"], spawn)
     finally:
         env.close()

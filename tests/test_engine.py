@@ -30,7 +30,14 @@ KEYS = ["w", "a", "s", "d", "space", "left shift", "l"]
 
 
 def make_tiny_checkpoint(
-    path, seed=0, keys=KEYS, controller=None, camera_reference="latest", encoder="keyboard_mouse", env="builtin"
+    path,
+    seed=0,
+    keys=KEYS,
+    controller=None,
+    camera_reference="latest",
+    encoder="keyboard_mouse",
+    env="builtin",
+    levels=None,
 ):
     torch.manual_seed(seed)
     enc = make_action_encoder(encoder, keys)
@@ -52,6 +59,7 @@ def make_tiny_checkpoint(
         ),
         controller=controller or CameraControllerConfig(),
         env=env,
+        levels=levels or {},
     )
     save_checkpoint(path, cfg, model, Codec(cfg.codec))
     return path
@@ -104,9 +112,9 @@ FAST = CameraControllerConfig(fps=10.0, move_speed_mps=12.0, vertical_speed_mps=
 
 
 def test_a_checkpoint_round_trips_what_an_input_does(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "fast", controller=FAST)
+    path = make_tiny_checkpoint(tmp_path / "fast", controller=FAST, levels={"wad": "freedoom1.wad", "map": "E1M2"})
     ck = read_checkpoint_config(path)
-    assert ck.controller == FAST and ck.env == "builtin"
+    assert ck.controller == FAST and ck.env == "builtin" and ck.levels == {"wad": "freedoom1.wad", "map": "E1M2"}
     save_checkpoint(tmp_path / "again", ck, WorldModel(ck.model), Codec(ck.codec))
     assert read_checkpoint_config(tmp_path / "again") == ck
 
@@ -128,6 +136,7 @@ def test_a_checkpoint_without_controller_and_env_gets_todays_defaults_and_one_no
     notices = [str(w.message) for w in seen if issubclass(w.category, CheckpointDefaultsWarning)]
     assert len(notices) == 2 and "does not record its controller and env" in notices[0]  # one per checkpoint
     assert all(ck.controller == CameraControllerConfig() and ck.env == "builtin" for ck in (*cks, shipped))
+    assert all(ck.levels == {} for ck in (*cks, shipped))  # no levels recorded: none assumed
     assert eng.cfg.controller == CameraControllerConfig() and eng.fps == 15.0
 
 

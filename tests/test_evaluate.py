@@ -1,6 +1,7 @@
 """worldsim-eval on a tiny checkpoint: every metric and plot; metrics checked against references."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,6 +155,42 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     moving = policy != "idle"
     assert saved["moving"]["psnr_gain_db"] == pytest.approx(ours_p[moving].mean() - base_p[moving].mean(), rel=1e-12)
     assert "1 episodes where the truth never moves" in printed and "idle: 1 episodes" in printed
+
+
+def test_start_every_rolls_out_from_every_nth_frame_on_that_places_own_context(tiny, gt_data, tmp_path):
+    """``start_every``: a rollout from frames 0, N, 2N, ... of each episode that leave room for
+    the context and the horizon, each against the truth and repeat-last of its own start."""
+    from worldsim.data.frames import open_datasets
+    from worldsim.inference.engine import load_engine
+
+    only = {
+        "idm_steps": 5,
+        "turn_starts": 0,
+        "drift_frames": 0,
+        "memory_revisits": MemoryEvalConfig(starts=0),
+        "stability": StabilityConfig(idle_frames=0, hold_frames=0, press_frames=False),
+    }
+    data = str(gt_data / "explore")
+    cfg = EvalConfig(checkpoint=str(tiny), data=data, out=str(tmp_path / "e"), horizon=4, idm_data=data, **only)
+    m = evaluate(replace(cfg, start_every=6))
+    eng = load_engine(tiny)
+    n = eng.context_frames
+    ours, base = [], []
+    ds = open_datasets(data)[0]
+    for i in range(len(ds)):
+        arr = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+        for s in range(0, 24 - n - 4 + 1, 6):  # 24-frame episodes
+            gen, gt = rollout_against(eng, {k: v[s:] for k, v in arr.items()}, 4)
+            np.testing.assert_array_equal(gt, arr["frames"][s + n : s + n + 4])
+            ours.append(psnr(gen, gt))
+            base.append(psnr(np.repeat(arr["frames"][s + n - 1 : s + n], 4, 0), gt))
+    assert m["episodes"] == 3 and m["rollouts"] == len(ours) == 3 * 3
+    np.testing.assert_allclose(np.mean(ours, 0), m["by_frame"]["psnr_db"], rtol=1e-12)
+    np.testing.assert_allclose(np.mean(base, 0), m["by_frame"]["copy_last_psnr_db"], rtol=1e-12)
+    assert m["by_policy"]["explore"]["episodes"] == 9 and "rollouts: 9 from 3 episodes" in summary_lines(m)[0]
+    with pytest.raises(WorldsimError, match="start_every must be >= 0"):
+        evaluate(replace(cfg, start_every=-1, out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
 
 
 def test_metrics_json_holds_null_where_a_value_is_undefined():

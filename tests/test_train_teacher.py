@@ -421,3 +421,27 @@ def test_the_models_latent_shape_is_derived_from_the_codec_and_frame_size():
         _derive_shapes(wrong, codec, (64, 48))
     with pytest.raises(WorldsimError, match="not divisible by the codec's downsample 4"):
         _derive_shapes(unset, codec, (66, 48))
+
+
+def test_the_export_keeps_the_levels_its_data_played_when_every_dataset_agrees(small_dataset, tiny_codec, tmp_path):
+    """A DOOM run's export starts its rollouts where the data played (meta.json's extra.levels);
+    data from several levels records none."""
+    import shutil
+
+    from worldsim.inference.checkpoint import read_checkpoint_config
+
+    def copy(name, levels):
+        root = shutil.copytree(small_dataset.root, tmp_path / "data" / name)
+        meta = json.loads((root / "meta.json").read_text())
+        meta["extra"] = {**meta.get("extra", {}), "levels": levels}
+        (root / "meta.json").write_text(json.dumps(meta))
+        return root
+
+    one = copy("one", {"wad": "freedoom2.wad", "map": "MAP01"})
+    train_teacher(_cfg(one, tiny_codec, tmp_path / "one", 1))
+    assert read_checkpoint_config(tmp_path / "one" / "model").levels == {"wad": "freedoom2.wad", "map": "MAP01"}
+    copy("other", {"wad": "freedoom2.wad", "map": "MAP02"})
+    train_teacher(_cfg(tmp_path / "data", tiny_codec, tmp_path / "both", 1))
+    assert read_checkpoint_config(tmp_path / "both" / "model").levels == {}
+    train_teacher(_cfg(small_dataset.root, tiny_codec, tmp_path / "builtin", 1))
+    assert read_checkpoint_config(tmp_path / "builtin" / "model").levels == {}

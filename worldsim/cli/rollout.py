@@ -59,8 +59,9 @@ class RolloutConfig:
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     # A DOOM checkpoint: the levels of a live start and of the compare=true ground truth (e.g.
-    # doom.wad=freedoom1.wad for Freedoom 1's); the motion settings come from the checkpoint.
-    doom: DoomConfig = field(default_factory=DoomConfig)
+    # doom.wad=freedoom1.wad for Freedoom 1's; null: the checkpoint's training levels); the motion
+    # settings come from the checkpoint.
+    doom: DoomConfig | None = None
 
 
 class RolloutInterrupted(KeyboardInterrupt):
@@ -122,7 +123,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     if cfg.start_data:
         start = episode_start(cfg.start_data, cfg.start_episode, n, engine.key_names, engine.frame_size)
     else:
-        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
         start = world_start(cfg.seed, n, engine.key_names, engine.frame_size, engine.cfg.env, world=world)
     world_seed = start.seed
     engine.reset(*start.arrays())
@@ -189,7 +190,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
         tk = np.concatenate([pre_k, keys, np.zeros((1, keys.shape[1]), np.uint8)])
         tm = np.concatenate([pre_m, mouse, np.zeros((1, 2), np.float32)])
         # The checkpoint's controller, so the world moves as the model was taught an input moves it.
-        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
         truth = env_rollout(engine.cfg.env, world_seed, engine.frame_size, world, tk, tm, save_depth=False)
         tmeta = RolloutMeta(
             engine.cfg.env,

@@ -81,6 +81,15 @@ class RolloutMeta:
                 raise WorldsimError(f"meta.json: bad extra.controller ({e})") from e
         return CameraControllerConfig(fps=self.fps)
 
+    def levels(self) -> dict[str, Any]:
+        """Where the recording played, for worlds that have levels (DOOM: ``{"wad", "map"}``, map
+        None when each world seed picked its own): ``extra["levels"]``, or ``{}`` when not recorded
+        (the built-in world, and DOOM data recorded before worldsim wrote it)."""
+        levels = self.extra.get("levels", {})
+        if not isinstance(levels, dict):
+            raise WorldsimError(f"meta.json: extra.levels must be a mapping, got {levels!r}")
+        return dict(levels)
+
 
 def controller_extra(controller: CameraControllerConfig) -> dict[str, Any]:
     """``RolloutMeta.extra`` for data whose poses ``controller`` made: nothing for the default

@@ -64,6 +64,9 @@ class EvalConfig:
     out: str = "runs/eval"
     horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
     max_episodes: int = 32
+    # 0: one rollout per episode, from its start; N: one from every N-th frame of each episode that
+    # leaves room for the context and the horizon (0, N, 2N, ...: places beyond a level's spawn)
+    start_every: int = 0
     seed: int = 0
     bf16: bool | None = None  # bf16 autocast; None = on where the CPU computes bf16 natively
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # None fields keep the checkpoint's
@@ -84,8 +87,9 @@ class EvalConfig:
     night_episodes: int = 24
     stability: StabilityConfig = field(default_factory=StabilityConfig)  # worldsim/eval/stability.py
     # A DOOM checkpoint's ground truth for the parts that start from world seeds (turning, drift,
-    # stability, memory revisits): e.g. doom.wad=freedoom1.wad for levels it was not trained on.
-    doom: DoomConfig = field(default_factory=DoomConfig)
+    # stability, memory revisits): e.g. doom.wad=freedoom1.wad for levels it was not trained on;
+    # null: the levels the checkpoint was trained on (its config.json's `levels`).
+    doom: DoomConfig | None = None
     memory_revisits: MemoryEvalConfig = field(default_factory=MemoryEvalConfig)  # worldsim/eval/memory_revisit.py
 
 
@@ -236,6 +240,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from envs.record import world_config_for
     from worldsim.data.preview import contact_sheet, write_png
 
+    if cfg.start_every < 0:
+        raise WorldsimError(f"start_every must be >= 0 (0: one rollout per episode), got {cfg.start_every}")
     out = require_writable_dir(cfg.out, "out")
     engine = load_engine(
         cfg.checkpoint,
@@ -247,7 +253,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         quantize=cfg.quantize,
     )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
-    world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom)
+    world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
     if cfg.memory_revisits.starts:
         cfg.memory_revisits.bank()
     windows = []
@@ -281,9 +287,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     dark: list[bool] = []
     revisit: dict[str, dict[str, list[float]]] = {}
     revisit_sheet: list[np.ndarray] = []
-    for ds, i in tqdm(episodes, desc="rollouts", unit="episode"):
-        arrays = ds.load(i, ("frames", "c2w", "keys", "mouse"))
-        n = engine.context_frames
+    n = engine.context_frames
+    starts = [
+        (ds, i, s)
+        for ds, i in episodes
+        for s in range(0, ds.episodes[i].num_frames - n - horizon + 1, cfg.start_every or ds.episodes[i].num_frames)
+    ]
+    for ds, i, start in tqdm(starts, desc="rollouts", unit="rollout"):
+        episode = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+        arrays = {name: v[start:] for name, v in episode.items()}
         gen, gt = rollout_against(engine, arrays, horizon)
         last = np.repeat(arrays["frames"][n - 1 : n], horizon, 0)
         scores["psnr"].append(psnr(gen, gt))
@@ -299,7 +311,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             sheet += [gt, gen]
         policy = ds.episodes[i].policy
         full = (len(arrays["frames"]) - n) // k * k
-        if policy in REVISIT_POLICIES and full > horizon:
+        if start == 0 and policy in REVISIT_POLICIES and full > horizon:  # the whole episode, once
             g_all, t_all = rollout_against(engine, arrays, full)
             r = revisit.setdefault(policy, {"psnr_db": [], "copy_last_psnr_db": [], "went_dark": []})
             r["psnr_db"].append(float(psnr(g_all[-k:], t_all[-k:]).mean()))
@@ -307,8 +319,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             r["went_dark"].append(went_dark(g_all, t_all))
             revisit_sheet += [t_all, g_all]
     per = {name: np.stack(v) for name, v in scores.items()}  # (episodes, horizon)
-    policies = np.array([ds.episodes[i].policy or "unrecorded" for ds, i in episodes])
+    policies = np.array([ds.episodes[i].policy or "unrecorded" for ds, i, _ in starts])
     static = (per["base_psnr"] == PSNR_MAX_DB).all(1)  # the truth never left the last context frame
+    # (per rollout: with start_every, "episodes" in static_episodes, moving and by_policy count rollouts)
     gen_p, gt_p = Pairs.concat(gen_pairs), Pairs.concat(gt_pairs)
     idm_gen_by_frame = []
     for t in range(horizon):
@@ -320,6 +333,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "config": asdict(cfg),
         "sampler": asdict(engine.sampler_cfg),
         "episodes": len(episodes),
+        "rollouts": len(starts),
         "horizon": horizon,
         "psnr_db_mean": float(np.mean(per["psnr"])),
         "copy_last_psnr_db_mean": float(np.mean(per["base_psnr"])),
@@ -434,7 +448,7 @@ def finite_or_null(obj: Any) -> Any:
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The human-readable summary of an :func:`evaluate` metrics dict, one string per printed line."""
     lines = [
-        f"rollouts: {m['episodes']} episodes x {m['horizon']} frames",
+        f"rollouts: {m.get('rollouts', m['episodes'])} from {m['episodes']} episodes x {m['horizon']} frames",
         f"  PSNR {m['psnr_db_mean']:.2f} dB vs repeat-last {m['copy_last_psnr_db_mean']:.2f} dB "
         f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
         f"sharpness {m['sharpness_ratio']:.2f}",
@@ -451,7 +465,9 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             f"  {p}: {r['episodes']} episodes, PSNR {r['psnr_db']:.2f} dB vs repeat-last "
             f"{r['copy_last_psnr_db']:.2f} dB (gain {r['psnr_gain_db']:+.2f} dB)"
         )
-    lines.append(f"  went dark in {m['went_dark']} of {m['episodes']} where the ground truth stays light")
+    lines.append(
+        f"  went dark in {m['went_dark']} of {m.get('rollouts', m['episodes'])} where the ground truth stays light"
+    )
     for name, acc in m["idm"]["generated"].items():
         gt = m["idm"]["ground_truth"][name]
         lines.append(

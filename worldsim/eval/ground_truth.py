@@ -48,7 +48,7 @@ def world_rollout(
 
     # The checkpoint's world and controller: the ground truth moves as the model was taught an input moves it.
     if world is None:
-        world = world_config_for(engine.cfg.env, engine.cfg.controller)
+        world = world_config_for(engine.cfg.env, engine.cfg.controller, levels=engine.cfg.levels)
     return rollout(engine.cfg.env, seed, engine.frame_size, world, keys, mouse, save_depth=False)
 
 

@@ -50,7 +50,8 @@ class WorldModelEnv(gymnasium.Env):
     ``device`` and further keyword arguments (``seed``, ``sampler``, ``bf16``, ...) go to
     :func:`worldsim.load_engine`; ``world_seed`` and ``dataset``/``episode``/``start_frame`` are
     the default start that ``reset`` options override; ``timings`` whether ``info`` has them;
-    ``doom`` (an ``envs.doom.DoomConfig``) picks a DOOM checkpoint's levels (None: the default wad).
+    ``doom`` (an ``envs.doom.DoomConfig``) picks a DOOM checkpoint's levels (None: those it was
+    trained on, its ``levels``).
     """
 
     metadata = {"render_modes": RENDER_MODES, "render_fps": 15}
@@ -98,7 +99,8 @@ class WorldModelEnv(gymnasium.Env):
                 start=int(opts["start_frame"]),
             )
         world_seed = options.get("world_seed", opts["world_seed"] if seed is None else seed)
-        world = world_config_for(eng.cfg.env, eng.cfg.controller, self.doom)  # the truth's levels and motion
+        # The truth's levels and motion.
+        world = world_config_for(eng.cfg.env, eng.cfg.controller, self.doom, eng.cfg.levels)
         return world_start(int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env, world=world)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:

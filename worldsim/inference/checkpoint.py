@@ -78,6 +78,10 @@ class CheckpointConfig:
     # its camera with the same), and the environment id the data was recorded in.
     controller: CameraControllerConfig = field(default_factory=CameraControllerConfig)
     env: str = LEGACY_ENV
+    # Where the training data played, for worlds with levels (DOOM: {"wad", "map"}, from the data's
+    # meta.json): a rollout's ground truth starts there unless the command picks other levels.
+    # Empty for the built-in world and for checkpoints from before it was recorded.
+    levels: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = CHECKPOINT_VERSION
 
@@ -226,6 +230,7 @@ def _read_config(path: str | Path) -> tuple[CheckpointConfig, dict[str, Any]]:
             conditioning=_build(ConditioningConfig, d.get("conditioning", {}), str(cfg_path)),
             controller=_build(CameraControllerConfig, d.get("controller", {}), str(cfg_path)),
             env=str(d.get("env", LEGACY_ENV)),
+            levels=dict(d.get("levels", {})),
             provenance=dict(d.get("provenance", {})),
         )
     except KeyError as e:

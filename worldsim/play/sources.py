@@ -103,7 +103,7 @@ class SyncSource(ABC):
 class EngineSource(SyncSource):
     """The neural engine, started from ground truth of world ``seed`` (drawn in ``gl_context``
     when given: under X11 the world must share the window's context); ``doom`` picks the levels
-    of a DOOM checkpoint's start (None: the default wad)."""
+    of a DOOM checkpoint's start (None: those it was trained on, its ``levels``)."""
 
     name = "model"
 
@@ -112,7 +112,7 @@ class EngineSource(SyncSource):
 
         self.engine, self.seed, self.gl_context = engine, seed, gl_context
         # the start's world, worked out here so a checkpoint no world fits fails before a window opens
-        self.world = world_config_for(engine.cfg.env, engine.cfg.controller, doom)
+        self.world = world_config_for(engine.cfg.env, engine.cfg.controller, doom, engine.cfg.levels)
         self.key_names, self.fps, self.chunk_frames = engine.key_names, engine.fps, engine.chunk_frames
         self.frame_size, self.intrinsics = engine.frame_size, engine.intrinsics
         self.controller = engine.cfg.controller

@@ -176,6 +176,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
                 f"{ds.root} was recorded in env {ds.meta.env!r} with {ds.meta.controller()}, "
                 f"{sets[0].root} in {meta.env!r} with {meta.controller()}: one model learns one meaning of an input"
             )
+    # Where it played: the export's default levels when every training dataset played the same.
+    levels = meta.levels() if all(ds.meta.levels() == meta.levels() for ds in sets) else {}
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
     encoder = make_action_encoder(tc.encoder, list(meta.key_names))
     cfg = _derive_shapes(cfg, codec, frame_size)
@@ -269,6 +271,7 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
             conditioning=cond,
             controller=meta.controller(),
             env=meta.env,
+            levels=levels,
             provenance={"stage": "teacher", "step": step, "config": cfg.identity(), "metrics": dict(metrics)},
         )
         save_checkpoint(loop.out / "model", ck, loop.ema, codec)
