@@ -259,7 +259,7 @@ class _StandIn:
     context_frames, chunk_frames, frame_size = 4, 4, (64, 64)
     key_names = ["w", "a", "s", "d", "space", "left shift", "l"]
     intrinsics = intrinsics_from_fov(75.0, 64, 64)  # the built-in world's camera
-    cfg = SimpleNamespace(controller=CameraControllerConfig(), env="builtin")  # the checkpoint's, as read
+    cfg = SimpleNamespace(controller=CameraControllerConfig(), env="builtin", levels={})  # the checkpoint's, as read
 
     def __init__(self, oracle):
         self.oracle, self.truth = oracle, None
