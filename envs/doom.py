@@ -41,13 +41,16 @@ RENDER_SIZE = (120, 160)  # (height, width) of RES_160X120, ViZDoom's smallest
 FRICTION = 0xE800 / 0x10000  # DOOM's ground friction: velocity kept per tic (p_mobj.c)
 WALK_THRUST = 25 * 2048 / 0x10000  # forwardmove[0] x 2048, in map units per tic (p_user.c)
 STRAFE_RATIO = 24 / 25  # sidemove[0] / forwardmove[0] (g_game.c)
+DEFAULT_WAD = "freedoom2.wad"
 
 
 @dataclass
 class DoomConfig:
     """Which level, how time and the mouse map to DOOM, and the map-unit scale."""
 
-    wad: str = "freedoom2.wad"  # shipped with vizdoom; or a path to another IWAD
+    # A wad shipped with vizdoom (freedoom1.wad, freedoom2.wad) or a path to another IWAD. None:
+    # DEFAULT_WAD, and where a model starts, the levels it was trained on (envs.record.world_config_for).
+    wad: str | None = None
     map: str | None = None  # None: world seed s plays the wad's map s % (number of maps), in name order
     tics_per_step: int = 2
     mouse_deg_per_px: float = 0.25  # as the built-in world's controller
@@ -104,11 +107,12 @@ class DoomWorld(Env):
         focal_render_px = (RENDER_SIZE[1] / 2) / math.tan(math.radians(90.0) / 2)
         self.intrinsics = intrinsics_from_fov(math.degrees(2 * math.atan(crop_h / 2 / focal_render_px)), h, w)
         self.game = game = vzd.DoomGame()
-        shipped = os.path.join(vzd.__path__[0], cfg.wad)
-        wad = shipped if os.path.exists(shipped) else os.path.abspath(cfg.wad)
+        wad_name = cfg.wad or DEFAULT_WAD
+        shipped = os.path.join(vzd.__path__[0], wad_name)
+        wad = shipped if os.path.exists(shipped) else os.path.abspath(wad_name)
         if not os.path.exists(wad):
             raise WorldsimError(
-                f"no DOOM wad {cfg.wad!r}: give a path or one shipped with vizdoom (freedoom1.wad, freedoom2.wad)"
+                f"no DOOM wad {wad_name!r}: give a path or one shipped with vizdoom (freedoom1.wad, freedoom2.wad)"
             )
         maps = wad_maps(wad)
         self.map = cfg.map or maps[self.seed % len(maps)]

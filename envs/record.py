@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig, path_collision
-from envs.doom import DoomConfig
+from envs.doom import DEFAULT_WAD, DoomConfig
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
@@ -84,7 +84,7 @@ def world_controller(world: BuiltinWorldConfig | DoomConfig) -> CameraController
 def doom_levels(doom: DoomConfig) -> dict[str, Any]:
     """The part of a DOOM config that says where the game plays (``wad``, ``map``): what the
     recorder writes into ``meta.json`` (``extra.levels``) and a checkpoint keeps (``levels``)."""
-    return {"wad": doom.wad, "map": doom.map}
+    return {"wad": doom.wad or DEFAULT_WAD, "map": doom.map}
 
 
 def world_config_for(
@@ -95,17 +95,19 @@ def world_config_for(
 ) -> BuiltinWorldConfig | DoomConfig:
     """The config of world ``env`` whose inputs move as ``controller`` does (a checkpoint's, read
     from the data it was trained on): the ground truth for its rollouts. For DOOM, ``doom`` picks
-    the levels (its wad and map); None: ``levels``, the checkpoint's training levels
-    (:func:`doom_levels`), or with none recorded the default wad, world seed ``s`` playing map
-    ``s`` mod 32. It gets the controller's motion settings. Raises ``WorldsimError`` when no DOOM
-    setting moves like ``controller`` or ``levels`` holds other keys than ``wad`` and ``map``."""
+    the levels (its wad and map); where it sets neither (None, or a command's default section):
+    ``levels``, the checkpoint's training levels (:func:`doom_levels`), or with none recorded the
+    default wad, world seed ``s`` playing map ``s`` mod 32. It gets the controller's motion
+    settings. Raises ``WorldsimError`` when no DOOM setting moves like ``controller`` or ``levels``
+    holds other keys than ``wad`` and ``map``."""
     if env != "doom":
         return BuiltinWorldConfig(controller=controller)
-    if doom is None:
+    doom = doom or DoomConfig()
+    if doom.wad is None and doom.map is None:
         unknown = sorted(set(levels or {}) - {"wad", "map"})
         if unknown:
             raise WorldsimError(f"a checkpoint's levels hold unknown keys {unknown} (expected wad, map)")
-        doom = DoomConfig(**(levels or {}))
+        doom = replace(doom, **(levels or {}))
     doom = replace(
         doom,
         tics_per_step=controller.ticks_per_frame,

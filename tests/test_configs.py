@@ -85,6 +85,16 @@ def test_bf16_is_null_by_default_in_every_command(name):
         assert compose(config_name=name).bf16 is None  # on where the device computes bf16 natively
 
 
+@pytest.mark.parametrize("name", ["play", "eval", "rollout", "record"])
+def test_every_command_with_a_doom_section_takes_its_levels_on_the_command_line(name):
+    """A DOOM model starts on its own training levels unless ``doom.wad`` or ``doom.map`` is set
+    (``envs.record.world_config_for``): both unset by default, and either can be set."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        assert (compose(config_name=name).doom.wad, compose(config_name=name).doom.map) == (None, None)
+        cfg = compose(config_name=name, overrides=["doom.wad=freedoom1.wad", "doom.map=E1M2"])
+    assert (cfg.doom.wad, cfg.doom.map) == ("freedoom1.wad", "E1M2")
+
+
 @pytest.mark.parametrize("stage", STAGE_FILES)
 def test_every_training_stage_preset_composes_and_names_a_known_stage(stage):
     from worldsim.cli.train import STAGES

@@ -67,11 +67,15 @@ def test_a_checkpoints_doom_controller_finds_its_world_and_a_foreign_one_is_refu
     assert world_config_for("builtin", CameraControllerConfig(fps=10.0)) == BuiltinWorldConfig(
         controller=CameraControllerConfig(fps=10.0)
     )
-    # no `doom`: the checkpoint's training levels; a `doom` given still wins; none recorded: the default
+    # no wad or map given (None, or a command's default section): the checkpoint's training levels;
+    # either one given wins whole; none recorded: the default
     levels = {"wad": "freedoom1.wad", "map": "E1M4"}
-    assert world_config_for("doom", DoomConfig().controller(), None, levels) == DoomConfig(**levels)
-    assert world_config_for("doom", DoomConfig().controller(), DoomConfig(map="MAP05"), levels).map == "MAP05"
-    assert world_config_for("doom", DoomConfig().controller(), None, {}) == DoomConfig()
+    ctrl = DoomConfig().controller()
+    assert world_config_for("doom", ctrl, None, levels) == world_config_for("doom", ctrl, DoomConfig(), levels)
+    assert world_config_for("doom", ctrl, None, levels) == DoomConfig(**levels)
+    assert world_config_for("doom", ctrl, DoomConfig(map="MAP05"), levels) == DoomConfig(map="MAP05")
+    assert world_config_for("doom", ctrl, DoomConfig(wad="freedoom2.wad"), levels) == DoomConfig(wad="freedoom2.wad")
+    assert world_config_for("doom", ctrl, None, {}) == DoomConfig()
     with pytest.raises(WorldsimError, match=r"unknown keys \['skill'\]"):
         world_config_for("doom", DoomConfig().controller(), None, {"wad": "freedoom1.wad", "skill": 3})
 

@@ -72,9 +72,9 @@ class PlayConfig:
     replay_from: str = ""
     out: str = "runs/play"  # headless: output folder (rollout dataset + rollout.mp4)
     world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)
-    # DOOM's levels (e.g. doom.map=MAP02): env=doom's world, or a DOOM model's start; null: a model's
-    # own training levels (the ground-truth world: Freedoom 2, world seed s playing map s mod 32)
-    doom: DoomConfig | None = None
+    # DOOM's levels (e.g. doom.map=MAP02): env=doom's world, or a DOOM model's start; neither wad nor
+    # map set: a model's own training levels (the ground-truth world: Freedoom 2, seed s plays map s mod 32)
+    doom: DoomConfig = field(default_factory=DoomConfig)
     loop: PlayLoopConfig = field(default_factory=PlayLoopConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
 
@@ -136,7 +136,7 @@ class EnvSource(SyncSource):
     def __init__(self, cfg: PlayConfig, window: Window):
         assert cfg.env is not None, "settle_model first"
         frame_size = parse_frame_size(cfg.frame_size)
-        world = env_section(cfg.env, cfg.world, cfg.doom or DoomConfig())
+        world = env_section(cfg.env, cfg.world, cfg.doom)
         self.env = make_env(cfg.env, seed=cfg.seed, frame_size=frame_size, cfg=world, gl_context=window.ctx)
         self.controller = world_controller(world)
         self.name, self.key_names, self.fps = cfg.env, list(self.env.key_names), self.env.fps

@@ -59,9 +59,9 @@ class RolloutConfig:
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     # A DOOM checkpoint: the levels of a live start and of the compare=true ground truth (e.g.
-    # doom.wad=freedoom1.wad for Freedoom 1's; null: the checkpoint's training levels); the motion
+    # doom.wad=freedoom1.wad for Freedoom 1's; no wad or map: the checkpoint's training levels); the motion
     # settings come from the checkpoint.
-    doom: DoomConfig | None = None
+    doom: DoomConfig = field(default_factory=DoomConfig)
 
 
 class RolloutInterrupted(KeyboardInterrupt):

@@ -88,8 +88,8 @@ class EvalConfig:
     stability: StabilityConfig = field(default_factory=StabilityConfig)  # worldsim/eval/stability.py
     # A DOOM checkpoint's ground truth for the parts that start from world seeds (turning, drift,
     # stability, memory revisits): e.g. doom.wad=freedoom1.wad for levels it was not trained on;
-    # null: the levels the checkpoint was trained on (its config.json's `levels`).
-    doom: DoomConfig | None = None
+    # no wad or map: the levels the checkpoint was trained on (its config.json's `levels`).
+    doom: DoomConfig = field(default_factory=DoomConfig)
     memory_revisits: MemoryEvalConfig = field(default_factory=MemoryEvalConfig)  # worldsim/eval/memory_revisit.py
 
 
