@@ -38,8 +38,9 @@ def world_rollout(
     engine: Engine, seed: int, keys: np.ndarray, mouse: np.ndarray, world: Any = None
 ) -> dict[str, np.ndarray]:
     """Ground truth for raw inputs: the checkpoint's env and controller driven from world ``seed``;
-    ``world`` is that env's config (:func:`envs.record.world_config_for`; None: its default, e.g.
-    DOOM's training wad), checked against the checkpoint's controller by whoever made it.
+    ``world`` is that env's config (:func:`envs.record.world_config_for`; None: the checkpoint's,
+    for DOOM on the levels it was trained on), checked against the checkpoint's controller by
+    whoever made it.
 
     Returns the episode arrays of :func:`envs.record.rollout` (frames ``(T, H, W, 3)`` uint8, c2w, ...),
     without depth.
