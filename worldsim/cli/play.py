@@ -81,9 +81,9 @@ class PlayConfig:
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
-SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1"}
-"""The model ``play.py env=<name>`` plays when no ``checkpoint`` is given (none for DOOM yet:
-``docs/experiments/doom.md``)."""
+SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1", "doom": "assets/teacher_doom_v1"}
+"""The model ``play.py env=<name>`` plays when no ``checkpoint`` is given (DOOM's is a first,
+blurry model of one level: its README)."""
 
 
 def settle_model(pc: PlayConfig) -> PlayConfig:
