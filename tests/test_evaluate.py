@@ -157,19 +157,24 @@ def test_eval_produces_every_metric_and_plot_and_the_baseline_uses_the_same_fram
     assert "1 episodes where the truth never moves" in printed and "idle: 1 episodes" in printed
 
 
-def test_start_every_rolls_out_from_every_nth_frame_on_that_places_own_context(tiny, gt_data, tmp_path):
-    """``start_every``: a rollout from frames 0, N, 2N, ... of each episode that leave room for
-    the context and the horizon, each against the truth and repeat-last of its own start."""
-    from worldsim.data.frames import open_datasets
-    from worldsim.inference.engine import load_engine
-
-    only = {
+def _rollouts_only():
+    """EvalConfig settings that skip every section but the rollouts (fresh objects per call)."""
+    return {
         "idm_steps": 5,
         "turn_starts": 0,
         "drift_frames": 0,
         "memory_revisits": MemoryEvalConfig(starts=0),
         "stability": StabilityConfig(idle_frames=0, hold_frames=0, press_frames=False),
     }
+
+
+def test_start_every_rolls_out_from_every_nth_frame_on_that_places_own_context(tiny, gt_data, tmp_path):
+    """``start_every``: a rollout from frames 0, N, 2N, ... of each episode that leave room for
+    the context and the horizon, each against the truth and repeat-last of its own start."""
+    from worldsim.data.frames import open_datasets
+    from worldsim.inference.engine import load_engine
+
+    only = _rollouts_only()
     data = str(gt_data / "explore")
     cfg = EvalConfig(checkpoint=str(tiny), data=data, out=str(tmp_path / "e"), horizon=4, idm_data=data, **only)
     m = evaluate(replace(cfg, start_every=6))
@@ -365,13 +370,7 @@ def test_eval_scores_night_from_day_on_toggle_data_and_refuses_data_without_one(
     rc = RecordConfig(num_episodes=4, episode_len=64, policy="explore_lights", seed=98000, out=str(tmp_path / "l"))
     lights = record(rc)
     base = {"checkpoint": str(tiny), "data": str(gt_data), "horizon": 4, "max_episodes": 1, "idm_data": str(gt_data)}
-    only = {
-        "idm_steps": 5,
-        "turn_starts": 0,
-        "drift_frames": 0,
-        "memory_revisits": MemoryEvalConfig(starts=0),
-        "stability": StabilityConfig(idle_frames=0, hold_frames=0, press_frames=False),
-    }
+    only = _rollouts_only()
     m = evaluate(EvalConfig(**base, **only, out=str(tmp_path / "e"), night_data=str(lights.root)))
     n = m["night_from_day"]
     assert n["toggles"] >= 1 and n["night_frames"] >= n["toggles"]

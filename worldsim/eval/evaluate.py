@@ -293,8 +293,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         for ds, i in episodes
         for s in range(0, ds.episodes[i].num_frames - n - horizon + 1, cfg.start_every or ds.episodes[i].num_frames)
     ]
+    loaded = None  # the starts of an episode follow each other: load it once
     for ds, i, start in tqdm(starts, desc="rollouts", unit="rollout"):
-        episode = ds.load(i, ("frames", "c2w", "keys", "mouse"))
+        if loaded != (ds.root, i):
+            episode, loaded = ds.load(i, ("frames", "c2w", "keys", "mouse")), (ds.root, i)
         arrays = {name: v[start:] for name, v in episode.items()}
         gen, gt = rollout_against(engine, arrays, horizon)
         last = np.repeat(arrays["frames"][n - 1 : n], horizon, 0)
