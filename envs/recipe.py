@@ -55,16 +55,21 @@ class RecipeConfig:
     parts: list[RecipePart] = field(default_factory=list)
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped in ``worldsim/configs/recipe``, by name."""
+    return {q.stem: q for q in sorted((CONFIG_DIR / "recipe").glob("*.yaml"))}
+
+
 def recipe_path(path: str | Path) -> Path:
     """A recipe file: ``path`` itself when it is a file, else a shipped recipe named by its bare
     name (``builtin_v1``) or by its old checkout path (``configs/recipe/builtin_v1.yaml``)."""
     p = Path(path)
     if p.is_file():
         return p
-    shipped = {q.stem: q for q in (CONFIG_DIR / "recipe").glob("*.yaml")}
+    shipped = shipped_recipes()
     if p.stem in shipped and (p.parent == Path(".") or p.parent.parts[-2:] == ("configs", "recipe")):
         return shipped[p.stem]
-    raise WorldsimError(f"recipe {p} does not exist (shipped recipes: {', '.join(sorted(shipped))})")
+    raise WorldsimError(f"recipe {p} does not exist (shipped recipes: {', '.join(shipped)})")
 
 
 def load_recipe(path: str | Path) -> RecipeConfig:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="worldsim-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("recipe", help="a recipe YAML, or a shipped recipe's name (builtin_v1 ... builtin_v6, doom_v1)")
+    parser.add_argument("recipe", help=f"a recipe YAML, or a shipped recipe's name ({', '.join(shipped_recipes())})")
     parser.add_argument("out", help="folder to record into (resumed if it exists)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every part's episode count")
     parser.add_argument("--jobs", type=int, default=1, help="parts recorded at once, one process each")

@@ -42,3 +42,13 @@ def world_start(
         live.close()
     frames = np.stack([o.frame for o in obs])
     return Start(frames, np.stack([o.c2w for o in obs]).astype(np.float32), keys, mouse, seed)
+
+
+def engine_world_start(engine: Any, seed: int, doom: DoomConfig | None = None) -> Start:
+    """:func:`world_start` for an ``Engine``: world ``seed`` of the checkpoint's world, with its
+    controller's motion and, for DOOM, its levels unless ``doom`` sets a wad or a map
+    (:func:`envs.record.world_config_for`); as many frames as the engine's context."""
+    from envs.record import world_config_for
+
+    world = world_config_for(engine.cfg.env, engine.cfg.controller, doom, engine.cfg.levels)
+    return world_start(seed, engine.context_frames, engine.key_names, engine.frame_size, engine.cfg.env, world=world)

@@ -273,12 +273,14 @@ def test_play_and_gymnasium_start_a_doom_model_on_the_levels_doom_picks(doom_ckp
 
 def test_a_doom_model_starts_on_the_levels_it_was_trained_on_when_no_doom_is_given(tmp_path):
     """A checkpoint's ``levels`` (from its data's meta.json) are the default start of a rollout,
-    the play window's generation process and the Gymnasium env."""
+    the play window's generation process, the Gymnasium env and the benchmarks."""
     pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
     import gymnasium
     from test_engine import make_tiny_checkpoint
 
     from envs.doom import DoomConfig
+    from envs.starts import engine_world_start
+    from worldsim import load_engine
     from worldsim.cli.rollout import RolloutConfig, run_rollout
     from worldsim.data.reader import RolloutDataset
     from worldsim.inference.checkpoint import read_checkpoint_config
@@ -302,3 +304,5 @@ def test_a_doom_model_starts_on_the_levels_it_was_trained_on_when_no_doom_is_giv
         np.testing.assert_array_equal(env.reset(seed=2)[0]["frame"], spawn)
     finally:
         env.close()
+    # worldsim-bench engine and soak start their engines the same way
+    np.testing.assert_array_equal(engine_world_start(load_engine(str(ckpt)), 2).frames[0], spawn)

@@ -17,11 +17,13 @@ from worldsim.data.metrics import PSNR_MAX_DB, psnr, ssim
 from worldsim.eval.evaluate import (
     NIGHT_FRAMES,
     EvalConfig,
+    episode_turn_starts,
     evaluate,
     finite_or_null,
     light_flips_followed,
     night_from_day,
     rollout_against,
+    spawn_turn_starts,
     summary_lines,
     toggle_windows,
     went_dark,
@@ -198,6 +200,19 @@ def test_start_every_rolls_out_from_every_nth_frame_on_that_places_own_context(t
     assert not (tmp_path / "x").exists()
 
 
+def test_eval_turns_from_the_episodes_turn_data_names(tiny, gt_data, tmp_path):
+    from worldsim.inference.engine import load_engine
+
+    data = str(gt_data / "explore")
+    only = {**_rollouts_only(), "turn_starts": 2}
+    cfg = EvalConfig(checkpoint=str(tiny), data=data, out=str(tmp_path / "e"), horizon=4, idm_data=data, **only)
+    m = evaluate(replace(cfg, turn_data=data))
+    want = [s.label for s in episode_turn_starts(data, load_engine(tiny), 2, cfg.turn_seed0)]
+    assert [p["start"] for p in m["turning"]["per_start"]] == want and "episode" in want[0]
+    with pytest.raises(WorldsimError, match="turn_starts must be >= 0"):
+        evaluate(replace(cfg, turn_data=data, turn_starts=-1, out=str(tmp_path / "x")))
+
+
 def test_metrics_json_holds_null_where_a_value_is_undefined():
     m = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x"), "e": np.float64(np.nan)}
     assert finite_or_null(m) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"], "e": None}
@@ -279,26 +294,84 @@ class _StandIn:
         return Chunk(out, np.tile(np.eye(4, dtype=np.float32), (k, 1, 1)))
 
 
-def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
+def _turn_with(monkeypatch, stand_in, starts, horizon, given=None):
+    """``turn_discrimination`` on ``stand_in``, which learns each rollout's truth as the ground
+    truth is drawn (``given``: the world config every start must reach it with)."""
     import worldsim.eval.evaluate as ev
 
+    real = ev.world_rollout
+
+    def recorded(engine, seed, keys, mouse, world=None):
+        assert given is None or world is given  # the eval's world config (DOOM: its wad) reaches the ground truth
+        arrays = real(engine, seed, keys, mouse, world)
+        stand_in.truth = arrays["frames"][len(keys) - horizon - stand_in.context_frames :]  # from the context on
+        return arrays
+
+    monkeypatch.setattr(ev, "world_rollout", recorded)
+    return ev.turn_discrimination(stand_in, starts, horizon=horizon, dx=12.0)
+
+
+def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
     given = BuiltinWorldConfig()
     for oracle, expected in ((True, 1.0), (False, 0.0)):
         stand_in = _StandIn(oracle)
-        real = ev.world_rollout
-
-        def recorded(engine, seed, keys, mouse, world=None, real=real, stand_in=stand_in):
-            assert world is given  # the eval's world config (DOOM: its wad) reaches the ground truth
-            arrays = real(engine, seed, keys, mouse, world)
-            stand_in.truth = arrays["frames"]
-            return arrays
-
-        monkeypatch.setattr(ev, "world_rollout", recorded)
-        res = ev.turn_discrimination(stand_in, [95000, 95001], horizon=8, dx=12.0, world=given)
+        res = _turn_with(monkeypatch, stand_in, spawn_turn_starts(stand_in, [95000, 95001], given), 8, given)
         assert res["discrimination"] == expected and res["by_horizon"] == {"4": expected, "8": expected}
         # After 24 degrees most of the view is still the start view's: with the truth pasted there,
         # even the model that ignores the mouse tells the sides apart.
         assert res["start_view_bound"] == 1.0
+
+
+def test_turns_from_recorded_episodes_start_where_the_recording_was_and_must_replay(gt_data, monkeypatch):
+    """``turn_data``: the context is the recorded frames before a drawn frame (the recording's
+    world replayed under its inputs), and the turn is scored as from a spawn."""
+    from worldsim.data.reader import RolloutDataset
+
+    explore = RolloutDataset(gt_data / "explore")
+    stand_in = _StandIn(oracle=True)
+    starts = episode_turn_starts(str(gt_data / "explore"), stand_in, 3, seed=7)
+    assert len(starts) == 3 and len({s.label for s in starts}) == 3
+    for j, start in enumerate(starts):
+        at = len(start.keys) + 1  # the context ends at frame at - 1, the turn begins there
+        assert stand_in.context_frames <= at <= 24
+        episode = explore.load(j, ("frames", "keys"))
+        np.testing.assert_array_equal(start.recorded, episode["frames"][at - 4 : at])
+        np.testing.assert_array_equal(start.keys, episode["keys"][: at - 1])
+    res = _turn_with(monkeypatch, stand_in, starts, 8)
+    assert res["discrimination"] == 1.0 and [p["start"] for p in res["per_start"]] == [s.label for s in starts]
+    assert _turn_with(monkeypatch, _StandIn(oracle=False), starts, 8)["discrimination"] == 0.0
+    # a start whose replay is not its recording (here: a frame off) is refused
+    late = replace(starts[0], keys=np.concatenate([starts[0].keys, starts[0].keys[-1:]]))
+    late = replace(late, mouse=np.concatenate([starts[0].mouse, starts[0].mouse[-1:]]))
+    with pytest.raises(WorldsimError, match="does not replay to its recorded frames"):
+        _turn_with(monkeypatch, stand_in, [late], 8)
+    # more starts than episodes: round after round, each start at its own frame
+    more = episode_turn_starts(str(gt_data / "explore"), stand_in, 5, seed=7)
+    assert [s.label.split(" frame")[0] for s in more] == [f"explore episode {i}" for i in (0, 1, 2, 0, 1)]
+    assert [s.label for s in more[:3]] == [s.label for s in starts]
+    # refused before any slow work, in one line each
+    import worldsim.eval.evaluate as ev
+
+    real = ev.world_rollout
+
+    def shifted(*args, **kwargs):  # the truth one frame late
+        arrays = real(*args, **kwargs)
+        return {**arrays, "frames": np.roll(arrays["frames"], 1, 0)}
+
+    monkeypatch.setattr(ev, "world_rollout", shifted)
+    with pytest.raises(WorldsimError, match="episode 0 frame .* does not replay to its recorded frames"):
+        episode_turn_starts(str(gt_data / "explore"), stand_in, 1, seed=7)
+    monkeypatch.setattr(ev, "world_rollout", real)
+    other = _StandIn(oracle=True)
+    other.cfg = SimpleNamespace(controller=replace(CameraControllerConfig(), move_speed_mps=3.0), env="builtin")
+    with pytest.raises(WorldsimError, match="recorded with another camera controller than the checkpoint's"):
+        episode_turn_starts(str(gt_data / "explore"), other, 1, seed=7)
+    other.cfg = SimpleNamespace(controller=CameraControllerConfig(), env="doom")
+    with pytest.raises(WorldsimError, match="records the 'builtin' world, the checkpoint plays 'doom'"):
+        episode_turn_starts(str(gt_data / "explore"), other, 1, seed=7)
+    stand_in.context_frames = 25  # more than the 24 frames an episode holds
+    with pytest.raises(WorldsimError, match="episode 0 has 24 frames, fewer than the 25 of context"):
+        episode_turn_starts(str(gt_data / "explore"), stand_in, 1, seed=7)
 
 
 class _Episodes:

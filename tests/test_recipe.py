@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from envs.recipe import RecipeConfig, RecipePart, check_disjoint_seeds, load_recipe, run_recipe
+from envs.recipe import RecipeConfig, RecipePart, check_disjoint_seeds, load_recipe, main, run_recipe
 from worldsim.core.config import CONFIG_DIR
 from worldsim.core.errors import WorldsimError
 from worldsim.data.reader import RolloutDataset
@@ -22,6 +22,14 @@ def test_a_shipped_recipe_is_found_by_name_or_by_its_old_checkout_path(tmp_path,
     assert load_recipe("configs/recipe/builtin_v1.yaml") == want
     with pytest.raises(WorldsimError, match="shipped recipes: builtin_v1, builtin_v2"):
         load_recipe("builtin_v9")
+
+
+def test_help_names_every_shipped_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the list across lines
+    for path in (CONFIG_DIR / "recipe").glob("*.yaml"):
+        assert path.stem in help_text
 
 
 def test_overlapping_seeds_and_bad_keys_are_refused(tmp_path):

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.starts import world_start
+from envs.starts import engine_world_start
 from worldsim.core.camera import make_c2w
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.precision import resolve_bf16
@@ -111,7 +111,7 @@ def _paired_chunk_times(
     run slows them alike and their ratio holds."""
     first = engines[0]
     k = first.chunk_frames
-    start = world_start(seed, first.context_frames, first.key_names, first.frame_size, first.cfg.env)
+    start = engine_world_start(first, seed)
     for engine in engines:
         engine.reset(*start.arrays())
     acts = make_policy(policy, first.key_names, first.cfg.controller).actions(
@@ -335,7 +335,7 @@ def bench_engine(
     res["params_M"] = sum(p.numel() for p in engine.model.parameters()) / 1e6
     t0 = time.perf_counter()
     fresh = load_engine(checkpoint, device=device, bf16=False)
-    fresh.reset(*world_start(1, fresh.context_frames, fresh.key_names, fresh.frame_size, fresh.cfg.env).arrays())
+    fresh.reset(*engine_world_start(fresh, 1).arrays())
     k = fresh.chunk_frames
     fresh.step(np.zeros((k, len(fresh.key_names)), np.uint8), np.zeros((k, 2), np.float32))
     res["first_chunk_s"] = time.perf_counter() - t0

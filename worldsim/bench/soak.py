@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from envs.starts import world_start
+from envs.starts import engine_world_start
 from worldsim.core.errors import WorldsimError
 from worldsim.data.policies import make_policy
 from worldsim.inference.engine import load_engine
@@ -48,7 +48,7 @@ def bench_soak(
             f"--window must be a positive multiple of the chunk length ({k}) and --frames at least two windows; "
             f"got --window {window} --frames {frames}"
         )
-    start = world_start(seed, engine.context_frames, engine.key_names, engine.frame_size, engine.cfg.env)
+    start = engine_world_start(engine, seed)
     engine.reset(*start.arrays())
     n_chunks = frames // k
     acts = make_policy("explore", engine.key_names, engine.cfg.controller).actions(

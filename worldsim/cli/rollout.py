@@ -24,7 +24,7 @@ from tqdm import tqdm
 from envs.doom import DoomConfig
 from envs.record import rollout as env_rollout
 from envs.record import world_config_for
-from envs.starts import world_start
+from envs.starts import engine_world_start
 from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
@@ -123,8 +123,7 @@ def run_rollout(cfg: RolloutConfig, engine: Engine | None = None) -> dict[str, A
     if cfg.start_data:
         start = episode_start(cfg.start_data, cfg.start_episode, n, engine.key_names, engine.frame_size)
     else:
-        world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
-        start = world_start(cfg.seed, n, engine.key_names, engine.frame_size, engine.cfg.env, world=world)
+        start = engine_world_start(engine, cfg.seed, cfg.doom)
     world_seed = start.seed
     engine.reset(*start.arrays())
     context, ctx_keys, ctx_mouse = start.frames, start.keys, start.mouse

@@ -13,7 +13,8 @@ same inputs, on held-out data:
   where the camera is back where it started (retrace: steered back by the pose, in worlds with
   walls): PSNR of the last chunk vs ground truth and vs the baseline, and how many went dark
   (a frame's mean below ``DARK_MEAN``) where the ground truth did not.
-* **turning**: from the same start, turn-left and turn-right inputs; a start counts when each
+* **turning**: from the same start (a world seed's spawn, or a place in recorded episodes:
+  ``turn_data``), turn-left and turn-right inputs; a start counts when each
   rollout is closer (MSE) to its own ground truth than to the other's. Beside it, the same score
   with the truth pasted wherever the start view still reaches: the part of the view no model
   could know from the context decides the rest.
@@ -78,6 +79,10 @@ class EvalConfig:
     idm_steps: int = 400
     turn_starts: int = 32  # 0 = skip
     turn_seed0: int = 95000  # world seeds turn_seed0 .. turn_seed0 + turn_starts - 1
+    # Turn from places in recorded episodes instead (a dataset folder): turn_starts starts spread
+    # over its episodes (several per episode when fewer), at frames drawn from turn_seed0 (a
+    # single DOOM level has one spawn view)
+    turn_data: str = ""
     turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
     drift_frames: int = 1000  # 0 = skip
     drift_seed: int = 96000
@@ -113,13 +118,89 @@ def _told_apart(gens: dict[str, np.ndarray], gts: dict[str, np.ndarray], h: int)
     return ok, {side: mse[side, side] for side in gens}
 
 
-def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: float, world: Any = None) -> dict[str, Any]:
-    """Left vs right from the same (held-still) start in each world seed. A start counts when
+@dataclass(frozen=True)
+class TurnStart:
+    """Where a turn starts: world ``seed`` of ``world`` (an env config, as
+    :func:`worldsim.eval.ground_truth.world_rollout` takes it) driven by ``keys (p, K)`` uint8 and
+    ``mouse (p, 2)`` float32 up to the turn (``p >= context - 1``); the turn's first input takes
+    frame ``p`` to ``p + 1``, and the context is frames ``p + 1 - context .. p``. ``recorded``: the
+    frames a recording showed for that context (the replay must draw them again), or None."""
+
+    seed: int
+    world: Any
+    keys: np.ndarray
+    mouse: np.ndarray
+    label: str
+    recorded: np.ndarray | None = None
+
+
+def spawn_turn_starts(engine: Engine, seeds: list[int], world: Any) -> list[TurnStart]:
+    """The spawn view of each world seed held still for the context."""
+    p, kk = engine.context_frames - 1, len(engine.key_names)
+    zeros = np.zeros((p, kk), np.uint8), np.zeros((p, 2), np.float32)
+    return [TurnStart(seed, world, *zeros, f"world {seed}") for seed in seeds]
+
+
+def episode_turn_starts(data: str, engine: Engine, count: int, seed: int) -> list[TurnStart]:
+    """``count`` starts in recorded episodes of ``data`` (spread over them as the rollouts'
+    episodes are, round after round when ``count`` exceeds them), each at a frame drawn from
+    ``seed`` + its index: the world the recording played (its seed, levels and controller)
+    driven by the recorded inputs up to that frame. For a world with one spawn (a single DOOM
+    level) these are the places a turn can differ. Each start is replayed here, before any slow
+    work: ``WorldsimError`` when the replay draws other frames than the recording, when the data
+    are another world's or recorded with another controller than the checkpoint's, or when an
+    episode is shorter than the context."""
+    from envs.record import world_config_for
+
+    n = engine.context_frames
+    picked = _episodes(data, engine, count) if count > 0 else []
+    starts = []
+    for j in range(count):
+        ds, i = picked[j % len(picked)]
+        where = f"turn_data {ds.root}"
+        if ds.meta.env != engine.cfg.env:
+            raise WorldsimError(f"{where} records the {ds.meta.env!r} world, the checkpoint plays {engine.cfg.env!r}")
+        if ds.meta.controller() != engine.cfg.controller:
+            raise WorldsimError(f"{where} was recorded with another camera controller than the checkpoint's")
+        ep = ds.load(i, ("frames", "keys", "mouse"))
+        if len(ep["frames"]) < n:
+            raise WorldsimError(f"{where} episode {i} has {len(ep['frames'])} frames, fewer than the {n} of context")
+        at = int(np.random.default_rng(seed + j).integers(n, len(ep["frames"]) + 1))  # context: frames at-n .. at-1
+        world = world_config_for(ds.meta.env, ds.meta.controller(), None, ds.meta.levels())
+        start = TurnStart(
+            ds.episodes[i].seed,
+            world,
+            ep["keys"][: at - 1].copy(),
+            ep["mouse"][: at - 1].copy(),
+            f"{ds.root.name} episode {i} frame {at}",
+            ep["frames"][at - n : at].copy(),
+        )
+        last = np.zeros((1, ep["keys"].shape[1]), np.uint8), np.zeros((1, 2), np.float32)  # a row that draws frame at-1
+        replay = world_rollout(
+            engine, start.seed, np.concatenate([start.keys, last[0]]), np.concatenate([start.mouse, last[1]]), world
+        )
+        _check_replay(start, replay["frames"][at - n : at])
+        starts.append(start)
+    return starts
+
+
+def _check_replay(start: TurnStart, frames: np.ndarray) -> None:
+    """``WorldsimError`` when a recorded start's context, replayed, is not what was recorded."""
+    if start.recorded is not None and not np.array_equal(frames, start.recorded):
+        raise WorldsimError(
+            f"turning: {start.label} does not replay to its recorded frames (recorded with another world config?)"
+        )
+
+
+def turn_discrimination(engine: Engine, starts: list[TurnStart], horizon: int, dx: float) -> dict[str, Any]:
+    """Left vs right from each start (:class:`TurnStart`): after the context, the mouse turns by
+    ``dx`` pixels per frame one way or the other and no key is pressed. A start counts when
     each rollout's MSE to its own ground truth is below its MSE to the other's, over the whole
     horizon (``discrimination``) and over its first 4, 8, 16... frames (``by_horizon``: where
     tracking is lost). ``start_view_bound`` scores the generated frames with the truth pasted
     wherever the start view reaches (the camera only turns, so that part is fixed by the context
-    frames): what tracking alone can reach; the rest of the view is new to the model."""
+    frames): what tracking alone can reach; the rest of the view is new to the model. Raises
+    ``WorldsimError`` when a recorded start's replay draws other frames than its recording."""
     from worldsim.core.camera import rotation_reprojection
 
     n, kk = engine.context_frames, len(engine.key_names)
@@ -127,13 +208,17 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
     wins = dict.fromkeys(prefixes, 0)
     bound_wins = 0
     per_start = []
-    for seed in tqdm(seeds, desc="turning", unit="start"):
+    for start in tqdm(starts, desc="turning", unit="start"):
+        p = len(start.keys)
         gens, gts, pasted = {}, {}, {}
         for side, sign in (("left", -1.0), ("right", 1.0)):
-            keys = np.zeros((n + horizon, kk), np.uint8)
-            mouse = np.zeros((n + horizon, 2), np.float32)
-            mouse[n - 1 :, 0] = sign * dx
-            arrays = world_rollout(engine, seed, keys, mouse, world)
+            keys = np.zeros((p + 1 + horizon, kk), np.uint8)
+            mouse = np.zeros((p + 1 + horizon, 2), np.float32)
+            keys[:p], mouse[:p] = start.keys, start.mouse
+            mouse[p:, 0] = sign * dx
+            whole = world_rollout(engine, start.seed, keys, mouse, start.world)
+            arrays = {name: whole[name][p + 1 - n :] for name in ("frames", "c2w", "keys", "mouse")}
+            _check_replay(start, arrays["frames"][:n])
             gens[side], gts[side] = rollout_against(engine, arrays, horizon)
             c2w = arrays["c2w"]
             _, seen = rotation_reprojection(c2w[n : n + horizon], c2w[n - 1], engine.intrinsics, *engine.frame_size)
@@ -143,13 +228,14 @@ def turn_discrimination(engine: Engine, seeds: list[int], horizon: int, dx: floa
             wins[h] += ok
         bound_ok, _ = _told_apart(pasted, gts, horizon)
         bound_wins += bound_ok
-        per_start.append({"seed": seed, "own_mse": [own["left"], own["right"]], "correct": ok})
-    starts = max(1, len(seeds))
+        own_mse = [own["left"], own["right"]]
+        per_start.append({"seed": start.seed, "start": start.label, "own_mse": own_mse, "correct": ok})
+    count = max(1, len(starts))
     return {
-        "starts": len(seeds),
-        "discrimination": wins[horizon] / starts,
-        "by_horizon": {str(h): w / starts for h, w in wins.items()},
-        "start_view_bound": bound_wins / starts,
+        "starts": len(starts),
+        "discrimination": wins[horizon] / count,
+        "by_horizon": {str(h): w / count for h, w in wins.items()},
+        "start_view_bound": bound_wins / count,
         "per_start": per_start,
     }
 
@@ -242,6 +328,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     if cfg.start_every < 0:
         raise WorldsimError(f"start_every must be >= 0 (0: one rollout per episode), got {cfg.start_every}")
+    if cfg.turn_starts < 0:
+        raise WorldsimError(f"turn_starts must be >= 0 (0: no turning), got {cfg.turn_starts}")
     out = require_writable_dir(cfg.out, "out")
     engine = load_engine(
         cfg.checkpoint,
@@ -254,6 +342,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     )
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
+    if cfg.turn_data:
+        turn_starts = episode_turn_starts(cfg.turn_data, engine, cfg.turn_starts, cfg.turn_seed0)
+    else:
+        seeds = list(range(cfg.turn_seed0, cfg.turn_seed0 + cfg.turn_starts))
+        turn_starts = spawn_turn_starts(engine, seeds, world)
     if cfg.memory_revisits.starts:
         cfg.memory_revisits.bank()
     windows = []
@@ -369,10 +462,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             for p, r in revisit.items()
         },
     }
-    # Step 3: turning and drift, from fresh starts in held-out world seeds.
+    # Step 3: turning (from held-out world seeds, or places in turn_data) and drift (a held-out world seed).
     if cfg.turn_starts:
-        seeds = list(range(cfg.turn_seed0, cfg.turn_seed0 + cfg.turn_starts))
-        metrics["turning"] = turn_discrimination(engine, seeds, horizon, cfg.turn_dx, world)
+        metrics["turning"] = turn_discrimination(engine, turn_starts, horizon, cfg.turn_dx)
     if cfg.drift_frames:
         metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames, world)
     if windows:

@@ -18,7 +18,7 @@ Rewards are 0 and episodes never end by themselves (wrap in ``TimeLimit`` or pas
 ``max_episode_steps`` to ``gymnasium.make``).
 
 ``reset(seed=s, options=...)`` starts from ground truth: by default the spawn view of world ``s``
-held still (``envs.starts.world_start`` in the checkpoint's world), or with
+held still (``envs.starts.engine_world_start`` in the checkpoint's world), or with
 ``options={"dataset": path, "episode": i, "start_frame": t}`` frames of a recorded episode
 (``worldsim.data.starts.episode_start``). ``options["world_seed"]`` picks the world apart from
 ``seed``; ``seed`` also restarts the engine's noise, so the same seed and actions replay the same
@@ -35,8 +35,7 @@ import numpy as np
 
 from envs.doom import DoomConfig
 from envs.gym import RENDER_MODES, action_space, check_render_mode, observation_space, split_action
-from envs.record import world_config_for
-from envs.starts import world_start
+from envs.starts import engine_world_start
 from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
 from worldsim.data.starts import Start, episode_start
@@ -99,9 +98,7 @@ class WorldModelEnv(gymnasium.Env):
                 start=int(opts["start_frame"]),
             )
         world_seed = options.get("world_seed", opts["world_seed"] if seed is None else seed)
-        # The truth's levels and motion.
-        world = world_config_for(eng.cfg.env, eng.cfg.controller, self.doom, eng.cfg.levels)
-        return world_start(int(world_seed), eng.context_frames, eng.key_names, eng.frame_size, eng.cfg.env, world=world)
+        return engine_world_start(eng, int(world_seed), self.doom)  # the truth's levels and motion
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start from ground truth (see the module docstring) -> the context's last frame and pose.
