@@ -175,10 +175,7 @@ def episode_turn_starts(data: str, engine: Engine, count: int, seed: int) -> lis
             f"{ds.root.name} episode {i} frame {at}",
             ep["frames"][at - n : at].copy(),
         )
-        last = np.zeros((1, ep["keys"].shape[1]), np.uint8), np.zeros((1, 2), np.float32)  # a row that draws frame at-1
-        replay = world_rollout(
-            engine, start.seed, np.concatenate([start.keys, last[0]]), np.concatenate([start.mouse, last[1]]), world
-        )
+        replay = world_rollout(engine, start.seed, ep["keys"][:at], ep["mouse"][:at], world)  # frames 0 .. at-1
         _check_replay(start, replay["frames"][at - n : at])
         starts.append(start)
     return starts
