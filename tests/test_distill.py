@@ -410,7 +410,32 @@ def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_
     assert out.generator_loss is None and not out.samples.requires_grad
 
 
-LONG = {"free_chunks": 1, "idle_prob": 0.5, "idle_chunks": 2, "context_sigma": 0.2}
+def test_a_still_players_window_regresses_to_the_last_context_frame(small_dataset, teacher):
+    """distill.still_regression: with the fake score equal to the real one (a zero DMD step), a
+    still plan's generator gradient is exactly that of the weighted mean squared error of the
+    window to the true context's last frame; recorded plans and fake-score-only iterations add
+    nothing."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)
+    dmd.dc = dataclasses.replace(dmd.dc, idle_prob=0.5, idle_chunks=1, still_regression=0.5)
+    plan = RolloutPlan([0, 1], free=1, still=True)
+    out = dmd(batch, True, plan, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    truth = batch.x0[:, 3:4].expand_as(out.samples)  # a still rollout starts at the clip's start: 2 chunks of 2 frames
+    want = torch.nn.functional.mse_loss(out.samples, truth)
+    torch.testing.assert_close(out.still_mse, want, atol=1e-6, rtol=0)
+    out.generator_loss.backward(retain_graph=True)
+    got = [p.grad.clone() for p in dmd.nets.generator.parameters()]
+    dmd.nets.generator.zero_grad(set_to_none=True)
+    (0.5 * want).backward()
+    for a, b in zip(got, (p.grad for p in dmd.nets.generator.parameters()), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any(a.abs().sum() > 0 for a in got)
+    recorded = dmd(batch, True, RolloutPlan([0, 1], free=1), torch.Generator(), torch.Generator())
+    fake_only = dmd(batch, False, plan, torch.Generator(), torch.Generator())
+    assert recorded.still_mse is None and fake_only.still_mse is None and fake_only.generator_loss is None
+
+
+LONG = {"free_chunks": 1, "idle_prob": 0.5, "idle_chunks": 2, "context_sigma": 0.2, "still_regression": 1.0}
 
 
 @pytest.mark.parametrize("long", [{}, LONG], ids=["window", "long_rollouts"])
@@ -424,6 +449,7 @@ def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_da
         b = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert {"dmd_loss", "fake_loss", "rollout_psnr_db"} <= set(summary)
+    assert ("still_psnr_db" in summary) == bool(long) and 0 < summary.get("still_psnr_db", 1) < 100
     w = load_file(str(tmp_path / "b" / "last" / "weights.safetensors"))
     _, t, _ = load_checkpoint(teacher)
     moved = [n for n, p in t.state_dict().items() if not torch.equal(w[f"generator.{n}"], p)]
@@ -468,6 +494,8 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, free_chunks=9))
     with pytest.raises(WorldsimError, match=r"idle_prob in \[0, 1\] .* got 0, 0, 1.5, 0.0"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.5))
+    with pytest.raises(WorldsimError, match=r"still_regression .* needs still rollouts .* got 1.0 with idle_prob 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_regression=1.0))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)

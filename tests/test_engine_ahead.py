@@ -76,7 +76,7 @@ def _guess_nothing(eng):
 
     def prepare(guess=True):
         if eng._prepared is None:
-            with torch.inference_mode():
+            with torch.inference_mode(), eng.amp:  # as the engine's own prepare() (bf16 where the CPU has it)
                 eng.rollout.flush(eng.rng)
             eng._prepared = _Prepared(None, None, 0.0)
 

@@ -84,14 +84,21 @@ def test_presses_are_exact_only_when_a_held_key_is_one_press(truth_into):
         assert wrong[length]["exact"] < 2 and wrong[length]["generated_turns"] > wrong[length]["truth_turns"]
 
 
-def test_idle_credits_a_still_view_and_catches_one_that_fades(truth_into):
+def test_idle_credits_a_still_view_and_catches_one_that_fades(truth_into, monkeypatch):
     good = st.idle(truth_into(_LightStandIn("oracle")), 99000, 40)
     assert good["within_truth_range"] == 1.0 and good["psnr_db_tail"] == PSNR_MAX_DB
     fading = st.idle(truth_into(_LightStandIn("fading")), 99000, 240)
     assert fading["within_truth_range"] < 0.9 and fading["psnr_db_tail"] < 30
     assert fading["gen_mean_tail"] < good["gen_mean_tail"] - 8
-    # the headline is the last IDLE_TAIL frames, where the fade has gone furthest
+    # the headline is the last tenth of the frames (at least IDLE_TAIL), where the fade has gone furthest
+    assert fading["tail_frames"] == st.IDLE_TAIL == 200
     assert fading["psnr_db_tail"] == pytest.approx(np.mean(fading["psnr_db_by_frame"][-st.IDLE_TAIL :]))
+    monkeypatch.setattr(st, "IDLE_TAIL", 20)  # a long rollout's tail at the size of a short one's
+    long = st.idle(truth_into(_LightStandIn("fading")), 99000, 400)
+    assert long["tail_frames"] == 40
+    by_frame = long["psnr_db_by_frame"]
+    assert long["psnr_db_tail"] == pytest.approx(np.mean(by_frame[-40:]))
+    assert long["psnr_db_tail"] != pytest.approx(np.mean(by_frame[-20:]))  # the tail is not constant
     assert fading["psnr_db_tail"] < fading["psnr_db_first_100"] - 3
     # a brightness shift beyond the tolerance leaves the range even where the contrast is right
     for shifted in ("brighter", "darker"):

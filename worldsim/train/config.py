@@ -138,6 +138,11 @@ class DistillConfig:
     # The rollouts' context noise (the student's sampler.context_sigma, exported with it); the
     # scores read the clean context noised to the same level.
     context_sigma: float = 0.0
+    # Weight of the still player's regression to the truth (ours; DMD's regression loss, Yin et
+    # al. 2024, in the one place the truth needs no recording): the world does not change while
+    # nothing is pressed and the pose is held, so every frame of a still rollout's window is the
+    # last context frame. Added to the DMD loss of still iterations; 0 = off.
+    still_regression: float = 0.0
 
 
 @dataclass
@@ -258,9 +263,10 @@ DISTILL_FIELDS = {
         "idle_prob",
         "idle_chunks",
         "context_sigma",
+        "still_regression",
     ),
 }
-LONG_ROLLOUT_FIELDS = ("free_chunks", "idle_prob", "idle_chunks", "context_sigma")
+LONG_ROLLOUT_FIELDS = ("free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression")
 DISTILL_STAGES = tuple(DISTILL_FIELDS)
 # The teacher-group fields that choose the clips a student stage reads (DMD's rollouts start
 # from recent true context only: a retrieved view would leave the window as the rollout goes).

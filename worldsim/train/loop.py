@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from tqdm import tqdm
 
+from worldsim.core.atomic import write_text
 from worldsim.core.errors import WorldsimError
 from worldsim.core.optim import lr_at
 from worldsim.core.precision import describe_bf16, resolve_bf16
@@ -34,6 +35,15 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _drop_rows_after(log_path: Path, step: int) -> None:
+    """Keep the header and the rows up to ``step`` of a run's ``log.csv`` (atomically): a run
+    killed between checkpoints logged steps its resume replays, and each step is logged once."""
+    lines = log_path.read_bytes().decode("utf-8").splitlines(keepends=True)  # keeps csv's \r\n
+    kept = lines[:1] + [row for row in lines[1:] if row.strip() and int(row.split(",", 1)[0]) <= step]
+    if len(kept) < len(lines):
+        write_text(log_path, "".join(kept))
 
 
 class TrainLoop(Generic[M]):
@@ -121,6 +131,8 @@ class TrainLoop(Generic[M]):
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "log.csv"
         new_log = not (cfg.resume and log_path.exists())
+        if main and not new_log:
+            _drop_rows_after(log_path, self.step)
         log = open(log_path, "w" if new_log else "a", newline="") if main else None
         writer = csv.writer(log) if log else None
         if writer and new_log:

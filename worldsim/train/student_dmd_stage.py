@@ -21,7 +21,11 @@ mixed in as the teacher was trained):
 3. every ``generator_every``-th iteration (the first after ``generator_every - 1`` fake-score
    updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
-   score learns the student's current samples by flow matching.
+   score learns the student's current samples by flow matching. On a still player's iterations
+   ``distill.still_regression`` (ours) adds the window's regression to its truth, the last
+   context frame (the world does not change while nothing is pressed): DMD's regression loss
+   (Yin et al. 2024) where the truth needs no recording, against the teacher's own drift to
+   night and noise on long idle rollouts, which DMD alone copies.
 
 Both networks train in fp32 master weights (bf16 autocast where the CPU has it) with AdamW
 (``beta1``), each with its own gradient clipping and learning rate (``fake_lr_scale``), under
@@ -47,8 +51,9 @@ from worldsim.data.frames import open_datasets
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.diffusion.schedule import shift_sigma
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint, save_checkpoint
-from worldsim.inference.context import CameraRays, History
-from worldsim.inference.rollout import ChunkRollout
+from worldsim.inference.context import CameraRays, ConditioningConfig, History
+from worldsim.inference.rollout import ChunkRollout, default_policy
+from worldsim.model.codec import Codec, tensor_to_frames
 from worldsim.model.dit import WorldModel
 from worldsim.train.config import DistillConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
@@ -57,7 +62,7 @@ from worldsim.train.objectives import dmd_loss, rollout_scores
 from worldsim.train.ode_pairs import load_teacher, require_clips, teacher_sha256
 from worldsim.train.student_ode_stage import check_student_start
 from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit
-from worldsim.train.teacher_stage import rollout_preview
+from worldsim.train.teacher_stage import preview_episodes, psnr_db, rollout_preview
 
 
 class DMDNetworks(nn.Module):
@@ -74,12 +79,23 @@ class DMDNetworks(nn.Module):
 @dataclass
 class DMDStep:
     """What one iteration computed. ``samples (B, M * k, C, h, w)``: the window's generated frames
-    (with gradient when the generator stepped); ``generator_loss``: the DMD loss (None on
-    iterations where only the fake score learns); ``fake_loss``: the fake score's flow loss."""
+    (with gradient when the generator stepped); ``dmd_loss``: the DMD loss (None on iterations
+    where only the fake score learns); ``fake_loss``: the fake score's flow loss; ``still_mse``:
+    on a still player's generator steps with ``distill.still_regression`` on, the mean squared
+    error (normalised latents) of the window to the last context frame, else None."""
 
     samples: torch.Tensor
-    generator_loss: torch.Tensor | None
+    dmd_loss: torch.Tensor | None
     fake_loss: torch.Tensor
+    still_mse: torch.Tensor | None = None
+    still_weight: float = 0.0
+
+    @property
+    def generator_loss(self) -> torch.Tensor | None:
+        """What the student minimises: the DMD loss plus ``still_weight`` times ``still_mse``."""
+        if self.dmd_loss is None or self.still_mse is None:
+            return self.dmd_loss
+        return self.dmd_loss + self.still_weight * self.still_mse
 
 
 @dataclass
@@ -242,11 +258,55 @@ class SelfForcingDMD:
                 real = score(self.teacher, xt, levels, self.dc.real_guidance)
                 fake = score(self.nets.fake_score, xt, levels)
             loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
+        still = None
+        if generator_step and plan.still and self.dc.still_regression > 0:
+            # The world does not change while nothing is pressed and the pose is held: every frame
+            # of the window is, in truth, the last context frame.
+            truth = self.context(batch, plan)[:, -1:].expand_as(x)
+            still = F.mse_loss(x.float(), truth.float())
         levels = self._levels(b, m, g, dev)
         xt, eps = noised(levels)
         v = score(self.nets.fake_score, xt, levels)
         loss_f = F.mse_loss(v.float(), (eps - x.detach()).float())
-        return DMDStep(x, loss_g, loss_f)
+        return DMDStep(x, loss_g, loss_f, still, self.dc.still_regression)
+
+
+STILL_PREVIEW_CHUNKS = 64  # chunks a still player stands in the previews
+
+
+@torch.no_grad()
+def still_preview(
+    model: WorldModel,
+    codec: Codec,
+    val: EncodedSplit,
+    cond: ConditioningConfig,
+    sampler: SamplerConfig,
+    idle_action: torch.Tensor,
+    seed: int,
+) -> dict[str, float]:
+    """A still player on the preview episodes (``preview_episodes``): after each one's true
+    context, ``STILL_PREVIEW_CHUNKS`` chunks of the idle input ``idle_action (A,)`` at the last
+    context pose, through the engine's rollout -> ``still_psnr_db``: the PSNR (dB) of the last
+    chunk's decoded frames to the last context frame, which is the truth (the world does not
+    change); ``{}`` when no episode holds a context."""
+    k = model.cfg.chunk_frames
+    n_ctx, n_gen = cond.context_chunks * k, STILL_PREVIEW_CHUNKS * k
+    eps = preview_episodes(val, n_ctx)
+    if not eps:
+        return {}
+    mean, std = cond.stats(model.cfg.latent_shape()[0])
+    dev = next(model.parameters()).device
+    lat = torch.stack([(val.latents[e][:n_ctx].float() - mean) / std for e in eps]).to(dev)
+    act = torch.stack([val.actions[e][:n_ctx] for e in eps]).to(dev)
+    c2w = torch.stack([val.c2w[e][:n_ctx] for e in eps]).to(dev)
+    gen = ChunkRollout(model, sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
+    g = torch.Generator(device=dev).manual_seed(seed)
+    gen.reset(lat, act, c2w, g)
+    still_act = idle_action.to(dev, act.dtype).expand(len(eps), n_gen, -1)
+    z = gen.rollout(still_act, c2w[:, -1:].expand(len(eps), n_gen, 4, 4), g)[:, -k:].cpu()
+    frames = tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1))).reshape(len(eps), k, *val.frame_size, 3)
+    truth = [np.repeat(val.frames(e, n_ctx - 1, n_ctx), k, 0) for e in eps]
+    return {"still_psnr_db": float(np.mean([psnr_db(f, t) for f, t in zip(frames.numpy(), truth, strict=True)]))}
 
 
 def _check(dc: DistillConfig) -> None:
@@ -264,6 +324,11 @@ def _check(dc: DistillConfig) -> None:
         raise WorldsimError(
             f"distill.free_chunks and idle_chunks must be >= 0, idle_prob in [0, 1] and context_sigma in [0, 1), "
             f"got {dc.free_chunks}, {dc.idle_chunks}, {dc.idle_prob}, {dc.context_sigma}"
+        )
+    if dc.still_regression < 0 or (dc.still_regression > 0 and dc.idle_prob == 0):
+        raise WorldsimError(
+            f"distill.still_regression must be >= 0, and needs still rollouts (distill.idle_prob > 0), got "
+            f"{dc.still_regression} with idle_prob {dc.idle_prob}"
         )
     if dc.fake_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
         raise WorldsimError(
@@ -313,6 +378,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         {"params": list(nets.fake_score.parameters()), "lr_scale": dc.fake_lr_scale},
     ]
     metrics = ["dmd_loss", "fake_loss", "rollout_psnr_db", "copy_last_psnr_db"]
+    if dc.still_regression > 0:  # runs from before the option keep their log's columns
+        metrics += ["still_mse", "still_psnr_db"]
     loop = TrainLoop(
         dataclasses.replace(cfg, init_from=""),
         nets,
@@ -363,9 +430,11 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             out = dmd(batch, generator_step, plan, g, g_dev)
         loss = out.fake_loss.float()
         last["fake_loss"] = loss.item()
-        if out.generator_loss is not None:
+        if out.dmd_loss is not None and out.generator_loss is not None:
             loss = loss + out.generator_loss.float()
-            last["dmd_loss"] = out.generator_loss.item()
+            last["dmd_loss"] = out.dmd_loss.item()
+        if out.still_mse is not None:
+            last["still_mse"] = out.still_mse.item()
         return loss, len(batch.x0)
 
     def periodic(step: int) -> dict[str, float]:
@@ -374,6 +443,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             student = loop.ema.generator if d.device.type == "cpu" else copy.deepcopy(loop.ema.generator).cpu()
             png = loop.out / "previews" / f"step_{step:06d}.png"
             out.update(rollout_preview(student, codec, val, cond, sampler, cfg.seed, png))
+            if dc.still_regression > 0:
+                out.update(still_preview(student, codec, val, cond, sampler, idle, cfg.seed))
         return out
 
     def export(step: int, metrics: dict[str, float]) -> None:

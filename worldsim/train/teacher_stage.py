@@ -131,7 +131,8 @@ def _action_adapter(init_from: str, encoder: ActionEncoder) -> Callable[[dict[st
     return adapt
 
 
-def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames ``a`` against ``b`` (same shape), over all their pixels."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0**2
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
@@ -294,6 +295,13 @@ def _val_loss(model: WorldModel, clips: ClipSampler, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
+def preview_episodes(val: EncodedSplit, frames: int) -> list[int]:
+    """The held-out episodes previews roll out: ``PREVIEW_EPISODES`` spread over ``val``, those
+    of at least ``frames`` frames."""
+    spread = np.linspace(0, len(val.latents) - 1, PREVIEW_EPISODES).round().astype(int)
+    return [int(e) for e in spread if len(val.latents[e]) >= frames]
+
+
 def rollout_preview(
     model: WorldModel,
     codec: Codec,
@@ -309,11 +317,7 @@ def rollout_preview(
     episode is long enough."""
     k = model.cfg.chunk_frames
     n_ctx, n_gen = cond.context_chunks * k, PREVIEW_CHUNKS * k
-    eps = [
-        e
-        for e in np.linspace(0, len(val.latents) - 1, PREVIEW_EPISODES).round().astype(int)
-        if len(val.latents[e]) >= n_ctx + n_gen
-    ]
+    eps = preview_episodes(val, n_ctx + n_gen)
     if not eps:
         return {}
     mean, std = cond.stats(model.cfg.latent_shape()[0])
@@ -334,8 +338,8 @@ def rollout_preview(
     rows, ours, base = [], [], []
     for j, e in enumerate(eps):
         gt = val.frames(e, 0, n_ctx + n_gen)
-        ours.append(_psnr_db(frames[j], gt[n_ctx:]))
-        base.append(_psnr_db(np.repeat(gt[n_ctx - 1 : n_ctx], n_gen, 0), gt[n_ctx:]))
+        ours.append(psnr_db(frames[j], gt[n_ctx:]))
+        base.append(psnr_db(np.repeat(gt[n_ctx - 1 : n_ctx], n_gen, 0), gt[n_ctx:]))
         rows += [gt[n_ctx:], frames[j]]
     png.parent.mkdir(parents=True, exist_ok=True)
     write_png(png, contact_sheet(rows))
