@@ -95,6 +95,20 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     assert measured > claimed - 4.0, (measured, claimed)
 
 
+def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds():
+    """student_builtin_v2 (README): the 2-step student of teacher_builtin_v2, playing with its
+    context noised to 0.4, as it was trained and evaluated."""
+    from worldsim import load_engine
+
+    folder = ASSETS / "student_builtin_v2"
+    engine = load_engine(folder, bf16=False)  # as the claimed metrics were measured
+    sampler = engine.cfg.sampler
+    assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", 2, 0.4)
+    assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == 500
+    claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
+    assert measured > claimed - 4.0, (measured, claimed)
+
+
 def test_shipped_doom_teacher_starts_on_its_level_and_still_scores_as_claimed():
     """teacher_doom_v1 (README): trained on Freedoom 2's MAP01, which its config.json records as
     its levels, so its rollouts start there; on fresh explore episodes of that level (seeds
