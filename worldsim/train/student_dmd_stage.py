@@ -53,7 +53,7 @@ from worldsim.diffusion.schedule import shift_sigma
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint, save_checkpoint
 from worldsim.inference.context import CameraRays, ConditioningConfig, History
 from worldsim.inference.rollout import ChunkRollout, default_policy
-from worldsim.model.codec import Codec, tensor_to_frames
+from worldsim.model.codec import Codec
 from worldsim.model.dit import WorldModel
 from worldsim.train.config import DistillConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
@@ -62,7 +62,7 @@ from worldsim.train.objectives import dmd_loss, rollout_scores
 from worldsim.train.ode_pairs import load_teacher, require_clips, teacher_sha256
 from worldsim.train.student_ode_stage import check_student_start
 from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit
-from worldsim.train.teacher_stage import preview_episodes, psnr_db, rollout_preview
+from worldsim.train.teacher_stage import preview_episodes, preview_frames, preview_inputs, psnr_db, rollout_preview
 
 
 class DMDNetworks(nn.Module):
@@ -294,19 +294,15 @@ def still_preview(
     eps = preview_episodes(val, n_ctx)
     if not eps:
         return {}
-    mean, std = cond.stats(model.cfg.latent_shape()[0])
-    dev = next(model.parameters()).device
-    lat = torch.stack([(val.latents[e][:n_ctx].float() - mean) / std for e in eps]).to(dev)
-    act = torch.stack([val.actions[e][:n_ctx] for e in eps]).to(dev)
-    c2w = torch.stack([val.c2w[e][:n_ctx] for e in eps]).to(dev)
+    lat, act, c2w = preview_inputs(model, val, cond, eps, n_ctx)
     gen = ChunkRollout(model, sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=lat.device).manual_seed(seed)
     gen.reset(lat, act, c2w, g)
-    still_act = idle_action.to(dev, act.dtype).expand(len(eps), n_gen, -1)
-    z = gen.rollout(still_act, c2w[:, -1:].expand(len(eps), n_gen, 4, 4), g)[:, -k:].cpu()
-    frames = tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1))).reshape(len(eps), k, *val.frame_size, 3)
+    still_act = idle_action.to(act).expand(len(eps), n_gen, -1)
+    z = gen.rollout(still_act, c2w[:, -1:].expand(len(eps), n_gen, 4, 4), g)[:, -k:]
+    frames = preview_frames(model, codec, cond, z)
     truth = [np.repeat(val.frames(e, n_ctx - 1, n_ctx), k, 0) for e in eps]
-    return {"still_psnr_db": float(np.mean([psnr_db(f, t) for f, t in zip(frames.numpy(), truth, strict=True)]))}
+    return {"still_psnr_db": float(np.mean([psnr_db(f, t) for f, t in zip(frames, truth, strict=True)]))}
 
 
 def _check(dc: DistillConfig) -> None:

@@ -294,7 +294,6 @@ def _val_loss(model: WorldModel, clips: ClipSampler, cfg: TrainConfig) -> float:
     return float(np.mean(losses))
 
 
-@torch.no_grad()
 def preview_episodes(val: EncodedSplit, frames: int) -> list[int]:
     """The held-out episodes previews roll out: ``PREVIEW_EPISODES`` spread over ``val``, those
     of at least ``frames`` frames."""
@@ -302,6 +301,27 @@ def preview_episodes(val: EncodedSplit, frames: int) -> list[int]:
     return [int(e) for e in spread if len(val.latents[e]) >= frames]
 
 
+def preview_inputs(
+    model: WorldModel, val: EncodedSplit, cond: ConditioningConfig, eps: list[int], frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``frames`` frames of episodes ``eps`` of ``val`` on ``model``'s device: latents
+    normalised by ``cond``'s statistics ``(B, T, C, h, w)``, actions ``(B, T, A)``, ``c2w (B, T, 4, 4)``."""
+    mean, std = cond.stats(model.cfg.latent_shape()[0])
+    dev = next(model.parameters()).device
+    lat = torch.stack([(val.latents[e][:frames].float() - mean) / std for e in eps])
+    act = torch.stack([val.actions[e][:frames] for e in eps])
+    c2w = torch.stack([val.c2w[e][:frames] for e in eps])
+    return lat.to(dev), act.to(dev), c2w.to(dev)
+
+
+def preview_frames(model: WorldModel, codec: Codec, cond: ConditioningConfig, z: torch.Tensor) -> np.ndarray:
+    """Normalised latents ``z (B, T, C, h, w)`` -> decoded frames ``(B, T, H, W, 3)`` uint8."""
+    mean, std = cond.stats(model.cfg.latent_shape()[0])
+    frames = tensor_to_frames(codec.decode((z.cpu() * std + mean).flatten(0, 1)))
+    return frames.reshape(*z.shape[:2], *frames.shape[1:]).numpy()
+
+
+@torch.no_grad()
 def rollout_preview(
     model: WorldModel,
     codec: Codec,
@@ -320,21 +340,11 @@ def rollout_preview(
     eps = preview_episodes(val, n_ctx + n_gen)
     if not eps:
         return {}
-    mean, std = cond.stats(model.cfg.latent_shape()[0])
-    lat = torch.stack([(val.latents[e][: n_ctx + n_gen].float() - mean) / std for e in eps])
-    act = torch.stack([val.actions[e][: n_ctx + n_gen] for e in eps])
-    c2w = torch.stack([val.c2w[e][: n_ctx + n_gen] for e in eps])
-    dev = next(model.parameters()).device
-    lat, act, c2w = lat.to(dev), act.to(dev), c2w.to(dev)
+    lat, act, c2w = preview_inputs(model, val, cond, eps, n_ctx + n_gen)
     gen = ChunkRollout(model, sampler, cond, val.intrinsics, val.frame_size, default_policy(cond))
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=lat.device).manual_seed(seed)
     gen.reset(lat[:, :n_ctx], act[:, :n_ctx], c2w[:, :n_ctx], g)
-    z = gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], g).cpu()
-    frames = (
-        tensor_to_frames(codec.decode((z * std + mean).flatten(0, 1)))
-        .reshape(len(eps), n_gen, *val.frame_size, 3)
-        .numpy()
-    )
+    frames = preview_frames(model, codec, cond, gen.rollout(act[:, n_ctx:], c2w[:, n_ctx:], g))
     rows, ours, base = [], [], []
     for j, e in enumerate(eps):
         gt = val.frames(e, 0, n_ctx + n_gen)
