@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from envs.record import RecordConfig, record
 from worldsim.inference.checkpoint import load_codec
 from worldsim.train.codec_eval import codec_psnr
@@ -46,8 +48,6 @@ def test_shipped_codec_keeps_night_frames_brightness_and_contrast(tmp_path):
 def test_shipped_doom_decoder_reconstructs_held_out_levels_as_claimed(tmp_path):
     """codec_doom_v1 (README: 29.59 dB on doom_v1's Freedoom 1 validation frames, the built-in
     decoder 24.74) on two fresh episodes of Freedoom 1, whose levels it never trained on."""
-    import pytest
-
     pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
     from envs.doom import DoomConfig
 
@@ -95,16 +95,17 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     assert measured > claimed - 4.0, (measured, claimed)
 
 
-def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds():
-    """student_builtin_v2 (README): the 2-step student of teacher_builtin_v2, playing with its
-    context noised to 0.4, as it was trained and evaluated."""
+@pytest.mark.parametrize("name, step", [("student_builtin_v2", 500), ("student_builtin_v3", 300)])
+def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step):
+    """student_builtin_v2 and v3 (READMEs): 2-step students of teacher_builtin_v2, playing with
+    their context noised to 0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
-    folder = ASSETS / "student_builtin_v2"
+    folder = ASSETS / name
     engine = load_engine(folder, bf16=False)  # as the claimed metrics were measured
     sampler = engine.cfg.sampler
     assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", 2, 0.4)
-    assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == 500
+    assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)
 
@@ -113,8 +114,6 @@ def test_shipped_doom_teacher_starts_on_its_level_and_still_scores_as_claimed():
     """teacher_doom_v1 (README): trained on Freedoom 2's MAP01, which its config.json records as
     its levels, so its rollouts start there; on fresh explore episodes of that level (seeds
     outside the recipe's) its first 8 frames score what its evaluation claims, within 2 dB."""
-    import pytest
-
     pytest.importorskip("vizdoom", reason="the [doom] extra is not installed")
     from worldsim import load_engine
 

@@ -390,7 +390,9 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         TrainConfig(stage="student_dmd")
         .identity()["distill"]
         .keys()
-        .isdisjoint({"free_chunks", "idle_prob", "idle_chunks", "context_sigma"})
+        .isdisjoint(
+            {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
+        )
     )
 
 
@@ -410,6 +412,19 @@ def test_the_dmd_generator_gradient_is_zero_when_the_fake_score_equals_the_real_
     assert out.generator_loss is None and not out.samples.requires_grad
 
 
+def _assert_same_generator_gradient(dmd, loss, expected):
+    """``loss`` and ``expected`` (scalars of the same graph) give the student the same, nonzero
+    gradient; the student's gradients are cleared after."""
+    loss.backward(retain_graph=True)
+    got = [p.grad.clone() for p in dmd.nets.generator.parameters()]
+    dmd.nets.generator.zero_grad(set_to_none=True)
+    expected.backward()
+    for a, b in zip(got, (p.grad for p in dmd.nets.generator.parameters()), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any(a.abs().sum() > 0 for a in got)
+    dmd.nets.generator.zero_grad(set_to_none=True)
+
+
 def test_a_still_players_window_regresses_to_the_last_context_frame(small_dataset, teacher):
     """distill.still_regression: with the fake score equal to the real one (a zero DMD step), a
     still plan's generator gradient is exactly that of the weighted mean squared error of the
@@ -423,19 +438,39 @@ def test_a_still_players_window_regresses_to_the_last_context_frame(small_datase
     truth = batch.x0[:, 3:4].expand_as(out.samples)  # a still rollout starts at the clip's start: 2 chunks of 2 frames
     want = torch.nn.functional.mse_loss(out.samples, truth)
     torch.testing.assert_close(out.still_mse, want, atol=1e-6, rtol=0)
-    out.generator_loss.backward(retain_graph=True)
-    got = [p.grad.clone() for p in dmd.nets.generator.parameters()]
-    dmd.nets.generator.zero_grad(set_to_none=True)
-    (0.5 * want).backward()
-    for a, b in zip(got, (p.grad for p in dmd.nets.generator.parameters()), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert any(a.abs().sum() > 0 for a in got)
+    _assert_same_generator_gradient(dmd, out.generator_loss, 0.5 * want)
     recorded = dmd(batch, True, RolloutPlan([0, 1], free=1), torch.Generator(), torch.Generator())
     fake_only = dmd(batch, False, plan, torch.Generator(), torch.Generator())
     assert recorded.still_mse is None and fake_only.still_mse is None and fake_only.generator_loss is None
+    assert recorded.recorded_mse is None and out.recorded_mse is None  # recorded_regression is off
 
 
-LONG = {"free_chunks": 1, "idle_prob": 0.5, "idle_chunks": 2, "context_sigma": 0.2, "still_regression": 1.0}
+def test_a_recorded_rollouts_window_regresses_to_the_clips_recorded_frames(small_dataset, teacher):
+    """distill.recorded_regression: with a zero DMD step, a recorded plan's generator gradient is
+    exactly that of the weighted mean squared error of the window to the clip's last frames (the
+    rollout ends where the clip ends, whatever its free chunks); still plans add nothing."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)  # 2 + 1 + 2 chunks of 2 frames
+    dmd.dc = dataclasses.replace(dmd.dc, free_chunks=1, idle_prob=0.5, idle_chunks=1, recorded_regression=0.25)
+    for free in (0, 1):
+        plan = RolloutPlan([0, 1], free=free)
+        out = dmd(batch, True, plan, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+        want = torch.nn.functional.mse_loss(out.samples, batch.x0[:, 6:10])
+        torch.testing.assert_close(out.recorded_mse, want, atol=1e-6, rtol=0)
+        assert out.still_mse is None
+        _assert_same_generator_gradient(dmd, out.generator_loss, 0.25 * want)
+    still = dmd(batch, True, RolloutPlan([0, 1], free=1, still=True), torch.Generator(), torch.Generator())
+    assert still.recorded_mse is None and still.still_mse is None
+
+
+LONG = {
+    "free_chunks": 1,
+    "idle_prob": 0.5,
+    "idle_chunks": 2,
+    "context_sigma": 0.2,
+    "still_regression": 1.0,
+    "recorded_regression": 0.5,
+}
 
 
 @pytest.mark.parametrize("long", [{}, LONG], ids=["window", "long_rollouts"])
@@ -496,6 +531,8 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.5))
     with pytest.raises(WorldsimError, match=r"still_regression .* needs still rollouts .* got 1.0 with idle_prob 0.0"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_regression=1.0))
+    with pytest.raises(WorldsimError, match=r"recorded_regression .* needs recorded .* got 1.0 with idle_prob 1.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.0, recorded_regression=1.0))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)

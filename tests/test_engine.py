@@ -38,11 +38,19 @@ def make_tiny_checkpoint(
     encoder="keyboard_mouse",
     env="builtin",
     levels=None,
+    chunk_frames=2,
 ):
     torch.manual_seed(seed)
     enc = make_action_encoder(encoder, keys)
     mcfg = WorldModelConfig(
-        latent_channels=4, latent_size=(16, 16), patch=4, width=32, depth=2, heads=2, chunk_frames=2, action_dim=enc.dim
+        latent_channels=4,
+        latent_size=(16, 16),
+        patch=4,
+        width=32,
+        depth=2,
+        heads=2,
+        chunk_frames=chunk_frames,
+        action_dim=enc.dim,
     )
     k = intrinsics_from_fov(60.0, 64, 64)
     model = WorldModel(mcfg)

@@ -13,12 +13,12 @@ from test_engine import make_tiny_checkpoint
 
 from envs.starts import world_start
 from worldsim import load_engine
-from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_compile, bench_engine
+from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_baseline, bench_compile, bench_engine
 from worldsim.cli.rollout import RolloutConfig, run_rollout
 from worldsim.core.errors import WorldsimError
 from worldsim.core.threads import allowed_cores
 from worldsim.data.reader import RolloutDataset
-from worldsim.inference.engine import ChunkTimings
+from worldsim.inference.engine import ChunkTimings, Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -381,3 +381,31 @@ def test_paired_bench_steps_the_engines_in_turn_and_keeps_their_times_apart(tiny
     assert len(off["denoise"]) == len(on["denoise"]) == 3
     assert np.all(off["denoise"] == 0.01) and np.all(on["denoise"] == 0.02)
     assert _stage_rows(on, 2)["model_ms"] == pytest.approx(20.0)
+
+
+def test_a_baseline_of_another_chunk_size_is_compared_per_frame(tiny, tmp_path, monkeypatch):
+    """--baseline: a checkpoint of 4-frame chunks steps its own chunks beside the 2-frame one, one
+    chunk each in turn; when both spend the same time per frame the speedup is 1, whatever the
+    chunk sizes (a chunk rate would read 2)."""
+    wide = make_tiny_checkpoint(tmp_path / "wide", chunk_frames=4)
+    frames = {2: 0, 4: 0}
+    real_step = Engine.step
+
+    def step(self, keys, mouse):
+        frames[self.chunk_frames] += len(keys)
+        out = real_step(self, keys, mouse)
+        return dataclasses.replace(out, timings=ChunkTimings(denoise_s=0.01 * len(keys), decode_s=0.005 * len(keys)))
+
+    monkeypatch.setattr(Engine, "step", step)
+    res = bench_baseline(str(tiny), str(wide), chunks=3, step_counts=(1, 2))
+    assert res["baseline_checkpoint"] == str(wide) and res["baseline_chunk_frames"] == 4
+    assert frames == {2: 2 * 5 * 2, 4: 2 * 5 * 4}  # 3 timed + 2 warm-up chunks per pairing, each its own size
+    for n in (1, 2):
+        assert res[f"baseline_{n}step_frames_per_s"] == pytest.approx(1 / 0.015)
+        assert res[f"baseline_{n}step_paired_baseline_frames_per_s"] == pytest.approx(1 / 0.015)
+        assert res[f"baseline_{n}step_speedup"] == pytest.approx(1.0)
+        assert res[f"baseline_{n}step_model_ms"] == pytest.approx(20.0)
+        assert res[f"baseline_{n}step_paired_baseline_decode_ms"] == pytest.approx(20.0)
+    with pytest.raises(WorldsimError, match="does not exist"):  # before any timing
+        bench_engine(str(tiny), chunks=1, baseline=str(tmp_path / "missing"))
+    assert frames == {2: 20, 4: 40}

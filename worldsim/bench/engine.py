@@ -46,6 +46,12 @@ What each number includes:
   one chunk in turn with an eager engine (``compile_<mode>_paired_eager_*``): model and decode
   ms, frames/s, ``compile_<mode>_speedup`` their frames/s ratio, and ``compile_<mode>_load_s``
   the compilation at load (or the read of inductor's cache, when an earlier run filled it).
+* ``baseline_*`` (``--baseline CHECKPOINT``): another checkpoint's default (its own sampler,
+  context policy and chunk size; fp32, memory off) stepped one chunk each in turn with this
+  checkpoint's default policy at each step count ``n``: ``baseline_<n>step_{model_ms, decode_ms,
+  frames_per_s}`` for this checkpoint and ``baseline_<n>step_paired_baseline_*`` for the other
+  in that pairing, and ``baseline_<n>step_speedup`` = this frames/s over the other's (per frame:
+  how a distilled student compares with the teacher it replaces, issue 21's speed bar).
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``busy_*`` (CPU, ``--busy``): a busy machine. The default engine as play.py builds it
@@ -106,24 +112,25 @@ def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) ->
 def _paired_chunk_times(
     engines: list[Engine], chunks: int, warmup: int = 2, seed: int = 0, policy: str = "explore"
 ) -> list[dict[str, np.ndarray]]:
-    """:func:`_chunk_times` for several engines at once under ``policy``'s inputs, one chunk of
-    each in turn (the order reversed every chunk), so that a machine whose speed drifts during the
-    run slows them alike and their ratio holds."""
-    first = engines[0]
-    k = first.chunk_frames
-    start = engine_world_start(first, seed)
+    """:func:`_chunk_times` for several engines at once, each from world ``seed``'s start under
+    ``policy``'s inputs for its own keys and chunk size, one chunk of each in turn (the order
+    reversed every chunk), so that a machine whose speed drifts during the run slows them alike
+    and their ratio holds. Engines of different checkpoints may pair (``baseline_*`` rows)."""
+    acts = []
     for engine in engines:
-        engine.reset(*start.arrays())
-    acts = make_policy(policy, first.key_names, first.cfg.controller).actions(
-        (chunks + warmup) * k, np.random.default_rng(seed)
-    )
+        engine.reset(*engine_world_start(engine, seed).arrays())
+        n = (chunks + warmup) * engine.chunk_frames
+        acts.append(
+            make_policy(policy, engine.key_names, engine.cfg.controller).actions(n, np.random.default_rng(seed))
+        )
     times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "critical", "hit", "reload")} for _ in engines]
     for c in range(chunks + warmup):
         order = range(len(engines)) if c % 2 == 0 else reversed(range(len(engines)))
         for i in order:
+            k, a = engines[i].chunk_frames, acts[i]
             reloads = engines[i].memory_reloads
             engines[i].prepare()  # as play.py's generation process does while the input is polled
-            chunk = engines[i].step(acts.keys[c * k : (c + 1) * k], acts.mouse[c * k : (c + 1) * k])
+            chunk = engines[i].step(a.keys[c * k : (c + 1) * k], a.mouse[c * k : (c + 1) * k])
             if c >= warmup:
                 times[i]["reload"].append(float(engines[i].memory_reloads > reloads))
                 for s in (*STAGES, "critical"):
@@ -305,6 +312,31 @@ def bench_compile(checkpoint: str, chunks: int, modes: tuple[str, ...] = ("decod
     return res
 
 
+def bench_baseline(
+    checkpoint: str, baseline: str, chunks: int, step_counts: tuple[int, ...], device: str = "cpu"
+) -> dict[str, Any]:
+    """The ``baseline_*`` rows: ``baseline``'s own default (sampler, context policy, chunk size;
+    fp32, memory off) stepped one chunk each in turn with ``checkpoint``'s default policy at each
+    of ``step_counts``: frames/s of both in each pairing and ``baseline_<n>step_speedup``, the
+    checkpoint's frames/s over the baseline's (per frame, so chunk sizes may differ)."""
+    base = load_engine(baseline, device=device, bf16=False)
+    res: dict[str, Any] = {
+        "baseline_checkpoint": baseline,
+        "baseline_sampler": f"{base.sampler_cfg.mode}, {base.sampler_cfg.num_steps} steps",
+        "baseline_policy": base.context_policy,
+        "baseline_chunk_frames": base.chunk_frames,
+    }
+    for n in step_counts:
+        e = load_engine(checkpoint, device=device, bf16=False, sampler=SamplerOverrides(num_steps=n))
+        t_ours, t_theirs = _paired_chunk_times([e, base], chunks)
+        ours, theirs = _stage_rows(t_ours, e.chunk_frames), _stage_rows(t_theirs, base.chunk_frames)
+        for key in ("model_ms", "decode_ms", "frames_per_s"):
+            res[f"baseline_{n}step_{key}"] = ours[key]
+            res[f"baseline_{n}step_paired_baseline_{key}"] = theirs[key]
+        res[f"baseline_{n}step_speedup"] = ours["frames_per_s"] / theirs["frames_per_s"]
+    return res
+
+
 def bench_engine(
     checkpoint: str,
     chunks: int = 20,
@@ -318,11 +350,15 @@ def bench_engine(
     memory: MemoryConfig | None = None,
     busy: bool = False,
     compile_rows: bool = False,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``;
     ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`); ``busy``:
-    the ``busy_*`` rows (CPU); ``compile_rows``: the ``compile_*`` rows (CPU)."""
+    the ``busy_*`` rows (CPU); ``compile_rows``: the ``compile_*`` rows (CPU); ``baseline``: a
+    checkpoint whose default the ``baseline_*`` rows time beside this one's."""
     memory = memory or MemoryConfig()
+    if baseline:
+        read_checkpoint_config(baseline)  # a missing or unreadable baseline: one line, before any timing
     torch.manual_seed(0)
     t0 = time.perf_counter()
     engine = load_engine(checkpoint, device=device, bf16=False)
@@ -369,6 +405,8 @@ def bench_engine(
     if len(policies) == 2:
         for n in step_counts:
             res[f"cached_speedup_{n}step"] = res[f"cached_{n}step_frames_per_s"] / res[f"rebuild_{n}step_frames_per_s"]
+    if baseline:
+        res.update(bench_baseline(checkpoint, baseline, chunks, step_counts, device))
     e = load_engine(checkpoint, device=device, bf16=True)
     bf = _rows(e, chunks)
     res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]

@@ -2,7 +2,8 @@
 
     worldsim-bench env [--env builtin|doom] [--size 64] [--frames 600] [--seed 0] [--out bench.json]
     worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
-    worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--out bench.json]
+    worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--baseline CHECKPOINT]
+                          [--out bench.json]
     worldsim-bench soak [--checkpoint assets/teacher_builtin_v1] [--frames 10000] [--window 1000] [--out bench.json]
 
 ``env`` times headless rendering of a world (reset excluded; for the built-in world each step
@@ -200,6 +201,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time torch.compile (decoder, full) beside eager, one chunk each in turn (CPU)",
     )
+    p_engine.add_argument(
+        "--baseline",
+        default=None,
+        help="another checkpoint whose default is timed beside --checkpoint at each step count, one chunk each in "
+        "turn (the baseline_* rows: per-frame speedup)",
+    )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
     p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
@@ -246,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             memory=memory_config(base, args.memory_top_k),
             busy=args.busy,
             compile_rows=args.compile,
+            baseline=args.baseline,
         )
     else:
         from worldsim.bench.model import bench_model

@@ -143,6 +143,11 @@ class DistillConfig:
     # nothing is pressed and the pose is held, so every frame of a still rollout's window is the
     # last context frame. Added to the DMD loss of still iterations; 0 = off.
     still_regression: float = 0.0
+    # Weight of the recorded rollouts' regression to the clip's frames (ours): the window of a
+    # rollout that followed the clip's inputs and poses regresses (MSE, normalised latents) to
+    # the frames recorded with them, against DMD's trade of PSNR to the truth for sharpness.
+    # Added to the DMD loss of recorded iterations; 0 = off.
+    recorded_regression: float = 0.0
 
 
 @dataclass
@@ -245,6 +250,15 @@ class TrainConfig:
         return d
 
 
+# The DMD options added after its first runs, left out of a run's identity at 0 (old runs resume).
+LONG_ROLLOUT_FIELDS = (
+    "free_chunks",
+    "idle_prob",
+    "idle_chunks",
+    "context_sigma",
+    "still_regression",
+    "recorded_regression",
+)
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
     "ode_pairs": ("teacher", "ode_steps", "grid_steps", "num_pairs", "num_val_pairs", "pairs_per_shard"),
@@ -259,14 +273,9 @@ DISTILL_FIELDS = {
         "dmd_sigma_min",
         "dmd_sigma_max",
         "beta1",
-        "free_chunks",
-        "idle_prob",
-        "idle_chunks",
-        "context_sigma",
-        "still_regression",
+        *LONG_ROLLOUT_FIELDS,
     ),
 }
-LONG_ROLLOUT_FIELDS = ("free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression")
 DISTILL_STAGES = tuple(DISTILL_FIELDS)
 # The teacher-group fields that choose the clips a student stage reads (DMD's rollouts start
 # from recent true context only: a retrieved view would leave the window as the rollout goes).

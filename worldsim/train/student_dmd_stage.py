@@ -25,7 +25,10 @@ mixed in as the teacher was trained):
    ``distill.still_regression`` (ours) adds the window's regression to its truth, the last
    context frame (the world does not change while nothing is pressed): DMD's regression loss
    (Yin et al. 2024) where the truth needs no recording, against the teacher's own drift to
-   night and noise on long idle rollouts, which DMD alone copies.
+   night and noise on long idle rollouts, which DMD alone copies. On the other iterations
+   ``distill.recorded_regression`` (ours) regresses the window to the clip's recorded frames,
+   which the student's rollout followed the inputs and poses of: against DMD's trade of PSNR
+   to the truth for sharpness.
 
 Both networks train in fp32 master weights (bf16 autocast where the CPU has it) with AdamW
 (``beta1``), each with its own gradient clipping and learning rate (``fake_lr_scale``), under
@@ -82,20 +85,29 @@ class DMDStep:
     (with gradient when the generator stepped); ``dmd_loss``: the DMD loss (None on iterations
     where only the fake score learns); ``fake_loss``: the fake score's flow loss; ``still_mse``:
     on a still player's generator steps with ``distill.still_regression`` on, the mean squared
-    error (normalised latents) of the window to the last context frame, else None."""
+    error (normalised latents) of the window to the last context frame, else None;
+    ``recorded_mse``: the same to the clip's recorded frames on the other generator steps with
+    ``distill.recorded_regression`` on, else None."""
 
     samples: torch.Tensor
     dmd_loss: torch.Tensor | None
     fake_loss: torch.Tensor
     still_mse: torch.Tensor | None = None
     still_weight: float = 0.0
+    recorded_mse: torch.Tensor | None = None
+    recorded_weight: float = 0.0
 
     @property
     def generator_loss(self) -> torch.Tensor | None:
-        """What the student minimises: the DMD loss plus ``still_weight`` times ``still_mse``."""
-        if self.dmd_loss is None or self.still_mse is None:
-            return self.dmd_loss
-        return self.dmd_loss + self.still_weight * self.still_mse
+        """What the student minimises: the DMD loss plus each regression that was computed, times
+        its weight."""
+        if self.dmd_loss is None:
+            return None
+        loss = self.dmd_loss
+        for mse, weight in ((self.still_mse, self.still_weight), (self.recorded_mse, self.recorded_weight)):
+            if mse is not None:
+                loss = loss + weight * mse
+        return loss
 
 
 @dataclass
@@ -258,17 +270,21 @@ class SelfForcingDMD:
                 real = score(self.teacher, xt, levels, self.dc.real_guidance)
                 fake = score(self.nets.fake_score, xt, levels)
             loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
-        still = None
+        still = recorded = None
         if generator_step and plan.still and self.dc.still_regression > 0:
             # The world does not change while nothing is pressed and the pose is held: every frame
             # of the window is, in truth, the last context frame.
             truth = self.context(batch, plan)[:, -1:].expand_as(x)
             still = F.mse_loss(x.float(), truth.float())
+        if generator_step and not plan.still and self.dc.recorded_regression > 0:
+            # A recorded rollout ends where the clip ends (``_start``): the window's truth is the
+            # clip's last frames, whose inputs and poses it followed.
+            recorded = F.mse_loss(x.float(), batch.x0[:, -x.shape[1] :].float())
         levels = self._levels(b, m, g, dev)
         xt, eps = noised(levels)
         v = score(self.nets.fake_score, xt, levels)
         loss_f = F.mse_loss(v.float(), (eps - x.detach()).float())
-        return DMDStep(x, loss_g, loss_f, still, self.dc.still_regression)
+        return DMDStep(x, loss_g, loss_f, still, self.dc.still_regression, recorded, self.dc.recorded_regression)
 
 
 STILL_PREVIEW_CHUNKS = 64  # chunks a still player stands in the previews
@@ -326,6 +342,11 @@ def _check(dc: DistillConfig) -> None:
             f"distill.still_regression must be >= 0, and needs still rollouts (distill.idle_prob > 0), got "
             f"{dc.still_regression} with idle_prob {dc.idle_prob}"
         )
+    if dc.recorded_regression < 0 or (dc.recorded_regression > 0 and dc.idle_prob == 1):
+        raise WorldsimError(
+            f"distill.recorded_regression must be >= 0, and needs recorded rollouts (distill.idle_prob < 1), got "
+            f"{dc.recorded_regression} with idle_prob {dc.idle_prob}"
+        )
     if dc.fake_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
         raise WorldsimError(
             f"distill.fake_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), got "
@@ -376,6 +397,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     metrics = ["dmd_loss", "fake_loss", "rollout_psnr_db", "copy_last_psnr_db"]
     if dc.still_regression > 0:  # runs from before the option keep their log's columns
         metrics += ["still_mse", "still_psnr_db"]
+    if dc.recorded_regression > 0:
+        metrics += ["recorded_mse"]
     loop = TrainLoop(
         dataclasses.replace(cfg, init_from=""),
         nets,
@@ -431,6 +454,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             last["dmd_loss"] = out.dmd_loss.item()
         if out.still_mse is not None:
             last["still_mse"] = out.still_mse.item()
+        if out.recorded_mse is not None:
+            last["recorded_mse"] = out.recorded_mse.item()
         return loss, len(batch.x0)
 
     def periodic(step: int) -> dict[str, float]:
