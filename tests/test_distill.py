@@ -455,6 +455,8 @@ def test_a_recorded_rollouts_window_regresses_to_the_clips_recorded_frames(small
     for free in (0, 1):
         plan = RolloutPlan([0, 1], free=free)
         out = dmd(batch, True, plan, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+        actions, c2w, _ = dmd.inputs(batch, plan)  # the window followed the clip's last 4 frames' inputs
+        assert torch.equal(actions[:, -4:], batch.actions[:, 6:10]) and torch.equal(c2w[:, -4:], batch.c2w[:, 6:10])
         want = torch.nn.functional.mse_loss(out.samples, batch.x0[:, 6:10])
         torch.testing.assert_close(out.recorded_mse, want, atol=1e-6, rtol=0)
         assert out.still_mse is None
