@@ -95,10 +95,12 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     assert measured > claimed - 4.0, (measured, claimed)
 
 
-@pytest.mark.parametrize("name, step", [("student_builtin_v2", 500), ("student_builtin_v3", 300)])
+@pytest.mark.parametrize(
+    "name, step", [("student_builtin_v2", 500), ("student_builtin_v3", 300), ("student_builtin_v4", 300)]
+)
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step):
-    """student_builtin_v2 and v3 (READMEs): 2-step students of teacher_builtin_v2, playing with
-    their context noised to 0.4, as they were trained and evaluated."""
+    """student_builtin_v2, v3 and v4 (READMEs; v4 is the default): 2-step students of
+    teacher_builtin_v2, playing with their context noised to 0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
     folder = ASSETS / name
@@ -108,6 +110,22 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
     assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)
+
+
+def test_every_command_defaults_to_the_shipped_distilled_student():
+    """play.py (its built-in world), worldsim-rollout and worldsim-eval load one default,
+    ``DEFAULT_CHECKPOINT``, when no checkpoint is given, and it is the 2-step DMD student
+    (assets/student_builtin_v4, README)."""
+    from worldsim.cli.play import SHIPPED_MODELS
+    from worldsim.cli.rollout import RolloutConfig
+    from worldsim.core.config import DEFAULT_CHECKPOINT
+    from worldsim.eval.evaluate import EvalConfig
+    from worldsim.inference.checkpoint import read_checkpoint_config
+
+    assert RolloutConfig().checkpoint == EvalConfig().checkpoint == SHIPPED_MODELS["builtin"] == DEFAULT_CHECKPOINT
+    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v4"
+    cfg = read_checkpoint_config(DEFAULT_CHECKPOINT)
+    assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 2 and cfg.chunk_frames == 2
 
 
 def test_shipped_doom_teacher_starts_on_its_level_and_still_scores_as_claimed():

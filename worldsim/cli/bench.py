@@ -2,9 +2,9 @@
 
     worldsim-bench env [--env builtin|doom] [--size 64] [--frames 600] [--seed 0] [--out bench.json]
     worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
-    worldsim-bench engine [--checkpoint assets/teacher_builtin_v1] [--chunks 20] [--baseline CHECKPOINT]
+    worldsim-bench engine [--checkpoint assets/student_builtin_v4] [--chunks 20] [--baseline CHECKPOINT]
                           [--out bench.json]
-    worldsim-bench soak [--checkpoint assets/teacher_builtin_v1] [--frames 10000] [--window 1000] [--out bench.json]
+    worldsim-bench soak [--checkpoint assets/student_builtin_v4] [--frames 10000] [--window 1000] [--out bench.json]
 
 ``env`` times headless rendering of a world (reset excluded; for the built-in world each step
 includes the controller, GL draw, readback and the supersampling filter; for DOOM the game tics,
@@ -33,6 +33,7 @@ import numpy as np
 
 from envs import make_env
 from worldsim.core.atomic import require_writable_dir, write_text
+from worldsim.core.config import DEFAULT_CHECKPOINT
 from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.format import RolloutMeta
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     p_model.add_argument("--device", default="cpu", help="cpu or cuda")
     p_model.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_engine = sub.add_parser("engine", help="a checkpoint end to end: engine, step counts, bf16, growth, play loop")
-    p_engine.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
+    p_engine.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     p_engine.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed per setting")
     p_engine.add_argument("--session-frames", type=int, default=1000, help="frames of the growth run (0 = skip)")
     p_engine.add_argument("--play-seconds", type=float, default=20.0, help="length of the play-loop run (0 = skip)")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")
-    p_soak.add_argument("--checkpoint", default="assets/teacher_builtin_v1")
+    p_soak.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     p_soak.add_argument("--frames", type=int, default=10_000, help="frames of the session")
     p_soak.add_argument("--window", type=int, default=1000, help="frames per reported window")
     p_soak.add_argument("--seed", type=int, default=0, help="world seed of the start and of the inputs")

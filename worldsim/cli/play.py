@@ -1,7 +1,7 @@
 """Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
 ``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
 
-By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/teacher_builtin_v1``,
+By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v4``,
 with ``env=doom`` the DOOM model), started from a ground-truth view of world ``seed``;
 ``checkpoint=''`` plays the ground-truth world itself.
 ``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
@@ -26,7 +26,7 @@ from envs import available_envs, make_env
 from envs.builtin import BuiltinWorldConfig
 from envs.doom import DoomConfig
 from envs.record import env_section, world_controller
-from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
+from worldsim.core.config import CONFIG_DIR, DEFAULT_CHECKPOINT, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors, unknown_name
 from worldsim.core.precision import describe_bf16
 from worldsim.data.format import parse_frame_size
@@ -81,7 +81,7 @@ class PlayConfig:
 
 ConfigStore.instance().store(name="play_schema", node=PlayConfig)
 
-SHIPPED_MODELS = {"builtin": "assets/teacher_builtin_v1", "doom": "assets/teacher_doom_v1"}
+SHIPPED_MODELS = {"builtin": DEFAULT_CHECKPOINT, "doom": "assets/teacher_doom_v1"}
 """The model ``play.py env=<name>`` plays when no ``checkpoint`` is given (DOOM's is a first,
 blurry model of one level: its README)."""
 

@@ -25,7 +25,7 @@ from envs.doom import DoomConfig
 from envs.record import rollout as env_rollout
 from envs.record import world_config_for
 from envs.starts import engine_world_start
-from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
+from worldsim.core.config import CONFIG_DIR, DEFAULT_CHECKPOINT, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.core.validate import check_keys, check_mouse
 from worldsim.data.format import RolloutMeta, controller_extra
@@ -42,7 +42,7 @@ from worldsim.inference.engine import Engine, load_engine
 class RolloutConfig:
     """``worldsim-rollout``'s config (``worldsim/configs/rollout.yaml`` picks groups)."""
 
-    checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
+    checkpoint: str = DEFAULT_CHECKPOINT  # relative: the current folder, then the worldsim checkout
     seed: int = 0  # world seed of the start (and of the ground truth) when start_data is empty
     start_data: str = ""  # or start from a recorded episode of this dataset
     start_episode: int = 0

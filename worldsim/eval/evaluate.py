@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from envs.doom import DoomConfig
 from worldsim.core.atomic import require_writable_dir, write_text
-from worldsim.core.config import CONFIG_DIR, one_line_config_errors, to_schema
+from worldsim.core.config import CONFIG_DIR, DEFAULT_CHECKPOINT, one_line_config_errors, to_schema
 from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.data.metrics import PSNR_MAX_DB, frame_means, high_frequency_ratio, psnr, ssim
@@ -60,7 +60,7 @@ REVISIT_POLICIES = ("go_and_return", "full_turn", "retrace")  # episodes that en
 class EvalConfig:
     """What ``worldsim-eval`` measures and on which data; mirrors ``configs/eval.yaml``."""
 
-    checkpoint: str = "assets/teacher_builtin_v1"  # relative: the current folder, then the worldsim checkout
+    checkpoint: str = DEFAULT_CHECKPOINT  # relative: the current folder, then the worldsim checkout
     data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
     out: str = "runs/eval"
     horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
