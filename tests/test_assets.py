@@ -112,10 +112,10 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
     assert measured > claimed - 4.0, (measured, claimed)
 
 
-def test_every_command_defaults_to_the_shipped_distilled_student():
+def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     """play.py (its built-in world), worldsim-rollout and worldsim-eval load one default,
-    ``DEFAULT_CHECKPOINT``, when no checkpoint is given, and it is the 2-step DMD student
-    (assets/student_builtin_v4, README)."""
+    ``DEFAULT_CHECKPOINT`` (worldsim-bench's argparse defaults name the same constant), when no
+    checkpoint is given, and it is the 2-step DMD student (assets/student_builtin_v4, README)."""
     from worldsim.cli.play import SHIPPED_MODELS
     from worldsim.cli.rollout import RolloutConfig
     from worldsim.core.config import DEFAULT_CHECKPOINT

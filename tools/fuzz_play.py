@@ -130,7 +130,9 @@ def main() -> None:
     """Command line (module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=600.0, help="how long to send events")
-    p.add_argument("--checkpoint", default="assets/teacher_builtin_v1", help="what play.py plays (empty: the world)")
+    from worldsim.core.config import DEFAULT_CHECKPOINT
+
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="what play.py plays (empty: the world)")
     p.add_argument("--out", default="runs/fuzz", help="recording and screenshots (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the event stream")
     p.add_argument("--display", default=":93", help="the Xvfb display to start")
