@@ -128,10 +128,10 @@ def fuzz(seconds: float, checkpoint: str, out: Path, seed: int, display: str) ->
 
 def main() -> None:
     """Command line (module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=600.0, help="how long to send events")
     from worldsim.core.config import DEFAULT_CHECKPOINT
 
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=600.0, help="how long to send events")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="what play.py plays (empty: the world)")
     p.add_argument("--out", default="runs/fuzz", help="recording and screenshots (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the event stream")

@@ -144,9 +144,9 @@ def measure(
 
 def main() -> None:
     """Command line (module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from worldsim.core.config import DEFAULT_CHECKPOINT
 
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="what play.py plays (empty: the world)")
     p.add_argument("--presses", type=int, default=30, help="light-key presses timed")
     p.add_argument("--interval", type=float, default=3.0, help="seconds between presses (jittered 20%%)")
