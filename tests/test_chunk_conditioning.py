@@ -33,6 +33,10 @@ class RaySpy(WorldModel):
         self.seen.append((plucker.clone(), actions.clone()))
         return super().forward_chunk(x, sigma, actions, plucker, frame_pos, kv)
 
+    def write_chunk(self, x, sigma, actions, plucker, frame_pos, kv):
+        self.seen.append((plucker.clone(), actions.clone()))
+        super().write_chunk(x, sigma, actions, plucker, frame_pos, kv)
+
 
 @pytest.fixture(scope="module")
 def split(small_dataset):

@@ -106,12 +106,13 @@ def test_after_prepare_the_step_runs_only_the_denoising_passes(ckpt):
     eng = _engine(ckpt, memory="off")
     eng.step(*_inputs(2, "w"))  # its clean pass is deferred to the next prepare
     passes = []
-    forward = eng.model.forward_chunk
-    eng.model.forward_chunk = lambda *a, **kw: passes.append(1) or forward(*a, **kw)
+    forward, write = eng.model.forward_chunk, eng.model.write_chunk
+    eng.model.forward_chunk = lambda *a, **kw: passes.append("denoise") or forward(*a, **kw)
+    eng.model.write_chunk = lambda *a, **kw: passes.append("write") or write(*a, **kw)
     eng.prepare()
-    assert len(passes) == 1  # the last chunk's cache write
+    assert passes == ["write"]  # the last chunk's cache write
     chunk = eng.step(*_inputs(2, "w"))
-    assert len(passes) == 1 + eng.sampler_cfg.num_steps  # the new chunk's denoising, nothing else
+    assert passes == ["write"] + ["denoise"] * eng.sampler_cfg.num_steps  # the new chunk's denoising, nothing else
     assert 0 < chunk.timings.critical_s < chunk.timings.total_s
     assert chunk.timings.cache_write_s > 0  # the write prepare() ran is this chunk's
 
@@ -178,15 +179,15 @@ def test_work_ahead_that_raises_is_redone_exactly_by_the_step(ckpt, fails):
     for dx in TURNS[:10]:
         ref.step(*_inputs(2, None, dx=dx))
         eng.step(*_inputs(2, None, dx=dx))
-    forward, passes = eng.model.forward_chunk, []
+    write, passes = eng.model.write_chunk, []
 
     def failing(*args, **kw):
         passes.append(1)
         if len(passes) == {"cache write": 1, "memory pass": 2}[fails]:
             raise RuntimeError("out of memory")
-        return forward(*args, **kw)
+        return write(*args, **kw)
 
-    eng.model.forward_chunk = failing
+    eng.model.write_chunk = failing
     with pytest.raises(RuntimeError, match="out of memory"):
         eng.prepare()
     eng.prepare()  # again: what was left of the cache write and the retrieved chunk's pass

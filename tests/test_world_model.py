@@ -82,6 +82,23 @@ def test_a_pass_without_commit_leaves_the_cache_alone():
     torch.testing.assert_close(o1, o2)
 
 
+def test_write_chunk_leaves_the_keys_and_values_a_full_pass_leaves():
+    """The cache write's shortened pass (the last block stops after its keys and values) fills
+    every layer of every slot exactly as ``forward_chunk`` does, with the window wrapping."""
+    m = _randomised()
+    k = CFG.chunk_frames
+    x, s, a, pl = _inputs(4 * k)
+    full, written = (KVCache(CFG.depth, k * CFG.tokens_per_frame, window=2, sink=True) for _ in range(2))
+    for b in range(4):
+        sl = slice(b * k, (b + 1) * k)
+        m.forward_chunk(x[:, sl], s[:, sl], a[:, sl], pl[:, sl], torch.arange(b * k, (b + 1) * k), full)
+        m.write_chunk(x[:, sl], s[:, sl], a[:, sl], pl[:, sl], torch.arange(b * k, (b + 1) * k), written)
+        full.commit()
+        written.commit()
+    assert full.k is not None and written.k is not None and full.v is not None and written.v is not None
+    assert torch.equal(full.k, written.k) and torch.equal(full.v, written.v)
+
+
 def test_teacher_forcing_mask_layout():
     ids = torch.tensor([0, 0, 1, 1])
     m = teacher_forcing_mask(ids)

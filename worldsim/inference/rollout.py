@@ -282,7 +282,7 @@ class ChunkRollout:
         """Step 4: the clean pass that writes a finished chunk's keys and values and commits them."""
         labels = torch.full(clean.shape[:2], self.sampler.context_sigma, dtype=actions.dtype, device=clean.device)
         with torch.no_grad():
-            self.model.forward_chunk(context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache)
+            self.model.write_chunk(context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache)
         cache.commit()
 
     def _memory_passes(self, cache: KVCache, mem: History | None, generator: torch.Generator | None) -> None:
@@ -298,7 +298,7 @@ class ChunkRollout:
         for j, s in enumerate(range(0, mem.num_frames, self.k)):
             sl = slice(s, s + self.k)
             slot = cache.memory_slot(j)
-            self.model.forward_chunk(x[:, sl], labels, mem.actions[:, sl], rays[:, sl], mem.frame_idx[sl], slot)
+            self.model.write_chunk(x[:, sl], labels, mem.actions[:, sl], rays[:, sl], mem.frame_idx[sl], slot)
 
     def _context_cache(
         self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -319,7 +319,7 @@ class ChunkRollout:
         x = context_input(self.sampler, ctx.latents, generator)
         for s in range(0, ctx.num_frames, self.k):
             sl = slice(s, s + self.k)
-            self.model.forward_chunk(x[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos[sl], cache)
+            self.model.write_chunk(x[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos[sl], cache)
             cache.commit()
         return cache
 

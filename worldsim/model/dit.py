@@ -223,3 +223,27 @@ class WorldModel(nn.Module):
         for i, block in enumerate(self.blocks):
             tok = block(tok, c, angles, None, kv, i)
         return self._unembed(tok, c)
+
+    def write_chunk(
+        self,
+        x: torch.Tensor,  # (B, k, C, h, w) one chunk
+        sigma: torch.Tensor,  # (B, k)
+        actions: torch.Tensor,  # (B, k, A)
+        plucker: torch.Tensor,  # (B, k, 6, h, w)
+        frame_pos: torch.Tensor,  # (k,)
+        kv: KVContext,
+    ) -> None:
+        """The pass of :meth:`forward_chunk` for a chunk whose output nobody reads (a context
+        chunk's clean pass: the rollout's cache write, rebuilt context, retrieved memory): it
+        hands ``kv`` the same keys and values of every block, and stops once the last block's
+        are written (no attention, MLP or output layer after them: at depth 6 about a sixth of
+        a pass less)."""
+        tok, c = self._embed(x, sigma, actions, plucker)
+        angles = self._angles(frame_pos)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if i < last:
+                tok = block(tok, c, angles, None, kv, i)
+        assert isinstance(block, Block)
+        _, k, v, _ = block.attention_in(tok, c, angles)
+        kv.keys_values(last, k, v)
