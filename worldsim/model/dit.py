@@ -241,9 +241,9 @@ class WorldModel(nn.Module):
         tok, c = self._embed(x, sigma, actions, plucker)
         angles = self._angles(frame_pos)
         last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            if i < last:
-                tok = block(tok, c, angles, None, kv, i)
+        for i in range(last):
+            tok = self.blocks[i](tok, c, angles, None, kv, i)
+        block = self.blocks[last]
         assert isinstance(block, Block)
         _, k, v, _ = block.attention_in(tok, c, angles)
         kv.keys_values(last, k, v)
