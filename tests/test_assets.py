@@ -30,6 +30,9 @@ def test_shipped_codec_reconstructs_unseen_worlds_as_claimed(tmp_path):
     r = codec_psnr(str(folder), str(tmp_path / "d"))
     assert r["psnr_mean_db"] > claimed - 2.5, (r, claimed)
     assert codec.cfg.downsample == 4
+    # A bf16 engine decodes under bf16 autocast (docs/engine.md, "Decode"): no visible loss.
+    bf16 = codec_psnr(str(folder), str(tmp_path / "d"), bf16=True)
+    assert abs(bf16["psnr_mean_db"] - r["psnr_mean_db"]) < 0.05, (bf16, r)
 
 
 def test_shipped_codec_keeps_night_frames_brightness_and_contrast(tmp_path):

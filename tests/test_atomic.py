@@ -157,9 +157,10 @@ def test_an_interrupted_episode_write_keeps_the_dataset_readable(tmp_path, monke
     assert sorted(f.name for f in (tmp_path / "d" / "episodes").iterdir()) == ["000000.safetensors"]
 
 
-def test_bench_with_an_unwritable_out_is_one_line(tmp_path):
+def test_bench_writes_its_out_in_a_folder_it_makes(tmp_path):
+    """A missing --out folder is made (the writable check ran before the work), not an error after it."""
     out = tmp_path / "missing" / "bench.json"
     cmd = [sys.executable, "-m", "worldsim.cli.bench", "env", "--size", "16", "--frames", "20", "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"error: cannot write out={out}")
+    assert r.returncode == 0, r.stderr
+    assert "env" in json.loads(out.read_text())

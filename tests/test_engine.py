@@ -116,6 +116,31 @@ def test_engine_steps_from_a_world_start_and_moves_the_camera_by_the_controller(
     assert timings.cache_write_s < timings.denoise_s  # rebuild writes nothing after denoising
 
 
+def test_the_engine_decodes_channels_last_in_its_own_precision(tiny_ckpt):
+    """A step's decode runs on channels-last tensors (the codec's weights too) and under the
+    engine's autocast: bf16 convolutions when the engine is bf16, fp32 otherwise; the frames of
+    the two decodes of the same latents differ by rounding only."""
+    frames = {}
+    for bf16 in (False, True):
+        eng = load_engine(tiny_ckpt, bf16=bf16)
+        convs = [m for m in eng.codec.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        seen: list[tuple[bool, torch.dtype]] = []
+
+        def record(m, i, o, seen=seen):
+            seen.append((i[0].is_contiguous(memory_format=torch.channels_last), o.dtype))
+
+        hook = convs[0].register_forward_hook(record)
+        _world_reset(eng, 3)
+        eng.step(*_inputs(2, "w"))
+        hook.remove()
+        assert seen == [(True, torch.bfloat16 if bf16 else torch.float32)]
+        c, h, w = eng.cfg.model.latent_shape()
+        frames[bf16] = eng._decode(torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0)))
+    diff = np.abs(frames[True].astype(int) - frames[False].astype(int))
+    assert frames[True].shape == (2, 64, 64, 3) and diff.mean() < 1.0 and diff.max() <= 8
+
+
 FAST = CameraControllerConfig(fps=10.0, move_speed_mps=12.0, vertical_speed_mps=5.0, mouse_deg_per_px=0.5)
 
 

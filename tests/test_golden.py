@@ -1,7 +1,8 @@
 """The shipped teacher's frames for fixed rollouts are those main produced before the inference
 core was redesigned (issue 19): tests/golden/teacher_v1_rollouts.npz, written by
 tools/golden_rollouts.py at commit 294b223 (2 world seeds x explore / look_around x 64 frames,
-sampler defaults, fp32, engine seed 0)."""
+sampler defaults, fp32, engine seed 0). On the machine that wrote it the frames are equal but for
+values the channels-last decode rounds to the neighbouring level."""
 
 from pathlib import Path
 
@@ -40,8 +41,12 @@ def test_shipped_teacher_rollouts_equal_the_golden_frames():
         frames = np.concatenate(
             [engine.step(g["keys"][s : s + k], g["mouse"][s : s + k]).frames for s in range(0, len(g["frames"]), k)]
         )
-        if same_machine:  # the kernels that made the file: every bit
-            np.testing.assert_array_equal(frames, g["frames"], err_msg=name)
+        if same_machine:  # the kernels that made the file: every bit but the decoder's rounding
+            # The engine decodes in channels-last layout since 2026-12-03 (docs/engine.md,
+            # "Decode"): the same latents, and a few values (20 of 786,432 in one rollout) that
+            # round to the neighbouring level; anything the model does differently moves far more.
+            diff = np.abs(frames.astype(np.int16) - g["frames"].astype(np.int16))
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (name, int(diff.max()), float((diff > 0).mean()))
         else:  # other fp32 kernels differ in the last bits, and a rollout carries them on
             diff = np.abs(frames.astype(np.int16) - g["frames"].astype(np.int16))
             assert diff.mean() < 2.0, (name, float(diff.mean()), str(golden["machine"]), _machine_key())

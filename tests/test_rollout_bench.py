@@ -134,6 +134,7 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "rebuild_2step_context_ms",
         "rebuild_2step_denoise_ms",
         "bf16_frames_per_s",
+        "bf16_decode_ms",
         "int8_frames_per_s",
         "int8_paired_fp32_model_ms",
         "int8_speedup",

@@ -37,7 +37,8 @@ What each number includes:
   walking through it, and the bank's bytes.
 * ``<policy>_<n>step_*``: the same for each context policy the checkpoint's conditioning allows
   (``cached`` needs a camera reference that does not move) at ``n`` denoising steps;
-  ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast.
+  ``cached_speedup_<n>step`` their frames/s ratio. ``bf16``: the default with bf16 autocast
+  (the model's passes and the decode: ``bf16_decode_ms``).
   ``int8`` (CPU): the default with int8 weights in the DiT's token-wise linear layers
   (``quantize="int8"``, :mod:`worldsim.inference.quantize`), stepped one chunk each in turn with
   a fp32 engine (``int8_paired_fp32_*``); ``int8_speedup`` their frames/s ratio.
@@ -409,7 +410,11 @@ def bench_engine(
         res.update(bench_baseline(checkpoint, baseline, chunks, step_counts, device))
     e = load_engine(checkpoint, device=device, bf16=True)
     bf = _rows(e, chunks)
-    res["bf16_model_ms"], res["bf16_frames_per_s"] = bf["model_ms"], bf["frames_per_s"]
+    res["bf16_model_ms"], res["bf16_decode_ms"], res["bf16_frames_per_s"] = (
+        bf["model_ms"],
+        bf["decode_ms"],
+        bf["frames_per_s"],
+    )
     res["bf16_speedup"] = bf["frames_per_s"] / res["default_frames_per_s"]
     if device == "cpu":  # int8 weights beside fp32, one chunk each in turn (their ratio holds on a drifting machine)
         fp32, int8 = _paired_chunk_times(

@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio, growth = summary["cost_ratio_last_over_first"], summary["rss_growth_pct"]
         print(f"  chunk time last/first window {ratio:.3f}; resident memory growth {growth:+.1f}%")
     try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # checked writable before the work
         write_text(args.out, json.dumps(result, indent=2))
     except OSError as e:
         raise WorldsimError(f"cannot write out={args.out}: {e.strerror}") from e

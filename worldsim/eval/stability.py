@@ -76,6 +76,26 @@ def _with_start(frames: np.ndarray, arrays: dict[str, np.ndarray], n: int) -> np
     return frame_means(np.concatenate([arrays["frames"][n - 1 : n], frames]))
 
 
+def light_turns(frames: np.ndarray, arrays: dict[str, np.ndarray], n: int) -> int:
+    """Light turns (frame mean crossing ``DARK_MEAN``) in ``frames`` ``(T, H, W, 3)`` uint8, the
+    generated or true frames after the ``n`` context frames of ``arrays``, counted from the last
+    context frame."""
+    return _flips(_with_start(frames, arrays, n))
+
+
+def press_keys(engine: Engine, length: int, phase: int) -> tuple[np.ndarray, int]:
+    """The presses part's inputs for one run: ``(keys (n + horizon, K) uint8, horizon)``, the
+    light key held ``length`` frames twice, ``PRESS_GAP`` frames apart, the first from generated
+    frame ``phase`` on (its input row is the last context row's successor), with ``horizon``
+    whole chunks that cover both."""
+    n, k = engine.context_frames, engine.chunk_frames
+    horizon = -(-(phase + 2 * PRESS_GAP) // k) * k
+    keys = np.zeros((n + horizon, len(engine.key_names)), np.uint8)
+    for start in (phase, phase + PRESS_GAP):
+        keys[n - 1 + start : n - 1 + start + length, engine.key_names.index(LIGHT_KEY)] = 1
+    return keys, horizon
+
+
 def idle(engine: Engine, seed: int, frames: int, night: bool = False, world: Any = None) -> dict[str, Any]:
     """``frames`` generated frames of no input after a still ground-truth context in world ``seed``
     (``night``: the light key pressed on the first row) against the world's; see the module docstring."""
@@ -129,8 +149,8 @@ def holds(engine: Engine, seed: int, frames: int, world: Any = None) -> dict[str
         out[name] = {
             "psnr_db": float(psnr(gen, gt).mean()),
             "copy_last_psnr_db": float(psnr(last, gt).mean()),
-            "light_turns_generated": _flips(_with_start(gen, arrays, n)),
-            "light_turns_truth": _flips(_with_start(gt, arrays, n)),
+            "light_turns_generated": light_turns(gen, arrays, n),
+            "light_turns_truth": light_turns(gt, arrays, n),
         }
     return out
 
@@ -140,16 +160,12 @@ def presses(engine: Engine, seeds: list[int], world: Any = None) -> dict[str, An
     frames apart, starting at every phase of the chunk, from a still day context in each world
     of ``seeds``; light turns generated vs true (module docstring)."""
     n, k = engine.context_frames, engine.chunk_frames
-    col = engine.key_names.index(LIGHT_KEY)
     out: dict[str, Any] = {}
     for length in tqdm(PRESS_FRAMES, desc="presses", unit="length"):
         runs = []
         for seed in seeds:
             for phase in range(k):
-                horizon = -(-(phase + 2 * PRESS_GAP) // k) * k
-                keys = np.zeros((n + horizon, len(engine.key_names)), np.uint8)
-                for start in (phase, phase + PRESS_GAP):
-                    keys[n - 1 + start : n - 1 + start + length, col] = 1
+                keys, horizon = press_keys(engine, length, phase)
                 arrays = _episode(engine, seed, keys, world=world)
                 gen, gt = rollout_against(engine, arrays, horizon)
                 gm, tm = _with_start(gen, arrays, n), _with_start(gt, arrays, n)

@@ -67,7 +67,7 @@ from worldsim.inference.kv_cache import KVCache
 from worldsim.inference.quantize import check_quantize, quantize_model
 from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
 from worldsim.memory.bank import MemoryBank, MemoryConfig, MemoryHit
-from worldsim.model.codec import Codec, frames_to_tensor, tensor_to_frames
+from worldsim.model.codec import Codec, decode_for_display, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
 
 SESSION_VERSION = 5
@@ -221,6 +221,8 @@ class Engine:
         # shape a step uses, here, so that no compilation lands in a step; compile_s says how long.
         self.compile = compile
         compile_model(model, compile)
+        # The codec's convolutions in channels-last layout (decode_for_display).
+        codec.channels_last()
         self._decoder = compile_decoder(codec, compile)
         t0 = time.perf_counter()
         if compile != "none":
@@ -250,14 +252,15 @@ class Engine:
     @torch.inference_mode()
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
         x = frames_to_tensor(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))
-        return (self.codec.encode(x) - self.mean) / self.std
+        return ((self.codec.encode(x) - self.mean) / self.std).contiguous()  # NCHW, as the model reads it
 
     @torch.inference_mode()
     def _decode(self, z: torch.Tensor) -> np.ndarray:
-        """One chunk's latents ``(k, C, h, w)`` -> frames ``(k, H, W, 3)`` uint8 (fp32 decode;
-        the compiled decoder when the engine has one: it is compiled for exactly that shape)."""
+        """One chunk's latents ``(k, C, h, w)`` -> frames ``(k, H, W, 3)`` uint8, channels-last and
+        in the engine's precision (:func:`decode_for_display`); the compiled decoder when the
+        engine has one (it is compiled for exactly that shape)."""
         decode = self._decoder if z.shape[0] == self.chunk_frames else self.codec.decoder
-        return tensor_to_frames(decode(z.float() * self.std + self.mean)).cpu().numpy()
+        return tensor_to_frames(decode_for_display(decode, z.float() * self.std + self.mean, self.bf16)).cpu().numpy()
 
     @torch.inference_mode()
     def _warm_compiled(self) -> None:

@@ -7,6 +7,7 @@ block per scale and nearest-neighbour upsampling followed by a 3x3 convolution.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +97,19 @@ class Codec(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``decode(encode(x))``, same shape as ``x``."""
         return self.decode(self.encode(x))
+
+    def channels_last(self) -> Codec:
+        """This codec, in place, with its convolution weights in channels-last layout (the one
+        :func:`decode_for_display` runs in; the same values out)."""
+        return self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
+
+
+def decode_for_display(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``(B, latent_channels, h, w)`` unnormalised latents -> ``(B, 3, H, W)`` float32, as the
+    engine shows them: ``decode`` (a codec's decoder, or its compiled version) on channels-last
+    tensors, oneDNN's layout for convolutions (the decoder's weights should be channels-last too:
+    :meth:`Codec.channels_last`; the same values, about 0.8 of the time on a CPU), under bf16
+    autocast when ``bf16`` (the shipped codec's held-out PSNR is fp32's to the 0.01 dB that
+    ``python -m worldsim.train.codec_eval CODEC DATA --bf16`` prints; docs/engine.md, "Decode")."""
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return decode(z.contiguous(memory_format=torch.channels_last)).float()

@@ -5,7 +5,8 @@ folder of datasets), the mean and the 5th percentile per frame, so shipped numbe
 then the same split into light and dark frames (a true frame's mean pixel value below
 ``--dark-mean``, night in the built-in world), each with the mean error of the frames'
 brightness (mean pixel value, 0-255) and contrast (standard deviation): a codec that darkens
-or flattens night shows it there, where the overall PSNR hides it.
+or flattens night shows it there, where the overall PSNR hides it. ``--bf16`` decodes under bf16
+autocast, as an engine with bf16 on does (default: fp32).
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import torch
 from worldsim.core.errors import clean_errors
 from worldsim.data.frames import open_datasets
 from worldsim.inference.checkpoint import load_codec
-from worldsim.model.codec import frames_to_tensor
+from worldsim.model.codec import decode_for_display, frames_to_tensor
 
 
 @torch.inference_mode()
-def codec_psnr(codec_path: str, data_path: str, batch: int = 64, dark_mean: float = 60.0) -> dict[str, float]:
-    """Keys: ``frames``, ``psnr_mean_db``, ``psnr_p5_db``, and per subset ``light`` / ``dark``:
+def codec_psnr(
+    codec_path: str, data_path: str, batch: int = 64, dark_mean: float = 60.0, bf16: bool = False
+) -> dict[str, float]:
+    """The decoder runs as the engine runs it (:func:`worldsim.model.codec.decode_for_display`:
+    channels-last, bf16 autocast when ``bf16``), the encoder in fp32. Keys: ``frames``,
+    ``psnr_mean_db``, ``psnr_p5_db``, and per subset ``light`` / ``dark``:
     ``<subset>_frames``, ``<subset>_psnr_mean_db``, ``<subset>_brightness_error``,
     ``<subset>_contrast_error`` (reconstruction minus truth, 0-255; NaN for an empty subset)."""
-    codec = load_codec(codec_path)
+    codec = load_codec(codec_path).channels_last()
     psnr, moments = [], []  # per frame: PSNR; truth mean, truth std, reconstruction mean, std
     for ds in open_datasets(data_path):
         for i in range(len(ds)):
             frames = ds.load(i, ("frames",))["frames"]
             for s in range(0, len(frames), batch):
                 x = frames_to_tensor(torch.from_numpy(frames[s : s + batch]))
-                rec = codec(x).clamp(-1, 1)
+                rec = decode_for_display(codec.decoder, codec.encode(x), bf16).clamp(-1, 1)
                 err = (rec - x).pow(2).mean(dim=(1, 2, 3)) / 4.0  # [0, 1] range
                 psnr += [10 * math.log10(1.0 / max(e, 1e-12)) for e in err.tolist()]
                 pixels = [(t.flatten(1) + 1) * 127.5 for t in (x, rec)]
@@ -61,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("codec", help="a codec folder (codec.json + codec.safetensors)")
     parser.add_argument("data", help="a rollout dataset or a folder of them")
     parser.add_argument("--dark-mean", type=float, default=60.0, help="a frame darker than this (0-255) is dark")
+    parser.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (as a bf16 engine does)")
     args = parser.parse_args(argv)
-    r = codec_psnr(args.codec, args.data, dark_mean=args.dark_mean)
+    r = codec_psnr(args.codec, args.data, dark_mean=args.dark_mean, bf16=args.bf16)
     print(f"frames {int(r['frames'])}  PSNR mean {r['psnr_mean_db']:.2f} dB  p5 {r['psnr_p5_db']:.2f} dB")
     for name in ("light", "dark"):
         print(
