@@ -52,6 +52,22 @@ def test_the_compiled_engine_plays_the_eager_frames_and_compiles_only_at_load(ck
     assert inductor_cache.is_dir()  # inductor's cache, for the next load
 
 
+def test_the_compiled_decoder_plays_the_eager_bf16_frames(ckpt, inductor_cache):
+    """With bf16 (play's default on a CPU with native bf16) the decode runs under autocast too:
+    the compiled decoder compiles at load, not in a step, and its frames are the eager bf16
+    engine's within two levels (inductor's bf16 kernels round differently from oneDNN's)."""
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    want = _frames(load_engine(ckpt, seed=3, bf16=True))
+    before = graphs["unique_graphs"]  # the counters outlive dynamo's reset (earlier tests' graphs)
+    eng = load_engine(ckpt, seed=3, bf16=True, compile="decoder")
+    at_load = graphs["unique_graphs"]
+    got = _frames(eng)
+    assert at_load - before == 1 and graphs["unique_graphs"] == at_load, "compiled in a step"
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert got.shape == want.shape and diff.max() <= 2 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
 def test_an_unknown_compile_mode_is_refused_in_one_line(ckpt):
     with pytest.raises(WorldsimError, match="compile must be one of none, decoder, full, got 'fast'"):
         load_engine(ckpt, compile="fast")

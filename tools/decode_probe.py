@@ -19,16 +19,20 @@ import torch
 
 import worldsim
 from worldsim.core.config import DEFAULT_CHECKPOINT
+from worldsim.core.errors import clean_errors
 from worldsim.inference.checkpoint import find_checkpoint, load_checkpoint, load_codec
 from worldsim.model.codec import Codec, decode_for_display, tensor_to_frames
 
 
+@clean_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--chunks", type=int, default=60)
     parser.add_argument("--codec", action="append", default=[], help="another codec folder to time (repeatable)")
     args = parser.parse_args()
+    if args.chunks < 1:
+        parser.error(f"--chunks must be at least 1, got {args.chunks}")
     torch.set_num_threads(2)
     fp32 = worldsim.load_engine(args.checkpoint, bf16=False)
     bf16 = worldsim.load_engine(args.checkpoint, bf16=True)

@@ -1,7 +1,8 @@
 """The frame means behind the evaluation's light-press counts: for one press length, the runs of
 ``worldsim.eval.stability.presses`` (two presses of the light key ``PRESS_GAP`` frames apart, at
 every phase of the chunk, from the still day spawn of each world), printed frame by frame as mean
-pixel value (0-255), generated above truth, with the light turns each side makes (a frame mean
+pixel value (0-255), the last context frame first (a turn on the first generated frame is a turn
+from it), generated above truth, with the light turns each side makes (a frame mean
 crossing ``DARK_MEAN``). Shows whether extra turns are a second toggle or a single bright frame.
 
     .venv/bin/python tools/press_frames.py [checkpoint] [--length 8] [--steps N] [--seeds 3]
@@ -15,12 +16,14 @@ import numpy as np
 
 from worldsim import load_engine
 from worldsim.core.config import DEFAULT_CHECKPOINT
+from worldsim.core.errors import clean_errors
 from worldsim.data.metrics import frame_means
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.ground_truth import DARK_MEAN, rollout_against, world_rollout
 from worldsim.eval.stability import LIGHT_KEY, PRESS_GAP, StabilityConfig, light_turns, press_keys
 
 
+@clean_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT)
@@ -28,6 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=StabilityConfig.starts, help="worlds from the evaluation's first")
     args = parser.parse_args()
+    if args.length < 1 or args.steps < 0 or args.seeds < 1:
+        parser.error("--length and --seeds must be at least 1, --steps not negative")
     sampler = SamplerOverrides(num_steps=args.steps or None)
     engine = load_engine(args.checkpoint, bf16=False, sampler=sampler)
     n, k = engine.context_frames, engine.chunk_frames
@@ -43,8 +48,9 @@ def main() -> None:
             for name, frames in (("generated", gen), ("truth", gt)):
                 t = light_turns(frames, arrays, n)
                 turns[name] += t
+                ctx = frame_means(arrays["frames"][n - 1 : n])[0]
                 means = " ".join(f"{m:3.0f}" for m in frame_means(frames))
-                print(f"world {seed} phase {phase} {name:9s} turns {t:2d}: {means}")
+                print(f"world {seed} phase {phase} {name:9s} turns {t:2d}: {ctx:3.0f} | {means}")
     print(f"light turns: generated {turns['generated']}, truth {turns['truth']}")
 
 
