@@ -131,6 +131,19 @@ def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 2 and cfg.chunk_frames == 2
 
 
+def test_play_keeps_a_memory_bank_for_a_model_by_default():
+    """play.py's default ``memory=auto`` plays a model with the default bank (the anchor that holds
+    a still player's view, docs/memory.md) and headless play's rollout gets it too; ``memory=off``
+    turns it off."""
+    from worldsim.cli.play import PlayConfig, engine_options, model_memory
+    from worldsim.memory.bank import MemoryConfig
+
+    pc = PlayConfig(checkpoint="assets/student_builtin_v4")
+    assert pc.memory == "auto" and model_memory(pc) == "on" and engine_options(pc)["memory"] == MemoryConfig()
+    off = PlayConfig(checkpoint="assets/student_builtin_v4", memory="off")
+    assert model_memory(off) == "off" and engine_options(off)["memory"] is None
+
+
 def test_shipped_doom_teacher_starts_on_its_level_and_still_scores_as_claimed():
     """teacher_doom_v1 (README): trained on Freedoom 2's MAP01, which its config.json records as
     its levels, so its rollouts start there; on fresh explore episodes of that level (seeds

@@ -32,8 +32,9 @@ def _turn(eng, chunks, light_at=None):
     return out
 
 
-def test_a_full_turn_retrieves_the_start_view_on_return_and_nothing_on_the_way(ckpt):
-    eng = load_engine(ckpt, memory="on", seed=2)
+@pytest.mark.parametrize("discount_window", [False, True])
+def test_a_full_turn_retrieves_the_start_view_on_return_and_nothing_on_the_way(ckpt, discount_window):
+    eng = load_engine(ckpt, memory=MemoryConfig(discount_window=discount_window), seed=2)
     _world_reset(eng, 1)
     assert eng.memory is not None
     hits = []  # per chunk: (first frame of the retrieved entry, score)
@@ -44,10 +45,42 @@ def test_a_full_turn_retrieves_the_start_view_on_return_and_nothing_on_the_way(c
     # Outside the window, every stored view faces at least 90 degrees away until chunk 10 (330 deg).
     assert all(not h for h in hits[:10]), hits
     assert hits[10] and hits[11]
-    # Chunk 12 ends at 390 degrees, where chunk 0 ended (frames 4-5; it replaced the start's
-    # entry: same place, same 45-degree heading sector): the same view, less the part the window
-    # (chunks ending at 300 to 360 degrees) already shows, about half.
-    assert [h[0] for h in hits[12]] == [4] and 0.4 < hits[12][0][1] < 0.6
+    # Chunk 12 ends at 390 degrees, where chunk 0 ended (frames 4-5): the same view, so it scores
+    # 1; with discount_window, less the part the window (chunks ending at 300 to 360 degrees)
+    # already shows, about half.
+    assert [h[0] for h in hits[12]] == [4]
+    if discount_window:
+        assert 0.4 < hits[12][0][1] < 0.6
+    else:
+        assert hits[12][0][1] == pytest.approx(1.0)
+
+
+def test_a_still_player_is_shown_the_start_view_once_the_window_has_left_it(ckpt):
+    """The anchor (docs/memory.md): standing still, every chunk after the window has moved past
+    the start's chunks retrieves the start's first chunk (its true frames), not one the model drew
+    since; the earlier rule (the newest chunk per place, the window's view discounted) retrieves
+    nothing at all."""
+    hits = {}
+    for rule in ("anchor", "window"):
+        cfg = MemoryConfig() if rule == "anchor" else MemoryConfig(keep="newest", discount_window=True)
+        eng = load_engine(ckpt, memory=cfg, seed=2)
+        _world_reset(eng, 1)
+        hits[rule] = [[h.frame for h in eng.step(*_inputs(2)).memory] for _ in range(8)]
+        assert eng.memory is not None
+        if rule == "anchor":
+            assert len(eng.memory) == 1 and eng.last_memory_slot == -1  # one place, its first chunk kept
+            kept = eng.memory.latents.clone()  # the oracle's truth has no entry to go to: nothing changes
+            eng.remember_truth(np.zeros((eng.chunk_frames, *eng.frame_size, 3), np.uint8))
+            assert torch.equal(eng.memory.latents, kept)
+            _world_reset(eng, 1)
+            with pytest.raises(WorldsimError, match="needs memory on and a step"):
+                eng.remember_truth(np.zeros((eng.chunk_frames, *eng.frame_size, 3), np.uint8))
+    window = eng.rollout.context_frames // eng.chunk_frames
+    start_chunks = eng.context_frames // eng.chunk_frames
+    first_hit = max(0, window - start_chunks + 1)  # the first chunk whose window no longer holds frame 0
+    assert all(h == [] for h in hits["anchor"][:first_hit]), hits["anchor"]
+    assert all(h == [0] for h in hits["anchor"][first_hit:]) and first_hit < 8, hits["anchor"]
+    assert all(h == [] for h in hits["window"])
 
 
 def test_memory_on_plays_as_off_until_the_first_hit_then_differs(ckpt):
@@ -207,3 +240,25 @@ def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):
     assert stats.memory_hits == 3
     lines = _hud(None, stats, sched, paused=False, behind=False, rec=None)
     assert f"memory: 1 hit, best score {sched.memory[0].score:.2f} | chunks with hits 3" in lines
+
+
+def test_a_session_saved_before_the_anchor_rules_loads_with_the_rules_of_then(ckpt, tmp_path):
+    """A session file whose memory settings predate ``keep`` and ``discount_window`` was played
+    with the rules of then (the newest chunk per place, the window discounted): it loads with
+    those and is refused, in one line, with the default bank."""
+    then = MemoryConfig(keep="newest", discount_window=True)
+    eng = load_engine(ckpt, memory=then, seed=5)
+    _world_reset(eng, 1)
+    _turn(eng, 2)
+    eng.save_session(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "session.json").read_text())
+    del meta["memory"]["keep"], meta["memory"]["discount_window"]
+    (tmp_path / "s" / "session.json").write_text(json.dumps(meta))
+    a = _turn(eng, 2)
+    other = load_engine(ckpt, memory=then, seed=99)
+    other.load_session(tmp_path / "s")
+    b = _turn(other, 2)
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b, strict=True))
+    with pytest.raises(WorldsimError, match="saved with memory .*'keep': 'newest'") as e:
+        load_engine(ckpt, memory="on").load_session(tmp_path / "s")
+    assert "\n" not in str(e.value)

@@ -260,6 +260,7 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
     for bad, message in (
         (MemoryEvalConfig(kinds=["circle"]), "unknown revisit trajectory 'circle'"),
         (MemoryEvalConfig(min_score=float("nan")), "min_score must be a finite number"),
+        (MemoryEvalConfig(keep="oldest"), "memory keep must be one of first, newest"),
     ):
         with pytest.raises(WorldsimError, match=message):
             evaluate(

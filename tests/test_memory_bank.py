@@ -157,10 +157,11 @@ def test_top_k_is_diversity_aware_and_respects_the_minimum_score():
     assert bank.retrieve(_pose(0.0, 0.0, 180.0)[None].expand(2, 4, 4), before_frame=100) == []
 
 
-def test_what_the_context_already_shows_is_not_retrieved_again():
-    """An entry counts only for the points the context's chunks do not cover: the same view as
-    the context scores nothing, the half the context lacks scores about half."""
-    bank = _bank(min_score=0.2, cell_m=0.05, heading_bins=16)  # 0 and 30 degrees: two places
+def test_with_discount_window_what_the_context_already_shows_is_not_retrieved_again():
+    """With ``discount_window`` an entry counts only for the points the context's chunks do not
+    cover: the same view as the context scores nothing, the half the context lacks scores about
+    half."""
+    bank = _bank(min_score=0.2, cell_m=0.05, heading_bins=16, discount_window=True)  # 0 and 30 degrees: two places
     query = _pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4)
     same = bank.add(*_chunk(_pose(0.0, 0.0, 0.0)), frame=0)
     right = bank.add(*_chunk(_pose(0.0, 0.0, 30.0)), frame=2)
@@ -171,6 +172,36 @@ def test_what_the_context_already_shows_is_not_retrieved_again():
     assert [h.slot for h in hits] == [same] or [h.slot for h in hits] == [right]
     left_only = bank.coverage(query, torch.tensor([same])).double().mean() - hits[0].score
     assert 0.3 < hits[0].score < 0.7 and left_only > 0.3
+
+
+def test_by_default_an_older_view_comes_back_while_the_window_shows_it():
+    """The default bank (no ``discount_window``) brings a place's entry back even while the
+    window shows the same view (a still player's anchor), with the score it has alone."""
+    bank = _bank(cell_m=0.05, heading_bins=16)
+    query = _pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4)
+    same = bank.add(*_chunk(_pose(0.0, 0.0, 0.0)), frame=0)
+    bank.add(*_chunk(_pose(0.0, 0.0, 30.0)), frame=2)
+    hits = bank.retrieve(query, before_frame=100, context_c2w=_pose(0.0, 0.0, 0.0)[None])
+    assert [h.slot for h in hits] == [same] and hits[0].score == pytest.approx(1.0)
+
+
+def test_a_place_keeps_its_first_chunk_or_its_newest_and_one_per_state():
+    """``keep="first"`` (the default) drops a later chunk of a kept place (``add`` gives -1) and
+    leaves the entry as it was; ``keep="newest"`` replaces it; a chunk of the same place in the
+    other state is a place of its own under both."""
+    for keep in ("first", "newest"):
+        bank = _bank(keep=keep)
+        first = bank.add(*_chunk(_pose(0.0, 0.0, 0.0)), frame=0)
+        later = bank.add(*_chunk(_pose(0.3, 0.2, 5.0)), frame=40)  # the same 2 m cell and heading sector
+        night = bank.add(*_chunk(_pose(0.3, 0.2, 5.0)), frame=42, state=1)
+        assert night not in (first, -1) and len(bank) == 2
+        if keep == "first":
+            assert later == -1 and int(bank.frame[first]) == 0 and float(bank.latents[first].max()) == 0.0
+        else:
+            assert later == first and int(bank.frame[first]) == 40
+            assert float(bank.latents[first].max()) == pytest.approx(0.3)
+        for state, slot in ((0, first), (1, night)):
+            assert [h.slot for h in bank.retrieve(_pose(0.0, 0.0, 0.0)[None].expand(2, 4, 4), 100, state)] == [slot]
 
 
 def test_the_coarse_pass_keeps_the_best_entries_of_a_crowded_area():
@@ -203,7 +234,7 @@ def test_recent_chunks_and_other_states_are_not_retrieved():
 
 
 def test_the_bound_holds_and_the_least_recently_retrieved_entry_goes_first():
-    bank = _bank(capacity=5, cell_m=1.0)
+    bank = _bank(capacity=5, cell_m=1.0, keep="newest")
     slots = [bank.add(*_chunk(_pose(3.0 * i, 0.0, 0.0)), frame=2 * i) for i in range(5)]
     q0 = _pose(0.0, -1.0, 0.0)[None].expand(2, 4, 4)
     assert bank.retrieve(q0, before_frame=100)[0].slot == slots[0]  # entry 0 used: it stays
@@ -219,8 +250,8 @@ def test_the_bound_holds_and_the_least_recently_retrieved_entry_goes_first():
 
 def test_retrieval_is_deterministic_and_a_restored_bank_continues_bit_for_bit():
     g = torch.Generator().manual_seed(3)
-    a = _random_bank(g, capacity=40, top_k=2, min_score=0.05)
-    b = _bank(capacity=40, top_k=2, min_score=0.05)
+    a = _random_bank(g, capacity=40, top_k=2, min_score=0.05, keep="newest")
+    b = _bank(capacity=40, top_k=2, min_score=0.05, keep="newest")
     b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
     queries = [_pose(*(torch.rand(2, generator=g) * 40 - 20).tolist(), float(i * 37)) for i in range(25)]
     for i, q in enumerate(queries):
@@ -254,3 +285,5 @@ def test_bad_entries_and_corrupt_states_fail_in_one_line():
         MemoryConfig(top_k=0)
     with pytest.raises(WorldsimError, match="min_score must be a finite number"):
         MemoryConfig(min_score=float("nan"))
+    with pytest.raises(WorldsimError, match="memory keep must be one of first, newest, got 'oldest'"):
+        MemoryConfig(keep="oldest")

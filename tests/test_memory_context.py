@@ -166,7 +166,7 @@ def _bank_coverage(split):
     play-time bank gives one stored chunk (a one-entry bank, no distance term)."""
     from worldsim.memory.bank import MemoryBank, MemoryConfig
 
-    bank = MemoryBank(MemoryConfig(capacity=1, distance_weight=0.0), split.intrinsics, split.frame_size)
+    bank = MemoryBank(MemoryConfig(capacity=1, distance_weight=0.0, keep="newest"), split.intrinsics, split.frame_size)
 
     def cover(query, chunk):
         k = len(chunk)

@@ -235,6 +235,8 @@ def test_bench_cli_writes_json(tiny, tmp_path):
             "--play-seconds=0",
             "--memory-min-score=-1",  # every chunk with an earlier entry in reach retrieves
             "--memory-top-k=2",
+            "--memory-keep=newest",
+            "--memory-discount-window",
             f"--out={tmp_path / 'b.json'}",
         ],
         cwd=ROOT,
@@ -247,14 +249,19 @@ def test_bench_cli_writes_json(tiny, tmp_path):
     assert set(out) == {"machine", "engine"} and out["machine"]["cores"] >= 1 and "default_frames_per_s" in p.stdout
     eng = out["engine"]
     assert (eng["memory_min_score"], eng["memory_top_k"]) == (-1.0, 2) and eng["memory_on_hit_share"] > 0
-    bad = subprocess.run(
-        [sys.executable, "-m", "worldsim.cli.bench", "engine", f"--checkpoint={tiny}", "--memory-min-score=nan"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode != 0 and bad.stderr.strip() == "error: memory min_score must be a finite number, got nan"
+    assert (eng["memory_keep"], eng["memory_discount_window"]) == ("newest", True)
+    for flag, message in (
+        ("--memory-min-score=nan", "memory min_score must be a finite number, got nan"),
+        ("--memory-keep=last", "memory keep must be one of first, newest, got 'last'"),
+    ):
+        bad = subprocess.run(
+            [sys.executable, "-m", "worldsim.cli.bench", "engine", f"--checkpoint={tiny}", flag],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert bad.returncode != 0 and bad.stderr.strip() == f"error: {message}"
 
 
 def test_bench_cli_refuses_a_bad_top_k_by_its_flag(tiny, capsys):

@@ -20,7 +20,8 @@ What each number includes:
   ``play_*`` rows.
   ``default_*``: the checkpoint's own sampler and policy, memory off.
 * ``memory_on_*``: the default with the memory bank on, at ``memory_min_score`` and
-  ``memory_top_k`` (``--memory-min-score``, ``--memory-top-k``; default the bank's own), which the
+  ``memory_top_k``, ``memory_keep`` and ``memory_discount_window`` (``--memory-min-score``,
+  ``--memory-top-k``, ``--memory-keep``, ``--memory-discount-window``; default the bank's own), which the
   ``memory_bank_*`` rows use too, on the ``glance_back`` policy's walk (quick turns away and back,
   so that some chunks retrieve and the model's pass over a retrieved chunk is paid:
   ``memory_on_hit_share`` is the share of chunks that retrieved an entry,
@@ -382,6 +383,7 @@ def bench_engine(
     without = load_engine(checkpoint, device=device, bf16=False)
     with_memory = load_engine(checkpoint, device=device, bf16=False, memory=memory)
     res["memory_min_score"], res["memory_top_k"] = memory.min_score, memory.top_k
+    res["memory_keep"], res["memory_discount_window"] = memory.keep, memory.discount_window
     off, on = _paired_chunk_times([without, with_memory], chunks, policy=MEMORY_POLICY)
     for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val

@@ -193,6 +193,14 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-top-k", type=int, default=None, help="entries a chunk may retrieve (default: the bank's own)"
     )
     p_engine.add_argument(
+        "--memory-keep", default=None, help="which chunk a place keeps: first or newest (default: the bank's own)"
+    )
+    p_engine.add_argument(
+        "--memory-discount-window",
+        action="store_true",
+        help="count what the context's window shows as covered (retrieve only what it lacks; default: the bank's own)",
+    )
+    p_engine.add_argument(
         "--busy",
         action="store_true",
         help="also time the engine beside a process that keeps one core busy (threads auto vs pinned)",
@@ -241,7 +249,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.memory_top_k is not None and args.memory_top_k < 1:
             parser.error(f"--memory-top-k must be at least 1, got {args.memory_top_k}")
         # a bad threshold or top_k: one line here, before any checkpoint loads
-        base = MemoryConfig() if args.memory_min_score is None else MemoryConfig(min_score=args.memory_min_score)
+        base = MemoryConfig()
+        if args.memory_min_score is not None:
+            base = dataclasses.replace(base, min_score=args.memory_min_score)
+        if args.memory_keep is not None:
+            base = dataclasses.replace(base, keep=args.memory_keep)
+        if args.memory_discount_window:
+            base = dataclasses.replace(base, discount_window=True)
         result["engine"] = bench_engine(
             args.checkpoint,
             args.chunks,

@@ -60,7 +60,9 @@ class PlayConfig:
     frame_size: Any = field(default_factory=lambda: [64, 64])  # ground-truth world only (a model has its own)
     bf16: bool | None = None  # bf16 autocast for the model; None = on where the CPU computes bf16 natively
     threads: str = "auto"  # CPU threads of the model: "auto" = the cores other processes leave free, or a number
-    memory: str = "off"  # "on": keep a spatial memory bank and bring back views of places seen before
+    # "on": keep a spatial memory bank and bring back views of places seen before (what holds a still
+    # player's view: docs/memory.md, "The anchor"); "auto": on for a model, off for the ground-truth world
+    memory: str = "auto"
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     compile: str = "none"  # "decoder" | "full": torch.compile before the first chunk (docs/engine.md)
@@ -160,6 +162,11 @@ class EnvSource(SyncSource):
         self.env.close()
 
 
+def model_memory(pc: PlayConfig) -> str:
+    """``pc.memory`` for a model: ``auto`` is ``on``."""
+    return "on" if pc.memory == "auto" else pc.memory
+
+
 def engine_options(pc: PlayConfig) -> dict[str, Any]:
     """The keywords of :func:`load_engine` that ``pc`` sets (beyond checkpoint and seed), one
     dict for the window's generation process and for headless play alike."""
@@ -167,7 +174,7 @@ def engine_options(pc: PlayConfig) -> dict[str, Any]:
         "bf16": pc.bf16,
         "sampler": pc.sampler,
         "threads": _threads(pc.threads),
-        "memory": memory_config(pc.memory, pc.memory_top_k),
+        "memory": memory_config(model_memory(pc), pc.memory_top_k),
         "quantize": pc.quantize,
         "compile": pc.compile,
     }
@@ -203,7 +210,7 @@ def _headless(pc: PlayConfig) -> None:
         out=pc.out,
         bf16=pc.bf16,
         sampler=pc.sampler,
-        memory=pc.memory,
+        memory=model_memory(pc),
         memory_top_k=pc.memory_top_k,
         quantize=pc.quantize,
         doom=pc.doom,
@@ -220,7 +227,8 @@ def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
     pc = to_schema(cfg, PlayConfig)
     ground_truth = pc.checkpoint == ""  # None: the shipped model
-    memory = memory_config(pc.memory, pc.memory_top_k)  # a bad value: one line, before anything loads
+    # a bad value: one line, before anything loads
+    memory = memory_config("off" if ground_truth and pc.memory == "auto" else model_memory(pc), pc.memory_top_k)
     if memory is not None and ground_truth:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
     check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise

@@ -29,7 +29,7 @@ views most: the outbound true view it overlaps, the truth at return, and the thr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class MemoryEvalConfig:
     # memory on and oracle: the bank's retrieval threshold (None: MemoryConfig's, 0.1); lower
     # retrieves also where the window shows most of the view (docs/memory.md)
     min_score: float | None = None
+    keep: str | None = None  # which chunk a place keeps, "first" or "newest" (None: MemoryConfig's, first)
+    discount_window: bool | None = None  # what the window shows counts as covered (None: MemoryConfig's, no)
 
     def bank(self) -> MemoryConfig:
         """The evaluated bank's config; ``WorldsimError`` in one line for an unknown kind or a bad
@@ -70,7 +72,14 @@ class MemoryEvalConfig:
         for kind in self.kinds:
             if kind not in KINDS:
                 raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
-        return MemoryConfig() if self.min_score is None else MemoryConfig(min_score=self.min_score)
+        cfg = MemoryConfig()
+        if self.min_score is not None:
+            cfg = replace(cfg, min_score=self.min_score)
+        if self.keep is not None:
+            cfg = replace(cfg, keep=self.keep)
+        if self.discount_window is not None:
+            cfg = replace(cfg, discount_window=self.discount_window)
+        return cfg
 
 
 def trajectory(
@@ -214,6 +223,8 @@ def memory_revisit(
         "overlap": cfg.overlap,
         "top_k": cfg.top_k,
         "min_score": bank.min_score,
+        "keep": bank.keep,
+        "discount_window": bank.discount_window,
         "runs_with_return_frames": len(scored),
         "return_gain_db": summary["on"]["psnr_db_return"] - summary["off"]["psnr_db_return"],
         "other_change_db": summary["on"]["psnr_db_other"] - summary["off"]["psnr_db_other"],

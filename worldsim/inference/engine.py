@@ -16,9 +16,9 @@ business (``envs.starts``): the engine takes frames, poses and inputs.
 With ``memory`` on, the engine keeps the session's spatial memory bank
 (``worldsim.memory.bank``): every clean chunk (the start's and each generated one) goes in
 with its poses, first frame and state (the parity of the memory's ``state_key`` presses: day or
-night in the built-in world); before each chunk, the entries that best cover what the rolling
-window does not show of its view, wholly older than the window, are retrieved and given to the
-rollout (``step(memory=...)``).
+night in the built-in world; a place keeps its first chunk); before each chunk, the entries
+that best cover its view, wholly older than the window, are retrieved and given to the rollout
+(``step(memory=...)``; :mod:`worldsim.memory.bank` for the rules and their options).
 The bank is part of a saved session.
 
 **Ahead of the input** (reference.md §6b, design §10): :meth:`Engine.prepare` does the next
@@ -203,7 +203,9 @@ class Engine:
         key = memory.state_key if memory else ""
         self._state_key = self.key_names.index(key) if key in self.key_names else None
         self.memory_state = 0  # parity of the state key's presses since the session began
-        self.last_memory_slot = -1  # where the last step's chunk went in the bank
+        # where the last step's chunk went in the bank: -1 when its place kept an earlier entry,
+        # None before a step
+        self.last_memory_slot: int | None = None
         mean, std = ck.conditioning.stats(ck.model.latent_shape()[0])
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.bf16 = bf16
@@ -321,7 +323,7 @@ class Engine:
                     int(h.frame_idx[s]), int(states[last]),
                 )  # fmt: skip
         self.memory_state = int(states[-1])
-        self.last_memory_slot = -1
+        self.last_memory_slot = None
         # With momentum (DOOM) the camera keeps the velocity of the last context step.
         if len(c2w) >= 2:
             self.state = self.controller.settle(c2w[-2], c2w[-1], keys[-2], mouse[-2])
@@ -440,13 +442,16 @@ class Engine:
     def remember_truth(self, frames: np.ndarray) -> None:
         """Replace the latents the last :meth:`step` put in the memory bank with the encoding of
         the true frames ``(k, H, W, 3)`` uint8 of that chunk: a bank of what the world really
-        looked like (the revisit evaluation's oracle). ``WorldsimError`` with memory off or
-        before a step."""
-        if self.memory is None or self.memory.latents is None or self.last_memory_slot < 0:
+        looked like (the revisit evaluation's oracle); nothing when the bank did not keep that
+        chunk (its place holds an earlier view, ``MemoryConfig.keep="first"``: that view's own
+        step replaced it). ``WorldsimError`` with memory off or before a step."""
+        if self.memory is None or self.memory.latents is None or self.last_memory_slot is None:
             raise WorldsimError("remember_truth() needs memory on and a step to replace")
         frames = check_frames("true frames", frames, self.frame_size)
         if len(frames) != self.chunk_frames:
             raise WorldsimError(f"remember_truth() takes one chunk of {self.chunk_frames} frames, got {len(frames)}")
+        if self.last_memory_slot < 0:
+            return
         # A guess that prepare() loaded never holds this slot: the newest chunk is in the window,
         # and only entries wholly older than the window are retrieved.
         self.memory.latents[self.last_memory_slot] = self._encode(frames).to(self.memory.latents.dtype)
@@ -548,9 +553,12 @@ class Engine:
                 f"load it with the sampler it was saved with"
             )
         memory = None if self.memory_cfg is None else asdict(self.memory_cfg)
-        if meta.get("memory") != memory:
+        saved = meta.get("memory")
+        if isinstance(saved, dict):  # saved before keep and discount_window: the rules of then
+            saved = {"keep": "newest", "discount_window": True, **saved}
+        if saved != memory:
             raise WorldsimError(
-                f"{root} was saved with memory {meta.get('memory')}, this engine runs {memory}; "
+                f"{root} was saved with memory {saved}, this engine runs {memory}; "
                 f"load it with the memory settings it was saved with"
             )
         try:

@@ -16,17 +16,22 @@ follows the entries near the player, not the bank's size), older than ``before_f
 the query's state. When more than ``shortlist`` remain (a player who has stayed in one area for
 a long time), a coarse pass counts their coverage of the first ``coarse_points`` points of the
 set (a Halton prefix covers the view evenly too) and keeps the ``shortlist`` that cover most. Top-k is greedy and
-diversity-aware: each pick scores the share of points it covers that neither an earlier pick nor
-the chunks already in the context (``context_c2w``) cover, minus ``distance_weight`` times its
-distance over ``radius_m``; picking stops at ``top_k`` or when the best score falls below
-``min_score``. So nothing is retrieved while the context shows the view (walking on, turning
-very slowly): memory costs its model pass only when it adds what the context lacks.
+diversity-aware: each pick scores the share of points it covers that no earlier pick covers,
+minus ``distance_weight`` times its distance over ``radius_m``; picking stops at ``top_k`` or
+when the best score falls below ``min_score``. With ``discount_window`` the chunks already in
+the context (``context_c2w``) count as covering what they show too, so nothing is retrieved while
+the window shows the view and memory costs its model pass only where it adds what the context
+lacks; without it (the default) a place seen long ago is brought back even while the window
+shows it, which is what holds a still player's view: the window holds the model's own latest
+frames, the entry an older, less drifted view of the same place (docs/memory.md, "The anchor").
 The score is invariant to a global rigid motion of every pose (tested).
 
-**Bound.** At most ``capacity`` entries. A new chunk whose anchor falls in the same position
-cell (``cell_m``) and heading sector (``heading_bins`` of the yaw) as a kept entry replaces it
-(the newer view of the same place); otherwise, when full, the least recently retrieved entry
-(never retrieved: the oldest added) makes room.
+**Bound.** At most ``capacity`` entries, one per *place*: position cell (``cell_m``), heading
+sector (``heading_bins`` of the yaw) and state. A new chunk whose place already has an entry is
+dropped with ``keep="first"`` (the default: the first view of a place, for a session's start the
+true frames, stays) and replaces it with ``keep="newest"``; a chunk for a new place, when the
+bank is full, takes the slot of the least recently retrieved entry (never retrieved: the oldest
+added).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch
 
 from worldsim.core.errors import WorldsimError
 
+KEEP = ("first", "newest")  # MemoryConfig.keep: which chunk a place keeps
+
 
 @dataclass(frozen=True)
 class MemoryConfig:
@@ -47,8 +54,8 @@ class MemoryConfig:
     capacity: int = 4096
     top_k: int = 1
     # 0.1, not the earlier 0.3: at 0.3 the revisit evaluation's loops and turns retrieved nothing
-    # (the window shows part of each returning view); at 0.1 they do, return frames gain and the
-    # other frames lose nothing (docs/memory.md)
+    # (the window, discounted then, shows part of each returning view); at 0.1 they do, return
+    # frames gain and the other frames lose nothing (docs/memory.md)
     min_score: float = 0.1
     radius_m: float = 20.0
     num_points: int = 256
@@ -58,6 +65,8 @@ class MemoryConfig:
     shortlist: int = 32  # more candidates than this: a coarse pass keeps this many (module docstring)
     coarse_points: int = 16  # view points of the coarse pass (the first of the Halton set)
     state_key: str = "l"  # a key whose presses flip the state the pose does not carry ("": none)
+    keep: str = "first"  # which chunk a place keeps: "first" (the oldest view) or "newest" (module docstring)
+    discount_window: bool = False  # True: what the context's window shows counts as covered (module docstring)
 
     def __post_init__(self) -> None:
         counts = (self.capacity, self.top_k, self.num_points, self.heading_bins, self.shortlist, self.coarse_points)
@@ -66,6 +75,8 @@ class MemoryConfig:
                 f"memory capacity, top_k, num_points, heading_bins, shortlist and coarse_points must be >= 1 "
                 f"(coarse_points <= num_points), got {counts}"
             )
+        if self.keep not in KEEP:
+            raise WorldsimError(f"memory keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if not math.isfinite(self.min_score):
             raise WorldsimError(f"memory min_score must be a finite number, got {self.min_score}")
         if self.radius_m <= 0 or self.cell_m <= 0 or self.distance_weight < 0:
@@ -244,7 +255,7 @@ class MemoryBank:
         self.state = torch.zeros(cfg.capacity, dtype=torch.int64)
         self.last_used = torch.zeros(cfg.capacity, dtype=torch.int64)  # retrieval clock of the last use
         self.clock = 0  # counts adds and retrievals: the order "least recently retrieved" reads
-        self._place: dict[tuple[int, int, int, int], int] = {}  # position cell + heading sector -> slot
+        self._place: dict[tuple[int, int, int, int, int], int] = {}  # position cell, heading sector, state -> slot
         self._hash: dict[tuple[int, int, int], set[int]] = {}  # radius_m cell -> slots
         self._hash_arrays: dict[tuple[int, int, int], np.ndarray] = {}  # the same as arrays, made when read
 
@@ -259,18 +270,18 @@ class MemoryBank:
         c = torch.floor(pos / self.cfg.radius_m).long().tolist()
         return (c[0], c[1], c[2])
 
-    def _place_key(self, anchor: torch.Tensor) -> tuple[int, int, int, int]:
+    def _place_key(self, anchor: torch.Tensor, state: int) -> tuple[int, int, int, int, int]:
         cell = torch.floor(anchor[:3, 3] / self.cfg.cell_m).long().tolist()
         fwd = anchor[:3, 2]
         yaw = math.atan2(float(fwd[0]), float(fwd[1])) % (2 * math.pi)  # z-up world, yaw 0 along +y
         sector = int(yaw / (2 * math.pi) * self.cfg.heading_bins) % self.cfg.heading_bins
-        return (cell[0], cell[1], cell[2], sector)
+        return (cell[0], cell[1], cell[2], sector, state)
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, latents: torch.Tensor, actions: torch.Tensor, c2w: torch.Tensor, frame: int, state: int = 0) -> int:
         """Keep one clean chunk: ``latents (k, C, h, w)``, ``actions (k, A)``, ``c2w (k, 4, 4)``,
-        the index of its first frame and its ``state`` -> the slot it took (bound rules in the
-        module docstring)."""
+        the index of its first frame and its ``state`` -> the slot it took, or -1 when its place
+        keeps an earlier entry (``keep="first"``; bound rules in the module docstring)."""
         if latents.ndim != 4 or actions.shape[0] != latents.shape[0] or c2w.shape != (latents.shape[0], 4, 4):
             raise WorldsimError(
                 f"a memory entry is one chunk: latents (k, C, h, w), actions (k, A), c2w (k, 4, 4); got "
@@ -287,8 +298,9 @@ class MemoryBank:
                 f"got {tuple(latents.shape)} and {tuple(actions.shape)}"
             )
         anchor = self._anchor(c2w)
-        key = self._place_key(anchor)
-        slot = self._place.get(key)
+        slot = self._place.get(self._place_key(anchor, state))
+        if slot is not None and self.cfg.keep == "first":
+            return -1
         if slot is None:
             free = (self.frame < 0).nonzero()
             if len(free):
@@ -313,7 +325,7 @@ class MemoryBank:
         self.position[slot] = anchor[:3, 3].numpy()
         self.packed[:, slot] = world_projections(self.anchor_w2c[slot, None], self.intrinsics, self.frame_size)[:, 0]
         self.rows[:, slot] = self.packed[:3, slot, :3]  # its view_rows, kept contiguous for the gathers
-        self._place[self._place_key(anchor)] = slot
+        self._place[self._place_key(anchor, int(self.state[slot]))] = slot
         cell = self._hash_cell(anchor[:3, 3])
         self._hash.setdefault(cell, set()).add(slot)
         self._hash_arrays.pop(cell, None)
@@ -322,7 +334,7 @@ class MemoryBank:
         if self.frame[slot] < 0:
             return
         anchor = self.anchor[slot]
-        self._place.pop(self._place_key(anchor), None)
+        self._place.pop(self._place_key(anchor, int(self.state[slot])), None)
         cell = self._hash_cell(anchor[:3, 3])
         self._hash[cell].discard(slot)
         self._hash_arrays.pop(cell, None)
@@ -383,8 +395,8 @@ class MemoryBank:
         """The entries to show the model before generating a chunk with poses ``query_c2w (k, 4,
         4)``: at most ``top_k``, best first, each scoring at least ``min_score`` (greedy,
         diversity-aware, after the coarse pass: module docstring); ``context_c2w (W, 4, 4)``: the
-        anchors of the chunks the context holds, whose view counts as covered. Marks the hits
-        used for the eviction rule."""
+        anchors of the chunks the context holds, whose view counts as covered with
+        ``discount_window`` (ignored without). Marks the hits used for the eviction rule."""
         slots = self.candidates(query_c2w, before_frame, state).numpy()
         if not len(slots):
             return []
@@ -397,7 +409,7 @@ class MemoryBank:
         seen = self._seen(placed, slots)
         penalty = self._penalty(anchor[:3, 3].numpy(), slots)
         covered = np.zeros(seen.shape[1], dtype=bool)
-        if context_c2w is not None and len(context_c2w):
+        if self.cfg.discount_window and context_c2w is not None and len(context_c2w):
             w2c = torch.linalg.inv(context_c2w.double().cpu())
             shown = placed.seen_by(view_rows(w2c, self.intrinsics, self.frame_size), camera_centres(w2c))
             covered = np.any(shown, axis=0)
