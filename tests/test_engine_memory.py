@@ -262,3 +262,17 @@ def test_a_session_saved_before_the_anchor_rules_loads_with_the_rules_of_then(ck
     with pytest.raises(WorldsimError, match="saved with memory .*'keep': 'newest'") as e:
         load_engine(ckpt, memory="on").load_session(tmp_path / "s")
     assert "\n" not in str(e.value)
+
+
+def test_play_refuses_a_bad_memory_in_one_line_naming_auto():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
+    r = subprocess.run(
+        [sys.executable, "play.py", "memory=maybe"], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and r.stderr.strip() == "error: memory must be 'auto', 'on' or 'off', got 'maybe'"

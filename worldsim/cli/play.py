@@ -227,7 +227,11 @@ def main(cfg: Any) -> None:
     """Play a checkpoint (or the ground-truth world) in a window, or headless (``headless=true``)."""
     pc = to_schema(cfg, PlayConfig)
     ground_truth = pc.checkpoint == ""  # None: the shipped model
-    # a bad value: one line, before anything loads
+    if pc.memory != "auto":  # a bad value: one line, before anything loads
+        try:
+            memory_config(pc.memory)
+        except WorldsimError:
+            raise WorldsimError(f"memory must be 'auto', 'on' or 'off', got {pc.memory!r}") from None
     memory = memory_config("off" if ground_truth and pc.memory == "auto" else model_memory(pc), pc.memory_top_k)
     if memory is not None and ground_truth:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
