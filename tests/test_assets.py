@@ -135,13 +135,14 @@ def test_play_keeps_a_memory_bank_for_a_model_by_default():
     """play.py's default ``memory=auto`` plays a model with the default bank (the anchor that holds
     a still player's view, docs/memory.md) and headless play's rollout gets it too; ``memory=off``
     turns it off."""
-    from worldsim.cli.play import PlayConfig, engine_options, model_memory
+    from worldsim.cli.play import PlayConfig, engine_options, memory_setting
     from worldsim.memory.bank import MemoryConfig
 
     pc = PlayConfig(checkpoint="assets/student_builtin_v4")
-    assert pc.memory == "auto" and model_memory(pc) == "on" and engine_options(pc)["memory"] == MemoryConfig()
+    assert pc.memory == "auto" and memory_setting(pc) == "on" and memory_setting(pc, ground_truth=True) == "off"
+    assert engine_options(pc)["memory"] == MemoryConfig()
     off = PlayConfig(checkpoint="assets/student_builtin_v4", memory="off")
-    assert model_memory(off) == "off" and engine_options(off)["memory"] is None
+    assert memory_setting(off) == "off" and engine_options(off)["memory"] is None
 
 
 def test_shipped_doom_teacher_starts_on_its_level_and_still_scores_as_claimed():

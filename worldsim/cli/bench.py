@@ -242,20 +242,19 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "engine":
         from worldsim.bench.engine import bench_engine
         from worldsim.inference.engine import memory_config
-        from worldsim.memory.bank import MemoryConfig
+        from worldsim.memory.bank import MemoryConfig, with_settings
 
         if args.chunks < 1 or args.play_steps < 0 or args.memory_entries < 1 or args.memory_queries < 1:
             parser.error("--chunks, --memory-entries and --memory-queries must be positive, --play-steps not negative")
         if args.memory_top_k is not None and args.memory_top_k < 1:
             parser.error(f"--memory-top-k must be at least 1, got {args.memory_top_k}")
         # a bad threshold or top_k: one line here, before any checkpoint loads
-        base = MemoryConfig()
-        if args.memory_min_score is not None:
-            base = dataclasses.replace(base, min_score=args.memory_min_score)
-        if args.memory_keep is not None:
-            base = dataclasses.replace(base, keep=args.memory_keep)
-        if args.memory_discount_window:
-            base = dataclasses.replace(base, discount_window=True)
+        base = with_settings(
+            MemoryConfig(),
+            min_score=args.memory_min_score,
+            keep=args.memory_keep,
+            discount_window=True if args.memory_discount_window else None,
+        )
         result["engine"] = bench_engine(
             args.checkpoint,
             args.chunks,

@@ -162,9 +162,11 @@ class EnvSource(SyncSource):
         self.env.close()
 
 
-def model_memory(pc: PlayConfig) -> str:
-    """``pc.memory`` for a model: ``auto`` is ``on``."""
-    return "on" if pc.memory == "auto" else pc.memory
+def memory_setting(pc: PlayConfig, ground_truth: bool = False) -> str:
+    """``pc.memory`` with ``auto`` resolved: on for a model, off for the ground-truth world."""
+    if pc.memory == "auto":
+        return "off" if ground_truth else "on"
+    return pc.memory
 
 
 def engine_options(pc: PlayConfig) -> dict[str, Any]:
@@ -174,7 +176,7 @@ def engine_options(pc: PlayConfig) -> dict[str, Any]:
         "bf16": pc.bf16,
         "sampler": pc.sampler,
         "threads": _threads(pc.threads),
-        "memory": memory_config(model_memory(pc), pc.memory_top_k),
+        "memory": memory_config(memory_setting(pc), pc.memory_top_k),
         "quantize": pc.quantize,
         "compile": pc.compile,
     }
@@ -210,7 +212,7 @@ def _headless(pc: PlayConfig) -> None:
         out=pc.out,
         bf16=pc.bf16,
         sampler=pc.sampler,
-        memory=model_memory(pc),
+        memory=memory_setting(pc),
         memory_top_k=pc.memory_top_k,
         quantize=pc.quantize,
         doom=pc.doom,
@@ -232,7 +234,7 @@ def main(cfg: Any) -> None:
             memory_config(pc.memory)
         except WorldsimError:
             raise WorldsimError(f"memory must be 'auto', 'on' or 'off', got {pc.memory!r}") from None
-    memory = memory_config("off" if ground_truth and pc.memory == "auto" else model_memory(pc), pc.memory_top_k)
+    memory = memory_config(memory_setting(pc, ground_truth), pc.memory_top_k)
     if memory is not None and ground_truth:
         raise WorldsimError("memory=on needs a model (checkpoint=...); the ground-truth world remembers by itself")
     check_quantize(pc.quantize, "cpu", pc.bf16)  # likewise

@@ -29,7 +29,7 @@ views most: the outbound true view it overlaps, the truth at return, and the thr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from worldsim.data.metrics import psnr, ssim
 from worldsim.data.preview import contact_sheet, upscale, write_png
 from worldsim.eval.ground_truth import went_dark, world_rollout
 from worldsim.inference.engine import Engine
-from worldsim.memory.bank import MemoryConfig
+from worldsim.memory.bank import MemoryConfig, with_settings
 from worldsim.memory.scoring import fov_overlap
 
 KINDS = ("out_and_back", "loop", "turn")
@@ -72,14 +72,9 @@ class MemoryEvalConfig:
         for kind in self.kinds:
             if kind not in KINDS:
                 raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
-        cfg = MemoryConfig()
-        if self.min_score is not None:
-            cfg = replace(cfg, min_score=self.min_score)
-        if self.keep is not None:
-            cfg = replace(cfg, keep=self.keep)
-        if self.discount_window is not None:
-            cfg = replace(cfg, discount_window=self.discount_window)
-        return cfg
+        return with_settings(
+            MemoryConfig(), min_score=self.min_score, keep=self.keep, discount_window=self.discount_window
+        )
 
 
 def trajectory(

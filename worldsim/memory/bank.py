@@ -37,7 +37,8 @@ added).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,12 @@ class MemoryConfig:
                 f"memory radius_m and cell_m must be > 0 and distance_weight >= 0, got "
                 f"{self.radius_m}, {self.cell_m}, {self.distance_weight}"
             )
+
+
+def with_settings(cfg: MemoryConfig, **given: Any) -> MemoryConfig:
+    """``cfg`` with each setting of ``given`` that is not None (a command line's unset options
+    leave the bank's own); checked as any :class:`MemoryConfig` is."""
+    return replace(cfg, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True)
