@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tests.test_engine import KEYS, _inputs, _world_reset, make_tiny_checkpoint
 from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
+from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.memory.bank import MemoryConfig
 
 TURN_PX = 60.0  # 0.25 deg per pixel: 15 deg per frame, 30 per 2-frame chunk, a full turn in 12 chunks
@@ -83,6 +84,54 @@ def test_a_still_player_is_shown_the_start_view_once_the_window_has_left_it(ckpt
     assert all(h == [] for h in hits["window"])
 
 
+def _counting(fn, calls):
+    """``fn`` that appends 1 to ``calls`` each time it runs."""
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return fn(*a, **kw)
+
+    return counted
+
+
+def test_a_still_player_reuses_the_retrieved_chunks_pass_across_a_saved_session(ckpt, tmp_path):
+    """Standing still, the start's chunk comes back on every chunk; from its second retrieval on
+    no pass runs for it (only the cache write), and a session saved then continues bit for bit
+    with its kept pass (context noise on, so a pass run again would draw other noise and show).
+    With ``reuse=False`` every retrieval runs its pass."""
+    noisy = SamplerOverrides(context_sigma=0.2)
+    runs = {}
+    for reuse in (True, False):
+        eng = load_engine(ckpt, memory=MemoryConfig(reuse=reuse), seed=5, sampler=noisy)
+        _world_reset(eng, 1)
+        writes: list[int] = []
+        eng.model.write_chunk = _counting(eng.model.write_chunk, writes)
+        chunks, reused, passes = [], [], []
+        for j in range(10):
+            writes.clear()
+            if j == 7 and reuse:
+                eng.save_session(tmp_path / "s")  # runs the deferred cache write
+            chunks.append(eng.step(*_inputs(2)))
+            reused.append(eng.rollout.memory_reused)
+            passes.append(len(writes))  # the last chunk's cache write, and the memory pass if it ran
+        runs[reuse] = chunks
+        hit = [bool(c.memory) for c in chunks]
+        first = hit.index(True)
+        assert all(hit[first:]) and first < 6
+        if reuse:
+            assert reused == [0] * (first + 1) + [1] * (9 - first)
+            assert passes[first + 1 :] == [1] * (9 - first)
+        else:
+            assert reused == [0] * 10 and passes[first + 1 :] == [2] * (9 - first)
+    assert not np.array_equal(runs[True][-1].frames, runs[False][-1].frames)  # the pass's noise, drawn once or anew
+    other = load_engine(ckpt, memory="on", seed=99, sampler=noisy)
+    other.load_session(tmp_path / "s")
+    assert len(other.rollout.kept) == 1
+    for c in runs[True][7:]:
+        d = other.step(*_inputs(2))
+        assert other.rollout.memory_reused == 1 and d.memory == c.memory and np.array_equal(d.frames, c.frames)
+
+
 def test_memory_on_plays_as_off_until_the_first_hit_then_differs(ckpt):
     frames = {}
     for memory in ("off", "on"):
@@ -144,6 +193,27 @@ def test_a_corrupt_or_mismatched_memory_state_fails_in_one_line(ckpt, tmp_path):
     with pytest.raises(WorldsimError, match="saved memory bank does not fit") as e:
         load_engine(ckpt, memory="on").load_session(tmp_path / "s")
     assert "\n" not in str(e.value)
+    _still = load_engine(ckpt, memory="on")
+    _world_reset(_still, 1)
+    for _ in range(8):  # standing still: the start's chunk comes back, its pass kept
+        _still.step(*_inputs(2))
+    _still.save_session(tmp_path / "kept")
+    good = load_file(str(tmp_path / "kept" / "session.safetensors"))
+    assert "kept.0.k" in good
+    for names, damage, message in (
+        (["kept.0.v"], None, "retrieved chunk 0 is incomplete"),
+        (["kept.0.k", "kept.0.v"], lambda t: t[:, :, :, :-1], "retrieved chunk 0 does not fit this model"),
+    ):
+        tensors = dict(good)
+        for name in names:  # keys and values of a chunk one token short: another model's
+            if damage is None:
+                del tensors[name]
+            else:
+                tensors[name] = damage(tensors[name]).contiguous()
+        save_file(tensors, str(tmp_path / "kept" / "session.safetensors"))
+        with pytest.raises(WorldsimError, match=message) as e:
+            load_engine(ckpt, memory="on").load_session(tmp_path / "kept")
+        assert "\n" not in str(e.value)
     (tmp_path / "s" / "session.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WorldsimError, match="cannot be read"):
         load_engine(ckpt, memory="on").load_session(tmp_path / "s")
@@ -212,6 +282,7 @@ def test_the_revisit_evaluation_scores_three_modes_and_writes_its_sheets(ckpt, t
     high = MemoryEvalConfig(starts=1, lengths=[48], kinds=["turn"], min_score=1.01)
     m = memory_revisit(lambda memory, top_k: load_engine(ckpt, memory=memory, memory_top_k=top_k), high, tmp_path)
     assert m["min_score"] == 1.01 and m["runs"][0]["on"]["chunks_with_hits"] == 0
+    assert (m["keep"], m["discount_window"], m["reuse"]) == ("first", False, True)  # the bank's rules, recorded
 
 
 def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):
@@ -242,24 +313,32 @@ def test_memory_hits_cross_the_generation_process_and_reach_the_hud(ckpt):
     assert f"memory: 1 hit, best score {sched.memory[0].score:.2f} | chunks with hits 3" in lines
 
 
-def test_a_session_saved_before_the_anchor_rules_loads_with_the_rules_of_then(ckpt, tmp_path):
-    """A session file whose memory settings predate ``keep`` and ``discount_window`` was played
-    with the rules of then (the newest chunk per place, the window discounted): it loads with
-    those and is refused, in one line, with the default bank."""
-    then = MemoryConfig(keep="newest", discount_window=True)
+@pytest.mark.parametrize(
+    ("then", "missing"),
+    [
+        (MemoryConfig(keep="newest", discount_window=True, reuse=False), ("keep", "discount_window", "reuse")),
+        (MemoryConfig(reuse=False), ("reuse",)),  # the anchor, before reuse
+    ],
+)
+def test_a_session_saved_before_the_anchor_rules_loads_with_the_rules_of_then(ckpt, tmp_path, then, missing):
+    """A session file whose memory settings predate ``keep`` and ``discount_window`` (or only
+    ``reuse``) was played with the rules of then (the newest chunk per place, the window
+    discounted; a pass for every retrieval): it loads with those and is refused, in one line, with
+    the default bank."""
     eng = load_engine(ckpt, memory=then, seed=5)
     _world_reset(eng, 1)
     _turn(eng, 2)
     eng.save_session(tmp_path / "s")
     meta = json.loads((tmp_path / "s" / "session.json").read_text())
-    del meta["memory"]["keep"], meta["memory"]["discount_window"]
+    for name in missing:
+        del meta["memory"][name]
     (tmp_path / "s" / "session.json").write_text(json.dumps(meta))
     a = _turn(eng, 2)
     other = load_engine(ckpt, memory=then, seed=99)
     other.load_session(tmp_path / "s")
     b = _turn(other, 2)
     assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b, strict=True))
-    with pytest.raises(WorldsimError, match="saved with memory .*'keep': 'newest'") as e:
+    with pytest.raises(WorldsimError, match=f"saved with memory .*'{missing[-1]}'") as e:
         load_engine(ckpt, memory="on").load_session(tmp_path / "s")
     assert "\n" not in str(e.value)
 

@@ -197,28 +197,31 @@ def _retrieved(seed, k):
     return lat, act, torch.from_numpy(np.stack(poses)).double()[None]
 
 
-def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window():
-    """The cached rollout with a retrieved chunk on every other step equals one forward over
-    ``[retrieved chunks | session | chunk]``: each retrieved chunk in place of the oldest window
-    chunk of the step it served (that chunk hidden, the retrieved one at its positions), its
-    rays relative to that step's reference (the newest context frame), attending to itself
-    alone, and seen by that step's chunk only, noisy and clean (the clean pass that writes the
-    chunk's keys sees it too); a step without memory sees the whole window and no memory."""
-    m = _model(depth=3)
-    k, window, n0, chunks = 2, 2, 4, 5
-    lat, act, c2w = _session(n0 + chunks * k)
+def _check_memory_steps(m, lat, act, c2w, n0, window, memory, memory_reuse=False, guesses=None):
+    """Steps a cached rollout (``chunk`` reference, ``memory[j]`` retrieved for step ``j`` or
+    None) and checks each step against one forward over ``[retrieved chunks | session | chunk]``:
+    each retrieved chunk in place of the oldest window chunk of the step it served (that chunk
+    hidden, the retrieved one at its positions), its rays relative to that step's reference (the
+    newest context frame), attending to itself alone, and seen by that step's chunk only, noisy
+    and clean (the clean pass that writes the chunk's keys sees it too); a step without memory
+    sees the whole window and no memory. ``guesses[j]``: retrieved chunks loaded ahead of step
+    ``j`` (the engine's guess), which the step's own replace. -> the rollout's ``memory_reused``
+    after each step."""
+    k = m.cfg.chunk_frames
     cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference="chunk")
-    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached", memory_chunks=1)
+    roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached", memory_chunks=1, memory_reuse=memory_reuse)
     roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
     g_roll, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     rays = _cacheable_rays(c2w, "chunk", k, 3.0)
     tokens = k * m.cfg.tokens_per_frame
     clean = lat[:, :n0]
-    mems = []  # (latents, actions, rays, positions, the session chunk it served)
-    for j in range(chunks):
+    mems, reused = [], []  # (latents, actions, rays, positions, the session chunk it served)
+    for j, mem in enumerate(memory):
         s = n0 + j * k
-        mem = _retrieved(10 + j, k) if j % 2 == 0 else None
+        if j in (guesses or {}):
+            roll.load_memory(guesses[j], g_roll)  # no context noise here: the generator is untouched
         x0 = roll.step(act[:, s : s + k], c2w[:, s : s + k], g_roll, memory=mem)
+        reused.append(roll.memory_reused)
         if mem is not None:
             start = s - window * k  # the window's first frame: the chunk it replaces
             m_rays = _rays_reference(mem[2], c2w[0, s - 1], 3.0, normalise_over_sequence=False)
@@ -246,6 +249,34 @@ def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede
         torch.testing.assert_close(x0, noise - v[:, -k:], rtol=1e-9, atol=1e-9, msg=f"chunk {j}")
         clean = torch.cat([clean, x0], 1)
     assert roll.history.num_frames == window * k  # retrieved chunks never join the history
+    return reused
+
+
+def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window():
+    """A retrieved chunk on every other step (``_check_memory_steps`` says what the forward is)."""
+    m = _model(depth=3)
+    n0, chunks = 4, 5
+    lat, act, c2w = _session(n0 + chunks * 2)
+    memory = [_retrieved(10 + j, 2) if j % 2 == 0 else None for j in range(chunks)]
+    assert _check_memory_steps(m, lat, act, c2w, n0, 2, memory) == [0] * chunks
+
+
+def test_a_still_players_retrieved_chunk_reuses_its_pass_moved_in_time():
+    """``memory_reuse``: the same chunk retrieved while the camera stands still (the same
+    reference) keeps its keys and values, turned by RoPE to the positions it now takes, and the
+    steps still equal the forward that computes it anew each time (no context noise here); once
+    the camera moves, or another chunk is retrieved, its pass runs again."""
+    m = _model(depth=3)
+    n0, chunks = 4, 6
+    lat, act, c2w = _session(n0 + chunks * 2)
+    c2w[:, 3:12] = c2w[:, 3:4].clone()  # still from the context's newest frame to frame 11; moves at 12
+    place, other = _retrieved(10, 2), _retrieved(11, 2)
+    memory = [place, place, place, None, place, place]  # step j's reference is frame 3 + 2j
+    wrong = {2: other}  # step 2's guess loads another chunk into the slot; the kept pass is intact
+    reused = _check_memory_steps(m, lat, act, c2w, n0, 2, memory, memory_reuse=True, guesses=wrong)
+    assert reused == [0, 1, 1, 0, 1, 0]  # step 4: still, kept across a step without memory; 5: moved
+    memory = [place, other, place, place]  # another chunk in between: a pass of its own, then back
+    assert _check_memory_steps(m, lat, act, c2w, n0, 2, memory, memory_reuse=True) == [0, 0, 0, 1]
 
 
 def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context():

@@ -159,6 +159,7 @@ def test_bench_engine_reports_every_row_and_agrees_with_hand_timing(tiny):
         "busy_pinned_frames_per_s",
         "busy_auto_ratio",
         "memory_on_frames_per_s_ratio",
+        "memory_still_frames_per_s_ratio",
         "memory_bank_retrieve_p95_ms",
         "memory_bank_MB",
     ):
@@ -194,6 +195,8 @@ def test_bench_engine_times_both_policies_for_a_cacheable_checkpoint(tmp_path):
         assert res[f"{policy}_1step_frames_per_s"] > 0
     assert res["cached_1step_context_ms"] < res["rebuild_1step_context_ms"]
     assert res["cached_speedup_1step"] == res["cached_1step_frames_per_s"] / res["rebuild_1step_frames_per_s"]
+    # Standing still, the start's chunk comes back on every chunk and keeps its pass (cached only).
+    assert res["memory_reuse"] and 0 < res["memory_still_reuse_share"] <= res["memory_still_hit_share"]
 
 
 def test_bench_compile_steps_a_compiled_engine_beside_an_eager_one(tiny, inductor_cache):
@@ -237,6 +240,7 @@ def test_bench_cli_writes_json(tiny, tmp_path):
             "--memory-top-k=2",
             "--memory-keep=newest",
             "--memory-discount-window",
+            "--no-memory-reuse",
             f"--out={tmp_path / 'b.json'}",
         ],
         cwd=ROOT,
@@ -249,7 +253,9 @@ def test_bench_cli_writes_json(tiny, tmp_path):
     assert set(out) == {"machine", "engine"} and out["machine"]["cores"] >= 1 and "default_frames_per_s" in p.stdout
     eng = out["engine"]
     assert (eng["memory_min_score"], eng["memory_top_k"]) == (-1.0, 2) and eng["memory_on_hit_share"] > 0
-    assert (eng["memory_keep"], eng["memory_discount_window"]) == ("newest", True)
+    assert (eng["memory_keep"], eng["memory_discount_window"], eng["memory_reuse"]) == ("newest", True, False)
+    assert eng["memory_on_reuse_share"] == 0 and eng["default_reuse_share"] == 0  # --no-memory-reuse
+    assert eng["memory_still_reuse_share"] == 0 and eng["memory_still_frames_per_s_ratio"] > 0
     for flag, message in (
         ("--memory-min-score=nan", "memory min_score must be a finite number, got nan"),
         ("--memory-keep=last", "memory keep must be one of first, newest, got 'last'"),

@@ -47,3 +47,22 @@ def test_rope_scores_depend_only_on_position_differences():
     s1 = apply_rope(q, rope_angles(pos, head_dim)) @ apply_rope(k, rope_angles(pos, head_dim)).transpose(-1, -2)
     s2 = apply_rope(q, rope_angles(shifted, head_dim)) @ apply_rope(k, rope_angles(shifted, head_dim)).transpose(-1, -2)
     torch.testing.assert_close(s1, s2, rtol=1e-9, atol=1e-9)
+
+
+def test_shift_time_moves_rotated_keys_to_later_frames_and_nothing_else():
+    """Keys rotated at frames ``t`` and turned by ``shift_time(.., s)`` are the keys rotated at
+    ``t + s``, rows and columns as they were (the memory bank's kept passes, moved in time);
+    bf16 keys are turned in float32, so they differ from the direct rotation by bf16's rounding
+    of the result alone."""
+    from worldsim.model.rope import shift_time
+
+    rows, cols, head_dim = 2, 3, 12
+    frame_pos = torch.tensor([5, 6])
+    x = torch.randn(1, 2, len(frame_pos) * rows * cols, head_dim, dtype=torch.float64)
+    at = lambda pos: apply_rope(x, rope_angles(token_positions(pos, rows, cols), head_dim))  # noqa: E731
+    for s in (1, 7, 4000):
+        torch.testing.assert_close(shift_time(at(frame_pos), s), at(frame_pos + s), rtol=1e-9, atol=1e-9)
+    keys = at(frame_pos).to(torch.bfloat16)
+    torch.testing.assert_close(
+        shift_time(keys, 7).double(), shift_time(keys.double(), 7).to(torch.bfloat16).double(), rtol=0, atol=0
+    )

@@ -26,12 +26,19 @@ What each number includes:
   so that some chunks retrieve and the model's pass over a retrieved chunk is paid:
   ``memory_on_hit_share`` is the share of chunks that retrieved an entry,
   ``memory_on_reload_share`` the share whose retrieval for the real poses picked other entries
-  than ``Engine.prepare``'s guess, so that their context passes ran twice);
+  than ``Engine.prepare``'s guess, so that their context passes ran twice,
+  ``memory_on_reuse_share`` the retrieved chunks whose pass was kept from the chunk before
+  (``memory_reuse``, a still player: no pass ran), per chunk; ``--no-memory-reuse`` runs every
+  pass, recorded as ``memory_reuse``);
   ``memory_on_frames_per_s_ratio`` = memory on / memory off in ``throughput_frames_per_s``
   (frames over the summed time of every timed chunk: unlike the median, it pays for the chunks
   that retrieve however few they are); memory off is the default engine again on the same walk,
   the two stepping one chunk each in turn so that a machine whose speed drifts during the run
   slows both alike (the other rows, but int8's, time one engine alone, on the explore policy).
+  ``memory_still_*``: the same pair on the ``idle`` policy's walk, whose first 24-60 frames have
+  no input at all (a player who stops, whom the anchor brings the start's chunk on every chunk
+  once the window has left it): ``memory_still_hit_share``, ``memory_still_reuse_share`` and
+  ``memory_still_frames_per_s_ratio`` (memory on / off, throughput).
   ``memory_bank_*``: retrieval from a bank of ``--memory-entries`` entries (default 10,000:
   distinct places on a grid of position cells and heading sectors around the query walk, the
   checkpoint's latent size), p50/p95/max per chunk over ``--memory-queries`` query chunks
@@ -104,6 +111,7 @@ from worldsim.play.sources import ProcessSource, open_engine_source
 
 STAGES = ("context", "denoise", "cache_write", "decode", "memory")
 MEMORY_POLICY = "glance_back"  # the memory rows' walk: it turns away and back, so chunks retrieve
+STILL_POLICY = "idle"  # the memory_still rows' walk: from the start, a player who stands still (the anchor)
 
 
 def _chunk_times(engine: Engine, chunks: int, warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -125,7 +133,8 @@ def _paired_chunk_times(
         acts.append(
             make_policy(policy, engine.key_names, engine.cfg.controller).actions(n, np.random.default_rng(seed))
         )
-    times: list[dict[str, list[float]]] = [{s: [] for s in (*STAGES, "critical", "hit", "reload")} for _ in engines]
+    keys = (*STAGES, "critical", "hit", "reload", "reuse")
+    times: list[dict[str, list[float]]] = [{s: [] for s in keys} for _ in engines]
     for c in range(chunks + warmup):
         order = range(len(engines)) if c % 2 == 0 else reversed(range(len(engines)))
         for i in order:
@@ -138,6 +147,9 @@ def _paired_chunk_times(
                 for s in (*STAGES, "critical"):
                     times[i][s].append(getattr(chunk.timings, f"{s}_s"))
                 times[i]["hit"].append(float(bool(chunk.memory)))
+                times[i]["reuse"].append(
+                    float(bool(chunk.memory)) * engines[i].rollout.memory_reused / len(chunk.memory or [0])
+                )
     return [{s: np.array(v) for s, v in t.items()} for t in times]
 
 
@@ -158,6 +170,7 @@ def _stage_rows(t: dict[str, np.ndarray], chunk_frames: int) -> dict[str, float]
     rows["throughput_frames_per_s"] = chunk_frames / float(np.mean(total))  # every chunk counts, hits too
     rows["hit_share"] = float(t["hit"].mean())
     rows["reload_share"] = float(t["reload"].mean())  # chunks whose retrieval ahead guessed other entries
+    rows["reuse_share"] = float(t["reuse"].mean())  # retrieved chunks whose kept pass served, per chunk
     return rows
 
 
@@ -384,6 +397,7 @@ def bench_engine(
     with_memory = load_engine(checkpoint, device=device, bf16=False, memory=memory)
     res["memory_min_score"], res["memory_top_k"] = memory.min_score, memory.top_k
     res["memory_keep"], res["memory_discount_window"] = memory.keep, memory.discount_window
+    res["memory_reuse"] = memory.reuse
     off, on = _paired_chunk_times([without, with_memory], chunks, policy=MEMORY_POLICY)
     for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val
@@ -393,6 +407,10 @@ def bench_engine(
     res["memory_on_frames_per_s_ratio"] = (
         res["memory_on_throughput_frames_per_s"] / res["memory_off_paired_throughput_frames_per_s"]
     )
+    off, on = _paired_chunk_times([without, with_memory], chunks, policy=STILL_POLICY)  # a player who stops
+    still_on, still_off = _stage_rows(on, k), _stage_rows(off, k)
+    res["memory_still_hit_share"], res["memory_still_reuse_share"] = still_on["hit_share"], still_on["reuse_share"]
+    res["memory_still_frames_per_s_ratio"] = still_on["throughput_frames_per_s"] / still_off["throughput_frames_per_s"]
     res.update(bench_memory_bank(engine, memory_entries, memory_queries, memory))
     # Each context policy the checkpoint's conditioning allows, at each step count (fp32).
     policies = [p for p in CONTEXT_POLICIES if p == "rebuild" or engine.cfg.conditioning.cacheable]

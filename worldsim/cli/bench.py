@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
         help="count what the context's window shows as covered (retrieve only what it lacks; default: the bank's own)",
     )
     p_engine.add_argument(
+        "--no-memory-reuse",
+        action="store_true",
+        help="run a retrieved chunk's pass on every retrieval, even a still player's (default: the bank's own, reuse)",
+    )
+    p_engine.add_argument(
         "--busy",
         action="store_true",
         help="also time the engine beside a process that keeps one core busy (threads auto vs pinned)",
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             min_score=args.memory_min_score,
             keep=args.memory_keep,
             discount_window=True if args.memory_discount_window else None,
+            reuse=False if args.no_memory_reuse else None,
         )
         result["engine"] = bench_engine(
             args.checkpoint,

@@ -65,6 +65,7 @@ class MemoryEvalConfig:
     min_score: float | None = None
     keep: str | None = None  # which chunk a place keeps, "first" or "newest" (None: MemoryConfig's, first)
     discount_window: bool | None = None  # what the window shows counts as covered (None: MemoryConfig's, no)
+    reuse: bool | None = None  # a still player's retrieved chunk keeps its pass (None: MemoryConfig's, yes)
 
     def bank(self) -> MemoryConfig:
         """The evaluated bank's config; ``WorldsimError`` in one line for an unknown kind or a bad
@@ -73,7 +74,11 @@ class MemoryEvalConfig:
             if kind not in KINDS:
                 raise WorldsimError(f"unknown revisit trajectory {kind!r}; valid: {', '.join(KINDS)}")
         return with_settings(
-            MemoryConfig(), min_score=self.min_score, keep=self.keep, discount_window=self.discount_window
+            MemoryConfig(),
+            min_score=self.min_score,
+            keep=self.keep,
+            discount_window=self.discount_window,
+            reuse=self.reuse,
         )
 
 
@@ -220,6 +225,7 @@ def memory_revisit(
         "min_score": bank.min_score,
         "keep": bank.keep,
         "discount_window": bank.discount_window,
+        "reuse": bank.reuse,
         "runs_with_return_frames": len(scored),
         "return_gain_db": summary["on"]["psnr_db_return"] - summary["off"]["psnr_db_return"],
         "other_change_db": summary["on"]["psnr_db_other"] - summary["off"]["psnr_db_other"],

@@ -65,7 +65,7 @@ from worldsim.inference.compiled import check_compile, compile_decoder, compile_
 from worldsim.inference.context import History
 from worldsim.inference.kv_cache import KVCache
 from worldsim.inference.quantize import check_quantize, quantize_model
-from worldsim.inference.rollout import ChunkRollout, RolloutTimings, default_policy
+from worldsim.inference.rollout import ChunkRollout, MemoryPass, RolloutTimings, default_policy
 from worldsim.memory.bank import MemoryBank, MemoryConfig, MemoryHit
 from worldsim.model.codec import Codec, decode_for_display, frames_to_tensor, tensor_to_frames
 from worldsim.model.dit import WorldModel
@@ -198,6 +198,7 @@ class Engine:
             null,
             memory_chunks=memory.top_k if memory else 0,
             defer_cache_write=True,  # run by prepare(), off the next input's critical path
+            memory_reuse=bool(memory and memory.reuse),
         )
         self.memory: MemoryBank | None = None  # the session's bank (memory on), made by reset()
         key = memory.state_key if memory else ""
@@ -506,6 +507,11 @@ class Engine:
             tensors.update({f"cache.{k}": v for k, v in cache.state_dict().items()})
         if self.memory is not None:
             tensors.update({f"memory.{k}": v for k, v in self.memory.state_dict().items()})
+        for i, kept in enumerate(self.rollout.kept):  # memory reuse: the last retrieved chunks' passes
+            c = kept.chunk
+            fields = {"latents": c.latents, "actions": c.actions, "c2w": c.c2w, "ray_ref": c.ray_ref}
+            fields.update({"frame_idx": c.frame_idx, "k": kept.k, "v": kept.v})
+            tensors.update({f"kept.{i}.{name}": t.clone() for name, t in fields.items()})
         meta: dict[str, Any] = {
             "version": SESSION_VERSION,
             "checkpoint": self.fingerprint,
@@ -554,8 +560,8 @@ class Engine:
             )
         memory = None if self.memory_cfg is None else asdict(self.memory_cfg)
         saved = meta.get("memory")
-        if isinstance(saved, dict):  # saved before keep and discount_window: the rules of then
-            saved = {"keep": "newest", "discount_window": True, **saved}
+        if isinstance(saved, dict):  # saved before keep, discount_window and reuse: the rules of then
+            saved = {"keep": "newest", "discount_window": True, "reuse": False, **saved}
         if saved != memory:
             raise WorldsimError(
                 f"{root} was saved with memory {saved}, this engine runs {memory}; "
@@ -578,7 +584,8 @@ class Engine:
                 {k[len("cache.") :]: v for k, v in t.items() if k.startswith("cache.")},
                 self.model.cfg.depth,
             )
-        self.rollout.restore(hist, cache)
+        kept = [self._kept_pass(t, i, root) for i in range(sum(n.startswith("kept.") and n.endswith(".k") for n in t))]
+        self.rollout.restore(hist, cache, kept=kept)
         self.memory, self.memory_state = bank, int(meta.get("memory_state", 0))
         self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
         self.previous_mouse = t["previous_mouse"].cpu().numpy().astype(np.float32)
@@ -593,6 +600,17 @@ class Engine:
             float(meta["pitch_rad"]),
             np.array(velocity, np.float64),
         )
+
+    def _kept_pass(self, t: dict[str, torch.Tensor], i: int, root: Path) -> MemoryPass:
+        """Saved kept pass ``i`` (``save_session``'s ``kept.<i>.*``), or one line saying what is wrong."""
+        names = ("latents", "actions", "c2w", "ray_ref", "frame_idx", "k", "v")
+        if any(f"kept.{i}.{n}" not in t for n in names):
+            raise WorldsimError(f"{root}: the saved pass of retrieved chunk {i} is incomplete")
+        f = {n: t[f"kept.{i}.{n}"] for n in names}
+        want = (self.model.cfg.depth, self.chunk_frames * self.model.cfg.tokens_per_frame)  # (layers, L)
+        if f["k"].shape != f["v"].shape or f["k"].dim() != 5 or (f["k"].shape[0], f["k"].shape[3]) != want:
+            raise WorldsimError(f"{root}: the saved pass of retrieved chunk {i} does not fit this model")
+        return MemoryPass(History(f["latents"], f["actions"], f["c2w"], f["ray_ref"], f["frame_idx"]), f["k"], f["v"])
 
 
 def check_device(device: str) -> torch.device:

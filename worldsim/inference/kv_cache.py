@@ -2,7 +2,8 @@
 
 Layout per layer: ``slots`` chunk-sized slots of ``L`` tokens in one buffer
 ``(B, H, slots * L, hd)``: ``memory`` slots first for chunks retrieved from the memory bank
-(rewritten before every chunk that uses them, filled from the last one backwards so the used
+(rewritten before every chunk that uses them, by a pass or from a kept one
+(``MemorySlot.fill``), filled from the last one backwards so the used
 ones end where the rest begins; while they are in use the same number of the oldest window
 chunks is hidden, so a chunk sees as many context chunks as the teacher was trained with), an
 optional *sink* slot (the session's first chunk, kept for good:
@@ -186,3 +187,16 @@ class MemorySlot:
         """Store ``k, v (B, H, L, hd)`` in the memory slot -> the same (the chunk attends to itself)."""
         self.cache._write(layer, self.slot, k, v)
         return k, v
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the slot's keys and values in every block, each ``(layers, B, H, L, hd)``."""
+        c = self.cache
+        assert c.k is not None and c.v is not None, "read() before the slot was written"
+        s = slice(self.slot * c.chunk_tokens, (self.slot + 1) * c.chunk_tokens)
+        return c.k[:, :, :, s].clone(), c.v[:, :, :, s].clone()
+
+    def fill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write keys and values of every block, ``(layers, B, H, L, hd)`` as :meth:`read` gives
+        them, into the slot (a pass's results kept from an earlier chunk)."""
+        for layer in range(self.cache.num_layers):
+            self.cache._write(layer, self.slot, k[layer], v[layer])

@@ -29,8 +29,18 @@ context chunk of half the training clips): in place of the oldest window chunks 
 with rays relative to the generated chunk's reference, each attending to itself alone.
 ``rebuild`` puts them in front of the context it recomputes; ``cached`` runs one clean pass per
 retrieved chunk into the cache's memory slots before denoising and hides the replaced chunks for
-this chunk's passes (retrieved chunks change from chunk to chunk, so they are never kept). They
-never join the history.
+this chunk's passes. They never join the history.
+
+A retrieved chunk's keys and values depend on its latents, actions and poses, on the reference
+its rays are taken against (the generated chunk's) and on its context noise; not on where it sits
+in time, since it attends to itself alone and RoPE scores only position differences. So with
+``memory_reuse`` (``cached``) a step given a chunk that the last step with memory was given too,
+at the same reference (a player standing still in front of a place the bank brings back), runs
+no pass for it: its kept keys and values (:class:`MemoryPass`) go back into the memory slot,
+the keys turned by RoPE to the new positions (``worldsim.model.rope.shift_time``, always from the
+positions they were computed at, so that rounding does not build up over a long stand), and no
+context noise is drawn for it: the chunk keeps the noise it was first given, as a window chunk
+keeps its own for as long as it stays in the window.
 
 The rollout is gradient-agnostic: under ``torch.inference_mode`` it is the engine's loop; with
 gradients enabled it is Self-Forcing's training rollout, where only the pass of the chunk's exit
@@ -57,6 +67,7 @@ from worldsim.diffusion.sampler import SamplerConfig, context_input, denoise_upd
 from worldsim.inference.context import CameraRays, ConditioningConfig, History
 from worldsim.inference.kv_cache import KVCache
 from worldsim.model.dit import WorldModel
+from worldsim.model.rope import shift_time
 
 CONTEXT_POLICIES = ("rebuild", "cached")
 
@@ -81,6 +92,25 @@ class RolloutTimings:
         return self.context_s + self.denoise_s + self.cache_write_s
 
 
+@dataclass(eq=False)  # compared by identity: is it one of the kept passes
+class MemoryPass:
+    """A retrieved chunk's clean pass (``cached``), kept for ``memory_reuse`` (module docstring):
+    the chunk as it went in (``History`` of ``k`` frames: latents, actions, poses, the reference
+    of its rays and the temporal positions it was computed at) and the keys (after RoPE at those
+    positions) and values it wrote, ``(layers, B, H, L, hd)`` each."""
+
+    chunk: History
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def serves(self, chunk: History) -> bool:
+        """Whether this pass is ``chunk``'s, wherever ``chunk`` sits in time: the same latents,
+        actions, poses and reference, so the same rays and hidden states from the same noise."""
+        a = self.chunk
+        pairs = ((a.latents, chunk.latents), (a.actions, chunk.actions), (a.c2w, chunk.c2w), (a.ray_ref, chunk.ray_ref))
+        return all(x.shape == y.shape and torch.equal(x, y) for x, y in pairs)
+
+
 def default_policy(cond: ConditioningConfig) -> str:
     """``cached`` where the conditioning keeps keys valid across chunks, else ``rebuild``."""
     return "cached" if cond.cacheable else "rebuild"
@@ -93,8 +123,10 @@ class ChunkRollout:
     classifier-free guidance compares against (required when ``sampler.guidance != 1``);
     ``memory_chunks`` the most retrieved chunks a step may be given (``cached``: the cache's
     memory slots); ``defer_cache_write`` (``cached``): a chunk's clean pass runs at the next
-    :meth:`flush` (module docstring). Raises ``WorldsimError`` for an unknown policy, ``cached`` with a
-    conditioning whose keys go stale, or inputs of the wrong length.
+    :meth:`flush` (module docstring); ``memory_reuse`` (``cached``): a retrieved chunk the last
+    step with memory had too, at the same reference, reuses that step's pass (module docstring;
+    :attr:`memory_reused` counts them per step). Raises ``WorldsimError`` for an unknown policy,
+    ``cached`` with a conditioning whose keys go stale, or inputs of the wrong length.
     """
 
     def __init__(
@@ -108,6 +140,7 @@ class ChunkRollout:
         null_action: torch.Tensor | None = None,
         memory_chunks: int = 0,
         defer_cache_write: bool = False,
+        memory_reuse: bool = False,
     ):
         if policy not in CONTEXT_POLICIES:
             raise unknown_name("context policy", policy, CONTEXT_POLICIES)
@@ -128,12 +161,15 @@ class ChunkRollout:
         self.cache: KVCache | None = None  # cached policy only
         self.timings = RolloutTimings()
         self.defer_cache_write = defer_cache_write
+        self.memory_reuse = memory_reuse and policy == "cached"
         # Work done ahead of the next step: the last chunk's cache write when deferred (clean
-        # latents, actions, rays, positions), the retrieved chunks loaded for it (a 1-tuple, so
-        # that "no memory" can be loaded too), and the time both took.
+        # latents, actions, rays, positions), the retrieved chunks loaded for it with their
+        # passes and how many of those were reused (None: "no memory" loaded), and the time both took.
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._loaded: tuple[History | None] | None = None
+        self._loaded: tuple[History | None, list[MemoryPass], int] | None = None
         self._ahead = RolloutTimings()
+        self.kept: list[MemoryPass] = []  # the passes of the last step with memory (memory_reuse)
+        self.memory_reused = 0  # retrieved chunks of the last step whose pass was reused
 
     @property
     def context_frames(self) -> int:
@@ -170,12 +206,20 @@ class ChunkRollout:
         hist = History(latents[:, -keep:], actions[:, -keep:], c2w[:, -keep:], c2w[:, ref_idx], idx)
         self.restore(hist, generator=generator)
 
-    def restore(self, history: History, cache: KVCache | None = None, generator: torch.Generator | None = None) -> None:
+    def restore(
+        self,
+        history: History,
+        cache: KVCache | None = None,
+        generator: torch.Generator | None = None,
+        kept: list[MemoryPass] | None = None,
+    ) -> None:
         """Continue a session from its history (a saved session); ``cached`` takes the saved
         ``cache`` as is, or recomputes it from the history when none is given (context noise from
-        ``generator``, as in :meth:`reset`)."""
+        ``generator``, as in :meth:`reset`); ``kept`` the saved :attr:`kept` passes (none: the
+        next retrieved chunks run their passes)."""
         self.history = history
         self._pending, self._loaded, self._ahead = None, None, RolloutTimings()
+        self.kept, self.memory_reused = list(kept or []), 0
         if self.policy == "cached" and cache is None:
             with torch.no_grad():  # context keys and values never carry gradient
                 cache = self._context_cache(history, generator=generator)
@@ -263,11 +307,12 @@ class ChunkRollout:
         ctx = self.history
         timer = _Timer(ctx.latents.device)
         mem = None if memory is None else self._retrieved(ctx, *memory)
+        passes: list[MemoryPass] = []
         if self.policy == "cached":
             assert self.cache is not None
             with torch.no_grad():
-                self._memory_passes(self.cache, mem, generator)
-        self._loaded = (mem,)
+                passes = self._memory_passes(self.cache, mem, generator)
+        self._loaded = (mem, passes, sum(p in self.kept for p in passes))
         self._ahead.context_s += timer.lap()
 
     def _write_chunk(
@@ -285,20 +330,33 @@ class ChunkRollout:
             self.model.write_chunk(context_input(self.sampler, clean, generator), labels, actions, rays, pos, cache)
         cache.commit()
 
-    def _memory_passes(self, cache: KVCache, mem: History | None, generator: torch.Generator | None) -> None:
-        """``cached``: the retrieved chunks' keys and values into the cache's memory slots (none: cleared)."""
+    def _memory_passes(
+        self, cache: KVCache, mem: History | None, generator: torch.Generator | None
+    ) -> list[MemoryPass]:
+        """``cached``: the retrieved chunks' keys and values into the cache's memory slots (none:
+        cleared), each from a kept pass that serves it (``memory_reuse``) or from its own clean
+        pass, in order, drawing its context noise -> the passes (with ``memory_reuse``)."""
         if mem is None:
             cache.use_memory(0)
-            return
+            return []
         cache.use_memory(mem.num_frames // self.k)
-        rays = self.rays.relative_to(mem.c2w, mem.ray_ref, mem.latents.dtype)
-        b = mem.latents.shape[0]
-        labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=mem.latents.dtype, device=mem.latents.device)
-        x = context_input(self.sampler, mem.latents, generator)
+        b, dtype, dev = mem.latents.shape[0], mem.latents.dtype, mem.latents.device
+        labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=dev)
+        passes = []
         for j, s in enumerate(range(0, mem.num_frames, self.k)):
-            sl = slice(s, s + self.k)
-            slot = cache.memory_slot(j)
-            self.model.write_chunk(x[:, sl], labels, mem.actions[:, sl], rays[:, sl], mem.frame_idx[sl], slot)
+            chunk, slot = mem.select(slice(s, s + self.k)), cache.memory_slot(j)
+            kept = next((p for p in self.kept if self.memory_reuse and p.serves(chunk)), None)
+            if kept is not None:  # the same pass, moved in time
+                shift = int(chunk.frame_idx[0] - kept.chunk.frame_idx[0])
+                slot.fill(shift_time(kept.k, shift), kept.v)
+                passes.append(kept)
+                continue
+            rays = self.rays.relative_to(chunk.c2w, chunk.ray_ref, dtype)
+            x = context_input(self.sampler, chunk.latents, generator)
+            self.model.write_chunk(x, labels, chunk.actions, rays, chunk.frame_idx, slot)
+            if self.memory_reuse:
+                passes.append(MemoryPass(chunk, *slot.read()))
+        return passes
 
     def _context_cache(
         self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -354,7 +412,9 @@ class ChunkRollout:
         if memory is not None or self._loaded is None:  # else loaded ahead (cached: passes done)
             self.load_memory(memory, generator)
         assert self._loaded is not None
-        (mem,), self._loaded = self._loaded, None
+        (mem, passes, self.memory_reused), self._loaded = self._loaded, None
+        if mem is not None and self.memory_reuse:
+            self.kept = passes
         ctx = self.history
         dev, dtype = ctx.latents.device, ctx.latents.dtype
         actions = actions.to(device=dev, dtype=dtype)

@@ -68,6 +68,10 @@ class MemoryConfig:
     state_key: str = "l"  # a key whose presses flip the state the pose does not carry ("": none)
     keep: str = "first"  # which chunk a place keeps: "first" (the oldest view) or "newest" (module docstring)
     discount_window: bool = False  # True: what the context's window shows counts as covered (module docstring)
+    # The engine (cached context): a retrieved chunk that the last chunk with memory had too, at
+    # the same camera reference (a still player), keeps that chunk's keys and values instead of a
+    # new clean pass (worldsim.inference.rollout, "memory_reuse"); False: a pass for every retrieval
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         counts = (self.capacity, self.top_k, self.num_points, self.heading_bins, self.shortlist, self.coarse_points)

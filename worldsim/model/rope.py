@@ -36,3 +36,13 @@ def token_positions(frame_pos: torch.Tensor, rows: int, cols: int) -> torch.Tens
     r = torch.arange(rows, dtype=torch.float64, device=frame_pos.device)[None, :, None].expand_as(t)
     c = torch.arange(cols, dtype=torch.float64, device=frame_pos.device)[None, None, :].expand_as(t)
     return torch.stack([t, r, c], dim=-1).reshape(-1, 3)
+
+
+def shift_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Keys ``x (..., L, D)`` that :func:`apply_rope` rotated at temporal positions ``t`` (any
+    rows and columns) -> the same keys at ``t + frames``: one more rotation of the time pairs by
+    ``frames`` (rotations of a pair compose by adding their angles; the row and column pairs turn
+    by 0). Computed in float32 at least (bf16 keys would lose more than their own rounding) and
+    returned in ``x``'s dtype."""
+    angles = rope_angles(torch.tensor([[float(frames), 0.0, 0.0]], device=x.device), x.shape[-1])
+    return apply_rope(x.to(torch.promote_types(x.dtype, torch.float32)), angles).to(x.dtype)
