@@ -202,7 +202,13 @@ def test_a_corrupt_or_mismatched_memory_state_fails_in_one_line(ckpt, tmp_path):
     assert "kept.0.k" in good
     for names, damage, message in (
         (["kept.0.v"], None, "retrieved chunk 0 is incomplete"),
-        (["kept.0.k", "kept.0.v"], lambda t: t[:, :, :, :-1], "retrieved chunk 0 does not fit this model"),
+        (["kept.0.k", "kept.0.v"], lambda t: t[:, :, :, :-1], "retrieved chunk 0 does not fit .*: k, v$"),
+        (["kept.0.k", "kept.0.v"], lambda t: t[:, :, :1], "retrieved chunk 0 does not fit .*: k, v$"),  # heads
+        (["kept.0.k", "kept.0.v"], lambda t: t[..., :-2], "retrieved chunk 0 does not fit .*: k, v$"),  # head size
+        (["kept.0.k", "kept.0.v"], lambda t: t.double(), "retrieved chunk 0 does not fit .*: dtype$"),
+        (["kept.0.latents"], lambda t: t[:, :1], "retrieved chunk 0 does not fit .*: latents$"),
+        (["kept.0.frame_idx"], lambda t: t[:0], "retrieved chunk 0 does not fit .*: frame_idx$"),
+        (["kept.0.frame_idx"], lambda t: t.float(), "retrieved chunk 0 does not fit .*: dtype$"),
     ):
         tensors = dict(good)
         for name in names:  # keys and values of a chunk one token short: another model's

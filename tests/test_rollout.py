@@ -20,7 +20,7 @@ import torch
 
 from worldsim.core.camera import intrinsics_from_fov, make_c2w
 from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import SamplerConfig
+from worldsim.diffusion.sampler import SamplerConfig, noised
 from worldsim.inference.context import ConditioningConfig
 from worldsim.inference.rollout import ChunkRollout
 from worldsim.model.attention import chunk_mask
@@ -332,3 +332,72 @@ def test_retrieved_chunks_replace_the_oldest_window_chunk_for_one_chunk_only():
     cache.commit()
     keys, _ = cache.keys_values(0, chunk[3], chunk[3])
     assert sorted(keys[0, 0, :, 0].tolist()) == [1, 1, 2, 2, 3, 3]  # the window, no memory
+
+
+def _still_rollout(memory_chunks, context_sigma=0.0, batch=1):
+    """A cached rollout with ``memory_reuse`` whose camera stands still from the context's newest
+    frame on: every step has the same reference. -> (rollout, actions, poses, n0)."""
+    m = _model(depth=2)
+    n0 = 4
+    lat, act, c2w = _session(n0 + 6)
+    c2w[:, 3:] = c2w[:, 3:4].clone()
+    lat, act, c2w = (x.expand(batch, *x.shape[1:]).clone() for x in (lat, act, c2w))
+    cond = ConditioningConfig(context_chunks=2, translation_scale_m=3.0, camera_reference="chunk")
+    sampler = SamplerConfig(num_steps=1, mode="euler", context_sigma=context_sigma)
+    roll = ChunkRollout(m, sampler, cond, K_PIX, FRAME, "cached", memory_chunks=memory_chunks, memory_reuse=True)
+    roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0])
+    return roll, act, c2w, n0
+
+
+def test_a_kept_pass_holds_its_own_copy_of_the_chunk_it_was_run_for():
+    """A caller that refills the tensors it gave as memory with another chunk gets that chunk's
+    pass, not the kept one of what the tensors held before."""
+    roll, act, c2w, n0 = _still_rollout(1)
+    place, other = _retrieved(10, 2), _retrieved(11, 2)
+    given = tuple(x.clone() for x in place)
+    roll.step(act[:, n0 : n0 + 2], c2w[:, n0 : n0 + 2], memory=given)
+    for x, y in zip(given, other, strict=True):
+        x.copy_(y)  # the same tensors, now another chunk
+    roll.step(act[:, n0 + 2 : n0 + 4], c2w[:, n0 + 2 : n0 + 4], memory=given)
+    assert roll.memory_reused == 0
+
+
+def test_each_kept_pass_serves_one_retrieved_chunk_and_new_passes_draw_their_noise_as_one_tensor():
+    """The same chunk retrieved twice (two memory slots) keeps two passes, each serving one slot
+    on the next still step, not the first twice. The chunks that run their pass draw their context
+    noise as one tensor over all of them, batch first (the draw before reuse existed, so sessions
+    saved then continue as they would have)."""
+    roll, act, c2w, n0 = _still_rollout(2, context_sigma=0.3, batch=2)
+    place = tuple(x.expand(2, *x.shape[1:]) for x in _retrieved(10, 2))
+    twice = tuple(torch.cat([x, x], 1) for x in place)
+    g = torch.Generator().manual_seed(4)
+    state = g.get_state()
+    roll.load_memory(twice, g)
+    first = list(roll._loaded[1])
+    assert len(first) == 2 and first[0] is not first[1]
+    # The same passes from noise drawn here as one (B, 2k, ...) tensor, chunk by chunk.
+    ref = torch.Generator()
+    ref.set_state(state)
+    noisy = noised(twice[0].double(), 0.3, ref)
+    mem = roll._retrieved(roll.history, *twice)
+    rays = roll.rays.relative_to(mem.c2w, mem.ray_ref, torch.float64)
+    for j, p in enumerate(first):
+        sl = slice(2 * j, 2 * j + 2)
+        own = _OwnKeys()
+        labels = torch.full((2, 2), 0.3, dtype=torch.float64)
+        roll.model.write_chunk(noisy[:, sl], labels, mem.actions[:, sl], rays[:, sl], mem.frame_idx[sl], own)
+        torch.testing.assert_close(p.k, torch.stack(own.k), rtol=0, atol=0)
+    roll.step(act[:, n0 : n0 + 2], c2w[:, n0 : n0 + 2], g)
+    roll.step(act[:, n0 + 2 : n0 + 4], c2w[:, n0 + 2 : n0 + 4], g, memory=twice)
+    assert roll.memory_reused == 2 and [p is q for p, q in zip(roll.kept, first, strict=True)] == [True, True]
+
+
+class _OwnKeys:
+    """A ``KVContext`` for a chunk that attends to itself alone, keeping each block's keys."""
+
+    def __init__(self):
+        self.k = []
+
+    def keys_values(self, layer, k, v):
+        self.k.append(k)
+        return k, v

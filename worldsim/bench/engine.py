@@ -27,9 +27,10 @@ What each number includes:
   ``memory_on_hit_share`` is the share of chunks that retrieved an entry,
   ``memory_on_reload_share`` the share whose retrieval for the real poses picked other entries
   than ``Engine.prepare``'s guess, so that their context passes ran twice,
-  ``memory_on_reuse_share`` the retrieved chunks whose pass was kept from the chunk before
-  (``memory_reuse``, a still player: no pass ran), per chunk; ``--no-memory-reuse`` runs every
-  pass, recorded as ``memory_reuse``);
+  ``memory_on_reuse_share`` the share of chunks whose retrieved chunks kept the passes of the
+  last chunk with memory (``memory_reuse``, a still player: no pass ran; a chunk with two
+  retrieved chunks, one kept, counts one half), over every chunk like the other shares;
+  ``--no-memory-reuse`` runs every pass, recorded as ``memory_reuse``);
   ``memory_on_frames_per_s_ratio`` = memory on / memory off in ``throughput_frames_per_s``
   (frames over the summed time of every timed chunk: unlike the median, it pays for the chunks
   that retrieve however few they are); memory off is the default engine again on the same walk,

@@ -95,6 +95,12 @@ class History:
             self.latents[:, idx], self.actions[:, idx], self.c2w[:, idx], self.ray_ref[:, idx], self.frame_idx[idx]
         )
 
+    def clone(self) -> History:
+        """A copy whose tensors share no memory with this one's."""
+        return History(
+            self.latents.clone(), self.actions.clone(), self.c2w.clone(), self.ray_ref.clone(), self.frame_idx.clone()
+        )
+
     def concat(self, later: History) -> History:
         """This history's frames followed by ``later``'s (retrieved chunks in front of a context)."""
         return History(

@@ -483,7 +483,8 @@ class Engine:
 
     # -- session save / restore --------------------------------------------------------------
     def save_session(self, path: str | Path) -> None:
-        """Context, KV cache (``cached`` policy), pose, last input row, RNG and step count, as
+        """Context, KV cache (``cached`` policy), pose, last input row, RNG and step count, the
+        memory bank and the kept passes of retrieved chunks (``MemoryConfig.reuse``), as
         ``session.safetensors`` + ``session.json`` in folder ``path`` (the folder swapped in as a whole)."""
         h = self.rollout.history
         if self.state is None or h is None:
@@ -584,7 +585,8 @@ class Engine:
                 {k[len("cache.") :]: v for k, v in t.items() if k.startswith("cache.")},
                 self.model.cfg.depth,
             )
-        kept = [self._kept_pass(t, i, root) for i in range(sum(n.startswith("kept.") and n.endswith(".k") for n in t))]
+        count = sum(n.startswith("kept.") and n.endswith(".k") for n in t)
+        kept = [self._kept_pass(t, i, root, hist, cache) for i in range(count)]
         self.rollout.restore(hist, cache, kept=kept)
         self.memory, self.memory_state = bank, int(meta.get("memory_state", 0))
         self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
@@ -601,15 +603,34 @@ class Engine:
             np.array(velocity, np.float64),
         )
 
-    def _kept_pass(self, t: dict[str, torch.Tensor], i: int, root: Path) -> MemoryPass:
-        """Saved kept pass ``i`` (``save_session``'s ``kept.<i>.*``), or one line saying what is wrong."""
+    def _kept_pass(
+        self, t: dict[str, torch.Tensor], i: int, root: Path, hist: History, cache: KVCache | None
+    ) -> MemoryPass:
+        """Saved kept pass ``i`` (``save_session``'s ``kept.<i>.*``), checked against the restored
+        history and KV cache, or one line saying what is wrong."""
         names = ("latents", "actions", "c2w", "ray_ref", "frame_idx", "k", "v")
         if any(f"kept.{i}.{n}" not in t for n in names):
             raise WorldsimError(f"{root}: the saved pass of retrieved chunk {i} is incomplete")
         f = {n: t[f"kept.{i}.{n}"] for n in names}
-        want = (self.model.cfg.depth, self.chunk_frames * self.model.cfg.tokens_per_frame)  # (layers, L)
-        if f["k"].shape != f["v"].shape or f["k"].dim() != 5 or (f["k"].shape[0], f["k"].shape[3]) != want:
-            raise WorldsimError(f"{root}: the saved pass of retrieved chunk {i} does not fit this model")
+        k, b = self.chunk_frames, hist.latents.shape[0]
+        shapes = {
+            "latents": (b, k, *hist.latents.shape[2:]),
+            "actions": (b, k, hist.actions.shape[2]),
+            "c2w": (b, k, 4, 4),
+            "ray_ref": (b, k, 4, 4),
+            "frame_idx": (k,),
+        }
+        if cache is None or cache.k is None:
+            raise WorldsimError(f"{root}: a saved pass of a retrieved chunk, but no KV cache to hold it")
+        layers, _, heads, _, hd = cache.k.shape  # (layers, B, H, slots * L, hd) -> one chunk's
+        shapes["k"] = shapes["v"] = (layers, b, heads, cache.chunk_tokens, hd)
+        wrong = [n for n, want in shapes.items() if tuple(f[n].shape) != want]
+        if f["k"].dtype != cache.k.dtype or f["v"].dtype != cache.k.dtype or f["frame_idx"].is_floating_point():
+            wrong.append("dtype")
+        if wrong:
+            raise WorldsimError(
+                f"{root}: the saved pass of retrieved chunk {i} does not fit this model and session: {', '.join(wrong)}"
+            )
         return MemoryPass(History(f["latents"], f["actions"], f["c2w"], f["ray_ref"], f["frame_idx"]), f["k"], f["v"])
 
 

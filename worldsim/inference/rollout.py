@@ -334,28 +334,39 @@ class ChunkRollout:
         self, cache: KVCache, mem: History | None, generator: torch.Generator | None
     ) -> list[MemoryPass]:
         """``cached``: the retrieved chunks' keys and values into the cache's memory slots (none:
-        cleared), each from a kept pass that serves it (``memory_reuse``) or from its own clean
-        pass, in order, drawing its context noise -> the passes (with ``memory_reuse``)."""
+        cleared), each from a kept pass that serves it (``memory_reuse``; a kept pass serves one
+        chunk at most) or from its own clean pass. The chunks that run their pass draw their
+        context noise in one call, as one tensor in order (without reuse, as before it existed)
+        -> the passes (with ``memory_reuse``)."""
         if mem is None:
             cache.use_memory(0)
             return []
-        cache.use_memory(mem.num_frames // self.k)
+        n = mem.num_frames // self.k
+        cache.use_memory(n)
+        chunks = [mem.select(slice(j * self.k, (j + 1) * self.k)) for j in range(n)]
+        kept: list[MemoryPass | None] = []
+        for chunk in chunks:
+            free = [p for p in self.kept if self.memory_reuse and not any(p is q for q in kept)]
+            kept.append(next((p for p in free if p.serves(chunk)), None))
+        run = [j for j in range(n) if kept[j] is None]
         b, dtype, dev = mem.latents.shape[0], mem.latents.dtype, mem.latents.device
+        if run:  # rays and noise of the chunks that run their pass, each drawn as one tensor
+            frames = torch.cat([torch.arange(j * self.k, (j + 1) * self.k) for j in run]).to(dev)
+            todo = mem.select(frames)
+            rays = self.rays.relative_to(todo.c2w, todo.ray_ref, dtype)
+            x = context_input(self.sampler, todo.latents, generator)
         labels = torch.full((b, self.k), self.sampler.context_sigma, dtype=dtype, device=dev)
-        passes = []
-        for j, s in enumerate(range(0, mem.num_frames, self.k)):
-            chunk, slot = mem.select(slice(s, s + self.k)), cache.memory_slot(j)
-            kept = next((p for p in self.kept if self.memory_reuse and p.serves(chunk)), None)
-            if kept is not None:  # the same pass, moved in time
-                shift = int(chunk.frame_idx[0] - kept.chunk.frame_idx[0])
-                slot.fill(shift_time(kept.k, shift), kept.v)
-                passes.append(kept)
+        passes: list[MemoryPass] = []
+        for j, chunk in enumerate(chunks):
+            slot, reused = cache.memory_slot(j), kept[j]
+            if reused is not None:  # the same pass, moved in time
+                slot.fill(shift_time(reused.k, int(chunk.frame_idx[0] - reused.chunk.frame_idx[0])), reused.v)
+                passes.append(reused)
                 continue
-            rays = self.rays.relative_to(chunk.c2w, chunk.ray_ref, dtype)
-            x = context_input(self.sampler, chunk.latents, generator)
-            self.model.write_chunk(x, labels, chunk.actions, rays, chunk.frame_idx, slot)
-            if self.memory_reuse:
-                passes.append(MemoryPass(chunk, *slot.read()))
+            sl = slice(run.index(j) * self.k, (run.index(j) + 1) * self.k)
+            self.model.write_chunk(x[:, sl], labels, chunk.actions, rays[:, sl], chunk.frame_idx, slot)
+            if self.memory_reuse:  # a copy of what went in: the caller's tensors may change
+                passes.append(MemoryPass(chunk.clone(), *slot.read()))
         return passes
 
     def _context_cache(
