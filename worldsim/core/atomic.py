@@ -146,6 +146,21 @@ def require_writable_dir(path: str | Path, what: str) -> Path:
     both, so a refused command leaves nothing behind. ``WorldsimError`` ``"<what>=<path>: cannot
     write there (<reason>)"`` otherwise; ``what`` names the option (``out``, ``--out``)."""
     p = Path(path)
+    for attempt in range(3):  # the ranks of a torchrun check the same folder at once: a race is retried
+        try:
+            _probe_dir(p)
+            return p
+        except (FileExistsError, FileNotFoundError) as e:
+            if attempt == 2:
+                raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
+        except OSError as e:
+            raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
+def _probe_dir(p: Path) -> None:
+    """:func:`require_writable_dir`'s check: create what is missing and a probe file, remove both
+    (a folder another process removed or still uses is left to it); ``OSError`` when it fails."""
     missing, q = [], p
     while not q.exists() and q != q.parent:
         missing.append(q)
@@ -160,9 +175,9 @@ def require_writable_dir(path: str | Path, what: str) -> Path:
         probe = p / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as e:
-        raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
     finally:
         for folder in reversed(made):
-            folder.rmdir()
-    return p
+            try:
+                folder.rmdir()
+            except OSError:  # another process's probe is in it, or it removed it first
+                pass
