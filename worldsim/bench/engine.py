@@ -148,9 +148,8 @@ def _paired_chunk_times(
                 for s in (*STAGES, "critical"):
                     times[i][s].append(getattr(chunk.timings, f"{s}_s"))
                 times[i]["hit"].append(float(bool(chunk.memory)))
-                times[i]["reuse"].append(
-                    float(bool(chunk.memory)) * engines[i].rollout.memory_reused / len(chunk.memory or [0])
-                )
+                reused = engines[i].rollout.memory_reused
+                times[i]["reuse"].append(reused / len(chunk.memory) if chunk.memory else 0.0)
     return [{s: np.array(v) for s, v in t.items()} for t in times]
 
 

@@ -146,16 +146,15 @@ def require_writable_dir(path: str | Path, what: str) -> Path:
     both, so a refused command leaves nothing behind. ``WorldsimError`` ``"<what>=<path>: cannot
     write there (<reason>)"`` otherwise; ``what`` names the option (``out``, ``--out``)."""
     p = Path(path)
-    for attempt in range(3):  # the ranks of a torchrun check the same folder at once: a race is retried
+    tries = 0
+    while True:  # the ranks of a torchrun check the same folder at once: a race is tried again, twice
         try:
             _probe_dir(p)
             return p
-        except (FileExistsError, FileNotFoundError) as e:
-            if attempt == 2:
-                raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
         except OSError as e:
-            raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
-    return p
+            tries += 1
+            if tries == 3 or not isinstance(e, (FileExistsError, FileNotFoundError)):
+                raise WorldsimError(f"{what}={p}: cannot write there ({e.strerror or e})") from None
 
 
 def _probe_dir(p: Path) -> None:

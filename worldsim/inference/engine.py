@@ -71,6 +71,8 @@ from worldsim.model.codec import Codec, decode_for_display, frames_to_tensor, te
 from worldsim.model.dit import WorldModel
 
 SESSION_VERSION = 5
+# A saved session's kept pass i (MemoryConfig.reuse): tensors kept.<i>.<field>, its chunk then its keys and values
+KEPT_FIELDS = ("latents", "actions", "c2w", "ray_ref", "frame_idx", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -510,9 +512,8 @@ class Engine:
             tensors.update({f"memory.{k}": v for k, v in self.memory.state_dict().items()})
         for i, kept in enumerate(self.rollout.kept):  # memory reuse: the last retrieved chunks' passes
             c = kept.chunk
-            fields = {"latents": c.latents, "actions": c.actions, "c2w": c.c2w, "ray_ref": c.ray_ref}
-            fields.update({"frame_idx": c.frame_idx, "k": kept.k, "v": kept.v})
-            tensors.update({f"kept.{i}.{name}": t.clone() for name, t in fields.items()})
+            values = (c.latents, c.actions, c.c2w, c.ray_ref, c.frame_idx, kept.k, kept.v)
+            tensors.update({f"kept.{i}.{n}": t.clone() for n, t in zip(KEPT_FIELDS, values, strict=True)})
         meta: dict[str, Any] = {
             "version": SESSION_VERSION,
             "checkpoint": self.fingerprint,
@@ -608,10 +609,9 @@ class Engine:
     ) -> MemoryPass:
         """Saved kept pass ``i`` (``save_session``'s ``kept.<i>.*``), checked against the restored
         history and KV cache, or one line saying what is wrong."""
-        names = ("latents", "actions", "c2w", "ray_ref", "frame_idx", "k", "v")
-        if any(f"kept.{i}.{n}" not in t for n in names):
+        if any(f"kept.{i}.{n}" not in t for n in KEPT_FIELDS):
             raise WorldsimError(f"{root}: the saved pass of retrieved chunk {i} is incomplete")
-        f = {n: t[f"kept.{i}.{n}"] for n in names}
+        f = {n: t[f"kept.{i}.{n}"] for n in KEPT_FIELDS}
         k, b = self.chunk_frames, hist.latents.shape[0]
         shapes = {
             "latents": (b, k, *hist.latents.shape[2:]),
