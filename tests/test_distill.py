@@ -21,7 +21,7 @@ from worldsim.core.actions import make_action_encoder
 from worldsim.core.errors import WorldsimError
 from worldsim.core.optim import lr_at
 from worldsim.diffusion.sampler import SamplerConfig
-from worldsim.diffusion.schedule import sigma_schedule
+from worldsim.diffusion.schedule import shift_sigma, sigma_schedule
 from worldsim.inference.checkpoint import load_checkpoint, save_checkpoint
 from worldsim.inference.context import CameraRays
 from worldsim.inference.engine import load_engine
@@ -276,7 +276,7 @@ def _dmd_cfg(data, teacher, init, out, steps, resume=False, schedule_steps=0, **
     )
 
 
-def _dmd(teacher, fake_seed=None, rollout_chunks=3, context_sigma=0.0):
+def _dmd(teacher, fake_seed=None, rollout_chunks=3, context_sigma=0.0, student_shift=None):
     """The stage's iteration object on the tiny teacher; the fake score is the teacher itself,
     or, with ``fake_seed``, other random weights. Its idle input is a row of 0.5 (visible in a test)."""
     ck, model, _ = load_checkpoint(teacher)
@@ -288,7 +288,8 @@ def _dmd(teacher, fake_seed=None, rollout_chunks=3, context_sigma=0.0):
             for p in fake.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
     dc = DistillConfig(teacher=str(teacher), rollout_chunks=rollout_chunks)
-    sampler = SamplerConfig(num_steps=2, shift=ck.sampler.shift, mode="few_step", context_sigma=context_sigma)
+    shift = ck.sampler.shift if student_shift is None else student_shift
+    sampler = SamplerConfig(num_steps=2, shift=shift, mode="few_step", context_sigma=context_sigma)
     enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
     null = torch.from_numpy(enc.null_action())
     nets = DMDNetworks(student, fake)
@@ -392,6 +393,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         .keys()
         .isdisjoint(
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
+            | {"cache_write", "student_shift"}
         )
     )
 
@@ -475,7 +477,12 @@ LONG = {
 }
 
 
-@pytest.mark.parametrize("long", [{}, LONG], ids=["window", "long_rollouts"])
+# The student's context from its last denoising pass (the sampler's cache_write), on the shift
+# that starts that pass at context_sigma 0.2: 0.2 / (1 - 0.2).
+LAST_STEP = {**LONG, "cache_write": "last_step", "student_shift": 0.25}
+
+
+@pytest.mark.parametrize("long", [{}, LONG, LAST_STEP], ids=["window", "long_rollouts", "last_step"])
 def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_dataset, teacher, tmp_path, long):
     data = small_dataset.root
     train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 5, schedule_steps=6, **long))
@@ -494,6 +501,8 @@ def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_da
     ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
     assert ck.provenance["stage"] == "student_dmd" and ck.sampler.num_steps == 2
     assert ck.sampler.context_sigma == long.get("context_sigma", 0.0)  # the student plays as it was rolled out
+    assert ck.sampler.cache_write == long.get("cache_write", "clean_pass")
+    assert ck.sampler.shift == long.get("student_shift", load_checkpoint(teacher)[0].sampler.shift)
     engine = load_engine(tmp_path / "b" / "model")
     start = world_start(0, engine.context_frames, engine.key_names, engine.frame_size)
     engine.reset(*start.arrays())
@@ -535,6 +544,12 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_regression=1.0))
     with pytest.raises(WorldsimError, match=r"recorded_regression .* needs recorded .* got 1.0 with idle_prob 1.0"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.0, recorded_regression=1.0))
+    with pytest.raises(WorldsimError, match=r"needs the last step to start at context_sigma 0.2; at shift 5 .*0.25"):
+        train_student_dmd(
+            _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, context_sigma=0.2, cache_write="last_step")
+        )
+    with pytest.raises(WorldsimError, match=r"distill.student_shift must be > 0 .* got -1"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, student_shift=-1.0))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)
@@ -611,3 +626,17 @@ def test_two_process_torchrun_dmd_averages_both_networks_and_keeps_ranks_in_sync
     w = load_file(str(tmp_path / "ddp" / "last" / "weights.safetensors"))
     _, t, _ = load_checkpoint(teacher)
     assert any(not torch.equal(w[f"generator.{n}"], v) for n, v in t.state_dict().items())
+
+
+def test_the_dmd_noise_levels_follow_the_teachers_shift_not_the_students(teacher):
+    """``distill.student_shift`` places the student's own steps (``cache_write=last_step``); the
+    levels the scores read stay those of the teacher's schedule, as in runs without it."""
+    ck, _, _ = load_checkpoint(teacher)
+    levels = [
+        _dmd(teacher, student_shift=s)._levels(2, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+        for s in (None, 0.25)
+    ]
+    assert _dmd(teacher, student_shift=0.25).sampler.shift == 0.25 != ck.sampler.shift
+    torch.testing.assert_close(levels[0], levels[1], rtol=0, atol=0)
+    u = 0.02 + 0.96 * torch.rand(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(levels[0][:, ::2], shift_sigma(u, ck.sampler.shift).float())

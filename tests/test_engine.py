@@ -39,6 +39,7 @@ def make_tiny_checkpoint(
     env="builtin",
     levels=None,
     chunk_frames=2,
+    sampler=None,
 ):
     torch.manual_seed(seed)
     enc = make_action_encoder(encoder, keys)
@@ -59,7 +60,7 @@ def make_tiny_checkpoint(
     cfg = CheckpointConfig(
         model=mcfg,
         codec=CodecConfig(latent_channels=4, downsample=4, base_channels=16),
-        sampler=SamplerConfig(num_steps=2, mode="euler"),
+        sampler=sampler or SamplerConfig(num_steps=2, mode="euler"),
         action_encoder=enc.spec(),
         frame_size=(64, 64),
         conditioning=ConditioningConfig(
@@ -231,6 +232,17 @@ def tiny_chunk_ckpt(tmp_path_factory):
     return make_tiny_checkpoint(path, camera_reference="chunk", encoder="keyboard_press_mouse")
 
 
+# A student's sampler whose last denoising pass is its context (cache_write last_step, the
+# shift that starts that pass at context_sigma 0.4).
+LAST_STEP = SamplerConfig(num_steps=2, shift=0.4 / 0.6, mode="few_step", context_sigma=0.4, cache_write="last_step")
+
+
+@pytest.fixture(scope="module")
+def tiny_last_step_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny_last_step"
+    return make_tiny_checkpoint(path, camera_reference="chunk", encoder="keyboard_press_mouse", sampler=LAST_STEP)
+
+
 def _session_state(eng):
     """Everything a session carries, as tensors: history, ray references, KV cache, RNG, pose,
     last input row, steps."""
@@ -247,11 +259,20 @@ def _session_state(eng):
     return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
-@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_session_ckpt", "tiny_chunk_ckpt", "tiny_momentum_ckpt"])
+@pytest.mark.parametrize(
+    "which", ["tiny_ckpt", "tiny_session_ckpt", "tiny_chunk_ckpt", "tiny_momentum_ckpt", "tiny_last_step_ckpt"]
+)
 def test_session_restore_continues_bit_for_bit(which, request, tmp_path):
     ckpt = request.getfixturevalue(which)
     eng = load_engine(ckpt, seed=5)
     assert eng.context_policy == ("rebuild" if which in ("tiny_ckpt", "tiny_momentum_ckpt") else "cached")
+    assert eng.sampler_cfg.cache_write == ("last_step" if which == "tiny_last_step_ckpt" else "clean_pass")
+    if which == "tiny_last_step_ckpt":  # its chunks' context came from their last pass: not the clean pass's
+        other = load_engine(ckpt, sampler=SamplerOverrides(cache_write="clean_pass"))
+        _world_reset(other, 1)
+        other.save_session(tmp_path / "clean")
+        with pytest.raises(WorldsimError, match=r"another sampler .*'cache_write': \('clean_pass', 'last_step'\)"):
+            eng.load_session(tmp_path / "clean")
     _world_reset(eng, 1)
     eng.step(*_inputs(2, "w"))
     eng.step(*_inputs(2, "l"))  # held at the save: the first restored row must not read as a press
@@ -352,6 +373,11 @@ def test_engine_refuses_bad_input(tiny_ckpt, tmp_path):
     meta_path.write_text(json.dumps({**meta, "version": 4}))
     with pytest.raises(WorldsimError, match=r"session format 4, this worldsim reads 5$"):
         eng.load_session(tmp_path / "s")
+    # a session saved before the sampler's cache_write: its chunks took the clean pass
+    meta_path.write_text(
+        json.dumps({**meta, "sampler": {k: v for k, v in meta["sampler"].items() if k != "cache_write"}})
+    )
+    eng.load_session(tmp_path / "s")
     meta_path.write_text(json.dumps(meta))
     fewer = load_engine(tiny_ckpt, sampler=SamplerOverrides(num_steps=1))
     with pytest.raises(WorldsimError, match=r"saved with another sampler .*'num_steps': \(2, 1\)"):

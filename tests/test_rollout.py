@@ -14,6 +14,8 @@
 Every model here is float64 with all weights random (the zero-init paths included).
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -401,3 +403,54 @@ class _OwnKeys:
     def keys_values(self, layer, k, v):
         self.k.append(k)
         return k, v
+
+
+def _last_step_rollout(context_sigma=0.3, window=2, depth=3):
+    """A ``cached`` 2-step few-step rollout whose last step starts at ``context_sigma``."""
+    m = _model(depth=depth)
+    c = context_sigma
+    sampler = SamplerConfig(num_steps=2, shift=c / (1 - c), mode="few_step", context_sigma=c, cache_write="last_step")
+    cond = ConditioningConfig(context_chunks=window, translation_scale_m=3.0, camera_reference="chunk")
+    return m, sampler, ChunkRollout(m, sampler, cond, K_PIX, FRAME, "cached")
+
+
+def test_last_step_cache_write_keeps_each_chunks_last_denoising_pass_as_its_context():
+    """``cache_write="last_step"``: the context a chunk attends to is every earlier chunk's last
+    denoising input (the previous step's estimate re-noised to ``context_sigma``), labelled
+    ``context_sigma``, exactly as a full windowed forward over those inputs computes it; not the
+    clean chunk re-noised afresh, which a clean pass would have written."""
+    c, window, k, n0, chunks = 0.3, 2, 2, 4, 6
+    m, sampler, roll = _last_step_rollout(c, window)
+    assert abs(sampler.sigmas()[1] - c) < 1e-12
+    lat, act, c2w = _session(n0 + chunks * k)
+    roll.reset(lat[:, :n0], act[:, :n0], c2w[:, :n0], torch.Generator().manual_seed(5))
+    inputs = noised(lat[:, :n0], c, torch.Generator().manual_seed(5))  # the context the reset wrote
+    rays = _cacheable_rays(c2w, "chunk", k, 3.0)
+    g = torch.Generator().manual_seed(3)
+    for j in range(chunks):
+        s = n0 + j * k
+        states: list[torch.Tensor] = []
+        x0 = roll.step(act[:, s : s + k], c2w[:, s : s + k], g, trajectory=states)
+        last_input = states[1]  # the state the last step starts from, at sigma = c
+        t = s + k
+        ids = _ids(t, k, m.cfg.tokens_per_frame)
+        sigma = torch.full((1, t), c, dtype=torch.float64)
+        mask = chunk_mask(ids, ids, window_chunks=window)
+        v = m(torch.cat([inputs, last_input], 1), sigma, act[:, :t], rays[:, :t], torch.arange(t), mask)
+        torch.testing.assert_close(x0, last_input - c * v[:, s:], rtol=1e-9, atol=1e-9, msg=f"chunk {j}")
+        inputs = torch.cat([inputs, last_input], 1)
+    assert roll.cache.chunks_written == n0 // k + chunks
+
+
+def test_an_early_exit_under_last_step_writes_its_estimate_as_the_clean_pass_would():
+    """An exit before the last step (Self-Forcing's random exit) left no last pass to keep: its
+    clean estimate takes the clean pass, so the cache is the ``clean_pass`` rollout's, bit for bit."""
+    m, sampler, roll = _last_step_rollout()
+    other = ChunkRollout(m, replace(sampler, cache_write="clean_pass"), roll.cond, K_PIX, FRAME, "cached")
+    lat, act, c2w = _session(8)
+    for r in (roll, other):
+        r.reset(lat[:, :4], act[:, :4], c2w[:, :4], torch.Generator().manual_seed(1))
+        r.step(act[:, 4:6], c2w[:, 4:6], torch.Generator().manual_seed(2), exit_step=0)
+    assert roll.cache.chunks_written == other.cache.chunks_written == 3
+    torch.testing.assert_close(roll.cache.k, other.cache.k, rtol=0, atol=0)
+    torch.testing.assert_close(roll.cache.v, other.cache.v, rtol=0, atol=0)

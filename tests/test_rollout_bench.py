@@ -9,11 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_engine import make_tiny_checkpoint
+from test_engine import LAST_STEP, make_tiny_checkpoint
 
 from envs.starts import world_start
 from worldsim import load_engine
-from worldsim.bench.engine import _paired_chunk_times, _rows, _stage_rows, bench_baseline, bench_compile, bench_engine
+from worldsim.bench.engine import (
+    _paired_chunk_times,
+    _rows,
+    _stage_rows,
+    bench_baseline,
+    bench_cache_write,
+    bench_compile,
+    bench_engine,
+)
 from worldsim.cli.rollout import RolloutConfig, run_rollout
 from worldsim.core.errors import WorldsimError
 from worldsim.core.threads import allowed_cores
@@ -423,3 +431,16 @@ def test_a_baseline_of_another_chunk_size_is_compared_per_frame(tiny, tmp_path, 
     with pytest.raises(WorldsimError, match="does not exist"):  # before any timing
         bench_engine(str(tiny), chunks=1, baseline=str(tmp_path / "missing"))
     assert frames == {2: 20, 4: 40}
+
+
+def test_bench_pairs_the_last_step_cache_write_with_the_clean_pass_where_the_sampler_allows(tiny, tmp_path):
+    """``last_step_*`` rows: a student whose last pass is its context, and the same sampler's
+    clean pass, stepped in turn; the step-count rows keep its last step at context_sigma (1 step:
+    the clean pass). A sampler without context noise gets one ``n/a`` row naming why."""
+    ck = make_tiny_checkpoint(tmp_path / "last", camera_reference="chunk", sampler=LAST_STEP)
+    res = bench_engine(str(ck), chunks=2, step_counts=(1, 2, 3), session_frames=0, play_seconds=0)
+    assert res["last_step_shift"] == pytest.approx(2 / 3)
+    assert res["last_step_speedup"] == res["last_step_frames_per_s"] / res["last_step_paired_clean_pass_frames_per_s"]
+    for n in (1, 2, 3):  # each step count ran (1 step with the clean pass: SamplerConfig.at_steps)
+        assert res[f"cached_{n}step_frames_per_s"] > 0
+    assert "needs context noise" in bench_cache_write(str(tiny), chunks=1)["last_step"]

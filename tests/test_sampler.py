@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from worldsim.core.errors import WorldsimError
-from worldsim.diffusion.sampler import SamplerConfig, context_input, denoise_update, guided
+from worldsim.diffusion.sampler import SamplerConfig, SamplerOverrides, context_input, denoise_update, guided
 from worldsim.diffusion.schedule import noised, sigma_schedule
 
 
@@ -66,3 +66,38 @@ def test_bad_sampler_settings_are_refused_with_one_line():
         SamplerConfig(num_steps=0)
     with pytest.raises(WorldsimError, match="guidance must be > 0"):
         SamplerConfig(guidance=0.0)
+
+
+@pytest.mark.parametrize(("steps", "c"), [(2, 0.4), (3, 0.4), (2, 0.25)])
+def test_last_step_cache_write_takes_the_schedule_whose_last_step_starts_at_context_sigma(steps, c):
+    """The shift the refusal names is the one that fits: the last step then starts at ``c``."""
+    with pytest.raises(WorldsimError, match="needs the last step to start at context_sigma") as e:
+        SamplerConfig(num_steps=steps, shift=5.0, mode="few_step", context_sigma=c, cache_write="last_step")
+    fit = float(str(e.value).split("(shift ")[1].split(" ")[0])
+    ok = SamplerConfig(num_steps=steps, shift=fit, mode="few_step", context_sigma=c, cache_write="last_step")
+    assert abs(ok.sigmas()[-2] - c) < 1e-3 and len(str(e.value).splitlines()) == 1
+
+
+def test_last_step_cache_write_is_refused_where_no_last_pass_reads_a_context_input():
+    fit = {"shift": 0.4 / 0.6, "context_sigma": 0.4, "cache_write": "last_step"}
+    SamplerConfig(num_steps=2, mode="few_step", **fit)  # the fitting case is accepted
+    with pytest.raises(WorldsimError, match="unknown sampler cache_write"):
+        SamplerConfig(cache_write="last")
+    with pytest.raises(WorldsimError, match=r"needs context noise \(context_sigma > 0\)"):
+        SamplerConfig(num_steps=2, mode="few_step", cache_write="last_step")
+    for bad in ({"mode": "euler"}, {"num_steps": 1}, {"guidance": 2.0}):
+        with pytest.raises(WorldsimError, match="needs mode few_step, guidance 1 and >= 2 steps"):
+            SamplerConfig(**{"num_steps": 2, "mode": "few_step", **fit, **bad})
+
+
+def test_a_last_step_sampler_at_other_step_counts_keeps_its_last_step_at_context_sigma():
+    """``at_steps``: the overrides the bench and the step-count rows use; 1 step has no pass that
+    starts at context_sigma, so it takes the clean pass; a clean-pass sampler only changes steps."""
+    c = 0.4
+    own = SamplerConfig(num_steps=2, shift=c / (1 - c), mode="few_step", context_sigma=c, cache_write="last_step")
+    for n in (2, 3, 4):
+        at = own.at_steps(n).apply(own)
+        assert at.num_steps == n and at.cache_write == "last_step" and abs(at.sigmas()[-2] - c) < 1e-9
+    one = own.at_steps(1).apply(own)
+    assert (one.num_steps, one.cache_write, one.shift) == (1, "clean_pass", own.shift)
+    assert SamplerConfig().at_steps(6) == SamplerOverrides(num_steps=6)

@@ -21,6 +21,7 @@ from worldsim.data.metrics import frame_means
 from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.ground_truth import DARK_MEAN, rollout_against, world_rollout
 from worldsim.eval.stability import LIGHT_KEY, PRESS_GAP, StabilityConfig, light_turns, press_keys
+from worldsim.inference.checkpoint import read_checkpoint_config
 
 
 @clean_errors
@@ -33,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.length < 1 or args.steps < 0 or args.seeds < 1:
         parser.error("--length and --seeds must be at least 1, --steps not negative")
-    sampler = SamplerOverrides(num_steps=args.steps or None)
+    own = read_checkpoint_config(args.checkpoint).sampler
+    sampler = own.at_steps(args.steps) if args.steps else SamplerOverrides()
     engine = load_engine(args.checkpoint, bf16=False, sampler=sampler)
     n, k = engine.context_frames, engine.chunk_frames
     steps = engine.sampler_cfg.num_steps

@@ -62,6 +62,14 @@ What each number includes:
   frames_per_s}`` for this checkpoint and ``baseline_<n>step_paired_baseline_*`` for the other
   in that pairing, and ``baseline_<n>step_speedup`` = this frames/s over the other's (per frame:
   how a distilled student compares with the teacher it replaces, issue 21's speed bar).
+* ``last_step_*``: the checkpoint's sampler with ``cache_write="last_step"`` (the chunk's last
+  denoising pass is its context: no clean pass; :mod:`worldsim.diffusion.sampler`), at the shift
+  that starts that pass at ``context_sigma`` (``last_step_shift``), stepped one chunk each in turn
+  with the ``clean_pass`` write (``last_step_paired_clean_pass_*``): model ms, frames/s and
+  ``last_step_speedup`` their ratio (``cached`` policy, few-step sampler of >= 2 steps; else
+  ``last_step`` says why not). The other rows run the checkpoint's own ``cache_write``; at a
+  step count ``n`` a ``last_step`` sampler keeps its last step at ``context_sigma``
+  (``SamplerConfig.at_steps``), and takes the clean pass at 1 step.
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``busy_*`` (CPU, ``--busy``): a busy machine. The default engine as play.py builds it
@@ -99,10 +107,11 @@ import torch
 from envs.starts import engine_world_start
 from worldsim.core.camera import make_c2w
 from worldsim.core.controller import CameraControllerConfig
+from worldsim.core.errors import WorldsimError
 from worldsim.core.precision import resolve_bf16
 from worldsim.core.threads import allowed_cores
 from worldsim.data.policies import make_policy
-from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.diffusion.sampler import SamplerOverrides, last_step_shift
 from worldsim.inference.checkpoint import read_checkpoint_config
 from worldsim.inference.engine import Engine, load_engine
 from worldsim.inference.rollout import CONTEXT_POLICIES
@@ -269,10 +278,11 @@ PLAY_ROWS = (
 def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
     """The play loop with play.py's precision (bf16 where native), generating in a child process
     as ``play.py`` does; ``num_steps`` None = the checkpoint's own."""
-    steps = num_steps or read_checkpoint_config(checkpoint).sampler.num_steps
+    own = read_checkpoint_config(checkpoint).sampler
+    steps = num_steps or own.num_steps
     res: dict[str, float] = {"play_sampler_steps": steps, "play_bf16": resolve_bf16(None, "cpu")}
     t0 = time.perf_counter()
-    kw: dict[str, Any] = {"bf16": None, "sampler": SamplerOverrides(num_steps=num_steps)}
+    kw: dict[str, Any] = {"bf16": None, "sampler": own.at_steps(num_steps) if num_steps else SamplerOverrides()}
     source = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
     res["play_source_start_s"] = time.perf_counter() - t0
     try:
@@ -335,6 +345,7 @@ def bench_baseline(
     of ``step_counts``: frames/s of both in each pairing and ``baseline_<n>step_speedup``, the
     checkpoint's frames/s over the baseline's (per frame, so chunk sizes may differ)."""
     base = load_engine(baseline, device=device, bf16=False)
+    own = read_checkpoint_config(checkpoint).sampler
     res: dict[str, Any] = {
         "baseline_checkpoint": baseline,
         "baseline_sampler": f"{base.sampler_cfg.mode}, {base.sampler_cfg.num_steps} steps",
@@ -342,7 +353,7 @@ def bench_baseline(
         "baseline_chunk_frames": base.chunk_frames,
     }
     for n in step_counts:
-        e = load_engine(checkpoint, device=device, bf16=False, sampler=SamplerOverrides(num_steps=n))
+        e = load_engine(checkpoint, device=device, bf16=False, sampler=own.at_steps(n))
         t_ours, t_theirs = _paired_chunk_times([e, base], chunks)
         ours, theirs = _stage_rows(t_ours, e.chunk_frames), _stage_rows(t_theirs, base.chunk_frames)
         for key in ("model_ms", "decode_ms", "frames_per_s"):
@@ -350,6 +361,34 @@ def bench_baseline(
             res[f"baseline_{n}step_paired_baseline_{key}"] = theirs[key]
         res[f"baseline_{n}step_speedup"] = ours["frames_per_s"] / theirs["frames_per_s"]
     return res
+
+
+def bench_cache_write(checkpoint: str, chunks: int, device: str = "cpu") -> dict[str, Any]:
+    """The ``last_step_*`` rows: the checkpoint's sampler with ``cache_write="last_step"`` (at
+    the shift that starts its last step at ``context_sigma``) stepped one chunk each in turn
+    with the same sampler's ``clean_pass``, fp32, memory off; ``last_step_speedup`` their
+    frames/s ratio. Only where the sampler and policy allow it (else one ``n/a`` row)."""
+    own = read_checkpoint_config(checkpoint).sampler
+    shift = last_step_shift(own.num_steps, own.context_sigma)
+    fit = SamplerOverrides(cache_write="last_step", shift=shift)
+    try:
+        replace(own, cache_write="last_step", shift=shift)  # SamplerConfig checks that it fits
+    except WorldsimError as e:  # a sampler last_step does not fit (no context noise, 1 step, guidance, euler)
+        return {"last_step": f"n/a: {e}"}
+    clean = load_engine(checkpoint, device=device, bf16=False, sampler=SamplerOverrides(cache_write="clean_pass"))
+    if clean.context_policy != "cached":
+        return {"last_step": "n/a: the rebuild policy writes no cache"}
+    last = load_engine(checkpoint, device=device, bf16=False, sampler=fit)
+    t_clean, t_last = _paired_chunk_times([clean, last], chunks)
+    a, b = _stage_rows(t_last, last.chunk_frames), _stage_rows(t_clean, clean.chunk_frames)
+    return {
+        "last_step_shift": shift,
+        "last_step_model_ms": a["model_ms"],
+        "last_step_frames_per_s": a["frames_per_s"],
+        "last_step_paired_clean_pass_model_ms": b["model_ms"],
+        "last_step_paired_clean_pass_frames_per_s": b["frames_per_s"],
+        "last_step_speedup": a["frames_per_s"] / b["frames_per_s"],
+    }
 
 
 def bench_engine(
@@ -379,7 +418,8 @@ def bench_engine(
     engine = load_engine(checkpoint, device=device, bf16=False)
     res: dict[str, Any] = {"checkpoint": checkpoint, "device": device, "load_s": time.perf_counter() - t0}
     res["chunk_frames"] = engine.chunk_frames
-    res["sampler"] = f"{engine.sampler_cfg.mode}, {engine.sampler_cfg.num_steps} steps"
+    sc = engine.sampler_cfg
+    res["sampler"] = f"{sc.mode}, {sc.num_steps} steps, shift {sc.shift:.4g}, cache write {sc.cache_write}"
     res["context_frames"] = engine.context_frames
     res["camera_reference"] = engine.cfg.conditioning.camera_reference
     res["default_policy"] = engine.context_policy
@@ -419,7 +459,7 @@ def bench_engine(
     for policy in policies:
         for n in step_counts:
             e = load_engine(
-                checkpoint, device=device, bf16=False, sampler=SamplerOverrides(num_steps=n), context_policy=policy
+                checkpoint, device=device, bf16=False, sampler=engine.sampler_cfg.at_steps(n), context_policy=policy
             )
             for key, val in _rows(e, chunks).items():
                 res[f"{policy}_{n}step_{key}"] = val
@@ -444,6 +484,7 @@ def bench_engine(
         res["int8_model_ms"], res["int8_frames_per_s"] = q["model_ms"], q["frames_per_s"]
         res["int8_paired_fp32_model_ms"], res["int8_paired_fp32_frames_per_s"] = ref["model_ms"], ref["frames_per_s"]
         res["int8_speedup"] = res["int8_frames_per_s"] / res["int8_paired_fp32_frames_per_s"]
+    res.update(bench_cache_write(checkpoint, chunks, device))
     if session_frames:
         t = _chunk_times(load_engine(checkpoint, device=device, bf16=False), max(10, session_frames // k), warmup=0)
         tot = np.sum([t[s] for s in STAGES], axis=0)

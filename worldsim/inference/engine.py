@@ -550,11 +550,12 @@ class Engine:
                 f"this engine runs {self.context_policy!r}"
             )
         sampler = json.loads(json.dumps(asdict(self.sampler_cfg)))  # as the JSON holds it (lists)
-        if meta.get("sampler") != sampler:
+        saved_sampler = meta.get("sampler")
+        if isinstance(saved_sampler, dict):  # saved before cache_write: every chunk took the clean pass
+            saved_sampler = {"cache_write": "clean_pass", **saved_sampler}
+        if saved_sampler != sampler:
             diff = {
-                k: (meta.get("sampler", {}).get(k), v)
-                for k, v in sampler.items()
-                if meta.get("sampler", {}).get(k) != v
+                k: ((saved_sampler or {}).get(k), v) for k, v in sampler.items() if (saved_sampler or {}).get(k) != v
             }
             raise WorldsimError(
                 f"{root} was saved with another sampler (saved vs this engine: {diff}); "

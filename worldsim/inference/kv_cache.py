@@ -112,7 +112,8 @@ class KVCache:
         return MemorySlot(self, self.memory - self.memory_used + i)
 
     def commit(self) -> None:
-        """Keep the chunk last written to the scratch slot (its clean pass) as the newest context
+        """Keep the chunk last written to the scratch slot (its clean pass, or with the sampler's
+        ``cache_write="last_step"`` its last denoising pass) as the newest context
         chunk: the sink if none is kept yet, else the newest window chunk, evicting the oldest."""
         if self.k is None:
             raise WorldsimError("commit() before any chunk was written to the KV cache")

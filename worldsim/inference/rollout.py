@@ -11,7 +11,9 @@ Per chunk (``step``):
    reference moves every chunk), or already in the session's cache (``cached``);
 3. the denoising passes of the new chunk against that context (``worldsim.diffusion.sampler``);
 4. ``cached`` only: one clean pass writes the finished chunk's keys and values into the cache
-   (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0);
+   (Self-Forcing's "context noise 0" re-run; re-noised to ``context_sigma`` when that is > 0),
+   or, with the sampler's ``cache_write="last_step"``, the chunk's last denoising pass, which
+   starts at ``context_sigma``, already did (``worldsim.diffusion.sampler``);
 5. the clean chunk joins the history, which keeps the sink and the newest ``context_chunks``.
 
 Work the next chunk does not need its inputs for can be done ahead, before those inputs are
@@ -451,9 +453,14 @@ class ChunkRollout:
         x0 = self._denoise(cache, actions, rays, pos, shape, generator, trajectory, last)
         denoise_s = timer.lap()
         clean = x0.detach()
-        # Step 4 (cached): the clean pass writes the finished chunk's keys and values, now or,
-        # deferred, at the next flush (before anything else touches the cache).
-        if self.policy == "cached" and self.defer_cache_write:
+        # Step 4 (cached): the finished chunk's keys and values. With the sampler's cache_write
+        # last_step, those its last denoising pass left in the scratch slot (an early exit has
+        # none: its clean estimate takes the clean pass, re-noised to the level the last step
+        # starts at); else the clean pass writes them, now or, deferred, at the next flush
+        # (before anything else touches the cache).
+        if self.policy == "cached" and self.sampler.cache_write == "last_step" and last == self.sampler.num_steps - 1:
+            cache.commit()
+        elif self.policy == "cached" and self.defer_cache_write:
             self._pending = (clean, actions.detach(), rays.detach(), pos)
         elif self.policy == "cached":
             self._write_chunk(cache, clean, actions.detach(), rays.detach(), pos, generator)

@@ -148,6 +148,12 @@ class DistillConfig:
     # the frames recorded with them, against DMD's trade of PSNR to the truth for sharpness.
     # Added to the DMD loss of recorded iterations; 0 = off.
     recorded_regression: float = 0.0
+    # Where each rolled-out chunk's keys and values come from, exported as the student's sampler
+    # cache_write (worldsim.diffusion.sampler: clean_pass, or last_step: its last denoising pass,
+    # which needs the schedule's last step to start at context_sigma), and the student's sampler
+    # shift (None: the teacher's; 2 steps at context_sigma c: c / (1 - c) for last_step).
+    cache_write: str = "clean_pass"
+    student_shift: float | None = None
 
 
 @dataclass
@@ -236,6 +242,10 @@ class TrainConfig:
             for k in LONG_ROLLOUT_FIELDS:  # runs from before the options keep their identity
                 if d["distill"].get(k) == 0:
                     d["distill"].pop(k)
+            if d["distill"].get("cache_write") == "clean_pass":  # runs from before the option keep their identity
+                d["distill"].pop("cache_write")
+            if "student_shift" in d["distill"] and d["distill"]["student_shift"] is None:  # the same
+                d["distill"].pop("student_shift")
         unused = {
             "codec": ("model", "teacher"),
             "teacher": ("codec", "codec_train"),
@@ -274,6 +284,8 @@ DISTILL_FIELDS = {
         "dmd_sigma_max",
         "beta1",
         *LONG_ROLLOUT_FIELDS,
+        "cache_write",
+        "student_shift",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -14,7 +14,7 @@ mixed in as the teacher was trained):
    player standing still (``idle_prob``, ``idle_chunks``), so the window is read after the
    context the student's own long rollouts make;
 2. every generated chunk of the window is noised to its own level (uniform in
-   ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the sampler) and read by two score networks
+   ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the teacher's sampler) and read by two score networks
    after the clean chunks a rolling cache would hold (``objectives.rollout_scores``; the clean
    chunks noised to the sampler's ``context_sigma`` as the rollout read them): the frozen
    teacher (real score) and a trainable copy of it (fake score);
@@ -207,10 +207,12 @@ class SelfForcingDMD:
         return torch.cat(out, 1), gen
 
     def _levels(self, b: int, m: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
-        """``(B, M * k)``: one noise level per generated chunk, uniform then shifted like the sampler."""
+        """``(B, M * k)``: one noise level per generated chunk, uniform then shifted like the
+        teacher's sampler (the scores' levels; the student's own shift, ``distill.student_shift``,
+        places its steps, not these)."""
         lo, hi = self.dc.dmd_sigma_min, self.dc.dmd_sigma_max
         u = lo + (hi - lo) * torch.rand(b, m, generator=g, dtype=torch.float64)
-        return shift_sigma(u, self.sampler.shift).float().repeat_interleave(self.k, 1).to(device)
+        return shift_sigma(u, self.ck.sampler.shift).float().repeat_interleave(self.k, 1).to(device)
 
     def exit_steps(self, g: torch.Generator) -> list[int]:
         """One random exit step per generated chunk (Self-Forcing; the same on every rank)."""
@@ -352,6 +354,8 @@ def _check(dc: DistillConfig) -> None:
             f"distill.fake_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), got "
             f"{dc.fake_lr_scale}, {dc.real_guidance}, {dc.beta1}"
         )
+    if dc.student_shift is not None and dc.student_shift <= 0:
+        raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
 
 
 def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
@@ -369,6 +373,14 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             "or the teacher itself for DMD without the ODE stage)"
         )
     ck, teacher, codec = load_teacher(dc.teacher)
+    shift = ck.sampler.shift if dc.student_shift is None else dc.student_shift
+    sampler = SamplerConfig(  # a cache_write that does not fit the schedule: one line, before any slow work
+        num_steps=dc.student_steps,
+        shift=shift,
+        mode="few_step",
+        context_sigma=dc.context_sigma,
+        cache_write=dc.cache_write,
+    )
     sha = teacher_sha256(dc.teacher)
     init = str(find_checkpoint(cfg.init_from))
     check_student_start(init, ck, dc.teacher)
@@ -382,9 +394,6 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     if intr is None:
         raise WorldsimError(f"distill.teacher {dc.teacher} records no camera intrinsics (conditioning.intrinsics)")
     encoder = make_action_encoder(str(ck.action_encoder["name"]), list(ck.action_encoder["key_names"]))
-    sampler = SamplerConfig(
-        num_steps=dc.student_steps, shift=ck.sampler.shift, mode="few_step", context_sigma=dc.context_sigma
-    )
     # The student's start and the fake score (the teacher's weights), then the loop over both.
     _, student, _ = load_checkpoint(init)
     nets = DMDNetworks(student, copy.deepcopy(teacher))
