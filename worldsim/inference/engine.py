@@ -550,13 +550,10 @@ class Engine:
                 f"this engine runs {self.context_policy!r}"
             )
         sampler = json.loads(json.dumps(asdict(self.sampler_cfg)))  # as the JSON holds it (lists)
-        saved_sampler = meta.get("sampler")
-        if isinstance(saved_sampler, dict):  # saved before cache_write: every chunk took the clean pass
-            saved_sampler = {"cache_write": "clean_pass", **saved_sampler}
+        # Saved before cache_write: every chunk took the clean pass.
+        saved_sampler = {"cache_write": "clean_pass", **(meta.get("sampler") or {})}
         if saved_sampler != sampler:
-            diff = {
-                k: ((saved_sampler or {}).get(k), v) for k, v in sampler.items() if (saved_sampler or {}).get(k) != v
-            }
+            diff = {k: (saved_sampler.get(k), v) for k, v in sampler.items() if saved_sampler.get(k) != v}
             raise WorldsimError(
                 f"{root} was saved with another sampler (saved vs this engine: {diff}); "
                 f"load it with the sampler it was saved with"

@@ -239,13 +239,9 @@ class TrainConfig:
         distill = d.pop("distill")
         if self.stage in DISTILL_STAGES:  # the teacher checkpoint gives model, codec and conditioning
             d["distill"] = {k: distill[k] for k in DISTILL_FIELDS[self.stage]}
-            for k in LONG_ROLLOUT_FIELDS:  # runs from before the options keep their identity
-                if d["distill"].get(k) == 0:
+            for k, off in DISTILL_OFF.items():  # runs from before the options keep their identity
+                if k in d["distill"] and d["distill"][k] == off:
                     d["distill"].pop(k)
-            if d["distill"].get("cache_write") == "clean_pass":  # runs from before the option keep their identity
-                d["distill"].pop("cache_write")
-            if "student_shift" in d["distill"] and d["distill"]["student_shift"] is None:  # the same
-                d["distill"].pop("student_shift")
         unused = {
             "codec": ("model", "teacher"),
             "teacher": ("codec", "codec_train"),
@@ -269,6 +265,13 @@ LONG_ROLLOUT_FIELDS = (
     "still_regression",
     "recorded_regression",
 )
+# The distill options added after the stages' first runs and the values that leave them out of a
+# run's identity: the behaviour from before each option (old runs resume).
+DISTILL_OFF: dict[str, object] = {
+    **dict.fromkeys(LONG_ROLLOUT_FIELDS, 0),
+    "cache_write": "clean_pass",
+    "student_shift": None,
+}
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
     "ode_pairs": ("teacher", "ode_steps", "grid_steps", "num_pairs", "num_val_pairs", "pairs_per_shard"),
