@@ -99,17 +99,24 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
 
 
 @pytest.mark.parametrize(
-    "name, step", [("student_builtin_v2", 500), ("student_builtin_v3", 300), ("student_builtin_v4", 300)]
+    "name, step, num_steps",
+    [
+        ("student_builtin_v2", 500, 2),
+        ("student_builtin_v3", 300, 2),
+        ("student_builtin_v4", 300, 2),
+        ("student_builtin_v5", 200, 1),
+    ],
 )
-def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step):
+def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 is the default): 2-step students of
-    teacher_builtin_v2, playing with their context noised to 0.4, as they were trained and evaluated."""
+    teacher_builtin_v2, and v5 its 1-step student, playing with their context noised to 0.4, as
+    they were trained and evaluated."""
     from worldsim import load_engine
 
     folder = ASSETS / name
     engine = load_engine(folder, bf16=False)  # as the claimed metrics were measured
     sampler = engine.cfg.sampler
-    assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", 2, 0.4)
+    assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", num_steps, 0.4)
     assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)

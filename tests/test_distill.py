@@ -34,7 +34,7 @@ from worldsim.train.objectives import chunk_ids_of_tokens, ode_regression_loss, 
 from worldsim.train.ode_pairs import OdePairs, grid_indices, make_ode_pairs, student_levels
 from worldsim.train.student_dmd_stage import DMDNetworks, RolloutPlan, SelfForcingDMD, train_student_dmd
 from worldsim.train.student_ode_stage import train_student_ode
-from worldsim.train.teacher_data import ClipSampler, EncodedSplit
+from worldsim.train.teacher_data import ClipSampler, EncodedSplit, follows_press
 from worldsim.train.teacher_stage import train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,7 +393,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         .keys()
         .isdisjoint(
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
-            | {"cache_write", "student_shift"}
+            | {"cache_write", "student_shift", "focus_window"}
         )
     )
 
@@ -511,6 +511,37 @@ def test_student_dmd_resumes_bit_exactly_and_exports_a_playable_student(small_da
     )
 
 
+def test_focus_window_puts_a_focus_clips_press_anywhere_in_the_dmd_window(
+    small_dataset, teacher, tmp_path, monkeypatch
+):
+    """``distill.focus_window``: the stage's clips are focus clips when the press falls anywhere in
+    the DMD window (3 chunks of 2 frames here), not only in its last chunk; it enters the run's
+    identity only when on."""
+    import worldsim.train.student_dmd_stage as stage
+
+    made = []
+
+    class Recorded(ClipSampler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(stage, "ClipSampler", Recorded)
+    # a key with a press whose effect lands in a clip's last chunk: a frame from 8 on (clips of 10)
+    keys = [small_dataset.load(e, ("keys",))["keys"] for e in range(len(small_dataset))]
+    names = small_dataset.meta.key_names
+    key = next(n for j, n in enumerate(names) if any(follows_press(k[:, [j]])[8:].any() for k in keys))
+    teacher_group = TeacherConfig(focus_keys=[key], focus_prob=1.0)
+    for on in (False, True):
+        cfg = _dmd_cfg(small_dataset.root, teacher, teacher, tmp_path / str(on), 1, focus_window=on)
+        cfg.teacher = teacher_group
+        train_student_dmd(cfg)
+        assert ("focus_window" in cfg.identity()["distill"]) == on
+    last_chunk, window = made
+    assert last_chunk.focus_frames == 2 and window.focus_frames == 3 * 2
+    assert set(last_chunk.focus) < set(window.focus)
+
+
 def test_a_student_start_may_have_another_decoder_but_not_another_encoder(teacher, tmp_path):
     """``with_codec`` gives a student a slimmer decoder on the same latents: it still starts a
     student stage; a codec of other widths at the encoder is refused, naming the field."""
@@ -550,6 +581,12 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         )
     with pytest.raises(WorldsimError, match=r"distill.student_shift must be > 0 .* got -1"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, student_shift=-1.0))
+    with pytest.raises(WorldsimError, match=r"focus_window needs focus clips .* got focus_prob 0.0 and idle_prob 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, focus_window=True))
+    with pytest.raises(WorldsimError, match=r"focus_window needs .* got focus_prob 0.5 and idle_prob 1.0"):
+        cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, focus_window=True, idle_prob=1.0)
+        cfg.teacher = TeacherConfig(focus_keys=["w"], focus_prob=0.5)
+        train_student_dmd(cfg)
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)

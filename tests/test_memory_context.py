@@ -68,14 +68,15 @@ def test_focus_clips_are_those_whose_generated_chunk_follows_a_key_press(small_d
     keys = [small_dataset.load(e, ("keys",))["keys"] for e in range(len(small_dataset))]
     index = ClipSampler(split, 2, TeacherConfig(context_chunks=2), ConditioningConfig(), (16, 16), null).index
 
-    def by_hand(j):
-        """Clips whose generated frames (s + 4, s + 5 of [s, s + 6)) follow a press of key j: row t
-        of the keys takes frame t to t + 1, and keys are up before row 0."""
+    def by_hand(j, first=4):
+        """Clips whose frames from s + first to s + 5 of [s, s + 6) (the generated chunk, by
+        default) follow a press of key j: row t of the keys takes frame t to t + 1, and keys are up
+        before row 0."""
         out = []
         for p, (e, s) in enumerate(index):
             col = keys[e][:, j]
             press_rows = [t for t in range(len(col)) if col[t] and (t == 0 or not col[t - 1])]
-            if any(s + 4 <= t + 1 <= s + 5 for t in press_rows):
+            if any(s + first <= t + 1 <= s + 5 for t in press_rows):
                 out.append(p)
         return out
 
@@ -84,6 +85,15 @@ def test_focus_clips_are_those_whose_generated_chunk_follows_a_key_press(small_d
     tc = TeacherConfig(context_chunks=2, memory_prob=0.0, action_drop=0.0, focus_keys=[key], focus_prob=1.0)
     clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null)
     assert clips.focus == expected[key]
+    # focus_frames (the DMD stage's focus_window): the press may fall anywhere in the clip's last
+    # focus_frames frames, so clips whose last chunk comes after the press are focus clips too
+    window = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null, focus_frames=4)
+    assert window.focus == by_hand(names.index(key), first=2) and len(window.focus) > len(clips.focus)
+    assert set(clips.focus) < set(window.focus)
+    for bad in (0, 1, 7):
+        msg = rf"focus_frames must lie between one chunk \(2\) and the clip \(6\), got {bad}"
+        with pytest.raises(WorldsimError, match=msg):
+            ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null, focus_frames=bad)
     # focus_prob 1: every training clip is a focus clip (its actions are that clip's)
     b = clips.batch(0, 0, 16)
     focus_actions = [split.actions[e][s : s + 6] for e, s in (index[p] for p in expected[key])]

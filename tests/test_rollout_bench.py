@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_engine import LAST_STEP, make_tiny_checkpoint
 
 from envs.starts import world_start
@@ -406,31 +407,43 @@ def test_paired_bench_steps_the_engines_in_turn_and_keeps_their_times_apart(tiny
 
 
 def test_a_baseline_of_another_chunk_size_is_compared_per_frame(tiny, tmp_path, monkeypatch):
-    """--baseline: a checkpoint of 4-frame chunks steps its own chunks beside the 2-frame one, one
-    chunk each in turn; when both spend the same time per frame the speedup is 1, whatever the
-    chunk sizes (a chunk rate would read 2)."""
+    """--baseline: a checkpoint of 4-frame chunks steps its own chunks beside the 2-frame one (and
+    the 2-frame one with int8 weights), one chunk each in turn; the speedup is per frame, whatever
+    the chunk sizes: 25 against 15 ms per frame reads 5/3 (a chunk rate would read 10/3)."""
     wide = make_tiny_checkpoint(tmp_path / "wide", chunk_frames=4)
     frames = {2: 0, 4: 0}
     real_step = Engine.step
 
+    int8_steps = []
+
     def step(self, keys, mouse):
         frames[self.chunk_frames] += len(keys)
         out = real_step(self, keys, mouse)
-        return dataclasses.replace(out, timings=ChunkTimings(denoise_s=0.01 * len(keys), decode_s=0.005 * len(keys)))
+        int8 = isinstance(self.model.blocks[0].mlp[0], torch.ao.nn.quantized.dynamic.Linear)
+        int8_steps.append((int8, self.sampler_cfg.num_steps))
+        per_frame = 0.005 if int8 else 0.01 * self.chunk_frames / 2  # the baseline: 0.02 s per frame
+        timings = ChunkTimings(denoise_s=per_frame * len(keys), decode_s=0.005 * len(keys))
+        return dataclasses.replace(out, timings=timings)
 
     monkeypatch.setattr(Engine, "step", step)
     res = bench_baseline(str(tiny), str(wide), chunks=3, step_counts=(1, 2))
     assert res["baseline_checkpoint"] == str(wide) and res["baseline_chunk_frames"] == 4
-    assert frames == {2: 2 * 5 * 2, 4: 2 * 5 * 4}  # 3 timed + 2 warm-up chunks per pairing, each its own size
+    # 3 timed + 2 warm-up chunks per pairing, each its own size; the fp32 and the int8 student
+    assert frames == {2: 2 * 2 * 5 * 2, 4: 2 * 5 * 4}
+    # one int8 chunk in each turn of each pairing, at that pairing's step count
+    assert sorted(n for q, n in int8_steps if q) == [1] * 5 + [2] * 5
     for n in (1, 2):
         assert res[f"baseline_{n}step_frames_per_s"] == pytest.approx(1 / 0.015)
-        assert res[f"baseline_{n}step_paired_baseline_frames_per_s"] == pytest.approx(1 / 0.015)
-        assert res[f"baseline_{n}step_speedup"] == pytest.approx(1.0)
+        assert res[f"baseline_{n}step_paired_baseline_frames_per_s"] == pytest.approx(1 / 0.025)
+        assert res[f"baseline_{n}step_speedup"] == pytest.approx(0.025 / 0.015)
         assert res[f"baseline_{n}step_model_ms"] == pytest.approx(20.0)
         assert res[f"baseline_{n}step_paired_baseline_decode_ms"] == pytest.approx(20.0)
+        assert res[f"baseline_{n}step_int8_model_ms"] == pytest.approx(10.0)
+        assert res[f"baseline_{n}step_int8_decode_ms"] == pytest.approx(10.0)
+        assert res[f"baseline_{n}step_int8_speedup"] == pytest.approx(0.025 / 0.01)
     with pytest.raises(WorldsimError, match="does not exist"):  # before any timing
         bench_engine(str(tiny), chunks=1, baseline=str(tmp_path / "missing"))
-    assert frames == {2: 20, 4: 40}
+    assert frames == {2: 40, 4: 40}
 
 
 def test_bench_pairs_the_last_step_cache_write_with_the_clean_pass_where_the_sampler_allows(tiny, tmp_path):

@@ -5,7 +5,7 @@ pixel value (0-255), the last context frame first (a turn on the first generated
 from it), generated above truth, with the light turns each side makes (a frame mean
 crossing ``DARK_MEAN``). Shows whether extra turns are a second toggle or a single bright frame.
 
-    .venv/bin/python tools/press_frames.py [checkpoint] [--length 8] [--steps N] [--seeds 3]
+    .venv/bin/python tools/press_frames.py [checkpoint] [--length 8] [--steps N] [--seeds 3] [--memory]
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=8, help="frames the light key is held per press")
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=StabilityConfig.starts, help="worlds from the evaluation's first")
+    parser.add_argument("--memory", action="store_true", help="the memory bank on (as play.py plays a model)")
     args = parser.parse_args()
     if args.length < 1 or args.steps < 0 or args.seeds < 1:
         parser.error("--length and --seeds must be at least 1, --steps not negative")
     own = read_checkpoint_config(args.checkpoint).sampler
     sampler = own.at_steps(args.steps) if args.steps else SamplerOverrides()
-    engine = load_engine(args.checkpoint, bf16=False, sampler=sampler)
+    memory = "on" if args.memory else "off"
+    engine = load_engine(args.checkpoint, bf16=False, sampler=sampler, memory=memory)
     n, k = engine.context_frames, engine.chunk_frames
     steps = engine.sampler_cfg.num_steps
-    print(f"{args.checkpoint}, {steps} step(s); light key '{LIGHT_KEY}' held {args.length} frames, twice,")
-    print(f"{PRESS_GAP} frames apart; a frame mean below {DARK_MEAN:g} is night")
+    print(f"{args.checkpoint}, {steps} step(s), memory {memory}; light key '{LIGHT_KEY}' held {args.length} frames,")
+    print(f"twice, {PRESS_GAP} frames apart; a frame mean below {DARK_MEAN:g} is night")
     turns = {"generated": 0, "truth": 0}
     for seed in range(StabilityConfig.seed0, StabilityConfig.seed0 + args.seeds):
         for phase in range(k):

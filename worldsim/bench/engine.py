@@ -61,7 +61,11 @@ What each number includes:
   checkpoint's default policy at each step count ``n``: ``baseline_<n>step_{model_ms, decode_ms,
   frames_per_s}`` for this checkpoint and ``baseline_<n>step_paired_baseline_*`` for the other
   in that pairing, and ``baseline_<n>step_speedup`` = this frames/s over the other's (per frame:
-  how a distilled student compares with the teacher it replaces, issue 21's speed bar).
+  how a distilled student compares with the teacher it replaces, issue 21's speed bar); on the
+  CPU the checkpoint with int8 weights steps in the same turn (``baseline_<n>step_int8_{model_ms,
+  decode_ms, frames_per_s}``, ``baseline_<n>step_int8_speedup`` over the same baseline; since
+  2026-12-04: three engines in a turn slow one another more than two, so earlier rows are not
+  strictly comparable).
 * ``last_step_*``: the checkpoint's sampler with ``cache_write="last_step"`` (the chunk's last
   denoising pass is its context: no clean pass; :mod:`worldsim.diffusion.sampler`), at the shift
   that starts that pass at ``context_sigma`` (``last_step_shift``), stepped one chunk each in turn
@@ -343,7 +347,9 @@ def bench_baseline(
     """The ``baseline_*`` rows: ``baseline``'s own default (sampler, context policy, chunk size;
     fp32, memory off) stepped one chunk each in turn with ``checkpoint``'s default policy at each
     of ``step_counts``: frames/s of both in each pairing and ``baseline_<n>step_speedup``, the
-    checkpoint's frames/s over the baseline's (per frame, so chunk sizes may differ)."""
+    checkpoint's frames/s over the baseline's (per frame, so chunk sizes may differ). On the CPU
+    the checkpoint with int8 weights (``quantize="int8"``) steps in the same turn:
+    ``baseline_<n>step_int8_*`` and ``baseline_<n>step_int8_speedup`` over the same baseline."""
     base = load_engine(baseline, device=device, bf16=False)
     own = read_checkpoint_config(checkpoint).sampler
     res: dict[str, Any] = {
@@ -353,13 +359,20 @@ def bench_baseline(
         "baseline_chunk_frames": base.chunk_frames,
     }
     for n in step_counts:
-        e = load_engine(checkpoint, device=device, bf16=False, sampler=own.at_steps(n))
-        t_ours, t_theirs = _paired_chunk_times([e, base], chunks)
-        ours, theirs = _stage_rows(t_ours, e.chunk_frames), _stage_rows(t_theirs, base.chunk_frames)
+        engines = [load_engine(checkpoint, device=device, bf16=False, sampler=own.at_steps(n)), base]
+        if device == "cpu":  # the same sampler with int8 weights, in the same turn
+            engines.append(load_engine(checkpoint, bf16=False, sampler=own.at_steps(n), quantize="int8"))
+        times = _paired_chunk_times(engines, chunks)
+        ours, theirs = (_stage_rows(t, e.chunk_frames) for t, e in zip(times[:2], engines[:2], strict=True))
         for key in ("model_ms", "decode_ms", "frames_per_s"):
             res[f"baseline_{n}step_{key}"] = ours[key]
             res[f"baseline_{n}step_paired_baseline_{key}"] = theirs[key]
         res[f"baseline_{n}step_speedup"] = ours["frames_per_s"] / theirs["frames_per_s"]
+        if device == "cpu":
+            int8 = _stage_rows(times[2], engines[2].chunk_frames)
+            for key in ("model_ms", "decode_ms", "frames_per_s"):
+                res[f"baseline_{n}step_int8_{key}"] = int8[key]
+            res[f"baseline_{n}step_int8_speedup"] = int8["frames_per_s"] / theirs["frames_per_s"]
     return res
 
 

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline",
         default=None,
         help="another checkpoint whose default is timed beside --checkpoint at each step count, one chunk each in "
-        "turn (the baseline_* rows: per-frame speedup)",
+        "turn, with --checkpoint's int8 weights in the same turn on the CPU (the baseline_* rows: per-frame speedup)",
     )
     p_engine.add_argument("--out", default="bench.json", help="where to write the JSON result")
     p_soak = sub.add_parser("soak", help="a long engine session: chunk time and resident memory per window")

@@ -154,6 +154,10 @@ class DistillConfig:
     # shift (None: the teacher's; 2 steps at context_sigma c: c / (1 - c) for last_step).
     cache_write: str = "clean_pass"
     student_shift: float | None = None
+    # Where a focus clip (teacher.focus_keys, teacher.focus_prob) has its press: false, in the
+    # window's last chunk (the chunk a teacher clip generates); true, anywhere in the DMD window,
+    # so that the chunks after the press, while a long press still holds the key, are trained too.
+    focus_window: bool = False
 
 
 @dataclass
@@ -271,6 +275,7 @@ DISTILL_OFF: dict[str, object] = {
     **dict.fromkeys(LONG_ROLLOUT_FIELDS, 0),
     "cache_write": "clean_pass",
     "student_shift": None,
+    "focus_window": False,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -289,6 +294,7 @@ DISTILL_FIELDS = {
         *LONG_ROLLOUT_FIELDS,
         "cache_write",
         "student_shift",
+        "focus_window",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -149,8 +149,9 @@ class SelfForcingDMD:
 
     def _start(self, batch: Batch, plan: RolloutPlan) -> int:
         """The clip frame the ``plan``'s true context starts at: a recorded rollout ends where the
-        clip ends (so its window holds the clip's last chunk, which a light-press focus clip was
-        picked for, whatever the number of free chunks), a still one starts at the clip's start."""
+        clip ends (so its window holds the clip's last chunks, where a light-press focus clip has
+        its press: in the last one, or anywhere with ``distill.focus_window``, whatever the number
+        of free chunks), a still one starts at the clip's start."""
         t = (self.cond.context_chunks + plan.free + len(plan.exits)) * self.k
         if plan.still:
             return 0
@@ -372,6 +373,11 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             "stage=student_dmd needs init_from: the student to improve (an exported student_ode model, "
             "or the teacher itself for DMD without the ODE stage)"
         )
+    if dc.focus_window and (cfg.teacher.focus_prob == 0 or dc.idle_prob == 1):
+        raise WorldsimError(
+            f"distill.focus_window needs focus clips (teacher.focus_prob > 0) and recorded rollouts "
+            f"(distill.idle_prob < 1), got focus_prob {cfg.teacher.focus_prob} and idle_prob {dc.idle_prob}"
+        )
     ck, teacher, codec = load_teacher(dc.teacher)
     shift = ck.sampler.shift if dc.student_shift is None else dc.student_shift
     sampler = SamplerConfig(  # a cache_write that does not fit the schedule: one line, before any slow work
@@ -438,7 +444,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     null = torch.from_numpy(encoder.null_action())
     keys = np.zeros((1, len(encoder.key_names)), np.uint8)
     idle = torch.from_numpy(encoder.encode_sequence(keys, np.zeros((1, 2), np.float32), keys[0])[0])
-    clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null)
+    window = dc.rollout_chunks * ck.chunk_frames if dc.focus_window else None  # where a focus clip's press lies
+    clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null, window)
     dmd = SelfForcingDMD(loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device), idle.to(d.device))
     amp = loop.autocast()
     last: dict[str, float] = {}

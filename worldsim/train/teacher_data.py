@@ -166,8 +166,9 @@ class Batch:
 
 class ClipSampler:
     """Seeded clips for the teacher: recent context, optionally one retrieved earlier chunk, then the
-    chunk to learn. Raises ``WorldsimError`` if no episode is long enough for one clip, or
-    ``focus_prob`` > 0 and no clip shows a press of ``focus_keys``.
+    chunk to learn. Raises ``WorldsimError`` if no episode is long enough for one clip,
+    ``focus_frames`` is not between one chunk and the clip, or ``focus_prob`` > 0 and no clip
+    shows a press of ``focus_keys`` in its last ``focus_frames``.
     """
 
     def __init__(
@@ -178,6 +179,7 @@ class ClipSampler:
         cond: ConditioningConfig,
         latent_size: tuple[int, int],
         null_action: torch.Tensor,  # (A,) what action dropout substitutes
+        focus_frames: int | None = None,  # a focus clip's press lies in its last focus_frames (None: one chunk)
     ):
         self.split, self.k, self.tcfg, self.cond = split, chunk_frames, tcfg, cond
         self.null = null_action.float()
@@ -189,6 +191,12 @@ class ClipSampler:
             raise WorldsimError(f"no episode is long enough for {self.clip_len}-frame clips (longest: {longest})")
         c = split.latents[0].shape[1]
         self.mean, self.std = cond.stats(c)
+        self.focus_frames = chunk_frames if focus_frames is None else focus_frames
+        if not chunk_frames <= self.focus_frames <= self.clip_len:
+            raise WorldsimError(
+                f"focus_frames must lie between one chunk ({chunk_frames}) and the clip ({self.clip_len}), "
+                f"got {focus_frames}"
+            )
         self.focus = self._focus_clips() if tcfg.focus_prob > 0 else []
         check_memory_clips(tcfg)
         self.points = view_points(split.intrinsics, split.frame_size, BANK.radius_m, BANK.num_points)
@@ -201,12 +209,13 @@ class ClipSampler:
         return [torch.from_numpy(m < self.tcfg.dark_mean) for m in means]
 
     def _focus_clips(self) -> list[int]:
-        """Positions in ``index`` of the clips whose generated chunk has a frame that follows a
-        press of one of ``focus_keys`` (:func:`follows_press`)."""
+        """Positions in ``index`` of the clips whose last ``focus_frames`` frames (the generated
+        chunk, by default) have a frame that follows a press of one of ``focus_keys``
+        (:func:`follows_press`)."""
         names = self.tcfg.focus_keys
         cols = focus_columns(names, self.split.key_names)
         follows = [follows_press(ds.load(i, ("keys",))["keys"][:, cols]) for ds, i in self.split.sources]
-        first = self.clip_len - self.k  # the generated chunk's first frame within a clip
+        first = self.clip_len - self.focus_frames  # the first frame within a clip that may follow the press
         out = [p for p, (e, s) in enumerate(self.index) if follows[e][s + first : s + self.clip_len].any()]
         if not out:
             raise WorldsimError(
