@@ -363,7 +363,7 @@ def bench_baseline(
         if device == "cpu":  # the same sampler with int8 weights, in the same turn
             engines.append(load_engine(checkpoint, bf16=False, sampler=own.at_steps(n), quantize="int8"))
         times = _paired_chunk_times(engines, chunks)
-        ours, theirs = (_stage_rows(t, e.chunk_frames) for t, e in zip(times[:2], engines[:2], strict=True))
+        ours, theirs = _stage_rows(times[0], engines[0].chunk_frames), _stage_rows(times[1], base.chunk_frames)
         for key in ("model_ms", "decode_ms", "frames_per_s"):
             res[f"baseline_{n}step_{key}"] = ours[key]
             res[f"baseline_{n}step_paired_baseline_{key}"] = theirs[key]
