@@ -105,12 +105,13 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
         ("student_builtin_v3", 300, 2),
         ("student_builtin_v4", 300, 2),
         ("student_builtin_v5", 200, 1),
+        ("student_builtin_v6", 200, 1),
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 is the default): 2-step students of
-    teacher_builtin_v2, and v5 its 1-step student, playing with their context noised to 0.4, as
-    they were trained and evaluated."""
+    teacher_builtin_v2, and v5 and v6 its 1-step students, playing with their context noised to
+    0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
     folder = ASSETS / name

@@ -30,7 +30,7 @@ from worldsim.model.attention import chunk_mask
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModelConfig
 from worldsim.train.config import DistillConfig, OptimConfig, TeacherConfig, TrainConfig
-from worldsim.train.objectives import chunk_ids_of_tokens, ode_regression_loss, rollout_scores
+from worldsim.train.objectives import ScoreMemory, chunk_ids_of_tokens, ode_regression_loss, rollout_scores
 from worldsim.train.ode_pairs import OdePairs, grid_indices, make_ode_pairs, student_levels
 from worldsim.train.student_dmd_stage import DMDNetworks, RolloutPlan, SelfForcingDMD, train_student_dmd
 from worldsim.train.student_ode_stage import train_student_ode
@@ -393,7 +393,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         .keys()
         .isdisjoint(
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
-            | {"cache_write", "student_shift", "focus_window"}
+            | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
         )
     )
 
@@ -587,6 +587,10 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, focus_window=True, idle_prob=1.0)
         cfg.teacher = TeacherConfig(focus_keys=["w"], focus_prob=0.5)
         train_student_dmd(cfg)
+    with pytest.raises(WorldsimError, match=r"still_memory_prob must be in \[0, 1\].* got 0.5 with idle_prob 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_memory_prob=0.5))
+    with pytest.raises(WorldsimError, match=r"still_memory_prob must be in \[0, 1\].* got 1.5 with idle_prob 0.5"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_memory_prob=1.5))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)
@@ -609,10 +613,17 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
 
 
 @pytest.mark.parametrize("context_sigma", [0.0, 0.3])
-def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_dataset, teacher, context_sigma):
+@pytest.mark.parametrize("readers", [[], [1, 3, 5]])
+def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(
+    small_dataset, teacher, context_sigma, readers
+):
     """``rollout_scores`` (one windowed teacher-forcing forward) against the cache the engine
     keeps: clean chunks written in order into a window of W chunks, labelled with the context
-    noise level, each noisy chunk read before its clean copy joins."""
+    noise level, each noisy chunk read before its clean copy joins. With a retrieved chunk
+    (:class:`ScoreMemory`) read by ``readers``: its pass into the cache's memory slot before each
+    reader's passes (rays relative to the reader's reference, at the positions the rollout gives
+    it), which then see it in place of their window's oldest chunk; a reader whose window is not
+    yet full (chunk 1) hides nothing."""
     dmd = _dmd(teacher, rollout_chunks=4)
     batch = _clips(dmd, small_dataset.root, teacher)
     model, k, w = dmd.teacher, 2, dmd.cond.context_chunks
@@ -621,20 +632,62 @@ def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(small_
     noisy = torch.randn(batch.x0[:, 4:].shape, generator=g)
     sigma = torch.rand(2, 4, generator=g).repeat_interleave(k, 1)
     rays = dmd.rays.relative_to(batch.c2w, batch.ray_ref, torch.float32)
+    mem_lat, mem_act, mem_c2w = batch.x0[:, 2:4] + 0.5, batch.actions[:, 2:4], batch.c2w[:, 2:4]  # unlike any chunk
+    mem_rays = [
+        dmd.rays.relative_to(mem_c2w, batch.ray_ref[:, c * k : c * k + 1].expand(-1, k, 4, 4), torch.float32)
+        for c in readers
+    ]
+    memory = ScoreMemory(mem_lat, mem_act, readers, torch.cat(mem_rays, 1)) if readers else None
+    labels = torch.full((2, k), context_sigma)
     with torch.no_grad():
-        got = rollout_scores(model, batch.x0, noisy, sigma, batch.actions, rays, w, context_sigma=context_sigma)
-        cache, want = KVCache(TINY.depth, k * TINY.tokens_per_frame, w), []
+        got = rollout_scores(
+            model, batch.x0, noisy, sigma, batch.actions, rays, w, context_sigma=context_sigma, memory=memory
+        )
+        plain = rollout_scores(model, batch.x0, noisy, sigma, batch.actions, rays, w, context_sigma=context_sigma)
+        cache, want = KVCache(TINY.depth, k * TINY.tokens_per_frame, w, memory=int(bool(readers))), []
         for c in range(t // k):
             sl, pos = slice(c * k, c * k + k), torch.arange(c * k, c * k + k)
+            if c in readers:
+                cache.use_memory(1)
+                at = torch.arange(k) + k * (c - w if c >= w else -1)
+                model.write_chunk(mem_lat, labels, mem_act, mem_rays[readers.index(c)], at, cache.memory_slot(0))
             if c >= 2:
                 n = slice(sl.start - 4, sl.stop - 4)
                 want.append(
                     model.forward_chunk(noisy[:, n], sigma[:, n], batch.actions[:, sl], rays[:, sl], pos, cache)
                 )
-            labels = torch.full((2, k), context_sigma)
             model.forward_chunk(batch.x0[:, sl], labels, batch.actions[:, sl], rays[:, sl], pos, cache)
             cache.commit()
     torch.testing.assert_close(got, torch.cat(want, 1), atol=1e-5, rtol=1e-5)
+    assert ((got - plain).abs().max() > 1e-3) == bool(readers)  # the memory is read
+
+
+def test_a_still_player_reads_the_last_context_chunk_from_memory_after_one_chunk(small_dataset, teacher):
+    """distill.still_memory_prob: a still plan with memory gives the rollout the last true
+    context chunk from its second chunk on (the first is as without memory), and the scores read
+    it too: with the fake score equal to the real one the student's step is still exactly zero."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)
+    dmd.dc = dataclasses.replace(dmd.dc, idle_prob=0.5, idle_chunks=1, still_memory_prob=1.0)
+    plain, memory = RolloutPlan([1, 1], free=1, still=True), RolloutPlan([1, 1], free=1, still=True, memory=True)
+    with torch.no_grad():
+        a, _ = dmd.rollout(batch, plain, torch.Generator().manual_seed(1))
+        b, gen = dmd.rollout(batch, memory, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a[:, :2], b[:, :2], atol=0, rtol=0)
+    assert (a[:, 2:] - b[:, 2:]).abs().max() > 1e-3
+    kept = gen.kept[0].chunk  # the retrieved chunk, as the rollout took it
+    torch.testing.assert_close(kept.latents, batch.x0[:, 2:4], atol=0, rtol=0)
+    torch.testing.assert_close(kept.c2w, batch.c2w[:, 2:4], atol=0, rtol=0)
+    assert [memory.reads_memory(j) for j in range(3)] == [False, True, True] and not plain.reads_memory(2)
+    out = dmd(batch, True, memory, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    out.generator_loss.backward()
+    assert sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters() if p.grad is not None) == 0
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert all(p.memory == p.still for p in plans)
+    dmd.dc = dataclasses.replace(dmd.dc, still_memory_prob=0.5)
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert not any(p.memory for p in plans if not p.still)
+    assert 0.35 < np.mean([p.memory for p in plans if p.still]) < 0.65
 
 
 def test_two_process_torchrun_dmd_averages_both_networks_and_keeps_ranks_in_sync(small_dataset, teacher, tmp_path):

@@ -61,3 +61,28 @@ def teacher_forcing_mask(
     top = torch.cat([clean_clean, clean_clean.new_zeros(len(chunk_of_token), len(noisy))], dim=1)
     bottom = torch.cat([noisy_clean, noisy_noisy], dim=1)
     return torch.cat([top, bottom], dim=0)
+
+
+def with_memory_mask(
+    mask: torch.Tensor,
+    chunk_of_token: torch.Tensor,
+    noisy_chunk_of_token: torch.Tensor,
+    memory_reader_of_token: torch.Tensor,
+    window_chunks: int,
+) -> torch.Tensor:
+    """A windowed :func:`teacher_forcing_mask` ``mask (Lc + Ln, Lc + Ln)`` over ``[clean | noisy]``
+    extended by ``Lm`` tokens of retrieved chunks after them: one copy of a retrieved chunk per
+    chunk that reads it, ``memory_reader_of_token (Lm,)`` the id of each copy's reader. As the
+    rollout's KV cache gives a retrieved chunk (``worldsim.inference.kv_cache``, ``use_memory``):
+    the reader's clean and noisy tokens see their copy in place of the oldest chunk of their window
+    (``b - W``, hidden), and a copy sees itself alone (a retrieved chunk was the oldest of its
+    training clip). Returns ``(Lc + Ln + Lm, Lc + Ln + Lm)`` bool."""
+    rows = torch.cat([chunk_of_token, noisy_chunk_of_token])
+    reads = torch.isin(rows, memory_reader_of_token)
+    hidden = reads[:, None] & (chunk_of_token[None, :] == rows[:, None] - window_chunks)
+    lc = len(chunk_of_token)
+    seen = torch.cat([mask[:, :lc] & ~hidden, mask[:, lc:]], dim=1)
+    to_copy = rows[:, None] == memory_reader_of_token[None, :]
+    copies = memory_reader_of_token[:, None] == memory_reader_of_token[None, :]
+    bottom = torch.cat([copies.new_zeros(len(copies), len(rows)), copies], dim=1)
+    return torch.cat([torch.cat([seen, to_copy], dim=1), bottom], dim=0)

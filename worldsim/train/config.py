@@ -158,6 +158,10 @@ class DistillConfig:
     # window's last chunk (the chunk a teacher clip generates); true, anywhere in the DMD window,
     # so that the chunks after the press, while a long press still holds the key, are trained too.
     focus_window: bool = False
+    # Share of the still rollouts (idle_prob) whose chunks after the first read the last true
+    # context chunk as a retrieved memory chunk (ours), the view the play-time bank brings back to
+    # a player standing still; the scores read it as the rollout did. 0 = off.
+    still_memory_prob: float = 0.0
 
 
 @dataclass
@@ -276,6 +280,7 @@ DISTILL_OFF: dict[str, object] = {
     "cache_write": "clean_pass",
     "student_shift": None,
     "focus_window": False,
+    "still_memory_prob": 0.0,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -295,6 +300,7 @@ DISTILL_FIELDS = {
         "cache_write",
         "student_shift",
         "focus_window",
+        "still_memory_prob",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -11,12 +11,13 @@ same global batch draws.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from worldsim.diffusion.sampler import guided
-from worldsim.model.attention import chunk_mask, teacher_forcing_mask
+from worldsim.model.attention import chunk_mask, teacher_forcing_mask, with_memory_mask
 from worldsim.model.dit import WorldModel
 
 
@@ -156,6 +157,21 @@ def ode_regression_loss(
     return F.mse_loss(x0.float(), target.float())
 
 
+@dataclass
+class ScoreMemory:
+    """A retrieved chunk that some chunks of :func:`rollout_scores`'s session read, as the rollout
+    gives it (``worldsim.inference.rollout``: in place of the oldest chunk of the reader's window,
+    at that chunk's temporal positions, rays relative to the reader's reference, attending to
+    itself alone). ``latents (B, k, C, h, w)`` at the context noise level (the caller noised
+    them), ``actions (B, k, A)``, ``readers``: the session's chunks that read it (clean and noisy
+    alike), ``plucker (B, R * k, 6, h, w)``: its rays for each reader in turn."""
+
+    latents: torch.Tensor
+    actions: torch.Tensor
+    readers: list[int]
+    plucker: torch.Tensor
+
+
 def rollout_scores(
     model: WorldModel,
     clean: torch.Tensor,  # (B, T, C, h, w) the session: context, then the generated frames
@@ -167,14 +183,17 @@ def rollout_scores(
     null_action: torch.Tensor | None = None,  # (A,) for guidance
     guidance: float = 1.0,
     context_sigma: float = 0.0,
+    memory: ScoreMemory | None = None,
 ) -> torch.Tensor:
     """A score network's velocity for every noisy generated frame, each chunk read after the
     clean chunks a rolling cache of ``window_chunks`` chunks would hold (the windowed teacher-
     forcing mask, one forward over ``[clean | noisy]`` with the same positions for both) ->
     ``v (B, G, C, h, w)``. ``guidance`` != 1: classifier-free guidance on actions against
     ``null_action`` (two forwards). ``context_sigma``: the noise level ``clean`` is labelled
-    with (the caller noised it; a rollout's context noise). The real and fake scores of DMD
-    (reference.md §6)."""
+    with (the caller noised it; a rollout's context noise). ``memory``: a retrieved chunk its
+    readers see as the rollout shows it (:class:`ScoreMemory`; one copy per reader after the
+    noisy frames, :func:`worldsim.model.attention.with_memory_mask`). The real and fake scores
+    of DMD (reference.md §6)."""
     b, t = clean.shape[:2]
     g = noisy.shape[1]
     k = model.cfg.chunk_frames
@@ -187,9 +206,24 @@ def rollout_scores(
     levels = torch.cat([sigma.new_full((b, t), context_sigma), sigma], 1)
     rays = torch.cat([plucker, plucker[:, t - g :]], 1)
     positions = torch.cat([pos, pos[t - g :]])
+    mem_actions = actions[:, :0]
+    if memory is not None:
+        readers = torch.tensor(memory.readers, device=dev)
+        n = len(memory.readers)
+        mem_ids = readers.repeat_interleave(k * model.cfg.tokens_per_frame)
+        mask = with_memory_mask(mask, ids, noisy_ids, mem_ids, window_chunks)
+        x = torch.cat([x, memory.latents.repeat(1, n, 1, 1, 1)], 1)
+        levels = torch.cat([levels, sigma.new_full((b, n * k), context_sigma)], 1)
+        rays = torch.cat([rays, memory.plucker], 1)
+        # each copy at the temporal positions of the chunk it hides, b - W, or while the window
+        # is not yet full (nothing hidden) of the chunk before the session's first, as the rollout puts it
+        before = torch.where(readers >= window_chunks, readers - window_chunks, -1)
+        hid = (before * k)[:, None] + torch.arange(k, device=dev)
+        positions = torch.cat([positions, hid.reshape(-1)])
+        mem_actions = memory.actions.repeat(1, n, 1)
 
     def velocity(a: torch.Tensor) -> torch.Tensor:
-        return model(x, levels, torch.cat([a, a[:, t - g :]], 1), rays, positions, mask)[:, t:]
+        return model(x, levels, torch.cat([a, a[:, t - g :], mem_actions], 1), rays, positions, mask)[:, t : t + g]
 
     v = velocity(actions)
     if guidance != 1.0:

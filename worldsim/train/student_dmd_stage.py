@@ -12,12 +12,15 @@ mixed in as the teacher was trained):
    chunks read the student's own outputs. Long rollouts (Self-Forcing++) put chunks generated
    without any gradient before the window: the clip's recorded inputs (``free_chunks``), or a
    player standing still (``idle_prob``, ``idle_chunks``), so the window is read after the
-   context the student's own long rollouts make;
+   context the student's own long rollouts make. On a share of the still rollouts
+   (``still_memory_prob``) every chunk after the first also reads the last true context chunk
+   through the rollout's memory slot, as the play-time bank brings a still player's view back;
 2. every generated chunk of the window is noised to its own level (uniform in
    ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the teacher's sampler) and read by two score networks
    after the clean chunks a rolling cache would hold (``objectives.rollout_scores``; the clean
-   chunks noised to the sampler's ``context_sigma`` as the rollout read them): the frozen
-   teacher (real score) and a trainable copy of it (fake score);
+   chunks noised to the sampler's ``context_sigma`` as the rollout read them, and the retrieved
+   chunk where the rollout read one): the frozen teacher (real score) and a trainable copy of it
+   (fake score);
 3. every ``generator_every``-th iteration (the first after ``generator_every - 1`` fake-score
    updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
@@ -61,7 +64,7 @@ from worldsim.model.dit import WorldModel
 from worldsim.train.config import DistillConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
 from worldsim.train.loop import TrainLoop
-from worldsim.train.objectives import dmd_loss, rollout_scores
+from worldsim.train.objectives import ScoreMemory, dmd_loss, rollout_scores
 from worldsim.train.ode_pairs import load_teacher, require_clips, teacher_sha256
 from worldsim.train.student_ode_stage import check_student_start
 from worldsim.train.teacher_data import Batch, ClipSampler, EncodedSplit
@@ -115,11 +118,20 @@ class RolloutPlan:
     """What one iteration rolls out after the true context (the same on every rank): ``free``
     chunks without gradient, then the DMD window of ``len(exits)`` chunks, chunk ``j`` stopping
     at step ``exits[j]``; ``still``: the player stands still for both (nothing pressed, the last
-    context pose held) instead of following the clip's recorded inputs."""
+    context pose held) instead of following the clip's recorded inputs; ``memory`` (a still
+    player only): every chunk after the first reads the last context chunk as a retrieved one
+    (:meth:`SelfForcingDMD.memory`)."""
 
     exits: list[int]
     free: int = 0
     still: bool = False
+    memory: bool = False
+
+    def reads_memory(self, j: int) -> bool:
+        """Whether generated chunk ``j`` (free chunks first) reads the retrieved chunk: with
+        ``memory``, every chunk after the first. The play-time bank retrieves only entries older
+        than the window, so a still start's first chunk comes back once one chunk has been made."""
+        return self.memory and j >= 1
 
 
 class SelfForcingDMD:
@@ -196,16 +208,62 @@ class SelfForcingDMD:
         n0 = self.cond.context_chunks * self.k
         actions, c2w, ray_ref = self.inputs(batch, plan)
         frames = torch.arange(n0, device=batch.x0.device)
-        gen = ChunkRollout(self.nets.generator, self.sampler, self.cond, self.intrinsics, self.ck.frame_size, "cached")
+        gen = ChunkRollout(
+            self.nets.generator,
+            self.sampler,
+            self.cond,
+            self.intrinsics,
+            self.ck.frame_size,
+            "cached",
+            memory_chunks=int(plan.memory),
+            memory_reuse=True,  # as the engine plays (MemoryConfig.reuse)
+        )
         context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
         gen.restore(context, None, generator)
+        retrieved = self.memory(batch, plan)
         out = []
         exits = [None] * plan.free + list(plan.exits)
         for j, e in enumerate(exits):
             s = n0 + j * self.k
+            mem = retrieved if plan.reads_memory(j) else None
             with torch.set_grad_enabled(torch.is_grad_enabled() and e is not None):
-                out.append(gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e))
+                out.append(
+                    gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e, memory=mem)
+                )
         return torch.cat(out, 1), gen
+
+    def memory(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """What a ``plan`` with ``memory`` retrieves for every chunk after its first: the last
+        true context chunk ``(latents (B, k, C, h, w), actions (B, k, A), c2w (B, k, 4, 4))``, the
+        view of the pose a still player holds. The play-time bank brings such a chunk back to a
+        player standing still (``MemoryConfig``, ``discount_window`` off: also while the window
+        shows the place); None without ``memory``."""
+        if not plan.memory:
+            return None
+        n0 = self.cond.context_chunks * self.k
+        actions, c2w, _ = self.inputs(batch, plan)
+        sl = slice(n0 - self.k, n0)
+        return self.context(batch, plan)[:, sl], actions[:, sl], c2w[:, sl]
+
+    def _score_memory(
+        self, batch: Batch, plan: RolloutPlan, ray_ref: torch.Tensor, g: torch.Generator
+    ) -> ScoreMemory | None:
+        """The retrieved chunk of a ``plan`` with ``memory`` as the scores read it, beside the
+        ``w + M`` chunks they read (``ray_ref (B, (w + M) * k, 4, 4)``: those chunks' references):
+        read by the chunks the rollout gave it to (:meth:`RolloutPlan.reads_memory`),
+        noised to the context level with one draw from ``g`` as the rollout's kept pass was."""
+        retrieved = self.memory(batch, plan)
+        if retrieved is None:
+            return None
+        latents, actions, c2w = retrieved
+        w, k, cs = self.cond.context_chunks, self.k, self.sampler.context_sigma
+        readers = [i for i in range(w + len(plan.exits)) if plan.reads_memory(plan.free + i - w)]
+        if cs > 0:
+            noise = torch.randn(latents.shape, generator=g, dtype=latents.dtype).to(latents.device)
+            latents = (1 - cs) * latents + cs * noise
+        refs = [ray_ref[:, i * k : i * k + 1].expand(-1, k, 4, 4) for i in readers]
+        plucker = torch.cat([self.rays.relative_to(c2w, ref, latents.dtype) for ref in refs], 1)
+        return ScoreMemory(latents, actions, readers, plucker)
 
     def _levels(self, b: int, m: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
         """``(B, M * k)``: one noise level per generated chunk, uniform then shifted like the
@@ -227,7 +285,9 @@ class SelfForcingDMD:
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
         most = self.dc.idle_chunks if still else self.dc.free_chunks
         free = int(torch.randint(most + 1, (1,), generator=g)) if most > 0 else 0
-        return RolloutPlan(exits, free, still)
+        p = self.dc.still_memory_prob
+        memory = still and p > 0 and torch.rand(1, generator=g).item() < p  # no draw when off: old runs replay
+        return RolloutPlan(exits, free, still, memory)
 
     def __call__(
         self,
@@ -255,6 +315,7 @@ class SelfForcingDMD:
         if cs > 0:
             clean = (1 - cs) * clean + cs * torch.randn(clean.shape, generator=g, dtype=clean.dtype).to(dev)
         rays = self.rays.relative_to(c2w, ray_ref, clean.dtype)
+        memory = self._score_memory(batch, plan, ray_ref, g)
 
         def noised(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             eps = torch.randn(x.shape, generator=g, dtype=x.dtype).to(dev)
@@ -262,7 +323,7 @@ class SelfForcingDMD:
             return (1 - s) * x.detach() + s * eps, eps
 
         def score(net: WorldModel, xt: torch.Tensor, levels: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
-            return rollout_scores(net, clean, xt, levels, actions, rays, w, self.null, guidance, cs)
+            return rollout_scores(net, clean, xt, levels, actions, rays, w, self.null, guidance, cs, memory)
 
         loss_g = None
         if generator_step:
@@ -354,6 +415,11 @@ def _check(dc: DistillConfig) -> None:
         raise WorldsimError(
             f"distill.fake_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), got "
             f"{dc.fake_lr_scale}, {dc.real_guidance}, {dc.beta1}"
+        )
+    if not 0.0 <= dc.still_memory_prob <= 1.0 or (dc.still_memory_prob > 0 and dc.idle_prob == 0):
+        raise WorldsimError(
+            f"distill.still_memory_prob must be in [0, 1], and needs still rollouts (distill.idle_prob > 0), got "
+            f"{dc.still_memory_prob} with idle_prob {dc.idle_prob}"
         )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
