@@ -387,6 +387,11 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
     assert {p.free for p in plans if not p.still} == {0, 1, 2}
     assert {p.free for p in plans if p.still} == set(range(7))
     assert 0.35 < np.mean([p.still for p in plans]) < 0.65
+    for seed in range(20):  # still_memory_prob 0: no draw beyond the exits, still and free
+        g, h = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        plan = dmd.plan(g)
+        dmd.exit_steps(h), torch.rand(1, generator=h), torch.randint(7 if plan.still else 3, (1,), generator=h)
+        assert not plan.memory and torch.equal(g.get_state(), h.get_state())
     assert (
         TrainConfig(stage="student_dmd")
         .identity()["distill"]
@@ -679,6 +684,15 @@ def test_a_still_player_reads_the_last_context_chunk_from_memory_after_one_chunk
     torch.testing.assert_close(kept.latents, batch.x0[:, 2:4], atol=0, rtol=0)
     torch.testing.assert_close(kept.c2w, batch.c2w[:, 2:4], atol=0, rtol=0)
     assert [memory.reads_memory(j) for j in range(3)] == [False, True, True] and not plain.reads_memory(2)
+    # The scores give it to the chunks the rollout did: of the w + M = 4 chunks they read, those
+    # that are generated chunk 1 or later (w = 2 context chunks, M = 2 window chunks).
+    for free, readers in ((0, [3]), (1, [2, 3]), (3, [0, 1, 2, 3])):
+        plan = dataclasses.replace(memory, free=free)
+        ray_ref = dmd.inputs(batch, plan)[2][:, -8:]
+        got = dmd._score_memory(batch, plan, ray_ref, torch.Generator())
+        assert got.readers == readers and got.plucker.shape[1] == 2 * len(readers)
+        torch.testing.assert_close(got.latents, batch.x0[:, 2:4], atol=0, rtol=0)  # context_sigma 0: as it is
+    assert dmd._score_memory(batch, RolloutPlan([1], still=True, memory=True), ray_ref, torch.Generator()) is None
     out = dmd(batch, True, memory, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     out.generator_loss.backward()
     assert sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters() if p.grad is not None) == 0

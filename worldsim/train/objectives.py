@@ -206,9 +206,9 @@ def rollout_scores(
     levels = torch.cat([sigma.new_full((b, t), context_sigma), sigma], 1)
     rays = torch.cat([plucker, plucker[:, t - g :]], 1)
     positions = torch.cat([pos, pos[t - g :]])
-    mem_actions = actions[:, :0]
+    mem_actions = actions[:, :0]  # (B, R * k, A): the retrieved chunk's, once per reader
     if memory is not None:
-        readers = torch.tensor(memory.readers, device=dev)
+        readers = torch.tensor(memory.readers, dtype=torch.long, device=dev)
         n = len(memory.readers)
         mem_ids = readers.repeat_interleave(k * model.cfg.tokens_per_frame)
         mask = with_memory_mask(mask, ids, noisy_ids, mem_ids, window_chunks)
@@ -222,14 +222,16 @@ def rollout_scores(
         positions = torch.cat([positions, hid.reshape(-1)])
         mem_actions = memory.actions.repeat(1, n, 1)
 
-    def velocity(a: torch.Tensor) -> torch.Tensor:
-        return model(x, levels, torch.cat([a, a[:, t - g :], mem_actions], 1), rays, positions, mask)[:, t : t + g]
+    def velocity(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return model(x, levels, torch.cat([a, a[:, t - g :], m], 1), rays, positions, mask)[:, t : t + g]
 
-    v = velocity(actions)
+    v = velocity(actions, mem_actions)
     if guidance != 1.0:
         if null_action is None:
             raise ValueError("guidance needs the null action")
-        v = guided(v, velocity(null_action.to(actions).expand_as(actions)), guidance)
+        # the whole clip null, the retrieved chunk included, as the teacher's action dropout nulls it
+        null = null_action.to(actions)
+        v = guided(v, velocity(null.expand_as(actions), null.expand_as(mem_actions)), guidance)
     return v
 
 

@@ -235,9 +235,12 @@ class SelfForcingDMD:
     def memory(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """What a ``plan`` with ``memory`` retrieves for every chunk after its first: the last
         true context chunk ``(latents (B, k, C, h, w), actions (B, k, A), c2w (B, k, 4, 4))``, the
-        view of the pose a still player holds. The play-time bank brings such a chunk back to a
-        player standing still (``MemoryConfig``, ``discount_window`` off: also while the window
-        shows the place); None without ``memory``."""
+        view of the pose a still player holds; None without ``memory``. The play-time bank gives
+        a still start its first chunk once that chunk has left the window, while the window still
+        shows the same view (``MemoryConfig``: ``keep="first"``, ``discount_window`` off); from
+        the second chunk on, as here. After a moving context it would bring the held view back
+        only once the last context chunk, or an earlier chunk of the place, is older than the
+        window: for those clips this is an approximation (a still start's view, at the held pose)."""
         if not plan.memory:
             return None
         n0 = self.cond.context_chunks * self.k
@@ -258,6 +261,8 @@ class SelfForcingDMD:
         latents, actions, c2w = retrieved
         w, k, cs = self.cond.context_chunks, self.k, self.sampler.context_sigma
         readers = [i for i in range(w + len(plan.exits)) if plan.reads_memory(plan.free + i - w)]
+        if not readers:  # one window chunk and no free chunk: nothing the scores read had it
+            return None
         if cs > 0:
             noise = torch.randn(latents.shape, generator=g, dtype=latents.dtype).to(latents.device)
             latents = (1 - cs) * latents + cs * noise
