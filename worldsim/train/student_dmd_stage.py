@@ -243,10 +243,9 @@ class SelfForcingDMD:
         window: for those clips this is an approximation (a still start's view, at the held pose)."""
         if not plan.memory:
             return None
-        n0 = self.cond.context_chunks * self.k
-        actions, c2w, _ = self.inputs(batch, plan)
-        sl = slice(n0 - self.k, n0)
-        return self.context(batch, plan)[:, sl], actions[:, sl], c2w[:, sl]
+        end = self._start(batch, plan) + self.cond.context_chunks * self.k  # the true context's end
+        sl = slice(end - self.k, end)
+        return batch.x0[:, sl], batch.actions[:, sl], batch.c2w[:, sl]
 
     def _score_memory(
         self, batch: Batch, plan: RolloutPlan, ray_ref: torch.Tensor, g: torch.Generator
