@@ -295,7 +295,7 @@ def _dmd(teacher, fake_seed=None, rollout_chunks=3, context_sigma=0.0, student_s
     nets = DMDNetworks(student, fake)
     idle = torch.full_like(null, 0.5)
     intr = ck.conditioning.intrinsics_matrix()
-    return SelfForcingDMD(nets, model.requires_grad_(False), ck, sampler, dc, intr, null, idle)
+    return SelfForcingDMD(nets, model.requires_grad_(False), ck, sampler, dc, intr, null, idle, enc)
 
 
 def _clips(dmd, data, teacher, extra_chunks=0):
@@ -387,11 +387,11 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
     assert {p.free for p in plans if not p.still} == {0, 1, 2}
     assert {p.free for p in plans if p.still} == set(range(7))
     assert 0.35 < np.mean([p.still for p in plans]) < 0.65
-    for seed in range(20):  # still_memory_prob 0: no draw beyond the exits, still and free
+    for seed in range(20):  # still_memory_prob and still_press_prob 0: no draw beyond the exits, still and free
         g, h = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         plan = dmd.plan(g)
         dmd.exit_steps(h), torch.rand(1, generator=h), torch.randint(7 if plan.still else 3, (1,), generator=h)
-        assert not plan.memory and torch.equal(g.get_state(), h.get_state())
+        assert not plan.memory and plan.press is None and torch.equal(g.get_state(), h.get_state())
     assert (
         TrainConfig(stage="student_dmd")
         .identity()["distill"]
@@ -399,6 +399,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         .isdisjoint(
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
             | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
+            | {"still_press_prob", "still_press_key", "still_press_frames"}
         )
     )
 
@@ -596,6 +597,30 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_memory_prob=0.5))
     with pytest.raises(WorldsimError, match=r"still_memory_prob must be in \[0, 1\].* got 1.5 with idle_prob 0.5"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_memory_prob=1.5))
+    with pytest.raises(WorldsimError, match=r"still_press_prob must be in \[0, 1\].* got 0.5, 8 with idle_prob 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, still_press_prob=0.5))
+    with pytest.raises(WorldsimError, match=r"still_press_frames >= 1.* got 0.5, 0 with idle_prob 0.5"):
+        train_student_dmd(
+            _dmd_cfg(
+                data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5, still_press_frames=0
+            )
+        )
+    with pytest.raises(WorldsimError, match=r"still_press_key must be one of the teacher's keys .* got 'q'"):
+        train_student_dmd(
+            _dmd_cfg(
+                data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5, still_press_key="q"
+            )
+        )
+    with pytest.raises(WorldsimError, match=r"still_press_key must not move the camera .* got 'w'"):
+        train_student_dmd(
+            _dmd_cfg(
+                data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5, still_press_key="w"
+            )
+        )
+    with pytest.raises(WorldsimError, match=r"still_press_key with still_memory_prob must be .* 'l' .* got 'm'"):
+        cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5)
+        cfg.distill.still_memory_prob, cfg.distill.still_press_key = 0.5, "m"
+        train_student_dmd(cfg)
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)
@@ -683,7 +708,7 @@ def test_a_still_player_reads_the_last_context_chunk_from_memory_after_one_chunk
     kept = gen.kept[0].chunk  # the retrieved chunk, as the rollout took it
     torch.testing.assert_close(kept.latents, batch.x0[:, 2:4], atol=0, rtol=0)
     torch.testing.assert_close(kept.c2w, batch.c2w[:, 2:4], atol=0, rtol=0)
-    assert [memory.reads_memory(j) for j in range(3)] == [False, True, True] and not plain.reads_memory(2)
+    assert [memory.reads_memory(j, 2) for j in range(3)] == [False, True, True] and not plain.reads_memory(2, 2)
     # The scores give it to the chunks the rollout did: of the w + M = 4 chunks they read, those
     # that are generated chunk 1 or later (w = 2 context chunks, M = 2 window chunks).
     for free, readers in ((0, [3]), (1, [2, 3]), (3, [0, 1, 2, 3])):
@@ -702,6 +727,48 @@ def test_a_still_player_reads_the_last_context_chunk_from_memory_after_one_chunk
     plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
     assert not any(p.memory for p in plans if not p.still)
     assert 0.35 < np.mean([p.memory for p in plans if p.still]) < 0.65
+
+
+def test_a_still_player_presses_the_key_from_the_drawn_frame_and_reads_no_memory_after_it(small_dataset, teacher):
+    """distill.still_press_prob: a still plan's press conditions its generated frames with the
+    encoder's press edge on the drawn frame, its hold after it and the idle input elsewhere, as
+    the engine encodes the stability evaluation's presses; no chunk from the press's on reads
+    memory; the still regression leaves it out (its truth is not recorded) while the DMD step
+    with the fake score equal to the real one stays zero; the draws cover their ranges."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)
+    dmd.dc = dataclasses.replace(
+        dmd.dc, idle_prob=0.5, idle_chunks=1, still_regression=0.5, still_press_prob=1.0, still_press_frames=3
+    )
+    enc, zero = dmd.encoder, np.zeros((1, 2), np.float32)
+    key = np.zeros((1, len(enc.key_names)), np.uint8)
+    held = key.copy()
+    held[0, enc.key_names.index("l")] = 1
+    row = {  # one input row each, after the row before it
+        "idle": enc.encode_sequence(key, zero, key[0])[0],
+        "edge": enc.encode_sequence(held, zero, key[0])[0],
+        "hold": enc.encode_sequence(held, zero, held[0])[0],
+        "release": enc.encode_sequence(key, zero, held[0])[0],
+    }
+    assert not np.array_equal(row["edge"], row["hold"]) and not np.array_equal(row["edge"], row["idle"])
+    plan = RolloutPlan([1, 1], free=1, still=True, press=(3, 2))  # generated frames 3 and 4 of 6
+    got = dmd.inputs(batch, plan)[0][:, 4:]  # after the 2 context chunks of 2 frames
+    want = [row[n] for n in ("idle", "idle", "idle", "edge", "hold", "release")]
+    torch.testing.assert_close(got, torch.from_numpy(np.stack(want)).expand_as(got), atol=0, rtol=0)
+    press = dataclasses.replace(plan, memory=True, press=(4, 2))  # from chunk 2 on
+    assert [press.reads_memory(j, 2) for j in range(4)] == [False, True, False, False]
+    out = dmd(batch, True, press, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    assert out.still_mse is None
+    out.generator_loss.backward()
+    assert sum(p.grad.abs().sum() for p in dmd.nets.generator.parameters() if p.grad is not None) == 0
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert all((p.press is not None) == p.still for p in plans)
+    presses = [(p.free, *p.press) for p in plans if p.still]
+    assert {n for _, _, n in presses} == {1, 2, 3}
+    assert all(max(0, 2 * f - 3) <= s < 2 * f + 4 for f, s, _ in presses)  # k = 2, a window of 2 chunks
+    assert {s for f, s, _ in presses if f == 1} == set(range(6)) and {s for f, s, _ in presses if f == 0} == set(
+        range(4)
+    )
 
 
 def test_two_process_torchrun_dmd_averages_both_networks_and_keeps_ranks_in_sync(small_dataset, teacher, tmp_path):

@@ -3,6 +3,7 @@
 conditioning (per-chunk camera reference, cached context) turns in place: its view comes back
 to the start after 12 chunks of 30 degrees, which the bank must notice."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from envs.starts import world_start
 from tests.test_engine import KEYS, _inputs, _world_reset, make_tiny_checkpoint
 from worldsim import load_engine
 from worldsim.core.errors import WorldsimError
 from worldsim.diffusion.sampler import SamplerOverrides
+from worldsim.inference.engine import resolve_press_rule
 from worldsim.memory.bank import MemoryConfig
 
 TURN_PX = 60.0  # 0.25 deg per pixel: 15 deg per frame, 30 per 2-frame chunk, a full turn in 12 chunks
@@ -361,3 +364,81 @@ def test_play_refuses_a_bad_memory_in_one_line_naming_auto():
         [sys.executable, "play.py", "memory=maybe"], cwd=root, env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and r.stderr.strip() == "error: memory must be 'auto', 'on' or 'off', got 'maybe'"
+
+
+def _press_at(k, row):
+    """One chunk's inputs with the light key pressed on input ``row`` alone."""
+    keys, mouse = _inputs(k)
+    keys[row, KEYS.index("l")] = 1
+    return keys, mouse
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_nothing_is_retrieved_while_the_window_holds_a_press_of_the_state_key(ckpt, tmp_path, across):
+    """A still player presses the light key twice: the second press (back to day) makes the
+    start view eligible again, but a retrieved chunk would take the positions before the window,
+    where the model reads it as the state the press flipped from; so nothing is retrieved from
+    the press's chunk until the press has left the window (``retrieve_across_press`` False, as
+    v7 plays), and a session saved in between keeps the press. Retrieval goes on across it with
+    the option."""
+    eng = load_engine(ckpt, memory=MemoryConfig(retrieve_across_press=across), seed=2)
+    _world_reset(eng, 1)
+    k = eng.chunk_frames
+    w = eng.rollout.context_frames // k  # chunks in the window
+    plan = [_inputs(k)] * 6 + [_press_at(k, 1)] + [_inputs(k)] * (w + 2) + [_press_at(k, 0)] + [_inputs(k)] * (w + 2)
+    a, b = 6, 6 + w + 3  # the chunks that press: at their second input, then at their first
+    hits = []
+    for j, (keys, mouse) in enumerate(plan):
+        if j == b + 1:
+            eng.save_session(tmp_path / "s")
+            other = load_engine(ckpt, memory=MemoryConfig(retrieve_across_press=across), seed=9)
+            other.load_session(tmp_path / "s")
+        chunk = eng.step(keys, mouse)
+        hits.append([h.frame for h in chunk.memory])
+        if j > b:
+            assert other.step(keys, mouse).memory == chunk.memory
+    start_frame = 0  # the start's first chunk, day
+    assert all(h == [start_frame] for h in hits[2:a]), hits  # the still player's anchor, before the presses
+    night = eng.context_frames + a * k  # the first press's chunk, the first entry at night
+    if across:
+        assert hits[a : a + w + 1] == [[]] * (w + 1)  # at night no earlier entry is older than the window
+        assert hits[a + w + 1 : b] == [[night]] * 2 and hits[b:] == [[start_frame]] * (w + 3)
+    else:
+        assert hits[a : a + w + 1] == [[]] * (w + 1) and hits[a + w + 1 : b] == [[night]] * 2, hits
+        assert hits[b : b + w + 1] == [[]] * (w + 1) and hits[b + w + 1 :] == [[start_frame]] * 2, hits
+    assert eng.state_press_frame == eng.context_frames + b * k and eng.memory_state == 0
+
+
+def test_a_reset_keeps_the_newest_press_of_the_state_key_in_its_context(ckpt):
+    """Given 3 frames more than it keeps, a reset numbers the kept ones from 0: the press on row
+    4 made given frame 5, session frame 2."""
+    eng = load_engine(ckpt, memory="on", seed=2)
+    start = world_start(1, eng.context_frames + 3, eng.key_names, eng.frame_size)
+    frames, c2w, keys, mouse = start.arrays()
+    keys = keys.copy()
+    keys[[0, 4], KEYS.index("l")] = 1  # rows 0 and 4 press: they make given frames 1 and 5
+    eng.reset(frames, c2w, keys, mouse)
+    assert eng.rollout.history.frame_idx.tolist() == list(range(eng.context_frames)) == [0, 1, 2, 3]
+    assert eng.state_press_frame == 2 and eng.memory_state == 0
+    eng.reset(*start.arrays())
+    assert eng.state_press_frame == -1
+
+
+def test_the_press_rule_follows_how_the_checkpoint_was_trained(ckpt):
+    """``retrieve_across_press`` None: no retrieval across a press for a student whose DMD stage
+    trained still presses without memory after them, retrieval across it for the others; a value
+    given wins."""
+    eng = load_engine(ckpt, memory="on")
+    assert eng.memory_cfg is not None and eng.memory_cfg.retrieve_across_press is True
+    trained = dataclasses.replace(eng.cfg, provenance={"config": {"distill": {"still_press_prob": 0.4}}})
+    assert resolve_press_rule(MemoryConfig(), trained).retrieve_across_press is False
+    assert resolve_press_rule(MemoryConfig(retrieve_across_press=True), trained).retrieve_across_press is True
+    assert resolve_press_rule(MemoryConfig(), eng.cfg).retrieve_across_press is True
+    assert resolve_press_rule(None, trained) is None
+    other_key = dataclasses.replace(
+        eng.cfg, provenance={"config": {"distill": {"still_press_prob": 0.4, "still_press_key": "m"}}}
+    )
+    assert resolve_press_rule(MemoryConfig(), other_key).retrieve_across_press is True
+    assert resolve_press_rule(
+        MemoryConfig(), dataclasses.replace(eng.cfg, provenance={"config": "?"})
+    ).retrieve_across_press

@@ -6,6 +6,7 @@ from it), generated above truth, with the light turns each side makes (a frame m
 crossing ``DARK_MEAN``). Shows whether extra turns are a second toggle or a single bright frame.
 
     .venv/bin/python tools/press_frames.py [checkpoint] [--length 8] [--steps N] [--seeds 3] [--memory]
+        [--across-press auto|on|off]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from worldsim.diffusion.sampler import SamplerOverrides
 from worldsim.eval.ground_truth import DARK_MEAN, rollout_against, world_rollout
 from worldsim.eval.stability import LIGHT_KEY, PRESS_GAP, StabilityConfig, light_turns, press_keys
 from worldsim.inference.checkpoint import read_checkpoint_config
+from worldsim.memory.bank import MemoryConfig
 
 
 @clean_errors
@@ -32,16 +34,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=StabilityConfig.starts, help="worlds from the evaluation's first")
     parser.add_argument("--memory", action="store_true", help="the memory bank on (as play.py plays a model)")
+    parser.add_argument(
+        "--across-press",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="with --memory, MemoryConfig.retrieve_across_press: on, retrieve while the window holds a "
+        "light press (the only rule before 2026-12-04); off, not; auto, as the checkpoint was trained",
+    )
     args = parser.parse_args()
     if args.length < 1 or args.steps < 0 or args.seeds < 1:
         parser.error("--length and --seeds must be at least 1, --steps not negative")
+    if args.across_press != "auto" and not args.memory:
+        parser.error("--across-press needs --memory")
     own = read_checkpoint_config(args.checkpoint).sampler
     sampler = own.at_steps(args.steps) if args.steps else SamplerOverrides()
     memory = "on" if args.memory else "off"
-    engine = load_engine(args.checkpoint, bf16=False, sampler=sampler, memory=memory)
+    across = {"auto": None, "on": True, "off": False}[args.across_press]
+    bank = MemoryConfig(retrieve_across_press=across) if args.memory else "off"
+    engine = load_engine(args.checkpoint, bf16=False, sampler=sampler, memory=bank)
     n, k = engine.context_frames, engine.chunk_frames
     steps = engine.sampler_cfg.num_steps
-    print(f"{args.checkpoint}, {steps} step(s), memory {memory}; light key '{LIGHT_KEY}' held {args.length} frames,")
+    rule = f" (retrieve_across_press {engine.memory_cfg.retrieve_across_press})" if engine.memory_cfg else ""
+    print(f"{args.checkpoint}, {steps} step(s), memory {memory}{rule};")
+    print(f"light key '{LIGHT_KEY}' held {args.length} frames,", end=" ")
     print(f"twice, {PRESS_GAP} frames apart; a frame mean below {DARK_MEAN:g} is night")
     turns = {"generated": 0, "truth": 0}
     for seed in range(StabilityConfig.seed0, StabilityConfig.seed0 + args.seeds):

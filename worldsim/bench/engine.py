@@ -451,6 +451,8 @@ def bench_engine(
     res["memory_min_score"], res["memory_top_k"] = memory.min_score, memory.top_k
     res["memory_keep"], res["memory_discount_window"] = memory.keep, memory.discount_window
     res["memory_reuse"] = memory.reuse
+    assert with_memory.memory_cfg is not None
+    res["memory_retrieve_across_press"] = with_memory.memory_cfg.retrieve_across_press  # as the checkpoint decides
     off, on = _paired_chunk_times([without, with_memory], chunks, policy=MEMORY_POLICY)
     for key, val in _stage_rows(on, k).items():
         res[f"memory_on_{key}"] = val

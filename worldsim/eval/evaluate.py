@@ -424,6 +424,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "checkpoint": cfg.checkpoint,
         "config": asdict(cfg),
         "sampler": asdict(engine.sampler_cfg),
+        "memory_bank": None if engine.memory_cfg is None else asdict(engine.memory_cfg),  # as the engine resolved it
         "episodes": len(episodes),
         "rollouts": len(starts),
         "horizon": horizon,

@@ -18,7 +18,10 @@ With ``memory`` on, the engine keeps the session's spatial memory bank
 with its poses, first frame and state (the parity of the memory's ``state_key`` presses: day or
 night in the built-in world; a place keeps its first chunk); before each chunk, the entries
 that best cover its view, wholly older than the window, are retrieved and given to the rollout
-(``step(memory=...)``; :mod:`worldsim.memory.bank` for the rules and their options).
+(``step(memory=...)``; :mod:`worldsim.memory.bank` for the rules and their options), except,
+when ``MemoryConfig.retrieve_across_press`` is False (the checkpoint's choice by default:
+:func:`resolve_press_rule`), while the window or the chunk being made holds a press of the
+state key.
 The bank is part of a saved session.
 
 **Ahead of the input** (reference.md §6b, design §10): :meth:`Engine.prepare` does the next
@@ -189,7 +192,8 @@ class Engine:
         self.sampler_cfg = sampler or ck.sampler
         self.context_policy = context_policy or default_policy(ck.conditioning)
         null = torch.from_numpy(self.encoder.null_action()).to(self.device)
-        self.memory_cfg = memory
+        self.memory_cfg = resolve_press_rule(memory, ck)
+        memory = self.memory_cfg
         self.rollout = ChunkRollout(
             model,
             self.sampler_cfg,
@@ -206,6 +210,9 @@ class Engine:
         key = memory.state_key if memory else ""
         self._state_key = self.key_names.index(key) if key in self.key_names else None
         self.memory_state = 0  # parity of the state key's presses since the session began
+        # session index of the frame the newest state-key press made; below the window's first frame
+        # (-1 with none): none in view
+        self.state_press_frame = -1
         # where the last step's chunk went in the bank: -1 when its place kept an earlier entry,
         # None before a step
         self.last_memory_slot: int | None = None
@@ -313,12 +320,13 @@ class Engine:
             self.rollout.reset(latents, actions[None], torch.from_numpy(c2w).to(self.device)[None], rng)
         self.rng = rng
         # Frame t's state counts the presses that made frames 1 .. t (keys[t - 1]).
-        states = np.concatenate([[0], np.cumsum(self._presses(keys[:-1], np.zeros_like(keys[0])))]) % 2
+        presses = self._presses(keys[:-1], np.zeros_like(keys[0]))
+        states = np.concatenate([[0], np.cumsum(presses)]) % 2
+        h = self.rollout.history
+        assert h is not None
+        k, t0 = self.chunk_frames, len(frames)
         if self.memory_cfg is not None:
             self.memory = MemoryBank(self.memory_cfg, torch.from_numpy(self.intrinsics), self.frame_size)
-            h = self.rollout.history
-            assert h is not None
-            k, t0 = self.chunk_frames, len(frames)
             for s in range(0, h.num_frames, k):  # the kept context, chunk by chunk
                 last = t0 - h.num_frames + s + k - 1  # the chunk's newest frame, in the given context
                 self.memory.add(
@@ -326,6 +334,9 @@ class Engine:
                     int(h.frame_idx[s]), int(states[last]),
                 )  # fmt: skip
         self.memory_state = int(states[-1])
+        pressed = np.flatnonzero(presses)  # row t made the given frame t + 1
+        first = int(h.frame_idx[0]) - (t0 - h.num_frames)  # the session index of the given frame 0
+        self.state_press_frame = first + int(pressed[-1]) + 1 if len(pressed) else -1
         self.last_memory_slot = None
         # With momentum (DOOM) the camera keeps the velocity of the last context step.
         if len(c2w) >= 2:
@@ -360,7 +371,7 @@ class Engine:
             state = self.controller.step(state, self.previous_keys, self.previous_mouse)
             poses.append(state.c2w())
         t0 = time.perf_counter()
-        hits, retrieved = self._retrieve(np.stack(poses), self.memory_state)  # no press: the state holds
+        hits, retrieved = self._retrieve(np.stack(poses), self.memory_state, self.state_press_frame)  # no press
         memory_s = time.perf_counter() - t0
         rng_before = self.rng.get_state()
         with torch.inference_mode(), self.amp, self._same_noise_on_error():
@@ -401,11 +412,14 @@ class Engine:
         encoded = self.encoder.encode_sequence(keys, mouse, self.previous_keys)
         actions = torch.from_numpy(encoded).to(self.device)[None]
         c2w = torch.from_numpy(c2w_np).to(self.device)[None]
-        memory_state = (self.memory_state + int(self._presses(keys, self.previous_keys).sum())) % 2
+        pressed = np.flatnonzero(self._presses(keys, self.previous_keys))  # row i made the chunk's frame i
+        memory_state = (self.memory_state + len(pressed)) % 2
+        first = self._next_frame()
+        press_frame = first + int(pressed[-1]) if len(pressed) else self.state_press_frame
         # Step 2: the memory bank's entries for this view (memory on); when prepare() guessed
         # other ones, their context passes run again now.
         t0 = time.perf_counter()
-        hits, retrieved = self._retrieve(c2w_np, memory_state)
+        hits, retrieved = self._retrieve(c2w_np, memory_state, press_frame)
         memory_s = prepared.memory_s + (time.perf_counter() - t0 if self.memory is not None else 0.0)
         if tuple(h.slot for h in hits) != prepared.slots:
             if prepared.rng_before is not None:  # the noise the guess drew is drawn again, for these
@@ -414,7 +428,6 @@ class Engine:
                 self.rollout.load_memory(retrieved, self.rng)
             self.memory_reloads += prepared.slots is not None
         # Step 3: the rollout generates the chunk's latents (with what was loaded); then they are decoded.
-        first = self._next_frame()
         with torch.inference_mode(), self.amp:
             z = self.rollout.step(actions, c2w, self.rng)
         t0 = time.perf_counter()
@@ -427,7 +440,7 @@ class Engine:
             memory_s += time.perf_counter() - t0
         self.state = state
         self.previous_keys, self.previous_mouse = keys[-1].astype(np.uint8), mouse[-1].astype(np.float32)
-        self.memory_state = memory_state
+        self.memory_state, self.state_press_frame = memory_state, press_frame
         self.steps += self.chunk_frames
         if self.governor is not None:
             self.governor.observe()
@@ -466,15 +479,19 @@ class Engine:
         return int(h.frame_idx[-1]) + 1
 
     def _retrieve(
-        self, c2w: np.ndarray, state: int
+        self, c2w: np.ndarray, state: int, press_frame: int
     ) -> tuple[list[MemoryHit], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         """The hits for a chunk with poses ``c2w (k, 4, 4)`` in ``state`` and the rollout's
-        ``memory`` input (best hit last, nearest the window), or ``([], None)``."""
+        ``memory`` input (best hit last, nearest the window), or ``([], None)``: also when the
+        newest state-key press made frame ``press_frame`` (session index) of the window or the
+        chunk, unless ``MemoryConfig.retrieve_across_press``."""
         h = self.rollout.history
         if self.memory is None or h is None:
             return [], None
         recent = min(h.num_frames, self.rollout.context_frames)
         window_start = int(h.frame_idx[-recent])
+        if press_frame >= window_start and not self.memory.cfg.retrieve_across_press:
+            return [], None
         shown = h.c2w[0, h.num_frames - recent + self.chunk_frames - 1 :: self.chunk_frames]  # the window's anchors
         hits = self.memory.retrieve(torch.from_numpy(c2w), before_frame=window_start, state=state, context_c2w=shown)
         if not hits:
@@ -521,6 +538,7 @@ class Engine:
             "context_policy": self.context_policy,
             "memory": None if self.memory_cfg is None else asdict(self.memory_cfg),
             "memory_state": self.memory_state,
+            "state_press_frame": self.state_press_frame,
             "steps": self.steps,
             "position": self.state.position.tolist(),
             "yaw_rad": self.state.yaw_rad,
@@ -560,8 +578,10 @@ class Engine:
             )
         memory = None if self.memory_cfg is None else asdict(self.memory_cfg)
         saved = meta.get("memory")
-        if isinstance(saved, dict):  # saved before keep, discount_window and reuse: the rules of then
-            saved = {"keep": "newest", "discount_window": True, "reuse": False, **saved}
+        if isinstance(
+            saved, dict
+        ):  # saved before keep, discount_window, reuse, retrieve_across_press: the rules of then
+            saved = {"keep": "newest", "discount_window": True, "reuse": False, "retrieve_across_press": True, **saved}
         if saved != memory:
             raise WorldsimError(
                 f"{root} was saved with memory {saved}, this engine runs {memory}; "
@@ -588,6 +608,7 @@ class Engine:
         kept = [self._kept_pass(t, i, root, hist, cache) for i in range(count)]
         self.rollout.restore(hist, cache, kept=kept)
         self.memory, self.memory_state = bank, int(meta.get("memory_state", 0))
+        self.state_press_frame = int(meta.get("state_press_frame", -1))  # sessions from before it: no press kept
         self.previous_keys = t["previous_keys"].cpu().numpy().astype(np.uint8)
         self.previous_mouse = t["previous_mouse"].cpu().numpy().astype(np.float32)
         self._prepared = None
@@ -705,6 +726,26 @@ def load_engine(
         compile=compile,
         **rest,
     )
+
+
+def trained_with_presses(ck: CheckpointConfig, key: str) -> bool:
+    """Whether ``ck`` is a student whose DMD stage pressed ``key`` (the bank's state key) in its
+    still rollouts and gave no retrieved chunk from a press on (``distill.still_press_prob`` > 0
+    and ``still_press_key`` ``key`` in the exported run's identity, ``provenance.config``)."""
+    config = ck.provenance.get("config")
+    distill = config.get("distill") if isinstance(config, dict) else None
+    if not isinstance(distill, dict):
+        return False
+    return float(distill.get("still_press_prob", 0.0)) > 0 and distill.get("still_press_key", "l") == key
+
+
+def resolve_press_rule(memory: MemoryConfig | None, ck: CheckpointConfig) -> MemoryConfig | None:
+    """``memory`` with ``retrieve_across_press`` None decided for ``ck``: no retrieval while the
+    window holds a press for a student trained so (:func:`trained_with_presses`), retrieval
+    across presses, the rule its evaluation used, for every other checkpoint."""
+    if memory is None or memory.retrieve_across_press is not None:
+        return memory
+    return replace(memory, retrieve_across_press=not trained_with_presses(ck, memory.state_key))
 
 
 def memory_config(memory: str | bool | MemoryConfig | None, top_k: int | None = None) -> MemoryConfig | None:

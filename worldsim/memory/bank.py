@@ -68,6 +68,15 @@ class MemoryConfig:
     state_key: str = "l"  # a key whose presses flip the state the pose does not carry ("": none)
     keep: str = "first"  # which chunk a place keeps: "first" (the oldest view) or "newest" (module docstring)
     discount_window: bool = False  # True: what the context's window shows counts as covered (module docstring)
+    # The engine: False, nothing is retrieved while the window or the chunk being made holds a
+    # press of state_key. A retrieved chunk, in the state after the press, takes the positions
+    # before the window, where the model reads it as the state the press flipped from (a 1-step
+    # student then flipped the light back on the seventh frame of a held press; docs/memory.md,
+    # "Presses"); True: retrieval goes on across a press; None (the default): the engine decides
+    # by the checkpoint, False for a student trained with presses that read no memory after them
+    # (distill.still_press_prob), True for the others (v4 at 2 steps needs the retrieved view to
+    # make some of its toggles)
+    retrieve_across_press: bool | None = None
     # The engine (cached context): a retrieved chunk that the last chunk with memory had too, at
     # the same camera reference (a still player), keeps that chunk's keys and values instead of a
     # new clean pass (worldsim.inference.rollout, "memory_reuse"); False: a pass for every retrieval

@@ -162,6 +162,18 @@ class DistillConfig:
     # context chunk as a retrieved memory chunk (ours), the view the play-time bank brings back to
     # a player standing still; the scores read it as the rollout did. 0 = off.
     still_memory_prob: float = 0.0
+    # Share of the still rollouts in which the player presses ``still_press_key`` once (ours):
+    # held U{1 .. still_press_frames} frames from a uniform generated frame between
+    # still_press_frames frames before the DMD window and its last frame, as the stability
+    # evaluation's presses come (a still player toggling the light). Judged by the scores alone:
+    # the still regression is off for them (the truth after a toggle is not recorded), and no
+    # chunk from the press on reads memory (the play-time bank's state flips with the press;
+    # it would bring the press's own chunk back once that is older than the window, which the
+    # rollout does not give). The key must not move the camera, and with still_memory_prob it
+    # must be the bank's state key. 0 = off.
+    still_press_prob: float = 0.0
+    still_press_key: str = "l"
+    still_press_frames: int = 8
 
 
 @dataclass
@@ -281,6 +293,9 @@ DISTILL_OFF: dict[str, object] = {
     "student_shift": None,
     "focus_window": False,
     "still_memory_prob": 0.0,
+    "still_press_prob": 0.0,
+    "still_press_key": "l",
+    "still_press_frames": 8,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -301,6 +316,9 @@ DISTILL_FIELDS = {
         "student_shift",
         "focus_window",
         "still_memory_prob",
+        "still_press_prob",
+        "still_press_key",
+        "still_press_frames",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

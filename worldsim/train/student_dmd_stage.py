@@ -14,7 +14,10 @@ mixed in as the teacher was trained):
    player standing still (``idle_prob``, ``idle_chunks``), so the window is read after the
    context the student's own long rollouts make. On a share of the still rollouts
    (``still_memory_prob``) every chunk after the first also reads the last true context chunk
-   through the rollout's memory slot, as the play-time bank brings a still player's view back;
+   through the rollout's memory slot, as the play-time bank brings a still player's view back,
+   and on another share (``still_press_prob``) the still player presses ``still_press_key`` (the
+   light key) once, held 1 to ``still_press_frames`` frames, as the stability evaluation's
+   presses come;
 2. every generated chunk of the window is noised to its own level (uniform in
    ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the teacher's sampler) and read by two score networks
    after the clean chunks a rolling cache would hold (``objectives.rollout_scores``; the clean
@@ -25,7 +28,7 @@ mixed in as the teacher was trained):
    updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
    score learns the student's current samples by flow matching. On a still player's iterations
-   ``distill.still_regression`` (ours) adds the window's regression to its truth, the last
+   (those without a press) ``distill.still_regression`` (ours) adds the window's regression to its truth, the last
    context frame (the world does not change while nothing is pressed): DMD's regression loss
    (Yin et al. 2024) where the truth needs no recording, against the teacher's own drift to
    night and noise on long idle rollouts, which DMD alone copies. On the other iterations
@@ -51,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldsim.core.actions import make_action_encoder
+from worldsim.core.actions import ActionEncoder, make_action_encoder
+from worldsim.core.controller import MOVE_KEYS
 from worldsim.core.errors import WorldsimError
 from worldsim.data.frames import open_datasets
 from worldsim.diffusion.sampler import SamplerConfig
@@ -59,6 +63,7 @@ from worldsim.diffusion.schedule import shift_sigma
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint, save_checkpoint
 from worldsim.inference.context import CameraRays, ConditioningConfig, History
 from worldsim.inference.rollout import ChunkRollout, default_policy
+from worldsim.memory.bank import MemoryConfig
 from worldsim.model.codec import Codec
 from worldsim.model.dit import WorldModel
 from worldsim.train.config import DistillConfig, TrainConfig
@@ -87,7 +92,7 @@ class DMDStep:
     """What one iteration computed. ``samples (B, M * k, C, h, w)``: the window's generated frames
     (with gradient when the generator stepped); ``dmd_loss``: the DMD loss (None on iterations
     where only the fake score learns); ``fake_loss``: the fake score's flow loss; ``still_mse``:
-    on a still player's generator steps with ``distill.still_regression`` on, the mean squared
+    on a still player's generator steps without a press, with ``distill.still_regression`` on, the mean squared
     error (normalised latents) of the window to the last context frame, else None;
     ``recorded_mse``: the same to the clip's recorded frames on the other generator steps with
     ``distill.recorded_regression`` on, else None."""
@@ -118,27 +123,37 @@ class RolloutPlan:
     """What one iteration rolls out after the true context (the same on every rank): ``free``
     chunks without gradient, then the DMD window of ``len(exits)`` chunks, chunk ``j`` stopping
     at step ``exits[j]``; ``still``: the player stands still for both (nothing pressed, the last
-    context pose held) instead of following the clip's recorded inputs; ``memory`` (a still
+    context pose held; ``press`` aside) instead of following the clip's recorded inputs; ``memory`` (a still
     player only): every chunk after the first reads the last context chunk as a retrieved one
-    (:meth:`SelfForcingDMD.memory`)."""
+    (:meth:`SelfForcingDMD.memory`); ``press`` (a still player only): ``(start, length)``,
+    ``distill.still_press_key`` held for ``length`` generated frames from generated frame
+    ``start`` (free chunks' frames first)."""
 
     exits: list[int]
     free: int = 0
     still: bool = False
     memory: bool = False
+    press: tuple[int, int] | None = None
 
-    def reads_memory(self, j: int) -> bool:
-        """Whether generated chunk ``j`` (free chunks first) reads the retrieved chunk: with
-        ``memory``, every chunk after the first. The play-time bank retrieves only entries older
-        than the window, so a still start's first chunk comes back once one chunk has been made."""
-        return self.memory and j >= 1
+    def reads_memory(self, j: int, k: int) -> bool:
+        """Whether generated chunk ``j`` (free chunks first; ``k`` frames each) reads the
+        retrieved chunk: with ``memory``, every chunk after the first, up to the chunk the press
+        starts in. The play-time bank retrieves only entries older than the window, so a still
+        start's first chunk comes back once one chunk has been made; from a press on it asks
+        for the other state (``MemoryConfig.state_key``), which the retrieved chunk is not in.
+        An approximation from the press's chunk plus ``context_chunks`` + 1 on: the bank files
+        the press's chunk under the new state and brings it back once it is older than the
+        window, which a rollout here never gives."""
+        before_press = self.press is None or j < self.press[0] // k
+        return self.memory and j >= 1 and before_press
 
 
 class SelfForcingDMD:
     """One DMD iteration (module docstring, steps 1-3) for batches of clips of ``context_chunks
     + free_chunks + rollout_chunks`` chunks. ``intrinsics (3, 3)`` pixels of ``frame_size``;
     ``null_action (A,)`` the encoder's null input (guidance); ``idle_action (A,)`` its encoding
-    of a still player, which the ``still`` rollouts need."""
+    of a still player, which the ``still`` rollouts need; ``encoder`` the teacher's action
+    encoder, which the still players' presses (``distill.still_press_prob``) need."""
 
     def __init__(
         self,
@@ -150,6 +165,7 @@ class SelfForcingDMD:
         intrinsics: torch.Tensor,
         null_action: torch.Tensor,
         idle_action: torch.Tensor | None = None,
+        encoder: ActionEncoder | None = None,
     ):
         self.nets, self.teacher, self.ck, self.sampler, self.dc = nets, teacher, ck, sampler, dc
         self.cond = ck.conditioning
@@ -157,6 +173,7 @@ class SelfForcingDMD:
         self.rays = CameraRays(self.cond, intrinsics, ck.frame_size, ck.model.latent_shape()[1:])
         self.null = null_action
         self.idle = idle_action
+        self.encoder = encoder
         self.k = ck.chunk_frames
 
     def _start(self, batch: Batch, plan: RolloutPlan) -> int:
@@ -179,9 +196,10 @@ class SelfForcingDMD:
     def inputs(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(actions (B, T, A), c2w (B, T, 4, 4), ray_ref (B, T, 4, 4))`` of the true context and
         the ``plan``'s chunks, ``T = (context_chunks + free + window) * k``: the clip's last ``T``
-        frames, or, for a still player, the clip's first context and then the idle action at the
-        last context pose, each chunk's rays relative to the pose before it (``chunk``) or the
-        session's first (``session``), as the rollout keeps them."""
+        frames, or, for a still player, the clip's first context and then the idle action (or
+        the plan's press, :meth:`press_actions`) at the last context pose, each chunk's rays
+        relative to the pose before it (``chunk``) or the session's first (``session``), as the
+        rollout keeps them."""
         n0 = self.cond.context_chunks * self.k
         t = n0 + (plan.free + len(plan.exits)) * self.k
         s = self._start(batch, plan)
@@ -192,10 +210,29 @@ class SelfForcingDMD:
         b, rest = batch.c2w.shape[0], t - n0
         held = batch.c2w[:, n0 - 1 : n0].expand(b, rest, 4, 4)
         ref = batch.ray_ref[:, :1] if self.cond.camera_reference == "session" else batch.c2w[:, n0 - 1 : n0]
-        actions = torch.cat([batch.actions[:, :n0], self.idle.to(batch.actions).expand(b, rest, -1)], 1)
+        still = self.idle.to(batch.actions).expand(b, rest, -1)
+        if plan.press is not None:
+            still = self.press_actions(rest, *plan.press).to(batch.actions).expand(b, rest, -1)
+        actions = torch.cat([batch.actions[:, :n0], still], 1)
         c2w = torch.cat([batch.c2w[:, :n0], held], 1)
         ray_ref = torch.cat([batch.ray_ref[:, :n0], ref.expand(b, rest, 4, 4)], 1)
         return actions, c2w, ray_ref
+
+    def press_actions(self, frames: int, start: int, length: int) -> torch.Tensor:
+        """``(frames, A)``: a still player's per-frame conditioning over ``frames`` generated
+        frames in which ``distill.still_press_key`` is held for ``length`` frames from frame
+        ``start`` (nothing else pressed, the mouse still, nothing held before), as the encoder
+        makes it for the engine (the press edge on its first frame; the engine takes the row
+        before from the context, so a context that ends with the key held gives it a hold there,
+        which a still start never does). ``WorldsimError`` without an encoder (the stage checks
+        the key before any slow work)."""
+        if self.encoder is None:
+            raise WorldsimError("a still player's press needs the action encoder (encoder)")
+        names = self.encoder.key_names
+        keys = np.zeros((frames, len(names)), np.uint8)
+        keys[start : start + length, names.index(self.dc.still_press_key)] = 1
+        rows = self.encoder.encode_sequence(keys, np.zeros((frames, 2), np.float32), np.zeros(len(names), np.uint8))
+        return torch.from_numpy(rows)
 
     def rollout(
         self, batch: Batch, plan: RolloutPlan | list[int], generator: torch.Generator | None
@@ -225,7 +262,7 @@ class SelfForcingDMD:
         exits = [None] * plan.free + list(plan.exits)
         for j, e in enumerate(exits):
             s = n0 + j * self.k
-            mem = retrieved if plan.reads_memory(j) else None
+            mem = retrieved if plan.reads_memory(j, self.k) else None
             with torch.set_grad_enabled(torch.is_grad_enabled() and e is not None):
                 out.append(
                     gen.step(actions[:, s : s + self.k], c2w[:, s : s + self.k], generator, exit_step=e, memory=mem)
@@ -259,7 +296,7 @@ class SelfForcingDMD:
             return None
         latents, actions, c2w = retrieved
         w, k, cs = self.cond.context_chunks, self.k, self.sampler.context_sigma
-        readers = [i for i in range(w + len(plan.exits)) if plan.reads_memory(plan.free + i - w)]
+        readers = [i for i in range(w + len(plan.exits)) if plan.reads_memory(plan.free + i - w, k)]
         if not readers:  # one window chunk and no free chunk: nothing the scores read had it
             return None
         if cs > 0:
@@ -291,7 +328,14 @@ class SelfForcingDMD:
         free = int(torch.randint(most + 1, (1,), generator=g)) if most > 0 else 0
         p = self.dc.still_memory_prob
         memory = still and p > 0 and torch.rand(1, generator=g).item() < p  # no draw when off: old runs replay
-        return RolloutPlan(exits, free, still, memory)
+        press = None
+        p = self.dc.still_press_prob
+        if still and p > 0 and torch.rand(1, generator=g).item() < p:
+            n, k = self.dc.still_press_frames, self.k
+            lo, hi = max(0, free * k - n), (free + len(exits)) * k  # the window shows the press, its hold or after
+            start = int(torch.randint(lo, hi, (1,), generator=g))
+            press = (start, int(torch.randint(1, n + 1, (1,), generator=g)))
+        return RolloutPlan(exits, free, still, memory, press)
 
     def __call__(
         self,
@@ -339,7 +383,7 @@ class SelfForcingDMD:
                 fake = score(self.nets.fake_score, xt, levels)
             loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
         still = recorded = None
-        if generator_step and plan.still and self.dc.still_regression > 0:
+        if generator_step and plan.still and plan.press is None and self.dc.still_regression > 0:
             # The world does not change while nothing is pressed and the pose is held: every frame
             # of the window is, in truth, the last context frame.
             truth = self.context(batch, plan)[:, -1:].expand_as(x)
@@ -425,6 +469,27 @@ def _check(dc: DistillConfig) -> None:
             f"distill.still_memory_prob must be in [0, 1], and needs still rollouts (distill.idle_prob > 0), got "
             f"{dc.still_memory_prob} with idle_prob {dc.idle_prob}"
         )
+    if (
+        not 0.0 <= dc.still_press_prob <= 1.0
+        or dc.still_press_frames < 1
+        or (dc.still_press_prob > 0 and dc.idle_prob == 0)
+    ):
+        raise WorldsimError(
+            f"distill.still_press_prob must be in [0, 1] and still_press_frames >= 1, and presses need still "
+            f"rollouts (distill.idle_prob > 0), got {dc.still_press_prob}, {dc.still_press_frames} with idle_prob "
+            f"{dc.idle_prob}"
+        )
+    if dc.still_press_prob > 0 and dc.still_press_key in MOVE_KEYS:
+        raise WorldsimError(
+            f"distill.still_press_key must not move the camera (a still player holds the pose), got "
+            f"{dc.still_press_key!r}"
+        )
+    state_key = MemoryConfig().state_key
+    if dc.still_press_prob > 0 and dc.still_memory_prob > 0 and dc.still_press_key != state_key:
+        raise WorldsimError(
+            f"distill.still_press_key with still_memory_prob must be the memory bank's state key {state_key!r} "
+            f"(its press stops retrieval), got {dc.still_press_key!r}"
+        )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
 
@@ -449,6 +514,11 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             f"(distill.idle_prob < 1), got focus_prob {cfg.teacher.focus_prob} and idle_prob {dc.idle_prob}"
         )
     ck, teacher, codec = load_teacher(dc.teacher)
+    names = list(ck.action_encoder["key_names"])
+    if dc.still_press_prob > 0 and dc.still_press_key not in names:
+        raise WorldsimError(
+            f"distill.still_press_key must be one of the teacher's keys {names}, got {dc.still_press_key!r}"
+        )
     shift = ck.sampler.shift if dc.student_shift is None else dc.student_shift
     sampler = SamplerConfig(  # a cache_write that does not fit the schedule: one line, before any slow work
         num_steps=dc.student_steps,
@@ -516,7 +586,9 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     idle = torch.from_numpy(encoder.encode_sequence(keys, np.zeros((1, 2), np.float32), keys[0])[0])
     window = dc.rollout_chunks * ck.chunk_frames if dc.focus_window else None  # where a focus clip's press lies
     clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null, window)
-    dmd = SelfForcingDMD(loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device), idle.to(d.device))
+    dmd = SelfForcingDMD(
+        loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device), idle.to(d.device), encoder
+    )
     amp = loop.autocast()
     last: dict[str, float] = {}
 
