@@ -107,11 +107,12 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
         ("student_builtin_v5", 200, 1),
         ("student_builtin_v6", 200, 1),
         ("student_builtin_v7", 200, 1),
+        ("student_builtin_v8", 200, 1),
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 is the default): 2-step students of
-    teacher_builtin_v2, and v5, v6 and v7 its 1-step students, playing with their context noised
+    teacher_builtin_v2, and v5 to v8 its 1-step students, playing with their context noised
     to 0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
@@ -126,16 +127,16 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
 
 def test_a_student_trained_with_still_presses_plays_without_retrieval_across_a_press():
     """The bank's press rule follows the checkpoint (MemoryConfig.retrieve_across_press None):
-    v7's DMD stage gave no retrieved chunk from a press on, v4's never pressed in its still
+    v7's and v8's DMD stages gave no retrieved chunk from a press on, v4's never pressed in its still
     rollouts, and each is evaluated as it was trained."""
     from worldsim import load_engine
 
     rules = {}
-    for name in ("student_builtin_v7", "student_builtin_v4"):
+    for name in ("student_builtin_v7", "student_builtin_v8", "student_builtin_v4"):
         cfg = load_engine(ASSETS / name, bf16=False, memory="on").memory_cfg
         assert cfg is not None
         rules[name] = cfg.retrieve_across_press
-    assert rules == {"student_builtin_v7": False, "student_builtin_v4": True}
+    assert rules == {"student_builtin_v7": False, "student_builtin_v8": False, "student_builtin_v4": True}
 
 
 def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
