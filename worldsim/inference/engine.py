@@ -578,9 +578,8 @@ class Engine:
             )
         memory = None if self.memory_cfg is None else asdict(self.memory_cfg)
         saved = meta.get("memory")
-        if isinstance(
-            saved, dict
-        ):  # saved before keep, discount_window, reuse, retrieve_across_press: the rules of then
+        # Saved before keep, discount_window, reuse or retrieve_across_press: the rules of then.
+        if isinstance(saved, dict):
             saved = {"keep": "newest", "discount_window": True, "reuse": False, "retrieve_across_press": True, **saved}
         if saved != memory:
             raise WorldsimError(
