@@ -111,8 +111,8 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
-    """student_builtin_v2, v3 and v4 (READMEs; v4 is the default): 2-step students of
-    teacher_builtin_v2, and v5 to v8 its 1-step students, playing with their context noised
+    """student_builtin_v2, v3 and v4 (READMEs; v4 the default until v8): 2-step students of
+    teacher_builtin_v2, and v5 to v8 (the default) its 1-step students, playing with their context noised
     to 0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
@@ -142,7 +142,8 @@ def test_a_student_trained_with_still_presses_plays_without_retrieval_across_a_p
 def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     """play.py (its built-in world), worldsim-rollout and worldsim-eval load one default,
     ``DEFAULT_CHECKPOINT`` (worldsim-bench's argparse defaults name the same constant), when no
-    checkpoint is given, and it is the 2-step DMD student (assets/student_builtin_v4, README)."""
+    checkpoint is given, and it is the 1-step DMD student (assets/student_builtin_v8, README) that plays
+    without retrieval across a press of the light key (it was trained with still players' presses)."""
     from worldsim.cli.play import SHIPPED_MODELS
     from worldsim.cli.rollout import RolloutConfig
     from worldsim.core.config import DEFAULT_CHECKPOINT
@@ -150,9 +151,10 @@ def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     from worldsim.inference.checkpoint import read_checkpoint_config
 
     assert RolloutConfig().checkpoint == EvalConfig().checkpoint == SHIPPED_MODELS["builtin"] == DEFAULT_CHECKPOINT
-    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v4"
+    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v8"
     cfg = read_checkpoint_config(DEFAULT_CHECKPOINT)
-    assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 2 and cfg.chunk_frames == 2
+    assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 1 and cfg.chunk_frames == 2
+    assert cfg.provenance["config"]["distill"]["still_press_prob"] > 0
 
 
 def test_play_keeps_a_memory_bank_for_a_model_by_default():

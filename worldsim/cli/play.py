@@ -1,7 +1,7 @@
 """Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
 ``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
 
-By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v4``,
+By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v8``,
 with ``env=doom`` the DOOM model), started from a ground-truth view of world ``seed``;
 ``checkpoint=''`` plays the ground-truth world itself.
 ``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
