@@ -154,7 +154,7 @@ def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     assert DEFAULT_CHECKPOINT == "assets/student_builtin_v8"
     cfg = read_checkpoint_config(DEFAULT_CHECKPOINT)
     assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 1 and cfg.chunk_frames == 2
-    assert cfg.provenance["config"]["distill"]["still_press_prob"] > 0
+    assert cfg.provenance["config"]["distill"].get("still_press_prob", 0.0) > 0  # no retrieval across a press
 
 
 def test_play_keeps_a_memory_bank_for_a_model_by_default():
