@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from envs.builtin import BuiltinWorldConfig
 from envs.doom import DoomConfig
 from envs.record import RecordConfig, record
 from worldsim.core.config import CONFIG_DIR
@@ -45,12 +46,15 @@ class RecipePart:
 class RecipeConfig:
     """A dataset recipe (``configs/recipe/*.yaml``): the world, shared frame size and episode
     length, and its parts. With ``env: doom`` each part records with ``doom`` updated by the
-    part's own ``doom`` (e.g. another wad for held-out levels)."""
+    part's own ``doom`` (e.g. another wad for held-out levels); the built-in world's settings,
+    its camera controller included (``world.controller.fps: 30`` for a 30 frames/s world),
+    are ``world``."""
 
     env: str = "builtin"
     frame_size: Any = field(default_factory=lambda: [64, 64])
     episode_len: int = 64
     avoid_obstacles: bool = False  # passed to every part's worldsim-record run
+    world: BuiltinWorldConfig = field(default_factory=BuiltinWorldConfig)  # env=builtin: every part's
     doom: DoomConfig = field(default_factory=DoomConfig)
     parts: list[RecipePart] = field(default_factory=list)
 
@@ -135,6 +139,7 @@ def run_recipe(
         print(f"== {p.split}/{p.name}: {n} episodes of {p.policy}, world seeds {p.seed}..{p.seed + n - 1}")
         configs[f"{p.split}/{p.name}"] = RecordConfig(
             env=recipe.env,
+            world=recipe.world,
             doom=part_doom(recipe, p),
             policy=p.policy,
             num_episodes=n,

@@ -239,3 +239,22 @@ def test_retrace_needs_a_walking_key_and_says_so():
     policy = make_policy("retrace", ["a", "s", "d"], CameraControllerConfig())
     with pytest.raises(WorldsimError, match="policy 'retrace' walks with the key 'w'"):
         policy.start(10, np.random.default_rng(0))
+
+
+def test_a_policy_for_a_faster_controller_moves_as_far_per_second_and_replays_rows_as_they_are(tmp_path):
+    """make_policy resamples an open-loop scripted policy to a controller at a whole multiple of its
+    15 frames/s (a full turn at 30 frames/s is still 360 degrees, in twice the frames); a closed-loop
+    policy and one at a rate that is not a multiple (DOOM's 35 / tics) play their rows as drawn."""
+    from worldsim.data.policies import POLICY_FPS, Resampled
+
+    c30 = CameraControllerConfig(fps=2 * POLICY_FPS)
+    turn = make_policy("full_turn", KEYS, c30).actions(121, np.random.default_rng(0))
+    assert turn.mouse[:-1, 0].sum() * c30.mouse_deg_per_px == pytest.approx(360.0)
+    assert np.ptp(turn.mouse[:-1, 0]) == pytest.approx(0.0) and not turn.mouse[-1].any()
+    presses = make_policy("light_presses", KEYS, c30).actions(81, np.random.default_rng(1))
+    drawn = make_policy("light_presses", KEYS, CameraControllerConfig()).actions(41, np.random.default_rng(1))
+    np.testing.assert_array_equal(presses.keys[:-1], np.repeat(drawn.keys[:-1], 2, axis=0))
+    assert isinstance(make_policy("explore", KEYS, CameraControllerConfig(fps=60.0)), Resampled)
+    assert make_policy("retrace", KEYS, c30).closed_loop
+    assert not isinstance(make_policy("explore", KEYS, CameraControllerConfig(fps=35 / 2)), Resampled)
+    assert not isinstance(make_policy("explore", KEYS, CameraControllerConfig()), Resampled)

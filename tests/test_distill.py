@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from envs.recipe import load_recipe
 from envs.starts import world_start
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.errors import WorldsimError
@@ -811,3 +812,22 @@ def test_the_dmd_noise_levels_follow_the_teachers_shift_not_the_students(teacher
     torch.testing.assert_close(levels[0], levels[1], rtol=0, atol=0)
     u = 0.02 + 0.96 * torch.rand(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(levels[0][:, ::2], shift_sigma(u, ck.sampler.shift).float())
+
+
+def test_a_student_for_data_at_another_frame_rate_is_exported_with_the_datas_controller(teacher, tmp_path):
+    """DMD data recorded at 30 frames/s for a teacher trained at 15: refused in one line unless
+    distill.data_controller, which exports the student with the data's controller (the engine then
+    steps 1/30 s of motion per frame)."""
+    from envs.record import RecordConfig, record
+
+    world = load_recipe("builtin_v5_30fps").world
+    data = record(RecordConfig(num_episodes=2, episode_len=24, out=str(tmp_path / "d30"), preview=False, world=world))
+    with pytest.raises(
+        WorldsimError, match=r"recorded with .*fps=30.0.*, the teacher .* with .*fps=15.0.*data_controller"
+    ):
+        train_student_dmd(_dmd_cfg(data.root, teacher, teacher, tmp_path / "a", 2))
+    assert not (tmp_path / "a").exists()
+    train_student_dmd(_dmd_cfg(data.root, teacher, teacher, tmp_path / "b", 2, data_controller=True))
+    ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
+    assert ck.controller == data.meta.controller() and ck.controller.fps == 30.0
+    assert load_checkpoint(teacher)[0].controller.fps == 15.0 and load_engine(tmp_path / "b" / "model").fps == 30.0

@@ -20,7 +20,7 @@ def test_a_shipped_recipe_is_found_by_name_or_by_its_old_checkout_path(tmp_path,
     want = load_recipe(CONFIG_DIR / "recipe" / "builtin_v1.yaml")
     assert load_recipe("builtin_v1") == want
     assert load_recipe("configs/recipe/builtin_v1.yaml") == want
-    with pytest.raises(WorldsimError, match="shipped recipes: builtin_v1, builtin_v2"):
+    with pytest.raises(WorldsimError, match="shipped recipes: builtin_v1, builtin_v1_30fps, builtin_v2"):
         load_recipe("builtin_v9")
 
 
@@ -94,3 +94,31 @@ def test_a_doom_recipe_gives_each_part_its_doom_settings():
         check_disjoint_seeds(RecipeConfig(env="doom", parts=[wrong_type]))
     with pytest.raises(WorldsimError, match="a doom section needs env: doom"):
         check_disjoint_seeds(RecipeConfig(parts=[RecipePart("x", "train", "explore", 0, 1, doom={"map": "MAP01"})]))
+
+
+def test_a_30fps_recipe_passes_through_the_15fps_episodes_poses_at_every_second_frame(tmp_path):
+    """The shipped 30 frames/s recipe's world, recorded through the recipe: the same world seeds and
+    policies as at 15 frames/s, each drawn row held two frames with half its mouse pixels, so the
+    camera is where it was at 15 frames/s on every second frame (up to turning in two half steps)
+    and a light press lasts as long in seconds."""
+    world30 = load_recipe("builtin_v5_30fps").world
+    assert world30.controller.fps == 30.0
+    parts = [
+        RecipePart("explore", "train", "explore_lights", 10, 2),
+        RecipePart("back", "val", "go_and_return", 500, 1),
+    ]
+    run_recipe(RecipeConfig(frame_size=[16, 16], episode_len=33, parts=parts), tmp_path / "15", preview=False)
+    run_recipe(
+        RecipeConfig(frame_size=[16, 16], episode_len=65, world=world30, parts=parts), tmp_path / "30", preview=False
+    )
+    for part, episodes in (("train/explore", 2), ("val/back", 1)):
+        a, b = RolloutDataset(tmp_path / "15" / part), RolloutDataset(tmp_path / "30" / part)
+        assert (a.meta.fps, b.meta.fps) == (15.0, 30.0) and b.meta.controller().fps == 30.0
+        for i in range(episodes):
+            ea, eb = a.load(i, ("c2w", "keys", "mouse")), b.load(i, ("c2w", "keys", "mouse"))
+            np.testing.assert_array_equal(eb["c2w"][::2, :3, :3], ea["c2w"][:, :3, :3])
+            np.testing.assert_allclose(eb["c2w"][::2, :3, 3], ea["c2w"][:, :3, 3], atol=0.1)
+            assert np.abs(eb["c2w"][1::2, :3, 3] - ea["c2w"][:-1, :3, 3]).max() > 0.1  # halfway frames between
+            np.testing.assert_array_equal(eb["keys"][:-1:2], ea["keys"][:-1])
+            np.testing.assert_array_equal(eb["keys"][1::2], ea["keys"][:-1])
+            np.testing.assert_allclose(eb["mouse"][:-1].reshape(-1, 2, 2).sum(1), ea["mouse"][:-1], atol=1e-5)

@@ -457,3 +457,27 @@ def test_bench_pairs_the_last_step_cache_write_with_the_clean_pass_where_the_sam
     for n in (1, 2, 3):  # each step count ran (1 step with the clean pass: SamplerConfig.at_steps)
         assert res[f"cached_{n}step_frames_per_s"] > 0
     assert "needs context noise" in bench_cache_write(str(tiny), chunks=1)["last_step"]
+
+
+def test_the_play_rows_take_the_bank_on_request_and_script_input_for_the_sources_rate(tmp_path):
+    """``--play-memory`` puts the bank in the play loop's generation process (hits counted); the
+    scripted input of the play rows is the explore policy for the source's own controller, so a
+    30 frames/s model is played the same motion per second as a 15 frames/s one."""
+    from types import SimpleNamespace
+
+    from worldsim.bench.engine import _CountingDisplay, bench_play
+    from worldsim.core.controller import CameraControllerConfig
+    from worldsim.data.policies import make_policy
+    from worldsim.memory.bank import MemoryConfig
+
+    c30 = CameraControllerConfig(fps=30.0)
+    ck = make_tiny_checkpoint(tmp_path / "t30", controller=c30)
+    off, on = bench_play(str(ck), 1.5, 1), bench_play(str(ck), 1.5, 1, MemoryConfig())
+    assert (off["play_memory"], on["play_memory"]) == (False, True)
+    assert off["play_memory_hit_chunks"] == 0 < on["play_memory_hit_chunks"]
+    keys = ["w", "a", "s", "d", "space", "left shift", "l"]
+    display = _CountingDisplay(SimpleNamespace(fps=30.0, key_names=keys, controller=c30), 2.0)
+    want = make_policy("explore", keys, c30).actions(61, np.random.default_rng(0))
+    assert display.ticks == 60
+    np.testing.assert_array_equal(display.acts.mouse, want.mouse)
+    np.testing.assert_array_equal(display.acts.keys, want.keys)

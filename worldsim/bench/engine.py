@@ -91,7 +91,10 @@ What each number includes:
   display), the ticks that held a frame, the chunks' critical time and submit-to-arrival time
   (``turnaround``) p50/p95, the time to the first generated frame (from the loop's start) and
   ``source_start_s`` (starting the generation process and loading the checkpoint in it).
-  ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's). (Assets
+  ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's);
+  ``play_memory``: whether the bank was on (``--play-memory``, as play.py plays a model; default
+  off). The scripted input is the explore policy for the source's controller (resampled at 30
+  frames/s: the same motion per second). (Assets
   benched before 2026-12-02 have ``play_bf16_*`` rows instead: bf16 always on.)
 """
 
@@ -110,7 +113,6 @@ import torch
 
 from envs.starts import engine_world_start
 from worldsim.core.camera import make_c2w
-from worldsim.core.controller import CameraControllerConfig
 from worldsim.core.errors import WorldsimError
 from worldsim.core.precision import resolve_bf16
 from worldsim.core.threads import allowed_cores
@@ -235,7 +237,7 @@ class _CountingDisplay:
     def __init__(self, source: Any, seconds: float):
         self.fps = source.fps
         self.ticks = int(seconds * source.fps)
-        self.acts = make_policy("explore", source.key_names, CameraControllerConfig()).actions(
+        self.acts = make_policy("explore", source.key_names, source.controller).actions(
             self.ticks + 1, np.random.default_rng(0)
         )
         self.n = 0
@@ -276,17 +278,29 @@ PLAY_ROWS = (
     "critical_ms_p95",
     "turnaround_ms_p50",
     "turnaround_ms_p95",
+    "memory_hit_chunks",
 )
 
 
-def bench_play(checkpoint: str, seconds: float, num_steps: int | None = None) -> dict[str, float]:
+def bench_play(
+    checkpoint: str, seconds: float, num_steps: int | None = None, memory: MemoryConfig | None = None
+) -> dict[str, float]:
     """The play loop with play.py's precision (bf16 where native), generating in a child process
-    as ``play.py`` does; ``num_steps`` None = the checkpoint's own."""
+    as ``play.py`` does; ``num_steps`` None = the checkpoint's own; ``memory`` None = the bank off
+    (play.py plays a model with it on: ``--play-memory``)."""
     own = read_checkpoint_config(checkpoint).sampler
     steps = num_steps or own.num_steps
-    res: dict[str, float] = {"play_sampler_steps": steps, "play_bf16": resolve_bf16(None, "cpu")}
+    res: dict[str, float] = {
+        "play_sampler_steps": steps,
+        "play_bf16": resolve_bf16(None, "cpu"),
+        "play_memory": memory is not None,
+    }
     t0 = time.perf_counter()
-    kw: dict[str, Any] = {"bf16": None, "sampler": own.at_steps(num_steps) if num_steps else SamplerOverrides()}
+    kw: dict[str, Any] = {
+        "bf16": None,
+        "sampler": own.at_steps(num_steps) if num_steps else SamplerOverrides(),
+        "memory": memory,
+    }
     source = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
     res["play_source_start_s"] = time.perf_counter() - t0
     try:
@@ -418,11 +432,13 @@ def bench_engine(
     busy: bool = False,
     compile_rows: bool = False,
     baseline: str | None = None,
+    play_memory: bool = False,
 ) -> dict[str, Any]:
     """Every row of ``worldsim-bench engine`` (module docstring) for ``checkpoint`` on ``device``;
     ``memory``: the settings of the memory-on rows (default :class:`MemoryConfig`); ``busy``:
     the ``busy_*`` rows (CPU); ``compile_rows``: the ``compile_*`` rows (CPU); ``baseline``: a
-    checkpoint whose default the ``baseline_*`` rows time beside this one's."""
+    checkpoint whose default the ``baseline_*`` rows time beside this one's; ``play_memory``: the
+    ``play_*`` rows with the bank on at ``memory``'s settings, as play.py plays a model."""
     memory = memory or MemoryConfig()
     if baseline:
         read_checkpoint_config(baseline)  # a missing or unreadable baseline: one line, before any timing
@@ -522,5 +538,5 @@ def bench_engine(
     if compile_rows and device == "cpu":
         res.update(bench_compile(checkpoint, chunks))
     if play_seconds and device == "cpu":
-        res.update(bench_play(checkpoint, play_seconds, play_steps or None))
+        res.update(bench_play(checkpoint, play_seconds, play_steps or None, memory if play_memory else None))
     return res

@@ -183,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument(
         "--play-steps", type=int, default=0, help="sampler steps of the play-loop run (0 = the checkpoint's own)"
     )
+    p_engine.add_argument(
+        "--play-memory",
+        action="store_true",
+        help="the play-loop run with the memory bank on (at the --memory-* settings), as play.py plays a model",
+    )
     p_engine.add_argument("--device", default="cpu", help="cpu or cuda")
     p_engine.add_argument("--memory-entries", type=int, default=10_000, help="entries of the memory bank timed")
     p_engine.add_argument("--memory-queries", type=int, default=200, help="query chunks timed against that bank")
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             memory=memory_config(base, args.memory_top_k),
             busy=args.busy,
             compile_rows=args.compile,
+            play_memory=args.play_memory,
             baseline=args.baseline,
         )
     else:

@@ -3,7 +3,8 @@
 
 By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v8``,
 with ``env=doom`` the DOOM model), started from a ground-truth view of world ``seed``;
-``checkpoint=''`` plays the ground-truth world itself.
+``checkpoint=''`` plays the ground-truth world itself; ``checkpoint=assets/student_builtin_v9``
+the 30 frames/s student (the window then ticks at 30 Hz: the model's time step).
 ``record=DIR`` writes what is shown (frames, raw inputs, poses) as a rollout dataset.
 ``headless=true steps=N policy=<name> out=DIR`` runs the same engine with no window and writes
 the rollout plus an mp4. No display: run under ``xvfb-run``, or headless.

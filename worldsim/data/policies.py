@@ -30,10 +30,15 @@ class Actions:
     mouse: np.ndarray  # (T, 2) float32
 
 
+POLICY_FPS = 15.0  # the frame rate the scripted policies draw their rows for (make_policy resamples)
+
+
 class Policy(ABC):
     """A scripted policy, registered in :data:`POLICIES` under ``name``: open-loop (subclasses
     implement :meth:`actions`) unless it is a :class:`ClosedLoopPolicy`. ``key_names`` orders
     the key columns and ``controller`` converts degrees to mouse pixels (``mouse_deg_per_px``).
+    Rows, durations and mouse pixels per row are drawn for a world at :data:`POLICY_FPS`;
+    :func:`make_policy` resamples an open-loop policy to a faster controller (:class:`Resampled`).
     """
 
     name: str
@@ -435,6 +440,43 @@ class ReplayPolicy(Policy):
         return Actions(keys.astype(np.uint8), mouse.astype(np.float32))
 
 
+class Resampled(Policy):
+    """An open-loop policy drawn at :data:`POLICY_FPS` and played by a controller ``factor`` times
+    faster (``controller.fps = factor * POLICY_FPS``): every drawn row is held for ``factor`` frames
+    with its mouse pixels divided by ``factor``, so the camera moves the same metres and degrees per
+    second and a key is held for the same time (a 1-row light press at 15 frames/s is a 2-frame
+    press at 30). At 30 frames/s the episode passes through the 15 frames/s episode's poses at
+    every second frame up to the small difference of turning in two half steps.
+    """
+
+    def __init__(self, inner: Policy, factor: int):
+        super().__init__(inner.key_names, inner.ctrl)
+        if factor < 2 or inner.closed_loop or isinstance(inner, ReplayPolicy):
+            raise ValueError(
+                f"Resampled needs an open-loop scripted policy and factor >= 2, got {inner.name}, {factor}"
+            )
+        self.inner, self.factor, self.name = inner, factor, inner.name
+
+    def actions(self, num_frames: int, rng: np.random.Generator, episode: int = 0, attempt: int = 0) -> Actions:
+        """``num_frames`` rows from the inner policy's ``ceil((num_frames - 1) / factor)`` moving
+        rows, each held ``factor`` frames; the last row is zero (it takes the last frame nowhere).
+        Exact (every drawn row whole, e.g. a full turn a full turn) when ``num_frames - 1`` is a
+        multiple of ``factor``: 129 frames at 30 frames/s play the 65 of 15 frames/s."""
+        drawn = self.inner.actions(-(-(num_frames - 1) // self.factor) + 1, rng, episode, attempt)
+        keys = np.repeat(drawn.keys, self.factor, axis=0)[:num_frames].copy()
+        mouse = (np.repeat(drawn.mouse, self.factor, axis=0)[:num_frames] / self.factor).astype(np.float32)
+        keys[-1], mouse[-1] = 0, 0.0
+        return Actions(keys, mouse)
+
+
+def policy_factor(controller: CameraControllerConfig) -> int:
+    """How many frames of ``controller`` one drawn row lasts: ``fps / POLICY_FPS`` when that is a
+    whole number (1 at the scripted policies' own 15 frames/s), else 1 (rows as drawn: DOOM's
+    35 / ``tics_per_step`` frames/s)."""
+    ratio = controller.fps / POLICY_FPS
+    return round(ratio) if ratio >= 1 and math.isclose(ratio, round(ratio)) else 1
+
+
 POLICIES: dict[str, type[Policy]] = {
     p.name: p
     for p in (
@@ -467,6 +509,9 @@ def make_policy(
     name: str, key_names: list[str], controller: CameraControllerConfig, replay_from: str | None = None
 ) -> Policy:
     """Build the policy registered as ``name``; ``replay_from`` (a dataset folder) only for ``replay``.
+    An open-loop scripted policy for a controller at a whole multiple of :data:`POLICY_FPS` comes
+    :class:`Resampled` to it (same motion per second); replayed rows and closed-loop policies
+    (which steer by the pose every frame) play as they are.
 
     Raises ``WorldsimError`` "unknown policy 'x'; valid: ..." for an unregistered name, and for
     ``replay`` without ``replay_from``.
@@ -475,4 +520,6 @@ def make_policy(
         raise unknown_name("policy", name, POLICIES)
     if name == ReplayPolicy.name:
         return ReplayPolicy(key_names, controller, replay_from)
-    return POLICIES[name](key_names, controller)
+    policy = POLICIES[name](key_names, controller)
+    factor = policy_factor(controller)
+    return policy if factor == 1 or policy.closed_loop else Resampled(policy, factor)

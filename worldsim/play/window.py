@@ -36,8 +36,8 @@ class WindowConfig:
 
     scale: int = 8  # window pixels per frame pixel
     # Display ticks per second: null = the source's frame rate (the world's, or the model's time
-    # step: 15 for the shipped models). Anything else would play the world faster or slower than
-    # it moves, so it is refused (display_rate).
+    # step: 15 for the shipped models but student_builtin_v9, 30). Anything else would play the
+    # world faster or slower than it moves, so it is refused (display_rate).
     target_fps: float | None = None
     filter: str = "nearest"  # nearest | smooth
     # Game key name (as in the world's key list) -> keyboard key name as pygame spells it.

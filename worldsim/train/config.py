@@ -174,6 +174,12 @@ class DistillConfig:
     still_press_prob: float = 0.0
     still_press_key: str = "l"
     still_press_frames: int = 8
+    # A student for another time step than its teacher's (ours): true lets the DMD data's camera
+    # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
+    # trained at 15) and exports the student with the data's, the motion per frame its rollouts
+    # and recorded regression saw; the teacher scores them at that rate as they come. false: a
+    # differing controller is refused (one model, one meaning of an input).
+    data_controller: bool = False
 
 
 @dataclass
@@ -296,6 +302,7 @@ DISTILL_OFF: dict[str, object] = {
     "still_press_prob": 0.0,
     "still_press_key": "l",
     "still_press_frames": 8,
+    "data_controller": False,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -319,6 +326,7 @@ DISTILL_FIELDS = {
         "still_press_prob",
         "still_press_key",
         "still_press_frames",
+        "data_controller",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -530,9 +530,16 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     sha = teacher_sha256(dc.teacher)
     init = str(find_checkpoint(cfg.init_from))
     check_student_start(init, ck, dc.teacher)
-    size = tuple(open_datasets(cfg.data)[0].meta.frame_size)
+    meta = open_datasets(cfg.data)[0].meta
+    size = tuple(meta.frame_size)
     if size != ck.frame_size:
         raise WorldsimError(f"{cfg.data} holds {size} frames, the teacher {dc.teacher} was trained on {ck.frame_size}")
+    controller = meta.controller()
+    if controller != ck.controller and not dc.data_controller:
+        raise WorldsimError(
+            f"{cfg.data} was recorded with {controller}, the teacher {dc.teacher} with {ck.controller}; "
+            f"distill.data_controller=true distils a student for the data's"
+        )
     recorded = dc.free_chunks + dc.rollout_chunks if dc.idle_prob < 1 else 1  # chunks that follow the clip's inputs
     clip = (ck.conditioning.context_chunks + recorded) * ck.chunk_frames
     require_clips(cfg.data, clip, f"a rollout of {recorded} recorded chunks after the true context")
@@ -636,7 +643,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             "config": identity,
             "metrics": dict(metrics),
         }
-        student_ck = dataclasses.replace(ck, sampler=sampler, provenance=provenance)
+        student_ck = dataclasses.replace(ck, sampler=sampler, controller=controller, provenance=provenance)
         save_checkpoint(loop.out / "model", student_ck, loop.ema.generator, codec)
 
     return loop.run(loss_at, periodic, export)
