@@ -241,7 +241,7 @@ def test_retrace_needs_a_walking_key_and_says_so():
         policy.start(10, np.random.default_rng(0))
 
 
-def test_a_policy_for_a_faster_controller_moves_as_far_per_second_and_replays_rows_as_they_are(tmp_path):
+def test_a_policy_for_a_faster_controller_moves_as_far_per_second_and_replays_rows_as_they_are():
     """make_policy resamples an open-loop scripted policy to a controller at a whole multiple of its
     15 frames/s (a full turn at 30 frames/s is still 360 degrees, in twice the frames); a closed-loop
     policy and one at a rate that is not a multiple (DOOM's 35 / tics) play their rows as drawn."""
