@@ -831,3 +831,10 @@ def test_a_student_for_data_at_another_frame_rate_is_exported_with_the_datas_con
     ck, _, _ = load_checkpoint(tmp_path / "b" / "model")
     assert ck.controller == data.meta.controller() and ck.controller.fps == 30.0
     assert load_checkpoint(teacher)[0].controller.fps == 15.0 and load_engine(tmp_path / "b" / "model").fps == 30.0
+    # Parts that disagree on the controller (15 and 30 frames/s in one data folder) are refused
+    # whatever data_controller says, as the teacher stage refuses them: one meaning of an input.
+    record(RecordConfig(num_episodes=2, episode_len=24, out=str(tmp_path / "mixed" / "a15"), preview=False))
+    shutil.copytree(data.root, tmp_path / "mixed" / "b30")
+    with pytest.raises(WorldsimError, match=r"b30 was recorded in env 'builtin' with .*fps=30.0.*one meaning"):
+        train_student_dmd(_dmd_cfg(tmp_path / "mixed", teacher, teacher, tmp_path / "c", 2, data_controller=True))
+    assert not (tmp_path / "c").exists()

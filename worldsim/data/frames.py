@@ -32,6 +32,21 @@ def open_datasets(path: str | Path) -> list[RolloutDataset]:
     return sets
 
 
+def input_meaning(sets: list[RolloutDataset]) -> RolloutDataset:
+    """The first of ``sets``, once every one was recorded in the same env with the same camera
+    controller (what an input does: one model learns one meaning of an input); ``WorldsimError``
+    naming the two that differ otherwise."""
+    first = sets[0]
+    meta = first.meta
+    for ds in sets[1:]:
+        if (ds.meta.env, ds.meta.controller()) != (meta.env, meta.controller()):
+            raise WorldsimError(
+                f"{ds.root} was recorded in env {ds.meta.env!r} with {ds.meta.controller()}, "
+                f"{first.root} in {meta.env!r} with {meta.controller()}: one model learns one meaning of an input"
+            )
+    return first
+
+
 class FrameSampler:
     """Batch ``i`` of run seed ``s`` is a pure function of ``(s, i)``: resuming at step i is exact."""
 

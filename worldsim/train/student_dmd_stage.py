@@ -57,7 +57,7 @@ from torch import nn
 from worldsim.core.actions import ActionEncoder, make_action_encoder
 from worldsim.core.controller import MOVE_KEYS
 from worldsim.core.errors import WorldsimError
-from worldsim.data.frames import open_datasets
+from worldsim.data.frames import input_meaning, open_datasets
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.diffusion.schedule import shift_sigma
 from worldsim.inference.checkpoint import CheckpointConfig, find_checkpoint, load_checkpoint, save_checkpoint
@@ -530,7 +530,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     sha = teacher_sha256(dc.teacher)
     init = str(find_checkpoint(cfg.init_from))
     check_student_start(init, ck, dc.teacher)
-    meta = open_datasets(cfg.data)[0].meta
+    meta = input_meaning(open_datasets(cfg.data)).meta  # what an input does, every part alike
     size = tuple(meta.frame_size)
     if size != ck.frame_size:
         raise WorldsimError(f"{cfg.data} holds {size} frames, the teacher {dc.teacher} was trained on {ck.frame_size}")

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from worldsim.core.actions import ActionEncoder, make_action_encoder
 from worldsim.core.errors import WorldsimError, unknown_name
-from worldsim.data.frames import open_datasets
+from worldsim.data.frames import input_meaning, open_datasets
 from worldsim.data.preview import contact_sheet, write_png
 from worldsim.diffusion.sampler import SamplerConfig
 from worldsim.inference.checkpoint import (
@@ -169,14 +169,8 @@ def train_teacher(cfg: TrainConfig) -> dict[str, float]:
         )
     codec = load_codec(tc.codec_path)
     sets = open_datasets(cfg.data)
-    meta = sets[0].meta
     # What an input does, written into the export: every training dataset must agree on it.
-    for ds in sets[1:]:
-        if (ds.meta.env, ds.meta.controller()) != (meta.env, meta.controller()):
-            raise WorldsimError(
-                f"{ds.root} was recorded in env {ds.meta.env!r} with {ds.meta.controller()}, "
-                f"{sets[0].root} in {meta.env!r} with {meta.controller()}: one model learns one meaning of an input"
-            )
+    meta = input_meaning(sets).meta
     # Where it played: the export's default levels when every training dataset played the same.
     levels = meta.levels() if all(ds.meta.levels() == meta.levels() for ds in sets) else {}
     frame_size = (int(meta.frame_size[0]), int(meta.frame_size[1]))
