@@ -109,12 +109,13 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
         ("student_builtin_v7", 200, 1),
         ("student_builtin_v8", 200, 1),
         ("student_builtin_v9", 200, 1),
+        ("student_builtin_v10", 200, 1),
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 the default until v8): 2-step students of
-    teacher_builtin_v2, and v5 to v9 its 1-step students (v8 the default; v9 at 30 frames/s, its
-    claim measured on worlds played at that rate), playing with their context noised to 0.4, as they
+    teacher_builtin_v2, and v5 to v10 its 1-step students (v8 the default; v9 and v10 at 30
+    frames/s, their claims measured on worlds played at that rate), playing with their context noised to 0.4, as they
     were trained and evaluated."""
     from worldsim import load_engine
 
@@ -123,23 +124,28 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
     sampler = engine.cfg.sampler
     assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", num_steps, 0.4)
     assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
-    assert engine.fps == (30.0 if name == "student_builtin_v9" else 15.0)
+    assert engine.fps == (30.0 if name in ("student_builtin_v9", "student_builtin_v10") else 15.0)
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)
 
 
 def test_a_student_trained_with_still_presses_plays_without_retrieval_across_a_press():
     """The bank's press rule follows the checkpoint (MemoryConfig.retrieve_across_press None):
-    v7's and v8's DMD stages gave no retrieved chunk from a press on, v4's never pressed in its still
+    v7's, v8's and v10's DMD stages gave no retrieved chunk from a press on, v4's never pressed in its still
     rollouts, and each is evaluated as it was trained."""
     from worldsim import load_engine
 
     rules = {}
-    for name in ("student_builtin_v7", "student_builtin_v8", "student_builtin_v4"):
+    for name in ("student_builtin_v7", "student_builtin_v8", "student_builtin_v10", "student_builtin_v4"):
         cfg = load_engine(ASSETS / name, bf16=False, memory="on").memory_cfg
         assert cfg is not None
         rules[name] = cfg.retrieve_across_press
-    assert rules == {"student_builtin_v7": False, "student_builtin_v8": False, "student_builtin_v4": True}
+    assert rules == {
+        "student_builtin_v7": False,
+        "student_builtin_v8": False,
+        "student_builtin_v10": False,
+        "student_builtin_v4": True,
+    }
 
 
 def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():

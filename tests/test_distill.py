@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from envs.recipe import load_recipe
 from envs.starts import world_start
 from worldsim.core.actions import make_action_encoder
+from worldsim.core.controller import CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.core.optim import lr_at
 from worldsim.diffusion.sampler import SamplerConfig
@@ -375,6 +376,55 @@ def test_a_long_rollout_runs_its_free_chunks_without_gradient_as_the_engine_woul
     torch.testing.assert_close(out.samples.detach(), full[:, 2:], atol=1e-6, rtol=0)
 
 
+def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_engine_makes(small_dataset, teacher):
+    """distill.still_turn_prob: a still plan with a turn gives its generated frames the poses,
+    encoded inputs and per-chunk ray references the engine gives a player who turns in place
+    with the same mouse from the last context pose (Engine.step, recorded where it hands them to
+    the rollout): the first generated frame already turned, each chunk's rays relative to the
+    frame before it, and the yaw rate in degrees per second of the data's controller."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    dmd.controller = dataclasses.replace(dmd.controller, fps=30.0)  # a data controller not the teacher's
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)
+    plan = RolloutPlan([1, 1], free=1, still=True, turn_deg_per_s=-60.0)
+    actions, c2w, ray_ref = dmd.inputs(batch, plan)
+    n0, k = 4, 2
+    engine = load_engine(teacher, bf16=False)
+    engine.controller.cfg = dmd.controller
+    seen = []
+    step = engine.rollout.step
+    engine.rollout.step = lambda a, c, rng: seen.append((a, c)) or step(a, c, rng)
+    names = engine.key_names
+    engine.reset(
+        np.zeros((n0, *engine.frame_size, 3), np.uint8),
+        batch.c2w[0, :n0].double().numpy(),
+        np.zeros((n0, len(names)), np.uint8),
+        np.zeros((n0, 2), np.float32),
+    )
+    px = -60.0 / 30.0 / dmd.controller.mouse_deg_per_px  # 2 degrees a frame to the left
+    for _ in range(3):
+        engine.step(np.zeros((k, len(names)), np.uint8), np.full((k, 2), (px, 0.0), np.float32))
+    want_actions = torch.cat([a[0] for a, _ in seen])
+    want_c2w = torch.cat([c[0] for _, c in seen])
+    torch.testing.assert_close(actions[0, n0:], want_actions.to(actions), atol=1e-6, rtol=0)
+    torch.testing.assert_close(c2w[0, n0:], want_c2w.to(c2w), atol=1e-5, rtol=0)
+    h = engine.rollout.history  # the engine's window: the last context_chunks chunks it keeps
+    torch.testing.assert_close(ray_ref[0, -h.num_frames :], h.ray_ref[0].to(ray_ref), atol=1e-5, rtol=0)
+    yaw = np.degrees([CameraState.from_c2w(p).yaw_rad for p in c2w[0, n0 - 1 :].double().numpy()])
+    turned = (yaw[1:] - yaw[0] + 180.0) % 360.0 - 180.0
+    np.testing.assert_allclose(turned, -2.0 * np.arange(1, 7), atol=1e-3)  # the first generated frame turned
+    torch.testing.assert_close(c2w[:, n0:, :3, 3], batch.c2w[:, n0 - 1 : n0, :3, 3].expand(2, 6, 3), atol=1e-5, rtol=0)
+    # Its window is judged by the scores alone: no still regression, no memory, no press.
+    dmd.dc = dataclasses.replace(dmd.dc, idle_prob=1.0, idle_chunks=1, still_regression=1.0, still_turn_prob=1.0)
+    assert dmd(batch, True, plan, torch.Generator(), torch.Generator()).still_mse is None
+    dmd.dc = dataclasses.replace(dmd.dc, still_turn_prob=0.5, still_memory_prob=1.0, still_press_prob=1.0)
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
+    turns = [p for p in plans if p.turn_deg_per_s]
+    rates = np.array([p.turn_deg_per_s for p in turns])
+    assert 0.35 < len(turns) / len(plans) < 0.65 and (np.abs(rates) <= 90.0).all() and 0.3 < (rates > 0).mean() < 0.7
+    assert not any(p.memory or p.press for p in turns)
+    assert all(p.memory and p.press for p in plans if not p.turn_deg_per_s)
+
+
 def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
     """Runs started before the long-rollout options resume bit for bit: their plan is the same
     exit steps from the same generator state and nothing else; with the options on, the drawn
@@ -400,7 +450,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
         .isdisjoint(
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
             | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
-            | {"still_press_prob", "still_press_key", "still_press_frames"}
+            | {"still_press_prob", "still_press_key", "still_press_frames", "still_turn_prob", "still_turn_deg_per_s"}
         )
     )
 

@@ -267,6 +267,9 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
                 EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o"), memory_revisits=bad)
             )
     meta = json.loads((other.root / "meta.json").read_text())
+    (other.root / "meta.json").write_text(json.dumps({**meta, "fps": 30.0}))  # recorded at 30 frames/s
+    with pytest.raises(WorldsimError, match="recorded with .*fps=30.0.* the checkpoint plays .*fps=15.0"):
+        evaluate(EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o")))
     meta["key_names"] = ["w", "a", "s", "d", "space", "left ctrl", "l"]
     (other.root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(WorldsimError, match="records keys .*'left ctrl'.* the checkpoint"):
@@ -285,17 +288,18 @@ class _StandIn:
     def __init__(self, oracle):
         self.oracle, self.truth = oracle, None
 
-    def reset(self, frames, c2w, keys, mouse):
+    def reset(self, frames, c2w, keys, mouse, seed=None):
         self.last, self.t = frames[-1], len(frames)
+        self.oracle_now = self.oracle(seed) if callable(self.oracle) else self.oracle
 
     def step(self, keys, mouse):
         k = self.chunk_frames
-        out = self.truth[self.t : self.t + k] if self.oracle else np.repeat(self.last[None], k, 0)
+        out = self.truth[self.t : self.t + k] if self.oracle_now else np.repeat(self.last[None], k, 0)
         self.t += k
         return Chunk(out, np.tile(np.eye(4, dtype=np.float32), (k, 1, 1)))
 
 
-def _turn_with(monkeypatch, stand_in, starts, horizon, given=None):
+def _turn_with(monkeypatch, stand_in, starts, horizon, given=None, noise_seeds=None):
     """``turn_discrimination`` on ``stand_in``, which learns each rollout's truth as the ground
     truth is drawn (``given``: the world config every start must reach it with)."""
     import worldsim.eval.evaluate as ev
@@ -309,7 +313,7 @@ def _turn_with(monkeypatch, stand_in, starts, horizon, given=None):
         return arrays
 
     monkeypatch.setattr(ev, "world_rollout", recorded)
-    return ev.turn_discrimination(stand_in, starts, horizon=horizon, dx=12.0)
+    return ev.turn_discrimination(stand_in, starts, horizon=horizon, dx=12.0, noise_seeds=noise_seeds)
 
 
 def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse(monkeypatch):
@@ -321,6 +325,16 @@ def test_turning_metric_credits_the_truth_and_not_a_model_that_ignores_the_mouse
         # After 24 degrees most of the view is still the start view's: with the truth pasted there,
         # even the model that ignores the mouse tells the sides apart.
         assert res["start_view_bound"] == 1.0
+    # Several noise seeds: every (start, seed) pair counts, each made from its own seed. A model
+    # that follows the mouse only from even seeds tells 2 of every 3 pairs apart.
+    stand_in = _StandIn(lambda seed: seed is not None and seed % 2 == 0)
+    starts = spawn_turn_starts(stand_in, [95000, 95001], given)
+    res = _turn_with(monkeypatch, stand_in, starts, 8, given, noise_seeds=[4, 5, 6])
+    assert res["discrimination"] == pytest.approx(2 / 3) and res["starts"] == 2 and res["noise_seeds"] == 3
+    assert [(p["seed"], p["noise_seed"], p["correct"]) for p in res["per_start"]] == [
+        (w, z, z != 5) for w in (95000, 95001) for z in (4, 5, 6)
+    ]
+    assert "noise_seeds" not in _turn_with(monkeypatch, stand_in, starts, 8, given)
 
 
 def test_turns_from_recorded_episodes_start_where_the_recording_was_and_must_replay(gt_data, monkeypatch):
@@ -404,7 +418,7 @@ class _NightStandIn:
     def __init__(self, mode, truths):
         self.mode, self.truths = mode, list(truths)
 
-    def reset(self, frames, c2w, keys, mouse):
+    def reset(self, frames, c2w, keys, mouse, seed=None):
         self.truth, self.t, self.last = self.truths.pop(0), len(frames), frames[-1]
 
     def step(self, keys, mouse):

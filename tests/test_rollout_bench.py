@@ -459,10 +459,13 @@ def test_bench_pairs_the_last_step_cache_write_with_the_clean_pass_where_the_sam
     assert "needs context noise" in bench_cache_write(str(tiny), chunks=1)["last_step"]
 
 
-def test_the_play_rows_take_the_bank_on_request_and_script_input_for_the_sources_rate(tmp_path):
+def test_the_play_rows_take_the_bank_on_request_script_input_for_the_sources_rate_and_run_beside_a_busy_core(
+    tmp_path, monkeypatch
+):
     """``--play-memory`` puts the bank in the play loop's generation process (hits counted); the
     scripted input of the play rows is the explore policy for the source's own controller, so a
-    30 frames/s model is played the same motion per second as a 15 frames/s one."""
+    30 frames/s model is played the same motion per second as a 15 frames/s one; ``busy`` plays
+    the run again beside one busy process, which is gone afterwards."""
     from types import SimpleNamespace
 
     from worldsim.bench.engine import _CountingDisplay, bench_play
@@ -474,6 +477,14 @@ def test_the_play_rows_take_the_bank_on_request_and_script_input_for_the_sources
     ck = make_tiny_checkpoint(tmp_path / "t30", controller=c30)
     off, on = bench_play(str(ck), 1.5, 1), bench_play(str(ck), 1.5, 1, MemoryConfig())
     assert (off["play_memory"], on["play_memory"]) == (False, True)
+    assert not any(k.startswith("busy") for k in off)
+    spinners = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: spinners.append(real_popen(*a, **k)) or spinners[-1])
+    busy = bench_play(str(ck), 1.5, 1, busy=True)
+    assert len(spinners) == 1 and spinners[0].poll() is not None  # the busy process ran and is gone
+    assert busy["busy_play_ratio"] == busy["busy_play_displayed_frames_per_s"] / busy["play_displayed_frames_per_s"]
+    assert busy["busy_play_displayed_frames_per_s"] > 0 and busy["busy_play_latency_p95_ms"] > 0
     assert off["play_memory_hit_chunks"] == 0 < on["play_memory_hit_chunks"]
     keys = ["w", "a", "s", "d", "space", "left shift", "l"]
     display = _CountingDisplay(SimpleNamespace(fps=30.0, key_names=keys, controller=c30), 2.0)

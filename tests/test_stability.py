@@ -27,8 +27,8 @@ class _LightStandIn(_StandIn):
         super().__init__(oracle=mode == "oracle")
         self.mode = mode
 
-    def reset(self, frames, c2w, keys, mouse):
-        super().reset(frames, c2w, keys, mouse)
+    def reset(self, frames, c2w, keys, mouse, seed=None):
+        super().reset(frames, c2w, keys, mouse, seed)
         self.night, self.prev, self.made = False, 0, 0
 
     def step(self, keys, mouse):

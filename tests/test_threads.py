@@ -32,6 +32,29 @@ def test_a_busy_core_taken_by_another_process_leaves_one_thread_and_its_return_t
     assert seen == [2, 1, 2]
 
 
+def test_chunks_shorter_than_the_counters_tick_are_judged_together():
+    """A fast model's chunks (30 ms) beside one busy core: the counters tick in 10 ms steps, so the
+    other process's busy time shows up in lumps (here 0 and then 2 cores by turns). Judged chunk
+    by chunk the estimates never agree and the count stays at 2; joined over min_interval_s they
+    read one busy core, and the count drops to 1."""
+
+    def lumpy():
+        t, busy, own, n = 0.0, 0.0, 0.0, 0
+        while True:
+            yield CpuSample(t, busy, 2 * t, own)
+            t += 0.03
+            own += 0.03
+            busy += 0.03 + (0.06 if n % 2 else 0.0)
+            n += 1
+
+    it = lumpy()
+    gov = ThreadGovernor(None, read=lambda: next(it), set_threads=lambda n: None, allowed=2)
+    assert [gov.observe() for _ in range(40)][-1] == 1
+    it = lumpy()
+    chunkwise = ThreadGovernor(None, read=lambda: next(it), set_threads=lambda n: None, allowed=2, min_interval_s=0.0)
+    assert set(chunkwise.observe() for _ in range(40)) == {2}
+
+
 def test_one_odd_interval_changes_nothing_and_a_pinned_count_never_moves():
     gov, seen = _governor([1.0, 0.0, 1.0, 1.0, 0.0])
     assert [gov.observe() for _ in range(5)] == [2] * 5 and seen == [2]

@@ -77,15 +77,21 @@ What each number includes:
 * ``growth``: mean chunk time over the first and the last 10% of a ``session_frames`` rollout and
   their ratio (the context is bounded, so it should stay near 1).
 * ``busy_*`` (CPU, ``--busy``): a busy machine. The default engine as play.py builds it
-  (``threads="auto"``, :mod:`worldsim.core.threads`) times ``chunks`` chunks alone
+  (``threads="auto"``, :mod:`worldsim.core.threads`; play's precision, bf16 where native: since
+  2026-12-05, fp32 before) times ``chunks`` chunks alone
   (``busy_alone_frames_per_s``), then again while another process spins on one core
   (``busy_auto_frames_per_s``, after ``warmup`` chunks to adapt; ``busy_auto_threads`` the count
   it settled on), and an engine pinned to every core (torch's own choice) under the same load
   (``busy_pinned_frames_per_s``); ``busy_auto_ratio`` = busy / alone with ``auto``. Frames/s from
-  the mean chunk time (model + decode + memory).
+  the mean chunk time (model + decode + memory). With the play rows on, ``busy_play_*``: the
+  play loop's run (below) again with a fresh generation process beside the spinning one:
+  displayed frames/s, latency p50/p95, held ticks, and ``busy_play_ratio`` = its displayed
+  frames/s over the unloaded run's: what a player loses, where ``busy_auto_ratio`` is what the
+  engine loses (the display is capped at the source's fps, so spare throughput does not show).
 * ``memory``: peak resident memory of the process, parameter and context bytes.
 * ``play_*``: the real play loop (generation in a child process as in ``play.py``, with play's
-  precision: bf16 where the CPU has it natively, ``play_bf16``; frame queue, display at the source
+  precision: bf16 where the CPU has it natively, ``play_bf16``, and its ``threads="auto"``, since
+  2026-12-05; frame queue, display at the source
   fps) with a display that only counts frames (no GL) and scripted input: displayed frames/s,
   input-to-photon latency p50/p95 (poll -> first frame generated with that input handed to the
   display), the ticks that held a frame, the chunks' critical time and submit-to-arrival time
@@ -104,6 +110,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -283,11 +291,16 @@ PLAY_ROWS = (
 
 
 def bench_play(
-    checkpoint: str, seconds: float, num_steps: int | None = None, memory: MemoryConfig | None = None
+    checkpoint: str,
+    seconds: float,
+    num_steps: int | None = None,
+    memory: MemoryConfig | None = None,
+    busy: bool = False,
 ) -> dict[str, float]:
-    """The play loop with play.py's precision (bf16 where native), generating in a child process
-    as ``play.py`` does; ``num_steps`` None = the checkpoint's own; ``memory`` None = the bank off
-    (play.py plays a model with it on: ``--play-memory``)."""
+    """The play loop as ``play.py`` plays (bf16 where native, ``threads="auto"``, generating in a
+    child process); ``num_steps`` None = the checkpoint's own; ``memory`` None = the bank off
+    (play.py plays a model with it on: ``--play-memory``); ``busy``: the same run again beside a
+    process that keeps one core busy (the ``busy_play_*`` rows)."""
     own = read_checkpoint_config(checkpoint).sampler
     steps = num_steps or own.num_steps
     res: dict[str, float] = {
@@ -295,22 +308,48 @@ def bench_play(
         "play_bf16": resolve_bf16(None, "cpu"),
         "play_memory": memory is not None,
     }
-    t0 = time.perf_counter()
     kw: dict[str, Any] = {
         "bf16": None,
         "sampler": own.at_steps(num_steps) if num_steps else SamplerOverrides(),
         "memory": memory,
+        "threads": "auto",
     }
-    source = ProcessSource(partial(open_engine_source, checkpoint, 0, **kw))
-    res["play_source_start_s"] = time.perf_counter() - t0
-    try:
-        stats = play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
-    finally:
-        source.close()
+    start_s, stats = _play_run(checkpoint, seconds, kw)
+    res["play_source_start_s"] = start_s
     res["play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
     for key in PLAY_ROWS:
         res[f"play_{key}"] = stats[key]
+    if busy:
+        with _spinning_core():
+            _, stats = _play_run(checkpoint, seconds, kw)
+        res["busy_play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
+        for key in ("latency_p50_ms", "latency_p95_ms", "held_ticks"):
+            res[f"busy_play_{key}"] = stats[key]
+        res["busy_play_ratio"] = res["busy_play_displayed_frames_per_s"] / res["play_displayed_frames_per_s"]
     return res
+
+
+def _play_run(checkpoint: str, seconds: float, engine_kw: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """One play-loop run of ``seconds`` on a fresh generation process -> (the process's start
+    and load time in s, the loop's summary)."""
+    t0 = time.perf_counter()
+    source = ProcessSource(partial(open_engine_source, checkpoint, 0, **engine_kw))
+    start_s = time.perf_counter() - t0
+    try:
+        return start_s, play(source, PlayLoopConfig(), _CountingDisplay(source, seconds)).summary()
+    finally:
+        source.close()
+
+
+@contextmanager
+def _spinning_core() -> Iterator[None]:
+    """Another process keeps one core busy (``while True: pass``) for the body."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def _frames_per_s(engine: Engine, chunks: int, warmup: int) -> float:
@@ -322,18 +361,14 @@ def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float
     """The ``busy_*`` rows (module docstring): frames/s alone and beside a process that keeps
     one core busy, with the thread count chosen for the free cores and pinned to all of them."""
     found = torch.get_num_threads()
-    auto = load_engine(checkpoint, bf16=False, threads="auto")
+    auto = load_engine(checkpoint, bf16=None, threads="auto")
     res = {"busy_alone_frames_per_s": _frames_per_s(auto, chunks, warmup)}
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
+    with _spinning_core():
         res["busy_auto_frames_per_s"] = _frames_per_s(auto, chunks, warmup)
         assert auto.governor is not None
         res["busy_auto_threads"] = auto.governor.current
-        pinned = load_engine(checkpoint, bf16=False, threads=allowed_cores())
+        pinned = load_engine(checkpoint, bf16=None, threads=allowed_cores())
         res["busy_pinned_frames_per_s"] = _frames_per_s(pinned, chunks, warmup)
-    finally:
-        spinner.kill()
-        spinner.wait()
     torch.set_num_threads(found)  # the engines set the process's count
     res["busy_auto_ratio"] = res["busy_auto_frames_per_s"] / res["busy_alone_frames_per_s"]
     return res
@@ -538,5 +573,5 @@ def bench_engine(
     if compile_rows and device == "cpu":
         res.update(bench_compile(checkpoint, chunks))
     if play_seconds and device == "cpu":
-        res.update(bench_play(checkpoint, play_seconds, play_steps or None, memory if play_memory else None))
+        res.update(bench_play(checkpoint, play_seconds, play_steps or None, memory if play_memory else None, busy))
     return res

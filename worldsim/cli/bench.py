@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     p_engine.add_argument(
         "--busy",
         action="store_true",
-        help="also time the engine beside a process that keeps one core busy (threads auto vs pinned)",
+        help="also time the engine beside a process that keeps one core busy (threads auto vs pinned), "
+        "and the play loop (unless --play-seconds 0)",
     )
     p_engine.add_argument(
         "--compile",

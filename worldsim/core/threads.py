@@ -6,8 +6,12 @@ two torch threads take turns with it and a chunk costs several times more (measu
 as torch set it): the cores this process may run on (its affinity) minus the cores other
 processes kept busy over the last interval, rounded, at least 1. Other processes' load is the
 machine's busy time (``/proc/stat``) minus this process's own CPU time
-(``/proc/self/stat``), so it is measured while generating, without pausing. To avoid flapping,
-a new count is applied only when ``patience`` intervals in a row agree on it.
+(``/proc/self/stat``), so it is measured while generating, without pausing. The counters tick
+in 10 ms steps (``SC_CLK_TCK`` 100), so an interval shorter than ``min_interval_s`` (a chunk of
+a fast model: 30 ms) is not judged alone but joined to the next ones; over 30 ms, one tick more
+or less moves the estimate by a third of a core and a busy core read as 0 or 2 by turns, which
+never agree. To avoid flapping, a new count is applied only when ``patience`` intervals in a row
+agree on it.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def free_cores(before: CpuSample, after: CpuSample, allowed: int) -> float:
 class ThreadGovernor:
     """Keeps torch's thread count at the cores free to this process (module docstring), or at
     ``threads`` when pinned. ``observe()`` after each chunk re-reads the counters over the
-    interval since the last call. ``read`` and ``set_threads`` are for tests."""
+    interval since the last judged one, once it spans ``min_interval_s`` seconds. ``read`` and
+    ``set_threads`` are for tests."""
 
     def __init__(
         self,
@@ -78,10 +83,11 @@ class ThreadGovernor:
         read: Callable[[], CpuSample | None] = read_cpu,
         set_threads: Callable[[int], None] = torch.set_num_threads,
         allowed: int | None = None,
+        min_interval_s: float = 0.25,
     ):
         if threads is not None and threads < 1:
             raise WorldsimError(f"threads must be >= 1 (or null: chosen for the free cores), got {threads}")
-        self.pinned, self.patience = threads, patience
+        self.pinned, self.patience, self.min_interval_s = threads, patience, min_interval_s
         self.read, self.set_threads = read, set_threads
         self.allowed = allowed or allowed_cores()
         self.current = threads or self.allowed
@@ -90,11 +96,14 @@ class ThreadGovernor:
         self.proposal, self.agreed = self.current, 0
 
     def observe(self) -> int:
-        """Re-measure over the interval since the last call; change the count once ``patience``
-        intervals in a row asked for the same new one -> the count in force."""
+        """Re-measure over the interval since the last judged one (none before it spans
+        ``min_interval_s``); change the count once ``patience`` intervals in a row asked for the
+        same new one -> the count in force."""
         now = self.read()
         if self.pinned is not None or now is None or self.last is None:
             self.last = now
+            return self.current
+        if now.wall - self.last.wall < self.min_interval_s:  # too few counter ticks to judge yet
             return self.current
         want = max(1, min(self.allowed, round(free_cores(self.last, now, self.allowed))))
         self.last = now

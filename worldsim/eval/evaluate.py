@@ -84,6 +84,10 @@ class EvalConfig:
     # single DOOM level has one spawn view)
     turn_data: str = ""
     turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
+    # Noise seeds per turn start (seed, seed + 1, ...): each start's pair of rollouts once per
+    # seed, every pair counted. One pair per start is a coin-like outcome where the view turns
+    # new, so one seed's share moves by several starts from seed to seed (docs/evaluation.md).
+    turn_seeds: int = 1
     drift_frames: int = 1000  # 0 = skip
     drift_seed: int = 96000
     # Held-out episodes that toggle the light (e.g. recorded with policy=explore_lights): night
@@ -105,6 +109,11 @@ def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
             raise WorldsimError(f"{ds.root} records keys {ds.meta.key_names}, the checkpoint {engine.key_names}")
         if tuple(ds.meta.frame_size) != engine.frame_size:
             raise WorldsimError(f"{ds.root} has {tuple(ds.meta.frame_size)} frames, the checkpoint {engine.frame_size}")
+        if ds.meta.controller() != engine.cfg.controller:  # the same inputs would move the camera otherwise
+            raise WorldsimError(
+                f"{ds.root} was recorded with {ds.meta.controller()}, the checkpoint plays {engine.cfg.controller}: "
+                f"evaluate it on data recorded with its controller (a 30 frames/s model: data/builtin_v1_30fps/val)"
+            )
     every = [(ds, i) for ds in sets for i in range(len(ds))]
     picks = np.linspace(0, len(every) - 1, min(limit, len(every))).round().astype(int)
     return [every[p] for p in sorted(set(picks.tolist()))]
@@ -189,23 +198,29 @@ def _check_replay(start: TurnStart, frames: np.ndarray) -> None:
         )
 
 
-def turn_discrimination(engine: Engine, starts: list[TurnStart], horizon: int, dx: float) -> dict[str, Any]:
+def turn_discrimination(
+    engine: Engine, starts: list[TurnStart], horizon: int, dx: float, noise_seeds: list[int] | None = None
+) -> dict[str, Any]:
     """Left vs right from each start (:class:`TurnStart`): after the context, the mouse turns by
     ``dx`` pixels per frame one way or the other and no key is pressed. A start counts when
     each rollout's MSE to its own ground truth is below its MSE to the other's, over the whole
     horizon (``discrimination``) and over its first 4, 8, 16... frames (``by_horizon``: where
     tracking is lost). ``start_view_bound`` scores the generated frames with the truth pasted
     wherever the start view reaches (the camera only turns, so that part is fixed by the context
-    frames): what tracking alone can reach; the rest of the view is new to the model. Raises
+    frames): what tracking alone can reach; the rest of the view is new to the model.
+    ``noise_seeds``: each start's pair of rollouts is made once per seed (the engine's noise
+    restarted at it) and every pair counts (None: once, from the engine's own seed); the share
+    is over starts times seeds, each pair in ``per_start`` with its ``noise_seed``. Raises
     ``WorldsimError`` when a recorded start's replay draws other frames than its recording."""
     from worldsim.core.camera import rotation_reprojection
 
     n, kk = engine.context_frames, len(engine.key_names)
+    seeds: list[int | None] = [None] if noise_seeds is None else list(noise_seeds)
     prefixes = sorted({h for h in (4, 8, 16) if h < horizon} | {horizon})
     wins = dict.fromkeys(prefixes, 0)
     bound_wins = 0
     per_start = []
-    for start in tqdm(starts, desc="turning", unit="start"):
+    for start, noise in tqdm([(s, z) for s in starts for z in seeds], desc="turning", unit="rollout pair"):
         p = len(start.keys)
         gens, gts, pasted = {}, {}, {}
         for side, sign in (("left", -1.0), ("right", 1.0)):
@@ -216,7 +231,7 @@ def turn_discrimination(engine: Engine, starts: list[TurnStart], horizon: int, d
             whole = world_rollout(engine, start.seed, keys, mouse, start.world)
             arrays = {name: whole[name][p + 1 - n :] for name in ("frames", "c2w", "keys", "mouse")}
             _check_replay(start, arrays["frames"][:n])
-            gens[side], gts[side] = rollout_against(engine, arrays, horizon)
+            gens[side], gts[side] = rollout_against(engine, arrays, horizon, seed=noise)
             c2w = arrays["c2w"]
             _, seen = rotation_reprojection(c2w[n : n + horizon], c2w[n - 1], engine.intrinsics, *engine.frame_size)
             pasted[side] = np.where(seen[..., None], gts[side], gens[side])
@@ -226,10 +241,12 @@ def turn_discrimination(engine: Engine, starts: list[TurnStart], horizon: int, d
         bound_ok, _ = _told_apart(pasted, gts, horizon)
         bound_wins += bound_ok
         own_mse = [own["left"], own["right"]]
-        per_start.append({"seed": start.seed, "start": start.label, "own_mse": own_mse, "correct": ok})
-    count = max(1, len(starts))
+        record = {"seed": start.seed, "start": start.label, "own_mse": own_mse, "correct": ok}
+        per_start.append(record if noise is None else {**record, "noise_seed": noise})
+    count = max(1, len(starts) * len(seeds))
     return {
         "starts": len(starts),
+        **({} if noise_seeds is None else {"noise_seeds": len(seeds)}),
         "discrimination": wins[horizon] / count,
         "by_horizon": {str(h): w / count for h, w in wins.items()},
         "start_view_bound": bound_wins / count,
@@ -325,8 +342,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     if cfg.start_every < 0:
         raise WorldsimError(f"start_every must be >= 0 (0: one rollout per episode), got {cfg.start_every}")
-    if cfg.turn_starts < 0:
-        raise WorldsimError(f"turn_starts must be >= 0 (0: no turning), got {cfg.turn_starts}")
+    if cfg.turn_starts < 0 or cfg.turn_seeds < 1:
+        raise WorldsimError(
+            f"turn_starts must be >= 0 (0: no turning) and turn_seeds >= 1, got {cfg.turn_starts} and {cfg.turn_seeds}"
+        )
     out = require_writable_dir(cfg.out, "out")
     engine = load_engine(
         cfg.checkpoint,
@@ -462,7 +481,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     # Step 3: turning (from held-out world seeds, or places in turn_data) and drift (a held-out world seed).
     if cfg.turn_starts:
-        metrics["turning"] = turn_discrimination(engine, turn_starts, horizon, cfg.turn_dx)
+        noise = None if cfg.turn_seeds == 1 else [cfg.seed + j for j in range(cfg.turn_seeds)]
+        metrics["turning"] = turn_discrimination(engine, turn_starts, horizon, cfg.turn_dx, noise)
     if cfg.drift_frames:
         metrics["drift"] = drift(engine, cfg.drift_seed, cfg.drift_frames, world)
     if windows:
@@ -572,7 +592,10 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         )
     if "turning" in m:
         t = m["turning"]
-        lines.append(f"turning: left/right told apart in {t['discrimination'] * 100:.1f}% of {t['starts']} starts")
+        seeds = f" x {t['noise_seeds']} noise seeds" if "noise_seeds" in t else ""
+        lines.append(
+            f"turning: left/right told apart in {t['discrimination'] * 100:.1f}% of {t['starts']} starts{seeds}"
+        )
         if "by_horizon" in t:
             by = ", ".join(f"{h} frames {v * 100:.0f}%" for h, v in t["by_horizon"].items())
             lines.append(f"turning over the first: {by}")

@@ -17,16 +17,17 @@ DARK_MEAN = 60.0  # a frame whose mean pixel value (0-255) is below this is dark
 
 
 def rollout_against(
-    engine: Engine, arrays: dict[str, np.ndarray], horizon: int, desc: str | None = None
+    engine: Engine, arrays: dict[str, np.ndarray], horizon: int, desc: str | None = None, seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reset on the first ``context`` frames, then generate under the recorded inputs (a progress
-    bar over chunks when ``desc`` is given). Returns (generated, ground truth) ``(horizon, H, W,
-    3)`` each; rollout order as in datasets."""
+    """Reset on the first ``context`` frames (the noise restarted at ``seed``; None: the engine's
+    own), then generate under the recorded inputs (a progress bar over chunks when ``desc`` is
+    given). Returns (generated, ground truth) ``(horizon, H, W, 3)`` each; rollout order as in
+    datasets."""
     n, k = engine.context_frames, engine.chunk_frames
     frames, keys, mouse = arrays["frames"], arrays["keys"], arrays["mouse"]
     if len(frames) < n + horizon:
         raise WorldsimError(f"an episode of {len(frames)} frames is too short for {n} context + {horizon} frames")
-    engine.reset(frames[:n], arrays["c2w"][:n], keys[:n], mouse[:n])
+    engine.reset(frames[:n], arrays["c2w"][:n], keys[:n], mouse[:n], seed=seed)
     out = [
         engine.step(keys[n - 1 + s : n - 1 + s + k], mouse[n - 1 + s : n - 1 + s + k]).frames
         for s in tqdm(range(0, horizon, k), desc=desc, unit="chunk", disable=desc is None)

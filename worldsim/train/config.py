@@ -174,6 +174,14 @@ class DistillConfig:
     still_press_prob: float = 0.0
     still_press_key: str = "l"
     still_press_frames: int = 8
+    # Share of the still rollouts in which the player turns in place instead (ours): nothing
+    # pressed, the mouse at a constant yaw rate uniform in (0, still_turn_deg_per_s] degrees per
+    # second either way, from the first generated chunk through the window (the turning
+    # evaluation's input: 45 degrees/s for 2.1 s), so the window shows views the student made
+    # itself after turning away from its context. Judged by the scores alone (the truth of a
+    # turn is not recorded): no still regression, no memory, no press. 0 = off.
+    still_turn_prob: float = 0.0
+    still_turn_deg_per_s: float = 90.0
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera
     # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
     # trained at 15) and exports the student with the data's, the motion per frame its rollouts
@@ -303,6 +311,8 @@ DISTILL_OFF: dict[str, object] = {
     "still_press_key": "l",
     "still_press_frames": 8,
     "data_controller": False,
+    "still_turn_prob": 0.0,
+    "still_turn_deg_per_s": 90.0,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -327,6 +337,8 @@ DISTILL_FIELDS = {
         "still_press_key",
         "still_press_frames",
         "data_controller",
+        "still_turn_prob",
+        "still_turn_deg_per_s",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -17,7 +17,9 @@ mixed in as the teacher was trained):
    through the rollout's memory slot, as the play-time bank brings a still player's view back,
    and on another share (``still_press_prob``) the still player presses ``still_press_key`` (the
    light key) once, held 1 to ``still_press_frames`` frames, as the stability evaluation's
-   presses come;
+   presses come; on a third (``still_turn_prob``) the player turns in place at a constant rate
+   (up to ``still_turn_deg_per_s``, either way), as the evaluation's turning inputs do, so
+   the window shows views the student made itself after turning away from its context;
 2. every generated chunk of the window is noised to its own level (uniform in
    ``[dmd_sigma_min, dmd_sigma_max]``, shifted like the teacher's sampler) and read by two score networks
    after the clean chunks a rolling cache would hold (``objectives.rollout_scores``; the clean
@@ -28,10 +30,10 @@ mixed in as the teacher was trained):
    updates: a fake score that is still the teacher gives a zero step) the student takes the DMD step
    (``objectives.dmd_loss``: ``(fake - real) / mean|x - real|``); every iteration the fake
    score learns the student's current samples by flow matching. On a still player's iterations
-   (those without a press) ``distill.still_regression`` (ours) adds the window's regression to its truth, the last
-   context frame (the world does not change while nothing is pressed): DMD's regression loss
-   (Yin et al. 2024) where the truth needs no recording, against the teacher's own drift to
-   night and noise on long idle rollouts, which DMD alone copies. On the other iterations
+   (those without a press or a turn) ``distill.still_regression`` (ours) adds the window's
+   regression to its truth, the last context frame (the world does not change while nothing is
+   pressed): DMD's regression loss (Yin et al. 2024) where the truth needs no recording, against
+   the teacher's own drift to night and noise on long idle rollouts, which DMD alone copies. On the other iterations
    ``distill.recorded_regression`` (ours) regresses the window to the clip's recorded frames,
    which the student's rollout followed the inputs and poses of: against DMD's trade of PSNR
    to the truth for sharpness.
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldsim.core.actions import ActionEncoder, make_action_encoder
-from worldsim.core.controller import MOVE_KEYS
+from worldsim.core.controller import MOVE_KEYS, CameraController, CameraControllerConfig, CameraState
 from worldsim.core.errors import WorldsimError
 from worldsim.data.frames import input_meaning, open_datasets
 from worldsim.diffusion.sampler import SamplerConfig
@@ -127,13 +129,16 @@ class RolloutPlan:
     player only): every chunk after the first reads the last context chunk as a retrieved one
     (:meth:`SelfForcingDMD.memory`); ``press`` (a still player only): ``(start, length)``,
     ``distill.still_press_key`` held for ``length`` generated frames from generated frame
-    ``start`` (free chunks' frames first)."""
+    ``start`` (free chunks' frames first); ``turn_deg_per_s`` (a still player only): nonzero, the
+    player turns in place at that yaw rate instead of holding the pose (> 0: to the right),
+    nothing pressed, from the first generated frame on."""
 
     exits: list[int]
     free: int = 0
     still: bool = False
     memory: bool = False
     press: tuple[int, int] | None = None
+    turn_deg_per_s: float = 0.0
 
     def reads_memory(self, j: int, k: int) -> bool:
         """Whether generated chunk ``j`` (free chunks first; ``k`` frames each) reads the
@@ -153,7 +158,9 @@ class SelfForcingDMD:
     + free_chunks + rollout_chunks`` chunks. ``intrinsics (3, 3)`` pixels of ``frame_size``;
     ``null_action (A,)`` the encoder's null input (guidance); ``idle_action (A,)`` its encoding
     of a still player, which the ``still`` rollouts need; ``encoder`` the teacher's action
-    encoder, which the still players' presses (``distill.still_press_prob``) need."""
+    encoder, which the still players' presses and turns (``distill.still_press_prob``,
+    ``still_turn_prob``) need; ``controller`` the camera controller of the data (None: the
+    teacher's, ``ck.controller``), which turns a still player."""
 
     def __init__(
         self,
@@ -166,6 +173,7 @@ class SelfForcingDMD:
         null_action: torch.Tensor,
         idle_action: torch.Tensor | None = None,
         encoder: ActionEncoder | None = None,
+        controller: CameraControllerConfig | None = None,
     ):
         self.nets, self.teacher, self.ck, self.sampler, self.dc = nets, teacher, ck, sampler, dc
         self.cond = ck.conditioning
@@ -174,6 +182,7 @@ class SelfForcingDMD:
         self.null = null_action
         self.idle = idle_action
         self.encoder = encoder
+        self.controller = ck.controller if controller is None else controller
         self.k = ck.chunk_frames
 
     def _start(self, batch: Batch, plan: RolloutPlan) -> int:
@@ -197,9 +206,9 @@ class SelfForcingDMD:
         """``(actions (B, T, A), c2w (B, T, 4, 4), ray_ref (B, T, 4, 4))`` of the true context and
         the ``plan``'s chunks, ``T = (context_chunks + free + window) * k``: the clip's last ``T``
         frames, or, for a still player, the clip's first context and then the idle action (or
-        the plan's press, :meth:`press_actions`) at the last context pose, each chunk's rays
-        relative to the pose before it (``chunk``) or the session's first (``session``), as the
-        rollout keeps them."""
+        the plan's press, :meth:`press_actions`) at the last context pose (or the plan's turn
+        from it, :meth:`turn_inputs`), each chunk's rays relative to the pose before it
+        (``chunk``) or the session's first (``session``), as the rollout keeps them."""
         n0 = self.cond.context_chunks * self.k
         t = n0 + (plan.free + len(plan.exits)) * self.k
         s = self._start(batch, plan)
@@ -209,14 +218,46 @@ class SelfForcingDMD:
             raise WorldsimError("a still rollout needs the action encoder's idle input (idle_action)")
         b, rest = batch.c2w.shape[0], t - n0
         held = batch.c2w[:, n0 - 1 : n0].expand(b, rest, 4, 4)
-        ref = batch.ray_ref[:, :1] if self.cond.camera_reference == "session" else batch.c2w[:, n0 - 1 : n0]
         still = self.idle.to(batch.actions).expand(b, rest, -1)
         if plan.press is not None:
             still = self.press_actions(rest, *plan.press).to(batch.actions).expand(b, rest, -1)
+        if plan.turn_deg_per_s:
+            rows, held = self.turn_inputs(batch.c2w[:, n0 - 1], rest, plan.turn_deg_per_s)
+            still = rows.to(batch.actions).expand(b, rest, -1)
+        if self.cond.camera_reference == "session":
+            ref = batch.ray_ref[:, :1].expand(b, rest, 4, 4)
+        else:  # each chunk's rays relative to the pose of the frame before its first
+            before = torch.cat([batch.c2w[:, n0 - 1 : n0], held[:, self.k - 1 : -1 : self.k]], 1)
+            ref = before.repeat_interleave(self.k, 1)
         actions = torch.cat([batch.actions[:, :n0], still], 1)
         c2w = torch.cat([batch.c2w[:, :n0], held], 1)
-        ray_ref = torch.cat([batch.ray_ref[:, :n0], ref.expand(b, rest, 4, 4)], 1)
+        ray_ref = torch.cat([batch.ray_ref[:, :n0], ref], 1)
         return actions, c2w, ray_ref
+
+    def turn_inputs(self, start: torch.Tensor, frames: int, deg_per_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """A player turning in place from the poses ``start (B, 4, 4)`` at ``deg_per_s`` (> 0: to
+        the right) for ``frames`` generated frames, through the camera controller the engine
+        steps (``self.controller``: its ``fps`` and ``mouse_deg_per_px`` give the mouse pixels
+        per frame) -> ``(actions (frames, A)`` as the encoder makes them for the engine, nothing
+        pressed before or during, ``c2w (B, frames, 4, 4))``: generated frame ``i`` is the pose
+        after input row ``i``, as :meth:`Engine.step` places it. ``WorldsimError`` without an
+        encoder."""
+        if self.encoder is None:
+            raise WorldsimError("a still player's turn needs the action encoder (encoder)")
+        names = self.encoder.key_names
+        keys = np.zeros((frames, len(names)), np.uint8)
+        mouse = np.zeros((frames, 2), np.float32)
+        mouse[:, 0] = deg_per_s / self.controller.fps / self.controller.mouse_deg_per_px
+        ctl = CameraController(self.controller, names)
+        poses = []
+        for pose in start.detach().cpu().double().numpy():
+            state, path = CameraState.from_c2w(pose), []
+            for i in range(frames):
+                state = ctl.step(state, keys[i], mouse[i])
+                path.append(state.c2w())
+            poses.append(np.stack(path))
+        rows = self.encoder.encode_sequence(keys, mouse, np.zeros(len(names), np.uint8))
+        return torch.from_numpy(rows), torch.from_numpy(np.stack(poses)).to(start)
 
     def press_actions(self, frames: int, start: int, length: int) -> torch.Tensor:
         """``(frames, A)``: a still player's per-frame conditioning over ``frames`` generated
@@ -321,21 +362,29 @@ class SelfForcingDMD:
     def plan(self, g: torch.Generator) -> RolloutPlan:
         """This iteration's :class:`RolloutPlan` from ``g`` (seeded alike on every rank): the exit
         steps, then, when the options are on, whether the player stands still and the number of
-        free chunks (uniform up to ``idle_chunks`` or ``free_chunks``)."""
+        free chunks (uniform up to ``idle_chunks`` or ``free_chunks``), whether a still player
+        turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
+        and if not, whether it reads memory and whether it presses."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
         most = self.dc.idle_chunks if still else self.dc.free_chunks
         free = int(torch.randint(most + 1, (1,), generator=g)) if most > 0 else 0
+        turn = 0.0
+        p = self.dc.still_turn_prob
+        if still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
+            u = torch.rand(2, generator=g).tolist()
+            turn = self.dc.still_turn_deg_per_s * (1.0 - u[0]) * (1.0 if u[1] < 0.5 else -1.0)
+        still_only = still and not turn  # a turning player neither reads memory nor presses
         p = self.dc.still_memory_prob
-        memory = still and p > 0 and torch.rand(1, generator=g).item() < p  # no draw when off: old runs replay
+        memory = still_only and p > 0 and torch.rand(1, generator=g).item() < p
         press = None
         p = self.dc.still_press_prob
-        if still and p > 0 and torch.rand(1, generator=g).item() < p:
+        if still_only and p > 0 and torch.rand(1, generator=g).item() < p:
             n, k = self.dc.still_press_frames, self.k
             lo, hi = max(0, free * k - n), (free + len(exits)) * k  # the window shows the press, its hold or after
             start = int(torch.randint(lo, hi, (1,), generator=g))
             press = (start, int(torch.randint(1, n + 1, (1,), generator=g)))
-        return RolloutPlan(exits, free, still, memory, press)
+        return RolloutPlan(exits, free, still, memory, press, turn)
 
     def __call__(
         self,
@@ -383,7 +432,8 @@ class SelfForcingDMD:
                 fake = score(self.nets.fake_score, xt, levels)
             loss_g = dmd_loss(x, xt - s * real, xt - s * fake)
         still = recorded = None
-        if generator_step and plan.still and plan.press is None and self.dc.still_regression > 0:
+        held = plan.still and plan.press is None and not plan.turn_deg_per_s
+        if generator_step and held and self.dc.still_regression > 0:
             # The world does not change while nothing is pressed and the pose is held: every frame
             # of the window is, in truth, the last context frame.
             truth = self.context(batch, plan)[:, -1:].expand_as(x)
@@ -490,6 +540,16 @@ def _check(dc: DistillConfig) -> None:
             f"distill.still_press_key with still_memory_prob must be the memory bank's state key {state_key!r} "
             f"(its press stops retrieval), got {dc.still_press_key!r}"
         )
+    if (
+        not 0.0 <= dc.still_turn_prob <= 1.0
+        or dc.still_turn_deg_per_s <= 0
+        or (dc.still_turn_prob > 0 and dc.idle_prob == 0)
+    ):
+        raise WorldsimError(
+            f"distill.still_turn_prob must be in [0, 1] and still_turn_deg_per_s > 0, and turns need still "
+            f"rollouts (distill.idle_prob > 0), got {dc.still_turn_prob}, {dc.still_turn_deg_per_s} with idle_prob "
+            f"{dc.idle_prob}"
+        )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
 
@@ -594,7 +654,16 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     window = dc.rollout_chunks * ck.chunk_frames if dc.focus_window else None  # where a focus clip's press lies
     clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null, window)
     dmd = SelfForcingDMD(
-        loop.module, teacher, ck, sampler, dc, intr.to(d.device), null.to(d.device), idle.to(d.device), encoder
+        loop.module,
+        teacher,
+        ck,
+        sampler,
+        dc,
+        intr.to(d.device),
+        null.to(d.device),
+        idle.to(d.device),
+        encoder,
+        controller,
     )
     amp = loop.autocast()
     last: dict[str, float] = {}
