@@ -379,7 +379,9 @@ def test_turns_from_recorded_episodes_start_where_the_recording_was_and_must_rep
     monkeypatch.setattr(ev, "world_rollout", real)
     other = _StandIn(oracle=True)
     other.cfg = SimpleNamespace(controller=replace(CameraControllerConfig(), move_speed_mps=3.0), env="builtin")
-    with pytest.raises(WorldsimError, match="recorded with another camera controller than the checkpoint's"):
+    with pytest.raises(
+        WorldsimError, match=r"explore was recorded with .*move_speed_mps=6.0.* the checkpoint plays .*=3.0"
+    ):
         episode_turn_starts(str(gt_data / "explore"), other, 1, seed=7)
     other.cfg = SimpleNamespace(controller=CameraControllerConfig(), env="doom")
     with pytest.raises(WorldsimError, match="records the 'builtin' world, the checkpoint plays 'doom'"):

@@ -492,3 +492,38 @@ def test_the_play_rows_take_the_bank_on_request_script_input_for_the_sources_rat
     assert display.ticks == 60
     np.testing.assert_array_equal(display.acts.mouse, want.mouse)
     np.testing.assert_array_equal(display.acts.keys, want.keys)
+
+
+def test_the_busy_rows_time_the_auto_engine_only_after_it_played_settle_seconds_beside_the_load(monkeypatch):
+    """``bench_busy``: the thread governor needs ``patience`` intervals of ``min_interval_s`` to
+    adapt, longer than a few chunks of a fast model, so the engine plays ``SETTLE_S`` seconds
+    beside the busy process before its busy rate is timed (a clock that chunks advance)."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import worldsim.bench.engine as be
+
+    clock = [0.0]
+    log = []
+
+    def chunk_times(engine, chunks, warmup=2, seed=0):
+        clock[0] += 0.03 * (chunks + warmup)  # 30 ms chunks
+        log.append(("chunks", clock[0]))
+        return {}
+
+    @contextmanager
+    def spinning():
+        log.append(("spin", clock[0]))
+        yield
+        log.append(("stop", clock[0]))
+
+    monkeypatch.setattr(be.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(be, "_chunk_times", chunk_times)
+    monkeypatch.setattr(be, "_frames_per_s", lambda engine, chunks, warmup: log.append(("timed", clock[0])) or 1.0)
+    monkeypatch.setattr(be, "_spinning_core", spinning)
+    monkeypatch.setattr(be, "load_engine", lambda *a, **k: SimpleNamespace(governor=SimpleNamespace(current=1)))
+    be.bench_busy("unused", chunks=20)
+    spin = next(t for e, t in log if e == "spin")
+    timed = [t for e, t in log if e == "timed"]
+    assert len(timed) == 3 and log[0][0] == "timed"  # alone, before the load
+    assert timed[1] - spin >= be.SETTLE_S  # auto, once it has played SETTLE_S beside the load

@@ -80,7 +80,8 @@ What each number includes:
   (``threads="auto"``, :mod:`worldsim.core.threads`; play's precision, bf16 where native: since
   2026-12-05, fp32 before) times ``chunks`` chunks alone
   (``busy_alone_frames_per_s``), then again while another process spins on one core
-  (``busy_auto_frames_per_s``, after ``warmup`` chunks to adapt; ``busy_auto_threads`` the count
+  (``busy_auto_frames_per_s``, after ``SETTLE_S`` seconds beside it to adapt, since 2026-12-05;
+  before, ``warmup`` chunks, too short for a fast model; ``busy_auto_threads`` the count
   it settled on), and an engine pinned to every core (torch's own choice) under the same load
   (``busy_pinned_frames_per_s``); ``busy_auto_ratio`` = busy / alone with ``auto``. Frames/s from
   the mean chunk time (model + decode + memory). With the play rows on, ``busy_play_*``: the
@@ -357,13 +358,27 @@ def _frames_per_s(engine: Engine, chunks: int, warmup: int) -> float:
     return _stage_rows(_chunk_times(engine, chunks, warmup), engine.chunk_frames)["throughput_frames_per_s"]
 
 
+SETTLE_S = 2.0  # seconds the auto engine plays beside the busy process before it is timed
+
+
+def _settle(engine: Engine, seconds: float) -> None:
+    """Step ``engine`` (explore input, in runs of 4 chunks) for at least ``seconds``, so that its
+    thread governor has adapted to the load (it needs ``patience`` intervals of at least
+    ``min_interval_s`` that agree: 0.75 s by default, however short the chunks)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        _chunk_times(engine, 4, 0)
+
+
 def bench_busy(checkpoint: str, chunks: int, warmup: int = 6) -> dict[str, float]:
     """The ``busy_*`` rows (module docstring): frames/s alone and beside a process that keeps
-    one core busy, with the thread count chosen for the free cores and pinned to all of them."""
+    one core busy, with the thread count chosen for the free cores (timed after ``SETTLE_S`` s
+    beside the load) and pinned to all of them."""
     found = torch.get_num_threads()
     auto = load_engine(checkpoint, bf16=None, threads="auto")
     res = {"busy_alone_frames_per_s": _frames_per_s(auto, chunks, warmup)}
     with _spinning_core():
+        _settle(auto, SETTLE_S)
         res["busy_auto_frames_per_s"] = _frames_per_s(auto, chunks, warmup)
         assert auto.governor is not None
         res["busy_auto_threads"] = auto.governor.current
