@@ -128,6 +128,15 @@ class CameraController:
             velocity = velocity * cfg.momentum
         return CameraState(position, yaw, pitch, velocity / dt)
 
+    def run(self, state: CameraState, keys: np.ndarray, mouse: np.ndarray) -> tuple[CameraState, np.ndarray]:
+        """:meth:`step` over the rows ``keys (T, K)``, ``mouse (T, 2)`` from ``state`` -> (the state
+        after the last row, ``(T, 4, 4)`` float32 poses: row ``i``'s pose is the one after it)."""
+        poses = []
+        for k, m in zip(keys, mouse, strict=True):
+            state = self.step(state, k, m)
+            poses.append(state.c2w())
+        return state, np.stack(poses)
+
     def settle(self, previous_c2w: np.ndarray, c2w: np.ndarray, keys: np.ndarray, mouse: np.ndarray) -> CameraState:
         """The state at ``c2w`` with the velocity that explains the step from ``previous_c2w``
         under the row ``(keys, mouse)`` that made it: how a session starts moving from recorded

@@ -366,12 +366,12 @@ class Engine:
         if self.context_policy != "cached" or not guess:
             self._prepared = _Prepared(None, None, 0.0)
             return
-        state, poses = self.state, []  # the last input row going on: keys held, the same motion
-        for _ in range(self.chunk_frames):
-            state = self.controller.step(state, self.previous_keys, self.previous_mouse)
-            poses.append(state.c2w())
+        k = self.chunk_frames  # the last input row going on: keys held, the same motion
+        _, poses = self.controller.run(
+            self.state, np.repeat(self.previous_keys[None], k, 0), np.repeat(self.previous_mouse[None], k, 0)
+        )
         t0 = time.perf_counter()
-        hits, retrieved = self._retrieve(np.stack(poses), self.memory_state, self.state_press_frame)  # no press
+        hits, retrieved = self._retrieve(poses, self.memory_state, self.state_press_frame)  # no press
         memory_s = time.perf_counter() - t0
         rng_before = self.rng.get_state()
         with torch.inference_mode(), self.amp, self._same_noise_on_error():
@@ -404,11 +404,7 @@ class Engine:
         assert prepared is not None
         t_inputs = time.perf_counter()  # the critical path starts: everything below needs the inputs
         # Step 1: poses from the controller, actions from the encoder (frame i <- input i).
-        state, poses = self.state, []
-        for i in range(self.chunk_frames):
-            state = self.controller.step(state, keys[i], mouse[i])
-            poses.append(state.c2w())
-        c2w_np = np.stack(poses)
+        state, c2w_np = self.controller.run(self.state, keys, mouse)
         encoded = self.encoder.encode_sequence(keys, mouse, self.previous_keys)
         actions = torch.from_numpy(encoded).to(self.device)[None]
         c2w = torch.from_numpy(c2w_np).to(self.device)[None]

@@ -217,20 +217,18 @@ class SelfForcingDMD:
         if self.idle is None:
             raise WorldsimError("a still rollout needs the action encoder's idle input (idle_action)")
         b, rest = batch.c2w.shape[0], t - n0
-        held = batch.c2w[:, n0 - 1 : n0].expand(b, rest, 4, 4)
-        still = self.idle.to(batch.actions).expand(b, rest, -1)
-        if plan.press is not None:
-            still = self.press_actions(rest, *plan.press).to(batch.actions).expand(b, rest, -1)
         if plan.turn_deg_per_s:
-            rows, held = self.turn_inputs(batch.c2w[:, n0 - 1], rest, plan.turn_deg_per_s)
-            still = rows.to(batch.actions).expand(b, rest, -1)
+            rows, poses = self.turn_inputs(batch.c2w[:, n0 - 1], rest, plan.turn_deg_per_s)
+        else:  # the last context pose held, nothing pressed but the plan's press
+            poses = batch.c2w[:, n0 - 1 : n0].expand(b, rest, 4, 4)
+            rows = self.idle[None] if plan.press is None else self.press_actions(rest, *plan.press)
         if self.cond.camera_reference == "session":
             ref = batch.ray_ref[:, :1].expand(b, rest, 4, 4)
         else:  # each chunk's rays relative to the pose of the frame before its first
-            before = torch.cat([batch.c2w[:, n0 - 1 : n0], held[:, self.k - 1 : -1 : self.k]], 1)
+            before = torch.cat([batch.c2w[:, n0 - 1 : n0], poses[:, self.k - 1 : -1 : self.k]], 1)
             ref = before.repeat_interleave(self.k, 1)
-        actions = torch.cat([batch.actions[:, :n0], still], 1)
-        c2w = torch.cat([batch.c2w[:, :n0], held], 1)
+        actions = torch.cat([batch.actions[:, :n0], rows.to(batch.actions).expand(b, rest, -1)], 1)
+        c2w = torch.cat([batch.c2w[:, :n0], poses], 1)
         ray_ref = torch.cat([batch.ray_ref[:, :n0], ref], 1)
         return actions, c2w, ray_ref
 
@@ -249,13 +247,7 @@ class SelfForcingDMD:
         mouse = np.zeros((frames, 2), np.float32)
         mouse[:, 0] = deg_per_s / self.controller.fps / self.controller.mouse_deg_per_px
         ctl = CameraController(self.controller, names)
-        poses = []
-        for pose in start.detach().cpu().double().numpy():
-            state, path = CameraState.from_c2w(pose), []
-            for i in range(frames):
-                state = ctl.step(state, keys[i], mouse[i])
-                path.append(state.c2w())
-            poses.append(np.stack(path))
+        poses = [ctl.run(CameraState.from_c2w(pose), keys, mouse)[1] for pose in start.detach().cpu().double().numpy()]
         rows = self.encoder.encode_sequence(keys, mouse, np.zeros(len(names), np.uint8))
         return torch.from_numpy(rows), torch.from_numpy(np.stack(poses)).to(start)
 
