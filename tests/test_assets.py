@@ -151,20 +151,25 @@ def test_a_student_trained_with_still_presses_plays_without_retrieval_across_a_p
 def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     """play.py (its built-in world), worldsim-rollout and worldsim-eval load one default,
     ``DEFAULT_CHECKPOINT`` (worldsim-bench's argparse defaults name the same constant), when no
-    checkpoint is given, and it is the 1-step DMD student (assets/student_builtin_v8, README) that plays
-    without retrieval across a press of the light key (it was trained with still players' presses)."""
+    checkpoint is given, and it is the 1-step DMD student at 30 frames/s (assets/student_builtin_v10,
+    README) that plays without retrieval across a press of the light key (it was trained with still
+    players' presses); worldsim-eval's defaults follow its rate to the 30 frames/s held-out data."""
+    from worldsim import load_engine
     from worldsim.cli.play import SHIPPED_MODELS
     from worldsim.cli.rollout import RolloutConfig
     from worldsim.core.config import DEFAULT_CHECKPOINT
-    from worldsim.eval.evaluate import EvalConfig
+    from worldsim.eval.evaluate import EvalConfig, at_model_rate
     from worldsim.inference.checkpoint import read_checkpoint_config
     from worldsim.inference.engine import trained_with_presses
     from worldsim.memory.bank import MemoryConfig
 
     assert RolloutConfig().checkpoint == EvalConfig().checkpoint == SHIPPED_MODELS["builtin"] == DEFAULT_CHECKPOINT
-    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v8"
+    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v10"
     cfg = read_checkpoint_config(DEFAULT_CHECKPOINT)
     assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 1 and cfg.chunk_frames == 2
+    assert cfg.controller.fps == 30.0
+    settled = at_model_rate(EvalConfig(), load_engine(DEFAULT_CHECKPOINT, bf16=False))
+    assert (settled.data, settled.horizon, settled.turn_dx) == ("data/builtin_v1_30fps/val", 64, 6.0)
     assert trained_with_presses(cfg, MemoryConfig().state_key)  # so it plays without retrieval across a press
 
 

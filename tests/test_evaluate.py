@@ -276,6 +276,39 @@ def test_eval_refuses_mismatched_or_empty_data(tiny, tmp_path):
         evaluate(EvalConfig(checkpoint=str(tiny), data=str(other.root), out=str(tmp_path / "o")))
 
 
+def test_eval_defaults_follow_the_checkpoints_frame_rate(tiny, tmp_path):
+    """``data``, ``idm_data``, ``horizon`` and ``turn_dx`` left None follow the checkpoint's rate:
+    the same world time (32 frames at 15 frames/s) and yaw rate (45 deg/s), and the built-in world's
+    splits recorded at that rate; values given stay; a rate with no recorded default asks for data
+    in one line. ``evaluate`` runs with them (the length check names the derived horizon)."""
+    from envs.record import RecordConfig, record
+    from worldsim import load_engine
+    from worldsim.eval.evaluate import at_model_rate
+
+    def settled(cfg, engine):
+        c = at_model_rate(cfg, engine)
+        return c.data, c.idm_data, c.horizon, c.turn_dx
+
+    at15 = load_engine(tiny, bf16=False)
+    ck30 = make_tiny_checkpoint(tmp_path / "ck30", controller=CameraControllerConfig(fps=30.0))
+    at30 = load_engine(ck30, bf16=False)
+    assert settled(EvalConfig(), at15) == ("data/builtin_v1/val", "data/builtin_v1/train", 32, 12.0)
+    assert settled(EvalConfig(), at30) == ("data/builtin_v1_30fps/val", "data/builtin_v1_30fps/train", 64, 6.0)
+    given = EvalConfig(data="d", idm_data="i", horizon=8, turn_dx=3.0)
+    assert settled(given, at30) == ("d", "i", 8, 3.0)
+    at20 = load_engine(make_tiny_checkpoint(tmp_path / "ck20", controller=CameraControllerConfig(fps=20.0)))
+    with pytest.raises(WorldsimError, match="no default data for a builtin checkpoint at 20 frames/s .* pass data="):
+        settled(EvalConfig(), at20)
+    with pytest.raises(WorldsimError, match="at 20 frames/s .* pass idm_data=<a train folder> or idm="):
+        settled(EvalConfig(data="d"), at20)
+    assert settled(EvalConfig(data="d", idm="m"), at20) == ("d", None, 43, 9.0)  # 2.13 s; 45 deg/s at 0.25 deg/px
+    data = record(RecordConfig(num_episodes=1, episode_len=8, out=str(tmp_path / "at30"))).root
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "fps": 30.0}))  # recorded at 30 frames/s
+    with pytest.raises(WorldsimError, match="an episode of 8 frames is too short for 4 context \\+ 64 frames"):
+        evaluate(EvalConfig(checkpoint=str(ck30), data=str(data), idm="m", out=str(tmp_path / "o")))
+
+
 class _StandIn:
     """An engine stand-in for the turning metric: ``oracle`` returns the true next frames of the
     rollout it was reset on, otherwise it repeats the last context frame (ignores the inputs)."""

@@ -97,6 +97,10 @@ def test_input_is_polled_at_the_display_rate_while_generation_is_slow():
     stats = play(SlowSource(delay_s=1.0), PlayLoopConfig(), window).summary()
     assert stats["poll_hz"] > 0.85 * 15.0  # 45 polls in ~3 s although each chunk takes 1 s
     assert stats["held_ticks"] > 10 and stats["displayed_frames"] >= 4
+    first = next(i for i, (frame, _) in enumerate(window.shown) if i and frame is not None)  # [0]: the start view
+    before_first = sum(frame is None for frame, _ in window.shown[:first])  # ticks that held the start
+    assert before_first > 0 and stats["held_ticks"] - stats["held_ticks_after_first"] == before_first
+    assert stats["held_ticks_after_first"] > 0  # each 1 s chunk leaves ticks with nothing new
     assert any("generation behind" in hud[0] for _, hud in window.shown)
     assert "denoise 1000 ms" in window.shown[-1][1][2]  # the HUD's stage times: the last chunk's
     assert "critical 1000 ms" in window.shown[-1][1][1]
@@ -359,7 +363,7 @@ def test_play_settles_its_model_and_world_from_either_one(tmp_path, monkeypatch)
         pc = settle_model(PlayConfig(**kw))
         return pc.checkpoint, pc.env
 
-    assert settled() == ("assets/student_builtin_v8", "builtin")  # the shipped default
+    assert settled() == ("assets/student_builtin_v10", "builtin")  # the shipped default
     assert settled(env="doom") == ("assets/teacher_doom_v1", "doom")
     monkeypatch.delitem(cli.SHIPPED_MODELS, "doom")
     with pytest.raises(WorldsimError, match="no model is shipped for env=doom .shipped: builtin.; checkpoint= plays"):

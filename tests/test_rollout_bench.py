@@ -485,6 +485,9 @@ def test_the_play_rows_take_the_bank_on_request_script_input_for_the_sources_rat
     assert len(spinners) == 1 and spinners[0].poll() is not None  # the busy process ran and is gone
     assert busy["busy_play_ratio"] == busy["busy_play_displayed_frames_per_s"] / busy["play_displayed_frames_per_s"]
     assert busy["busy_play_displayed_frames_per_s"] > 0 and busy["busy_play_latency_p95_ms"] > 0
+    shown = off["play_displayed_frames_per_s"] * 1.5  # the frames of the 1.5 s run, over its time from the first
+    assert off["play_playing_frames_per_s"] == pytest.approx(shown / (1.5 - off["play_first_frame_s"]), rel=1e-12)
+    assert busy["busy_play_playing_frames_per_s"] > busy["busy_play_displayed_frames_per_s"]
     assert off["play_memory_hit_chunks"] == 0 < on["play_memory_hit_chunks"]
     keys = ["w", "a", "s", "d", "space", "left shift", "l"]
     display = _CountingDisplay(SimpleNamespace(fps=30.0, key_names=keys, controller=c30), 2.0)

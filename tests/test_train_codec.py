@@ -230,6 +230,64 @@ def test_a_slimmer_decoder_trains_on_the_kept_encoder_and_drops_into_a_checkpoin
         Codec(CodecConfig(latent_channels=4, base_channels=16, decoder_channels=[16, 12]))
 
 
+def test_a_sliced_decoder_keeps_the_channels_the_next_layer_reads_most(small_dataset, tmp_path):
+    """``codec_train.decoder_init: slice``: at each scale the kept channels are those the layer
+    reading the scale's stream weighs most (L1 over its input channel), and every tensor of the
+    narrower decoder is the init's at those channels, written out per tensor here; the encoder is
+    the init's; a decoder of the init's widths is the init's decoder; an init narrower than the
+    new decoder, or with another encoder, is returned as it is (init_from then refuses it)."""
+    from worldsim.train.codec_stage import DECODER_INITS
+
+    torch.manual_seed(0)
+    full = Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16)).state_dict()
+    narrow = Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16, decoder_channels=[8, 16, 8]))
+    cut = DECODER_INITS["slice"](narrow)(full)
+
+    def kept(reader, width):
+        return full[f"decoder.{reader}.weight"].abs().sum((0, 2, 3)).topk(width).indices.sort().values
+
+    s0, s1, s2 = kept(3, 8), kept(6, 16), kept(10, 8)  # scale k's stream is read by decoder.3, .6, .10
+    assert torch.equal(s1, torch.arange(16))
+    expect = {"decoder.0.weight": full["decoder.0.weight"][s0], "decoder.0.bias": full["decoder.0.bias"][s0]}
+    for conv, s, prev in ((0, s0, None), (3, s1, s0), (6, s2, s1)):
+        w = full[f"decoder.{conv}.weight"][s]
+        expect[f"decoder.{conv}.weight"] = w if prev is None else w[:, prev]
+        expect[f"decoder.{conv}.bias"] = full[f"decoder.{conv}.bias"][s]
+        for name in ("conv1", "conv2"):
+            expect[f"decoder.{conv + 1}.{name}.weight"] = full[f"decoder.{conv + 1}.{name}.weight"][s][:, s]
+            expect[f"decoder.{conv + 1}.{name}.bias"] = full[f"decoder.{conv + 1}.{name}.bias"][s]
+        for name in ("weight", "bias"):
+            expect[f"decoder.{conv + 1}.norm.{name}"] = full[f"decoder.{conv + 1}.norm.{name}"][s]
+    expect |= {f"decoder.8.{n}": full[f"decoder.8.{n}"][s2] for n in ("weight", "bias")}
+    expect |= {"decoder.10.weight": full["decoder.10.weight"][:, s2], "decoder.10.bias": full["decoder.10.bias"]}
+    assert set(cut) == set(narrow.state_dict()) and sorted(k for k in cut if k.startswith("decoder.")) == sorted(expect)
+    assert all(torch.equal(cut[k], v) for k, v in expect.items())
+    assert all(torch.equal(cut[k], full[k]) for k in cut if k.startswith("encoder."))
+    narrow.load_state_dict(cut)  # the shapes fit
+    same = DECODER_INITS["slice"](Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16)))(full)
+    assert all(torch.equal(same[k], v) for k, v in full.items())
+    small = Codec(
+        CodecConfig(latent_channels=4, downsample=4, base_channels=16, decoder_channels=[8, 8, 8])
+    ).state_dict()
+    assert DECODER_INITS["slice"](narrow)(small) is small  # 8 channels cannot give 16
+    other = {**full, "encoder.0.weight": torch.zeros(16, 3, 5, 5)}
+    assert DECODER_INITS["slice"](narrow)(other) is other
+    # Through the stage: a step at learning rate 0 exports the sliced start.
+    from worldsim.inference.checkpoint import save_codec
+    from worldsim.train.config import CodecTrainConfig
+
+    base = Codec(CodecConfig(latent_channels=4, downsample=4, base_channels=16))
+    base.load_state_dict(full)
+    save_codec(tmp_path / "base", base, {"stage": "codec"})
+    cfg = _cfg(small_dataset.root, tmp_path / "sliced", 1)
+    cfg.init_from, cfg.codec = str(tmp_path / "base"), narrow.cfg
+    cfg.codec_train = CodecTrainConfig(freeze_encoder=True, decoder_init="slice")
+    cfg.optim = OptimConfig(lr=0.0, warmup_steps=0)
+    train_codec(cfg)
+    exported = load_file(str(tmp_path / "sliced" / "codec" / "codec.safetensors"))
+    assert all(torch.equal(exported[k], v) for k, v in cut.items())
+
+
 def test_codec_train_options_refuse_bad_values(small_dataset, tmp_path):
     from worldsim.train.config import CodecTrainConfig
 
@@ -241,3 +299,6 @@ def test_codec_train_options_refuse_bad_values(small_dataset, tmp_path):
         cfg.codec_train = bad
         with pytest.raises(WorldsimError, match="dark_weight must be > 0"):
             train_codec(cfg)
+    cfg.codec_train = CodecTrainConfig(decoder_init="prune")
+    with pytest.raises(WorldsimError, match="decoder_init must be one of scratch, slice, got 'prune'"):
+        train_codec(cfg)

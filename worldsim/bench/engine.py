@@ -93,9 +93,13 @@ What each number includes:
 * ``play_*``: the real play loop (generation in a child process as in ``play.py``, with play's
   precision: bf16 where the CPU has it natively, ``play_bf16``, and its ``threads="auto"``, since
   2026-12-05; frame queue, display at the source
-  fps) with a display that only counts frames (no GL) and scripted input: displayed frames/s,
-  input-to-photon latency p50/p95 (poll -> first frame generated with that input handed to the
-  display), the ticks that held a frame, the chunks' critical time and submit-to-arrival time
+  fps) with a display that only counts frames (no GL) and scripted input: displayed frames/s
+  over the whole run (``displayed_frames_per_s``, the wait for the first frame included) and
+  from the first frame on (``playing_frames_per_s``: what a player sees once the world is on the
+  screen; the wait is the ``first_frame_s`` row), the ticks that held a frame, in all and after
+  the first frame (``held_ticks_after_first``: a stall in play, not the start), input-to-photon
+  latency p50/p95 (poll -> first frame generated with that input handed to the display), the
+  chunks' critical time and submit-to-arrival time
   (``turnaround``) p50/p95, the time to the first generated frame (from the loop's start) and
   ``source_start_s`` (starting the generation process and loading the checkpoint in it).
   ``play_sampler_steps``: their step count (``--play-steps``; default the checkpoint's);
@@ -282,6 +286,7 @@ PLAY_ROWS = (
     "latency_p95_ms",
     "first_frame_s",
     "held_ticks",
+    "held_ticks_after_first",
     "chunk_ms_mean",
     "critical_ms_p50",
     "critical_ms_p95",
@@ -289,6 +294,11 @@ PLAY_ROWS = (
     "turnaround_ms_p95",
     "memory_hit_chunks",
 )
+
+
+def _playing_rate(stats: dict[str, float], seconds: float) -> float:
+    """New frames shown per second of a ``seconds`` play-loop run from its first frame on."""
+    return stats["displayed_frames"] / (seconds - stats["first_frame_s"])
 
 
 def bench_play(
@@ -318,13 +328,15 @@ def bench_play(
     start_s, stats = _play_run(checkpoint, seconds, kw)
     res["play_source_start_s"] = start_s
     res["play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
+    res["play_playing_frames_per_s"] = _playing_rate(stats, seconds)
     for key in PLAY_ROWS:
         res[f"play_{key}"] = stats[key]
     if busy:
         with _spinning_core():
             _, stats = _play_run(checkpoint, seconds, kw)
         res["busy_play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
-        for key in ("latency_p50_ms", "latency_p95_ms", "held_ticks"):
+        res["busy_play_playing_frames_per_s"] = _playing_rate(stats, seconds)
+        for key in ("latency_p50_ms", "latency_p95_ms", "held_ticks", "held_ticks_after_first"):
             res[f"busy_play_{key}"] = stats[key]
         res["busy_play_ratio"] = res["busy_play_displayed_frames_per_s"] / res["play_displayed_frames_per_s"]
     return res

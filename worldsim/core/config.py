@@ -21,11 +21,12 @@ from worldsim.core.errors import WorldsimError
 # Shipped inside the package (package data), so a non-editable install has them too.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-DEFAULT_CHECKPOINT = "assets/student_builtin_v8"
+DEFAULT_CHECKPOINT = "assets/student_builtin_v10"
 """The shipped model of the built-in world that ``play.py``, ``worldsim-rollout``, ``worldsim-eval``
 and ``worldsim-bench`` load when no checkpoint is given (relative: the current folder, then the
-worldsim checkout): the 1-step distilled student; its README says what it scores and which of the
-student issue's bars it does not yet meet."""
+worldsim checkout): the 1-step distilled student at 30 frames/s; its README says what it scores
+and how fast it plays. ``worldsim-eval``'s data, horizon and turning rate follow its rate
+(``worldsim.eval.evaluate.at_model_rate``)."""
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import hydra
@@ -61,9 +61,13 @@ class EvalConfig:
     """What ``worldsim-eval`` measures and on which data; mirrors ``configs/eval.yaml``."""
 
     checkpoint: str = DEFAULT_CHECKPOINT  # relative: the current folder, then the worldsim checkout
-    data: str = "data/builtin_v1/val"  # ground truth of held-out world seeds
+    # Ground truth of held-out world seeds; None: the built-in world's recorded at the checkpoint's
+    # rate (HELD_OUT_DATA: data/builtin_v1/val at 15 frames/s, data/builtin_v1_30fps/val at 30)
+    data: str | None = None
     out: str = "runs/eval"
-    horizon: int = 32  # generated frames per rollout (rounded up to whole chunks)
+    # Generated frames per rollout (rounded up to whole chunks); None: HORIZON_S of world time at the
+    # checkpoint's rate (32 frames at 15 frames/s, 64 at 30)
+    horizon: int | None = None
     max_episodes: int = 32
     # 0: one rollout per episode, from its start; N: one from every N-th frame of each episode that
     # leaves room for the context and the horizon (0, N, 2N, ...: places beyond a level's spawn)
@@ -75,7 +79,7 @@ class EvalConfig:
     memory_top_k: int | None = None  # memory on: entries a chunk may retrieve (None: the bank's default, 1)
     quantize: str = "none"  # "int8": int8 weights in the DiT's token-wise linear layers (CPU; docs/engine.md)
     idm: str = ""  # a trained inverse-dynamics folder; empty = train one on idm_data (saved in out/idm)
-    idm_data: str = "data/builtin_v1/train"
+    idm_data: str | None = None  # None: the train split beside the default data (HELD_OUT_DATA)
     idm_steps: int = 400
     turn_starts: int = 32  # 0 = skip
     turn_seed0: int = 95000  # world seeds turn_seed0 .. turn_seed0 + turn_starts - 1
@@ -83,7 +87,9 @@ class EvalConfig:
     # over its episodes (several per episode when fewer), at frames drawn from turn_seed0 (a
     # single DOOM level has one spawn view)
     turn_data: str = ""
-    turn_dx: float = 12.0  # mouse pixels per frame (0.25 deg/px: 3 deg per frame)
+    # Mouse pixels per frame of the turns; None: TURN_DEG_PER_S at the checkpoint's rate and mouse
+    # sensitivity (the built-in controller's 0.25 deg/px: 12 at 15 frames/s, 6 at 30)
+    turn_dx: float | None = None
     # Noise seeds per turn start (seed, seed + 1, ...): each start's pair of rollouts once per
     # seed, every pair counted. For some starts the side a pair lands on changes with the noise
     # once the view has turned new, so one seed's share moves by several starts (docs/evaluation.md).
@@ -100,6 +106,41 @@ class EvalConfig:
     # no wad or map: the levels the checkpoint was trained on (its config.json's `levels`).
     doom: DoomConfig = field(default_factory=DoomConfig)
     memory_revisits: MemoryEvalConfig = field(default_factory=MemoryEvalConfig)  # worldsim/eval/memory_revisit.py
+
+
+# What the rate-following defaults of EvalConfig become (at_model_rate). The built-in world's
+# held-out and train splits by the frame rate they were recorded at (recipes builtin_v1 and
+# builtin_v1_30fps: the same world seeds and policies, one tick every 1/15 or 1/30 s).
+HELD_OUT_DATA = {15.0: "data/builtin_v1", 30.0: "data/builtin_v1_30fps"}
+HORIZON_S = 32 / 15  # seconds of world time a rollout generates (32 frames at 15 frames/s)
+TURN_DEG_PER_S = 45.0  # the turning evaluation's yaw rate (12 px per frame at 15 frames/s, 0.25 deg/px)
+
+
+def at_model_rate(cfg: EvalConfig, engine: Engine) -> EvalConfig:
+    """``cfg`` with its rate-following defaults (the fields left None) set for ``engine``'s
+    checkpoint: ``horizon`` = ``HORIZON_S`` of world time in frames, ``turn_dx`` = ``TURN_DEG_PER_S``
+    in mouse pixels per frame, ``data`` / ``idm_data`` the built-in world's val / train split
+    recorded at the checkpoint's rate. A 15 frames/s model gets what these fields held before
+    they followed the rate (32 frames, 12 px, data/builtin_v1). Fields given keep their values.
+
+    Raises ``WorldsimError`` (one line) where a default is needed and none exists: data of another
+    world or rate than ``HELD_OUT_DATA`` holds."""
+    ctl = engine.cfg.controller
+    fps = float(ctl.fps)
+    horizon = cfg.horizon if cfg.horizon is not None else max(1, round(HORIZON_S * fps))
+    turn_dx = cfg.turn_dx if cfg.turn_dx is not None else TURN_DEG_PER_S / (fps * ctl.mouse_deg_per_px)
+    data, idm_data = cfg.data, cfg.idm_data
+    if data is None or (idm_data is None and not cfg.idm):
+        root = HELD_OUT_DATA.get(fps) if engine.cfg.env == "builtin" else None
+        if root is None:
+            missing = "data=<a held-out folder>" if data is None else "idm_data=<a train folder> or idm=<a trained one>"
+            raise WorldsimError(
+                f"no default data for a {engine.cfg.env} checkpoint at {fps:g} frames/s "
+                f"(defaults: the built-in world at {', '.join(f'{f:g}' for f in HELD_OUT_DATA)}): pass {missing}"
+            )
+        data = f"{root}/val" if data is None else data
+        idm_data = f"{root}/train" if idm_data is None else idm_data
+    return replace(cfg, data=data, horizon=horizon, turn_dx=turn_dx, idm_data=idm_data)
 
 
 def _episodes(data: str, engine: Engine, limit: int) -> list[tuple[Any, int]]:
@@ -354,6 +395,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         memory_top_k=cfg.memory_top_k,
         quantize=cfg.quantize,
     )
+    cfg = at_model_rate(cfg, engine)
+    assert cfg.data is not None and cfg.horizon is not None and cfg.turn_dx is not None  # for mypy
     episodes = _episodes(cfg.data, engine, cfg.max_episodes)  # validates before any slow work
     world = world_config_for(engine.cfg.env, engine.cfg.controller, cfg.doom, engine.cfg.levels)
     if cfg.turn_data:
@@ -383,6 +426,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.idm:
         idm: InverseDynamics = load_idm(cfg.idm, engine.key_names)
     else:
+        assert cfg.idm_data is not None  # at_model_rate set it
         idm = train_idm(cfg.idm_data, engine.key_names, steps=cfg.idm_steps, seed=cfg.seed)
         save_idm(out / "idm", idm, engine.key_names, {"data": cfg.idm_data, "steps": cfg.idm_steps})
     # Step 2: rollouts under recorded inputs, and revisits where the episode returns.
@@ -558,7 +602,8 @@ def finite_or_null(obj: Any) -> Any:
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The human-readable summary of an :func:`evaluate` metrics dict, one string per printed line."""
     lines = [
-        f"rollouts: {m.get('rollouts', m['episodes'])} from {m['episodes']} episodes x {m['horizon']} frames",
+        f"rollouts: {m.get('rollouts', m['episodes'])} from {m['episodes']} episodes x {m['horizon']} frames"
+        + (f" of {m['config']['data']}" if "config" in m else ""),
         f"  PSNR {m['psnr_db_mean']:.2f} dB vs repeat-last {m['copy_last_psnr_db_mean']:.2f} dB "
         f"(gain {m['psnr_gain_db']:+.2f} dB); SSIM {m['ssim_mean']:.3f} vs {m['copy_last_ssim_mean']:.3f}; "
         f"sharpness {m['sharpness_ratio']:.2f}",

@@ -181,6 +181,7 @@ class PlayStats:
 
     displayed: int = 0
     held_ticks: int = 0  # ticks with no new frame to show (generation behind)
+    held_after_first: int = 0  # of those, the ticks after the first frame was shown (the start's wait excluded)
     ticks: int = 0
     polls: list[float] = field(default_factory=list)  # poll times
     latencies_s: list[float] = field(default_factory=list)
@@ -212,6 +213,7 @@ class PlayStats:
             "ticks": self.ticks,
             "displayed_frames": self.displayed,
             "held_ticks": self.held_ticks,
+            "held_ticks_after_first": self.held_after_first,
             "poll_hz": (len(self.polls) - 1) / span if span == span and span > 0 else float("nan"),
             "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
             "latency_p95_ms": float(np.percentile(lat, 95) * 1000),
@@ -350,6 +352,7 @@ def play(source: ChunkSource, cfg: PlayLoopConfig, window: Display, record: str 
                     recorder.add(s)
             elif not paused:
                 stats.held_ticks += 1
+                stats.held_after_first += stats.displayed > 0
                 behind = True
             t_draw = time.perf_counter()
             window.show(frame, _hud(window, stats, sched, paused, behind, recorder))

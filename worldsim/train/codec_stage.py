@@ -55,13 +55,17 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
         )
     if ct.freeze_encoder and not (cfg.init_from or cfg.resume):
         raise WorldsimError("codec_train.freeze_encoder needs init_from= (the codec whose encoder stays)")
+    if ct.decoder_init not in DECODER_INITS:
+        raise WorldsimError(
+            f"codec_train.decoder_init must be one of {', '.join(DECODER_INITS)}, got {ct.decoder_init!r}"
+        )
     torch.manual_seed(cfg.seed)
     codec = Codec(cfg.codec)
     codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
     # A decoder of other widths than init_from's (asked for: codec.decoder_channels) starts where
     # its shapes differ from scratch; without the option, a decoder that does not fit is refused.
     slimmer = ct.freeze_encoder and cfg.codec.decoder_channels is not None
-    adapt = decoder_from_scratch(codec.state_dict()) if slimmer else None
+    adapt = DECODER_INITS[ct.decoder_init](codec) if slimmer else None
     loop = TrainLoop(cfg, codec, ["val_psnr_db"], d, adapt_init=adapt)
     amp = loop.autocast()
     batches = Prefetcher(partial(data.batch, cfg.seed, batch_size=cfg.batch_size), cfg.steps, cfg.num_workers)
@@ -100,6 +104,66 @@ def decoder_from_scratch(fresh: Tensors) -> Callable[[Tensors], Tensors]:
         return {k: t[k] if k in t and t[k].shape == v.shape else v for k, v in fresh.items()}
 
     return adapt
+
+
+def slice_decoder(fresh: Codec) -> Callable[[Tensors], Tensors]:
+    """``init_from`` for a narrower decoder on a kept encoder (``codec_train.decoder_init:
+    slice``): the init's decoder cut to ``fresh``'s widths. At each scale it keeps the channels of
+    the residual stream that the layer reading that stream weighs most (L1 norm of its weights
+    over each input channel: the next scale's convolution, or the output convolution), in their
+    order, and every tensor of the scale (its input convolution's outputs, its residual block,
+    the next layer's inputs, the output norm) is indexed by that set; the encoder is taken whole.
+    A decoder whose widths are the init's comes back unchanged. Tensors that do not fit the
+    slicing (another layout, an encoder of other shapes, a narrower init) are returned as they
+    are, so ``init_from`` refuses them."""
+    widths = fresh.cfg.decoder_widths()
+    stages = fresh.cfg.stages
+    # Module indices in Codec.decoder: scale k's input conv (0, then 3k after each upsample), its
+    # residual block (3k + 1), the output norm (3 * stages + 2) and conv (3 * stages + 4).
+    conv_in = [0] + [3 * k for k in range(1, stages + 1)]
+    out_norm, out_conv = 3 * stages + 2, 3 * stages + 4
+    readers = conv_in[1:] + [out_conv]  # the layer that reads scale k's stream
+
+    def adapt(t: Tensors) -> Tensors:
+        shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+        if not all(k in t and t[k].shape == shapes[k] for k in shapes if k.startswith("encoder.")):
+            return t
+        try:
+            keep = []
+            for k, width in enumerate(widths):
+                weight = t[f"decoder.{readers[k]}.weight"]  # (out, stream channels, 3, 3)
+                if width > weight.shape[1]:
+                    return t
+                order = weight.abs().sum((0, 2, 3)).argsort(descending=True, stable=True)
+                keep.append(order[:width].sort().values)
+            cut: Tensors = {}
+            for k in range(stages + 1):
+                s, prev = keep[k], (keep[k - 1] if k else None)
+                conv, res = f"decoder.{conv_in[k]}", f"decoder.{conv_in[k] + 1}"
+                w = t[f"{conv}.weight"][s]
+                cut[f"{conv}.weight"] = w if prev is None else w[:, prev]
+                cut[f"{conv}.bias"] = t[f"{conv}.bias"][s]
+                for name in ("conv1.bias", "conv2.bias", "norm.weight", "norm.bias"):
+                    cut[f"{res}.{name}"] = t[f"{res}.{name}"][s]
+                for name in ("conv1.weight", "conv2.weight"):
+                    cut[f"{res}.{name}"] = t[f"{res}.{name}"][s][:, s]
+            for name in ("weight", "bias"):
+                cut[f"decoder.{out_norm}.{name}"] = t[f"decoder.{out_norm}.{name}"][keep[-1]]
+            cut[f"decoder.{out_conv}.weight"] = t[f"decoder.{out_conv}.weight"][:, keep[-1]]
+            cut[f"decoder.{out_conv}.bias"] = t[f"decoder.{out_conv}.bias"]
+        except (KeyError, IndexError):
+            return t
+        if set(cut) != {k for k in shapes if k.startswith("decoder.")}:
+            return t
+        return {**{k: t[k] for k in shapes if k.startswith("encoder.")}, **{k: v.contiguous() for k, v in cut.items()}}
+
+    return adapt
+
+
+DECODER_INITS: dict[str, Callable[[Codec], Callable[[Tensors], Tensors]]] = {
+    "scratch": lambda codec: decoder_from_scratch(codec.state_dict()),
+    "slice": slice_decoder,
+}
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, ct: CodecTrainConfig) -> torch.Tensor:

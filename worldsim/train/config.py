@@ -91,6 +91,11 @@ class CodecTrainConfig:
     # Weight of a per-frame, per-channel loss on the error of the mean and of the contrast (std):
     # L1 + MSE averages over pixels, so a small bias in a dark frame's brightness costs little.
     moment_weight: float = 0.0
+    # Where a decoder of other widths than init_from's (codec.decoder_channels, with
+    # freeze_encoder) starts: "scratch" where shapes differ, or "slice": init_from's decoder cut
+    # to the new widths, keeping at each scale the channels the next layer reads most
+    # (codec_stage.slice_decoder), so it starts near the function it replaces.
+    decoder_init: str = "scratch"
 
 
 @dataclass

@@ -64,6 +64,14 @@ def init_distributed(device: str = "cpu") -> Dist:
     if world <= 1:
         return Dist(device=dev)
     if not dist.is_initialized():
+        # torch._dynamo, which the first optimizer imports, keeps references to the default group
+        # when it is imported after the group exists; the group then outlives
+        # destroy_process_group, and gloo's worker threads, still alive at interpreter exit, can
+        # free a collective's tensors while Python finalizes: SIGABRT, "terminate called without
+        # an active exception" (pytorch/pytorch#179291 describes the crash). Imported first, it
+        # holds none, and shutdown() joins those threads while the interpreter is whole.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
 
@@ -107,6 +115,7 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group if one was initialised; safe to call always."""
+    """Destroy the process group if one was initialised, joining its backend's threads (unless
+    something else still holds the group: see init_distributed); safe to call always."""
     if dist.is_initialized():
         dist.destroy_process_group()
