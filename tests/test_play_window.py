@@ -29,7 +29,11 @@ def test_play_without_display_says_how_to_run(tmp_path):
         (["checkpoint=", "window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
         (["window.bindings.w=notakey"], "binding 'w': 'notakey' is not a key name pygame knows"),
         (["~window.bindings.l"], "bindings must map exactly the keys"),
-        (["window.target_fps=30"], "window.target_fps=30 would play this source's 15 frames/s of world time at 2x"),
+        (["window.target_fps=15"], "window.target_fps=15 would play this source's 30 frames/s of world time at 0.5x"),
+        (
+            ["checkpoint=assets/student_builtin_v8", "window.target_fps=30"],
+            "window.target_fps=30 would play this source's 15 frames/s of world time at 2x",
+        ),
     ],
 )
 def test_play_rejects_bad_bindings_and_display_rates_before_a_window_opens(tmp_path, args, message):
