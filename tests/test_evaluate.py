@@ -294,6 +294,7 @@ def test_eval_defaults_follow_the_checkpoints_frame_rate(tiny, tmp_path):
     at30 = load_engine(ck30, bf16=False)
     assert settled(EvalConfig(), at15) == ("data/builtin_v1/val", "data/builtin_v1/train", 32, 12.0)
     assert settled(EvalConfig(), at30) == ("data/builtin_v1_30fps/val", "data/builtin_v1_30fps/train", 64, 6.0)
+    assert settled(EvalConfig(idm="m"), at30)[:2] == ("data/builtin_v1_30fps/val", None)  # no IDM to train
     given = EvalConfig(data="d", idm_data="i", horizon=8, turn_dx=3.0)
     assert settled(given, at30) == ("d", "i", 8, 3.0)
     at20 = load_engine(make_tiny_checkpoint(tmp_path / "ck20", controller=CameraControllerConfig(fps=20.0)))

@@ -120,7 +120,7 @@ def at_model_rate(cfg: EvalConfig, engine: Engine) -> EvalConfig:
     """``cfg`` with its rate-following defaults (the fields left None) set for ``engine``'s
     checkpoint: ``horizon`` = ``HORIZON_S`` of world time in frames, ``turn_dx`` = ``TURN_DEG_PER_S``
     in mouse pixels per frame, ``data`` / ``idm_data`` the built-in world's val / train split
-    recorded at the checkpoint's rate. A 15 frames/s model gets what these fields held before
+    recorded at the checkpoint's rate (``idm_data`` only where no trained ``idm`` is given). A 15 frames/s model gets what these fields held before
     they followed the rate (32 frames, 12 px, data/builtin_v1). Fields given keep their values.
 
     Raises ``WorldsimError`` (one line) where a default is needed and none exists: data of another
@@ -139,7 +139,7 @@ def at_model_rate(cfg: EvalConfig, engine: Engine) -> EvalConfig:
                 f"(defaults: the built-in world at {', '.join(f'{f:g}' for f in HELD_OUT_DATA)}): pass {missing}"
             )
         data = f"{root}/val" if data is None else data
-        idm_data = f"{root}/train" if idm_data is None else idm_data
+        idm_data = f"{root}/train" if idm_data is None and not cfg.idm else idm_data  # unused with idm
     return replace(cfg, data=data, horizon=horizon, turn_dx=turn_dx, idm_data=idm_data)
 
 
