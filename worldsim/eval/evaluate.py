@@ -118,10 +118,11 @@ TURN_DEG_PER_S = 45.0  # the turning evaluation's yaw rate (12 px per frame at 1
 
 def at_model_rate(cfg: EvalConfig, engine: Engine) -> EvalConfig:
     """``cfg`` with its rate-following defaults (the fields left None) set for ``engine``'s
-    checkpoint: ``horizon`` = ``HORIZON_S`` of world time in frames, ``turn_dx`` = ``TURN_DEG_PER_S``
-    in mouse pixels per frame, ``data`` / ``idm_data`` the built-in world's val / train split
-    recorded at the checkpoint's rate (``idm_data`` only where no trained ``idm`` is given). A 15 frames/s model gets what these fields held before
-    they followed the rate (32 frames, 12 px, data/builtin_v1). Fields given keep their values.
+    checkpoint: ``horizon`` = ``HORIZON_S`` of world time in frames, ``turn_dx`` =
+    ``TURN_DEG_PER_S`` in mouse pixels per frame, ``data`` / ``idm_data`` the built-in world's val
+    / train split recorded at the checkpoint's rate (``idm_data`` only where no trained ``idm`` is
+    given). A 15 frames/s model gets what these fields held before they followed the rate (32
+    frames, 12 px, data/builtin_v1). Fields given keep their values.
 
     Raises ``WorldsimError`` (one line) where a default is needed and none exists: data of another
     world or rate than ``HELD_OUT_DATA`` holds."""
