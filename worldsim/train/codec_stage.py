@@ -62,8 +62,9 @@ def train_codec(cfg: TrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     codec = Codec(cfg.codec)
     codec.encoder.requires_grad_(not ct.freeze_encoder)  # before the optimizer sees it
-    # A decoder of other widths than init_from's (asked for: codec.decoder_channels) starts where
-    # its shapes differ from scratch; without the option, a decoder that does not fit is refused.
+    # A decoder of other widths than init_from's (asked for: codec.decoder_channels) starts from
+    # scratch where its shapes differ, or with decoder_init=slice from init_from's decoder cut to
+    # its widths; without the option, a decoder that does not fit is refused.
     slimmer = ct.freeze_encoder and cfg.codec.decoder_channels is not None
     adapt = DECODER_INITS[ct.decoder_init](codec) if slimmer else None
     loop = TrainLoop(cfg, codec, ["val_psnr_db"], d, adapt_init=adapt)
