@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from envs.record import RecordConfig, record
 from worldsim.inference.checkpoint import load_codec
@@ -127,6 +128,7 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
         ("student_builtin_v8", 200, 1),
         ("student_builtin_v9", 200, 1),
         ("student_builtin_v10", 200, 1),
+        ("student_builtin_v11", 200, 1),
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
@@ -141,7 +143,9 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
     sampler = engine.cfg.sampler
     assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", num_steps, 0.4)
     assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
-    assert engine.fps == (30.0 if name in ("student_builtin_v9", "student_builtin_v10") else 15.0)
+    assert engine.fps == (
+        30.0 if name in ("student_builtin_v9", "student_builtin_v10", "student_builtin_v11") else 15.0
+    )
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)
 
@@ -168,9 +172,10 @@ def test_a_student_trained_with_still_presses_plays_without_retrieval_across_a_p
 def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     """play.py (its built-in world), worldsim-rollout and worldsim-eval load one default,
     ``DEFAULT_CHECKPOINT`` (worldsim-bench's argparse defaults name the same constant), when no
-    checkpoint is given, and it is the 1-step DMD student at 30 frames/s (assets/student_builtin_v10,
-    README) that plays without retrieval across a press of the light key (it was trained with still
-    players' presses); worldsim-eval's defaults follow its rate to the 30 frames/s held-out data."""
+    checkpoint is given, and it is the 1-step DMD student at 30 frames/s with the slim decoder
+    (assets/student_builtin_v11, README: v10's network, codec_builtin_v1_slim's codec) that plays
+    without retrieval across a press of the light key (it was trained with still players'
+    presses); worldsim-eval's defaults follow its rate to the 30 frames/s held-out data."""
     from worldsim import load_engine
     from worldsim.cli.play import SHIPPED_MODELS
     from worldsim.cli.rollout import RolloutConfig
@@ -181,10 +186,15 @@ def test_play_rollout_and_eval_default_to_the_shipped_distilled_student():
     from worldsim.memory.bank import MemoryConfig
 
     assert RolloutConfig().checkpoint == EvalConfig().checkpoint == SHIPPED_MODELS["builtin"] == DEFAULT_CHECKPOINT
-    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v10"
+    assert DEFAULT_CHECKPOINT == "assets/student_builtin_v11"
     cfg = read_checkpoint_config(DEFAULT_CHECKPOINT)
     assert cfg.provenance["stage"] == "student_dmd" and cfg.sampler.num_steps == 1 and cfg.chunk_frames == 2
     assert cfg.controller.fps == 30.0
+    # v10's network bit for bit, the slim decoder's codec bit for bit
+    for ours, theirs in (("model", "student_builtin_v10"), ("codec", "codec_builtin_v1_slim")):
+        a = load_file(str(ASSETS / DEFAULT_CHECKPOINT.split("/")[-1] / f"{ours}.safetensors"))
+        b = load_file(str(ASSETS / theirs / f"{ours}.safetensors"))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), (ours, theirs)
     settled = at_model_rate(EvalConfig(), load_engine(DEFAULT_CHECKPOINT, bf16=False))
     assert (settled.data, settled.horizon, settled.turn_dx) == ("data/builtin_v1_30fps/val", 64, 6.0)
     assert trained_with_presses(cfg, MemoryConfig().state_key)  # so it plays without retrieval across a press

@@ -363,7 +363,7 @@ def test_play_settles_its_model_and_world_from_either_one(tmp_path, monkeypatch)
         pc = settle_model(PlayConfig(**kw))
         return pc.checkpoint, pc.env
 
-    assert settled() == ("assets/student_builtin_v10", "builtin")  # the shipped default
+    assert settled() == ("assets/student_builtin_v11", "builtin")  # the shipped default
     assert settled(env="doom") == ("assets/teacher_doom_v1", "doom")
     monkeypatch.delitem(cli.SHIPPED_MODELS, "doom")
     with pytest.raises(WorldsimError, match="no model is shipped for env=doom .shipped: builtin.; checkpoint= plays"):

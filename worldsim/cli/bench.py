@@ -2,9 +2,9 @@
 
     worldsim-bench env [--env builtin|doom] [--size 64] [--frames 600] [--seed 0] [--out bench.json]
     worldsim-bench model [--preset cpu] [--context-chunks 2] [--out bench.json]
-    worldsim-bench engine [--checkpoint assets/student_builtin_v10] [--chunks 20] [--baseline CHECKPOINT]
+    worldsim-bench engine [--checkpoint assets/student_builtin_v11] [--chunks 20] [--baseline CHECKPOINT]
                           [--out bench.json]
-    worldsim-bench soak [--checkpoint assets/student_builtin_v10] [--frames 10000] [--window 1000] [--out bench.json]
+    worldsim-bench soak [--checkpoint assets/student_builtin_v11] [--frames 10000] [--window 1000] [--out bench.json]
 
 ``env`` times headless rendering of a world (reset excluded; for the built-in world each step
 includes the controller, GL draw, readback and the supersampling filter; for DOOM the game tics,

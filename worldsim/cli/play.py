@@ -1,7 +1,7 @@
 """Play worldsim: ``python play.py [key=value ...]`` (hydra overrides) from a checkout, or
 ``python -m worldsim.cli.play [key=value ...]`` wherever worldsim is installed.
 
-By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v10``,
+By default the shipped model generates the world (``SHIPPED_MODELS``: ``assets/student_builtin_v11``,
 the 30 frames/s student, so the window ticks at 30 Hz, the model's time step; with ``env=doom`` the
 DOOM model), started from a ground-truth view of world ``seed``; ``checkpoint=''`` plays the
 ground-truth world itself; ``checkpoint=assets/student_builtin_v8`` the 15 frames/s student (15 Hz).

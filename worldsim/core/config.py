@@ -21,11 +21,11 @@ from worldsim.core.errors import WorldsimError
 # Shipped inside the package (package data), so a non-editable install has them too.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-DEFAULT_CHECKPOINT = "assets/student_builtin_v10"
+DEFAULT_CHECKPOINT = "assets/student_builtin_v11"
 """The shipped model of the built-in world that ``play.py``, ``worldsim-rollout``, ``worldsim-eval``
 and ``worldsim-bench`` load when no checkpoint is given (relative: the current folder, then the
-worldsim checkout): the 1-step distilled student at 30 frames/s; its README says what it scores
-and how fast it plays. ``worldsim-eval``'s data, horizon and turning rate follow its rate
+worldsim checkout): the 1-step distilled student at 30 frames/s with the slim decoder; its README
+says what it scores and how fast it plays. ``worldsim-eval``'s data, horizon and turning rate follow its rate
 (``worldsim.eval.evaluate.at_model_rate``)."""
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """The engine: raw inputs in, generated frames out. No UI code, no worlds (design §3-5).
 
-    engine = load_engine("assets/student_builtin_v10")
+    engine = load_engine("assets/student_builtin_v11")
     engine.reset(frames, c2w, keys, mouse)        # ground-truth context, rollout order
     chunk = engine.step(keys, mouse)              # chunk_frames inputs -> a Chunk
     chunk.frames, chunk.c2w, chunk.timings        # (k, H, W, 3) uint8, (k, 4, 4), seconds by stage
