@@ -296,9 +296,16 @@ PLAY_ROWS = (
 )
 
 
-def _playing_rate(stats: dict[str, float], seconds: float) -> float:
-    """New frames shown per second of a ``seconds`` play-loop run from its first frame on."""
-    return stats["displayed_frames"] / (seconds - stats["first_frame_s"])
+def _play_rows(prefix: str, stats: dict[str, float], seconds: float, keys: tuple[str, ...]) -> dict[str, float]:
+    """A ``seconds`` play-loop run's rows under ``prefix``: new frames shown per second over the
+    run (``displayed_frames_per_s``) and from its first frame on (``playing_frames_per_s``), then
+    the summary's ``keys``."""
+    shown = stats["displayed_frames"]
+    rows = {
+        f"{prefix}displayed_frames_per_s": shown / seconds,
+        f"{prefix}playing_frames_per_s": shown / (seconds - stats["first_frame_s"]),
+    }
+    return rows | {f"{prefix}{key}": stats[key] for key in keys}
 
 
 def bench_play(
@@ -327,17 +334,12 @@ def bench_play(
     }
     start_s, stats = _play_run(checkpoint, seconds, kw)
     res["play_source_start_s"] = start_s
-    res["play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
-    res["play_playing_frames_per_s"] = _playing_rate(stats, seconds)
-    for key in PLAY_ROWS:
-        res[f"play_{key}"] = stats[key]
+    res |= _play_rows("play_", stats, seconds, PLAY_ROWS)
     if busy:
         with _spinning_core():
             _, stats = _play_run(checkpoint, seconds, kw)
-        res["busy_play_displayed_frames_per_s"] = stats["displayed_frames"] / seconds
-        res["busy_play_playing_frames_per_s"] = _playing_rate(stats, seconds)
-        for key in ("latency_p50_ms", "latency_p95_ms", "held_ticks", "held_ticks_after_first"):
-            res[f"busy_play_{key}"] = stats[key]
+        busy_keys = ("latency_p50_ms", "latency_p95_ms", "held_ticks", "held_ticks_after_first")
+        res |= _play_rows("busy_play_", stats, seconds, busy_keys)
         res["busy_play_ratio"] = res["busy_play_displayed_frames_per_s"] / res["play_displayed_frames_per_s"]
     return res
 

@@ -40,6 +40,11 @@ class CameraControllerConfig:
     momentum: float = 0.0  # horizontal velocity kept per tick, in [0, 1); 0 = direct motion
     ticks_per_frame: int = 1  # integration ticks per frame (DOOM: its tics per step)
 
+    def mouse_px_per_frame(self, deg_per_s: float) -> float:
+        """Horizontal mouse pixels per frame (input row) that turn the camera ``deg_per_s``
+        degrees per second at ``fps`` (> 0: to the right)."""
+        return deg_per_s / self.fps / self.mouse_deg_per_px
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:
             raise WorldsimError(f"controller momentum must be in [0, 1), got {self.momentum}")

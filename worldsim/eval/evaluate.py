@@ -129,7 +129,7 @@ def at_model_rate(cfg: EvalConfig, engine: Engine) -> EvalConfig:
     ctl = engine.cfg.controller
     fps = float(ctl.fps)
     horizon = cfg.horizon if cfg.horizon is not None else max(1, round(HORIZON_S * fps))
-    turn_dx = cfg.turn_dx if cfg.turn_dx is not None else TURN_DEG_PER_S / (fps * ctl.mouse_deg_per_px)
+    turn_dx = cfg.turn_dx if cfg.turn_dx is not None else ctl.mouse_px_per_frame(TURN_DEG_PER_S)
     data, idm_data = cfg.data, cfg.idm_data
     if data is None or (idm_data is None and not cfg.idm):
         root = HELD_OUT_DATA.get(fps) if engine.cfg.env == "builtin" else None

@@ -235,8 +235,8 @@ class SelfForcingDMD:
     def turn_inputs(self, start: torch.Tensor, frames: int, deg_per_s: float) -> tuple[torch.Tensor, torch.Tensor]:
         """A player turning in place from the poses ``start (B, 4, 4)`` at ``deg_per_s`` (> 0: to
         the right) for ``frames`` generated frames, through the camera controller the engine
-        steps (``self.controller``: its ``fps`` and ``mouse_deg_per_px`` give the mouse pixels
-        per frame) -> ``(actions (frames, A)`` as the encoder makes them for the engine, nothing
+        steps (``self.controller``, whose ``mouse_px_per_frame`` gives the mouse pixels per
+        frame) -> ``(actions (frames, A)`` as the encoder makes them for the engine, nothing
         pressed before or during, ``c2w (B, frames, 4, 4))``: generated frame ``i`` is the pose
         after input row ``i``, as :meth:`Engine.step` places it. ``WorldsimError`` without an
         encoder."""
@@ -245,7 +245,7 @@ class SelfForcingDMD:
         names = self.encoder.key_names
         keys = np.zeros((frames, len(names)), np.uint8)
         mouse = np.zeros((frames, 2), np.float32)
-        mouse[:, 0] = deg_per_s / self.controller.fps / self.controller.mouse_deg_per_px
+        mouse[:, 0] = self.controller.mouse_px_per_frame(deg_per_s)
         ctl = CameraController(self.controller, names)
         poses = [ctl.run(CameraState.from_c2w(pose), keys, mouse)[1] for pose in start.detach().cpu().double().numpy()]
         rows = self.encoder.encode_sequence(keys, mouse, np.zeros(len(names), np.uint8))
