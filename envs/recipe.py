@@ -40,12 +40,13 @@ class RecipePart:
     seed: int
     num_episodes: int
     doom: dict[str, Any] = field(default_factory=dict)  # env=doom: this part's changes to the recipe's doom
+    episode_len: int | None = None  # frames per episode; None: the recipe's
 
 
 @dataclass
 class RecipeConfig:
     """A dataset recipe (``configs/recipe/*.yaml``): the world, shared frame size and episode
-    length, and its parts. With ``env: doom`` each part records with ``doom`` updated by the
+    length (a part may set its own), and its parts. With ``env: doom`` each part records with ``doom`` updated by the
     part's own ``doom`` (e.g. another wad for held-out levels); the built-in world's settings,
     its camera controller included (``world.controller.fps: 30`` for a 30 frames/s world),
     are ``world``."""
@@ -143,7 +144,7 @@ def run_recipe(
             doom=part_doom(recipe, p),
             policy=p.policy,
             num_episodes=n,
-            episode_len=recipe.episode_len,
+            episode_len=recipe.episode_len if p.episode_len is None else p.episode_len,
             frame_size=recipe.frame_size,
             seed=p.seed,
             out=str(Path(out) / p.split / p.name),

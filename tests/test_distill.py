@@ -451,6 +451,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
             | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
             | {"still_press_prob", "still_press_key", "still_press_frames", "still_turn_prob", "still_turn_deg_per_s"}
+            | {"revisit_prob", "revisit_regression"}
         )
     )
 
@@ -522,6 +523,102 @@ def test_a_recorded_rollouts_window_regresses_to_the_clips_recorded_frames(small
         _assert_same_generator_gradient(dmd, out.generator_loss, 0.25 * want)
     still = dmd(batch, True, RolloutPlan([0, 1], free=1, still=True), torch.Generator(), torch.Generator())
     assert still.recorded_mse is None and still.still_mse is None
+
+
+def test_a_revisit_rollout_reads_the_earlier_view_in_every_window_chunk_and_regresses_to_the_truth(
+    small_dataset, teacher
+):
+    """distill.revisit_prob: a revisit plan's true context starts after the clip's first chunk
+    (the earlier view the window returns to), every window chunk reads that chunk through the
+    memory slot and the scores give it to the same chunks; its window regresses to the clip's last
+    frames with revisit_regression on every iteration, DMD step or not (with the fake score equal
+    to the real one the student's gradient is exactly the regression's), where recorded_regression
+    does not apply; revisits are drawn among recorded rollouts only, without free chunks."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)  # the earlier view, 2 context and 2 window chunks
+    dmd.dc = dataclasses.replace(dmd.dc, revisit_prob=1.0, revisit_regression=0.5, recorded_regression=0.25)
+    plain, revisit = RolloutPlan([1, 1]), RolloutPlan([1, 1], revisit=True)
+    assert torch.equal(dmd.context(batch, revisit), batch.x0[:, 2:6]) and torch.equal(
+        dmd.context(batch, plain), batch.x0[:, 2:6]
+    )
+    with torch.no_grad():
+        a, _ = dmd.rollout(batch, plain, torch.Generator().manual_seed(1))
+        b, gen = dmd.rollout(batch, revisit, torch.Generator().manual_seed(1))
+    assert (a[:, :2] - b[:, :2]).abs().max() > 1e-3  # the window's first chunk reads it already
+    kept = gen.kept[0].chunk  # the retrieved chunk, as the rollout took it
+    torch.testing.assert_close(kept.latents, batch.x0[:, :2], atol=0, rtol=0)
+    torch.testing.assert_close(kept.c2w, batch.c2w[:, :2], atol=0, rtol=0)
+    ray_ref = dmd.inputs(batch, revisit)[2][:, -8:]
+    got = dmd._score_memory(batch, revisit, ray_ref, torch.Generator())
+    assert got.readers == [2, 3]  # of the w + M = 4 chunks the scores read, the window's
+    torch.testing.assert_close(got.latents, batch.x0[:, :2], atol=0, rtol=0)
+    for generator_step in (False, True):
+        out = dmd(batch, generator_step, revisit, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+        want = torch.nn.functional.mse_loss(out.samples, batch.x0[:, 6:10])
+        torch.testing.assert_close(out.revisit_mse, want, atol=1e-6, rtol=0)
+        assert out.recorded_mse is None and (out.dmd_loss is not None) == generator_step
+        _assert_same_generator_gradient(dmd, out.generator_loss, 0.5 * want)
+    recorded = dmd(batch, True, plain, torch.Generator(), torch.Generator())
+    assert recorded.revisit_mse is None and recorded.recorded_mse is not None
+    dmd.dc = dataclasses.replace(dmd.dc, revisit_regression=0.0)
+    off = dmd(batch, False, revisit, torch.Generator(), torch.Generator())
+    assert off.generator_loss is None and off.revisit_mse is None and not off.samples.requires_grad
+    dmd.dc = dataclasses.replace(dmd.dc, free_chunks=2, idle_prob=0.5, idle_chunks=2, revisit_prob=0.5)
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert not any(p.revisit for p in plans if p.still) and all(p.free == 0 for p in plans if p.revisit)
+    assert {p.free for p in plans if not p.still and not p.revisit} == {0, 1, 2}
+    assert 0.35 < np.mean([p.revisit for p in plans if not p.still]) < 0.65
+
+
+@pytest.fixture(scope="module")
+def glance_dataset(tmp_path_factory):
+    """One recorded glance_back episode (quick turns away and back to the first view), in the
+    small dataset's world and controller."""
+    from envs.record import RecordConfig, record
+
+    out = tmp_path_factory.mktemp("ds") / "glance"
+    return record(RecordConfig(policy="glance_back", num_episodes=1, episode_len=64, out=str(out), preview=False))
+
+
+def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_exactly(
+    glance_dataset, teacher, tmp_path
+):
+    """The stage with distill.revisit_prob 1: the clips are revisit clips whose first chunk
+    covers the window's last view and no true context chunk does (:func:`revisit_clips`), the
+    student moves on an iteration that takes no DMD step (its revisit regression), the log has
+    revisit_mse, the thresholds enter the run's identity, and a resumed run ends bit for bit as
+    an uninterrupted one."""
+    import worldsim.train.student_dmd_stage as stage
+    from tests.test_memory_context import _bank_coverage
+
+    data = glance_dataset.root
+    kw = {"rollout_chunks": 2, "revisit_prob": 1.0, "generator_every": 100}
+    summary = train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "one", 1, **kw))
+    w = load_file(str(tmp_path / "one" / "last" / "weights.safetensors"))
+    _, t, _ = load_checkpoint(teacher)
+    assert any(not torch.equal(w[f"generator.{n}"], p) for n, p in t.state_dict().items())
+    assert summary["revisit_mse"] > 0
+    cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 3, **kw)
+    assert cfg.identity()["teacher"] == {"revisit_min": 0.5, "revisit_context_max": 0.3}
+    assert "revisit_min" not in _dmd_cfg(data, teacher, teacher, tmp_path / "x", 3).identity()["teacher"]
+    ck, _, codec = load_checkpoint(teacher)
+    enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
+    split = EncodedSplit.encode(str(data), codec, enc, "encode")
+    clips = stage.revisit_clips(split, ck, cfg, torch.from_numpy(enc.null_action()))
+    b = clips.batch(0, 0, 6)
+    assert b.x0.shape[1] == (1 + 2 + 2) * 2 and b.memory.all()
+    cover = _bank_coverage(split)  # the play-time bank's coverage of one stored chunk
+    for i in range(6):
+        query = b.c2w[i, -1]
+        assert cover(query, b.c2w[i, :2]) >= 0.5
+        assert all(cover(query, b.c2w[i, j : j + 2]) < 0.3 for j in (2, 4))
+    train_student_dmd(cfg)
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 2, schedule_steps=3, **kw))
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, resume=True, **kw))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
+        c = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), name
 
 
 LONG = {
@@ -672,6 +769,12 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5)
         cfg.distill.still_memory_prob, cfg.distill.still_press_key = 0.5, "m"
         train_student_dmd(cfg)
+    with pytest.raises(WorldsimError, match=r"revisit_prob must be in \[0, 1\].* got 0.5, 1.0 with idle_prob 1.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.0, revisit_prob=0.5))
+    with pytest.raises(WorldsimError, match=r"revisit_regression >= 0.* got 0.5, -1.0 with idle_prob 0.0"):
+        train_student_dmd(
+            _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, revisit_prob=0.5, revisit_regression=-1.0)
+        )
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)
@@ -682,6 +785,8 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
     with pytest.raises(WorldsimError, match="does not match its teacher .*: model.depth is 3, the teacher's 2"):
         train_student_dmd(_dmd_cfg(data, teacher, tmp_path / "deep", tmp_path / "a", 2))
     assert not (tmp_path / "a").exists()
+    with pytest.raises(WorldsimError, match=r"no clip is a revisit .*: teacher.revisit_prob needs data that returns"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "n", 2, revisit_prob=0.5))  # after encoding
     # A run resumed against a teacher whose weights changed is refused, naming it.
     moving = tmp_path / "teacher"
     shutil.copytree(teacher, moving)

@@ -247,6 +247,22 @@ def test_revisit_clips_are_those_only_the_retrieved_chunk_can_draw(turning_datas
     for i in range(8):
         assert b.memory[i]
         assert cover(b.c2w[i, 5], b.c2w[i, :2]) >= 0.45 and cover(b.c2w[i, 5], b.c2w[i, 2:4]) < 0.3
+    # recent_chunks: only the chunks right after the retrieved one are the context that must not
+    # show the view (a student's revisit clip: the true context, then the window it generates)
+    tc3 = dataclasses.replace(tc, context_chunks=3)
+    every = ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null)
+    first = ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null, recent_chunks=1)
+    by_hand = []
+    for p, (e, s) in enumerate(first.index):
+        if s < 2:
+            continue
+        c2w = split.c2w[e]
+        earlier = max(cover(c2w[s + 7], c2w[a : a + 2]) for a in range(0, s - 1))
+        if earlier >= 0.5 and cover(c2w[s + 7], c2w[s + 2 : s + 4]) < 0.3:
+            by_hand.append(p)
+    assert first.revisit == by_hand and set(every.revisit) < set(by_hand)
+    with pytest.raises(WorldsimError, match="recent_chunks must lie between 1 and 2, got 3"):
+        ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null, recent_chunks=3)
     # the defaults draw exactly the batches drawn before the options
     plain = ClipSampler(split, 2, TeacherConfig(context_chunks=2), ConditioningConfig(), (16, 16), null)
     off = TeacherConfig(context_chunks=2, revisit_prob=0.0, revisit_min=0.9)

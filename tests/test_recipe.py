@@ -48,12 +48,17 @@ def test_a_small_recipe_records_every_part(tmp_path):
     recipe = RecipeConfig(
         frame_size=[16, 16],
         episode_len=6,
-        parts=[RecipePart("explore", "train", "explore", 10, 2), RecipePart("turn", "val", "full_turn", 500, 1)],
+        parts=[
+            RecipePart("explore", "train", "explore", 10, 2),
+            RecipePart("turn", "val", "full_turn", 500, 1, episode_len=9),  # a part's own length
+        ],
     )
     counts = run_recipe(recipe, tmp_path / "d")
     assert counts == {"train/explore": 2, "val/turn": 1}
     val = RolloutDataset(tmp_path / "d" / "val" / "turn")
     assert val.episodes[0].seed == 500 and val.meta.frame_size == (16, 16)
+    train = RolloutDataset(tmp_path / "d" / "train" / "explore")
+    assert [len(train.load(i, ("c2w",))["c2w"]) for i in range(2)] == [6, 6] and len(val.load(0, ("c2w",))["c2w"]) == 9
 
 
 def test_parallel_parts_record_the_same_episodes(tmp_path):

@@ -187,6 +187,18 @@ class DistillConfig:
     # turn is not recorded): no still regression, no memory, no press. 0 = off.
     still_turn_prob: float = 0.0
     still_turn_deg_per_s: float = 90.0
+    # Share of the recorded rollouts that are revisits (ours; issue 22's remedy): the clip is one
+    # whose window ends on a view an earlier chunk of the episode (before the true context) covers
+    # by at least ``teacher.revisit_min`` while no true context chunk covers
+    # ``teacher.revisit_context_max`` of it, and every window chunk reads that earlier chunk (the
+    # bank's best for the window's last view, its true latents, as the play-time bank holds a
+    # session's start) through the rollout's memory slot, the scores reading it the same way. No
+    # free chunks before the window. The window regresses to the clip's recorded frames with
+    # weight ``revisit_regression``, which needs no fake score: a revisit iteration takes the
+    # student's step on every iteration (DMD joins on the ``generator_every`` ones), so only the
+    # retrieved chunk shows what the regression asks for. 0 = off.
+    revisit_prob: float = 0.0
+    revisit_regression: float = 1.0
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera
     # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
     # trained at 15) and exports the student with the data's, the motion per frame its rollouts
@@ -292,6 +304,10 @@ class TrainConfig:
             d.pop(k, None)
         if self.stage in CLIP_FIELDS:  # only the clip mixing of the teacher group is used
             d["teacher"] = {k: d["teacher"][k] for k in CLIP_FIELDS[self.stage] if k in d["teacher"]}
+            if self.stage == "student_dmd" and self.distill.revisit_prob > 0:  # what a revisit rollout is
+                d["teacher"].update(
+                    revisit_min=self.teacher.revisit_min, revisit_context_max=self.teacher.revisit_context_max
+                )
         return d
 
 
@@ -318,6 +334,8 @@ DISTILL_OFF: dict[str, object] = {
     "data_controller": False,
     "still_turn_prob": 0.0,
     "still_turn_deg_per_s": 90.0,
+    "revisit_prob": 0.0,
+    "revisit_regression": 1.0,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -344,6 +362,8 @@ DISTILL_FIELDS = {
         "data_controller",
         "still_turn_prob",
         "still_turn_deg_per_s",
+        "revisit_prob",
+        "revisit_regression",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -97,7 +97,9 @@ class DMDStep:
     on a still player's generator steps without a press, with ``distill.still_regression`` on, the mean squared
     error (normalised latents) of the window to the last context frame, else None;
     ``recorded_mse``: the same to the clip's recorded frames on the other generator steps with
-    ``distill.recorded_regression`` on, else None."""
+    ``distill.recorded_regression`` on, else None; ``revisit_mse``: on a revisit iteration with
+    ``distill.revisit_regression`` on (every one: it needs no fake score), the same to the clip's
+    recorded frames, else None."""
 
     samples: torch.Tensor
     dmd_loss: torch.Tensor | None
@@ -106,18 +108,22 @@ class DMDStep:
     still_weight: float = 0.0
     recorded_mse: torch.Tensor | None = None
     recorded_weight: float = 0.0
+    revisit_mse: torch.Tensor | None = None
+    revisit_weight: float = 0.0
 
     @property
     def generator_loss(self) -> torch.Tensor | None:
-        """What the student minimises: the DMD loss plus each regression that was computed, times
-        its weight."""
-        if self.dmd_loss is None:
-            return None
-        loss = self.dmd_loss
-        for mse, weight in ((self.still_mse, self.still_weight), (self.recorded_mse, self.recorded_weight)):
+        """What the student minimises: the DMD loss (if computed) plus each regression that was
+        computed, times its weight; None when the student does not step."""
+        terms = [] if self.dmd_loss is None else [self.dmd_loss]
+        for mse, weight in (
+            (self.still_mse, self.still_weight),
+            (self.recorded_mse, self.recorded_weight),
+            (self.revisit_mse, self.revisit_weight),
+        ):
             if mse is not None:
-                loss = loss + weight * mse
-        return loss
+                terms.append(weight * mse)
+        return sum(terms[1:], terms[0]) if terms else None
 
 
 @dataclass
@@ -131,7 +137,10 @@ class RolloutPlan:
     ``distill.still_press_key`` held for ``length`` generated frames from generated frame
     ``start`` (free chunks' frames first); ``turn_deg_per_s`` (a still player only): nonzero, the
     player turns in place at that yaw rate instead of holding the pose (> 0: to the right),
-    nothing pressed, from the first generated frame on."""
+    nothing pressed, from the first generated frame on; ``revisit`` (a recorded rollout without
+    free chunks): the batch holds revisit clips (``distill.revisit_prob``,
+    :func:`revisit_clips`) and every window chunk reads the clip's first chunk,
+    the earlier view the window returns to, as a retrieved one."""
 
     exits: list[int]
     free: int = 0
@@ -139,6 +148,7 @@ class RolloutPlan:
     memory: bool = False
     press: tuple[int, int] | None = None
     turn_deg_per_s: float = 0.0
+    revisit: bool = False
 
     def reads_memory(self, j: int, k: int) -> bool:
         """Whether generated chunk ``j`` (free chunks first; ``k`` frames each) reads the
@@ -148,7 +158,11 @@ class RolloutPlan:
         for the other state (``MemoryConfig.state_key``), which the retrieved chunk is not in.
         An approximation from the press's chunk plus ``context_chunks`` + 1 on: the bank files
         the press's chunk under the new state and brings it back once it is older than the
-        window, which a rollout here never gives."""
+        window, which a rollout here never gives. A ``revisit``: every chunk (the earlier view
+        is older than the true context; at play time the bank brings back what covers each
+        chunk's view by ``MemoryConfig.min_score``, here the one chunk the window ends facing)."""
+        if self.revisit:
+            return j >= 0
         before_press = self.press is None or j < self.press[0] // k
         return self.memory and j >= 1 and before_press
 
@@ -285,7 +299,7 @@ class SelfForcingDMD:
             self.intrinsics,
             self.ck.frame_size,
             "cached",
-            memory_chunks=int(plan.memory),
+            memory_chunks=int(plan.memory or plan.revisit),
             memory_reuse=True,  # as the engine plays (MemoryConfig.reuse)
         )
         context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
@@ -310,7 +324,11 @@ class SelfForcingDMD:
         shows the same view (``MemoryConfig``: ``keep="first"``, ``discount_window`` off); from
         the second chunk on, as here. After a moving context it would bring the held view back
         only once the last context chunk, or an earlier chunk of the place, is older than the
-        window: for those clips this is an approximation (a still start's view, at the held pose)."""
+        window: for those clips this is an approximation (a still start's view, at the held pose).
+        A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`)."""
+        if plan.revisit:
+            sl = slice(0, self.k)
+            return batch.x0[:, sl], batch.actions[:, sl], batch.c2w[:, sl]
         if not plan.memory:
             return None
         end = self._start(batch, plan) + self.cond.context_chunks * self.k  # the true context's end
@@ -356,7 +374,8 @@ class SelfForcingDMD:
         steps, then, when the options are on, whether the player stands still and the number of
         free chunks (uniform up to ``idle_chunks`` or ``free_chunks``), whether a still player
         turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
-        and if not, whether it reads memory and whether it presses."""
+        and if not, whether it reads memory and whether it presses; a recorded rollout, whether it
+        is a revisit (no free chunks then)."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
         most = self.dc.idle_chunks if still else self.dc.free_chunks
@@ -376,7 +395,11 @@ class SelfForcingDMD:
             lo, hi = max(0, free * k - n), (free + len(exits)) * k  # the window shows the press, its hold or after
             start = int(torch.randint(lo, hi, (1,), generator=g))
             press = (start, int(torch.randint(1, n + 1, (1,), generator=g)))
-        return RolloutPlan(exits, free, still, memory, press, turn)
+        revisit = False
+        p = self.dc.revisit_prob
+        if not still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
+            revisit, free = True, 0
+        return RolloutPlan(exits, free, still, memory, press, turn, revisit)
 
     def __call__(
         self,
@@ -387,10 +410,13 @@ class SelfForcingDMD:
         g_dev: torch.Generator,
     ) -> DMDStep:
         """One iteration on ``batch`` (on the networks' device) as ``plan`` says (a list: the
-        window's exit steps). ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
+        window's exit steps); ``generator_step``: the student takes the DMD step (and the
+        regressions that come with it), which a revisit plan's regression does on every
+        iteration. ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
         plan = plan if isinstance(plan, RolloutPlan) else RolloutPlan(list(plan))
         m, w = len(plan.exits), self.cond.context_chunks
-        with torch.set_grad_enabled(generator_step):
+        regress_revisit = plan.revisit and self.dc.revisit_regression > 0  # the student steps on every one
+        with torch.set_grad_enabled(generator_step or regress_revisit):
             out, _ = self.rollout(batch, plan, g_dev)
         x = out[:, plan.free * self.k :]
         # What the scores read: the window after the w chunks before it, which a rolling cache of w
@@ -430,15 +456,28 @@ class SelfForcingDMD:
             # of the window is, in truth, the last context frame.
             truth = self.context(batch, plan)[:, -1:].expand_as(x)
             still = F.mse_loss(x.float(), truth.float())
-        if generator_step and not plan.still and self.dc.recorded_regression > 0:
-            # A recorded rollout ends where the clip ends (``_start``): the window's truth is the
-            # clip's last frames, whose inputs and poses it followed.
-            recorded = F.mse_loss(x.float(), batch.x0[:, -x.shape[1] :].float())
+        # A recorded rollout ends where the clip ends (``_start``): the window's truth is the
+        # clip's last frames, whose inputs and poses it followed.
+        truth = batch.x0[:, -x.shape[1] :]
+        if generator_step and not plan.still and not plan.revisit and self.dc.recorded_regression > 0:
+            recorded = F.mse_loss(x.float(), truth.float())
+        revisit = F.mse_loss(x.float(), truth.float()) if regress_revisit else None
         levels = self._levels(b, m, g, dev)
         xt, eps = noised(levels)
         v = score(self.nets.fake_score, xt, levels)
         loss_f = F.mse_loss(v.float(), (eps - x.detach()).float())
-        return DMDStep(x, loss_g, loss_f, still, self.dc.still_regression, recorded, self.dc.recorded_regression)
+        dc = self.dc
+        return DMDStep(
+            x,
+            loss_g,
+            loss_f,
+            still,
+            dc.still_regression,
+            recorded,
+            dc.recorded_regression,
+            revisit,
+            dc.revisit_regression,
+        )
 
 
 STILL_PREVIEW_CHUNKS = 64  # chunks a still player stands in the previews
@@ -542,8 +581,42 @@ def _check(dc: DistillConfig) -> None:
             f"rollouts (distill.idle_prob > 0), got {dc.still_turn_prob}, {dc.still_turn_deg_per_s} with idle_prob "
             f"{dc.idle_prob}"
         )
+    if not 0.0 <= dc.revisit_prob <= 1.0 or dc.revisit_regression < 0 or (dc.revisit_prob > 0 and dc.idle_prob == 1):
+        raise WorldsimError(
+            f"distill.revisit_prob must be in [0, 1] and revisit_regression >= 0, and revisits are recorded "
+            f"rollouts (distill.idle_prob < 1), got {dc.revisit_prob}, {dc.revisit_regression} with idle_prob "
+            f"{dc.idle_prob}"
+        )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
+
+
+def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor) -> ClipSampler:
+    """The clips of the revisit rollouts (``distill.revisit_prob``) in ``split``: the true context
+    and the DMD window (``context_chunks + rollout_chunks`` chunks), after a first chunk that is
+    the earlier view the window returns to. A clip qualifies when a chunk of the episode ending
+    before it covers at least ``teacher.revisit_min`` of the window's last view while no chunk
+    of the true context covers ``teacher.revisit_context_max`` of it (the play-time bank's
+    coverage, ``worldsim.memory.bank``); its first chunk is then the bank's best such chunk
+    (coverage less the distance term), the one play would bring back. ``WorldsimError`` when no
+    clip of ``split`` is a revisit."""
+    cond, dc = ck.conditioning, cfg.distill
+    tcfg = dataclasses.replace(
+        cfg.teacher,
+        context_chunks=cond.context_chunks + dc.rollout_chunks,  # then the retrieved chunk replaces the first
+        camera_reference=cond.camera_reference,
+        translation_scale_m=cond.translation_scale_m,
+        memory_prob=1.0,
+        memory_top=1,
+        memory_scoring="bank",
+        revisit_prob=1.0,
+        focus_prob=0.0,
+        action_drop=0.0,
+        camera_drop=0.0,
+        dark_weight=1.0,
+    )
+    latent = ck.model.latent_shape()[1:]
+    return ClipSampler(split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=cond.context_chunks)
 
 
 def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
@@ -613,6 +686,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         metrics += ["still_mse", "still_psnr_db"]
     if dc.recorded_regression > 0:
         metrics += ["recorded_mse"]
+    if dc.revisit_prob > 0:
+        metrics += ["revisit_mse"]
     loop = TrainLoop(
         dataclasses.replace(cfg, init_from=""),
         nets,
@@ -645,6 +720,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     idle = torch.from_numpy(encoder.encode_sequence(keys, np.zeros((1, 2), np.float32), keys[0])[0])
     window = dc.rollout_chunks * ck.chunk_frames if dc.focus_window else None  # where a focus clip's press lies
     clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null, window)
+    revisits = revisit_clips(train, ck, cfg, null) if dc.revisit_prob > 0 else None
     dmd = SelfForcingDMD(
         loop.module,
         teacher,
@@ -661,12 +737,12 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     last: dict[str, float] = {}
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        b = clips.batch(cfg.seed, step, cfg.batch_size, train=True)
-        fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
-        batch = Batch(**fields)
         # Exit steps are the same on every rank (Self-Forcing synchronises them); levels and noise are not.
         seed = cfg.seed * 1_000_003 + step
         plan = dmd.plan(torch.Generator().manual_seed(seed))
+        b = (revisits if plan.revisit and revisits is not None else clips).batch(cfg.seed, step, cfg.batch_size, True)
+        fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
+        batch = Batch(**fields)
         g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
         g_dev = torch.Generator(device=d.device).manual_seed(seed * 64 + d.rank)
         # The fake score learns first: at step 0 it is still the teacher, and the DMD step would be 0.
@@ -675,13 +751,16 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             out = dmd(batch, generator_step, plan, g, g_dev)
         loss = out.fake_loss.float()
         last["fake_loss"] = loss.item()
-        if out.dmd_loss is not None and out.generator_loss is not None:
+        if out.generator_loss is not None:
             loss = loss + out.generator_loss.float()
+        if out.dmd_loss is not None:
             last["dmd_loss"] = out.dmd_loss.item()
         if out.still_mse is not None:
             last["still_mse"] = out.still_mse.item()
         if out.recorded_mse is not None:
             last["recorded_mse"] = out.recorded_mse.item()
+        if out.revisit_mse is not None:
+            last["revisit_mse"] = out.revisit_mse.item()
         return loss, len(batch.x0)
 
     def periodic(step: int) -> dict[str, float]:

@@ -180,6 +180,7 @@ class ClipSampler:
         latent_size: tuple[int, int],
         null_action: torch.Tensor,  # (A,) what action dropout substitutes
         focus_frames: int | None = None,  # a focus clip's press lies in its last focus_frames (None: one chunk)
+        recent_chunks: int | None = None,  # chunks after the first that a revisit's context is (None: all but the last)
     ):
         self.split, self.k, self.tcfg, self.cond = split, chunk_frames, tcfg, cond
         self.null = null_action.float()
@@ -199,6 +200,10 @@ class ClipSampler:
             )
         self.focus = self._focus_clips() if tcfg.focus_prob > 0 else []
         check_memory_clips(tcfg)
+        last = tcfg.context_chunks - 1  # the chunks between the first and the last
+        self.recent_chunks = last if recent_chunks is None else recent_chunks
+        if recent_chunks is not None and not 1 <= recent_chunks <= last:
+            raise WorldsimError(f"recent_chunks must lie between 1 and {last}, got {recent_chunks}")
         self.points = view_points(split.intrinsics, split.frame_size, BANK.radius_m, BANK.num_points)
         self.revisit = self._revisit_clips() if tcfg.revisit_prob > 0 else []
         self.dark = self._dark_frames() if tcfg.dark_weight != 1.0 else None
@@ -239,8 +244,9 @@ class ClipSampler:
     def _revisit_clips(self) -> list[int]:
         """Positions in ``index`` of the clips whose generated chunk's view (its newest frame's) an
         earlier chunk (ending before the clip, placed by its newest frame) covers by at least
-        ``revisit_min`` while every chunk of the recent context (all but the clip's first, which
-        the retrieved chunk replaces) covers less than ``revisit_context_max``."""
+        ``revisit_min`` while every chunk of the recent context (the ``recent_chunks`` after the
+        clip's first, which the retrieved chunk replaces: by default all up to the last) covers
+        less than ``revisit_context_max``."""
         k, t, tc = self.k, self.clip_len, self.tcfg
         out = []
         for p, (e, s) in enumerate(tqdm(self.index, desc="revisit clips", unit="clip", leave=False)):
@@ -248,7 +254,7 @@ class ClipSampler:
                 continue
             query = s + t - 1
             earlier = torch.arange(0, s - k + 1, max(1, k // 2)) + k - 1
-            recent = torch.arange(s + k, s + t - k, k) + k - 1
+            recent = torch.arange(s + k, s + k + self.recent_chunks * k, k) + k - 1
             cov = self._coverage(e, query, torch.cat([earlier, recent]))
             if cov[: len(earlier)].max() >= tc.revisit_min and cov[len(earlier) :].max() < tc.revisit_context_max:
                 out.append(p)
