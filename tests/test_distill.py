@@ -558,6 +558,11 @@ def test_a_revisit_rollout_reads_the_earlier_view_in_every_window_chunk_and_regr
         torch.testing.assert_close(out.revisit_mse, want, atol=1e-6, rtol=0)
         assert out.recorded_mse is None and (out.dmd_loss is not None) == generator_step
         _assert_same_generator_gradient(dmd, out.generator_loss, 0.5 * want)
+    # only the frames the batch weighs (those the retrieved chunk shows) are scored
+    shown = dataclasses.replace(batch, weight=torch.tensor([[0.0] * 6 + [1, 0, 0, 1], [0.0] * 9 + [1]]))
+    out = dmd(shown, False, revisit, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    err = (out.samples - batch.x0[:, 6:10]).square().mean(dim=(2, 3, 4))
+    torch.testing.assert_close(out.revisit_mse, (err[0, 0] + err[0, 3] + err[1, 3]) / 3, atol=1e-6, rtol=0)
     recorded = dmd(batch, True, plain, torch.Generator(), torch.Generator())
     assert recorded.revisit_mse is None and recorded.recorded_mse is not None
     dmd.dc = dataclasses.replace(dmd.dc, revisit_regression=0.0)
@@ -612,6 +617,9 @@ def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_ex
         query = b.c2w[i, -1]
         assert cover(query, b.c2w[i, :2]) >= 0.5
         assert all(cover(query, b.c2w[i, j : j + 2]) < 0.3 for j in (2, 4))
+        # each frame after the retrieved chunk weighs 1 where that chunk shows half its view or more
+        assert b.weight[i].tolist() == [0, 0] + [float(cover(b.c2w[i, t], b.c2w[i, :2]) >= 0.5) for t in range(2, 10)]
+    assert 0 < b.weight[:, 2:].sum() < b.weight[:, 2:].numel()
     train_student_dmd(cfg)
     train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 2, schedule_steps=3, **kw))
     train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, resume=True, **kw))
@@ -993,3 +1001,17 @@ def test_a_student_for_data_at_another_frame_rate_is_exported_with_the_datas_con
     with pytest.raises(WorldsimError, match=r"b30 was recorded in env 'builtin' with .*fps=30.0.*one meaning"):
         train_student_dmd(_dmd_cfg(tmp_path / "mixed", teacher, teacher, tmp_path / "c", 2, data_controller=True))
     assert not (tmp_path / "c").exists()
+
+
+def test_the_memory_read_probe_scores_the_three_modes_on_the_same_revisit_clips(glance_dataset, teacher):
+    """tools/memory_read_probe.py: on revisit clips the rollout with the earlier view in memory,
+    without it and with another clip's differ on the frames the view shows, and the scores are
+    finite PSNRs; the same call gives the same numbers (the clips and noise are fixed)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from memory_read_probe import probe
+
+    a = probe(str(teacher), str(glance_dataset.root), window=2, batches=1, batch_size=3)
+    assert set(a) == {f"{m}_{p}_db" for m in ("memory", "none", "wrong") for p in ("shown", "other")}
+    assert all(0 < v < 100 for v in a.values())
+    assert a["memory_shown_db"] != a["none_shown_db"] and a["memory_shown_db"] != a["wrong_shown_db"]
+    assert probe(str(teacher), str(glance_dataset.root), window=2, batches=1, batch_size=3) == a

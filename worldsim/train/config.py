@@ -193,10 +193,11 @@ class DistillConfig:
     # ``teacher.revisit_context_max`` of it, and every window chunk reads that earlier chunk (the
     # bank's best for the window's last view, its true latents, as the play-time bank holds a
     # session's start) through the rollout's memory slot, the scores reading it the same way. No
-    # free chunks before the window. The window regresses to the clip's recorded frames with
-    # weight ``revisit_regression``, which needs no fake score: a revisit iteration takes the
-    # student's step on every iteration (DMD joins on the ``generator_every`` ones), so only the
-    # retrieved chunk shows what the regression asks for. 0 = off.
+    # free chunks before the window. The window's frames whose view that chunk covers by at least
+    # ``revisit_min`` regress to the clip's recorded frames with weight ``revisit_regression``,
+    # which needs no fake score: the student steps on every revisit iteration (DMD joins on the
+    # ``generator_every`` ones), and only the retrieved chunk shows what the regression asks for.
+    # 0 = off.
     revisit_prob: float = 0.0
     revisit_regression: float = 1.0
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera

@@ -99,7 +99,8 @@ class DMDStep:
     ``recorded_mse``: the same to the clip's recorded frames on the other generator steps with
     ``distill.recorded_regression`` on, else None; ``revisit_mse``: on a revisit iteration with
     ``distill.revisit_regression`` on (every one: it needs no fake score), the same to the clip's
-    recorded frames, else None."""
+    recorded frames over the frames the batch weighs (``Batch.weight``: those the retrieved chunk
+    shows), else None."""
 
     samples: torch.Tensor
     dmd_loss: torch.Tensor | None
@@ -461,7 +462,11 @@ class SelfForcingDMD:
         truth = batch.x0[:, -x.shape[1] :]
         if generator_step and not plan.still and not plan.revisit and self.dc.recorded_regression > 0:
             recorded = F.mse_loss(x.float(), truth.float())
-        revisit = F.mse_loss(x.float(), truth.float()) if regress_revisit else None
+        revisit = None
+        if regress_revisit:  # over the frames the retrieved chunk shows (the batch's weights, revisit_clips)
+            shown = batch.weight[:, -x.shape[1] :].to(x.device)
+            err = (x.float() - truth.float()).square().mean(dim=(2, 3, 4))
+            revisit = (shown * err).sum() / shown.sum().clamp_min(1.0)
         levels = self._levels(b, m, g, dev)
         xt, eps = noised(levels)
         v = score(self.nets.fake_score, xt, levels)
@@ -598,8 +603,10 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
     before it covers at least ``teacher.revisit_min`` of the window's last view while no chunk
     of the true context covers ``teacher.revisit_context_max`` of it (the play-time bank's
     coverage, ``worldsim.memory.bank``); its first chunk is then the bank's best such chunk
-    (coverage less the distance term), the one play would bring back. ``WorldsimError`` when no
-    clip of ``split`` is a revisit."""
+    (coverage less the distance term), the one play would bring back. Each clip frame after the
+    first chunk weighs 1 where that chunk covers at least ``revisit_min`` of its view, else 0
+    (``Batch.weight``: the frames the revisit regression scores; the window's last always).
+    ``WorldsimError`` when no clip of ``split`` is a revisit."""
     cond, dc = ck.conditioning, cfg.distill
     tcfg = dataclasses.replace(
         cfg.teacher,
@@ -616,7 +623,9 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
         dark_weight=1.0,
     )
     latent = ck.model.latent_shape()[1:]
-    return ClipSampler(split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=cond.context_chunks)
+    return ClipSampler(
+        split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=cond.context_chunks, weight_by_memory=True
+    )
 
 
 def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:

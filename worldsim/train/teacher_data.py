@@ -181,6 +181,7 @@ class ClipSampler:
         null_action: torch.Tensor,  # (A,) what action dropout substitutes
         focus_frames: int | None = None,  # a focus clip's press lies in its last focus_frames (None: one chunk)
         recent_chunks: int | None = None,  # chunks after the first that a revisit's context is (None: all but the last)
+        weight_by_memory: bool = False,  # a memory clip's frames weigh 1 where the retrieved chunk shows their view
     ):
         self.split, self.k, self.tcfg, self.cond = split, chunk_frames, tcfg, cond
         self.null = null_action.float()
@@ -207,6 +208,9 @@ class ClipSampler:
         self.points = view_points(split.intrinsics, split.frame_size, BANK.radius_m, BANK.num_points)
         self.revisit = self._revisit_clips() if tcfg.revisit_prob > 0 else []
         self.dark = self._dark_frames() if tcfg.dark_weight != 1.0 else None
+        self.weight_by_memory = weight_by_memory
+        if weight_by_memory and self.dark is not None:
+            raise WorldsimError("weight_by_memory and teacher.dark_weight each set the frames' weights: use one")
 
     def _dark_frames(self) -> list[torch.Tensor]:
         """``(T,)`` bool per episode: the frame's mean pixel value is below ``dark_mean``."""
@@ -264,6 +268,18 @@ class ClipSampler:
                 f"< {tc.revisit_context_max}): teacher.revisit_prob needs data that returns to places"
             )
         return out
+
+    def _shown_by_memory(self, e: int, frames: torch.Tensor, m: int | None) -> torch.Tensor:
+        """``(T,)`` float: 1 for each clip frame (episode frames ``frames``) after the first chunk
+        whose view the retrieved chunk starting at episode frame ``m`` (placed by its newest
+        frame) covers by at least ``revisit_min``, else 0; all 0 without a retrieved chunk."""
+        w = torch.zeros(len(frames))
+        if m is None:
+            return w
+        anchor = torch.tensor([m + self.k - 1])
+        for i in range(self.k, len(frames)):
+            w[i] = float(self._coverage(e, int(frames[i]), anchor)[0] >= self.tcfg.revisit_min)
+        return w
 
     def _memory_start(self, e: int, s: int, g: torch.Generator) -> int | None:
         """Start of an earlier chunk that overlaps the clip's last chunk most (one of the top few)."""
@@ -332,6 +348,8 @@ class ClipSampler:
             cam.append(self.split.c2w[e][frames])
             refs.append(self.split.c2w[e][self._ray_references(frames, m is not None)])
             mem.append(m is not None)
+            if self.weight_by_memory:
+                wts.append(self._shown_by_memory(e, frames, m))
             if self.dark is not None:
                 dark = self.dark[e][frames]
                 if self.tcfg.dark_weight_by == "context":  # the last frame of the chunk before; none before the first
