@@ -129,12 +129,13 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
         ("student_builtin_v9", 200, 1),
         ("student_builtin_v10", 200, 1),
         ("student_builtin_v11", 200, 1),
+        ("student_revisit_v1", 300, 1),
     ],
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 the default until v8): 2-step students of
-    teacher_builtin_v2, and v5 to v10 its 1-step students (v8 the default; v9 and v10 at 30
-    frames/s, their claims measured on worlds played at that rate), playing with their context noised to 0.4, as they
+    teacher_builtin_v2, and v5 to v11 its 1-step students (v8 the default until v10; v9, v10, v11
+    and student_revisit_v1 at 30 frames/s, their claims measured on worlds played at that rate), playing with their context noised to 0.4, as they
     were trained and evaluated."""
     from worldsim import load_engine
 
@@ -144,7 +145,9 @@ def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(
     assert (sampler.mode, sampler.num_steps, sampler.context_sigma) == ("few_step", num_steps, 0.4)
     assert engine.cfg.provenance["stage"] == "student_dmd" and engine.cfg.provenance["step"] == step
     assert engine.fps == (
-        30.0 if name in ("student_builtin_v9", "student_builtin_v10", "student_builtin_v11") else 15.0
+        30.0
+        if name in ("student_builtin_v9", "student_builtin_v10", "student_builtin_v11", "student_revisit_v1")
+        else 15.0
     )
     claimed, measured = _first8_psnr(engine, folder, (97000, 97001))
     assert measured > claimed - 4.0, (measured, claimed)
