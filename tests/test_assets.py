@@ -134,9 +134,9 @@ def test_shipped_teacher_loads_and_still_scores_as_claimed_on_unseen_worlds():
 )
 def test_shipped_dmd_student_loads_and_still_scores_as_claimed_on_unseen_worlds(name, step, num_steps):
     """student_builtin_v2, v3 and v4 (READMEs; v4 the default until v8): 2-step students of
-    teacher_builtin_v2, and v5 to v11 its 1-step students (v8 the default until v10; v9, v10, v11
-    and student_revisit_v1 at 30 frames/s, their claims measured on worlds played at that rate), playing with their context noised to 0.4, as they
-    were trained and evaluated."""
+    teacher_builtin_v2, and v5 to v11 its 1-step students (v8 the default until v10; v9, v10,
+    v11 and student_revisit_v1 at 30 frames/s, their claims measured on worlds played at that
+    rate), playing with their context noised to 0.4, as they were trained and evaluated."""
     from worldsim import load_engine
 
     folder = ASSETS / name

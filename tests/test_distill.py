@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -586,7 +587,7 @@ def glance_dataset(tmp_path_factory):
 
 
 def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_exactly(
-    glance_dataset, teacher, tmp_path
+    glance_dataset, teacher, tmp_path, capsys
 ):
     """The stage with distill.revisit_prob 1: the clips are revisit clips whose first chunk
     covers the window's last view and no true context chunk does (:func:`revisit_clips`), the
@@ -599,6 +600,7 @@ def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_ex
     data = glance_dataset.root
     kw = {"rollout_chunks": 2, "revisit_prob": 1.0, "generator_every": 100}
     summary = train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "one", 1, **kw))
+    assert re.search(r"student_dmd: [1-9]\d* of \d+ clips of .* are revisits", capsys.readouterr().out)
     w = load_file(str(tmp_path / "one" / "last" / "weights.safetensors"))
     _, t, _ = load_checkpoint(teacher)
     assert any(not torch.equal(w[f"generator.{n}"], p) for n, p in t.state_dict().items())

@@ -602,10 +602,11 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
     the earlier view the window returns to. A clip qualifies when a chunk of the episode ending
     before it covers at least ``teacher.revisit_min`` of the window's last view while no chunk
     of the true context covers ``teacher.revisit_context_max`` of it (the play-time bank's
-    coverage, ``worldsim.memory.bank``); its first chunk is then the bank's best such chunk
-    (coverage less the distance term), the one play would bring back. Each clip frame after the
+    coverage, ``worldsim.memory.bank``); its first chunk is then the bank's best earlier chunk
+    for that view (coverage less the distance term: the one play would bring back, which may be
+    a nearer one covering less than ``revisit_min``). Each clip frame after the
     first chunk weighs 1 where that chunk covers at least ``revisit_min`` of its view, else 0
-    (``Batch.weight``: the frames the revisit regression scores; the window's last always).
+    (``Batch.weight``: the frames the revisit regression scores).
     ``WorldsimError`` when no clip of ``split`` is a revisit."""
     cond, dc = ck.conditioning, cfg.distill
     tcfg = dataclasses.replace(
@@ -730,6 +731,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     window = dc.rollout_chunks * ck.chunk_frames if dc.focus_window else None  # where a focus clip's press lies
     clips = ClipSampler(train, ck.chunk_frames, tcfg, cond, ck.model.latent_shape()[1:], null, window)
     revisits = revisit_clips(train, ck, cfg, null) if dc.revisit_prob > 0 else None
+    if revisits is not None and d.is_main:
+        print(f"student_dmd: {len(revisits.revisit)} of {len(revisits)} clips of {cfg.data} are revisits")
     dmd = SelfForcingDMD(
         loop.module,
         teacher,
