@@ -46,10 +46,10 @@ class RecipePart:
 @dataclass
 class RecipeConfig:
     """A dataset recipe (``configs/recipe/*.yaml``): the world, shared frame size and episode
-    length (a part may set its own), and its parts. With ``env: doom`` each part records with ``doom`` updated by the
-    part's own ``doom`` (e.g. another wad for held-out levels); the built-in world's settings,
-    its camera controller included (``world.controller.fps: 30`` for a 30 frames/s world),
-    are ``world``."""
+    length (a part may set its own), and its parts. With ``env: doom`` each part records with
+    ``doom`` updated by the part's own ``doom`` (e.g. another wad for held-out levels); the
+    built-in world's settings, its camera controller included (``world.controller.fps: 30`` for
+    a 30 frames/s world), are ``world``."""
 
     env: str = "builtin"
     frame_size: Any = field(default_factory=lambda: [64, 64])
