@@ -231,16 +231,22 @@ def test_revisit_clips_are_those_only_the_retrieved_chunk_can_draw(turning_datas
     tc = TeacherConfig(context_chunks=2, memory_prob=1.0, memory_scoring="bank", revisit_prob=1.0)
     clips = ClipSampler(split, 2, tc, ConditioningConfig(), (16, 16), null)
     cover = _bank_coverage(split)
-    by_hand = []
-    for p, (e, s) in enumerate(clips.index):
-        if s < 2:
-            continue
-        c2w = split.c2w[e]
-        earlier = max(cover(c2w[s + 5], c2w[a : a + 2]) for a in range(0, s - 1))
-        recent = cover(c2w[s + 5], c2w[s + 2 : s + 4])  # the context chunk the retrieved one does not replace
-        if earlier >= 0.5 and recent < 0.3:
-            by_hand.append(p)
-    assert clips.revisit == by_hand and 0 < len(by_hand) < len(clips.index)
+
+    def by_hand(sampler, newest):
+        """The clips whose frame ``newest`` (from the clip's start) an earlier chunk covers by at
+        least 0.5 while the chunk after the one retrieval replaces covers less than 0.3."""
+        out = []
+        for p, (e, s) in enumerate(sampler.index):
+            if s < 2:
+                continue
+            c2w = split.c2w[e]
+            earlier = max(cover(c2w[s + newest], c2w[a : a + 2]) for a in range(0, s - 1))
+            if earlier >= 0.5 and cover(c2w[s + newest], c2w[s + 2 : s + 4]) < 0.3:
+                out.append(p)
+        return out
+
+    revisits = by_hand(clips, 5)  # 2 context chunks: the one retrieval does not replace is the only recent one
+    assert clips.revisit == revisits and 0 < len(revisits) < len(clips.index)
     # revisit_prob 1: every training clip is a revisit clip whose retrieved chunk shows its view
     best = ClipSampler(split, 2, dataclasses.replace(tc, memory_top=1), ConditioningConfig(), (16, 16), null)
     b = best.batch(0, 0, 8)
@@ -252,15 +258,8 @@ def test_revisit_clips_are_those_only_the_retrieved_chunk_can_draw(turning_datas
     tc3 = dataclasses.replace(tc, context_chunks=3)
     every = ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null)
     first = ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null, recent_chunks=1)
-    by_hand = []
-    for p, (e, s) in enumerate(first.index):
-        if s < 2:
-            continue
-        c2w = split.c2w[e]
-        earlier = max(cover(c2w[s + 7], c2w[a : a + 2]) for a in range(0, s - 1))
-        if earlier >= 0.5 and cover(c2w[s + 7], c2w[s + 2 : s + 4]) < 0.3:
-            by_hand.append(p)
-    assert first.revisit == by_hand and set(every.revisit) < set(by_hand)
+    revisits = by_hand(first, 7)
+    assert first.revisit == revisits and set(every.revisit) < set(revisits)
     with pytest.raises(WorldsimError, match="recent_chunks must lie between 1 and 2, got 3"):
         ClipSampler(split, 2, tc3, ConditioningConfig(), (16, 16), null, recent_chunks=3)
     # the defaults draw exactly the batches drawn before the options

@@ -68,7 +68,7 @@ from worldsim.inference.rollout import ChunkRollout, default_policy
 from worldsim.memory.bank import MemoryConfig
 from worldsim.model.codec import Codec
 from worldsim.model.dit import WorldModel
-from worldsim.train.config import DistillConfig, TrainConfig
+from worldsim.train.config import DistillConfig, TeacherConfig, TrainConfig
 from worldsim.train.distributed import init_distributed
 from worldsim.train.loop import TrainLoop
 from worldsim.train.objectives import ScoreMemory, dmd_loss, rollout_scores
@@ -596,6 +596,23 @@ def _check(dc: DistillConfig) -> None:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
 
 
+def clip_config(cfg: TrainConfig, cond: ConditioningConfig, chunks: int) -> TeacherConfig:
+    """The clip sampler's settings for the stage's clips of ``chunks`` chunks: ``cfg.teacher``'s
+    clip mixing (focus clips), the teacher's camera conditioning ``cond``, and none of the
+    teacher stage's training-only changes (no retrieved chunk, no action or camera dropout, every
+    frame weighing 1)."""
+    return dataclasses.replace(
+        cfg.teacher,
+        context_chunks=chunks - 1,
+        camera_reference=cond.camera_reference,
+        translation_scale_m=cond.translation_scale_m,
+        memory_prob=0.0,
+        action_drop=0.0,
+        camera_drop=0.0,
+        dark_weight=1.0,
+    )
+
+
 def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor) -> ClipSampler:
     """The clips of the revisit rollouts (``distill.revisit_prob``) in ``split``: the true context
     and the DMD window (``context_chunks + rollout_chunks`` chunks), after a first chunk that is
@@ -608,20 +625,11 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
     first chunk weighs 1 where that chunk covers at least ``revisit_min`` of its view, else 0
     (``Batch.weight``: the frames the revisit regression scores).
     ``WorldsimError`` when no clip of ``split`` is a revisit."""
-    cond, dc = ck.conditioning, cfg.distill
+    cond = ck.conditioning
+    # the retrieved chunk, the true context and the window: the retrieved chunk replaces the first
+    clip = clip_config(cfg, cond, cond.context_chunks + cfg.distill.rollout_chunks + 1)
     tcfg = dataclasses.replace(
-        cfg.teacher,
-        context_chunks=cond.context_chunks + dc.rollout_chunks,  # then the retrieved chunk replaces the first
-        camera_reference=cond.camera_reference,
-        translation_scale_m=cond.translation_scale_m,
-        memory_prob=1.0,
-        memory_top=1,
-        memory_scoring="bank",
-        revisit_prob=1.0,
-        focus_prob=0.0,
-        action_drop=0.0,
-        camera_drop=0.0,
-        dark_weight=1.0,
+        clip, memory_prob=1.0, memory_top=1, memory_scoring="bank", revisit_prob=1.0, focus_prob=0.0
     )
     latent = ck.model.latent_shape()[1:]
     return ClipSampler(
@@ -715,16 +723,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     val = EncodedSplit.encode(cfg.val_data, codec, encoder, "encode val", cache) if cfg.val_data else None
     codec.cpu()
     cond = ck.conditioning
-    tcfg = dataclasses.replace(
-        cfg.teacher,
-        context_chunks=cond.context_chunks + recorded - 1,  # a clip: true context, then the recorded rollout
-        camera_reference=cond.camera_reference,
-        translation_scale_m=cond.translation_scale_m,
-        memory_prob=0.0,
-        action_drop=0.0,
-        camera_drop=0.0,
-        dark_weight=1.0,
-    )
+    tcfg = clip_config(cfg, cond, cond.context_chunks + recorded)  # true context, then the recorded rollout
     null = torch.from_numpy(encoder.null_action())
     keys = np.zeros((1, len(encoder.key_names)), np.uint8)
     idle = torch.from_numpy(encoder.encode_sequence(keys, np.zeros((1, 2), np.float32), keys[0])[0])
