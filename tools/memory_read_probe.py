@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from worldsim.core.actions import make_action_encoder
+from worldsim.core.errors import WorldsimError, clean_errors
 from worldsim.inference.checkpoint import load_checkpoint
 from worldsim.train.config import DistillConfig, TrainConfig
 from worldsim.train.student_dmd_stage import DMDNetworks, RolloutPlan, SelfForcingDMD, revisit_clips
@@ -51,7 +52,7 @@ def probe(checkpoint: str, data: str, window: int, batches: int, batch_size: int
     clips = revisit_clips(split, ck, cfg, null)
     intr = ck.conditioning.intrinsics_matrix()
     if intr is None:
-        raise SystemExit(f"{checkpoint} records no camera intrinsics")
+        raise WorldsimError(f"{checkpoint} records no camera intrinsics")
     dmd = SelfForcingDMD(DMDNetworks(model, model), model, ck, ck.sampler, cfg.distill, intr, null)
     exits = [ck.sampler.num_steps - 1] * window
     k, n = ck.chunk_frames, window * ck.chunk_frames
@@ -70,6 +71,7 @@ def probe(checkpoint: str, data: str, window: int, batches: int, batch_size: int
     return {f"{name}_db": float(np.concatenate(v).mean()) for name, v in scores.items()}
 
 
+@clean_errors
 def main() -> None:
     """Parse the options and print one line per checkpoint."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
