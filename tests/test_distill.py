@@ -452,7 +452,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
             | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
             | {"still_press_prob", "still_press_key", "still_press_frames", "still_turn_prob", "still_turn_deg_per_s"}
-            | {"revisit_prob", "revisit_regression"}
+            | {"revisit_prob", "revisit_regression", "revisit_free_chunks"}
         )
     )
 
@@ -574,6 +574,37 @@ def test_a_revisit_rollout_reads_the_earlier_view_in_every_window_chunk_and_regr
     assert not any(p.revisit for p in plans if p.still) and all(p.free == 0 for p in plans if p.revisit)
     assert {p.free for p in plans if not p.still and not p.revisit} == {0, 1, 2}
     assert 0.35 < np.mean([p.revisit for p in plans if not p.still]) < 0.65
+    dmd.dc = dataclasses.replace(dmd.dc, revisit_free_chunks=1)
+    again = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert all(p.free == 1 for p in again if p.revisit)  # the same draws otherwise
+    assert [dataclasses.replace(p, free=0) if p.revisit else p for p in again] == plans
+
+
+def test_a_revisit_rollouts_free_chunks_follow_the_clip_without_memory_before_the_window_reads_it(
+    small_dataset, teacher
+):
+    """distill.revisit_free_chunks: the clip is the earlier view, the true context, the free
+    chunks and the window; the free chunks follow the clip's inputs and read no memory (they
+    come out as a plain recorded rollout's), the window chunks read the earlier view, the scores
+    give it to the window's chunks only, and the window regresses to the clip's last frames."""
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=2)  # earlier view, 2 context, 1 free, 2 window
+    dmd.dc = dataclasses.replace(dmd.dc, revisit_prob=1.0, revisit_free_chunks=1)
+    plain, revisit = RolloutPlan([1, 1], free=1), RolloutPlan([1, 1], free=1, revisit=True)
+    assert torch.equal(dmd.context(batch, revisit), batch.x0[:, 2:6])
+    with torch.no_grad():
+        a, _ = dmd.rollout(batch, plain, torch.Generator().manual_seed(1))
+        b, gen = dmd.rollout(batch, revisit, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a[:, :2], b[:, :2], atol=0, rtol=0)  # the free chunk reads nothing retrieved
+    assert (a[:, 2:4] - b[:, 2:4]).abs().max() > 1e-3  # the window's first chunk reads it
+    torch.testing.assert_close(gen.kept[0].chunk.latents, batch.x0[:, :2], atol=0, rtol=0)
+    ray_ref = dmd.inputs(batch, revisit)[2][:, -8:]
+    got = dmd._score_memory(batch, revisit, ray_ref, torch.Generator())
+    assert got.readers == [2, 3]  # the scores read the last context chunk, the free chunk, then the window
+    out = dmd(batch, False, revisit, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    assert out.samples.shape[1] == 4
+    want = torch.nn.functional.mse_loss(out.samples, batch.x0[:, 8:12])
+    torch.testing.assert_close(out.revisit_mse, want, atol=1e-6, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -622,6 +653,15 @@ def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_ex
         # each frame after the retrieved chunk weighs 1 where that chunk shows half its view or more
         assert b.weight[i].tolist() == [0, 0] + [float(cover(b.c2w[i, t], b.c2w[i, :2]) >= 0.5) for t in range(2, 10)]
     assert 0 < b.weight[:, 2:].sum() < b.weight[:, 2:].numel()
+    # with a free chunk: the clip holds it before the window, and it may not show the view either
+    cfg.distill.revisit_free_chunks = 1
+    b = stage.revisit_clips(split, ck, cfg, torch.from_numpy(enc.null_action())).batch(0, 0, 6)
+    assert b.x0.shape[1] == (1 + 2 + 1 + 2) * 2 and b.memory.all()
+    for i in range(6):
+        query = b.c2w[i, -1]
+        assert cover(query, b.c2w[i, :2]) >= 0.5
+        assert all(cover(query, b.c2w[i, j : j + 2]) < 0.3 for j in (2, 4, 6))
+    cfg.distill.revisit_free_chunks = 0
     train_student_dmd(cfg)
     train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 2, schedule_steps=3, **kw))
     train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, resume=True, **kw))
@@ -779,12 +819,14 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=0.5, still_press_prob=0.5)
         cfg.distill.still_memory_prob, cfg.distill.still_press_key = 0.5, "m"
         train_student_dmd(cfg)
-    with pytest.raises(WorldsimError, match=r"revisit_prob must be in \[0, 1\].* got 0.5, 1.0 with idle_prob 1.0"):
+    with pytest.raises(WorldsimError, match=r"revisit_prob must be in \[0, 1\].* got 0.5, 1.0, 0 with idle_prob 1.0"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, idle_prob=1.0, revisit_prob=0.5))
-    with pytest.raises(WorldsimError, match=r"revisit_regression >= 0.* got 0.5, -1.0 with idle_prob 0.0"):
+    with pytest.raises(WorldsimError, match=r"revisit_free_chunks >= 0.* got 0.5, -1.0, 0 with idle_prob 0.0"):
         train_student_dmd(
             _dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, revisit_prob=0.5, revisit_regression=-1.0)
         )
+    with pytest.raises(WorldsimError, match=r"revisit_free_chunks >= 0.* got 0.5, 1.0, -1 with idle_prob 0.0"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, revisit_prob=0.5, revisit_free_chunks=-1))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)

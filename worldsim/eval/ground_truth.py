@@ -72,12 +72,12 @@ def went_dark(generated: np.ndarray, truth: np.ndarray) -> bool:
 def plot(
     out: Path, name: str, ylabel: str, series: dict[str, list[float]], xlabel: str = "frame after context"
 ) -> None:
+    """``series`` (label -> values by frame) as lines in ``out/name`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    """``series`` (label -> values by frame) as lines in ``out/name`` (PNG)."""
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for label, ys in series.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, label=label)

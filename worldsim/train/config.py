@@ -200,6 +200,12 @@ class DistillConfig:
     # 0 = off.
     revisit_prob: float = 0.0
     revisit_regression: float = 1.0
+    # Chunks a revisit rollout generates from the clip's recorded inputs, without gradient and
+    # without memory, between the true context and the window (ours): the window then reads the
+    # earlier view after the student's own chunks, as play reads it after a long rollout, and
+    # neither the true context nor these chunks may cover teacher.revisit_context_max of the
+    # window's last view. 0 = the window right after the true context.
+    revisit_free_chunks: int = 0
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera
     # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
     # trained at 15) and exports the student with the data's, the motion per frame its rollouts
@@ -337,6 +343,7 @@ DISTILL_OFF: dict[str, object] = {
     "still_turn_deg_per_s": 90.0,
     "revisit_prob": 0.0,
     "revisit_regression": 1.0,
+    "revisit_free_chunks": 0,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -365,6 +372,7 @@ DISTILL_FIELDS = {
         "still_turn_deg_per_s",
         "revisit_prob",
         "revisit_regression",
+        "revisit_free_chunks",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -138,10 +138,10 @@ class RolloutPlan:
     ``distill.still_press_key`` held for ``length`` generated frames from generated frame
     ``start`` (free chunks' frames first); ``turn_deg_per_s`` (a still player only): nonzero, the
     player turns in place at that yaw rate instead of holding the pose (> 0: to the right),
-    nothing pressed, from the first generated frame on; ``revisit`` (a recorded rollout without
-    free chunks): the batch holds revisit clips (``distill.revisit_prob``,
-    :func:`revisit_clips`) and every window chunk reads the clip's first chunk,
-    the earlier view the window returns to, as a retrieved one."""
+    nothing pressed, from the first generated frame on; ``revisit`` (a recorded rollout whose
+    free chunks are ``distill.revisit_free_chunks``): the batch holds revisit clips
+    (``distill.revisit_prob``, :func:`revisit_clips`) and every window chunk reads the clip's
+    first chunk, the earlier view the window returns to, as a retrieved one."""
 
     exits: list[int]
     free: int = 0
@@ -159,11 +159,13 @@ class RolloutPlan:
         for the other state (``MemoryConfig.state_key``), which the retrieved chunk is not in.
         An approximation from the press's chunk plus ``context_chunks`` + 1 on: the bank files
         the press's chunk under the new state and brings it back once it is older than the
-        window, which a rollout here never gives. A ``revisit``: every chunk (the earlier view
-        is older than the true context; at play time the bank brings back what covers each
-        chunk's view by ``MemoryConfig.min_score``, here the one chunk the window ends facing)."""
+        window, which a rollout here never gives. A ``revisit``: every window chunk, none of the
+        free chunks before it (the earlier view is older than the true context; at play time the
+        bank brings back what covers each chunk's view by ``MemoryConfig.min_score``, here the one
+        chunk the window ends facing, which by the clip's choice no free chunk's view shows
+        much of)."""
         if self.revisit:
-            return j >= 0
+            return j >= self.free
         before_press = self.press is None or j < self.press[0] // k
         return self.memory and j >= 1 and before_press
 
@@ -376,7 +378,7 @@ class SelfForcingDMD:
         free chunks (uniform up to ``idle_chunks`` or ``free_chunks``), whether a still player
         turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
         and if not, whether it reads memory and whether it presses; a recorded rollout, whether it
-        is a revisit (no free chunks then)."""
+        is a revisit (``distill.revisit_free_chunks`` free chunks then)."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
         most = self.dc.idle_chunks if still else self.dc.free_chunks
@@ -399,7 +401,7 @@ class SelfForcingDMD:
         revisit = False
         p = self.dc.revisit_prob
         if not still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
-            revisit, free = True, 0
+            revisit, free = True, self.dc.revisit_free_chunks
         return RolloutPlan(exits, free, still, memory, press, turn, revisit)
 
     def __call__(
@@ -586,11 +588,16 @@ def _check(dc: DistillConfig) -> None:
             f"rollouts (distill.idle_prob > 0), got {dc.still_turn_prob}, {dc.still_turn_deg_per_s} with idle_prob "
             f"{dc.idle_prob}"
         )
-    if not 0.0 <= dc.revisit_prob <= 1.0 or dc.revisit_regression < 0 or (dc.revisit_prob > 0 and dc.idle_prob == 1):
+    if (
+        not 0.0 <= dc.revisit_prob <= 1.0
+        or dc.revisit_regression < 0
+        or dc.revisit_free_chunks < 0
+        or (dc.revisit_prob > 0 and dc.idle_prob == 1)
+    ):
         raise WorldsimError(
-            f"distill.revisit_prob must be in [0, 1] and revisit_regression >= 0, and revisits are recorded "
-            f"rollouts (distill.idle_prob < 1), got {dc.revisit_prob}, {dc.revisit_regression} with idle_prob "
-            f"{dc.idle_prob}"
+            f"distill.revisit_prob must be in [0, 1], revisit_regression and revisit_free_chunks >= 0, and "
+            f"revisits are recorded rollouts (distill.idle_prob < 1), got {dc.revisit_prob}, "
+            f"{dc.revisit_regression}, {dc.revisit_free_chunks} with idle_prob {dc.idle_prob}"
         )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
@@ -614,27 +621,27 @@ def clip_config(cfg: TrainConfig, cond: ConditioningConfig, chunks: int) -> Teac
 
 
 def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor) -> ClipSampler:
-    """The clips of the revisit rollouts (``distill.revisit_prob``) in ``split``: the true context
-    and the DMD window (``context_chunks + rollout_chunks`` chunks), after a first chunk that is
-    the earlier view the window returns to. A clip qualifies when a chunk of the episode ending
-    before it covers at least ``teacher.revisit_min`` of the window's last view while no chunk
-    of the true context covers ``teacher.revisit_context_max`` of it (the play-time bank's
+    """The clips of the revisit rollouts (``distill.revisit_prob``) in ``split``: the true context,
+    the free chunks and the DMD window (``context_chunks + revisit_free_chunks + rollout_chunks``
+    chunks), after a first chunk that is the earlier view the window returns to. A clip qualifies
+    when a chunk of the episode ending before it covers at least ``teacher.revisit_min`` of the
+    window's last view while no chunk of the true context or the free chunks covers
+    ``teacher.revisit_context_max`` of it (the play-time bank's
     coverage, ``worldsim.memory.bank``); its first chunk is then the bank's best earlier chunk
     for that view (coverage less the distance term: the one play would bring back, which may be
     a nearer one covering less than ``revisit_min``). Each clip frame after the
     first chunk weighs 1 where that chunk covers at least ``revisit_min`` of its view, else 0
     (``Batch.weight``: the frames the revisit regression scores).
     ``WorldsimError`` when no clip of ``split`` is a revisit."""
-    cond = ck.conditioning
-    # the retrieved chunk, the true context and the window: the retrieved chunk replaces the first
-    clip = clip_config(cfg, cond, cond.context_chunks + cfg.distill.rollout_chunks + 1)
+    cond, dc = ck.conditioning, cfg.distill
+    recent = cond.context_chunks + dc.revisit_free_chunks  # what the rollout reads before the window
+    # the retrieved chunk, the recent chunks and the window: the retrieved chunk replaces the first
+    clip = clip_config(cfg, cond, recent + dc.rollout_chunks + 1)
     tcfg = dataclasses.replace(
         clip, memory_prob=1.0, memory_top=1, memory_scoring="bank", revisit_prob=1.0, focus_prob=0.0
     )
     latent = ck.model.latent_shape()[1:]
-    return ClipSampler(
-        split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=cond.context_chunks, weight_by_memory=True
-    )
+    return ClipSampler(split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=recent, weight_by_memory=True)
 
 
 def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
