@@ -25,6 +25,7 @@ import torch
 
 from worldsim.core.actions import make_action_encoder
 from worldsim.core.errors import WorldsimError, clean_errors
+from worldsim.data.metrics import psnr
 from worldsim.inference.checkpoint import load_checkpoint
 from worldsim.train.config import DistillConfig, TrainConfig
 from worldsim.train.student_dmd_stage import DMDNetworks, RolloutPlan, SelfForcingDMD, revisit_clips
@@ -35,9 +36,9 @@ MODES = ("memory", "none", "wrong")
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR (dB) of uint8 frames ``a`` against ``b``, both ``(..., H, W, 3)``."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1)) / 255.0**2
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+    """Per-frame PSNR (dB) of uint8 frames ``a`` against ``b``, both ``(B, T, H, W, 3)`` ->
+    ``(B, T)`` (the evaluation's :func:`worldsim.data.metrics.psnr`, frame by frame)."""
+    return psnr(a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])).reshape(a.shape[:-3])
 
 
 @torch.no_grad()
