@@ -671,6 +671,37 @@ def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_ex
         assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), name
 
 
+def test_a_memory_embedding_learns_through_the_retrieved_chunks_pass_and_the_student_continues_from_it(
+    glance_dataset, teacher, tmp_path
+):
+    """distill.memory_embedding: the student gains a memory embedding, zero at first, which its
+    revisit rollouts train through the retrieved chunk's pass (the rollout's memory_grad) at
+    distill.memory_embedding_lr_scale; the export records it, the engine loads it, a run starting
+    from that student keeps it without the option, and the teacher's architecture check accepts it."""
+    data = glance_dataset.root
+    kw = {"rollout_chunks": 2, "revisit_prob": 1.0, "generator_every": 100}
+    out = tmp_path / "emb"
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, out, 2, memory_embedding=True, **kw))
+    ck, student, _ = load_checkpoint(out / "model")
+    assert ck.model.memory_embedding and student.cfg.memory_embedding
+    last = load_file(str(out / "last" / "weights.safetensors"))
+    assert last["generator.memory_embed"].abs().min() > 0  # every coordinate moved
+    assert "fake_score.memory_embed" not in last  # the scores read memory as the teacher was trained to
+    # at a scale of 1 it moves about lr per step: far less than at the default 100
+    train_student_dmd(
+        _dmd_cfg(
+            data, teacher, teacher, tmp_path / "slow", 2, memory_embedding=True, memory_embedding_lr_scale=1.0, **kw
+        )
+    )
+    slow = load_file(str(tmp_path / "slow" / "last" / "weights.safetensors"))["generator.memory_embed"]
+    assert slow.abs().max() < 0.1 * last["generator.memory_embed"].abs().max()
+    load_engine(str(out / "model"), memory="on")
+    train_student_dmd(_dmd_cfg(data, teacher, out / "model", tmp_path / "next", 1, **kw))
+    assert "generator.memory_embed" in load_file(str(tmp_path / "next" / "last" / "weights.safetensors"))
+    assert "memory_embedding" in _dmd_cfg(data, teacher, teacher, out, 1, memory_embedding=True).identity()["distill"]
+    assert "memory_embedding" not in _dmd_cfg(data, teacher, teacher, out, 1).identity()["distill"]
+
+
 LONG = {
     "free_chunks": 1,
     "idle_prob": 0.5,
@@ -852,8 +883,9 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
 
 @pytest.mark.parametrize("context_sigma", [0.0, 0.3])
 @pytest.mark.parametrize("readers", [[], [1, 3, 5]])
+@pytest.mark.parametrize("memory_embedding", [False, True])
 def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(
-    small_dataset, teacher, context_sigma, readers
+    small_dataset, teacher, context_sigma, readers, memory_embedding
 ):
     """``rollout_scores`` (one windowed teacher-forcing forward) against the cache the engine
     keeps: clean chunks written in order into a window of W chunks, labelled with the context
@@ -861,10 +893,15 @@ def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(
     (:class:`ScoreMemory`) read by ``readers``: its pass into the cache's memory slot before each
     reader's passes (rays relative to the reader's reference, at the positions the rollout gives
     it), which then see it in place of their window's oldest chunk; a reader whose window is not
-    yet full (chunk 1) hides nothing."""
+    yet full (chunk 1) hides nothing. A network with a memory embedding reads it marked, as the
+    rollout's pass marks it."""
     dmd = _dmd(teacher, rollout_chunks=4)
     batch = _clips(dmd, small_dataset.root, teacher)
-    model, k, w = dmd.teacher, 2, dmd.cond.context_chunks
+    model, k, w = copy.deepcopy(dmd.teacher), 2, dmd.cond.context_chunks
+    if memory_embedding:
+        model.add_memory_embedding()
+        with torch.no_grad():
+            model.memory_embed.normal_(0, 1.0)
     t = batch.x0.shape[1]
     g = torch.Generator().manual_seed(0)
     noisy = torch.randn(batch.x0[:, 4:].shape, generator=g)
@@ -888,7 +925,8 @@ def test_the_scores_read_each_generated_chunk_as_a_rolling_cache_holds_it(
             if c in readers:
                 cache.use_memory(1)
                 at = torch.arange(k) + k * (c - w if c >= w else -1)
-                model.write_chunk(mem_lat, labels, mem_act, mem_rays[readers.index(c)], at, cache.memory_slot(0))
+                rays_c = mem_rays[readers.index(c)]
+                model.write_chunk(mem_lat, labels, mem_act, rays_c, at, cache.memory_slot(0), memory=True)
             if c >= 2:
                 n = slice(sl.start - 4, sl.stop - 4)
                 want.append(

@@ -286,7 +286,9 @@ def test_the_revisit_evaluation_scores_three_modes_and_writes_its_sheets(ckpt, t
     assert run["oracle"]["chunks_with_hits"] == run["on"]["chunks_with_hits"]  # same poses: same retrievals
     assert run["oracle"]["psnr_db_return"] != run["on"]["psnr_db_return"]  # but other latents
     assert (tmp_path / "memory_turn.png").is_file()
-    assert "on - off" in memory_lines(m)[0]
+    assert "on - off" in memory_lines(m)[0] and "dark frames where the truth is light" in memory_lines(m)[0]
+    for mode in ("off", "on", "oracle"):
+        assert m["summary"][mode]["dark_frames"] == run[mode]["dark_frames"] in range(49)  # of 48 frames
     # The threshold reaches the evaluated bank: no entry scores above 1, so none is retrieved.
     high = MemoryEvalConfig(starts=1, lengths=[48], kinds=["turn"], min_score=1.01)
     m = memory_revisit(lambda memory, top_k: load_engine(ckpt, memory=memory, memory_top_k=top_k), high, tmp_path)

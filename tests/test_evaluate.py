@@ -28,6 +28,7 @@ from worldsim.eval.evaluate import (
     toggle_windows,
     went_dark,
 )
+from worldsim.eval.ground_truth import dark_frames
 from worldsim.eval.idm import Pairs, idm_accuracy, train_idm
 from worldsim.eval.memory_revisit import MemoryEvalConfig
 from worldsim.eval.stability import StabilityConfig
@@ -226,6 +227,11 @@ def test_went_dark_counts_dark_frames_only_where_the_truth_has_none():
     assert went_dark(night, day)  # the model went dark, the world did not
     assert not went_dark(night, night)  # the world went dark too (a light toggle): followed, not spontaneous
     assert not went_dark(day, day) and not went_dark(day, night)
+    # frame by frame: a run whose truth is dark for a while still counts the frames it went dark for
+    dusk = day.copy()
+    dusk[:1] = 12  # the truth's first frame dark, as after a light toggle
+    assert not went_dark(night, dusk) and dark_frames(night, dusk) == 3
+    assert dark_frames(night, night) == 0 and dark_frames(day, night) == 0 and dark_frames(night, day) == 3
 
 
 def test_light_flips_count_each_missed_turn_once():

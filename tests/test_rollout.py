@@ -32,10 +32,10 @@ FRAME = (32, 32)
 K_PIX = torch.from_numpy(intrinsics_from_fov(70.0, *FRAME)).double()
 
 
-def _model(depth=2, seed=0, chunk_frames=2):
+def _model(depth=2, seed=0, chunk_frames=2, memory_embedding=False):
     cfg = WorldModelConfig(
         latent_channels=3, latent_size=(4, 4), patch=2, width=24, depth=depth, heads=2, action_dim=5,
-        chunk_frames=chunk_frames,
+        chunk_frames=chunk_frames, memory_embedding=memory_embedding,
     )  # fmt: skip
     torch.manual_seed(seed)
     m = WorldModel(cfg).double().eval()
@@ -190,6 +190,36 @@ def test_rollout_with_gradients_equals_it_under_inference_mode():
     torch.testing.assert_close(outs[0].detach(), outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("memory_grad", [False, True])
+def test_with_memory_grad_a_retrieved_chunks_pass_carries_the_steps_gradient(memory_grad):
+    """``memory_grad``: the chunk's exit pass reads the retrieved chunk's keys and values with
+    their gradient, so its memory embedding learns from a loss on the chunk; the chunk is the
+    same either way, and so is every chunk when the reuse of a kept pass (no gradient) serves it."""
+    m = _model(memory_embedding=True)
+    lat, act, c2w = _session(8)
+    cond = ConditioningConfig(context_chunks=2, camera_reference="chunk")
+    place = _retrieved(10, 2)
+    outs = []
+    for grad in (memory_grad, False):
+        roll = ChunkRollout(m, ONE_EULER_STEP, cond, K_PIX, FRAME, "cached", memory_chunks=1, memory_grad=grad)
+        roll.reset(lat[:, :4], act[:, :4], c2w[:, :4])
+        m.zero_grad()
+        x0 = roll.step(act[:, 4:6], c2w[:, 4:6], torch.Generator().manual_seed(0), memory=place)
+        x0.square().sum().backward()
+        outs.append((x0.detach(), m.memory_embed.grad))
+        later = roll.step(act[:, 6:8], c2w[:, 6:8], torch.Generator().manual_seed(1))  # no memory
+        m.zero_grad()
+        later.square().sum().backward()  # its context was written without gradient
+        assert not _learns(m.memory_embed.grad)
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
+    assert not _learns(outs[1][1])
+    assert _learns(outs[0][1]) == memory_grad
+
+
+def _learns(grad):
+    return grad is not None and bool(grad.abs().sum() > 0)
+
+
 def _retrieved(seed, k):
     """A retrieved chunk: its own latents, actions and poses (a place seen long before)."""
     g = torch.Generator().manual_seed(seed)
@@ -247,6 +277,7 @@ def _check_memory_steps(m, lat, act, c2w, n0, window, memory, memory_reuse=False
             torch.cat([*(e[2] for e in mems), rays[:, :t]], 1),
             torch.cat([*(e[3] for e in mems), torch.arange(t)]),
             mask,
+            torch.arange(len(mems) * k + t) < len(mems) * k,  # the retrieved frames, marked
         )
         torch.testing.assert_close(x0, noise - v[:, -k:], rtol=1e-9, atol=1e-9, msg=f"chunk {j}")
         clean = torch.cat([clean, x0], 1)
@@ -254,9 +285,11 @@ def _check_memory_steps(m, lat, act, c2w, n0, window, memory, memory_reuse=False
     return reused
 
 
-def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window():
-    """A retrieved chunk on every other step (``_check_memory_steps`` says what the forward is)."""
-    m = _model(depth=3)
+@pytest.mark.parametrize("memory_embedding", [False, True])
+def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window(memory_embedding):
+    """A retrieved chunk on every other step (``_check_memory_steps`` says what the forward is;
+    with a memory embedding, the retrieved frames marked)."""
+    m = _model(depth=3, memory_embedding=memory_embedding)
     n0, chunks = 4, 5
     lat, act, c2w = _session(n0 + chunks * 2)
     memory = [_retrieved(10 + j, 2) if j % 2 == 0 else None for j in range(chunks)]
@@ -281,12 +314,13 @@ def test_a_still_players_retrieved_chunk_reuses_its_pass_moved_in_time():
     assert _check_memory_steps(m, lat, act, c2w, n0, 2, memory, memory_reuse=True) == [0, 0, 0, 1]
 
 
-def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context():
+@pytest.mark.parametrize("memory_embedding", [False, True])
+def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context(memory_embedding):
     """``latest`` (rebuild): the retrieved chunk replaces the oldest context chunk at the front of
     the recomputed context, rays of all relative to the newest context frame (translations
     normalised over the whole sequence), compact positions, block-causal as the teacher trained
-    with a retrieved chunk."""
-    m = _model()
+    with a retrieved chunk (with a memory embedding, its frames marked)."""
+    m = _model(memory_embedding=memory_embedding)
     k, n = 2, 4
     lat, act, c2w = _session(n + k)
     m_lat, m_act, m_c2w = _retrieved(4, k)
@@ -302,7 +336,8 @@ def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_f
     ids = _ids(t, k, m.cfg.tokens_per_frame)
     sigma = torch.cat([torch.zeros(1, n), torch.ones(1, k)], 1).double()
     x = torch.cat([m_lat, lat[:, k:n], noise], 1)
-    v = m(x, sigma, torch.cat([m_act, act[:, seen]], 1), rays, torch.arange(t), chunk_mask(ids, ids))
+    marked = torch.arange(t) < k
+    v = m(x, sigma, torch.cat([m_act, act[:, seen]], 1), rays, torch.arange(t), chunk_mask(ids, ids), marked)
     torch.testing.assert_close(x0, noise - v[:, -k:], rtol=1e-9, atol=1e-9)
 
 

@@ -131,3 +131,29 @@ def test_zero_initialised_action_and_camera_paths_are_ignored_until_trained():
         new = m(x, s, a, pl, torch.arange(2))
         assert (m(x, s, a * 5 + 1, pl, torch.arange(2)) - new).abs().max() > 1e-6
         assert (m(x, s, a, pl * 5 + 1, torch.arange(2)) - new).abs().max() > 1e-6
+
+
+def test_a_memory_embedding_starts_at_zero_and_then_changes_only_the_frames_it_marks():
+    """``memory_embedding``: a network given one computes exactly what it computed before; once
+    the vector is non-zero, a forward with no frame marked is unchanged and marked frames change
+    (a retrieved chunk's pass marks its frames: tests/test_rollout.py)."""
+    import dataclasses
+
+    x, s, a, pl = _inputs(4)
+    pos = torch.arange(4)
+    m = _randomised()
+    before = m(x, s, a, pl, pos)
+    m.add_memory_embedding()
+    assert m.cfg.memory_embedding and not CFG.memory_embedding
+    first = torch.tensor([True, True, False, False])
+    assert torch.equal(m(x, s, a, pl, pos, memory_frames=first), before)
+    with torch.no_grad():
+        m.memory_embed.normal_(0, 0.5)
+    assert torch.equal(m(x, s, a, pl, pos), before)
+    assert torch.equal(m(x, s, a, pl, pos, memory_frames=torch.zeros(4, dtype=torch.bool)), before)
+    marked = m(x, s, a, pl, pos, memory_frames=first)
+    assert not torch.allclose(marked[:, :2], before[:, :2])
+    # WorldModel(cfg) with the flag builds the same parameters, the embedding among them
+    twin = WorldModel(dataclasses.replace(CFG, memory_embedding=True)).double()
+    twin.load_state_dict(m.state_dict())
+    torch.testing.assert_close(twin.eval()(x, s, a, pl, pos, memory_frames=first), marked, rtol=0, atol=0)

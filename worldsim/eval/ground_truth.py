@@ -69,6 +69,13 @@ def went_dark(generated: np.ndarray, truth: np.ndarray) -> bool:
     return bool(frame_means(generated).min() < DARK_MEAN <= frame_means(truth).min())
 
 
+def dark_frames(generated: np.ndarray, truth: np.ndarray) -> int:
+    """Frames ``(T, H, W, 3)`` that are dark (mean below ``DARK_MEAN``) where the true frame at
+    the same index is not: the frames a run went dark for, counted where :func:`went_dark`
+    counts nothing because the truth is dark somewhere else in the run (a night stretch)."""
+    return int(np.sum((frame_means(generated) < DARK_MEAN) & (frame_means(truth) >= DARK_MEAN)))
+
+
 def plot(
     out: Path, name: str, ylabel: str, series: dict[str, list[float]], xlabel: str = "frame after context"
 ) -> None:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from worldsim.core.errors import WorldsimError
 from worldsim.data.metrics import psnr, ssim
 from worldsim.data.preview import contact_sheet, upscale, write_png
-from worldsim.eval.ground_truth import went_dark, world_rollout
+from worldsim.eval.ground_truth import dark_frames, went_dark, world_rollout
 from worldsim.inference.engine import Engine
 from worldsim.memory.bank import MemoryConfig, with_settings
 from worldsim.memory.scoring import fov_overlap
@@ -164,6 +164,7 @@ def revisit_run(
             "ssim_return": float(s[is_return].mean()) if is_return.any() else float("nan"),
             "ssim_other": float(s[~is_return].mean()) if (~is_return).any() else float("nan"),
             "went_dark": bool(went_dark(gen, truth)),
+            "dark_frames": dark_frames(gen, truth),
             "chunks_with_hits": hits,
         }
     if is_return.any():  # the sheet's frame: the return frame that overlaps older views most
@@ -215,6 +216,7 @@ def memory_revisit(
             "ssim_return": mean(mode, "ssim_return", scored),
             "ssim_other": mean(mode, "ssim_other", runs),
             "went_dark": int(sum(r[mode]["went_dark"] for r in runs)),
+            "dark_frames": int(sum(r[mode]["dark_frames"] for r in runs)),
         }
         for mode in MODES
     }
@@ -244,7 +246,8 @@ def memory_lines(m: dict[str, Any]) -> list[str]:
         f"PSNR off {s['off']['psnr_db_return']:.2f} / on {s['on']['psnr_db_return']:.2f} / oracle "
         f"{s['oracle']['psnr_db_return']:.2f} dB (on - off {m['return_gain_db']:+.2f} dB); other frames on - off "
         f"{m['other_change_db']:+.2f} dB; went dark off {s['off']['went_dark']} / on {s['on']['went_dark']} / "
-        f"oracle {s['oracle']['went_dark']}"
+        f"oracle {s['oracle']['went_dark']}; dark frames where the truth is light off {s['off']['dark_frames']} / "
+        f"on {s['on']['dark_frames']} / oracle {s['oracle']['dark_frames']}"
     ]
     for r in m["runs"]:
         lines.append(

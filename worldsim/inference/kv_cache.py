@@ -55,6 +55,9 @@ class KVCache:
         self._sink_slot: int | None = None
         self._window_slots: deque[int] = deque()  # oldest first
         self._scratch = memory  # the slot the chunk being generated writes
+        # (layer, memory slot) -> the keys and values a retrieved chunk's pass with gradient wrote
+        # there (ChunkRollout's memory_grad), handed to the passes with gradient that read them.
+        self._live: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- what the model calls -----------------------------------------------------------------
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +66,9 @@ class KVCache:
 
         A pass that carries gradient (``k`` requires grad: the exit step of a Self-Forcing
         rollout) writes detached copies and gets the same tensors, in the same order, built out
-        of place from the buffers (no gradient) and its own keys and values: the buffers never
-        enter the autograd graph, so later in-place writes cannot invalidate it."""
+        of place from the buffers (no gradient), its own keys and values and those a retrieved
+        chunk's pass with gradient wrote (:class:`MemorySlot`): the buffers never enter the
+        autograd graph, so later in-place writes cannot invalidate it."""
         self._write(layer, self._scratch, k, v)
         assert self.k is not None and self.v is not None
         n = self.chunk_tokens
@@ -74,11 +78,16 @@ class KVCache:
             return self.k[layer, :, :, first * n : end * n], self.v[layer, :, :, first * n : end * n]
         slots = [s for s in range(first, end) if s not in self._hidden]
         kk, vv = self.k[layer], self.v[layer]
-        own = self._scratch if grad else -1  # the pass's own keys and values, with their gradient
-        return (
-            torch.cat([k if s == own else kk[:, :, s * n : (s + 1) * n] for s in slots], 2),
-            torch.cat([v if s == own else vv[:, :, s * n : (s + 1) * n] for s in slots], 2),
-        )
+
+        def part(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if grad and s == self._scratch:  # the pass's own keys and values, with their gradient
+                return k, v
+            if grad and (layer, s) in self._live:  # a retrieved chunk's, with theirs
+                return self._live[layer, s]
+            return kk[:, :, s * n : (s + 1) * n], vv[:, :, s * n : (s + 1) * n]
+
+        keys, values = zip(*(part(s) for s in slots), strict=True)
+        return torch.cat(keys, 2), torch.cat(values, 2)
 
     def _write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store ``k, v (B, H, L, hd)`` (detached) in ``slot`` of ``layer``."""
@@ -89,6 +98,7 @@ class KVCache:
             shape = (self.num_layers, b, h, self.slots * self.chunk_tokens, hd)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+        self._live.pop((layer, slot), None)
         s = slot * self.chunk_tokens
         self.k[layer, :, :, s : s + self.chunk_tokens] = k.detach()
         self.v[layer, :, :, s : s + self.chunk_tokens] = v.detach()
@@ -100,7 +110,7 @@ class KVCache:
         place of the oldest window chunks beyond ``window`` context chunks in all (0: none)."""
         if not 0 <= n <= self.memory:
             raise WorldsimError(f"this KV cache has {self.memory} memory slots, asked to use {n}")
-        self.memory_used = n
+        self.memory_used, self._live = n, {}
         self._hidden = list(self._window_slots)[: max(0, len(self._window_slots) + n - self.window)]
 
     def memory_slot(self, i: int) -> MemorySlot:
@@ -117,7 +127,7 @@ class KVCache:
         chunk: the sink if none is kept yet, else the newest window chunk, evicting the oldest."""
         if self.k is None:
             raise WorldsimError("commit() before any chunk was written to the KV cache")
-        self.memory_used, self._hidden = 0, []  # retrieved chunks serve one chunk
+        self.memory_used, self._hidden, self._live = 0, [], {}  # retrieved chunks serve one chunk
         if self.sink and self._sink_slot is None:
             self._sink_slot = self._scratch
             self._scratch += 1
@@ -185,8 +195,12 @@ class MemorySlot:
         self.cache, self.slot = cache, slot
 
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v (B, H, L, hd)`` in the memory slot -> the same (the chunk attends to itself)."""
+        """Store ``k, v (B, H, L, hd)`` in the memory slot -> the same (the chunk attends to itself).
+        A pass with gradient keeps them too, for the passes with gradient that read the slot
+        until the chunk it serves is committed (:meth:`KVCache.keys_values`)."""
         self.cache._write(layer, self.slot, k, v)
+        if k.requires_grad or v.requires_grad:
+            self.cache._live[layer, self.slot] = (k, v)
         return k, v
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:

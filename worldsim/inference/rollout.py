@@ -28,7 +28,8 @@ Chunks retrieved from the memory bank (``step(memory=...)``) enter the context a
 learnt to read them (``worldsim.train.teacher_data``: a retrieved chunk replaced the oldest
 context chunk of half the training clips): in place of the oldest window chunks (the chunk sees
 ``context_chunks`` in all), at their temporal positions, just before the rest of the window,
-with rays relative to the generated chunk's reference, each attending to itself alone.
+with rays relative to the generated chunk's reference, each attending to itself alone, and
+marked as retrieved for a network with a memory embedding (``worldsim.model.dit``).
 ``rebuild`` puts them in front of the context it recomputes; ``cached`` runs one clean pass per
 retrieved chunk into the cache's memory slots before denoising and hides the replaced chunks for
 this chunk's passes. They never join the history.
@@ -47,7 +48,8 @@ keeps its own for as long as it stays in the window.
 The rollout is gradient-agnostic: under ``torch.inference_mode`` it is the engine's loop; with
 gradients enabled it is Self-Forcing's training rollout, where only the pass of the chunk's exit
 step (``step(exit_step=...)``, the last step by default) carries gradient, and the context's
-keys and values, the other denoising passes and the cache write run without it. It is
+keys and values, the other denoising passes and the cache write run without it (the retrieved
+chunks' passes too, unless ``memory_grad``). It is
 batch-first (``B`` sessions at once) and device-agnostic (every tensor it makes is created on
 the device of the context it was reset with; the generator must live there too).
 
@@ -127,8 +129,12 @@ class ChunkRollout:
     memory slots); ``defer_cache_write`` (``cached``): a chunk's clean pass runs at the next
     :meth:`flush` (module docstring); ``memory_reuse`` (``cached``): a retrieved chunk the last
     step with memory had too, at the same reference, reuses that step's pass (module docstring;
-    :attr:`memory_reused` counts them per step). Raises ``WorldsimError`` for an unknown policy,
-    ``cached`` with a conditioning whose keys go stale, or inputs of the wrong length.
+    :attr:`memory_reused` counts them per step); ``memory_grad`` (``cached``, training): a
+    retrieved chunk's pass carries gradient when the step does (a pass reused from an earlier
+    step does not), so that a network learns what it writes for a retrieved chunk (its memory
+    embedding, ``worldsim.model.dit``), where the context's passes run without. Raises
+    ``WorldsimError`` for an unknown policy, ``cached`` with a conditioning whose keys go stale,
+    or inputs of the wrong length.
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class ChunkRollout:
         memory_chunks: int = 0,
         defer_cache_write: bool = False,
         memory_reuse: bool = False,
+        memory_grad: bool = False,
     ):
         if policy not in CONTEXT_POLICIES:
             raise unknown_name("context policy", policy, CONTEXT_POLICIES)
@@ -164,6 +171,7 @@ class ChunkRollout:
         self.timings = RolloutTimings()
         self.defer_cache_write = defer_cache_write
         self.memory_reuse = memory_reuse and policy == "cached"
+        self.memory_grad = memory_grad
         # Work done ahead of the next step: the last chunk's cache write when deferred (clean
         # latents, actions, rays, positions), the retrieved chunks loaded for it with their
         # passes and how many of those were reused (None: "no memory" loaded), and the time both took.
@@ -312,7 +320,7 @@ class ChunkRollout:
         passes: list[MemoryPass] = []
         if self.policy == "cached":
             assert self.cache is not None
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.memory_grad and torch.is_grad_enabled()):
                 passes = self._memory_passes(self.cache, mem, generator)
         self._loaded = (mem, passes, sum(p in self.kept for p in passes))
         self._ahead.context_s += timer.lap()
@@ -366,18 +374,23 @@ class ChunkRollout:
                 passes.append(reused)
                 continue
             sl = slice(run.index(j) * self.k, (run.index(j) + 1) * self.k)
-            self.model.write_chunk(x[:, sl], labels, chunk.actions, rays[:, sl], chunk.frame_idx, slot)
+            self.model.write_chunk(x[:, sl], labels, chunk.actions, rays[:, sl], chunk.frame_idx, slot, memory=True)
             if self.memory_reuse:  # a copy of what went in: the caller's tensors may change
                 passes.append(MemoryPass(chunk.clone(), *slot.read()))
         return passes
 
     def _context_cache(
-        self, ctx: History, rays: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        ctx: History,
+        rays: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        memory_frames: int = 0,
     ) -> KVCache:
         """A cache holding the context's keys and values, written one chunk at a time in order
         (each chunk attends to those before it), from the context input the sampler prescribes.
         ``rays (B, >= n, 6, h, w)``: the context's rays when the caller has them (``latest``
-        normalises translations over context and chunk together)."""
+        normalises translations over context and chunk together). ``memory_frames``: how many of
+        the context's first frames are retrieved chunks (``rebuild``), marked as such."""
         n_chunks = ctx.num_frames // self.k
         cached = self.policy == "cached"
         # rebuild: exactly n_chunks + 1 slots, so each pass attends to the whole buffer.
@@ -390,7 +403,9 @@ class ChunkRollout:
         x = context_input(self.sampler, ctx.latents, generator)
         for s in range(0, ctx.num_frames, self.k):
             sl = slice(s, s + self.k)
-            self.model.write_chunk(x[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos[sl], cache)
+            self.model.write_chunk(
+                x[:, sl], labels, ctx.actions[:, sl], rays[:, sl], pos[sl], cache, memory=s < memory_frames
+            )
             cache.commit()
         return cache
 
@@ -442,7 +457,7 @@ class ChunkRollout:
             all_rays = self._camera(full, c2w)
             rays = all_rays[:, full.num_frames :]
             with torch.no_grad():
-                cache = self._context_cache(full, all_rays, generator)
+                cache = self._context_cache(full, all_rays, generator, 0 if mem is None else mem.num_frames)
         else:  # the context's rays are in its cached keys; the chunk's need only its reference
             assert self.cache is not None
             rays = self.rays.relative_to(c2w, self._reference(ctx), dtype)

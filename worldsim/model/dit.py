@@ -9,6 +9,13 @@ Read top to bottom: embeddings -> blocks -> final layer. Shapes: ``B`` batch, ``
 * Camera: Plücker rays at latent resolution, patchified like the latents and added to the tokens
   through a zero-initialised linear (added to tokens rather than per-block FiLM: one projection,
   cheap, and the tokens carry it through every block's attention).
+* Retrieved memory frames (``memory_embedding``, off in the teachers): a learned vector added to
+  the conditioning ``c`` of the frames a memory bank brought back, zero at first (a segment
+  embedding, as BERT's marks a token's sentence). A retrieved chunk sits where the oldest
+  context chunk would, at its temporal positions, attending to itself alone, as that chunk
+  does; the two differ in what their rays are relative to (the generated chunk's reference, or
+  the context chunk's own, ``worldsim.inference.rollout``), which the network cannot see from
+  the rays themselves. The vector tells them apart.
 * Attention: bidirectional inside a chunk, causal across chunks (a mask in training; at inference
   a :class:`KVContext` supplied by the rollout hands each block the keys and values to attend
   to). Positions: 3-D RoPE (time, row, col); temporal positions are explicit inputs, so
@@ -17,6 +24,7 @@ Read top to bottom: embeddings -> blocks -> final layer. Shapes: ``B`` batch, ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +59,9 @@ class WorldModelConfig:
     # (None until then); a checkpoint's config.json records it.
     action_dim: int | None = None
     chunk_frames: int = 4
+    # A learned embedding that marks retrieved memory frames (module docstring). False in the
+    # checkpoints made before it existed, whose config.json does not name it.
+    memory_embedding: bool = False
 
     def latent_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of one latent frame; ``ValueError`` while it is not derived yet."""
@@ -168,15 +179,34 @@ class WorldModel(nn.Module):
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), _zero_linear(d, 2 * d))
         self.out = _zero_linear(d, ch * p * p)
+        if cfg.memory_embedding:
+            self.add_memory_embedding()
+
+    def add_memory_embedding(self) -> None:
+        """Give the network its memory embedding (module docstring), zero, so that it computes
+        exactly what it did before until trained; ``cfg.memory_embedding`` becomes True. A
+        network that has one keeps it."""
+        if not hasattr(self, "memory_embed"):
+            ref = self.patch_embed.weight
+            self.memory_embed = nn.Parameter(torch.zeros(self.cfg.width, device=ref.device, dtype=ref.dtype))
+        self.cfg = dataclasses.replace(self.cfg, memory_embedding=True)
 
     def _embed(
-        self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, plucker: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        actions: torch.Tensor,
+        plucker: torch.Tensor,
+        memory: torch.Tensor | bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.cfg.patch
         tokens = rearrange(x, "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
         rays = rearrange(plucker.to(x.dtype), "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
         tok = self.patch_embed(tokens) + self.camera_embed(rays)  # (B, T, N, D)
         c = self.t_embed(timestep_embedding(sigma, self.cfg.width).to(x.dtype)) + self.action_embed(actions.to(x.dtype))
+        if self.cfg.memory_embedding and memory is not False:  # every frame retrieved (True), or a (T,) mask
+            flag = torch.as_tensor(memory, device=c.device).to(c.dtype)
+            c = c + flag.reshape(-1, 1) * self.memory_embed.to(c.dtype)
         return tok, c  # c: (B, T, D)
 
     def _unembed(self, tok: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -199,9 +229,11 @@ class WorldModel(nn.Module):
         plucker: torch.Tensor,  # (B, T, 6, h, w) camera rays at latent resolution
         frame_pos: torch.Tensor,  # (T,) temporal positions
         mask: torch.Tensor | None = None,  # (T*N, T*N) bool, e.g. chunk_mask / teacher_forcing_mask
+        memory_frames: torch.Tensor | None = None,  # (T,) bool: retrieved memory frames; None: none
     ) -> torch.Tensor:
-        """Full-sequence forward (training, reference for the cache) -> ``v (B, T, C, h, w)``."""
-        tok, c = self._embed(x, sigma, actions, plucker)
+        """Full-sequence forward (training, reference for the cache) -> ``v (B, T, C, h, w)``.
+        ``memory_frames`` reaches the network only with ``cfg.memory_embedding``."""
+        tok, c = self._embed(x, sigma, actions, plucker, False if memory_frames is None else memory_frames)
         angles = self._angles(frame_pos)
         for block in self.blocks:
             tok = block(tok, c, angles, mask)
@@ -232,13 +264,14 @@ class WorldModel(nn.Module):
         plucker: torch.Tensor,  # (B, k, 6, h, w)
         frame_pos: torch.Tensor,  # (k,)
         kv: KVContext,
+        memory: bool = False,  # a retrieved chunk (``cfg.memory_embedding`` marks it)
     ) -> None:
         """The pass of :meth:`forward_chunk` for a chunk whose output nobody reads (a context
         chunk's clean pass: the rollout's cache write, rebuilt context, retrieved memory): it
         hands ``kv`` the same keys and values of every block, and stops once the last block's
         are written (no attention, MLP or output layer after them: at depth 6 about a sixth of
         a pass less)."""
-        tok, c = self._embed(x, sigma, actions, plucker)
+        tok, c = self._embed(x, sigma, actions, plucker, memory)
         angles = self._angles(frame_pos)
         last = len(self.blocks) - 1
         for i in range(last):

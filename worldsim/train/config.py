@@ -206,6 +206,15 @@ class DistillConfig:
     # neither the true context nor these chunks may cover teacher.revisit_context_max of the
     # window's last view. 0 = the window right after the true context.
     revisit_free_chunks: int = 0
+    # Give the student a memory embedding (ours; worldsim.model.dit, WorldModelConfig.memory_embedding):
+    # a learned vector, zero at first, that marks the chunks its rollouts read as retrieved, so
+    # that it can tell a retrieved chunk (rays relative to the generated chunk's reference) from
+    # the oldest context chunk it stands in for (rays relative to its own). The scores read
+    # memory as the teacher was trained to. A start that has one keeps it either way.
+    memory_embedding: bool = False
+    # The embedding's learning rate relative to optim.lr: a vector that starts at zero has far to
+    # go in a short fine-tuning run, where AdamW moves each weight by about the learning rate per step.
+    memory_embedding_lr_scale: float = 100.0
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera
     # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
     # trained at 15) and exports the student with the data's, the motion per frame its rollouts
@@ -344,6 +353,8 @@ DISTILL_OFF: dict[str, object] = {
     "revisit_prob": 0.0,
     "revisit_regression": 1.0,
     "revisit_free_chunks": 0,
+    "memory_embedding": False,
+    "memory_embedding_lr_scale": 100.0,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -373,6 +384,8 @@ DISTILL_FIELDS = {
         "revisit_prob",
         "revisit_regression",
         "revisit_free_chunks",
+        "memory_embedding",
+        "memory_embedding_lr_scale",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -207,6 +207,7 @@ def rollout_scores(
     rays = torch.cat([plucker, plucker[:, t - g :]], 1)
     positions = torch.cat([pos, pos[t - g :]])
     mem_actions = actions[:, :0]  # (B, R * k, A): the retrieved chunk's, once per reader
+    memory_frames = None  # (2t - g + R * k,) bool: the retrieved copies, last
     if memory is not None:
         readers = torch.tensor(memory.readers, dtype=torch.long, device=dev)
         n = len(memory.readers)
@@ -221,9 +222,11 @@ def rollout_scores(
         hid = (before * k)[:, None] + torch.arange(k, device=dev)
         positions = torch.cat([positions, hid.reshape(-1)])
         mem_actions = memory.actions.repeat(1, n, 1)
+        memory_frames = torch.arange(x.shape[1], device=dev) >= t + g
 
     def velocity(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return model(x, levels, torch.cat([a, a[:, t - g :], m], 1), rays, positions, mask)[:, t : t + g]
+        acts = torch.cat([a, a[:, t - g :], m], 1)
+        return model(x, levels, acts, rays, positions, mask, memory_frames)[:, t : t + g]
 
     v = velocity(actions, mem_actions)
     if guidance != 1.0:

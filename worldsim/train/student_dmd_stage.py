@@ -80,8 +80,8 @@ from worldsim.train.teacher_stage import preview_episodes, preview_frames, previ
 
 class DMDNetworks(nn.Module):
     """The two networks DMD trains: the student (``generator``) and the ``fake_score``, both of
-    the teacher's architecture. One module, so that one loop checkpoints, resumes and averages
-    both."""
+    the teacher's architecture (the student may add a memory embedding). One module, so that one
+    loop checkpoints, resumes and averages both."""
 
     def __init__(self, model: WorldModel, fake_score: WorldModel):
         super().__init__()
@@ -304,6 +304,7 @@ class SelfForcingDMD:
             "cached",
             memory_chunks=int(plan.memory or plan.revisit),
             memory_reuse=True,  # as the engine plays (MemoryConfig.reuse)
+            memory_grad=self.nets.generator.cfg.memory_embedding,  # so that the embedding learns
         )
         context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
         gen.restore(context, None, generator)
@@ -699,13 +700,18 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     encoder = make_action_encoder(str(ck.action_encoder["name"]), list(ck.action_encoder["key_names"]))
     # The student's start and the fake score (the teacher's weights), then the loop over both.
     _, student, _ = load_checkpoint(init)
+    if dc.memory_embedding:
+        student.add_memory_embedding()
     nets = DMDNetworks(student, copy.deepcopy(teacher))
     teacher.requires_grad_(False).to(d.device)
     identity = {**cfg.identity(), "init_from": cfg.init_from, "teacher_sha256": sha}
+    marker = [p for n, p in nets.generator.named_parameters() if n == "memory_embed"]
     groups = [
-        {"params": list(nets.generator.parameters()), "lr_scale": 1.0},
+        {"params": [p for n, p in nets.generator.named_parameters() if n != "memory_embed"], "lr_scale": 1.0},
         {"params": list(nets.fake_score.parameters()), "lr_scale": dc.fake_lr_scale},
     ]
+    if marker:  # last, so that a student without one keeps its optimiser state's layout
+        groups.append({"params": marker, "lr_scale": dc.memory_embedding_lr_scale})
     metrics = ["dmd_loss", "fake_loss", "rollout_psnr_db", "copy_last_psnr_db"]
     if dc.still_regression > 0:  # runs from before the option keep their log's columns
         metrics += ["still_mse", "still_psnr_db"]
@@ -801,7 +807,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             "config": identity,
             "metrics": dict(metrics),
         }
-        student_ck = dataclasses.replace(ck, sampler=sampler, controller=controller, provenance=provenance)
+        model = loop.ema.generator.cfg  # the teacher's, with the student's memory embedding
+        student_ck = dataclasses.replace(ck, model=model, sampler=sampler, controller=controller, provenance=provenance)
         save_checkpoint(loop.out / "model", student_ck, loop.ema.generator, codec)
 
     return loop.run(loss_at, periodic, export)
