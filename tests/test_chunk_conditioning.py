@@ -33,9 +33,9 @@ class RaySpy(WorldModel):
         self.seen.append((plucker.clone(), actions.clone()))
         return super().forward_chunk(x, sigma, actions, plucker, frame_pos, kv)
 
-    def write_chunk(self, x, sigma, actions, plucker, frame_pos, kv):
+    def write_chunk(self, x, sigma, actions, plucker, frame_pos, kv, memory=False):
         self.seen.append((plucker.clone(), actions.clone()))
-        super().write_chunk(x, sigma, actions, plucker, frame_pos, kv)
+        super().write_chunk(x, sigma, actions, plucker, frame_pos, kv, memory)
 
 
 @pytest.fixture(scope="module")
