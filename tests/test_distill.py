@@ -858,6 +858,10 @@ def test_student_dmd_refuses_bad_input_before_slow_work(small_dataset, teacher, 
         )
     with pytest.raises(WorldsimError, match=r"revisit_free_chunks >= 0.* got 0.5, 1.0, -1 with idle_prob 0.0"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, revisit_prob=0.5, revisit_free_chunks=-1))
+    with pytest.raises(
+        WorldsimError, match=r"memory_embedding_lr_scale and real_guidance must be > 0.* got 0.2, 0.0, 1"
+    ):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, memory_embedding_lr_scale=0.0))
     with pytest.raises(WorldsimError, match=r"dmd_sigma_min and dmd_sigma_max must satisfy"):
         train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "a", 2, dmd_sigma_min=0.5, dmd_sigma_max=0.4))
     ck, model, codec = load_checkpoint(teacher)

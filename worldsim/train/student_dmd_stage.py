@@ -548,10 +548,10 @@ def _check(dc: DistillConfig) -> None:
             f"distill.recorded_regression must be >= 0, and needs recorded rollouts (distill.idle_prob < 1), got "
             f"{dc.recorded_regression} with idle_prob {dc.idle_prob}"
         )
-    if dc.fake_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
+    if dc.fake_lr_scale <= 0 or dc.memory_embedding_lr_scale <= 0 or dc.real_guidance <= 0 or not 0.0 <= dc.beta1 < 1.0:
         raise WorldsimError(
-            f"distill.fake_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), got "
-            f"{dc.fake_lr_scale}, {dc.real_guidance}, {dc.beta1}"
+            f"distill.fake_lr_scale, memory_embedding_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), "
+            f"got {dc.fake_lr_scale}, {dc.memory_embedding_lr_scale}, {dc.real_guidance}, {dc.beta1}"
         )
     if not 0.0 <= dc.still_memory_prob <= 1.0 or (dc.still_memory_prob > 0 and dc.idle_prob == 0):
         raise WorldsimError(
