@@ -171,6 +171,23 @@ def _rollouts_only():
     }
 
 
+def test_the_evaluations_memory_top_k_reaches_the_revisit_bank_unless_the_revisits_set_their_own(
+    tiny, gt_data, tmp_path
+):
+    """``memory_top_k`` sets the revisit evaluation's bank too; ``memory_revisits.top_k`` wins."""
+    data = str(gt_data / "explore")
+    only = {**_rollouts_only(), "memory_revisits": MemoryEvalConfig(starts=1, lengths=[16], kinds=["turn"])}
+    cfg = EvalConfig(
+        checkpoint=str(tiny), data=data, out=str(tmp_path / "e"), horizon=4, idm_data=data, max_episodes=1, **only
+    )
+    cfg = replace(cfg, memory="on", memory_top_k=2)
+    assert evaluate(cfg)["memory_revisits"]["top_k"] == 2
+    own = replace(
+        cfg, out=str(tmp_path / "o"), memory_revisits=MemoryEvalConfig(starts=1, lengths=[16], kinds=["turn"], top_k=3)
+    )
+    assert evaluate(own)["memory_revisits"]["top_k"] == 3
+
+
 def test_start_every_rolls_out_from_every_nth_frame_on_that_places_own_context(tiny, gt_data, tmp_path):
     """``start_every``: a rollout from frames 0, N, 2N, ... of each episode that leave room for
     the context and the horizon, each against the truth and repeat-last of its own start."""

@@ -544,7 +544,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 quantize=cfg.quantize,
             )
 
-        metrics["memory_revisits"] = memory_revisit(make_engine, cfg.memory_revisits, out, world)
+        revisits = cfg.memory_revisits
+        if revisits.top_k is None:  # the evaluation's own memory_top_k reaches the revisits too
+            revisits = replace(revisits, top_k=cfg.memory_top_k)
+        metrics["memory_revisits"] = memory_revisit(make_engine, revisits, out, world)
     # Step 4: files.
     write_text(out / "metrics.json", json.dumps(finite_or_null(metrics), indent=2, allow_nan=False))
     bf = metrics["by_frame"]

@@ -59,7 +59,9 @@ class MemoryEvalConfig:
     lengths: list[int] = field(default_factory=lambda: [64, 128, 256])
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     overlap: float = 0.5  # FOV overlap with an older frame that makes a return frame
-    top_k: int = 1  # entries a chunk may retrieve (memory on and oracle)
+    # entries a chunk may retrieve, memory on and oracle (None: worldsim-eval's memory_top_k, else
+    # the bank's default, 1)
+    top_k: int | None = None
     # memory on and oracle: the bank's retrieval threshold (None: MemoryConfig's, 0.1); lower
     # retrieves also where the window shows most of the view (docs/memory.md)
     min_score: float | None = None
@@ -190,7 +192,10 @@ def memory_revisit(
     ``memory`` (:func:`load_engine`'s argument). Writes one contact sheet per kind to ``out`` and
     returns the ``memory_revisits`` section of ``metrics.json``."""
     bank = cfg.bank()
-    engines = {"off": make_engine("off", None), "on": make_engine(bank, cfg.top_k)}
+    top_k = bank.top_k if cfg.top_k is None else cfg.top_k
+    engines = {"off": make_engine("off", None), "on": make_engine(bank, top_k)}
+    built = engines["on"].memory_cfg
+    assert built is not None  # memory on
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.starts))
     jobs = [(kind, length, seed) for kind in cfg.kinds for length in cfg.lengths for seed in seeds]
     runs = [
@@ -223,7 +228,7 @@ def memory_revisit(
     return {
         "seeds": seeds,
         "overlap": cfg.overlap,
-        "top_k": cfg.top_k,
+        "top_k": built.top_k,  # what the evaluated bank was built with
         "min_score": bank.min_score,
         "keep": bank.keep,
         "discount_window": bank.discount_window,
