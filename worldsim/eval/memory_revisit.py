@@ -192,8 +192,7 @@ def memory_revisit(
     ``memory`` (:func:`load_engine`'s argument). Writes one contact sheet per kind to ``out`` and
     returns the ``memory_revisits`` section of ``metrics.json``."""
     bank = cfg.bank()
-    top_k = bank.top_k if cfg.top_k is None else cfg.top_k
-    engines = {"off": make_engine("off", None), "on": make_engine(bank, top_k)}
+    engines = {"off": make_engine("off", None), "on": make_engine(bank, cfg.top_k)}  # None: the bank's
     built = engines["on"].memory_cfg
     assert built is not None  # memory on
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.starts))
