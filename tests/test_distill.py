@@ -424,6 +424,17 @@ def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_eng
     assert 0.35 < len(turns) / len(plans) < 0.65 and (np.abs(rates) <= 90.0).all() and 0.3 < (rates > 0).mean() < 0.7
     assert not any(p.memory or p.press for p in turns)
     assert all(p.memory and p.press for p in plans if not p.turn_deg_per_s)
+    # distill.still_turn_memory: a turning player reads memory as often as a still one, never
+    # presses, and the plans draw the same turns; the window still has no still regression
+    dmd.dc = dataclasses.replace(dmd.dc, still_turn_memory=True, still_memory_prob=0.5)
+    with_memory = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert [p.turn_deg_per_s for p in with_memory] == [p.turn_deg_per_s for p in plans]
+    reading = [p.memory for p in with_memory if p.turn_deg_per_s]
+    assert 0.3 < np.mean(reading) < 0.7 and not any(p.press for p in with_memory if p.turn_deg_per_s)
+    turning = next(p for p in with_memory if p.turn_deg_per_s and p.memory)
+    out = dmd(batch, True, turning, torch.Generator(), torch.Generator())
+    assert out.still_mse is None and turning.reads_memory(1, k) and not turning.reads_memory(0, k)
+    assert dmd.memory(batch, turning) is not None
 
 
 def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
@@ -700,6 +711,50 @@ def test_a_memory_embedding_learns_through_the_retrieved_chunks_pass_and_the_stu
     assert "generator.memory_embed" in load_file(str(tmp_path / "next" / "last" / "weights.safetensors"))
     assert "memory_embedding" in _dmd_cfg(data, teacher, teacher, out, 1, memory_embedding=True).identity()["distill"]
     assert "memory_embedding" not in _dmd_cfg(data, teacher, teacher, out, 1).identity()["distill"]
+
+
+def test_memory_only_trains_the_embedding_and_adapter_alone_and_every_other_weight_stays_its_starts(
+    glance_dataset, teacher, tmp_path
+):
+    """distill.memory_only with distill.memory_adapter_rank: the student gains a memory adapter
+    (and an embedding); its revisit rollouts train those alone, and every other weight of the
+    exported student and of its training state is its start's bit for bit (with no retrieved
+    chunk it computes exactly what its start does), while the fake score learns; the export
+    records the adapter and the engine loads it; the run resumes bit for bit; a start without
+    memory parameters, an adapter of another rank and a negative rank are refused in one line."""
+    data = glance_dataset.root
+    kw = {"rollout_chunks": 2, "revisit_prob": 1.0, "generator_every": 100, "memory_embedding": True}
+    kw |= {"memory_adapter_rank": 2, "memory_only": True}
+    out = tmp_path / "mem"
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, out, 3, **kw))
+    ck, student, _ = load_checkpoint(out / "model")
+    _, start, _ = load_checkpoint(teacher)
+    assert ck.model.memory_adapter_rank == 2 and student.cfg.memory_adapter_rank == 2
+    memory = dict(student.memory_parameters())
+    base = start.state_dict()
+    assert set(student.state_dict()) - set(memory) == set(base)
+    last = load_file(str(out / "last" / "weights.safetensors"))
+    for n, t in base.items():
+        assert torch.equal(student.state_dict()[n], t), n  # the EMA export
+        assert torch.equal(last[f"generator.{n}"], t), n  # the weights
+    ups = [n for n in memory if n.endswith(".up.weight")]
+    assert len(ups) == 4 * (start.cfg.depth - 1) + 1 and all(memory[n].abs().sum() > 0 for n in ups)
+    assert memory["memory_embed"].abs().min() > 0
+    assert any(not torch.equal(last[f"fake_score.{n}"], t) for n, t in base.items())
+    load_engine(str(out / "model"), memory="on")
+    # resumed after 2 of 3 steps: the same state
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 2, schedule_steps=3, **kw))
+    train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "b", 3, resume=True, **kw))
+    for name in ("weights", "ema", "optim"):
+        a = load_file(str(out / "last" / f"{name}.safetensors"))
+        c = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
+        assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), name
+    with pytest.raises(WorldsimError, match=r"^distill.memory_only trains the student's memory embedding and adapter"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "c", 1, memory_only=True))
+    with pytest.raises(WorldsimError, match=r"^distill.memory_adapter_rank: init_from .* adapter of rank 2, not 3$"):
+        train_student_dmd(_dmd_cfg(data, teacher, out / "model", tmp_path / "d", 1, memory_adapter_rank=3))
+    with pytest.raises(WorldsimError, match=r"^distill.memory_adapter_rank must be >= 0 .* got -1, 10.0$"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "e", 1, memory_adapter_rank=-1))
 
 
 LONG = {

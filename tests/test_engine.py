@@ -40,6 +40,7 @@ def make_tiny_checkpoint(
     levels=None,
     chunk_frames=2,
     sampler=None,
+    memory_adapter_rank=0,
 ):
     torch.manual_seed(seed)
     enc = make_action_encoder(encoder, keys)
@@ -52,6 +53,8 @@ def make_tiny_checkpoint(
         heads=2,
         chunk_frames=chunk_frames,
         action_dim=enc.dim,
+        memory_embedding=memory_adapter_rank > 0,
+        memory_adapter_rank=memory_adapter_rank,
     )
     k = intrinsics_from_fov(60.0, 64, 64)
     model = WorldModel(mcfg)

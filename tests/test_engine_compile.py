@@ -52,6 +52,32 @@ def test_the_compiled_engine_plays_the_eager_frames_and_compiles_only_at_load(ck
     assert inductor_cache.is_dir()  # inductor's cache, for the next load
 
 
+def test_a_memory_adapter_compiles_at_load_and_plays_the_eager_frames_with_memory_hits(tmp_path, inductor_cache):
+    """A network with a memory adapter runs its retrieved chunks' passes through regions of
+    their own (the adapter's updates): those compile at load too, not at the first memory hit,
+    and a still player's steps, which retrieve the start's chunk once the window has left it,
+    are the eager engine's frames."""
+    ck = make_tiny_checkpoint(
+        tmp_path / "tiny_adapter", camera_reference="chunk", encoder="keyboard_press_mouse", memory_adapter_rank=2
+    )
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+
+    def still(eng):
+        _world_reset(eng, 1)
+        steps = [eng.step(*_inputs(2)) for _ in range(8)]
+        return np.concatenate([s.frames for s in steps]), sum(bool(s.memory) for s in steps)
+
+    want, hits = still(load_engine(ck, seed=3, memory="on", bf16=False))
+    assert hits > 0
+    before = graphs["unique_graphs"]
+    eng = load_engine(ck, seed=3, memory="on", compile="full", bf16=False)
+    at_load = graphs["unique_graphs"]
+    got, compiled_hits = still(eng)
+    assert at_load > before and graphs["unique_graphs"] == at_load, "compiled in a step"
+    assert compiled_hits == hits and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
 def test_the_compiled_decoder_plays_the_eager_bf16_frames(ckpt, inductor_cache):
     """With bf16 (play's default on a CPU with native bf16) the decode runs under autocast too:
     the compiled decoder compiles at load, not in a step, and its frames are the eager bf16

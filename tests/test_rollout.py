@@ -32,10 +32,15 @@ FRAME = (32, 32)
 K_PIX = torch.from_numpy(intrinsics_from_fov(70.0, *FRAME)).double()
 
 
-def _model(depth=2, seed=0, chunk_frames=2, memory_embedding=False):
+# How a network reads retrieved chunks: as the teacher (nothing of its own), with a memory
+# embedding, or with the embedding and a memory adapter (worldsim.model.dit).
+MEMORY_READERS = ["teacher", "embedding", "adapter"]
+
+
+def _model(depth=2, seed=0, chunk_frames=2, memory="teacher"):
     cfg = WorldModelConfig(
         latent_channels=3, latent_size=(4, 4), patch=2, width=24, depth=depth, heads=2, action_dim=5,
-        chunk_frames=chunk_frames, memory_embedding=memory_embedding,
+        chunk_frames=chunk_frames, memory_embedding=memory != "teacher", memory_adapter_rank=2 * (memory == "adapter"),
     )  # fmt: skip
     torch.manual_seed(seed)
     m = WorldModel(cfg).double().eval()
@@ -190,12 +195,19 @@ def test_rollout_with_gradients_equals_it_under_inference_mode():
     torch.testing.assert_close(outs[0].detach(), outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("memory_grad", [False, True])
-def test_with_memory_grad_a_retrieved_chunks_pass_carries_the_steps_gradient(memory_grad):
+def test_with_memory_grad_a_retrieved_chunks_pass_carries_the_steps_gradient(memory_grad, frozen):
     """``memory_grad``: the chunk's exit pass reads the retrieved chunk's keys and values with
-    their gradient, so its memory embedding learns from a loss on the chunk; the chunk is the
-    same either way, and so is every chunk when the reuse of a kept pass (no gradient) serves it."""
-    m = _model(memory_embedding=True)
+    their gradient, so its memory embedding and adapter learn from a loss on the chunk, also
+    when every other weight is frozen (``distill.memory_only``: then that pass is all that
+    carries gradient); the chunk is the same either way, and so is every chunk when the reuse of
+    a kept pass (no gradient) serves it."""
+    m = _model(memory="adapter")
+    if frozen:
+        m.requires_grad_(False)
+        for _, p in m.memory_parameters():
+            p.requires_grad_(True)
     lat, act, c2w = _session(8)
     cond = ConditioningConfig(context_chunks=2, camera_reference="chunk")
     place = _retrieved(10, 2)
@@ -205,15 +217,24 @@ def test_with_memory_grad_a_retrieved_chunks_pass_carries_the_steps_gradient(mem
         roll.reset(lat[:, :4], act[:, :4], c2w[:, :4])
         m.zero_grad()
         x0 = roll.step(act[:, 4:6], c2w[:, 4:6], torch.Generator().manual_seed(0), memory=place)
-        x0.square().sum().backward()
-        outs.append((x0.detach(), m.memory_embed.grad))
+        assert x0.requires_grad == (grad or not frozen)
+        _backward(x0)
+        outs.append((x0.detach(), [p.grad for _, p in m.memory_parameters()]))
         later = roll.step(act[:, 6:8], c2w[:, 6:8], torch.Generator().manual_seed(1))  # no memory
+        assert later.requires_grad == (not frozen)
         m.zero_grad()
-        later.square().sum().backward()  # its context was written without gradient
-        assert not _learns(m.memory_embed.grad)
+        _backward(later)  # its context was written without gradient
+        assert not any(_learns(p.grad) for _, p in m.memory_parameters())
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
-    assert not _learns(outs[1][1])
-    assert _learns(outs[0][1]) == memory_grad
+    # the embedding, 4 linears x (down, up) per block, the last block's qkv alone
+    assert len(outs[0][1]) == 1 + 8 * (m.cfg.depth - 1) + 2
+    assert not any(_learns(g) for g in outs[1][1])
+    assert all(_learns(g) == memory_grad for g in outs[0][1])
+
+
+def _backward(x):
+    if x.requires_grad:
+        x.square().sum().backward()
 
 
 def _learns(grad):
@@ -285,11 +306,11 @@ def _check_memory_steps(m, lat, act, c2w, n0, window, memory, memory_reuse=False
     return reused
 
 
-@pytest.mark.parametrize("memory_embedding", [False, True])
-def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window(memory_embedding):
+@pytest.mark.parametrize("memory", MEMORY_READERS)
+def test_cached_step_with_memory_equals_a_forward_where_retrieved_chunks_precede_the_window(memory):
     """A retrieved chunk on every other step (``_check_memory_steps`` says what the forward is;
-    with a memory embedding, the retrieved frames marked)."""
-    m = _model(depth=3, memory_embedding=memory_embedding)
+    with a memory embedding or adapter, the retrieved frames marked)."""
+    m = _model(depth=3, memory=memory)
     n0, chunks = 4, 5
     lat, act, c2w = _session(n0 + chunks * 2)
     memory = [_retrieved(10 + j, 2) if j % 2 == 0 else None for j in range(chunks)]
@@ -314,13 +335,13 @@ def test_a_still_players_retrieved_chunk_reuses_its_pass_moved_in_time():
     assert _check_memory_steps(m, lat, act, c2w, n0, 2, memory, memory_reuse=True) == [0, 0, 0, 1]
 
 
-@pytest.mark.parametrize("memory_embedding", [False, True])
-def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context(memory_embedding):
+@pytest.mark.parametrize("memory", MEMORY_READERS)
+def test_rebuild_step_with_memory_equals_a_forward_with_the_retrieved_chunk_in_front_of_the_context(memory):
     """``latest`` (rebuild): the retrieved chunk replaces the oldest context chunk at the front of
     the recomputed context, rays of all relative to the newest context frame (translations
     normalised over the whole sequence), compact positions, block-causal as the teacher trained
-    with a retrieved chunk (with a memory embedding, its frames marked)."""
-    m = _model(memory_embedding=memory_embedding)
+    with a retrieved chunk (with a memory embedding or adapter, its frames marked)."""
+    m = _model(memory=memory)
     k, n = 2, 4
     lat, act, c2w = _session(n + k)
     m_lat, m_act, m_c2w = _retrieved(4, k)

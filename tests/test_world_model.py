@@ -157,3 +157,53 @@ def test_a_memory_embedding_starts_at_zero_and_then_changes_only_the_frames_it_m
     twin = WorldModel(dataclasses.replace(CFG, memory_embedding=True)).double()
     twin.load_state_dict(m.state_dict())
     torch.testing.assert_close(twin.eval()(x, s, a, pl, pos, memory_frames=first), marked, rtol=0, atol=0)
+
+
+def test_a_memory_adapter_starts_at_zero_and_then_changes_only_what_retrieved_frames_offer():
+    """``memory_adapter_rank``: a network given an adapter computes exactly what it computed
+    before; once it is non-zero, a forward with no frame marked is unchanged, and so is a chunk
+    that attends only to itself and to unmarked frames; in a block-causal forward where a marked
+    chunk comes first, that chunk and the frames reading it change (a retrieved chunk's pass
+    marks its frames: tests/test_rollout.py)."""
+    import dataclasses
+
+    x, s, a, pl = _inputs(4)
+    pos = torch.arange(4)
+    ids = torch.arange(4).div(2, rounding_mode="floor").repeat_interleave(CFG.tokens_per_frame)
+    mask = chunk_mask(ids, ids)  # chunk 1 reads chunk 0
+    m = _randomised()
+    before = m(x, s, a, pl, pos, mask)
+    m.add_memory_adapter(3)
+    assert m.cfg.memory_adapter_rank == 3 and CFG.memory_adapter_rank == 0
+    assert (
+        {n for n, _ in m.memory_parameters()}
+        == {  # the last block's output is read by nothing
+            f"blocks.{i}.memory_adapter.{lin}.{part}.weight"
+            for i in range(CFG.depth)
+            for lin in ("qkv", "proj", "fc1", "fc2")[: 4 if i < CFG.depth - 1 else 1]
+            for part in ("down", "up")
+        }
+    )
+    first = torch.tensor([True, True, False, False])
+    assert torch.equal(m(x, s, a, pl, pos, mask, memory_frames=first), before)
+    with torch.no_grad():
+        for _, p in m.memory_parameters():
+            p.normal_(0, 0.5)
+    assert torch.equal(m(x, s, a, pl, pos, mask), before)
+    assert torch.equal(m(x, s, a, pl, pos, mask, memory_frames=torch.zeros(4, dtype=torch.bool)), before)
+    last = torch.tensor([False, False, True, True])  # marks the reader, whom nobody reads
+    assert torch.equal(m(x, s, a, pl, pos, mask, memory_frames=last)[:, :2], before[:, :2])
+    marked = m(x, s, a, pl, pos, mask, memory_frames=first)
+    assert not torch.allclose(marked[:, :2], before[:, :2])
+    assert not torch.allclose(marked[:, 2:], before[:, 2:])
+    # WorldModel(cfg) with the rank builds the same parameters, the adapter among them
+    twin = WorldModel(dataclasses.replace(CFG, memory_adapter_rank=3)).double()
+    twin.load_state_dict(m.state_dict())
+    torch.testing.assert_close(twin.eval()(x, s, a, pl, pos, mask, memory_frames=first), marked, rtol=0, atol=0)
+    kept = m.blocks[0].memory_adapter
+    m.add_memory_adapter(3)  # the same rank: kept, weights and all
+    assert m.blocks[0].memory_adapter is kept
+    with pytest.raises(ValueError, match="has a memory adapter of rank 3, not 4"):
+        m.add_memory_adapter(4)
+    with pytest.raises(ValueError, match="rank must be >= 1, got 0"):
+        WorldModel(CFG).add_memory_adapter(0)

@@ -285,15 +285,18 @@ class Engine:
             mc = self.model.cfg
             cache = KVCache(mc.depth, k * mc.tokens_per_frame, 1)
             x = torch.zeros(1, k, c, h, w, device=self.device)
+            inputs = (
+                x,
+                torch.zeros(1, k, device=self.device),
+                torch.zeros(1, k, self.encoder.dim, device=self.device),
+                torch.zeros(1, k, 6, h, w, device=self.device),
+                torch.arange(k, device=self.device),
+                cache,
+            )
             with self.amp:
-                self.model.forward_chunk(
-                    x,
-                    torch.zeros(1, k, device=self.device),
-                    torch.zeros(1, k, self.encoder.dim, device=self.device),
-                    torch.zeros(1, k, 6, h, w, device=self.device),
-                    torch.arange(k, device=self.device),
-                    cache,
-                )
+                self.model.forward_chunk(*inputs)
+                if mc.memory_adapter_rank and self.memory_cfg is not None:  # a retrieved chunk's pass is its own shape
+                    self.model.write_chunk(*inputs, memory=True)
 
     # -- the API of design §5 ---------------------------------------------------------------
     def reset(

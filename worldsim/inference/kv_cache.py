@@ -64,16 +64,18 @@ class KVCache:
         """Write this chunk's ``k, v (B, H, L, hd)`` into the scratch slot of ``layer`` -> the
         keys and values it attends to ``(B, H, used * L, hd)`` (the context and itself).
 
-        A pass that carries gradient (``k`` requires grad: the exit step of a Self-Forcing
-        rollout) writes detached copies and gets the same tensors, in the same order, built out
-        of place from the buffers (no gradient), its own keys and values and those a retrieved
-        chunk's pass with gradient wrote (:class:`MemorySlot`): the buffers never enter the
-        autograd graph, so later in-place writes cannot invalidate it."""
+        A pass that carries gradient (the exit step of a Self-Forcing rollout: ``k`` requires
+        grad, or gradient is on and a retrieved chunk's pass with gradient is live, which is
+        all that carries it when only a network's memory parameters train) writes detached
+        copies and gets the same tensors, in the same order, built out of place from the
+        buffers (no gradient), its own keys and values and those a retrieved chunk's pass with
+        gradient wrote (:class:`MemorySlot`): the buffers never enter the autograd graph, so
+        later in-place writes cannot invalidate it."""
         self._write(layer, self._scratch, k, v)
         assert self.k is not None and self.v is not None
         n = self.chunk_tokens
         first, end = self.memory - self.memory_used, self.memory + self.used_slots
-        grad = k.requires_grad or v.requires_grad
+        grad = k.requires_grad or v.requires_grad or (torch.is_grad_enabled() and bool(self._live))
         if not grad and not self._hidden:  # one contiguous range: a view, no copy
             return self.k[layer, :, :, first * n : end * n], self.v[layer, :, :, first * n : end * n]
         slots = [s for s in range(first, end) if s not in self._hidden]

@@ -16,6 +16,12 @@ Read top to bottom: embeddings -> blocks -> final layer. Shapes: ``B`` batch, ``
   does; the two differ in what their rays are relative to (the generated chunk's reference, or
   the context chunk's own, ``worldsim.inference.rollout``), which the network cannot see from
   the rays themselves. The vector tells them apart.
+* A memory adapter (``memory_adapter_rank``, off in the teachers): low-rank updates (LoRA, Hu et
+  al. 2021) of every block's ``qkv``, ``proj`` and MLP linears that act on the tokens of
+  retrieved frames only. A retrieved chunk attends to itself alone, so the adapter changes
+  nothing but the keys and values it offers the frames after it: a network trained only in its
+  memory parameters (the embedding and the adapter) computes exactly what its start did for
+  every input without retrieved frames. The up-projections start at zero.
 * Attention: bidirectional inside a chunk, causal across chunks (a mask in training; at inference
   a :class:`KVContext` supplied by the rollout hands each block the keys and values to attend
   to). Positions: 3-D RoPE (time, row, col); temporal positions are explicit inputs, so
@@ -62,6 +68,9 @@ class WorldModelConfig:
     # A learned embedding that marks retrieved memory frames (module docstring). False in the
     # checkpoints made before it existed, whose config.json does not name it.
     memory_embedding: bool = False
+    # The rank of the memory adapter (module docstring); 0 = none, as in the checkpoints made
+    # before it existed, whose config.json does not name it.
+    memory_adapter_rank: int = 0
 
     def latent_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of one latent frame; ``ValueError`` while it is not derived yet."""
@@ -105,6 +114,46 @@ def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
     return layer
 
 
+class LowRank(nn.Module):
+    """``x (..., d_in) -> (..., d_out)``: ``up(down(x))`` of rank ``rank`` without biases, ``up``
+    zero at first (LoRA, Hu et al. 2021: the update starts at exactly nothing); ``down`` drawn
+    from ``generator`` (None: torch's global one)."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.down = nn.Linear(d_in, rank, bias=False)
+        nn.init.normal_(self.down.weight, std=d_in**-0.5, generator=generator)
+        self.up = nn.Linear(rank, d_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class MemoryAdapter(nn.Module):
+    """A block's low-rank updates for the tokens of retrieved frames (module docstring), one per
+    linear: ``qkv``, ``proj`` and the MLP's two (``fc1``, ``fc2``). The last block's has ``qkv``
+    alone (``keys_values_only``): a retrieved chunk's output after it is read by nothing."""
+
+    def __init__(
+        self, d: int, hidden: int, rank: int, keys_values_only: bool = False, generator: torch.Generator | None = None
+    ):
+        super().__init__()
+        self.qkv = LowRank(d, 3 * d, rank, generator)
+        self.proj = None if keys_values_only else LowRank(d, d, rank, generator)
+        self.fc1 = None if keys_values_only else LowRank(d, hidden, rank, generator)
+        self.fc2 = None if keys_values_only else LowRank(hidden, d, rank, generator)
+
+
+def _adapted(linear: nn.Module, update: LowRank | None, x: torch.Tensor, memory: torch.Tensor | None) -> torch.Tensor:
+    """``linear(x)``, plus ``update(x)`` on the frames ``memory (T,)`` marks (1) when there are
+    any; ``x (B, T, N, d)``."""
+    y = linear(x)
+    if update is None or memory is None:
+        return y
+    return y + memory.to(y.dtype).reshape(1, -1, 1, 1) * update(x)
+
+
 class Block(nn.Module):
     """AdaLN-Zero transformer block (DiT, Peebles & Xie 2023); modulation ``(B, T, 6D)`` is per frame."""
 
@@ -120,6 +169,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
         ada = _zero_linear(d, 6 * d)
         self.ada = nn.Sequential(nn.SiLU(), ada)
+        self.memory_adapter: MemoryAdapter | None = None  # WorldModel.add_memory_adapter
 
     def forward(
         self,
@@ -129,32 +179,40 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,  # (T*N, T*N) bool, training only
         kv: KVContext | None = None,  # inference: the rollout's cache
         layer: int = 0,  # this block's index, for ``kv``
+        memory: torch.Tensor | None = None,  # (T,) 1 for retrieved frames (the memory adapter); None: none
     ) -> torch.Tensor:
         """-> the new ``x`` ``(B, T, N, D)``."""
-        q, k, v, gates = self.attention_in(x, c, angles)
+        q, k, v, gates = self.attention_in(x, c, angles, memory)
         if kv is not None:  # inference: attend to the cached context and to this chunk
             k, v = kv.keys_values(layer, k, v)
-        return self.attention_out(x, attention(q, k, v, mask), gates)
+        return self.attention_out(x, attention(q, k, v, mask), gates, memory)
 
     def attention_in(
-        self, x: torch.Tensor, c: torch.Tensor, angles: torch.Tensor
+        self, x: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, memory: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block up to attention: ``q, k, v (B, H, T*N, hd)`` (RoPE applied) and the other
-        modulation ``(4, B, T, 1, D)`` (gate1, shift2, scale2, gate2) for :meth:`attention_out`.
-        Token-wise with static shapes for a chunk, a region ``torch.compile`` can take whole
-        (``worldsim.inference.compiled``)."""
+        modulation ``(4, B, T, 1, D)`` (gate1, shift2, scale2, gate2) for :meth:`attention_out`;
+        ``memory (T,)`` marks the frames the memory adapter updates. Token-wise with static
+        shapes for a chunk, a region ``torch.compile`` can take whole (``worldsim.inference.compiled``)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # (B, T, 1, D)
         h = self.norm1(x) * (1 + scale1) + shift1
-        q, k, v = rearrange(self.qkv(h), "b t n (three h e) -> three b h (t n) e", three=3, h=self.heads)
+        ad = self.memory_adapter
+        qkv = _adapted(self.qkv, None if ad is None else ad.qkv, h, memory)
+        q, k, v = rearrange(qkv, "b t n (three h e) -> three b h (t n) e", three=3, h=self.heads)
         return apply_rope(q, angles), apply_rope(k, angles), v, torch.stack([gate1, shift2, scale2, gate2])
 
-    def attention_out(self, x: torch.Tensor, a: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    def attention_out(
+        self, x: torch.Tensor, a: torch.Tensor, gates: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The block after attention: ``x (B, T, N, D)``, the attention output ``a (B, H, T*N,
-        hd)`` and :meth:`attention_in`'s modulation -> the new ``x``."""
+        hd)``, :meth:`attention_in`'s modulation and ``memory`` as there -> the new ``x``."""
         gate1, shift2, scale2, gate2 = gates
+        ad = self.memory_adapter
         a = rearrange(a, "b h (t n) e -> b t n (h e)", t=x.shape[1])
-        x = x + gate1 * self.proj(a)
-        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        x = x + gate1 * _adapted(self.proj, None if ad is None else ad.proj, a, memory)
+        fc1, act, fc2 = self.mlp
+        h = act(_adapted(fc1, None if ad is None else ad.fc1, self.norm2(x) * (1 + scale2) + shift2, memory))
+        return x + gate2 * _adapted(fc2, None if ad is None else ad.fc2, h, memory)
 
 
 class WorldModel(nn.Module):
@@ -181,6 +239,8 @@ class WorldModel(nn.Module):
         self.out = _zero_linear(d, ch * p * p)
         if cfg.memory_embedding:
             self.add_memory_embedding()
+        if cfg.memory_adapter_rank:
+            self.add_memory_adapter(cfg.memory_adapter_rank)
 
     def add_memory_embedding(self) -> None:
         """Give the network its memory embedding (module docstring), zero, so that it computes
@@ -190,6 +250,40 @@ class WorldModel(nn.Module):
             ref = self.patch_embed.weight
             self.memory_embed = nn.Parameter(torch.zeros(self.cfg.width, device=ref.device, dtype=ref.dtype))
         self.cfg = dataclasses.replace(self.cfg, memory_embedding=True)
+
+    def add_memory_adapter(self, rank: int, generator: torch.Generator | None = None) -> None:
+        """Give every block a memory adapter of ``rank`` (module docstring), its up-projections
+        zero, so that the network computes exactly what it did before until trained, its
+        down-projections drawn from ``generator`` (a training run's seed; None: torch's global
+        generator); ``cfg.memory_adapter_rank`` becomes ``rank``. ``ValueError`` for a rank
+        below 1 or a network that has an adapter of another rank; one of the same rank is kept."""
+        if rank < 1:
+            raise ValueError(f"a memory adapter's rank must be >= 1, got {rank}")
+        if self.cfg.memory_adapter_rank not in (0, rank):
+            raise ValueError(f"the network has a memory adapter of rank {self.cfg.memory_adapter_rank}, not {rank}")
+        ref = self.patch_embed.weight
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)
+            if block.memory_adapter is None:
+                last = i == len(self.blocks) - 1
+                hidden = int(self.cfg.width * self.cfg.mlp_ratio)  # as Block builds its MLP
+                adapter = MemoryAdapter(self.cfg.width, hidden, rank, last, generator)
+                block.memory_adapter = adapter.to(ref.device, ref.dtype)
+        self.cfg = dataclasses.replace(self.cfg, memory_adapter_rank=rank)
+
+    def memory_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of what reads retrieved frames only: the memory embedding and
+        every block's memory adapter (empty when the network has neither)."""
+        return [(n, p) for n, p in self.named_parameters() if n == "memory_embed" or ".memory_adapter." in n]
+
+    def _adapter_mask(self, memory: torch.Tensor | bool, frames: int, ref: torch.Tensor) -> torch.Tensor | None:
+        """The ``(T,)`` mask the memory adapter reads (1 on retrieved frames); None without an
+        adapter or without retrieved frames (``memory`` False)."""
+        if self.cfg.memory_adapter_rank == 0 or memory is False:
+            return None
+        if memory is True:
+            return torch.ones(frames, device=ref.device, dtype=ref.dtype)
+        return torch.as_tensor(memory, device=ref.device).to(ref.dtype)
 
     def _embed(
         self,
@@ -232,11 +326,13 @@ class WorldModel(nn.Module):
         memory_frames: torch.Tensor | None = None,  # (T,) bool: retrieved memory frames; None: none
     ) -> torch.Tensor:
         """Full-sequence forward (training, reference for the cache) -> ``v (B, T, C, h, w)``.
-        ``memory_frames`` reaches the network only with ``cfg.memory_embedding``."""
-        tok, c = self._embed(x, sigma, actions, plucker, False if memory_frames is None else memory_frames)
+        ``memory_frames`` reaches the network only with a memory embedding or adapter."""
+        memory = False if memory_frames is None else memory_frames
+        tok, c = self._embed(x, sigma, actions, plucker, memory)
         angles = self._angles(frame_pos)
+        adapt = self._adapter_mask(memory, x.shape[1], tok)
         for block in self.blocks:
-            tok = block(tok, c, angles, mask)
+            tok = block(tok, c, angles, mask, memory=adapt)
         return self._unembed(tok, c)
 
     def forward_chunk(
@@ -264,7 +360,7 @@ class WorldModel(nn.Module):
         plucker: torch.Tensor,  # (B, k, 6, h, w)
         frame_pos: torch.Tensor,  # (k,)
         kv: KVContext,
-        memory: bool = False,  # a retrieved chunk (``cfg.memory_embedding`` marks it)
+        memory: bool = False,  # a retrieved chunk (the memory embedding marks it, the adapter updates it)
     ) -> None:
         """The pass of :meth:`forward_chunk` for a chunk whose output nobody reads (a context
         chunk's clean pass: the rollout's cache write, rebuilt context, retrieved memory): it
@@ -273,10 +369,11 @@ class WorldModel(nn.Module):
         a pass less)."""
         tok, c = self._embed(x, sigma, actions, plucker, memory)
         angles = self._angles(frame_pos)
+        adapt = self._adapter_mask(memory, x.shape[1], tok)
         last = len(self.blocks) - 1
         for i in range(last):
-            tok = self.blocks[i](tok, c, angles, None, kv, i)
+            tok = self.blocks[i](tok, c, angles, None, kv, i, adapt)
         block = self.blocks[last]
         assert isinstance(block, Block)
-        _, k, v, _ = block.attention_in(tok, c, angles)
+        _, k, v, _ = block.attention_in(tok, c, angles, adapt)
         kv.keys_values(last, k, v)

@@ -187,6 +187,13 @@ class DistillConfig:
     # turn is not recorded): no still regression, no memory, no press. 0 = off.
     still_turn_prob: float = 0.0
     still_turn_deg_per_s: float = 90.0
+    # A turning still player reads memory too (ours), as often as a still one (still_memory_prob):
+    # the held view, the play-time bank's anchor, as a retrieved chunk for every chunk after the
+    # first while the turn takes the view away from it (the turning evaluation with memory on
+    # retrieves it), the scores reading it the same way; no still regression, no press. Without
+    # it a student trained to read memory met it only where memory shows the view it draws
+    # (still players, revisits). False = a turning player reads no memory.
+    still_turn_memory: bool = False
     # Share of the recorded rollouts that are revisits (ours; issue 22's remedy): the clip is one
     # whose window ends on a view an earlier chunk of the episode (before the true context) covers
     # by at least ``teacher.revisit_min`` while no true context chunk covers
@@ -215,6 +222,17 @@ class DistillConfig:
     # The embedding's learning rate relative to optim.lr: a vector that starts at zero has far to
     # go in a short fine-tuning run, where AdamW moves each weight by about the learning rate per step.
     memory_embedding_lr_scale: float = 100.0
+    # Give the student a memory adapter of this rank (ours; worldsim.model.dit, MemoryAdapter):
+    # low-rank updates of every block's linears on retrieved frames only, zero at first. 0 = none.
+    # A start that has one keeps it either way.
+    memory_adapter_rank: int = 0
+    # The adapter's learning rate relative to optim.lr (its up-projections start at zero).
+    memory_adapter_lr_scale: float = 10.0
+    # Train only the student's memory parameters, its embedding and adapter (ours): every other
+    # weight stays its start's, so that with no retrieved chunk the student computes exactly
+    # what its start did (its turning, idle view and speed are the start's), and what the run
+    # changes is how it reads a retrieved chunk. Needs a memory embedding or adapter.
+    memory_only: bool = False
     # A student for another time step than its teacher's (ours): true lets the DMD data's camera
     # controller differ from the teacher's (e.g. builtin_v5_30fps, 30 frames/s, for a teacher
     # trained at 15) and exports the student with the data's, the motion per frame its rollouts
@@ -350,11 +368,15 @@ DISTILL_OFF: dict[str, object] = {
     "data_controller": False,
     "still_turn_prob": 0.0,
     "still_turn_deg_per_s": 90.0,
+    "still_turn_memory": False,
     "revisit_prob": 0.0,
     "revisit_regression": 1.0,
     "revisit_free_chunks": 0,
     "memory_embedding": False,
     "memory_embedding_lr_scale": 100.0,
+    "memory_adapter_rank": 0,
+    "memory_adapter_lr_scale": 10.0,
+    "memory_only": False,
 }
 # What each student stage reads from the distill group (its resume identity).
 DISTILL_FIELDS = {
@@ -381,11 +403,15 @@ DISTILL_FIELDS = {
         "data_controller",
         "still_turn_prob",
         "still_turn_deg_per_s",
+        "still_turn_memory",
         "revisit_prob",
         "revisit_regression",
         "revisit_free_chunks",
         "memory_embedding",
         "memory_embedding_lr_scale",
+        "memory_adapter_rank",
+        "memory_adapter_lr_scale",
+        "memory_only",
     ),
 }
 DISTILL_STAGES = tuple(DISTILL_FIELDS)

@@ -132,8 +132,9 @@ class RolloutPlan:
     """What one iteration rolls out after the true context (the same on every rank): ``free``
     chunks without gradient, then the DMD window of ``len(exits)`` chunks, chunk ``j`` stopping
     at step ``exits[j]``; ``still``: the player stands still for both (nothing pressed, the last
-    context pose held; ``press`` aside) instead of following the clip's recorded inputs; ``memory`` (a still
-    player only): every chunk after the first reads the last context chunk as a retrieved one
+    context pose held; ``press`` aside) instead of following the clip's recorded inputs;
+    ``memory`` (a still player only, a turning one with ``distill.still_turn_memory``): every
+    chunk after the first reads the last context chunk as a retrieved one
     (:meth:`SelfForcingDMD.memory`); ``press`` (a still player only): ``(start, length)``,
     ``distill.still_press_key`` held for ``length`` generated frames from generated frame
     ``start`` (free chunks' frames first); ``turn_deg_per_s`` (a still player only): nonzero, the
@@ -304,7 +305,7 @@ class SelfForcingDMD:
             "cached",
             memory_chunks=int(plan.memory or plan.revisit),
             memory_reuse=True,  # as the engine plays (MemoryConfig.reuse)
-            memory_grad=self.nets.generator.cfg.memory_embedding,  # so that the embedding learns
+            memory_grad=bool(self.nets.generator.memory_parameters()),  # so that the embedding and adapter learn
         )
         context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
         gen.restore(context, None, generator)
@@ -329,6 +330,9 @@ class SelfForcingDMD:
         the second chunk on, as here. After a moving context it would bring the held view back
         only once the last context chunk, or an earlier chunk of the place, is older than the
         window: for those clips this is an approximation (a still start's view, at the held pose).
+        A turning player's is the same view, which its turn leaves (at play time the bank drops
+        it once its overlap with the view falls below ``MemoryConfig.min_score``; here every
+        chunk after the first reads it, overlapping or not).
         A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`)."""
         if plan.revisit:
             sl = slice(0, self.k)
@@ -378,7 +382,8 @@ class SelfForcingDMD:
         steps, then, when the options are on, whether the player stands still and the number of
         free chunks (uniform up to ``idle_chunks`` or ``free_chunks``), whether a still player
         turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
-        and if not, whether it reads memory and whether it presses; a recorded rollout, whether it
+        and if not, whether it reads memory and whether it presses (a turning one, whether it
+        reads memory, with ``distill.still_turn_memory``); a recorded rollout, whether it
         is a revisit (``distill.revisit_free_chunks`` free chunks then)."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
@@ -389,9 +394,10 @@ class SelfForcingDMD:
         if still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
             u = torch.rand(2, generator=g).tolist()
             turn = self.dc.still_turn_deg_per_s * (1.0 - u[0]) * (1.0 if u[1] < 0.5 else -1.0)
-        still_only = still and not turn  # a turning player neither reads memory nor presses
+        still_only = still and not turn  # a turning player does not press, and reads memory only with still_turn_memory
+        reader = still_only or (bool(turn) and self.dc.still_turn_memory)  # no draw when off: old runs replay
         p = self.dc.still_memory_prob
-        memory = still_only and p > 0 and torch.rand(1, generator=g).item() < p
+        memory = reader and p > 0 and torch.rand(1, generator=g).item() < p
         press = None
         p = self.dc.still_press_prob
         if still_only and p > 0 and torch.rand(1, generator=g).item() < p:
@@ -553,6 +559,11 @@ def _check(dc: DistillConfig) -> None:
             f"distill.fake_lr_scale, memory_embedding_lr_scale and real_guidance must be > 0 and beta1 in [0, 1), "
             f"got {dc.fake_lr_scale}, {dc.memory_embedding_lr_scale}, {dc.real_guidance}, {dc.beta1}"
         )
+    if dc.memory_adapter_rank < 0 or dc.memory_adapter_lr_scale <= 0:
+        raise WorldsimError(
+            f"distill.memory_adapter_rank must be >= 0 and memory_adapter_lr_scale > 0, "
+            f"got {dc.memory_adapter_rank}, {dc.memory_adapter_lr_scale}"
+        )
     if not 0.0 <= dc.still_memory_prob <= 1.0 or (dc.still_memory_prob > 0 and dc.idle_prob == 0):
         raise WorldsimError(
             f"distill.still_memory_prob must be in [0, 1], and needs still rollouts (distill.idle_prob > 0), got "
@@ -702,16 +713,34 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     _, student, _ = load_checkpoint(init)
     if dc.memory_embedding:
         student.add_memory_embedding()
+    if dc.memory_adapter_rank:
+        try:
+            student.add_memory_adapter(dc.memory_adapter_rank, torch.Generator().manual_seed(cfg.seed))
+        except ValueError as e:
+            raise WorldsimError(f"distill.memory_adapter_rank: init_from {init}: {e}") from None
+    memory = dict(student.memory_parameters())
+    if dc.memory_only:
+        if not memory:
+            raise WorldsimError(
+                "distill.memory_only trains the student's memory embedding and adapter, and it has neither: "
+                "set distill.memory_embedding=true or distill.memory_adapter_rank"
+            )
+        student.requires_grad_(False)  # no gradient, so AdamW leaves them (and the EMA's lerp) exactly as they are
+        for p in memory.values():
+            p.requires_grad_(True)
     nets = DMDNetworks(student, copy.deepcopy(teacher))
     teacher.requires_grad_(False).to(d.device)
     identity = {**cfg.identity(), "init_from": cfg.init_from, "teacher_sha256": sha}
-    marker = [p for n, p in nets.generator.named_parameters() if n == "memory_embed"]
     groups = [
-        {"params": [p for n, p in nets.generator.named_parameters() if n != "memory_embed"], "lr_scale": 1.0},
+        {"params": [p for n, p in student.named_parameters() if n not in memory], "lr_scale": 1.0},
         {"params": list(nets.fake_score.parameters()), "lr_scale": dc.fake_lr_scale},
     ]
-    if marker:  # last, so that a student without one keeps its optimiser state's layout
-        groups.append({"params": marker, "lr_scale": dc.memory_embedding_lr_scale})
+    # last, so that a student without them keeps its optimiser state's layout
+    if "memory_embed" in memory:
+        groups.append({"params": [memory["memory_embed"]], "lr_scale": dc.memory_embedding_lr_scale})
+    adapter = [p for n, p in memory.items() if n != "memory_embed"]
+    if adapter:
+        groups.append({"params": adapter, "lr_scale": dc.memory_adapter_lr_scale})
     metrics = ["dmd_loss", "fake_loss", "rollout_psnr_db", "copy_last_psnr_db"]
     if dc.still_regression > 0:  # runs from before the option keep their log's columns
         metrics += ["still_mse", "still_psnr_db"]
@@ -807,7 +836,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
             "config": identity,
             "metrics": dict(metrics),
         }
-        model = loop.ema.generator.cfg  # the teacher's, with the student's memory embedding
+        model = loop.ema.generator.cfg  # the teacher's, with the student's memory embedding and adapter
         student_ck = dataclasses.replace(ck, model=model, sampler=sampler, controller=controller, provenance=provenance)
         save_checkpoint(loop.out / "model", student_ck, loop.ema.generator, codec)
 

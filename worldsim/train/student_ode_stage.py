@@ -57,8 +57,8 @@ def check_student_start(init_from: str, teacher: CheckpointConfig, teacher_path:
         a, b = getattr(start, name), getattr(teacher, name)
         if name == "codec":  # the latents are the encoder's: a start with another decoder (with_codec) fits
             a, b = dataclasses.replace(a, decoder_channels=None), dataclasses.replace(b, decoder_channels=None)
-        if name == "model":  # a student may mark retrieved chunks (distill.memory_embedding); its teacher does not
-            a = dataclasses.replace(a, memory_embedding=b.memory_embedding)
+        if name == "model":  # a student may read retrieved chunks its own way (distill.memory_*); its teacher does not
+            a = dataclasses.replace(a, memory_embedding=b.memory_embedding, memory_adapter_rank=b.memory_adapter_rank)
         if a != b:
             if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
                 field = next(f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
