@@ -184,15 +184,16 @@ class DistillConfig:
     # second either way, from the first generated chunk through the window (the turning
     # evaluation's input: 45 degrees/s for 2.1 s), so the window shows views the student made
     # itself after turning away from its context. Judged by the scores alone (the truth of a
-    # turn is not recorded): no still regression, no memory, no press. 0 = off.
+    # turn is not recorded): no still regression, no press, and no memory unless still_turn_memory.
+    # 0 = off.
     still_turn_prob: float = 0.0
     still_turn_deg_per_s: float = 90.0
     # A turning still player reads memory too (ours), as often as a still one (still_memory_prob):
     # the held view, the play-time bank's anchor, as a retrieved chunk for every chunk after the
-    # first while the turn takes the view away from it (the turning evaluation with memory on
-    # retrieves it), the scores reading it the same way; no still regression, no press. Without
-    # it a student trained to read memory met it only where memory shows the view it draws
-    # (still players, revisits). False = a turning player reads no memory.
+    # first while the turn takes the view away from it, the scores reading it the same way; no
+    # still regression, no press. The play-time bank gives a turn that view on its first chunks,
+    # then the student's own earlier chunks (docs/memory.md, "A memory adapter trained alone").
+    # False = a turning player reads no memory.
     still_turn_memory: bool = False
     # Share of the recorded rollouts that are revisits (ours; issue 22's remedy): the clip is one
     # whose window ends on a view an earlier chunk of the episode (before the true context) covers
