@@ -29,9 +29,11 @@ from worldsim.inference.checkpoint import load_checkpoint, save_checkpoint
 from worldsim.inference.context import CameraRays
 from worldsim.inference.engine import load_engine
 from worldsim.inference.kv_cache import KVCache
+from worldsim.inference.rollout import ChunkRollout
 from worldsim.model.attention import chunk_mask
 from worldsim.model.codec import Codec, CodecConfig
 from worldsim.model.dit import WorldModelConfig
+from worldsim.train import student_dmd_stage as stage
 from worldsim.train.config import DistillConfig, OptimConfig, TeacherConfig, TrainConfig
 from worldsim.train.objectives import ScoreMemory, chunk_ids_of_tokens, ode_regression_loss, rollout_scores
 from worldsim.train.ode_pairs import OdePairs, grid_indices, make_ode_pairs, student_levels
@@ -377,7 +379,9 @@ def test_a_long_rollout_runs_its_free_chunks_without_gradient_as_the_engine_woul
     torch.testing.assert_close(out.samples.detach(), full[:, 2:], atol=1e-6, rtol=0)
 
 
-def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_engine_makes(small_dataset, teacher):
+def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_engine_makes(
+    small_dataset, teacher, monkeypatch
+):
     """distill.still_turn_prob: a still plan with a turn gives its generated frames the poses,
     encoded inputs and per-chunk ray references the engine gives a player who turns in place
     with the same mouse from the last context pose (Engine.step, recorded where it hands them to
@@ -426,7 +430,7 @@ def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_eng
     assert all(p.memory and p.press for p in plans if not p.turn_deg_per_s)
     # distill.still_turn_memory: a turning player reads memory as often as a still one, never
     # presses, and the plans draw the same turns; the window still has no still regression
-    dmd.dc = dataclasses.replace(dmd.dc, still_turn_memory=True, still_memory_prob=0.5)
+    dmd.dc = dataclasses.replace(dmd.dc, still_turn_memory="held", still_memory_prob=0.5)
     with_memory = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
     assert [p.turn_deg_per_s for p in with_memory] == [p.turn_deg_per_s for p in plans]
     reading = [p.memory for p in with_memory if p.turn_deg_per_s]
@@ -434,7 +438,44 @@ def test_a_turning_still_player_gets_the_poses_inputs_and_ray_references_the_eng
     turning = next(p for p in with_memory if p.turn_deg_per_s and p.memory)
     out = dmd(batch, True, turning, torch.Generator(), torch.Generator())
     assert out.still_mse is None and turning.reads_memory(1, k) and not turning.reads_memory(0, k)
-    assert dmd.memory(batch, turning) is not None
+    assert dmd.memory(batch, turning) is not None and not turning.memory_own
+    # "own": the same draws; a turn that reads memory reads its own first chunk from chunk w + 1
+    # on, the rollout and the scores alike (the bank gives a turn its own earlier chunks)
+    dmd.dc = dataclasses.replace(dmd.dc, still_turn_memory="own")
+    own = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert [(p.turn_deg_per_s, p.memory) for p in own] == [(p.turn_deg_per_s, p.memory) for p in with_memory]
+    w = dmd.cond.context_chunks
+    assert all(p.memory_own and p.memory_from == w + 1 for p in own if p.turn_deg_per_s and p.memory)
+    assert not any(p.memory_own or p.memory_from != 1 for p in own if not (p.turn_deg_per_s and p.memory))
+    plan = RolloutPlan(
+        [1, 1], free=w, still=True, memory=True, turn_deg_per_s=-60.0, memory_from=w + 1, memory_own=True
+    )
+    given, scored = [], []
+    step, scores = ChunkRollout.step, stage.rollout_scores
+    monkeypatch.setattr(
+        ChunkRollout,
+        "step",
+        lambda self, *a, memory=None, **kw: given.append(memory) or step(self, *a, memory=memory, **kw),
+    )
+    monkeypatch.setattr(stage, "rollout_scores", lambda *a: scored.append(a[10]) or scores(*a))
+    g = torch.Generator().manual_seed(0)
+    gen, _ = dmd.rollout(batch, plan, g)
+    assert [m is not None for m in given] == [False] * (w + 1) + [True]
+    actions, c2w, _ = dmd.inputs(batch, plan)
+    n0 = w * k
+    latents, acts, poses = given[-1]
+    assert (
+        torch.equal(latents, gen[:, :k])
+        and torch.equal(poses, c2w[:, n0 : n0 + k])
+        and torch.equal(acts, actions[:, n0 : n0 + k])
+    )
+    given.clear()
+    dmd(batch, True, plan, torch.Generator(), g)
+    assert [m is not None for m in given] == [False] * (w + 1) + [True] and scored  # the real and fake scores
+    first = given[-1][0]  # this iteration's own first chunk
+    assert all(m is not None and torch.equal(m.latents, first) and m.readers == [w + 1] for m in scored)
+    with pytest.raises(WorldsimError, match=r"^distill.still_turn_memory must be one of off, held, own, got 'yes'$"):
+        train_student_dmd(_dmd_cfg(small_dataset.root, teacher, teacher, "unused", 1, still_turn_memory="yes"))
 
 
 def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):

@@ -188,13 +188,14 @@ class DistillConfig:
     # 0 = off.
     still_turn_prob: float = 0.0
     still_turn_deg_per_s: float = 90.0
-    # A turning still player reads memory too (ours), as often as a still one (still_memory_prob):
-    # the held view, the play-time bank's anchor, as a retrieved chunk for every chunk after the
-    # first while the turn takes the view away from it, the scores reading it the same way; no
-    # still regression, no press. The play-time bank gives a turn that view on its first chunks,
-    # then the student's own earlier chunks (docs/memory.md, "A memory adapter trained alone").
-    # False = a turning player reads no memory.
-    still_turn_memory: bool = False
+    # What a turning still player reads as memory (ours), as often as a still one reads it
+    # (still_memory_prob), the scores reading it the same way; no still regression, no press:
+    # "off", nothing; "held", the held view (the last true context chunk, the play-time bank's
+    # anchor) for every chunk after the first while the turn takes the view away from it; "own",
+    # the rollout's own first generated chunk for every chunk once that one is older than the
+    # window (from chunk context_chunks + 1 on), as the play-time bank gives a turn the student's
+    # own earlier chunks (docs/memory.md, "A memory adapter trained alone").
+    still_turn_memory: str = "off"
     # Share of the recorded rollouts that are revisits (ours; issue 22's remedy): the clip is one
     # whose window ends on a view an earlier chunk of the episode (before the true context) covers
     # by at least ``teacher.revisit_min`` while no true context chunk covers
@@ -369,7 +370,7 @@ DISTILL_OFF: dict[str, object] = {
     "data_controller": False,
     "still_turn_prob": 0.0,
     "still_turn_deg_per_s": 90.0,
-    "still_turn_memory": False,
+    "still_turn_memory": "off",
     "revisit_prob": 0.0,
     "revisit_regression": 1.0,
     "revisit_free_chunks": 0,

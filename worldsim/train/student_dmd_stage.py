@@ -127,6 +127,9 @@ class DMDStep:
         return sum(terms[1:], terms[0]) if terms else None
 
 
+TURN_MEMORY = ("off", "held", "own")  # distill.still_turn_memory: what a turning player reads as memory
+
+
 @dataclass
 class RolloutPlan:
     """What one iteration rolls out after the true context (the same on every rank): ``free``
@@ -134,8 +137,11 @@ class RolloutPlan:
     at step ``exits[j]``; ``still``: the player stands still for both (nothing pressed, the last
     context pose held; ``press`` aside) instead of following the clip's recorded inputs;
     ``memory`` (a still player only, a turning one with ``distill.still_turn_memory``): every
-    chunk after the first reads the last context chunk as a retrieved one
-    (:meth:`SelfForcingDMD.memory`); ``press`` (a still player only): ``(start, length)``,
+    chunk from ``memory_from`` on reads a retrieved chunk (:meth:`SelfForcingDMD.memory`): the
+    last context chunk, or with ``memory_own`` the rollout's own first generated chunk, which a
+    turn's later chunks are given once it is older than the window (``memory_from`` =
+    ``context_chunks + 1``), as the play-time bank gives a turning player its own earlier
+    chunks; ``press`` (a still player only): ``(start, length)``,
     ``distill.still_press_key`` held for ``length`` generated frames from generated frame
     ``start`` (free chunks' frames first); ``turn_deg_per_s`` (a still player only): nonzero, the
     player turns in place at that yaw rate instead of holding the pose (> 0: to the right),
@@ -151,12 +157,15 @@ class RolloutPlan:
     press: tuple[int, int] | None = None
     turn_deg_per_s: float = 0.0
     revisit: bool = False
+    memory_from: int = 1
+    memory_own: bool = False
 
     def reads_memory(self, j: int, k: int) -> bool:
         """Whether generated chunk ``j`` (free chunks first; ``k`` frames each) reads the
-        retrieved chunk: with ``memory``, every chunk after the first, up to the chunk the press
-        starts in. The play-time bank retrieves only entries older than the window, so a still
-        start's first chunk comes back once one chunk has been made; from a press on it asks
+        retrieved chunk: with ``memory``, every chunk from ``memory_from`` on (after the first
+        unless ``memory_own``), up to the chunk the press starts in. The play-time bank
+        retrieves only entries older than the window, so a still start's first chunk comes back
+        once one chunk has been made; from a press on it asks
         for the other state (``MemoryConfig.state_key``), which the retrieved chunk is not in.
         An approximation from the press's chunk plus ``context_chunks`` + 1 on: the bank files
         the press's chunk under the new state and brings it back once it is older than the
@@ -168,7 +177,7 @@ class RolloutPlan:
         if self.revisit:
             return j >= self.free
         before_press = self.press is None or j < self.press[0] // k
-        return self.memory and j >= 1 and before_press
+        return self.memory and j >= self.memory_from and before_press
 
 
 class SelfForcingDMD:
@@ -309,11 +318,13 @@ class SelfForcingDMD:
         )
         context = History(self.context(batch, plan), actions[:, :n0], c2w[:, :n0], ray_ref[:, :n0], frames)
         gen.restore(context, None, generator)
-        retrieved = self.memory(batch, plan)
-        out = []
+        retrieved = None if plan.memory_own else self.memory(batch, plan)
+        out: list[torch.Tensor] = []
         exits = [None] * plan.free + list(plan.exits)
         for j, e in enumerate(exits):
             s = n0 + j * self.k
+            if plan.memory_own and j == 1:  # the bank holds the first chunk once it is made
+                retrieved = self.memory(batch, plan, out[0])
             mem = retrieved if plan.reads_memory(j, self.k) else None
             with torch.set_grad_enabled(torch.is_grad_enabled() and e is not None):
                 out.append(
@@ -321,8 +332,10 @@ class SelfForcingDMD:
                 )
         return torch.cat(out, 1), gen
 
-    def memory(self, batch: Batch, plan: RolloutPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """What a ``plan`` with ``memory`` retrieves for every chunk after its first: the last
+    def memory(
+        self, batch: Batch, plan: RolloutPlan, generated: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """What a ``plan`` with ``memory`` retrieves for its chunks from ``memory_from`` on: the last
         true context chunk ``(latents (B, k, C, h, w), actions (B, k, A), c2w (B, k, 4, 4))``, the
         view of the pose a still player holds; None without ``memory``. The play-time bank gives
         a still start its first chunk once that chunk has left the window, while the window still
@@ -333,7 +346,17 @@ class SelfForcingDMD:
         A turning player's is the same view, which its turn leaves (at play time the bank drops
         it once its overlap with the view falls below ``MemoryConfig.min_score``; here every
         chunk after the first reads it, overlapping or not).
-        A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`)."""
+        A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`).
+        A ``memory_own`` plan's: its own first generated chunk, ``generated (B, >= k, C, h, w)``
+        (the rollout's output, detached: the bank holds clean latents), with the inputs and
+        poses the rollout gave it."""
+        if plan.memory and plan.memory_own:
+            if generated is None:
+                raise ValueError("a memory_own plan retrieves its own first chunk: pass the rollout's output")
+            n0 = self.cond.context_chunks * self.k
+            actions, c2w, _ = self.inputs(batch, plan)
+            sl = slice(n0, n0 + self.k)
+            return generated[:, : self.k].detach(), actions[:, sl], c2w[:, sl]
         if plan.revisit:
             sl = slice(0, self.k)
             return batch.x0[:, sl], batch.actions[:, sl], batch.c2w[:, sl]
@@ -344,13 +367,19 @@ class SelfForcingDMD:
         return batch.x0[:, sl], batch.actions[:, sl], batch.c2w[:, sl]
 
     def _score_memory(
-        self, batch: Batch, plan: RolloutPlan, ray_ref: torch.Tensor, g: torch.Generator
+        self,
+        batch: Batch,
+        plan: RolloutPlan,
+        ray_ref: torch.Tensor,
+        g: torch.Generator,
+        generated: torch.Tensor | None = None,
     ) -> ScoreMemory | None:
         """The retrieved chunk of a ``plan`` with ``memory`` as the scores read it, beside the
         ``w + M`` chunks they read (``ray_ref (B, (w + M) * k, 4, 4)``: those chunks' references):
         read by the chunks the rollout gave it to (:meth:`RolloutPlan.reads_memory`),
-        noised to the context level with one draw from ``g`` as the rollout's kept pass was."""
-        retrieved = self.memory(batch, plan)
+        noised to the context level with one draw from ``g`` as the rollout's kept pass was;
+        ``generated``: the rollout's output (a ``memory_own`` plan's retrieved chunk)."""
+        retrieved = self.memory(batch, plan, generated)
         if retrieved is None:
             return None
         latents, actions, c2w = retrieved
@@ -383,7 +412,7 @@ class SelfForcingDMD:
         free chunks (uniform up to ``idle_chunks`` or ``free_chunks``), whether a still player
         turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
         and if not, whether it reads memory and whether it presses (a turning one, whether it
-        reads memory, with ``distill.still_turn_memory``); a recorded rollout, whether it
+        reads memory, and which chunk, with ``distill.still_turn_memory``); a recorded rollout, whether it
         is a revisit (``distill.revisit_free_chunks`` free chunks then)."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
@@ -395,9 +424,12 @@ class SelfForcingDMD:
             u = torch.rand(2, generator=g).tolist()
             turn = self.dc.still_turn_deg_per_s * (1.0 - u[0]) * (1.0 if u[1] < 0.5 else -1.0)
         still_only = still and not turn  # a turning player does not press, and reads memory only with still_turn_memory
-        reader = still_only or (bool(turn) and self.dc.still_turn_memory)  # no draw when off: old runs replay
+        turn_memory = self.dc.still_turn_memory if turn else "off"
+        reader = still_only or turn_memory != "off"  # no draw when off: old runs replay
         p = self.dc.still_memory_prob
         memory = reader and p > 0 and torch.rand(1, generator=g).item() < p
+        own = memory and turn_memory == "own"  # its own first chunk, once older than the window
+        memory_from = self.cond.context_chunks + 1 if own else 1
         press = None
         p = self.dc.still_press_prob
         if still_only and p > 0 and torch.rand(1, generator=g).item() < p:
@@ -409,7 +441,7 @@ class SelfForcingDMD:
         p = self.dc.revisit_prob
         if not still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
             revisit, free = True, self.dc.revisit_free_chunks
-        return RolloutPlan(exits, free, still, memory, press, turn, revisit)
+        return RolloutPlan(exits, free, still, memory, press, turn, revisit, memory_from, own)
 
     def __call__(
         self,
@@ -440,7 +472,7 @@ class SelfForcingDMD:
         if cs > 0:
             clean = (1 - cs) * clean + cs * torch.randn(clean.shape, generator=g, dtype=clean.dtype).to(dev)
         rays = self.rays.relative_to(c2w, ray_ref, clean.dtype)
-        memory = self._score_memory(batch, plan, ray_ref, g)
+        memory = self._score_memory(batch, plan, ray_ref, g, out)
 
         def noised(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             eps = torch.randn(x.shape, generator=g, dtype=x.dtype).to(dev)
@@ -599,6 +631,10 @@ def _check(dc: DistillConfig) -> None:
             f"distill.still_turn_prob must be in [0, 1] and still_turn_deg_per_s > 0, and turns need still "
             f"rollouts (distill.idle_prob > 0), got {dc.still_turn_prob}, {dc.still_turn_deg_per_s} with idle_prob "
             f"{dc.idle_prob}"
+        )
+    if dc.still_turn_memory not in TURN_MEMORY:
+        raise WorldsimError(
+            f"distill.still_turn_memory must be one of {', '.join(TURN_MEMORY)}, got {dc.still_turn_memory!r}"
         )
     if (
         not 0.0 <= dc.revisit_prob <= 1.0
