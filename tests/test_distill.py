@@ -504,7 +504,7 @@ def test_the_plan_draws_nothing_more_for_a_run_without_long_rollouts(teacher):
             {"free_chunks", "idle_prob", "idle_chunks", "context_sigma", "still_regression", "recorded_regression"}
             | {"cache_write", "student_shift", "focus_window", "still_memory_prob"}
             | {"still_press_prob", "still_press_key", "still_press_frames", "still_turn_prob", "still_turn_deg_per_s"}
-            | {"revisit_prob", "revisit_regression", "revisit_free_chunks"}
+            | {"revisit_prob", "revisit_regression", "revisit_free_chunks", "recorded_memory_prob"}
         )
     )
 
@@ -721,6 +721,96 @@ def test_revisit_rollouts_train_the_student_on_every_iteration_and_resume_bit_ex
         a = load_file(str(tmp_path / "a" / "last" / f"{name}.safetensors"))
         c = load_file(str(tmp_path / "b" / "last" / f"{name}.safetensors"))
         assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), name
+
+
+def test_a_memory_clip_rollout_reads_the_banks_earlier_chunk_and_regresses_every_window_frame(
+    glance_dataset, small_dataset, teacher, tmp_path, monkeypatch
+):
+    """distill.recorded_memory_prob: of the recorded rollouts that are not revisits, that share
+    reads a memory clip (as many free chunks as a revisit; none when off);
+    every window chunk reads the clip's first chunk, which :func:`memory_clips` makes the bank's
+    best earlier chunk for the window's last view (coverage less the distance term, overlapping
+    much or little), and every window frame regresses to the truth on every iteration, where
+    recorded_regression does not apply; the stage draws those batches from the memory clips."""
+    import worldsim.train.student_dmd_stage as stage
+    from tests.test_memory_context import _bank_coverage
+
+    dmd = _dmd(teacher, rollout_chunks=2)
+    batch = _clips(dmd, small_dataset.root, teacher, extra_chunks=1)
+    dmd.dc = dataclasses.replace(dmd.dc, recorded_memory_prob=1.0, revisit_regression=0.5, recorded_regression=0.25)
+    clip = RolloutPlan([1, 1], memory_clip=True)
+    with torch.no_grad():
+        a, _ = dmd.rollout(batch, RolloutPlan([1, 1]), torch.Generator().manual_seed(1))
+        b, gen = dmd.rollout(batch, clip, torch.Generator().manual_seed(1))
+    assert (a[:, :2] - b[:, :2]).abs().max() > 1e-3  # the window's first chunk reads it
+    torch.testing.assert_close(gen.kept[0].chunk.latents, batch.x0[:, :2], atol=0, rtol=0)
+    got = dmd._score_memory(batch, clip, dmd.inputs(batch, clip)[2][:, -8:], torch.Generator())
+    assert got.readers == [2, 3]
+    for generator_step in (False, True):
+        out = dmd(batch, generator_step, clip, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+        want = torch.nn.functional.mse_loss(out.samples, batch.x0[:, 6:10])
+        torch.testing.assert_close(out.revisit_mse, want, atol=1e-6, rtol=0)
+        assert out.recorded_mse is None
+        _assert_same_generator_gradient(dmd, out.generator_loss, 0.5 * want)
+    dmd.dc = dataclasses.replace(dmd.dc, idle_prob=0.5, idle_chunks=2, revisit_prob=0.5, revisit_free_chunks=1)
+    plans = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    recorded = [p for p in plans if not p.still]
+    assert not any(p.memory_clip for p in plans if p.still or p.revisit)
+    assert all(p.memory_clip for p in recorded if not p.revisit) and all(p.free == 1 for p in recorded)
+    dmd.dc = dataclasses.replace(dmd.dc, recorded_memory_prob=0.5)
+    half = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert 0.35 < np.mean([p.memory_clip for p in half if not p.still and not p.revisit]) < 0.65
+    dmd.dc = dataclasses.replace(dmd.dc, recorded_memory_prob=0.0)
+    off = [dmd.plan(torch.Generator().manual_seed(s)) for s in range(400)]
+    assert not any(p.memory_clip for p in off)
+    assert [p for p in off if p.still] == [p for p in plans if p.still]  # the still players' draws are the same
+    # the memory clips: the bank's best earlier chunk for the window's last view, every frame weighing 1
+    data = glance_dataset.root
+    kw = {"rollout_chunks": 2, "recorded_memory_prob": 1.0, "generator_every": 100}
+    cfg = _dmd_cfg(data, teacher, teacher, tmp_path / "a", 1, **kw)
+    ck, _, codec = load_checkpoint(teacher)
+    enc = make_action_encoder(ck.action_encoder["name"], ck.action_encoder["key_names"])
+    split = EncodedSplit.encode(str(data), codec, enc, "encode")
+    b = stage.memory_clips(split, ck, cfg, torch.from_numpy(enc.null_action())).batch(0, 0, 16)
+    assert b.x0.shape[1] == (1 + 2 + 2) * 2 and torch.equal(b.weight, torch.ones_like(b.weight))
+    cover = _bank_coverage(split)
+    c2w = split.c2w[0]
+    shown = []
+    for i in range(16):
+        if not b.memory[i]:
+            continue
+        query = b.c2w[i, -1]
+
+        def score(chunk, query=query):
+            dist = (chunk[-1, :3, 3] - query[:3, 3]).double().norm()
+            return cover(query, chunk) - 0.1 * float(dist) / 20.0
+
+        # where the clip's recent chunks and window lie in the episode (a glance back repeats poses)
+        at = [s for s in range(2, len(c2w) - 7) if torch.equal(c2w[s : s + 8], b.c2w[i, 2:])]
+        best = [max(score(c2w[m : m + 2]) for m in range(0, s - 3)) for s in at]  # chunks ending before the clip
+        assert any(score(b.c2w[i, :2]) == pytest.approx(x) for x in best), (score(b.c2w[i, :2]), best)
+        shown.append(cover(query, b.c2w[i, :2]))
+    assert len(shown) >= 8 and min(shown) < 0.5 <= max(shown)  # not only revisits: some show little of the view
+    # the stage reads the memory clips for those rollouts, steps the student on each and logs revisit_mse
+    calls = []
+    real = stage.memory_clips
+
+    def spy(*args):
+        sampler = real(*args)
+        batch_of = sampler.batch
+        sampler.batch = lambda *a, **k: calls.append(a) or batch_of(*a, **k)
+        return sampler
+
+    monkeypatch.setattr(stage, "memory_clips", spy)
+    summary = train_student_dmd(cfg)
+    assert len(calls) == 1 and summary["revisit_mse"] > 0
+    w = load_file(str(tmp_path / "a" / "last" / "weights.safetensors"))
+    _, t, _ = load_checkpoint(teacher)
+    assert any(not torch.equal(w[f"generator.{n}"], p) for n, p in t.state_dict().items())
+    assert cfg.identity()["distill"]["recorded_memory_prob"] == 1.0
+    assert "recorded_memory_prob" not in _dmd_cfg(data, teacher, teacher, tmp_path / "x", 1).identity()["distill"]
+    with pytest.raises(WorldsimError, match=r"^distill.recorded_memory_prob must be in \[0, 1\].* got 1.5 with"):
+        train_student_dmd(_dmd_cfg(data, teacher, teacher, tmp_path / "c", 1, recorded_memory_prob=1.5))
 
 
 def test_a_memory_embedding_learns_through_the_retrieved_chunks_pass_and_the_student_continues_from_it(

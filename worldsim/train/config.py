@@ -215,6 +215,17 @@ class DistillConfig:
     # neither the true context nor these chunks may cover teacher.revisit_context_max of the
     # window's last view. 0 = the window right after the true context.
     revisit_free_chunks: int = 0
+    # Share of the other recorded rollouts (not revisits) that read a memory clip (ours): the clip's
+    # first chunk is the earlier chunk of its episode the play-time bank scores best for the
+    # window's last view (coverage less the distance term, as the teacher stage's
+    # ``memory_scoring: bank`` memory clips; whatever its overlap, with any motion: turns, walks,
+    # a view the context already shows), then ``revisit_free_chunks`` free chunks and the window,
+    # every window chunk reading that chunk as a revisit's does, and EVERY window frame regresses
+    # to the clip's recorded frames with weight ``revisit_regression`` (logged as revisit_mse):
+    # where the retrieved view does not show what the camera sees, the truth says so. Revisits
+    # alone teach that a retrieved chunk is what to draw (a turn with memory on then draws the
+    # view it turns from, docs/memory.md). 0 = off.
+    recorded_memory_prob: float = 0.0
     # Give the student a memory embedding (ours; worldsim.model.dit, WorldModelConfig.memory_embedding):
     # a learned vector, zero at first, that marks the chunks its rollouts read as retrieved, so
     # that it can tell a retrieved chunk (rays relative to the generated chunk's reference) from
@@ -374,6 +385,7 @@ DISTILL_OFF: dict[str, object] = {
     "revisit_prob": 0.0,
     "revisit_regression": 1.0,
     "revisit_free_chunks": 0,
+    "recorded_memory_prob": 0.0,
     "memory_embedding": False,
     "memory_embedding_lr_scale": 100.0,
     "memory_adapter_rank": 0,
@@ -409,6 +421,7 @@ DISTILL_FIELDS = {
         "revisit_prob",
         "revisit_regression",
         "revisit_free_chunks",
+        "recorded_memory_prob",
         "memory_embedding",
         "memory_embedding_lr_scale",
         "memory_adapter_rank",

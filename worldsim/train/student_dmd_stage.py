@@ -97,10 +97,10 @@ class DMDStep:
     on a still player's generator steps without a press, with ``distill.still_regression`` on, the mean squared
     error (normalised latents) of the window to the last context frame, else None;
     ``recorded_mse``: the same to the clip's recorded frames on the other generator steps with
-    ``distill.recorded_regression`` on, else None; ``revisit_mse``: on a revisit iteration with
-    ``distill.revisit_regression`` on (every one: it needs no fake score), the same to the clip's
-    recorded frames over the frames the batch weighs (``Batch.weight``: those the retrieved chunk
-    shows), else None."""
+    ``distill.recorded_regression`` on, else None; ``revisit_mse``: on a revisit or memory clip
+    iteration with ``distill.revisit_regression`` on (every one: it needs no fake score), the
+    same to the clip's recorded frames over the frames the batch weighs (``Batch.weight``: those
+    a revisit's retrieved chunk shows, every one of a memory clip), else None."""
 
     samples: torch.Tensor
     dmd_loss: torch.Tensor | None
@@ -148,7 +148,10 @@ class RolloutPlan:
     nothing pressed, from the first generated frame on; ``revisit`` (a recorded rollout whose
     free chunks are ``distill.revisit_free_chunks``): the batch holds revisit clips
     (``distill.revisit_prob``, :func:`revisit_clips`) and every window chunk reads the clip's
-    first chunk, the earlier view the window returns to, as a retrieved one."""
+    first chunk, the earlier view the window returns to, as a retrieved one; ``memory_clip`` (a
+    recorded rollout that is not a revisit, as many free chunks): the same with memory clips
+    (``distill.recorded_memory_prob``, :func:`memory_clips`), whose first chunk is the bank's
+    best earlier chunk for the window's last view, whatever it shows."""
 
     exits: list[int]
     free: int = 0
@@ -159,6 +162,13 @@ class RolloutPlan:
     revisit: bool = False
     memory_from: int = 1
     memory_own: bool = False
+    memory_clip: bool = False
+
+    @property
+    def clip_memory(self) -> bool:
+        """The batch's clips start with a retrieved chunk that the window reads (a revisit or a
+        memory clip)."""
+        return self.revisit or self.memory_clip
 
     def reads_memory(self, j: int, k: int) -> bool:
         """Whether generated chunk ``j`` (free chunks first; ``k`` frames each) reads the
@@ -173,8 +183,8 @@ class RolloutPlan:
         free chunks before it (the earlier view is older than the true context; at play time the
         bank brings back what covers each chunk's view by ``MemoryConfig.min_score``, here the one
         chunk the window ends facing, which by the clip's choice no free chunk's view shows
-        much of)."""
-        if self.revisit:
+        much of). A ``memory_clip``: every window chunk, as a revisit."""
+        if self.clip_memory:
             return j >= self.free
         before_press = self.press is None or j < self.press[0] // k
         return self.memory and j >= self.memory_from and before_press
@@ -312,7 +322,7 @@ class SelfForcingDMD:
             self.intrinsics,
             self.ck.frame_size,
             "cached",
-            memory_chunks=int(plan.memory or plan.revisit),
+            memory_chunks=int(plan.memory or plan.clip_memory),
             memory_reuse=True,  # as the engine plays (MemoryConfig.reuse)
             memory_grad=bool(self.nets.generator.memory_parameters()),  # so that the embedding and adapter learn
         )
@@ -346,7 +356,8 @@ class SelfForcingDMD:
         A turning player's is the same view, which its turn leaves (at play time the bank drops
         it once its overlap with the view falls below ``MemoryConfig.min_score``; here every
         chunk after the first reads it, overlapping or not).
-        A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`).
+        A ``revisit`` plan's: the clip's first chunk, the earlier view (:func:`revisit_clips`); a
+        ``memory_clip`` plan's: the clip's first chunk (:func:`memory_clips`).
         A ``memory_own`` plan's: its own first generated chunk, ``generated (B, >= k, C, h, w)``
         (the rollout's output, detached: the bank holds clean latents), with the inputs and
         poses the rollout gave it."""
@@ -357,7 +368,7 @@ class SelfForcingDMD:
             actions, c2w, _ = self.inputs(batch, plan)
             sl = slice(n0, n0 + self.k)
             return generated[:, : self.k].detach(), actions[:, sl], c2w[:, sl]
-        if plan.revisit:
+        if plan.clip_memory:
             sl = slice(0, self.k)
             return batch.x0[:, sl], batch.actions[:, sl], batch.c2w[:, sl]
         if not plan.memory:
@@ -413,7 +424,8 @@ class SelfForcingDMD:
         turns (at a rate uniform in ``(0, still_turn_deg_per_s]``, either way with equal odds),
         and if not, whether it reads memory and whether it presses (a turning one, whether it
         reads memory, and which chunk, with ``distill.still_turn_memory``); a recorded rollout, whether it
-        is a revisit (``distill.revisit_free_chunks`` free chunks then)."""
+        is a revisit (``distill.revisit_free_chunks`` free chunks then), and if not, whether it
+        reads a memory clip (as many free chunks)."""
         exits = self.exit_steps(g)
         still = self.dc.idle_prob > 0 and torch.rand(1, generator=g).item() < self.dc.idle_prob
         most = self.dc.idle_chunks if still else self.dc.free_chunks
@@ -441,7 +453,11 @@ class SelfForcingDMD:
         p = self.dc.revisit_prob
         if not still and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off: old runs replay
             revisit, free = True, self.dc.revisit_free_chunks
-        return RolloutPlan(exits, free, still, memory, press, turn, revisit, memory_from, own)
+        memory_clip = False
+        p = self.dc.recorded_memory_prob
+        if not still and not revisit and p > 0 and torch.rand(1, generator=g).item() < p:  # no draw when off
+            memory_clip, free = True, self.dc.revisit_free_chunks
+        return RolloutPlan(exits, free, still, memory, press, turn, revisit, memory_from, own, memory_clip)
 
     def __call__(
         self,
@@ -453,11 +469,11 @@ class SelfForcingDMD:
     ) -> DMDStep:
         """One iteration on ``batch`` (on the networks' device) as ``plan`` says (a list: the
         window's exit steps); ``generator_step``: the student takes the DMD step (and the
-        regressions that come with it), which a revisit plan's regression does on every
-        iteration. ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
+        regressions that come with it), which a revisit or memory clip plan's regression does on
+        every iteration. ``g`` (CPU) draws the noise levels and noise; ``g_dev`` the rollout's noise."""
         plan = plan if isinstance(plan, RolloutPlan) else RolloutPlan(list(plan))
         m, w = len(plan.exits), self.cond.context_chunks
-        regress_revisit = plan.revisit and self.dc.revisit_regression > 0  # the student steps on every one
+        regress_revisit = plan.clip_memory and self.dc.revisit_regression > 0  # the student steps on every one
         with torch.set_grad_enabled(generator_step or regress_revisit):
             out, _ = self.rollout(batch, plan, g_dev)
         x = out[:, plan.free * self.k :]
@@ -501,10 +517,10 @@ class SelfForcingDMD:
         # A recorded rollout ends where the clip ends (``_start``): the window's truth is the
         # clip's last frames, whose inputs and poses it followed.
         truth = batch.x0[:, -x.shape[1] :]
-        if generator_step and not plan.still and not plan.revisit and self.dc.recorded_regression > 0:
+        if generator_step and not plan.still and not plan.clip_memory and self.dc.recorded_regression > 0:
             recorded = F.mse_loss(x.float(), truth.float())
         revisit = None
-        if regress_revisit:  # over the frames the retrieved chunk shows (the batch's weights, revisit_clips)
+        if regress_revisit:  # over the frames the batch weighs: those a revisit's chunk shows, a memory clip's all
             shown = batch.weight[:, -x.shape[1] :].to(x.device)
             err = (x.float() - truth.float()).square().mean(dim=(2, 3, 4))
             revisit = (shown * err).sum() / shown.sum().clamp_min(1.0)
@@ -647,6 +663,11 @@ def _check(dc: DistillConfig) -> None:
             f"revisits are recorded rollouts (distill.idle_prob < 1), got {dc.revisit_prob}, "
             f"{dc.revisit_regression}, {dc.revisit_free_chunks} with idle_prob {dc.idle_prob}"
         )
+    if not 0.0 <= dc.recorded_memory_prob <= 1.0 or (dc.recorded_memory_prob > 0 and dc.idle_prob == 1):
+        raise WorldsimError(
+            f"distill.recorded_memory_prob must be in [0, 1], and memory clips are recorded rollouts "
+            f"(distill.idle_prob < 1), got {dc.recorded_memory_prob} with idle_prob {dc.idle_prob}"
+        )
     if dc.student_shift is not None and dc.student_shift <= 0:
         raise WorldsimError(f"distill.student_shift must be > 0 (or null: the teacher's), got {dc.student_shift}")
 
@@ -681,15 +702,31 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
     first chunk weighs 1 where that chunk covers at least ``revisit_min`` of its view, else 0
     (``Batch.weight``: the frames the revisit regression scores).
     ``WorldsimError`` when no clip of ``split`` is a revisit."""
+    return _retrieval_clips(split, ck, cfg, null, revisit=True)
+
+
+def memory_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor) -> ClipSampler:
+    """The clips of the memory clip rollouts (``distill.recorded_memory_prob``) in ``split``: as
+    :func:`revisit_clips`'s, from every clip: its first chunk is the bank's best earlier chunk
+    (one ending at least a chunk before the clip) for the window's last view (coverage less the
+    distance term), whatever its coverage and whatever the true context shows (a clip at its
+    episode's start keeps its own first chunk, older than the window too), and every frame
+    weighs 1."""
+    return _retrieval_clips(split, ck, cfg, null, revisit=False)
+
+
+def _retrieval_clips(
+    split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor, revisit: bool
+) -> ClipSampler:
     cond, dc = ck.conditioning, cfg.distill
     recent = cond.context_chunks + dc.revisit_free_chunks  # what the rollout reads before the window
     # the retrieved chunk, the recent chunks and the window: the retrieved chunk replaces the first
     clip = clip_config(cfg, cond, recent + dc.rollout_chunks + 1)
     tcfg = dataclasses.replace(
-        clip, memory_prob=1.0, memory_top=1, memory_scoring="bank", revisit_prob=1.0, focus_prob=0.0
+        clip, memory_prob=1.0, memory_top=1, memory_scoring="bank", revisit_prob=float(revisit), focus_prob=0.0
     )
     latent = ck.model.latent_shape()[1:]
-    return ClipSampler(split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=recent, weight_by_memory=True)
+    return ClipSampler(split, ck.chunk_frames, tcfg, cond, latent, null, recent_chunks=recent, weight_by_memory=revisit)
 
 
 def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
@@ -782,7 +819,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         metrics += ["still_mse", "still_psnr_db"]
     if dc.recorded_regression > 0:
         metrics += ["recorded_mse"]
-    if dc.revisit_prob > 0:
+    if dc.revisit_prob > 0 or dc.recorded_memory_prob > 0:
         metrics += ["revisit_mse"]
     loop = TrainLoop(
         dataclasses.replace(cfg, init_from=""),
@@ -810,6 +847,7 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
     revisits = revisit_clips(train, ck, cfg, null) if dc.revisit_prob > 0 else None
     if revisits is not None and d.is_main:
         print(f"student_dmd: {len(revisits.revisit)} of {len(revisits)} clips of {cfg.data} are revisits")
+    recalled = memory_clips(train, ck, cfg, null) if dc.recorded_memory_prob > 0 else None
     dmd = SelfForcingDMD(
         loop.module,
         teacher,
@@ -829,7 +867,8 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         # Exit steps are the same on every rank (Self-Forcing synchronises them); levels and noise are not.
         seed = cfg.seed * 1_000_003 + step
         plan = dmd.plan(torch.Generator().manual_seed(seed))
-        b = (revisits if plan.revisit and revisits is not None else clips).batch(cfg.seed, step, cfg.batch_size, True)
+        sampler_of = revisits if plan.revisit else recalled if plan.memory_clip else None
+        b = (clips if sampler_of is None else sampler_of).batch(cfg.seed, step, cfg.batch_size, True)
         fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
         batch = Batch(**fields)
         g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
