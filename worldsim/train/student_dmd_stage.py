@@ -708,7 +708,7 @@ def revisit_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, n
 def memory_clips(split: EncodedSplit, ck: CheckpointConfig, cfg: TrainConfig, null: torch.Tensor) -> ClipSampler:
     """The clips of the memory clip rollouts (``distill.recorded_memory_prob``) in ``split``: as
     :func:`revisit_clips`'s, from every clip: its first chunk is the bank's best earlier chunk
-    (one ending at least a chunk before the clip) for the window's last view (coverage less the
+    (one ending before the clip's first frame) for the window's last view (coverage less the
     distance term), whatever its coverage and whatever the true context shows (a clip at its
     episode's start keeps its own first chunk, older than the window too), and every frame
     weighs 1."""
