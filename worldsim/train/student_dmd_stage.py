@@ -867,8 +867,9 @@ def train_student_dmd(cfg: TrainConfig) -> dict[str, float]:
         # Exit steps are the same on every rank (Self-Forcing synchronises them); levels and noise are not.
         seed = cfg.seed * 1_000_003 + step
         plan = dmd.plan(torch.Generator().manual_seed(seed))
-        sampler_of = revisits if plan.revisit else recalled if plan.memory_clip else None
-        b = (clips if sampler_of is None else sampler_of).batch(cfg.seed, step, cfg.batch_size, True)
+        source = revisits if plan.revisit else recalled if plan.memory_clip else clips
+        assert source is not None  # a plan draws revisits and memory clips only when their share is > 0
+        b = source.batch(cfg.seed, step, cfg.batch_size, True)
         fields = {f.name: d.shard(getattr(b, f.name)).to(d.device) for f in dataclasses.fields(b)}
         batch = Batch(**fields)
         g = torch.Generator().manual_seed(seed * 64 + 1 + d.rank)
